@@ -1,0 +1,260 @@
+"""Every default in one place: the membership profiles, and the agent's settings.
+
+Profile numbers are set next to hashicorp/memberlist's (`config.go`: DefaultLANConfig,
+DefaultWANConfig, DefaultLocalConfig); where ours differ the comment says why.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PROTOCOL_VERSION = 1
+DEFAULT_GOSSIP_PORT = 7946
+
+
+@dataclass(frozen=True, slots=True)
+class MembershipConfig:
+    """Tunables of the SWIM core. All times are seconds."""
+
+    # Time between failure probes of one member each. memberlist LAN 1 s, WAN 5 s, local 1 s.
+    probe_interval: float = 1.0
+    # Wait for a direct ack before asking others (ping-req). memberlist LAN 500 ms.
+    probe_timeout: float = 0.5
+    # How many members relay a ping-req. memberlist LAN 3.
+    indirect_checks: int = 3
+    # Updates are retransmitted retransmit_mult * ceil(log10(n + 1)) times. memberlist LAN 4.
+    retransmit_mult: int = 4
+    # Suspicion min timeout = suspicion_mult * log10(max(1, n)) * probe_interval. memberlist LAN 4.
+    suspicion_mult: float = 4.0
+    # Suspicion max timeout = suspicion_max_timeout_mult * min timeout. memberlist 6.
+    suspicion_max_timeout_mult: float = 6.0
+    # Gossip tick and fan-out. memberlist LAN 200 ms and 3.
+    gossip_interval: float = 0.2
+    gossip_nodes: int = 3
+    # Keep gossiping to members declared dead this long so they can refute. memberlist LAN 30 s.
+    gossip_to_dead_time: float = 30.0
+    # Full-state TCP sync, scaled up with cluster size above 32 members. memberlist LAN 30 s.
+    push_pull_interval: float = 30.0
+    # TCP connect+exchange limit for push-pull and queries. memberlist LAN 10 s.
+    tcp_timeout: float = 10.0
+    # Lifeguard local health multiplier cap. memberlist 8.
+    awareness_max_multiplier: int = 8
+    # Largest datagram we send. memberlist UDPBufferSize 1400.
+    max_packet_size: int = 1400
+    # Dead and left members are forgotten after this. memberlist has no reaping of its own
+    # (serf reaps after 24 h); we keep 1 h so a long partition heals with names remembered.
+    tombstone_reap_time: float = 3600.0
+    # Join: retry with exponential backoff while no seed answers.
+    join_retry_initial: float = 1.0
+    join_retry_max: float = 30.0
+    # Not in memberlist: a member that hears a suspicion pings the suspect itself, so
+    # independent confirmations arrive within a round trip instead of a protocol period.
+    suspect_check: bool = True
+    # Not in memberlist: probe timeout toward another datacenter is at least this many
+    # measured round trips to it, so a far datacenter is not suspected for being far.
+    remote_timeout_rtt_mult: float = 3.0
+    # Not in memberlist: at least this many gossip targets per tick lie in another datacenter.
+    cross_dc_gossip_nodes: int = 1
+    # Leave: how long to wait for the leave broadcast to go out before exiting anyway.
+    leave_propagate_time: float = 1.0
+    # Largest push-pull or query stream frame accepted.
+    max_stream_size: int = 8 * 1024 * 1024
+    # Bounded metadata: at most this many tags, each key and value at most this many bytes.
+    max_tags: int = 32
+    max_tag_bytes: int = 256
+    # Inbound datagram queue in the runtime; further packets are dropped and counted.
+    inbound_queue_size: int = 1024
+
+
+PROFILES: dict[str, MembershipConfig] = {
+    # memberlist DefaultLANConfig, unchanged for now; tuned by the bench suite (issue 3).
+    "lan": MembershipConfig(),
+    # memberlist DefaultWANConfig: 5 s probes, 3 s timeout, suspicion mult 6, fan-out 4.
+    "wan": MembershipConfig(
+        probe_interval=5.0,
+        probe_timeout=3.0,
+        suspicion_mult=6.0,
+        gossip_interval=0.5,
+        gossip_nodes=4,
+        gossip_to_dead_time=60.0,
+        push_pull_interval=60.0,
+        tcp_timeout=30.0,
+    ),
+    # memberlist DefaultLocalConfig probes every 1 s with a 200 ms timeout and takes several
+    # seconds to declare a failure. On one host or a rack, round trips are well under a
+    # millisecond, so we probe every 200 ms with a 100 ms timeout and gossip every 50 ms:
+    # a dead member is declared in about a second, for a few dozen tiny packets per second.
+    "local": MembershipConfig(
+        probe_interval=0.2,
+        probe_timeout=0.1,
+        indirect_checks=2,
+        retransmit_mult=3,
+        suspicion_mult=4.0,
+        gossip_interval=0.05,
+        gossip_nodes=3,
+        gossip_to_dead_time=15.0,
+        push_pull_interval=15.0,
+        tcp_timeout=2.0,
+        join_retry_initial=0.2,
+        join_retry_max=5.0,
+        leave_propagate_time=0.5,
+    ),
+}
+
+
+def profile(name: str) -> MembershipConfig:
+    """The named profile, or ValueError naming the ones that exist."""
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown profile {name!r} (choose from {', '.join(sorted(PROFILES))})"
+        ) from None
+
+
+class ConfigError(ValueError):
+    """A configuration file or flag is wrong; the message says which and why."""
+
+
+@dataclass(slots=True)
+class AgentConfig:
+    """Everything `swimthor join` needs. Built from defaults, then a TOML file, then flags."""
+
+    name: str = ""
+    bind: tuple[str, int] = ("0.0.0.0", DEFAULT_GOSSIP_PORT)
+    advertise: tuple[str, int] | None = None
+    seeds: list[tuple[str, int]] = field(default_factory=list)
+    dc: str = "dc1"
+    roles: list[str] = field(default_factory=list)
+    weight: float = 1.0
+    tags: dict[str, str] = field(default_factory=dict)
+    profile: str = "lan"
+    key_file: str | None = None
+    insecure: bool = False
+    label: str = ""
+    control: str | None = None
+    data_dir: str | None = None
+    log_format: str = "auto"
+    log_level: str = "info"
+
+    def membership(self) -> MembershipConfig:
+        return profile(self.profile)
+
+
+# Keys accepted in a TOML file, with the type each must have.
+_TOML_KEYS: dict[str, type | tuple[type, ...]] = {
+    "name": str,
+    "bind": str,
+    "advertise": str,
+    "seeds": list,
+    "dc": str,
+    "roles": list,
+    "weight": (int, float),
+    "tags": dict,
+    "profile": str,
+    "key_file": str,
+    "insecure": bool,
+    "label": str,
+    "control": str,
+    "data_dir": str,
+    "log_format": str,
+    "log_level": str,
+}
+
+
+def parse_hostport(text: str, default_port: int = DEFAULT_GOSSIP_PORT) -> tuple[str, int]:
+    """ "host:port", "host", "[v6]:port" or ":port" to (host, port); ConfigError if malformed."""
+    text = text.strip()
+    if not text:
+        raise ConfigError("empty address")
+    host: str
+    port_text: str | None
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ConfigError(f"bad address {text!r}: missing ']'")
+        host = text[1:end]
+        rest = text[end + 1 :]
+        if rest and not rest.startswith(":"):
+            raise ConfigError(f"bad address {text!r}")
+        port_text = rest[1:] if rest else None
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    elif ":" in text:
+        host, port_text = text, None  # bare IPv6
+    else:
+        host, port_text = text, None
+    if not host:
+        host = "0.0.0.0"
+    if port_text is None or port_text == "":
+        port = default_port
+    else:
+        if not port_text.isdigit():
+            raise ConfigError(f"bad port in {text!r}")
+        port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"port out of range in {text!r}")
+    if any(c.isspace() for c in host):
+        raise ConfigError(f"bad host in {text!r}")
+    return host, port
+
+
+def format_hostport(addr: tuple[str, int]) -> str:
+    host, port = addr
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def parse_tag(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"bad tag {text!r}: expected key=value")
+    return key, value
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read and check a TOML config file; ConfigError with the file and key on any problem."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"bad TOML in {path}: {e}") from None
+    for key, value in data.items():
+        want = _TOML_KEYS.get(key)
+        if want is None:
+            raise ConfigError(f"{path}: unknown key {key!r}")
+        if not isinstance(value, want) or (want is not bool and isinstance(value, bool)):
+            raise ConfigError(f"{path}: {key!r} has the wrong type")
+    return data
+
+
+def apply_toml(cfg: AgentConfig, data: dict[str, Any]) -> None:
+    """Apply checked TOML values to cfg (flags are applied afterwards and win)."""
+    for key, value in data.items():
+        if key in ("bind", "advertise"):
+            setattr(cfg, key, parse_hostport(value))
+        elif key == "seeds":
+            if not all(isinstance(s, str) for s in value):
+                raise ConfigError("'seeds' must be a list of host:port strings")
+            cfg.seeds = [parse_hostport(s) for s in value]
+        elif key == "roles":
+            if not all(isinstance(s, str) for s in value):
+                raise ConfigError("'roles' must be a list of strings")
+            cfg.roles = list(value)
+        elif key == "tags":
+            if not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+                raise ConfigError("'tags' must map strings to strings")
+            cfg.tags = dict(value)
+        elif key == "weight":
+            cfg.weight = float(value)
+        else:
+            setattr(cfg, key, value)
+
+
+def replace(cfg: MembershipConfig, **changes: Any) -> MembershipConfig:
+    return dataclasses.replace(cfg, **changes)

@@ -1,0 +1,52 @@
+"""Cluster membership by SWIM gossip with the Lifeguard extensions.
+
+The protocol core (`Membership`) is sans-IO; `runtime.MembershipRuntime` drives it with trio.
+"""
+
+from ._core import Membership, QueryError, StreamRequest, member_json
+from ._events import (
+    Event,
+    Joined,
+    JoinFailed,
+    KeyringChanged,
+    MemberEvent,
+    MemberFailed,
+    MemberJoined,
+    MemberLeft,
+    MemberRecovered,
+    MemberSuspected,
+    MemberUpdated,
+    NameConflict,
+)
+from ._keyring import Keyring, KeyringFileError, SealError
+from ._member import Addr, Member, State
+from ._query import key_op_frame, query_frame, read_key_op_reply, read_query_reply
+
+__all__ = [
+    "Addr",
+    "Event",
+    "JoinFailed",
+    "Joined",
+    "Keyring",
+    "KeyringChanged",
+    "KeyringFileError",
+    "Member",
+    "MemberEvent",
+    "MemberFailed",
+    "MemberJoined",
+    "MemberLeft",
+    "MemberRecovered",
+    "MemberSuspected",
+    "MemberUpdated",
+    "Membership",
+    "NameConflict",
+    "QueryError",
+    "SealError",
+    "State",
+    "StreamRequest",
+    "key_op_frame",
+    "member_json",
+    "query_frame",
+    "read_key_op_reply",
+    "read_query_reply",
+]

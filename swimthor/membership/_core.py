@@ -1,0 +1,1210 @@
+"""The SWIM core with the Lifeguard extensions, sans-IO.
+
+`Membership` is a plain object: bytes and `now` go in (`receive_datagram`, `handle_stream`,
+`stream_response`, `handle_timer`), bytes and events come out (`datagrams_to_send`,
+`streams_to_open`, `next_event`). It never reads a clock, a socket or the global `random`; the
+same object runs under the trio runtime, the simulator and hand-stepped tests.
+
+What it does, following SWIM (Das et al. 2002), Lifeguard (Dadgar et al. 2018) and
+hashicorp/memberlist where the papers leave things open:
+
+- probing in randomized round-robin order: ping, then ping-req through k members with nack;
+- suspicion with incarnation numbers, refutation by the suspect, declaration of failure;
+- Lifeguard: the local health multiplier stretches our own probe interval and timeouts; the
+  suspicion timeout starts long and shrinks with each independent confirmation; a probe of a
+  suspect carries the suspicion so the suspect can refute at once (buddy system);
+- suspect checks (ours): a member that hears a suspicion pings the suspect itself and, if it
+  gets no answer, sends its own confirmation, so confirmations arrive within a round trip;
+- dissemination by piggybacking on every packet from a transmit-limited queue, a gossip tick
+  to a few random members (some in other datacenters), and push-pull full-state sync;
+- datacenters: probe timeouts toward another datacenter follow the round trip measured to it;
+- restarts: a node that comes back raises its incarnation past what the cluster remembers;
+  at a new address it first checks that nobody answers at the old one; two live nodes with one
+  name are reported as a conflict, never merged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import MembershipConfig
+from ._broadcast import TransmitLimitedQueue
+from ._events import (
+    Event,
+    Joined,
+    JoinFailed,
+    KeyringChanged,
+    MemberFailed,
+    MemberJoined,
+    MemberLeft,
+    MemberRecovered,
+    MemberSuspected,
+    MemberUpdated,
+    NameConflict,
+)
+from ._keyring import SEAL_OVERHEAD, Keyring, SealError, unwrap_plain, wrap_plain
+from ._lifeguard import Awareness, Suspicion, expected_confirmations, suspicion_timeouts
+from ._member import Addr, Member, State
+from ._messages import (
+    MAX_DC,
+    MAX_NAME,
+    MAX_ROLE,
+    MAX_ROLES,
+    PROTOCOL_VERSION,
+    Ack,
+    Alive,
+    Dead,
+    DecodeError,
+    KeyOp,
+    KeyOpReply,
+    MemberState,
+    Message,
+    Nack,
+    Ping,
+    PingReq,
+    PushPull,
+    Query,
+    QueryReply,
+    StreamError,
+    StreamMessage,
+    Summary,
+    Suspect,
+    decode_packet,
+    decode_stream,
+    encode_message,
+    encode_packet,
+    encode_stream,
+    packet_overhead,
+)
+
+_PROBE = "probe"  # our own failure probe of a member
+_RELAY = "relay"  # a ping we send on behalf of a ping-req
+_CHECK = "check"  # a suspect check (we heard a suspicion and look for ourselves)
+_CLAIM = "claim"  # is the old address of a name still answering?
+
+# How long a summary heard from a member counts as current for `status`.
+_SUMMARY_FRESH_PERIODS = 3
+_RTT_ALPHA = 0.2
+
+
+class QueryError(Exception):
+    """A `--via` query or a key operation failed; the message is one line for the operator."""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamRequest:
+    """A TCP exchange the runtime should perform: connect to `addr`, send `payload` as one
+    frame, read one reply frame, and hand it to `Membership.stream_response(id, ...)`."""
+
+    id: int
+    addr: Addr
+    payload: bytes
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A ping in flight, waiting for an ack."""
+
+    kind: str
+    target: str
+    target_addr: Addr
+    sent: float
+    deadline: float  # direct-ack deadline (probe), nack deadline (relay), give-up (check/claim)
+    final: float = 0.0  # probe only: end of the indirect phase
+    indirect: bool = False
+    expected_nacks: int = 0
+    nacks: int = 0
+    acked: bool = False
+    incarnation: int = 0
+    # relay: where to send the ack or nack, and under which sequence number
+    reply_to: Addr = ("", 0)
+    reply_seq: int = 0
+    want_nack: bool = False
+    claim: Alive | None = None
+
+
+@dataclass(slots=True)
+class _SuspectState:
+    suspicion: Suspicion
+    since: float
+    by: str
+
+
+@dataclass(slots=True)
+class _Join:
+    seeds: tuple[Addr, ...]
+    attempt: int = 0
+    outstanding: set[int] = field(default_factory=set)
+    retry_at: float | None = None
+    backoff: float = 0.0
+    done: bool = False
+
+
+class Membership:
+    """One node's SWIM membership. See the module docstring and docs/internal-api.md."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        addr: Addr,
+        config: MembershipConfig,
+        rng: random.Random,
+        now: float,
+        dc: str = "dc1",
+        roles: Sequence[str] = (),
+        weight: float = 1.0,
+        tags: Mapping[str, str] | None = None,
+        keyring: Keyring | None = None,
+        label: str = "",
+        wall_offset: float = 0.0,
+    ) -> None:
+        if not name or len(name) > MAX_NAME or not name.isprintable():
+            raise ValueError(f"bad node name {name!r}")
+        if not dc or len(dc) > MAX_DC or not dc.isprintable():
+            raise ValueError(f"bad datacenter name {dc!r}")
+        self.config = config
+        self.name = name
+        self.dc = dc
+        self.keyring = keyring
+        self.label = label
+        self.wall_offset = wall_offset
+        self._rng = rng
+        self._awareness = Awareness(config.awareness_max_multiplier)
+        self._broadcasts = TransmitLimitedQueue(config.retransmit_mult)
+        self._members: dict[str, Member] = {}
+        self._suspects: dict[str, _SuspectState] = {}
+        self._events: deque[Event] = deque()
+        self._out: dict[Addr, list[bytes]] = {}
+        self._streams: list[StreamRequest] = []
+        self._stream_kind: dict[int, tuple[str, Addr]] = {}
+        self._next_stream = 1
+        self._pending: dict[int, _Pending] = {}
+        self._seq = rng.randrange(1 << 30)
+        self._probe_order: list[str] = []
+        self._probe_index = 0
+        self._probing: int | None = None
+        self._rtt: dict[str, float] = {}
+        self._summaries: dict[str, tuple[Summary, float]] = {}
+        self._summary_seq = 0
+        self._digest = b""
+        self._checked: dict[str, int] = {}
+        self._claims: dict[str, int] = {}
+        self._join: _Join | None = None
+        self._leaving = False
+        self._leave_at = 0.0
+        self._conflict: NameConflict | None = None
+        self.stats: dict[str, int] = {
+            k: 0
+            for k in (
+                "packets_in",
+                "packets_out",
+                "bytes_in",
+                "bytes_out",
+                "messages_in",
+                "rejected_seal",
+                "rejected_decode",
+                "unknown_messages",
+                "misdirected",
+                "pings_sent",
+                "acks_received",
+                "ping_reqs_sent",
+                "nacks_received",
+                "probes_failed",
+                "suspicions",
+                "confirmations",
+                "refutations",
+                "failures_declared",
+                "push_pulls",
+                "push_pull_failures",
+                "queries",
+                "conflicts",
+                "suspect_checks",
+                "stream_rejected",
+            )
+        }
+        self._check_metadata(tuple(roles), weight, dict(tags or {}))
+        self._members[name] = Member(
+            name=name,
+            addr=addr,
+            dc=dc,
+            roles=tuple(roles),
+            weight=float(weight),
+            tags=dict(tags or {}),
+            incarnation=0,
+            state=State.ALIVE,
+            since=now,
+            last_heard=now,
+        )
+        self._overhead = packet_overhead(name) + (
+            SEAL_OVERHEAD if keyring is not None else 2 + len(label.encode())
+        )
+        self._next_probe = now + rng.uniform(0, config.probe_interval)
+        self._next_gossip = now + rng.uniform(0, config.gossip_interval)
+        self._next_push_pull = now + self._push_pull_interval() * (1 + rng.random())
+        self._next_reap = now + config.probe_interval
+        self._update_digest()
+
+    # ------------------------------------------------------------------ public views
+
+    @property
+    def local(self) -> Member:
+        return self._members[self.name].copy()
+
+    @property
+    def health_score(self) -> int:
+        return self._awareness.score
+
+    @property
+    def conflict(self) -> NameConflict | None:
+        """Set when a join found another live node answering under our name."""
+        return self._conflict
+
+    def member(self, name: str) -> Member | None:
+        m = self._members.get(name)
+        return m.copy() if m is not None else None
+
+    def members(self) -> list[Member]:
+        return [m.copy() for m in self._members.values()]
+
+    def num_live(self) -> int:
+        return sum(1 for m in self._members.values() if m.state.is_live)
+
+    def view_digest(self) -> str:
+        return self._digest.hex()
+
+    def members_json(self) -> list[dict[str, Any]]:
+        return [member_json(m, self.wall_offset) for m in self._members.values()]
+
+    def status(self, now: float) -> dict[str, Any]:
+        counts = {s.label: 0 for s in State}
+        by_dc: dict[str, dict[str, int]] = {}
+        for m in self._members.values():
+            counts[m.state.label] += 1
+            dc_counts = by_dc.setdefault(m.dc, {s.label: 0 for s in State})
+            dc_counts[m.state.label] += 1
+        fresh = _SUMMARY_FRESH_PERIODS * max(self._push_pull_interval(), 1.0)
+        agree: list[str] = []
+        disagree: list[str] = []
+        unknown: list[str] = []
+        for m in self._members.values():
+            if not m.state.is_live:
+                continue
+            if m.name == self.name:
+                agree.append(m.name)
+                continue
+            heard = self._summaries.get(m.name)
+            if heard is None or now - heard[1] > fresh:
+                unknown.append(m.name)
+            elif heard[0].digest == self._digest:
+                agree.append(m.name)
+            else:
+                disagree.append(m.name)
+        me = self._members[self.name]
+        return {
+            "name": self.name,
+            "addr": _fmt_addr(me.addr),
+            "dc": self.dc,
+            "state": me.state.label,
+            "incarnation": me.incarnation,
+            "health": self._awareness.score,
+            "members": len(self._members),
+            "counts": counts,
+            "by_dc": by_dc,
+            "view_digest": self._digest.hex(),
+            "converged": {
+                "agree": len(agree),
+                "disagree": len(disagree),
+                "unknown": len(unknown),
+                "members_agreeing": sorted(agree),
+                "members_disagreeing": sorted(disagree),
+                "members_unknown": sorted(unknown),
+            },
+            "rtt_ms": {dc: round(rtt * 1000, 3) for dc, rtt in sorted(self._rtt.items())},
+            "protocol": PROTOCOL_VERSION,
+            "sealed": self.keyring is not None,
+            "stats": dict(self.stats),
+        }
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def join(self, seeds: Sequence[Addr], now: float) -> None:
+        """Start joining through `seeds` (push-pull to each); retried with backoff until one
+        answers. Seeds equal to our own address are skipped."""
+        own = self._members[self.name].addr
+        targets = tuple(dict.fromkeys(s for s in seeds if s != own))
+        if not targets:
+            return
+        self._join = _Join(seeds=targets, backoff=self.config.join_retry_initial)
+        self._join_attempt(now)
+
+    def leave(self, now: float) -> None:
+        """Leave gracefully: tell the cluster we left (state `left`, never `dead`)."""
+        if self._leaving:
+            return
+        self._leaving = True
+        self._leave_at = now
+        me = self._members[self.name]
+        msg = Dead(self.name, me.incarnation, self.name)
+        self._apply_dead(msg, now)
+        # Besides the queue, tell a few members directly right away.
+        data = encode_message(msg)
+        for target in self._gossip_targets(max(self.config.gossip_nodes, 3), now):
+            self._send(target.addr, data)
+
+    def leave_complete(self, now: float) -> bool:
+        if not self._leaving:
+            return False
+        if now - self._leave_at >= self.config.leave_propagate_time:
+            return True
+        if self.num_live() == 0:
+            return True
+        # Sent directly on leave(); give the gossip ticks a couple of rounds to repeat it.
+        return now - self._leave_at >= min(
+            2 * self.config.gossip_interval + 0.05, self.config.leave_propagate_time
+        )
+
+    def update_metadata(
+        self,
+        now: float,
+        *,
+        roles: Sequence[str] | None = None,
+        weight: float | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> None:
+        """Change our roles, weight or tags at run time; spreads with a higher incarnation."""
+        me = self._members[self.name]
+        new_roles = tuple(roles) if roles is not None else me.roles
+        new_weight = float(weight) if weight is not None else me.weight
+        new_tags = dict(tags) if tags is not None else dict(me.tags)
+        self._check_metadata(new_roles, new_weight, new_tags)
+        me.roles, me.weight, me.tags = new_roles, new_weight, new_tags
+        me.incarnation += 1
+        self._broadcast_self_alive()
+        self._update_digest()
+        self._emit(MemberUpdated(me.copy()))
+
+    def _check_metadata(self, roles: tuple[str, ...], weight: float, tags: dict[str, str]) -> None:
+        cfg = self.config
+        if len(roles) > MAX_ROLES or any(
+            not r or len(r) > MAX_ROLE or not r.isprintable() for r in roles
+        ):
+            raise ValueError(f"at most {MAX_ROLES} roles of 1 to {MAX_ROLE} printable characters")
+        if not (math.isfinite(weight) and 0.0 <= weight <= 1e6):
+            raise ValueError("weight must be a number from 0 to 1000000")
+        if len(tags) > cfg.max_tags:
+            raise ValueError(f"at most {cfg.max_tags} tags")
+        for k, v in tags.items():
+            if not k or len(k.encode()) > cfg.max_tag_bytes or len(v.encode()) > cfg.max_tag_bytes:
+                raise ValueError(f"tag keys and values are at most {cfg.max_tag_bytes} bytes")
+            if not k.isprintable() or not v.isprintable():
+                raise ValueError("tags must be printable text")
+        probe = Alive(self.name, 0, ("0:0:0:0:0:0:0:0", 65535), self.dc, roles, weight, tags)
+        if len(encode_message(probe)) + self._overhead_estimate() > cfg.max_packet_size:
+            raise ValueError("metadata too large to fit one packet")
+
+    def _overhead_estimate(self) -> int:
+        return packet_overhead(self.name) + SEAL_OVERHEAD + 64
+
+    # ------------------------------------------------------------------ inputs
+
+    def receive_datagram(self, data: bytes, addr: Addr, now: float) -> None:
+        self.stats["packets_in"] += 1
+        self.stats["bytes_in"] += len(data)
+        try:
+            plain = self._open(data)
+        except SealError:
+            self.stats["rejected_seal"] += 1
+            return
+        try:
+            packet = decode_packet(plain)
+        except DecodeError:
+            self.stats["rejected_decode"] += 1
+            return
+        self.stats["unknown_messages"] += packet.unknown
+        sender = self._members.get(packet.sender)
+        if sender is not None and sender.state.is_live:
+            sender.last_heard = now
+        for msg in packet.messages:
+            self.stats["messages_in"] += 1
+            self._handle_message(msg, addr, now)
+
+    def handle_stream(self, payload: bytes, addr: Addr, now: float) -> bytes | None:
+        """Server side of a TCP exchange: one request frame in, one reply frame out."""
+        try:
+            plain = self._open(payload)
+        except SealError:
+            self.stats["rejected_seal"] += 1
+            return None
+        try:
+            msg = decode_stream(plain, self.config.max_stream_size)
+        except DecodeError as e:
+            self.stats["stream_rejected"] += 1
+            return self._seal(encode_stream(StreamError(str(e))))
+        reply: StreamMessage
+        if isinstance(msg, PushPull) and not msg.reply:
+            self.stats["push_pulls"] += 1
+            self._merge(msg, now)
+            reply = self._push_pull_message(join=msg.join, reply=True)
+        elif isinstance(msg, Query):
+            self.stats["queries"] += 1
+            if msg.what == "members":
+                reply = QueryReply("members", self.members_json())
+            elif msg.what == "status":
+                reply = QueryReply("status", self.status(now))
+            else:
+                reply = StreamError(f"unknown query {msg.what!r}")
+        elif isinstance(msg, KeyOp):
+            reply = self._key_op(msg)
+        else:
+            self.stats["stream_rejected"] += 1
+            reply = StreamError("unexpected message")
+        return self._seal(encode_stream(reply))
+
+    def stream_response(self, stream_id: int, payload: bytes | None, now: float) -> None:
+        kind = self._stream_kind.pop(stream_id, None)
+        if kind is None:
+            return
+        what, addr = kind
+        msg: StreamMessage | None = None
+        if payload is not None:
+            try:
+                msg = decode_stream(self._open(payload), self.config.max_stream_size)
+            except (SealError, DecodeError):
+                self.stats["stream_rejected"] += 1
+                msg = None
+        ok = isinstance(msg, PushPull) and msg.reply
+        if ok:
+            assert isinstance(msg, PushPull)
+            self._merge(msg, now)
+        else:
+            self.stats["push_pull_failures"] += 1
+        join = self._join
+        if what == "join" and join is not None and stream_id in join.outstanding:
+            join.outstanding.discard(stream_id)
+            if ok and not join.done:
+                join.done = True
+                join.retry_at = None
+                self._emit(Joined(addr, len(self._members)))
+            elif not join.done and not join.outstanding:
+                join.retry_at = now + join.backoff
+                self._emit(JoinFailed(join.seeds, join.attempt, join.backoff))
+                join.backoff = min(join.backoff * 2, self.config.join_retry_max)
+
+    # ------------------------------------------------------------------ outputs
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Addr]]:
+        out: list[tuple[bytes, Addr]] = []
+        limit = self.config.max_packet_size
+        n = self.num_live()
+        for addr, msgs in self._out.items():
+            batch: list[bytes] = []
+            size = self._overhead
+            for m in msgs:
+                if batch and size + len(m) > limit:
+                    out.append((self._finish_packet(batch), addr))
+                    batch, size = [], self._overhead
+                batch.append(m)
+                size += len(m)
+            # Piggyback the freshest pending updates on every packet.
+            batch.extend(self._broadcasts.get_broadcasts(0, limit - size, n))
+            out.append((self._finish_packet(batch), addr))
+        self._out.clear()
+        for data, _ in out:
+            self.stats["packets_out"] += 1
+            self.stats["bytes_out"] += len(data)
+        return out
+
+    def streams_to_open(self, now: float) -> list[StreamRequest]:
+        out, self._streams = self._streams, []
+        return out
+
+    def next_event(self) -> Event | None:
+        return self._events.popleft() if self._events else None
+
+    def get_timer(self) -> float | None:
+        t = min(self._next_probe, self._next_gossip, self._next_push_pull, self._next_reap)
+        for p in self._pending.values():
+            t = min(t, p.final if p.kind == _PROBE and p.indirect else p.deadline)
+        for s in self._suspects.values():
+            t = min(t, s.suspicion.deadline)
+        if self._join is not None and self._join.retry_at is not None:
+            t = min(t, self._join.retry_at)
+        if self._leaving:
+            t = min(t, self._leave_at + self.config.leave_propagate_time)
+        return t
+
+    def handle_timer(self, now: float) -> None:
+        # Suspicion timeouts first: declarations should not wait behind a probe.
+        for name in [n for n, s in self._suspects.items() if s.suspicion.deadline <= now]:
+            self._suspicion_expired(name, now)
+        for seq in [s for s, p in self._pending.items() if self._pending_due(p, now)]:
+            self._pending_timeout(seq, now)
+        join = self._join
+        if join is not None and join.retry_at is not None and join.retry_at <= now:
+            join.retry_at = None
+            self._join_attempt(now)
+        if now >= self._next_probe:
+            self._probe(now)
+        if now >= self._next_gossip:
+            self._next_gossip = now + self.config.gossip_interval
+            self._gossip(now)
+        if now >= self._next_push_pull:
+            self._next_push_pull = now + self._push_pull_interval()
+            self._periodic_push_pull(now)
+        if now >= self._next_reap:
+            self._next_reap = now + self.config.probe_interval
+            self._reap(now)
+
+    # ------------------------------------------------------------------ message handling
+
+    def _handle_message(self, msg: Message, addr: Addr, now: float) -> None:
+        if isinstance(msg, Ping):
+            self._on_ping(msg, addr, now)
+        elif isinstance(msg, Ack):
+            self._on_ack(msg, now)
+        elif isinstance(msg, Nack):
+            p = self._pending.get(msg.seq)
+            if p is not None and p.kind == _PROBE:
+                p.nacks += 1
+                self.stats["nacks_received"] += 1
+        elif isinstance(msg, PingReq):
+            self._on_ping_req(msg, addr, now)
+        elif isinstance(msg, Alive):
+            self._apply_alive(msg, now)
+        elif isinstance(msg, Suspect):
+            self._apply_suspect(msg, now)
+        elif isinstance(msg, Dead):
+            self._apply_dead(msg, now)
+        elif isinstance(msg, Summary):
+            self._on_summary(msg, now)
+
+    def _on_ping(self, msg: Ping, addr: Addr, now: float) -> None:
+        if msg.target != self.name:
+            # Meant for a member that used to live at this address: stay silent.
+            self.stats["misdirected"] += 1
+            return
+        self._send(addr, encode_message(Ack(msg.seq, self.name)))
+        self._send(addr, encode_message(self._own_summary()))
+
+    def _on_ping_req(self, msg: PingReq, addr: Addr, now: float) -> None:
+        if msg.target == self.name:
+            self._send(addr, encode_message(Ack(msg.seq, self.name)))
+            return
+        seq = self._next_seq()
+        # Answer a little before the requester's indirect phase ends, so the nack counts.
+        timeout = 0.8 * self._probe_timeout(self._members.get(msg.target))
+        self._pending[seq] = _Pending(
+            kind=_RELAY,
+            target=msg.target,
+            target_addr=msg.target_addr,
+            sent=now,
+            deadline=now + timeout,
+            reply_to=addr,
+            reply_seq=msg.seq,
+            want_nack=msg.nack,
+        )
+        self._send(msg.target_addr, self._ping(seq, msg.target))
+
+    def _on_ack(self, msg: Ack, now: float) -> None:
+        p = self._pending.get(msg.seq)
+        if p is None or msg.source != p.target:
+            return
+        self.stats["acks_received"] += 1
+        if p.kind == _PROBE:
+            if not p.indirect:
+                self._measure_rtt(p.target, now - p.sent)
+            p.acked = True
+            del self._pending[msg.seq]
+            self._probing = None
+            self._awareness.apply_delta(-1)
+        elif p.kind == _RELAY:
+            del self._pending[msg.seq]
+            self._send(p.reply_to, encode_message(Ack(p.reply_seq, p.target)))
+        elif p.kind == _CHECK:
+            del self._pending[msg.seq]
+            self._measure_rtt(p.target, now - p.sent)
+        elif p.kind == _CLAIM:
+            # The old address still answers under this name: two live nodes claim it.
+            del self._pending[msg.seq]
+            self._claims.pop(p.target, None)
+            kept = self._members.get(p.target)
+            if p.claim is not None and kept is not None:
+                self.stats["conflicts"] += 1
+                other = p.target_addr if p.target == self.name else p.claim.addr
+                event = NameConflict(kept.copy(), other=other)
+                if p.target == self.name:
+                    # We are the newcomer: do not announce ourselves over a live member.
+                    self._conflict = event
+                self._emit(event)
+
+    def _on_summary(self, msg: Summary, now: float) -> None:
+        if msg.name == self.name:
+            return
+        heard = self._summaries.get(msg.name)
+        if heard is None or msg.seq >= heard[0].seq:
+            self._summaries[msg.name] = (msg, now)
+
+    # ------------------------------------------------------------------ state rules
+
+    def _apply_alive(self, a: Alive, now: float) -> None:
+        if a.name == self.name:
+            self._alive_about_self(a, now)
+            return
+        m = self._members.get(a.name)
+        if m is None:
+            m = Member(
+                name=a.name,
+                addr=a.addr,
+                dc=a.dc,
+                roles=a.roles,
+                weight=a.weight,
+                tags=dict(a.tags),
+                incarnation=a.incarnation,
+                state=State.ALIVE,
+                since=now,
+                protocol=a.protocol,
+                last_heard=now,
+            )
+            self._members[a.name] = m
+            self._add_to_probe_order(a.name)
+            self._queue_broadcast(a.name, a)
+            self._update_digest()
+            self._emit(MemberJoined(m.copy()))
+            return
+        if a.addr != m.addr:
+            if m.state.is_live:
+                # A live member at another address: a restart elsewhere, or two nodes with one
+                # name. Ask the old address before believing it.
+                if a.incarnation > m.incarnation:
+                    self._verify_claim(a, m, now)
+                return
+            # A dead or departed member back at a new address (memberlist: updatesNode).
+        elif a.incarnation <= m.incarnation:
+            return
+        self._accept_alive(m, a, now)
+
+    def _accept_alive(self, m: Member, a: Alive, now: float) -> None:
+        previous = m.state
+        changed = (m.addr, m.dc, m.roles, m.weight, m.tags) != (
+            a.addr,
+            a.dc,
+            a.roles,
+            a.weight,
+            a.tags,
+        )
+        m.addr, m.dc, m.roles, m.weight, m.tags = a.addr, a.dc, a.roles, a.weight, dict(a.tags)
+        m.incarnation = a.incarnation
+        m.protocol = a.protocol
+        self._suspects.pop(m.name, None)
+        self._checked.pop(m.name, None)
+        if previous != State.ALIVE:
+            m.state = State.ALIVE
+            m.since = now
+            if not previous.is_live:
+                self._add_to_probe_order(m.name)
+        m.last_heard = now
+        self._queue_broadcast(m.name, a)
+        self._update_digest()
+        if previous != State.ALIVE:
+            self._emit(MemberRecovered(m.copy(), previous=previous.label))
+        elif changed:
+            self._emit(MemberUpdated(m.copy()))
+
+    def _alive_about_self(self, a: Alive, now: float) -> None:
+        me = self._members[self.name]
+        if self._leaving:
+            return
+        if a.addr != me.addr and a.incarnation >= me.incarnation:
+            # Someone else speaks under our name (or the cluster remembers us elsewhere).
+            if self._join is not None and not self._join.done and a.name not in self._claims:
+                # Joining after a restart at a new address: check the old one first.
+                self._verify_claim(a, me, now, own=True)
+                return
+            self.stats["conflicts"] += 1
+            self._emit(NameConflict(me.copy(), other=a.addr))
+        if a.incarnation < me.incarnation:
+            return
+        same = (a.addr, a.dc, a.roles, a.weight, a.tags) == (
+            me.addr,
+            me.dc,
+            me.roles,
+            me.weight,
+            me.tags,
+        )
+        if a.incarnation == me.incarnation and same:
+            return
+        self._refute(a.incarnation, now)
+
+    def _apply_suspect(self, s: Suspect, now: float) -> None:
+        m = self._members.get(s.name)
+        if m is None or s.incarnation < m.incarnation:
+            return
+        st = self._suspects.get(s.name)
+        if st is not None and m.state == State.SUSPECT:
+            if st.suspicion.confirm(s.origin, now):
+                self.stats["confirmations"] += 1
+                # Pass the confirmation on so others shrink their timeouts too.
+                self._queue_broadcast(s.name, s, suffix=":confirm:" + s.origin)
+            return
+        if m.state != State.ALIVE:
+            return
+        if s.name == self.name:
+            if not self._leaving:
+                self._refute(s.incarnation, now)
+            return
+        self._queue_broadcast(s.name, s)
+        m.state = State.SUSPECT
+        m.incarnation = s.incarnation
+        m.since = now
+        n = self.num_live()
+        k = expected_confirmations(n, self.config.suspicion_mult)
+        lo, hi = suspicion_timeouts(
+            n,
+            self.config.suspicion_mult,
+            self.config.suspicion_max_timeout_mult,
+            self.config.probe_interval,
+        )
+        susp = Suspicion(origin=s.origin, k=k, min_timeout=lo, max_timeout=hi, start=now)
+        self._suspects[s.name] = _SuspectState(susp, now, s.origin)
+        self._emit(MemberSuspected(m.copy(), by=s.origin))
+        if s.origin != self.name and self.config.suspect_check:
+            self._suspect_check(m, now)
+
+    def _apply_dead(self, d: Dead, now: float) -> None:
+        m = self._members.get(d.name)
+        if m is None or d.incarnation < m.incarnation:
+            return
+        left = d.origin == d.name
+        if not m.state.is_live:
+            # A tombstone only takes newer news: a later incarnation, or a leave over a
+            # failure at the same one. This keeps every view converging on one record.
+            if d.incarnation > m.incarnation or (left and m.state == State.DEAD):
+                m.incarnation = d.incarnation
+                m.state = State.LEFT if left else State.DEAD
+            return
+        if d.name == self.name and not self._leaving:
+            self._refute(d.incarnation, now)
+            return
+        susp = self._suspects.pop(d.name, None)
+        self._queue_broadcast(d.name, d)
+        m.state = State.LEFT if left else State.DEAD
+        m.incarnation = d.incarnation
+        suspected_for = now - susp.since if susp is not None else 0.0
+        m.since = now
+        self._checked.pop(d.name, None)
+        self._update_digest()
+        if left:
+            self._emit(MemberLeft(m.copy()))
+        else:
+            self._emit(
+                MemberFailed(
+                    m.copy(),
+                    by=d.origin,
+                    suspected_for=suspected_for,
+                    confirmations=susp.suspicion.confirmations if susp is not None else 0,
+                )
+            )
+
+    def _refute(self, incarnation: int, now: float) -> None:
+        me = self._members[self.name]
+        me.incarnation = max(me.incarnation, incarnation) + 1
+        self.stats["refutations"] += 1
+        # Lifeguard: being suspected is a hint that we are the slow one.
+        self._awareness.apply_delta(1)
+        self._broadcast_self_alive()
+        self._update_digest()
+
+    def _broadcast_self_alive(self) -> None:
+        me = self._members[self.name]
+        self._queue_broadcast(self.name, self._alive_of(me))
+
+    def _suspicion_expired(self, name: str, now: float) -> None:
+        st = self._suspects.get(name)
+        m = self._members.get(name)
+        if st is None or m is None or m.state != State.SUSPECT:
+            self._suspects.pop(name, None)
+            return
+        self.stats["failures_declared"] += 1
+        self._apply_dead(Dead(name, m.incarnation, self.name), now)
+
+    # ------------------------------------------------------------------ probing
+
+    def _probe(self, now: float) -> None:
+        interval = self._awareness.scale_timeout(self.config.probe_interval)
+        self._next_probe = now + interval
+        if self._leaving or self._probing is not None:
+            return
+        target = self._next_probe_target()
+        if target is None:
+            return
+        seq = self._next_seq()
+        timeout = self._probe_timeout(target)
+        self._pending[seq] = _Pending(
+            kind=_PROBE,
+            target=target.name,
+            target_addr=target.addr,
+            sent=now,
+            deadline=now + timeout,
+            final=now + max(interval, 2 * timeout),
+            incarnation=target.incarnation,
+        )
+        self._probing = seq
+        self.stats["pings_sent"] += 1
+        if target.state == State.SUSPECT:
+            # Buddy system: the probe of a suspect carries the suspicion so it can refute.
+            self._send(
+                target.addr,
+                encode_message(Suspect(target.name, target.incarnation, self.name)),
+            )
+        self._send(target.addr, self._ping(seq, target.name))
+
+    def _next_probe_target(self) -> Member | None:
+        for _ in range(len(self._probe_order) + 1):
+            if self._probe_index >= len(self._probe_order):
+                self._probe_order = [
+                    n for n, m in self._members.items() if n != self.name and m.state.is_live
+                ]
+                self._rng.shuffle(self._probe_order)
+                self._probe_index = 0
+                if not self._probe_order:
+                    return None
+            name = self._probe_order[self._probe_index]
+            self._probe_index += 1
+            m = self._members.get(name)
+            if m is not None and m.state.is_live and name != self.name:
+                return m
+        return None
+
+    def _add_to_probe_order(self, name: str) -> None:
+        # memberlist inserts a new member at a random position so it is probed this round.
+        pos = self._rng.randint(self._probe_index, len(self._probe_order))
+        self._probe_order.insert(pos, name)
+
+    def _pending_due(self, p: _Pending, now: float) -> bool:
+        if p.kind == _PROBE and p.indirect:
+            return p.final <= now
+        return p.deadline <= now
+
+    def _pending_timeout(self, seq: int, now: float) -> None:
+        p = self._pending[seq]
+        if p.kind == _PROBE:
+            if not p.indirect:
+                self._start_indirect(seq, p, now)
+                if p.final > now:
+                    return
+            del self._pending[seq]
+            self._probing = None
+            self._probe_failed(p, now)
+        elif p.kind == _RELAY:
+            del self._pending[seq]
+            if p.want_nack:
+                self._send(p.reply_to, encode_message(Nack(p.reply_seq, self.name)))
+        elif p.kind == _CHECK:
+            del self._pending[seq]
+            m = self._members.get(p.target)
+            if m is not None and m.state == State.SUSPECT:
+                # Independent confirmation: we could not reach it either.
+                self._apply_suspect(Suspect(m.name, m.incarnation, self.name), now)
+        elif p.kind == _CLAIM:
+            del self._pending[seq]
+            self._claims.pop(p.target, None)
+            claim = p.claim
+            if claim is None:
+                return
+            if p.target == self.name:
+                # Nobody answers at our old address: it was us, before a restart.
+                self._refute(claim.incarnation, now)
+                return
+            m = self._members.get(p.target)
+            if m is not None and claim.incarnation > m.incarnation:
+                self._accept_alive(m, claim, now)
+
+    def _start_indirect(self, seq: int, p: _Pending, now: float) -> None:
+        p.indirect = True
+        relays = [
+            m
+            for m in self._members.values()
+            if m.state == State.ALIVE and m.name not in (self.name, p.target)
+        ]
+        chosen = self._rng.sample(relays, min(self.config.indirect_checks, len(relays)))
+        me = self._members[self.name]
+        for relay in chosen:
+            self.stats["ping_reqs_sent"] += 1
+            msg = PingReq(seq, p.target, p.target_addr, self.name, me.addr, True)
+            self._send(relay.addr, encode_message(msg))
+        p.expected_nacks = len(chosen)
+
+    def _probe_failed(self, p: _Pending, now: float) -> None:
+        self.stats["probes_failed"] += 1
+        if p.expected_nacks > 0:
+            missing = p.expected_nacks - p.nacks
+            if missing > 0:
+                self._awareness.apply_delta(missing)
+        else:
+            self._awareness.apply_delta(1)
+        m = self._members.get(p.target)
+        if m is None or not m.state.is_live:
+            return
+        self.stats["suspicions"] += 1
+        self._apply_suspect(Suspect(m.name, max(m.incarnation, p.incarnation), self.name), now)
+
+    def _suspect_check(self, m: Member, now: float) -> None:
+        if self._leaving or self._checked.get(m.name) == m.incarnation:
+            return
+        self._checked[m.name] = m.incarnation
+        self.stats["suspect_checks"] += 1
+        seq = self._next_seq()
+        timeout = self._probe_timeout(m)
+        self._pending[seq] = _Pending(
+            kind=_CHECK, target=m.name, target_addr=m.addr, sent=now, deadline=now + timeout
+        )
+        self._send(m.addr, encode_message(Suspect(m.name, m.incarnation, self.name)))
+        self._send(m.addr, self._ping(seq, m.name))
+
+    def _verify_claim(self, a: Alive, m: Member, now: float, *, own: bool = False) -> None:
+        if a.name in self._claims:
+            return
+        seq = self._next_seq()
+        timeout = max(self._probe_timeout(m), self.config.probe_interval)
+        self._claims[a.name] = seq
+        self._pending[seq] = _Pending(
+            kind=_CLAIM,
+            target=a.name,
+            target_addr=a.addr if own else m.addr,
+            sent=now,
+            deadline=now + timeout,
+            claim=a,
+        )
+        self._send(a.addr if own else m.addr, self._ping(seq, a.name))
+
+    def _probe_timeout(self, m: Member | None) -> float:
+        base = self._awareness.scale_timeout(self.config.probe_timeout)
+        if m is not None and m.dc != self.dc:
+            rtt = self._rtt.get(m.dc)
+            if rtt is not None:
+                base = max(base, self.config.remote_timeout_rtt_mult * rtt)
+        return base
+
+    def _measure_rtt(self, name: str, rtt: float) -> None:
+        m = self._members.get(name)
+        if m is None or rtt < 0:
+            return
+        old = self._rtt.get(m.dc)
+        self._rtt[m.dc] = rtt if old is None else old + _RTT_ALPHA * (rtt - old)
+
+    # ------------------------------------------------------------------ dissemination
+
+    def _gossip(self, now: float) -> None:
+        if len(self._broadcasts) == 0:
+            return
+        n = self.num_live()
+        limit = self.config.max_packet_size - self._overhead
+        for target in self._gossip_targets(self.config.gossip_nodes, now):
+            msgs = self._broadcasts.get_broadcasts(0, limit, n)
+            if not msgs:
+                break
+            for m in msgs:
+                self._send(target.addr, m)
+
+    def _gossip_targets(self, k: int, now: float) -> list[Member]:
+        """k random members: live ones, and recently dead ones so they can refute; at least
+        `cross_dc_gossip_nodes` of them in other datacenters when there are any."""
+        grace = self.config.gossip_to_dead_time
+        pool = [
+            m
+            for m in self._members.values()
+            if m.name != self.name
+            and (m.state.is_live or (m.state == State.DEAD and now - m.since < grace))
+        ]
+        if len(pool) <= k:
+            return pool
+        remote = [m for m in pool if m.dc != self.dc]
+        chosen: list[Member] = []
+        if remote:
+            chosen = self._rng.sample(
+                remote, min(self.config.cross_dc_gossip_nodes, len(remote), k)
+            )
+        taken = {m.name for m in chosen}
+        rest = [m for m in pool if m.name not in taken]
+        chosen.extend(self._rng.sample(rest, k - len(chosen)))
+        return chosen
+
+    def _queue_broadcast(self, name: str, msg: Message, suffix: str = "") -> None:
+        self._broadcasts.queue(name + suffix if suffix else name, encode_message(msg))
+
+    def _push_pull_interval(self) -> float:
+        # memberlist pushPullScale: double the interval for every doubling past 32 members.
+        n = max(1, self.num_live()) if self._members else 1
+        base = self.config.push_pull_interval
+        if n <= 32:
+            return base
+        return base * (math.ceil(math.log2(n) - math.log2(32)) + 1)
+
+    def _periodic_push_pull(self, now: float) -> None:
+        if self._leaving:
+            return
+        pool = [m for m in self._members.values() if m.name != self.name and m.state.is_live]
+        if not pool:
+            return
+        target = self._rng.choice(pool)
+        self._open_push_pull(target.addr, join=False, kind="sync")
+
+    def _join_attempt(self, now: float) -> None:
+        join = self._join
+        if join is None or join.done:
+            return
+        join.attempt += 1
+        for seed in join.seeds:
+            join.outstanding.add(self._open_push_pull(seed, join=True, kind="join"))
+
+    def _open_push_pull(self, addr: Addr, *, join: bool, kind: str) -> int:
+        sid = self._next_stream
+        self._next_stream += 1
+        payload = self._seal(encode_stream(self._push_pull_message(join=join, reply=False)))
+        self._streams.append(StreamRequest(sid, addr, payload))
+        self._stream_kind[sid] = (kind, addr)
+        return sid
+
+    def _push_pull_message(self, *, join: bool, reply: bool) -> PushPull:
+        states = tuple(
+            MemberState(
+                m.name, m.addr, m.dc, m.roles, m.weight, m.tags, m.incarnation, m.state, m.protocol
+            )
+            for m in self._members.values()
+        )
+        summaries = [self._own_summary()]
+        summaries.extend(s for s, _ in self._summaries.values())
+        return PushPull(join, states, tuple(summaries), reply=reply)
+
+    def _merge(self, msg: PushPull, now: float) -> None:
+        for s in msg.states:
+            if s.state == State.ALIVE:
+                self._apply_alive(self._alive_of_state(s), now)
+            elif s.state == State.LEFT:
+                self._apply_dead(Dead(s.name, s.incarnation, s.name), now)
+            elif s.state == State.DEAD and self._is_tombstone(s.name):
+                self._apply_dead(Dead(s.name, s.incarnation, self.name), now)
+            else:
+                # memberlist: a remote "dead" is only a suspicion here, to be safe.
+                self._apply_suspect(Suspect(s.name, s.incarnation, self.name), now)
+        for summary in msg.summaries:
+            self._on_summary(summary, now)
+
+    def _is_tombstone(self, name: str) -> bool:
+        m = self._members.get(name)
+        return m is not None and not m.state.is_live
+
+    def _reap(self, now: float) -> None:
+        horizon = self.config.tombstone_reap_time
+        gone = [
+            n
+            for n, m in self._members.items()
+            if n != self.name and not m.state.is_live and now - m.since > horizon
+        ]
+        for n in gone:
+            del self._members[n]
+            self._summaries.pop(n, None)
+        # Summaries of members no longer known are dropped with them; stale checks too.
+        for n in [n for n in self._summaries if n not in self._members]:
+            del self._summaries[n]
+        self._broadcasts.prune(max(64, 8 * len(self._members)))
+
+    # ------------------------------------------------------------------ key rotation
+
+    def _key_op(self, msg: KeyOp) -> StreamMessage:
+        ring = self.keyring
+        if ring is None:
+            return KeyOpReply(False, "this node runs without a keyring (--insecure)")
+        try:
+            if msg.op == "install":
+                ring.install(msg.key)
+            elif msg.op == "use":
+                ring.use(msg.key)
+            elif msg.op == "remove":
+                ring.remove(msg.key)
+        except ValueError as e:
+            return KeyOpReply(False, str(e))
+        self._emit(KeyringChanged(msg.op, Keyring.key_id(msg.key)))
+        return KeyOpReply(True, "")
+
+    # ------------------------------------------------------------------ helpers
+
+    def _emit(self, event: Event) -> None:
+        self._events.append(event)
+
+    def _send(self, addr: Addr, encoded: bytes) -> None:
+        self._out.setdefault(addr, []).append(encoded)
+
+    def _finish_packet(self, encoded: list[bytes]) -> bytes:
+        return self._seal(encode_packet(self.name, encoded))
+
+    def _seal(self, data: bytes) -> bytes:
+        if self.keyring is not None:
+            return self.keyring.seal(data, self.label)
+        return wrap_plain(self.label, data)
+
+    def _open(self, data: bytes) -> bytes:
+        if self.keyring is not None:
+            return self.keyring.open(data, self.label)
+        return unwrap_plain(self.label, data)
+
+    def _next_seq(self) -> int:
+        self._seq = (self._seq + 1) & 0x7FFFFFFF
+        return self._seq
+
+    def _ping(self, seq: int, target: str) -> bytes:
+        me = self._members[self.name]
+        return encode_message(Ping(seq, target, self.name, me.addr, self.dc))
+
+    def _alive_of(self, m: Member) -> Alive:
+        return Alive(m.name, m.incarnation, m.addr, m.dc, m.roles, m.weight, dict(m.tags))
+
+    @staticmethod
+    def _alive_of_state(s: MemberState) -> Alive:
+        return Alive(s.name, s.incarnation, s.addr, s.dc, s.roles, s.weight, s.tags, s.protocol)
+
+    def _own_summary(self) -> Summary:
+        return Summary(
+            self.name, self._summary_seq, self._digest, self._awareness.score, self.num_live()
+        )
+
+    def _update_digest(self) -> None:
+        h = hashlib.sha256()
+        for name in sorted(n for n, m in self._members.items() if m.state.is_live):
+            h.update(name.encode())
+            h.update(b"\0")
+            h.update(str(self._members[name].incarnation).encode())
+            h.update(b"\0")
+        digest = h.digest()[:8]
+        if digest != self._digest:
+            self._digest = digest
+            self._summary_seq += 1
+            # Tell a few members directly through the queue (not relayed further by them).
+            self._broadcasts.queue("summary:" + self.name, encode_message(self._own_summary()))
+
+
+def _fmt_addr(addr: Addr) -> str:
+    host, port = addr
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def member_json(m: Member, wall_offset: float = 0.0) -> dict[str, Any]:
+    """A member as the `members --format json` object that scripts rely on."""
+    return {
+        "name": m.name,
+        "addr": _fmt_addr(m.addr),
+        "dc": m.dc,
+        "roles": list(m.roles),
+        "weight": m.weight,
+        "state": m.state.label,
+        "incarnation": m.incarnation,
+        "tags": dict(m.tags),
+        "since": m.since + wall_offset,
+    }
