@@ -68,7 +68,9 @@ class CoreNet:
         self.events.setdefault(name, [])
         return core
 
-    def cluster(self, n: int, config: MembershipConfig | None = None, **kw: Any) -> list[Membership]:
+    def cluster(
+        self, n: int, config: MembershipConfig | None = None, **kw: Any
+    ) -> list[Membership]:
         cores = [self.add(f"n{i}", config, **kw) for i in range(n)]
         seed = cores[0].local.addr
         for c in cores[1:]:

@@ -1,0 +1,413 @@
+"""The SWIM core stepped by hand: no sockets, no trio, virtual time only.
+
+Rules: every test builds its cores through `CoreNet` (or two cores joined directly), drives
+time explicitly and asserts on states, events and counters, never on wall-clock time.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from corenet import CoreNet, keyring
+from swimthor.config import profile, replace
+from swimthor.membership import (
+    MemberFailed,
+    MemberJoined,
+    MemberLeft,
+    MemberRecovered,
+    Membership,
+    MemberSuspected,
+    MemberUpdated,
+    NameConflict,
+    State,
+)
+from swimthor.membership._keyring import Keyring
+from swimthor.membership._lifeguard import (
+    expected_confirmations,
+    remaining_suspicion_time,
+    suspicion_timeouts,
+)
+from swimthor.membership._messages import (
+    Ack,
+    Alive,
+    Nack,
+    Ping,
+    PingReq,
+    Suspect,
+    decode_packet,
+    encode_message,
+    encode_packet,
+)
+from swimthor.membership._keyring import unwrap_plain, wrap_plain
+
+LOCAL = profile("local")
+
+
+def _msgs(data: bytes, label: str = "") -> list[object]:
+    return list(decode_packet(unwrap_plain(label, data)).messages)
+
+
+def _core(name: str, port: int, config=LOCAL, **kw) -> Membership:
+    return Membership(
+        name=name,
+        addr=("10.0.0.1", port),
+        config=config,
+        rng=random.Random(port),
+        now=0.0,
+        **kw,
+    )
+
+
+def _plain(sender: str, *msgs: object) -> bytes:
+    return wrap_plain("", encode_packet(sender, [encode_message(m) for m in msgs]))  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- ping / ack / ping-req
+
+
+def test_ping_is_acked_and_misdirected_ping_is_ignored() -> None:
+    b = _core("b", 2)
+    b.receive_datagram(_plain("a", Ping(7, "b", "a", ("10.0.0.1", 1), "dc1")), ("10.0.0.1", 1), 0.0)
+    out = b.datagrams_to_send(0.0)
+    assert len(out) == 1 and out[0][1] == ("10.0.0.1", 1)
+    assert Ack(7, "b") in _msgs(out[0][0])
+    # A ping meant for another name (the member that used to live here) gets no answer.
+    b.receive_datagram(
+        _plain("a", Ping(8, "zz", "a", ("10.0.0.1", 1), "dc1")), ("10.0.0.1", 1), 0.1
+    )
+    assert b.datagrams_to_send(0.1) == []
+    assert b.stats["misdirected"] == 1
+
+
+def test_probe_acked_directly_raises_no_suspicion() -> None:
+    net = CoreNet()
+    a, b = net.cluster(2)
+    net.run(5.0)
+    assert a.stats["acks_received"] > 0 and b.stats["acks_received"] > 0
+    assert a.stats["ping_reqs_sent"] == 0
+    assert net.state(a, "n1") == State.ALIVE
+    assert a.stats["suspicions"] == 0
+
+
+def test_ping_req_relays_around_a_cut_link() -> None:
+    net = CoreNet()
+    a, b, c = net.cluster(3)
+    net.cut_link(a, b)
+    net.run(10.0)
+    # a cannot reach b directly, but c relays every probe: nobody is suspected for long.
+    assert a.stats["ping_reqs_sent"] > 0
+    assert net.state(a, "n1") == State.ALIVE
+    assert net.state(b, "n0") == State.ALIVE
+    assert not any(isinstance(e, MemberFailed) for ev in net.events.values() for e in ev)
+
+
+def test_relay_answers_with_nack_when_target_is_silent() -> None:
+    relay = _core("r", 3)
+    requester = ("10.0.0.1", 1)
+    relay.receive_datagram(
+        _plain("a", PingReq(41, "t", ("10.0.0.1", 9), "a", requester, True)), requester, 0.0
+    )
+    sent = relay.datagrams_to_send(0.0)
+    assert [addr for _, addr in sent] == [("10.0.0.1", 9)]
+    ping = next(m for m in _msgs(sent[0][0]) if isinstance(m, Ping))
+    assert ping.target == "t"
+    t = relay.get_timer()
+    assert t is not None
+    relay.handle_timer(LOCAL.probe_timeout)
+    out = relay.datagrams_to_send(LOCAL.probe_timeout)
+    assert any(Nack(41, "r") in _msgs(d) for d, addr in out if addr == requester)
+
+
+def test_relay_forwards_ack_under_requesters_sequence() -> None:
+    relay = _core("r", 3)
+    requester = ("10.0.0.1", 1)
+    relay.receive_datagram(
+        _plain("a", PingReq(41, "t", ("10.0.0.1", 9), "a", requester, True)), requester, 0.0
+    )
+    ping = next(m for d, _ in relay.datagrams_to_send(0.0) for m in _msgs(d) if isinstance(m, Ping))
+    relay.receive_datagram(_plain("t", Ack(ping.seq, "t")), ("10.0.0.1", 9), 0.01)
+    out = relay.datagrams_to_send(0.01)
+    assert any(Ack(41, "t") in _msgs(d) for d, addr in out if addr == requester)
+
+
+# ---------------------------------------------------------------- suspicion, refutation, failure
+
+
+def test_crash_is_suspected_then_declared_dead_everywhere() -> None:
+    net = CoreNet()
+    cores = net.cluster(5)
+    victim = cores[3]
+    net.crash(victim)
+    survivors = [c for c in cores if c is not victim]
+    took = net.run_until(lambda: all(net.state(c, "n3") == State.DEAD for c in survivors), 10)
+    assert took < 5.0
+    for c in survivors:
+        kinds = [type(e) for e in net.events[c.name] if getattr(e, "member", None)]
+        assert MemberFailed in kinds
+    failed = [e for e in net.events["n0"] if isinstance(e, MemberFailed)]
+    assert failed[0].member.name == "n3"
+
+
+def test_suspect_refutes_and_stays_alive() -> None:
+    net = CoreNet()
+    cores = net.cluster(4)
+    a, b = cores[0], cores[1]
+    before = b.local.incarnation
+    # a alone accuses b; b hears it (gossip or the buddy probe) and refutes.
+    for c in cores:
+        c.receive_datagram(_plain("n0", Suspect("n1", before, "n0")), a.local.addr, net.now)
+    net.run(3.0)
+    assert b.local.incarnation > before
+    assert b.stats["refutations"] >= 1
+    assert all(net.state(c, "n1") == State.ALIVE for c in cores)
+    assert any(isinstance(e, MemberRecovered) for e in net.events["n2"])
+    assert not any(isinstance(e, MemberFailed) for ev in net.events.values() for e in ev)
+
+
+def test_buddy_probe_of_suspect_carries_the_suspicion() -> None:
+    net = CoreNet()
+    a, b, c = net.cluster(3)
+    net.run(0.5)
+    net.sent.clear()
+    a.receive_datagram(_plain("n2", Suspect("n1", 0, "n2")), c.local.addr, net.now)
+    net.run(2.0)
+    to_b = [d for src, dst, d in net.sent if src == a.local.addr and dst == b.local.addr]
+    assert any(isinstance(m, Suspect) and m.name == "n1" for d in to_b for m in _msgs(d))
+
+
+def test_suspicion_timeout_shrinks_with_confirmations() -> None:
+    cfg = replace(LOCAL, suspect_check=False)
+    n = 10
+    core = _core("me", 1, cfg)
+    for i in range(n - 1):
+        alive = Alive(f"m{i}", 1, ("10.0.0.1", 100 + i), "dc1", (), 1.0, {})
+        core.receive_datagram(_plain(f"m{i}", alive), ("10.0.0.1", 100 + i), 0.0)
+    core.datagrams_to_send(0.0)
+    lo, hi = suspicion_timeouts(n, cfg.suspicion_mult, cfg.suspicion_max_timeout_mult,
+                                cfg.probe_interval)  # fmt: skip
+    k = expected_confirmations(n, cfg.suspicion_mult)
+    assert k == 2
+    core.receive_datagram(_plain("m1", Suspect("m0", 1, "m1")), ("10.0.0.1", 101), 0.0)
+    susp = core._suspects["m0"].suspicion
+    assert susp.deadline == pytest.approx(remaining_suspicion_time(0, k, 0.0, lo, hi))
+    assert susp.deadline == pytest.approx(hi)
+    core.receive_datagram(_plain("m2", Suspect("m0", 1, "m2")), ("10.0.0.1", 102), 0.1)
+    assert susp.deadline == pytest.approx(remaining_suspicion_time(1, k, 0.0, lo, hi))
+    assert lo < susp.deadline < hi
+    # the same confirmer again counts once
+    core.receive_datagram(_plain("m2", Suspect("m0", 1, "m2")), ("10.0.0.1", 102), 0.2)
+    assert susp.confirmations == 1
+    core.receive_datagram(_plain("m3", Suspect("m0", 1, "m3")), ("10.0.0.1", 103), 0.3)
+    assert susp.deadline == pytest.approx(lo)
+    # it fires at the deadline, not before
+    core.handle_timer(lo - 0.01)
+    assert core.member("m0").state == State.SUSPECT
+    core.handle_timer(lo)
+    assert core.member("m0").state == State.DEAD
+
+
+def test_suspect_check_sends_an_independent_confirmation() -> None:
+    net = CoreNet()
+    cores = net.cluster(5)
+    net.crash(cores[4])
+    net.run(3.0)
+    confirmations = sum(c.stats["confirmations"] for c in cores[:4])
+    checks = sum(c.stats["suspect_checks"] for c in cores[:4])
+    assert checks >= 2
+    assert confirmations >= 2
+
+
+def test_health_score_rises_when_we_are_the_slow_one_and_falls_after() -> None:
+    net = CoreNet()
+    cores = net.cluster(4)
+    a = cores[0]
+    # a's outbound traffic is lost: its probes fail and no relay's nack reaches... its own
+    # requests never leave, so it expects nacks that never come.
+    for c in cores[1:]:
+        net.cut.add((a.local.addr, c.local.addr))
+    net.run(2.0)
+    assert a.health_score >= 2
+    net.heal()
+    net.run(20.0)
+    assert a.health_score == 0
+
+
+# ---------------------------------------------------------------- dissemination
+
+
+def test_updates_spread_and_stop_after_retransmit_limit() -> None:
+    net = CoreNet()
+    cores = net.cluster(6)
+    net.run(5.0)
+    assert all(len(c._broadcasts) == 0 for c in cores)
+    cores[2].update_metadata(net.now, tags={"zone": "b"})
+    net.run(2.0)
+    assert all(c.member("n2").tags == {"zone": "b"} for c in cores)
+    assert any(isinstance(e, MemberUpdated) and e.member.name == "n2" for e in net.events["n0"])
+    net.run(5.0)
+    assert all(len(c._broadcasts) == 0 for c in cores)
+
+
+def test_metadata_bounds_are_enforced() -> None:
+    core = _core("a", 1)
+    with pytest.raises(ValueError):
+        core.update_metadata(0.0, tags={f"k{i}": "v" for i in range(100)})
+    with pytest.raises(ValueError):
+        core.update_metadata(0.0, weight=-1)
+    with pytest.raises(ValueError):
+        core.update_metadata(0.0, tags={"k": "x" * 1000})
+
+
+def test_packets_respect_the_size_limit() -> None:
+    cfg = replace(LOCAL, max_packet_size=600)
+    net = CoreNet()
+    cores = [net.add(f"n{i}", cfg, tags={"t": "x" * 100}) for i in range(12)]
+    for c in cores[1:]:
+        c.join([cores[0].local.addr], net.now)
+    net.run(5.0)
+    assert all(len(d) <= 600 for _, _, d in net.sent)
+    assert all(c.num_live() == 12 for c in cores)
+
+
+# ---------------------------------------------------------------- leave, restart, conflicts
+
+
+def test_leave_is_left_not_dead() -> None:
+    net = CoreNet()
+    cores = net.cluster(4)
+    cores[1].leave(net.now)
+    net.run_until(lambda: cores[1].leave_complete(net.now), 2.0)
+    net.crash(cores[1])
+    net.run(10.0)
+    for c in (cores[0], cores[2], cores[3]):
+        assert net.state(c, "n1") == State.LEFT
+        assert any(isinstance(e, MemberLeft) for e in net.events[c.name])
+        assert not any(isinstance(e, MemberFailed) for e in net.events[c.name])
+
+
+def test_restart_at_same_address_takes_its_place_back() -> None:
+    net = CoreNet()
+    cores = net.cluster(4)
+    addr = cores[2].local.addr
+    net.crash(cores[2])
+    net.run_until(lambda: net.state(cores[0], "n2") == State.DEAD, 10)
+    old_inc = cores[0].member("n2").incarnation
+    back = net.add("n2", addr=addr)
+    back.join([cores[0].local.addr], net.now)
+    net.run_until(
+        lambda: all(net.state(c, "n2") == State.ALIVE for c in (cores[0], cores[1], cores[3])), 5
+    )
+    assert back.local.incarnation > old_inc
+    assert any(isinstance(e, MemberRecovered) for e in net.events["n0"])
+
+
+def test_restart_at_new_address_before_detection() -> None:
+    net = CoreNet()
+    cores = net.cluster(4)
+    net.crash(cores[2])
+    new = net.add("n2")  # new address, while the others still think n2 is alive
+    new.join([cores[0].local.addr], net.now)
+    net.run_until(
+        lambda: all(
+            c.member("n2").addr == new.local.addr and net.state(c, "n2") == State.ALIVE
+            for c in (cores[0], cores[1], cores[3])
+        ),
+        10,
+    )
+    assert new.conflict is None
+
+
+def test_restart_at_new_address_after_death() -> None:
+    net = CoreNet()
+    cores = net.cluster(4)
+    net.crash(cores[2])
+    net.run_until(lambda: net.state(cores[0], "n2") == State.DEAD, 10)
+    new = net.add("n2")
+    new.join([cores[0].local.addr], net.now)
+    net.run_until(
+        lambda: all(
+            c.member("n2").addr == new.local.addr and net.state(c, "n2") == State.ALIVE
+            for c in (cores[0], cores[1], cores[3])
+        ),
+        5,
+    )
+
+
+def test_two_live_nodes_with_one_name_are_reported_not_merged() -> None:
+    net = CoreNet()
+    cores = net.cluster(3)
+    original = cores[1].local.addr
+    impostor = net.add("n1")
+    impostor.join([cores[0].local.addr], net.now)
+    net.run(5.0)
+    assert impostor.conflict is not None
+    assert impostor.conflict.other == original
+    assert any(isinstance(e, NameConflict) for e in net.events["n1"])
+    # Nobody switched to the impostor's address.
+    assert cores[0].member("n1").addr == original
+    assert cores[2].member("n1").addr == original
+    assert net.state(cores[0], "n1") == State.ALIVE
+
+
+def test_join_retries_with_backoff_until_a_seed_answers() -> None:
+    net = CoreNet()
+    a = net.add("a")
+    b = net.add("b")
+    dead_seed = ("10.0.0.1", 1)
+    b.join([dead_seed, a.local.addr], net.now)
+    net.crash(a)
+    net.run(3.0)
+    fails = [e for e in net.events["b"] if type(e).__name__ == "JoinFailed"]
+    assert len(fails) >= 2
+    assert fails[1].retry_in > fails[0].retry_in
+    net.down.discard(a.local.addr)
+    net.run(10.0)
+    assert any(type(e).__name__ == "Joined" for e in net.events["b"])
+    assert net.state(a, "b") == State.ALIVE
+
+
+# ---------------------------------------------------------------- security
+
+
+def test_wrong_key_or_label_cannot_join_or_change_a_view() -> None:
+    net = CoreNet()
+    ring = keyring(1)
+    cores = [net.add(f"n{i}", keyring=Keyring(ring.keys)) for i in range(3)]
+    for c in cores[1:]:
+        c.join([cores[0].local.addr], net.now)
+    net.run(3.0)
+    assert all(c.num_live() == 3 for c in cores)
+    stranger = net.add("x", keyring=keyring(2))
+    stranger.join([cores[0].local.addr], net.now)
+    labelled = net.add("y", keyring=Keyring(ring.keys), label="other")
+    labelled.join([cores[0].local.addr], net.now)
+    plain = net.add("z")
+    plain.join([cores[0].local.addr], net.now)
+    # They also send forged gossip straight at a member.
+    for intruder in (stranger, labelled, plain):
+        intruder._send(cores[0].local.addr, encode_message(Suspect("n1", 0, intruder.name)))
+        net._flush(intruder)
+    net.run(5.0)
+    for c in cores:
+        assert {m.name for m in c.members()} == {"n0", "n1", "n2"}
+        assert net.state(c, "n1") == State.ALIVE
+    assert cores[0].stats["rejected_seal"] > 0
+    assert stranger.num_live() == 1 and labelled.num_live() == 1 and plain.num_live() == 1
+
+
+def test_garbage_is_dropped_and_counted() -> None:
+    core = _core("a", 1)
+    for junk in (b"", b"\x00", b"\x01" * 50, wrap_plain("", b"\xff\xff"), b"\x00\x00" + b"x" * 10):
+        core.receive_datagram(junk, ("10.0.0.1", 5), 0.0)
+    assert core.stats["rejected_seal"] + core.stats["rejected_decode"] == 5
+    assert core.datagrams_to_send(0.0) == []
+
+
+def test_events_report_joins() -> None:
+    net = CoreNet()
+    net.cluster(3)
+    joined = {e.member.name for e in net.events["n0"] if isinstance(e, MemberJoined)}
+    assert joined == {"n1", "n2"}
+    assert not any(isinstance(e, MemberSuspected) for e in net.events["n0"])
