@@ -1,0 +1,278 @@
+"""The cluster keyring: seals gossip packets and stream frames with ChaCha20-Poly1305.
+
+The primary key seals; every installed key may open, so a cluster rotates keys without a
+flag day (install the new key everywhere, `use` it everywhere, then `remove` the old one).
+
+Envelopes (the first byte is the envelope version):
+
+* ``0x01`` sealed: ``0x01 || nonce(12) || ciphertext || tag(16)``, with
+  ``b"swimthor/1 " + label`` as associated data, so a packet of another cluster (other label)
+  does not open even under the same key.
+* ``0x00`` plaintext, only when the cluster runs ``--insecure`` (no keyring):
+  ``0x00 || len(label) || label || plaintext``, so a node with the wrong label is still rejected.
+
+Keys are stored as a small JSON file ``{"primary": "<base64>", "keys": ["<base64>", ...]}``
+written atomically with mode 0600; a file holding just one base64 key (what
+``swimthor keygen > file`` writes) loads as a keyring of that one key.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+KEY_SIZE = 32
+NONCE_SIZE = 12
+TAG_SIZE = 16
+SEALED = 0x01
+PLAIN = 0x00
+SEAL_OVERHEAD = 1 + NONCE_SIZE + TAG_SIZE
+MAX_LABEL = 255
+_AD_PREFIX = b"swimthor/1 "
+
+
+class SealError(Exception):
+    """A packet or frame could not be opened; `str()` is a short reason for logs and counters."""
+
+
+class KeyringFileError(ValueError):
+    """A keyring file could not be read or written; the message names the path."""
+
+
+def _label_bytes(label: str) -> bytes:
+    raw = label.encode("utf-8")
+    if len(raw) > MAX_LABEL:
+        raise ValueError(f"cluster label is {len(raw)} bytes in UTF-8, at most {MAX_LABEL}")
+    return raw
+
+
+def wrap_plain(label: str, data: bytes) -> bytes:
+    """Plaintext envelope (``--insecure``): ``0x00 || len(label) || label || data``."""
+    raw = _label_bytes(label)
+    return b"".join([bytes([PLAIN, len(raw)]), raw, data])
+
+
+def unwrap_plain(label: str, data: bytes) -> bytes:
+    """The payload of a plaintext envelope carrying `label`; SealError otherwise."""
+    raw = _label_bytes(label)
+    if not data:
+        raise SealError("truncated")
+    if data[0] == SEALED:
+        raise SealError("sealed packet but cluster is plaintext")
+    if data[0] != PLAIN:
+        raise SealError("wrong envelope")
+    if len(data) < 2 or len(data) < 2 + data[1]:
+        raise SealError("truncated")
+    if data[2 : 2 + data[1]] != raw:
+        raise SealError("wrong cluster label")
+    return bytes(data[2 + data[1] :])
+
+
+def _check_key(key: bytes) -> bytes:
+    if not isinstance(key, bytes | bytearray):
+        raise TypeError(f"a key is bytes, not {type(key).__name__}")
+    if len(key) != KEY_SIZE:
+        raise ValueError(f"a key is {KEY_SIZE} bytes, not {len(key)}")
+    return bytes(key)
+
+
+class Keyring:
+    """Installed cluster keys; the primary seals, any installed key opens."""
+
+    def __init__(
+        self,
+        keys: Sequence[bytes],
+        primary: bytes | None = None,
+        *,
+        nonce_source: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        """`primary` defaults to ``keys[0]`` and is installed if `keys` lacks it.
+        `nonce_source(n)` returns n nonce bytes (random by default; fixed in tests)."""
+        checked = [_check_key(k) for k in keys]
+        if primary is not None:
+            checked.insert(0, _check_key(primary))
+        if not checked:
+            raise ValueError("a keyring needs at least one key")
+        # Insertion-ordered set: the primary first, then the others in the order given.
+        self._ciphers: dict[bytes, ChaCha20Poly1305] = {}
+        for k in checked:
+            if k not in self._ciphers:
+                self._ciphers[k] = ChaCha20Poly1305(k)
+        self._primary = checked[0]
+        self._nonce_source = nonce_source
+
+    def __repr__(self) -> str:
+        ids = ", ".join(self.key_id(k) for k in self.keys)
+        return f"Keyring(primary={self.key_id(self._primary)}, keys=[{ids}])"
+
+    @property
+    def primary(self) -> bytes:
+        """The key that seals."""
+        return self._primary
+
+    @property
+    def keys(self) -> tuple[bytes, ...]:
+        """Every installed key, the primary first."""
+        return (self._primary, *(k for k in self._ciphers if k != self._primary))
+
+    # ------------------------------------------------------------ sealing
+
+    def seal(self, data: bytes, label: str) -> bytes:
+        """`data` sealed under the primary key: ``0x01 || nonce || ciphertext+tag``."""
+        ad = _AD_PREFIX + _label_bytes(label)
+        nonce = self._nonce_source(NONCE_SIZE)
+        if len(nonce) != NONCE_SIZE:
+            raise ValueError(f"nonce source gave {len(nonce)} bytes, not {NONCE_SIZE}")
+        sealed = self._ciphers[self._primary].encrypt(nonce, data, ad)
+        return b"".join([bytes([SEALED]), nonce, sealed])
+
+    def open(self, data: bytes, label: str) -> bytes:
+        """The plaintext of a sealed envelope: the primary is tried first, then every other
+        installed key. SealError when the envelope is wrong or no key opens it."""
+        ad = _AD_PREFIX + _label_bytes(label)
+        if not data:
+            raise SealError("truncated")
+        if data[0] == PLAIN:
+            raise SealError("plaintext packet but cluster is sealed")
+        if data[0] != SEALED:
+            raise SealError("wrong envelope")
+        if len(data) < SEAL_OVERHEAD:
+            raise SealError("truncated")
+        nonce = bytes(data[1 : 1 + NONCE_SIZE])
+        body = bytes(data[1 + NONCE_SIZE :])
+        for key in self.keys:
+            try:
+                return self._ciphers[key].decrypt(nonce, body, ad)
+            except InvalidTag:
+                continue
+        raise SealError("no key opens it")
+
+    # ------------------------------------------------------------ rotation
+
+    def install(self, key: bytes) -> None:
+        """Add `key` so it may open (installing an installed key does nothing)."""
+        k = _check_key(key)
+        if k not in self._ciphers:
+            self._ciphers[k] = ChaCha20Poly1305(k)
+
+    def use(self, key: bytes) -> None:
+        """Make an installed key the primary; ValueError if it is not installed."""
+        k = _check_key(key)
+        if k not in self._ciphers:
+            raise ValueError(f"key {self.key_id(k)} is not installed")
+        self._primary = k
+
+    def remove(self, key: bytes) -> None:
+        """Uninstall `key`; ValueError if it is the primary or not installed."""
+        k = _check_key(key)
+        if k not in self._ciphers:
+            raise ValueError(f"key {self.key_id(k)} is not installed")
+        if k == self._primary:
+            raise ValueError(f"key {self.key_id(k)} is the primary; `use` another one first")
+        del self._ciphers[k]
+
+    # ------------------------------------------------------------ keys as text
+
+    @staticmethod
+    def generate() -> bytes:
+        """A fresh random key."""
+        return os.urandom(KEY_SIZE)
+
+    @staticmethod
+    def key_id(key: bytes) -> str:
+        """A short stable fingerprint (16 hex digits of SHA-256) that does not reveal the key."""
+        return hashlib.sha256(key).hexdigest()[:16]
+
+    @staticmethod
+    def encode_key(key: bytes) -> str:
+        """`key` as standard base64."""
+        return base64.b64encode(_check_key(key)).decode("ascii")
+
+    @staticmethod
+    def decode_key(text: str) -> bytes:
+        """A key from standard base64; ValueError on bad base64 or a length other than 32."""
+        try:
+            key = base64.b64decode(text.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("key is not valid base64") from None
+        if len(key) != KEY_SIZE:
+            raise ValueError(f"key decodes to {len(key)} bytes, a key is {KEY_SIZE}")
+        return key
+
+    # ------------------------------------------------------------ files
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Keyring:
+        """A keyring from a JSON keyring file or a file holding one base64 key."""
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except OSError as e:
+            raise KeyringFileError(f"{p}: cannot read keyring: {e.strerror or e}") from None
+        except UnicodeDecodeError:
+            raise KeyringFileError(f"{p}: keyring file is not UTF-8 text") from None
+        text = text.strip()
+        if not text:
+            raise KeyringFileError(f"{p}: keyring file is empty")
+        try:
+            if text.startswith("{"):
+                return cls._from_json(text)
+            if len(text.splitlines()) != 1:
+                raise ValueError("expected JSON or a single base64 key on one line")
+            return cls([cls.decode_key(text)])
+        except ValueError as e:  # also json.JSONDecodeError
+            raise KeyringFileError(f"{p}: {_one_line(str(e))}") from None
+
+    @classmethod
+    def _from_json(cls, text: str) -> Keyring:
+        doc: Any = json.loads(text)
+        if not isinstance(doc, dict):
+            raise ValueError("keyring JSON must be an object")
+        keys = doc.get("keys")
+        if not isinstance(keys, list) or not keys or not all(isinstance(k, str) for k in keys):
+            raise ValueError('"keys" must be a non-empty list of base64 keys')
+        primary = doc.get("primary")
+        if primary is not None and not isinstance(primary, str):
+            raise ValueError('"primary" must be a base64 key')
+        decoded = [cls.decode_key(k) for k in keys]
+        return cls(decoded, cls.decode_key(primary) if primary is not None else None)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the keyring atomically (temp file in the same folder, then rename), mode 0600."""
+        p = Path(path)
+        doc = {
+            "primary": self.encode_key(self._primary),
+            "keys": [self.encode_key(k) for k in self.keys],
+        }
+        payload = (json.dumps(doc, indent=2) + "\n").encode("utf-8")
+        tmp: str | None = None
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+            with os.fdopen(fd, "wb") as f:
+                os.fchmod(f.fileno(), 0o600)
+                f.write(payload)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, p)
+            tmp = None
+        except OSError as e:
+            raise KeyringFileError(f"{p}: cannot write keyring: {e.strerror or e}") from None
+        finally:
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
