@@ -1,0 +1,200 @@
+"""Real `swimthor join` processes on loopback, driven and read through the CLI.
+
+Rules: every process is started by the `cluster` fixture and killed by PID when the test ends,
+pass or fail; every wait is bounded; nothing is sent anywhere but 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from swimthor.membership import Keyring
+
+pytestmark = pytest.mark.slow
+
+N = 5
+
+
+def _free_port() -> int:
+    while True:
+        with socket.socket() as t:
+            t.bind(("127.0.0.1", 0))
+            port = int(t.getsockname()[1])
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            try:
+                u.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+
+
+def swimthor(*args: str, timeout: float = 15) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "swimthor", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+class Proc:
+    def __init__(self, tmp: Path, name: str, port: int, key_file: Path, seed: int | None) -> None:
+        self.name = name
+        self.port = port
+        self.sock = str(tmp / f"{name}.sock")
+        self.log = tmp / f"{name}.log"
+        self.argv = [
+            sys.executable, "-m", "swimthor", "join", "--name", name,
+            "--bind", f"127.0.0.1:{port}", "--profile", "local", "--key-file", str(key_file),
+            "--control", self.sock, "--data-dir", str(tmp / name), "--log-format", "json",
+        ]  # fmt: skip
+        if seed is not None:
+            self.argv.append(f"127.0.0.1:{seed}")
+        self.p: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as log:
+            self.p = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=log)
+
+    def members(self) -> dict[str, dict[str, Any]]:
+        r = swimthor("members", "--control", self.sock, "--format", "json")
+        assert r.returncode == 0, r.stderr
+        return {m["name"]: m for m in json.loads(r.stdout)}
+
+    def kill(self, sig: int = signal.SIGKILL) -> int:
+        assert self.p is not None
+        self.p.send_signal(sig)
+        return self.p.wait(10)
+
+
+def wait_until(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < end:
+        try:
+            if cond():
+                return
+        except AssertionError as e:
+            last = e
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}: {last}")
+
+
+@pytest.fixture
+def key_file(tmp_path: Path) -> Path:
+    path = tmp_path / "cluster.key"
+    path.write_text(Keyring.encode_key(Keyring.generate()) + "\n")
+    path.chmod(0o600)
+    return path
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, key_file: Path) -> Iterator[list[Proc]]:
+    seed = _free_port()
+    procs = [Proc(tmp_path, "n0", seed, key_file, None)]
+    procs += [Proc(tmp_path, f"n{i}", _free_port(), key_file, seed) for i in range(1, N)]
+    try:
+        for p in procs:
+            p.start()
+        wait_until(
+            lambda: all(
+                sum(m["state"] == "alive" for m in p.members().values()) == N for p in procs
+            ),
+            30,
+            "five agents to converge",
+        )
+        yield procs
+    finally:
+        for p in procs:
+            if p.p is not None and p.p.poll() is None:
+                p.p.kill()
+                p.p.wait()
+
+
+def test_five_processes_converge_and_report_consistently(cluster: list[Proc]) -> None:
+    views = [p.members() for p in cluster]
+    names = {f"n{i}" for i in range(N)}
+    for v in views:
+        assert set(v) == names
+        for m in v.values():
+            assert set(m) >= {"name", "addr", "dc", "roles", "weight", "state", "incarnation",
+                              "tags", "since"}  # fmt: skip
+            assert isinstance(m["incarnation"], int) and isinstance(m["since"], float)
+            assert m["addr"] == f"127.0.0.1:{next(p.port for p in cluster if p.name == m['name'])}"
+
+    def statuses_agree() -> bool:
+        digests = set()
+        for p in cluster:
+            r = swimthor("status", "--control", p.sock, "--format", "json")
+            assert r.returncode == 0, r.stderr
+            st = json.loads(r.stdout)
+            assert st["counts"]["alive"] == N
+            assert st["converged"]["disagree"] == 0, st["converged"]
+            digests.add(st["view_digest"])
+        return len(digests) == 1
+
+    wait_until(statuses_agree, 15, "status to agree on every node")
+    text = swimthor("status", "--control", cluster[0].sock)
+    assert text.returncode == 0 and "n0" in text.stdout
+
+
+def test_kill_dash_nine_is_dead_everywhere_and_restart_comes_back(cluster: list[Proc]) -> None:
+    victim = cluster[2]
+    victim.kill(signal.SIGKILL)
+    survivors = [p for p in cluster if p is not victim]
+    wait_until(
+        lambda: all(p.members()["n2"]["state"] == "dead" for p in survivors), 20, "n2 dead"
+    )
+    victim.start()
+    wait_until(
+        lambda: all(p.members()["n2"]["state"] == "alive" for p in cluster), 20, "n2 back"
+    )
+
+
+def test_sigterm_leaves_gracefully(cluster: list[Proc]) -> None:
+    victim = cluster[3]
+    assert victim.kill(signal.SIGTERM) == 0
+    survivors = [p for p in cluster if p is not victim]
+    wait_until(lambda: all(p.members()["n3"]["state"] == "left" for p in survivors), 10, "left")
+
+
+def test_via_reads_any_member_over_gossip(cluster: list[Proc], key_file: Path) -> None:
+    r = swimthor("members", "--via", f"127.0.0.1:{cluster[1].port}", "--key-file", str(key_file),
+                 "--format", "json")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert {m["name"] for m in json.loads(r.stdout)} == {f"n{i}" for i in range(N)}
+    r = swimthor("status", "--via", f"127.0.0.1:{cluster[1].port}", "--key-file", str(key_file),
+                 "--format", "json")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["name"] == "n1"
+    # The wrong key gets a clear error, not a view.
+    other = key_file.parent / "other.key"
+    other.write_text(Keyring.encode_key(Keyring.generate()) + "\n")
+    r = swimthor("members", "--via", f"127.0.0.1:{cluster[1].port}", "--key-file", str(other))
+    assert r.returncode != 0
+    assert r.stderr.count("\n") == 1 and "error" in r.stderr
+
+
+def test_node_with_another_key_never_appears(cluster: list[Proc], tmp_path: Path) -> None:
+    other = tmp_path / "other.key"
+    other.write_text(Keyring.encode_key(Keyring.generate()) + "\n")
+    stranger = Proc(tmp_path, "intruder", _free_port(), other, cluster[0].port)
+    stranger.start()
+    try:
+        time.sleep(3.0)
+        for p in cluster:
+            assert "intruder" not in p.members()
+        r = swimthor("status", "--control", cluster[0].sock, "--format", "json")
+        assert json.loads(r.stdout)["stats"]["rejected_seal"] > 0
+    finally:
+        stranger.kill()
