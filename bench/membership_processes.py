@@ -30,6 +30,8 @@ from typing import Any
 from swimthor.control import ControlError, call
 
 HERE = Path(__file__).resolve().parent
+# A CPU burner for --busy, bounded in time like every load here.
+BURNER = "import time\nend = time.time() + 600\nwhile time.time() < end: pass"
 
 
 def free_port() -> int:
@@ -52,11 +54,24 @@ class Node:
         self.sock = str(workdir / f"{name}.sock")
         self.log_path = workdir / f"{name}.log"
         self.args = [
-            sys.executable, "-m", "swimthor", "join",
-            "--name", name, "--bind", f"127.0.0.1:{port}", "--profile", profile,
-            "--insecure", "--control", self.sock, "--data-dir", str(workdir / name),
-            "--log-format", "json",
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "swimthor",
+            "join",
+            "--name",
+            name,
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--profile",
+            profile,
+            "--insecure",
+            "--control",
+            self.sock,
+            "--data-dir",
+            str(workdir / name),
+            "--log-format",
+            "json",
+        ]
         if seed:
             self.args.append(seed)
         self.proc: subprocess.Popen[bytes] | None = None
@@ -139,7 +154,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         seed_port = free_port()
         nodes.append(Node("n0", seed_port, workdir, args.profile, None))
         for i in range(1, args.nodes):
-            nodes.append(Node(f"n{i}", free_port(), workdir, args.profile, f"127.0.0.1:{seed_port}"))
+            nodes.append(
+                Node(f"n{i}", free_port(), workdir, args.profile, f"127.0.0.1:{seed_port}")
+            )
         for node in nodes:
             node.start()
         t0 = time.monotonic()
@@ -153,16 +170,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         time.sleep(args.steady)
         span = time.monotonic() - t_start
         after = [(n.status()["stats"], n.cpu_seconds()) for n in nodes]
-        pkts = [(a[0]["packets_out"] - b[0]["packets_out"]) / span for a, b in zip(after, before)]
-        byts = [(a[0]["bytes_out"] - b[0]["bytes_out"]) / span for a, b in zip(after, before)]
-        cpu = [(a[1] - b[1]) / span * 100 for a, b in zip(after, before)]
+        pkts = [
+            (a[0]["packets_out"] - b[0]["packets_out"]) / span
+            for a, b in zip(after, before, strict=False)
+        ]
+        byts = [
+            (a[0]["bytes_out"] - b[0]["bytes_out"]) / span
+            for a, b in zip(after, before, strict=False)
+        ]
+        cpu = [(a[1] - b[1]) / span * 100 for a, b in zip(after, before, strict=False)]
         for n in nodes:
             n.new_log_lines()
 
         for _ in range(args.busy):
             burners.append(
                 subprocess.Popen(
-                    [sys.executable, "-c", "import time\nend=time.time()+600\nwhile time.time()<end: pass"]
+                    [
+                        sys.executable,
+                        "-c",
+                        "import time\nend=time.time()+600\nwhile time.time()<end: pass",
+                    ]
                 )
             )
         trials: list[dict[str, Any]] = []

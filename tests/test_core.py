@@ -9,8 +9,8 @@ from __future__ import annotations
 import random
 
 import pytest
-
 from corenet import CoreNet, keyring
+
 from swimthor.config import profile, replace
 from swimthor.membership import (
     MemberFailed,
@@ -23,7 +23,7 @@ from swimthor.membership import (
     NameConflict,
     State,
 )
-from swimthor.membership._keyring import Keyring
+from swimthor.membership._keyring import Keyring, unwrap_plain, wrap_plain
 from swimthor.membership._lifeguard import (
     expected_confirmations,
     remaining_suspicion_time,
@@ -40,7 +40,6 @@ from swimthor.membership._messages import (
     encode_message,
     encode_packet,
 )
-from swimthor.membership._keyring import unwrap_plain, wrap_plain
 
 LOCAL = profile("local")
 
@@ -93,7 +92,7 @@ def test_probe_acked_directly_raises_no_suspicion() -> None:
 
 def test_ping_req_relays_around_a_cut_link() -> None:
     net = CoreNet()
-    a, b, c = net.cluster(3)
+    a, b, _c = net.cluster(3)
     net.cut_link(a, b)
     net.run(10.0)
     # a cannot reach b directly, but c relays every probe: nobody is suspected for long.
@@ -185,8 +184,9 @@ def test_suspicion_timeout_shrinks_with_confirmations() -> None:
         alive = Alive(f"m{i}", 1, ("10.0.0.1", 100 + i), "dc1", (), 1.0, {})
         core.receive_datagram(_plain(f"m{i}", alive), ("10.0.0.1", 100 + i), 0.0)
     core.datagrams_to_send(0.0)
-    lo, hi = suspicion_timeouts(n, cfg.suspicion_mult, cfg.suspicion_max_timeout_mult,
-                                cfg.probe_interval)  # fmt: skip
+    lo, hi = suspicion_timeouts(
+        n, cfg.suspicion_mult, cfg.suspicion_max_timeout_mult, cfg.probe_interval
+    )
     k = expected_confirmations(n, cfg.suspicion_mult)
     assert k == 2
     core.receive_datagram(_plain("m1", Suspect("m0", 1, "m1")), ("10.0.0.1", 101), 0.0)
@@ -411,3 +411,17 @@ def test_events_report_joins() -> None:
     joined = {e.member.name for e in net.events["n0"] if isinstance(e, MemberJoined)}
     assert joined == {"n1", "n2"}
     assert not any(isinstance(e, MemberSuspected) for e in net.events["n0"])
+
+
+def test_timer_moves_past_now_after_handling_even_when_leaving() -> None:
+    # Regression: after leave, get_timer() kept returning the leave deadline, so a driver
+    # that fires due timers spun on it forever.
+    net = CoreNet()
+    cores = net.cluster(3)
+    cores[0].leave(net.now)
+    for step in range(200):
+        now = net.now + step * 0.05
+        for c in cores:
+            c.handle_timer(now)
+            t = c.get_timer()
+            assert t is not None and t > now

@@ -57,7 +57,7 @@ def test_any_delivery_order_converges_after_push_pull(updates, deliveries) -> No
     cores = [
         Membership(
             name=f"c{i}", addr=("10.0.0.1", 100 + i), config=cfg, rng=random.Random(i), now=0.0
-        )  # fmt: skip
+        )
         for i in range(3)
     ]
     # Each core gets its own selection of the updates: some lost, some twice, any order.

@@ -54,10 +54,25 @@ class Proc:
         self.sock = str(tmp / f"{name}.sock")
         self.log = tmp / f"{name}.log"
         self.argv = [
-            sys.executable, "-m", "swimthor", "join", "--name", name,
-            "--bind", f"127.0.0.1:{port}", "--profile", "local", "--key-file", str(key_file),
-            "--control", self.sock, "--data-dir", str(tmp / name), "--log-format", "json",
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "swimthor",
+            "join",
+            "--name",
+            name,
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--profile",
+            "local",
+            "--key-file",
+            str(key_file),
+            "--control",
+            self.sock,
+            "--data-dir",
+            str(tmp / name),
+            "--log-format",
+            "json",
+        ]
         if seed is not None:
             self.argv.append(f"127.0.0.1:{seed}")
         self.p: subprocess.Popen[bytes] | None = None
@@ -127,8 +142,17 @@ def test_five_processes_converge_and_report_consistently(cluster: list[Proc]) ->
     for v in views:
         assert set(v) == names
         for m in v.values():
-            assert set(m) >= {"name", "addr", "dc", "roles", "weight", "state", "incarnation",
-                              "tags", "since"}  # fmt: skip
+            assert set(m) >= {
+                "name",
+                "addr",
+                "dc",
+                "roles",
+                "weight",
+                "state",
+                "incarnation",
+                "tags",
+                "since",
+            }
             assert isinstance(m["incarnation"], int) and isinstance(m["since"], float)
             assert m["addr"] == f"127.0.0.1:{next(p.port for p in cluster if p.name == m['name'])}"
 
@@ -152,13 +176,9 @@ def test_kill_dash_nine_is_dead_everywhere_and_restart_comes_back(cluster: list[
     victim = cluster[2]
     victim.kill(signal.SIGKILL)
     survivors = [p for p in cluster if p is not victim]
-    wait_until(
-        lambda: all(p.members()["n2"]["state"] == "dead" for p in survivors), 20, "n2 dead"
-    )
+    wait_until(lambda: all(p.members()["n2"]["state"] == "dead" for p in survivors), 20, "n2 dead")
     victim.start()
-    wait_until(
-        lambda: all(p.members()["n2"]["state"] == "alive" for p in cluster), 20, "n2 back"
-    )
+    wait_until(lambda: all(p.members()["n2"]["state"] == "alive" for p in cluster), 20, "n2 back")
 
 
 def test_sigterm_leaves_gracefully(cluster: list[Proc]) -> None:
@@ -169,12 +189,26 @@ def test_sigterm_leaves_gracefully(cluster: list[Proc]) -> None:
 
 
 def test_via_reads_any_member_over_gossip(cluster: list[Proc], key_file: Path) -> None:
-    r = swimthor("members", "--via", f"127.0.0.1:{cluster[1].port}", "--key-file", str(key_file),
-                 "--format", "json")  # fmt: skip
+    r = swimthor(
+        "members",
+        "--via",
+        f"127.0.0.1:{cluster[1].port}",
+        "--key-file",
+        str(key_file),
+        "--format",
+        "json",
+    )
     assert r.returncode == 0, r.stderr
     assert {m["name"] for m in json.loads(r.stdout)} == {f"n{i}" for i in range(N)}
-    r = swimthor("status", "--via", f"127.0.0.1:{cluster[1].port}", "--key-file", str(key_file),
-                 "--format", "json")  # fmt: skip
+    r = swimthor(
+        "status",
+        "--via",
+        f"127.0.0.1:{cluster[1].port}",
+        "--key-file",
+        str(key_file),
+        "--format",
+        "json",
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["name"] == "n1"
     # The wrong key gets a clear error, not a view.

@@ -198,6 +198,7 @@ class Membership:
         self._claims: dict[str, int] = {}
         self._join: _Join | None = None
         self._leaving = False
+        self._leave_wakeup: float | None = None  # wake the driver once the leave is complete
         self._leave_at = 0.0
         self._conflict: NameConflict | None = None
         self.stats: dict[str, int] = {
@@ -350,6 +351,7 @@ class Membership:
             return
         self._leaving = True
         self._leave_at = now
+        self._leave_wakeup = now + self.config.leave_propagate_time
         me = self._members[self.name]
         msg = Dead(self.name, me.incarnation, self.name)
         self._apply_dead(msg, now)
@@ -536,11 +538,13 @@ class Membership:
             t = min(t, s.suspicion.deadline)
         if self._join is not None and self._join.retry_at is not None:
             t = min(t, self._join.retry_at)
-        if self._leaving:
-            t = min(t, self._leave_at + self.config.leave_propagate_time)
+        if self._leave_wakeup is not None:
+            t = min(t, self._leave_wakeup)
         return t
 
     def handle_timer(self, now: float) -> None:
+        if self._leave_wakeup is not None and self._leave_wakeup <= now:
+            self._leave_wakeup = None
         # Suspicion timeouts first: declarations should not wait behind a probe.
         for name in [n for n, s in self._suspects.items() if s.suspicion.deadline <= now]:
             self._suspicion_expired(name, now)

@@ -1,0 +1,471 @@
+"""One agent: a membership core, its trio runtime and the control socket in one nursery.
+
+`Agent.run()` binds the gossip sockets, builds the core with the address others reach us at,
+starts the runtime and the control server, joins through the seeds, logs every membership
+event with its evidence, keeps the keyring file current, and on SIGTERM/SIGINT (or the
+control command "leave", or `stop()`) leaves the cluster gracefully within a bounded grace
+period before everything is cancelled. Logging is configured by the entry point, not here.
+"""
+
+from __future__ import annotations
+
+import binascii
+import ipaddress
+import math
+import os
+import random
+import signal
+import socket
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any
+
+import structlog
+import trio
+
+from . import log as swimlog
+from .config import AgentConfig, format_hostport
+from .control import ControlError, default_control_path, open_control_socket, serve_control
+from .membership._core import Membership
+from .membership._events import (
+    Event,
+    Joined,
+    JoinFailed,
+    KeyringChanged,
+    MemberFailed,
+    MemberJoined,
+    MemberLeft,
+    MemberRecovered,
+    MemberSuspected,
+    MemberUpdated,
+    NameConflict,
+)
+from .membership._keyring import Keyring, KeyringFileError
+from .membership._member import Addr, Member
+from .membership.runtime import MembershipRuntime, bind_sockets
+
+__all__ = ["KEYRING_FILE", "Agent"]
+
+log = structlog.get_logger("swimthor.agent")
+
+KEYRING_FILE = "keyring.json"
+# Extra time beyond leave_propagate_time that a graceful leave may take before we cancel.
+LEAVE_GRACE = 1.0
+_STATES = ("alive", "suspect", "dead", "left")
+
+
+def _unspecified(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
+
+
+def _guess_advertise_host() -> str:
+    """The host's address as its own name resolves (no packet is sent), else 127.0.0.1."""
+    try:
+        host = socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"
+    return host or "127.0.0.1"
+
+
+async def _resolve(addr: Addr) -> Addr:
+    """An IP literal for a seed given by name; the name itself if it does not resolve."""
+    host, port = addr
+    try:
+        ipaddress.ip_address(host)
+        return addr
+    except ValueError:
+        pass
+    try:
+        with trio.fail_after(5):
+            infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    except (OSError, trio.TooSlowError) as e:
+        log.warning("cannot resolve seed", seed=format_hostport(addr), reason=str(e))
+        return addr
+    for family, _, _, _, sockaddr in infos:
+        if family == socket.AF_INET:
+            return (str(sockaddr[0]), port)
+    return (str(infos[0][4][0]), port) if infos else addr
+
+
+def _key_arg(args: dict[str, Any]) -> bytes:
+    text = args.get("key")
+    if not isinstance(text, str):
+        raise ControlError('"key" (a base64 key) is required')
+    try:
+        return Keyring.decode_key(text)
+    except (ValueError, binascii.Error) as e:
+        raise ControlError(str(e)) from None
+
+
+class Agent:
+    """Wiring for one node. `run()` until stopped; see the module docstring."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        keyring: Keyring | None,
+        rng: random.Random | None = None,
+        handle_signals: bool = True,
+    ) -> None:
+        self.config = config
+        self.keyring = keyring
+        self.rng = rng if rng is not None else random.Random()
+        self.handle_signals = handle_signals
+        self._core: Membership | None = None
+        self._runtime: MembershipRuntime | None = None
+        self._bound: Addr | None = None
+        self._control_path: str | None = None
+        self._done = trio.Event()
+        self._finished = trio.Event()
+        self._leaving = False
+        self._left = trio.Event()
+        self._commands: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {
+            "members": self._cmd_members,
+            "status": self._cmd_status,
+            "leave": self._cmd_leave,
+            "keys.list": self._cmd_keys_list,
+            "keys.install": self._cmd_keys_install,
+            "keys.use": self._cmd_keys_use,
+            "keys.remove": self._cmd_keys_remove,
+            "tags.set": self._cmd_tags_set,
+        }
+
+    # ------------------------------------------------------------ properties
+
+    @property
+    def core(self) -> Membership:
+        if self._core is None:
+            raise RuntimeError("the agent is not running yet")
+        return self._core
+
+    @property
+    def runtime(self) -> MembershipRuntime:
+        if self._runtime is None:
+            raise RuntimeError("the agent is not running yet")
+        return self._runtime
+
+    @property
+    def bound_addr(self) -> Addr | None:
+        """The gossip host:port the sockets are bound to (None before `run()` binds)."""
+        return self._bound
+
+    @property
+    def control_path(self) -> str | None:
+        """The control socket path, or None when the control socket is disabled."""
+        return self._control_path
+
+    def status(self) -> dict[str, Any]:
+        return self.core.status(trio.current_time())
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def run(self, *, task_status: trio.TaskStatus[Agent] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the agent until it leaves or is cancelled; `task_status.started(self)` once
+        the gossip sockets (and the control socket) are bound."""
+        cfg = self.config
+        mcfg = cfg.membership()
+        sockets = bind_sockets(cfg.bind)
+        try:
+            self._bound = sockets.addr
+            if cfg.advertise is not None:
+                advertise = cfg.advertise
+            elif _unspecified(sockets.addr[0]):
+                advertise = (_guess_advertise_host(), sockets.addr[1])
+            else:
+                advertise = sockets.addr
+            name = cfg.name or socket.gethostname()
+            swimlog.bind_node(name)
+            now = trio.current_time()
+            core = Membership(
+                name=name,
+                addr=advertise,
+                config=mcfg,
+                rng=self.rng,
+                now=now,
+                dc=cfg.dc,
+                roles=cfg.roles,
+                weight=cfg.weight,
+                tags=cfg.tags,
+                keyring=self.keyring,
+                label=cfg.label,
+                wall_offset=time.time() - now,
+            )
+        except BaseException:
+            sockets.close()
+            raise
+        control_sock: socket.socket | None = None
+        if cfg.control != "":
+            path = cfg.control or default_control_path()
+            try:
+                control_sock = open_control_socket(path)
+            except BaseException:
+                sockets.close()
+                raise
+            self._control_path = path
+        self._core = core
+        runtime = MembershipRuntime(core, cfg.bind, mcfg, sockets=sockets)
+        self._runtime = runtime
+        events = runtime.subscribe(max_buffer=10_000)
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(runtime.serve)
+                if (
+                    ipaddress.ip_address(advertise[0]).is_loopback
+                    and not ipaddress.ip_address(sockets.addr[0]).is_loopback
+                ):
+                    log.warning(
+                        "advertising a loopback address; other hosts cannot reach it "
+                        "(set --advertise)",
+                        advertise=format_hostport(advertise),
+                    )
+                if control_sock is not None and self._control_path is not None:
+                    await nursery.start(
+                        partial(serve_control, sock=control_sock),
+                        self._control_path,
+                        self._handle_control,
+                    )
+                nursery.start_soon(self._pump_events, events)
+                if self.handle_signals and threading.current_thread() is threading.main_thread():
+                    nursery.start_soon(self._watch_signals)
+                log.info(
+                    "agent started",
+                    bind=format_hostport(sockets.addr),
+                    advertise=format_hostport(advertise),
+                    dc=cfg.dc,
+                    sealed=self.keyring is not None,
+                    profile=cfg.profile,
+                    control=self._control_path or "disabled",
+                )
+                if cfg.seeds:
+                    seeds = [await _resolve(s) for s in cfg.seeds]
+                    core.join(seeds, trio.current_time())
+                    runtime.wake()
+                task_status.started(self)
+                await self._done.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            self._finished.set()
+            log.info("agent stopped")
+
+    async def stop(self) -> None:
+        """Leave gracefully, then stop `run()` and wait for it to return."""
+        if self._runtime is not None and not self._finished.is_set():
+            await self._leave()
+        self._done.set()
+        if self._runtime is not None:
+            await self._finished.wait()
+
+    async def _leave(self) -> None:
+        """Graceful leave bounded by leave_propagate_time + LEAVE_GRACE; once per agent."""
+        if self._leaving:
+            await self._left.wait()
+            return
+        self._leaving = True
+        try:
+            budget = self.config.membership().leave_propagate_time + LEAVE_GRACE
+            log.info("leaving the cluster")
+            done = await self.runtime.leave(budget)
+            if not done:
+                log.warning("leave did not complete in time", budget=budget)
+        finally:
+            self._left.set()
+
+    async def _watch_signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+                async for signum in signals:
+                    if self._leaving:
+                        log.warning(
+                            "second signal: stopping now", signal=signal.Signals(signum).name
+                        )
+                        self._done.set()
+                        return
+                    log.info("signal received: leaving", signal=signal.Signals(signum).name)
+                    nursery.start_soon(self._leave_then_finish)
+
+    async def _leave_then_finish(self) -> None:
+        await self._leave()
+        self._done.set()
+
+    # ------------------------------------------------------------ events
+
+    async def _pump_events(self, events: trio.MemoryReceiveChannel[Event]) -> None:
+        async for event in events:
+            self._log_event(event)
+            if isinstance(event, KeyringChanged):
+                await self._persist_keyring()
+
+    def _log_event(self, ev: Event) -> None:
+        if isinstance(ev, MemberFailed):
+            log.warning(
+                "member failed",
+                **_member_fields(ev.member),
+                by=ev.by,
+                suspected_for=round(ev.suspected_for, 3),
+                confirmations=ev.confirmations,
+            )
+        elif isinstance(ev, MemberSuspected):
+            log.info("member suspected", **_member_fields(ev.member), by=ev.by)
+        elif isinstance(ev, MemberRecovered):
+            log.info("member recovered", **_member_fields(ev.member), previous=ev.previous)
+        elif isinstance(ev, MemberLeft):
+            log.info("member left", **_member_fields(ev.member))
+        elif isinstance(ev, MemberJoined):
+            log.info("member joined", **_member_fields(ev.member))
+        elif isinstance(ev, MemberUpdated):
+            log.info("member updated", **_member_fields(ev.member))
+        elif isinstance(ev, NameConflict):
+            log.error(
+                "name conflict: two live nodes claim one name",
+                **_member_fields(ev.member),
+                other=format_hostport(ev.other),
+            )
+        elif isinstance(ev, Joined):
+            log.info("joined the cluster", via=format_hostport(ev.via), members=ev.members)
+        elif isinstance(ev, JoinFailed):
+            log.warning(
+                "no seed answered",
+                seeds=[format_hostport(s) for s in ev.seeds],
+                attempt=ev.attempt,
+                retry_in=round(ev.retry_in, 3),
+            )
+        elif isinstance(ev, KeyringChanged):
+            log.info("keyring changed", op=ev.op, key_id=ev.key_id)
+        else:  # pragma: no cover - a newer event type
+            log.info("membership event", event_type=type(ev).__name__)
+
+    async def _persist_keyring(self) -> None:
+        ring = self.keyring
+        if ring is None or not self.config.data_dir:
+            return
+        path = os.path.join(self.config.data_dir, KEYRING_FILE)
+        try:
+            await trio.to_thread.run_sync(ring.save, path)
+        except KeyringFileError as e:
+            log.error("cannot save the keyring", error=str(e))
+
+    # ------------------------------------------------------------ control commands
+
+    async def _handle_control(self, cmd: str, args: dict[str, Any]) -> Any:
+        fn = self._commands.get(cmd)
+        if fn is None:
+            known = ", ".join(sorted(self._commands))
+            raise ControlError(f"unknown command {cmd!r} (known: {known})")
+        return await fn(args)
+
+    async def _cmd_members(self, args: dict[str, Any]) -> Any:
+        filters: dict[str, str] = {}
+        for key in ("status", "dc", "role"):
+            value = args.get(key)
+            if value is None:
+                continue
+            if not isinstance(value, str):
+                raise ControlError(f'"{key}" must be a string')
+            filters[key] = value
+        if "status" in filters and filters["status"] not in _STATES:
+            raise ControlError(
+                f"unknown status {filters['status']!r} (one of {', '.join(_STATES)})"
+            )
+        return [
+            m
+            for m in self.core.members_json()
+            if ("status" not in filters or m.get("state") == filters["status"])
+            and ("dc" not in filters or m.get("dc") == filters["dc"])
+            and ("role" not in filters or filters["role"] in (m.get("roles") or ()))
+        ]
+
+    async def _cmd_status(self, args: dict[str, Any]) -> Any:
+        status = self.core.status(trio.current_time())
+        status["runtime"] = dict(self.runtime.stats)
+        return status
+
+    async def _cmd_leave(self, args: dict[str, Any]) -> Any:
+        await self._leave()
+        self._done.set()  # run() returns once this reply is written
+        return {"left": True}
+
+    async def _cmd_keys_list(self, args: dict[str, Any]) -> Any:
+        ring = self.core.keyring
+        if ring is None:
+            raise ControlError("this agent runs without a keyring (--insecure)")
+        return {
+            "primary": Keyring.key_id(ring.primary),
+            "keys": [Keyring.key_id(k) for k in ring.keys],
+        }
+
+    async def _key_op(self, op: str, args: dict[str, Any]) -> Any:
+        ring = self.core.keyring
+        if ring is None:
+            raise ControlError("this agent runs without a keyring (--insecure)")
+        key = _key_arg(args)
+        try:
+            getattr(ring, op)(key)
+        except ValueError as e:
+            raise ControlError(str(e)) from None
+        log.info("keyring changed", op=op, key_id=Keyring.key_id(key), origin="local")
+        await self._persist_keyring()
+        results = await self.runtime.key_op_all(op, key)
+        ok = sorted([self.core.local.name, *(n for n, err in results.items() if err is None)])
+        failed = {n: err for n, err in sorted(results.items()) if err is not None}
+        return {"ok": ok, "failed": failed}
+
+    async def _cmd_keys_install(self, args: dict[str, Any]) -> Any:
+        return await self._key_op("install", args)
+
+    async def _cmd_keys_use(self, args: dict[str, Any]) -> Any:
+        return await self._key_op("use", args)
+
+    async def _cmd_keys_remove(self, args: dict[str, Any]) -> Any:
+        return await self._key_op("remove", args)
+
+    async def _cmd_tags_set(self, args: dict[str, Any]) -> Any:
+        unknown = set(args) - {"tags", "roles", "weight"}
+        if unknown:
+            raise ControlError(f"unknown argument(s) for tags.set: {', '.join(sorted(unknown))}")
+        tags = args.get("tags")
+        roles = args.get("roles")
+        weight = args.get("weight")
+        if tags is not None and not (
+            isinstance(tags, dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items())
+        ):
+            raise ControlError('"tags" must map strings to strings')
+        if roles is not None and not (
+            isinstance(roles, list) and all(isinstance(r, str) for r in roles)
+        ):
+            raise ControlError('"roles" must be a list of strings')
+        if weight is not None and (
+            isinstance(weight, bool)
+            or not isinstance(weight, int | float)
+            or not math.isfinite(weight)
+        ):
+            raise ControlError('"weight" must be a number')
+        try:
+            self.core.update_metadata(trio.current_time(), roles=roles, weight=weight, tags=tags)
+        except ValueError as e:
+            raise ControlError(str(e)) from None
+        self.runtime.wake()
+        return _member_json_of(self.core.local, self.core)
+
+
+def _member_fields(m: Member) -> dict[str, Any]:
+    return {
+        "member": m.name,
+        "addr": format_hostport(m.addr),
+        "dc": m.dc,
+        "incarnation": m.incarnation,
+        "roles": list(m.roles),
+    }
+
+
+def _member_json_of(m: Member, core: Membership) -> dict[str, Any]:
+    for item in core.members_json():
+        if item.get("name") == m.name:
+            return item
+    return {"name": m.name}

@@ -1,0 +1,568 @@
+"""The trio driver of one `Membership` core: its UDP socket, its TCP listener, its clock.
+
+The core decides everything; this module only moves bytes and time. One UDP socket and one TCP
+listener share a host:port. A receive loop puts datagrams into a bounded queue (dropping and
+counting when it is full, like trio's ``dtls_receive_loop``); one driver task feeds the core
+from that queue and from its timer, and after every input flushes what the core wants done:
+datagrams are sent, streams are opened (one task each), events go to subscribers. Time is
+``trio.current_time()``, so ``MockClock``/``autojump_clock`` drives the core in tests.
+
+TCP frames are a 4-byte big-endian length and that many bytes; one request frame and one reply
+frame per connection. Nothing a peer sends (garbage, a huge length, one byte a minute) can do
+more than waste one bounded connection slot for `tcp_timeout` seconds.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import math
+import os
+import socket as stdsocket
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+import trio
+
+from ..config import MembershipConfig, format_hostport
+from ._core import Membership, QueryError, StreamRequest
+from ._events import Event
+from ._keyring import Keyring
+from ._member import Addr, State
+from ._query import key_op_frame, query_frame, read_key_op_reply, read_query_reply
+
+__all__ = [
+    "BindError",
+    "BoundSockets",
+    "FrameError",
+    "MembershipRuntime",
+    "QueryError",
+    "bind_sockets",
+    "encode_frame",
+    "query",
+    "read_frame",
+    "write_frame",
+]
+
+log = structlog.get_logger("swimthor.membership.runtime")
+
+# Concurrent inbound TCP connections; further ones are closed at once and counted.
+MAX_TCP_CONNECTIONS = 64
+# Datagrams read per wake-up of the receive loop before yielding to the scheduler.
+RECV_BURST = 256
+# Largest datagram read (the IPv4 UDP maximum, so an oversized one is seen and dropped whole).
+RECV_SIZE = 65536
+# Datagrams taken from the queue per driver step before flushing and yielding.
+DRIVE_BATCH = 64
+# Retries when binding port 0 and the UDP side of the TCP port's number is taken.
+BIND_ATTEMPTS = 8
+# A core timer still due right after handle_timer: refire this often at once, then back off.
+STUCK_TIMER_REFIRES = 8
+STUCK_TIMER_BACKOFF = 0.01
+# Extra room in a frame above max_stream_size (envelope and framing overhead).
+FRAME_SLACK = 64
+
+# recvfrom errors that report an earlier send's ICMP error, not a broken socket.
+_TRANSIENT_RECV_ERRNOS = {
+    errno.ECONNRESET,
+    errno.ECONNREFUSED,
+    errno.EHOSTUNREACH,
+    errno.ENETUNREACH,
+    errno.EHOSTDOWN,
+    errno.ENETDOWN,
+    errno.EMSGSIZE,
+    errno.ENOBUFS,
+    errno.EINTR,
+}
+
+
+class BindError(OSError):
+    """The gossip address could not be bound; `str()` says which address and why, and
+    `errno` is the underlying error number (EADDRINUSE, EADDRNOTAVAIL, ...) when known."""
+
+    def __init__(self, message: str, err: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = err
+
+
+class FrameError(Exception):
+    """A TCP frame was malformed (too long, cut short)."""
+
+
+# ---------------------------------------------------------------- framing
+
+
+def encode_frame(payload: bytes) -> bytes:
+    return len(payload).to_bytes(4, "big") + payload
+
+
+async def _receive_exactly(stream: trio.abc.ReceiveStream, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = await stream.receive_some(min(n - len(buf), 65536))
+        if not chunk:
+            raise FrameError(f"connection closed after {len(buf)} of {n} bytes")
+        buf += chunk
+    return bytes(buf)
+
+
+async def read_frame(stream: trio.abc.ReceiveStream, max_len: int) -> bytes:
+    """One frame's payload; FrameError if the length exceeds `max_len` or the peer stops."""
+    header = await _receive_exactly(stream, 4)
+    length = int.from_bytes(header, "big")
+    if length > max_len:
+        raise FrameError(f"frame of {length} bytes exceeds the limit of {max_len}")
+    return await _receive_exactly(stream, length)
+
+
+async def write_frame(stream: trio.abc.SendStream, payload: bytes) -> None:
+    await stream.send_all(encode_frame(payload))
+
+
+# ---------------------------------------------------------------- sockets
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _family(host: str) -> stdsocket.AddressFamily:
+    return stdsocket.AF_INET6 if ":" in host else stdsocket.AF_INET
+
+
+def _reason(exc: BaseException) -> str:
+    """A short lower-case reason for an I/O failure."""
+    if isinstance(exc, trio.TooSlowError):
+        return "timed out"
+    if isinstance(exc, stdsocket.gaierror):
+        return f"cannot resolve host ({exc.strerror or exc})"
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno).lower()
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    if isinstance(exc, trio.BrokenResourceError):
+        cause = exc.__cause__
+        return _reason(cause) if cause is not None else "connection broken"
+    text = str(exc)
+    return text or type(exc).__name__
+
+
+@dataclass(slots=True)
+class BoundSockets:
+    """The gossip UDP socket and TCP listening socket, bound to one host:port."""
+
+    udp: stdsocket.socket
+    tcp: stdsocket.socket
+    addr: Addr
+
+    def close(self) -> None:
+        self.udp.close()
+        self.tcp.close()
+
+
+def _bind_one(host: str, port: int) -> BoundSockets:
+    family = _family(host)
+    tcp = stdsocket.socket(family, stdsocket.SOCK_STREAM)
+    udp: stdsocket.socket | None = None
+    try:
+        tcp.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_REUSEADDR, 1)
+        if family == stdsocket.AF_INET6:
+            tcp.setsockopt(stdsocket.IPPROTO_IPV6, stdsocket.IPV6_V6ONLY, 1)
+        tcp.bind((host, port))
+        tcp.listen(128)
+        tcp.setblocking(False)
+        port = tcp.getsockname()[1]
+        udp = stdsocket.socket(family, stdsocket.SOCK_DGRAM)
+        if family == stdsocket.AF_INET6:
+            udp.setsockopt(stdsocket.IPPROTO_IPV6, stdsocket.IPV6_V6ONLY, 1)
+        udp.bind((host, port))
+        udp.setblocking(False)
+    except BaseException:
+        tcp.close()
+        if udp is not None:
+            udp.close()
+        raise
+    return BoundSockets(udp=udp, tcp=tcp, addr=(host, port))
+
+
+def bind_sockets(bind: Addr) -> BoundSockets:
+    """Bind the UDP socket and TCP listener on one host:port (port 0: a free one).
+
+    `host` must be an IP address literal. Raises BindError with a one-line message.
+    """
+    host, port = bind
+    where = format_hostport(bind)
+    if not _is_ip(host):
+        raise BindError(f"cannot bind {where}: the bind host must be an IP address")
+    attempts = BIND_ATTEMPTS if port == 0 else 1
+    for attempt in range(attempts):
+        try:
+            return _bind_one(host, port)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                if attempt + 1 < attempts:
+                    continue
+                raise BindError(f"address {where} in use", e.errno) from None
+            raise BindError(f"cannot bind {where}: {_reason(e)}", e.errno) from None
+    raise BindError(
+        f"address {where} in use", errno.EADDRINUSE
+    )  # pragma: no cover - loop always returns
+
+
+async def _connect(addr: Addr) -> trio.SocketStream:
+    host, port = addr
+    infos = await trio.socket.getaddrinfo(host, port, type=stdsocket.SOCK_STREAM)
+    if not infos:
+        raise OSError(errno.EHOSTUNREACH, "no address")
+    family, type_, proto, _, sockaddr = infos[0]
+    sock = trio.socket.socket(family, type_, proto)
+    try:
+        await sock.connect(sockaddr)
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketStream(sock)
+
+
+async def _exchange(addr: Addr, payload: bytes, max_len: int) -> bytes:
+    """Connect, send one frame, read one reply frame. Raises on any failure."""
+    stream = await _connect(addr)
+    async with stream:
+        await write_frame(stream, payload)
+        return await read_frame(stream, max_len)
+
+
+# ---------------------------------------------------------------- the runtime
+
+
+class MembershipRuntime:
+    """Drives one `Membership` core with trio: sockets, timer, streams, event fan-out."""
+
+    def __init__(
+        self,
+        core: Membership,
+        bind: Addr,
+        config: MembershipConfig,
+        *,
+        sockets: BoundSockets | None = None,
+    ) -> None:
+        """`sockets`: already bound with `bind_sockets` (so the caller knows the port before
+        it builds the core); otherwise `serve()` binds `bind` itself."""
+        self.core = core
+        self.config = config
+        self._bind = bind
+        self._sockets = sockets
+        self.bound_addr: Addr | None = sockets.addr if sockets is not None else None
+        self.stats: dict[str, int] = {
+            "inbound_dropped": 0,
+            "datagrams_received": 0,
+            "datagrams_sent": 0,
+            "send_errors": 0,
+            "recv_errors": 0,
+            "streams_opened": 0,
+            "stream_failures": 0,
+            "tcp_accepted": 0,
+            "tcp_rejected": 0,
+            "tcp_errors": 0,
+            "subscriber_dropped": 0,
+            "core_errors": 0,
+            "timer_stuck": 0,
+        }
+        self._max_frame = config.max_stream_size + FRAME_SLACK
+        send, recv = trio.open_memory_channel[tuple[bytes, Addr]](config.inbound_queue_size)
+        self._inbound_send: trio.MemorySendChannel[tuple[bytes, Addr]] = send
+        self._inbound_recv: trio.MemoryReceiveChannel[tuple[bytes, Addr]] = recv
+        self._activity = trio.Event()
+        self._subscribers: list[trio.MemorySendChannel[Event]] = []
+        self._tcp_active = 0
+        self._nursery: trio.Nursery | None = None
+        self._udp: trio.socket.SocketType | None = None
+        self._udp_std: stdsocket.socket | None = None
+
+    # ------------------------------------------------------------ public
+
+    def subscribe(self, max_buffer: int = 1000) -> trio.MemoryReceiveChannel[Event]:
+        """A channel that receives every event from now on; a full one misses (counted)."""
+        send, recv = trio.open_memory_channel[Event](max_buffer)
+        self._subscribers.append(send)
+        return recv
+
+    def wake(self) -> None:
+        """Tell the driver the core got input from outside (leave, metadata, keys), so it
+        flushes and rereads the timer now."""
+        self._activity.set()
+
+    async def serve(self, *, task_status: trio.TaskStatus[Addr] = trio.TASK_STATUS_IGNORED) -> None:
+        """Bind, report the bound address with `task_status.started`, run until cancelled."""
+        sockets = self._sockets if self._sockets is not None else bind_sockets(self._bind)
+        self._sockets = None  # owned from here on
+        udp = trio.socket.from_stdlib_socket(sockets.udp)
+        listener = trio.SocketListener(trio.socket.from_stdlib_socket(sockets.tcp))
+        self._udp, self._udp_std = udp, sockets.udp
+        self.bound_addr = sockets.addr
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._receive_loop, udp)
+                nursery.start_soon(self._tcp_loop, listener)
+                nursery.start_soon(self._drive)
+                task_status.started(sockets.addr)
+        finally:
+            # Synchronous on purpose: an await here would be cancelled before the cleanup.
+            self._nursery = None
+            udp.close()
+            listener.socket.close()
+            for s in self._subscribers:
+                s.close()
+
+    async def leave(self, timeout: float) -> bool:
+        """Broadcast our leave and keep driving until the core says it went out, or
+        `timeout` seconds. True if the core reported the leave complete."""
+        with trio.move_on_after(timeout):
+            self.core.leave(trio.current_time())
+            self.wake()
+            while not self.core.leave_complete(trio.current_time()):
+                await trio.sleep(0.01)
+            return True
+        return False
+
+    async def key_op_all(self, op: str, key: bytes) -> dict[str, str | None]:
+        """Send a key operation to every live member but us, concurrently; name -> None if
+        it applied the operation, else the error text."""
+        core = self.core
+        targets = [
+            m for m in core.members() if m.name != core.local.name and State(m.state).is_live
+        ]
+        results: dict[str, str | None] = {}
+        frame = key_op_frame(op, key, core.keyring, core.label)
+
+        async def one(name: str, addr: Addr) -> None:
+            try:
+                with trio.fail_after(self.config.tcp_timeout):
+                    reply = await _exchange(addr, frame, self._max_frame)
+                read_key_op_reply(reply, core.keyring, core.label)
+            except QueryError as e:
+                results[name] = str(e)
+            except (OSError, trio.TooSlowError, trio.BrokenResourceError, FrameError) as e:
+                results[name] = f"no answer from {format_hostport(addr)}: {_reason(e)}"
+            else:
+                results[name] = None
+
+        async with trio.open_nursery() as nursery:
+            for m in targets:
+                nursery.start_soon(one, m.name, m.addr)
+        return results
+
+    # ------------------------------------------------------------ tasks
+
+    async def _receive_loop(self, udp: trio.socket.SocketType) -> None:
+        std = self._udp_std
+        assert std is not None
+        send = self._inbound_send
+        stats = self.stats
+        try:
+            while True:
+                await trio.lowlevel.wait_readable(udp)
+                for _ in range(RECV_BURST):
+                    try:
+                        data, addr = std.recvfrom(RECV_SIZE)
+                    except BlockingIOError:
+                        break
+                    except OSError as e:
+                        if e.errno in (errno.EBADF, errno.ENOTSOCK):
+                            return
+                        if e.errno in _TRANSIENT_RECV_ERRNOS:
+                            stats["recv_errors"] += 1
+                            continue
+                        raise
+                    stats["datagrams_received"] += 1
+                    try:
+                        send.send_nowait((data, (addr[0], addr[1])))
+                    except trio.WouldBlock:
+                        stats["inbound_dropped"] += 1
+                self._activity.set()
+        except trio.ClosedResourceError:
+            return
+
+    async def _drive(self) -> None:
+        """One step per wake-up: fire the timer if due, feed queued datagrams, flush, then
+        sleep until the core's timer or new input (a datagram, a stream, `wake()`)."""
+        core = self.core
+        recv = self._inbound_recv
+        spins = 0
+        while True:
+            now = trio.current_time()
+            timer = core.get_timer()
+            if timer is not None and timer <= now:
+                self._guard(core.handle_timer, now)
+                after = core.get_timer()
+                spins = spins + 1 if after is not None and after <= now else 0
+            else:
+                spins = 0
+            self._activity = trio.Event()  # inputs from here on wake us again
+            for _ in range(DRIVE_BATCH):
+                try:
+                    data, addr = recv.receive_nowait()
+                except trio.WouldBlock:
+                    break
+                self._guard(core.receive_datagram, data, addr, now)
+            else:
+                self._activity.set()  # more may be queued: come back after yielding
+            self._flush(now)
+            timer = core.get_timer()
+            deadline = math.inf if timer is None else timer
+            if spins > STUCK_TIMER_REFIRES:
+                # The core's timer stays due after handle_timer: do not spin on it.
+                self.stats["timer_stuck"] += 1
+                deadline = max(deadline, now + STUCK_TIMER_BACKOFF)
+            with trio.move_on_at(deadline):
+                await self._activity.wait()
+
+    def _guard(self, fn: Any, *args: Any) -> None:
+        """Call a core input; a core exception is logged and counted, never fatal."""
+        try:
+            fn(*args)
+        except Exception:
+            self.stats["core_errors"] += 1
+            log.exception("membership core raised", call=getattr(fn, "__name__", "?"))
+
+    def _flush(self, now: float) -> None:
+        core = self.core
+        nursery = self._nursery
+        assert nursery is not None
+        for data, addr in core.datagrams_to_send(now):
+            self._send_datagram(data, addr, nursery)
+        for req in core.streams_to_open(now):
+            self.stats["streams_opened"] += 1
+            nursery.start_soon(self._open_stream, req)
+        while (event := core.next_event()) is not None:
+            self._publish(event)
+
+    def _send_datagram(self, data: bytes, addr: Addr, nursery: trio.Nursery) -> None:
+        std = self._udp_std
+        assert std is not None
+        if not _is_ip(addr[0]):
+            nursery.start_soon(self._send_resolved, data, addr)
+            return
+        try:
+            std.sendto(data, addr)
+            self.stats["datagrams_sent"] += 1
+        except OSError:  # includes BlockingIOError: a full send buffer drops, like a network
+            self.stats["send_errors"] += 1
+
+    async def _send_resolved(self, data: bytes, addr: Addr) -> None:
+        udp = self._udp
+        assert udp is not None
+        try:
+            with trio.fail_after(self.config.tcp_timeout):
+                await udp.sendto(data, addr)
+            self.stats["datagrams_sent"] += 1
+        except (OSError, trio.TooSlowError, trio.ClosedResourceError):
+            self.stats["send_errors"] += 1
+
+    def _publish(self, event: Event) -> None:
+        alive: list[trio.MemorySendChannel[Event]] = []
+        for s in self._subscribers:
+            try:
+                s.send_nowait(event)
+            except trio.WouldBlock:
+                self.stats["subscriber_dropped"] += 1
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                continue
+            alive.append(s)
+        self._subscribers = alive
+
+    async def _open_stream(self, req: StreamRequest) -> None:
+        reply: bytes | None = None
+        try:
+            with trio.fail_after(self.config.tcp_timeout):
+                reply = await _exchange(req.addr, req.payload, self._max_frame)
+        except (OSError, trio.TooSlowError, trio.BrokenResourceError, FrameError) as e:
+            self.stats["stream_failures"] += 1
+            log.debug("stream failed", peer=format_hostport(req.addr), reason=_reason(e))
+        self._guard(self.core.stream_response, req.id, reply, trio.current_time())
+        self.wake()
+
+    async def _tcp_loop(self, listener: trio.SocketListener) -> None:
+        async with trio.open_nursery() as nursery:
+            while True:
+                try:
+                    stream = await listener.accept()
+                except trio.ClosedResourceError:
+                    return
+                except OSError as e:  # EMFILE and friends: wait for descriptors to free up
+                    self.stats["tcp_errors"] += 1
+                    log.warning("accept failed", reason=_reason(e))
+                    await trio.sleep(0.1)
+                    continue
+                if self._tcp_active >= MAX_TCP_CONNECTIONS:
+                    self.stats["tcp_rejected"] += 1
+                    await trio.aclose_forcefully(stream)
+                    continue
+                self._tcp_active += 1
+                self.stats["tcp_accepted"] += 1
+                nursery.start_soon(self._serve_connection, stream)
+
+    async def _serve_connection(self, stream: trio.SocketStream) -> None:
+        try:
+            try:
+                peer = stream.socket.getpeername()
+                addr: Addr = (peer[0], peer[1])
+            except OSError:
+                self.stats["tcp_errors"] += 1
+                return
+            with trio.move_on_after(self.config.tcp_timeout) as scope:
+                payload = await read_frame(stream, self._max_frame)
+                reply: bytes | None = None
+                try:
+                    reply = self.core.handle_stream(payload, addr, trio.current_time())
+                except Exception:
+                    self.stats["core_errors"] += 1
+                    log.exception("membership core raised", call="handle_stream")
+                self.wake()
+                if reply is not None:
+                    await write_frame(stream, reply)
+            if scope.cancelled_caught:
+                self.stats["tcp_errors"] += 1
+        except (OSError, trio.BrokenResourceError, FrameError):
+            self.stats["tcp_errors"] += 1
+        finally:
+            self._tcp_active -= 1
+            await trio.aclose_forcefully(stream)
+
+
+# ---------------------------------------------------------------- client helpers
+
+
+async def query(
+    addr: Addr,
+    what: str,
+    keyring: Keyring | None,
+    label: str,
+    timeout: float,
+    max_size: int = MembershipConfig().max_stream_size,
+) -> Any:
+    """Ask the agent at `addr` over its gossip TCP port for `what` ("members", "status").
+
+    Raises QueryError with one line: "no answer from 10.0.0.1:7946: connection refused",
+    "reply could not be opened: wrong key or label", ...
+    """
+    where = format_hostport(addr)
+    frame = query_frame(what, keyring, label)
+    try:
+        with trio.fail_after(timeout):
+            reply = await _exchange(addr, frame, max_size + FRAME_SLACK)
+    except FrameError as e:
+        if "closed after 0 of 4" in str(e):
+            raise QueryError(
+                f"no answer from {where}: connection closed without a reply (wrong key or label?)"
+            ) from None
+        raise QueryError(f"no answer from {where}: {e}") from None
+    except (OSError, trio.TooSlowError, trio.BrokenResourceError) as e:
+        raise QueryError(f"no answer from {where}: {_reason(e)}") from None
+    return read_query_reply(reply, keyring, label, max_size)

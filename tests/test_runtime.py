@@ -1,0 +1,399 @@
+"""The trio runtime around real membership cores, on real loopback sockets.
+
+Rules for these tests (after trio-websocket's):
+- every test is wrapped in an absolute `trio.fail_after`, so a hang fails instead of stalling;
+- sockets are real (127.0.0.1, port 0); nodes use the `local` profile, so convergence takes
+  milliseconds and a failure or leave is seen within about a second;
+- hostile peers are plain stdlib/trio sockets doing what an attacker would: garbage datagrams,
+  garbage frames, a huge length, one byte and then silence, too many connections.
+"""
+
+from __future__ import annotations
+
+import errno
+import random
+import socket
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+
+from swimthor.config import PROFILES, MembershipConfig, replace
+from swimthor.membership._core import Membership, QueryError
+from swimthor.membership._events import Event, MemberJoined
+from swimthor.membership._keyring import Keyring
+from swimthor.membership._member import State
+from swimthor.membership.runtime import (
+    BindError,
+    FrameError,
+    MembershipRuntime,
+    bind_sockets,
+    encode_frame,
+    query,
+    read_frame,
+)
+
+LOCAL = PROFILES["local"]
+LOOPBACK = ("127.0.0.1", 0)
+
+
+class Node:
+    def __init__(self, core: Membership, runtime: MembershipRuntime) -> None:
+        self.core = core
+        self.runtime = runtime
+
+    @property
+    def addr(self) -> tuple[str, int]:
+        assert self.runtime.bound_addr is not None
+        return self.runtime.bound_addr
+
+    def alive(self) -> set[str]:
+        return {m.name for m in self.core.members() if m.state == State.ALIVE}
+
+    def state_of(self, name: str) -> State | None:
+        m = self.core.member(name)
+        return m.state if m is not None else None
+
+
+@asynccontextmanager
+async def cluster(
+    n: int,
+    *,
+    config: MembershipConfig = LOCAL,
+    keyrings: list[Keyring | None] | None = None,
+    join: bool = True,
+    prefix: str = "n",
+) -> AsyncIterator[list[Node]]:
+    """n nodes on loopback, each joined through the first; cancelled on exit."""
+    async with trio.open_nursery() as nursery:
+        nodes: list[Node] = []
+        for i in range(n):
+            sockets = bind_sockets(LOOPBACK)
+            core = Membership(
+                name=f"{prefix}{i}",
+                addr=sockets.addr,
+                config=config,
+                rng=random.Random(i),
+                now=trio.current_time(),
+                keyring=keyrings[i] if keyrings else None,
+            )
+            runtime = MembershipRuntime(core, LOOPBACK, config, sockets=sockets)
+            await nursery.start(runtime.serve)
+            nodes.append(Node(core, runtime))
+        if join:
+            for node in nodes[1:]:
+                node.core.join([nodes[0].addr], trio.current_time())
+                node.runtime.wake()
+        yield nodes
+        nursery.cancel_scope.cancel()
+
+
+async def wait_for(cond: Callable[[], bool], interval: float = 0.01) -> None:
+    while not cond():
+        await trio.sleep(interval)
+
+
+def _assert_no_core_errors(nodes: list[Node]) -> None:
+    for node in nodes:
+        assert node.runtime.stats["core_errors"] == 0
+
+
+# ---------------------------------------------------------------- binding
+
+
+async def test_bind_port_zero_gives_one_port_for_udp_and_tcp() -> None:
+    s = bind_sockets(LOOPBACK)
+    try:
+        assert s.addr[1] != 0
+        assert s.udp.getsockname()[1] == s.tcp.getsockname()[1] == s.addr[1]
+    finally:
+        s.close()
+
+
+async def test_bind_in_use_is_a_clear_oserror() -> None:
+    s = bind_sockets(LOOPBACK)
+    try:
+        with pytest.raises(BindError) as info:
+            bind_sockets(s.addr)
+        assert isinstance(info.value, OSError)
+        assert str(info.value) == f"address 127.0.0.1:{s.addr[1]} in use"
+        assert info.value.errno == errno.EADDRINUSE
+    finally:
+        s.close()
+
+
+async def test_serve_reports_bind_error_before_started() -> None:
+    s = bind_sockets(LOOPBACK)
+    try:
+        core = Membership(
+            name="x", addr=s.addr, config=LOCAL, rng=random.Random(1), now=trio.current_time()
+        )
+        runtime = MembershipRuntime(core, s.addr, LOCAL)
+        with trio.fail_after(5), pytest.raises(BindError, match="in use"):
+            await runtime.serve()
+    finally:
+        s.close()
+
+
+# ---------------------------------------------------------------- the protocol over sockets
+
+
+async def test_three_nodes_converge() -> None:
+    with trio.fail_after(10):
+        async with cluster(3) as nodes:
+            await wait_for(lambda: all(node.alive() == {"n0", "n1", "n2"} for node in nodes))
+            # keep running for a few probe rounds: still converged, nothing suspected
+            await trio.sleep(0.6)
+            assert all(node.alive() == {"n0", "n1", "n2"} for node in nodes)
+            assert all(node.runtime.stats["datagrams_sent"] > 0 for node in nodes)
+            _assert_no_core_errors(nodes)
+
+
+async def test_sealed_cluster_converges_and_a_stranger_stays_out() -> None:
+    key = Keyring.generate()
+    rings: list[Keyring | None] = [Keyring([key]), Keyring([key]), Keyring([Keyring.generate()])]
+    with trio.fail_after(10):
+        async with cluster(3, keyrings=rings) as nodes:
+            await wait_for(lambda: nodes[0].alive() == nodes[1].alive() == {"n0", "n1"})
+            await trio.sleep(0.8)  # the stranger keeps trying (join retries) meanwhile
+            assert nodes[0].alive() == nodes[1].alive() == {"n0", "n1"}
+            assert nodes[0].core.member("n2") is None
+            assert nodes[2].alive() == {"n2"}
+            assert nodes[0].core.stats["rejected_seal"] > 0
+            _assert_no_core_errors(nodes)
+
+
+async def test_insecure_and_sealed_do_not_mix() -> None:
+    rings: list[Keyring | None] = [None, Keyring([Keyring.generate()])]
+    with trio.fail_after(10):
+        async with cluster(2, keyrings=rings) as nodes:
+            await trio.sleep(0.5)
+            assert nodes[0].alive() == {"n0"}
+            assert nodes[1].alive() == {"n1"}
+
+
+async def test_leave_is_seen_as_left() -> None:
+    with trio.fail_after(10):
+        async with cluster(3) as nodes:
+            await wait_for(lambda: all(len(node.alive()) == 3 for node in nodes))
+            assert await nodes[2].runtime.leave(2.0)
+            await wait_for(lambda: all(node.state_of("n2") == State.LEFT for node in nodes[:2]))
+
+
+async def test_a_timer_that_stays_due_does_not_spin() -> None:
+    # After leave() and leave_propagate_time, the core's get_timer() stays in the past
+    # (reported to the core's author); the driver must not turn that into a busy loop.
+    with trio.fail_after(10):
+        async with cluster(1, join=False) as (n0,):
+            calls = 0
+            handle_timer = n0.core.handle_timer
+
+            def counting(now: float) -> None:
+                nonlocal calls
+                calls += 1
+                handle_timer(now)
+
+            n0.core.handle_timer = counting  # type: ignore[method-assign]
+            assert await n0.runtime.leave(2.0)
+            await trio.sleep(LOCAL.leave_propagate_time + 0.5)
+            calls = 0
+            await trio.sleep(0.5)
+            assert calls < 200
+
+
+async def test_subscribers_get_every_event_and_a_full_one_drops() -> None:
+    with trio.fail_after(10):
+        async with cluster(1, join=False) as (n0,):
+            roomy = n0.runtime.subscribe()
+            tiny = n0.runtime.subscribe(max_buffer=1)
+            async with cluster(2, join=False, prefix="m") as others:
+                for other in others:
+                    other.core.join([n0.addr], trio.current_time())
+                    other.runtime.wake()
+                await wait_for(lambda: len(n0.alive()) == 3)
+                await wait_for(lambda: n0.runtime.stats["subscriber_dropped"] > 0)
+                seen: list[Event] = []
+                while True:
+                    try:
+                        seen.append(roomy.receive_nowait())
+                    except trio.WouldBlock:
+                        break
+                joined = {e.member.name for e in seen if isinstance(e, MemberJoined)}
+                assert joined == {"m0", "m1"}
+                assert tiny.receive_nowait() is not None
+
+
+# ---------------------------------------------------------------- hostile peers
+
+
+def _garbage_udp(addr: tuple[str, int], payloads: list[bytes]) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for p in payloads:
+            s.sendto(p, addr)
+
+
+async def test_garbage_datagrams_are_dropped_and_counted() -> None:
+    with trio.fail_after(10):
+        async with cluster(2) as nodes:
+            await wait_for(lambda: all(len(node.alive()) == 2 for node in nodes))
+            before = nodes[0].core.stats["rejected_seal"] + nodes[0].core.stats["rejected_decode"]
+            garbage = [b"", b"\x00", b"\x00\x00\xff\xff", b"\x01" * 40, b"\x00\x00" + b"\xff" * 60]
+            _garbage_udp(nodes[0].addr, garbage)
+            await wait_for(
+                lambda: (
+                    nodes[0].core.stats["rejected_seal"] + nodes[0].core.stats["rejected_decode"]
+                    >= before + len(garbage) - 1
+                )
+            )
+            await trio.sleep(0.5)
+            assert all(len(node.alive()) == 2 for node in nodes)
+            _assert_no_core_errors(nodes)
+
+
+async def test_inbound_queue_drops_when_full() -> None:
+    config = replace(LOCAL, inbound_queue_size=4)
+    with trio.fail_after(10):
+        async with cluster(1, config=config, join=False) as (n0,):
+            # sent before the runtime runs again, so they are all waiting in the kernel
+            flood = 150
+            _garbage_udp(n0.addr, [b"\x00\x00junk"] * flood)
+            stats = n0.runtime.stats
+            await wait_for(lambda: stats["datagrams_received"] >= flood)
+            await trio.sleep(0.05)
+            fed = n0.core.stats["packets_in"]
+            # everything read was either queued (then fed to the core) or dropped
+            assert fed + stats["inbound_dropped"] == stats["datagrams_received"] == flood
+            # read in one burst into a queue of 4: all but a handful dropped
+            assert stats["inbound_dropped"] >= flood - 16
+            # and the node still works: it answers a datagram-borne probe from a new node
+            async with cluster(1, join=False, prefix="late") as (late,):
+                late.core.join([n0.addr], trio.current_time())
+                late.runtime.wake()
+                await wait_for(lambda: len(n0.alive()) == 2)
+
+
+async def _tcp(addr: tuple[str, int]) -> trio.SocketStream:
+    return await trio.open_tcp_stream(*addr)
+
+
+async def test_garbage_frames_and_huge_length_do_not_hurt() -> None:
+    config = replace(LOCAL, tcp_timeout=0.5)
+    with trio.fail_after(10):
+        async with cluster(2, config=config) as nodes:
+            target = nodes[0]
+            await wait_for(lambda: all(len(node.alive()) == 2 for node in nodes))
+            # a frame in no known envelope: closed without a reply
+            s = await _tcp(target.addr)
+            await s.send_all(encode_frame(b"\x07garbage"))
+            with pytest.raises(FrameError):
+                await read_frame(s, 1 << 20)
+            await s.aclose()
+            # a plaintext envelope around garbage: an error reply, then closed
+            s = await _tcp(target.addr)
+            await s.send_all(encode_frame(b"\x00\x00garbage"))
+            assert await read_frame(s, 1 << 20)
+            await s.aclose()
+            # a frame announcing 4 GiB: closed at once, nothing allocated
+            s = await _tcp(target.addr)
+            await s.send_all(b"\xff\xff\xff\xff" + b"x" * 100)
+            assert await _drain(s) == b""
+            await s.aclose()
+            # a frame cut short
+            s = await _tcp(target.addr)
+            await s.send_all(b"\x00\x00\x01\x00abc")
+            await s.send_eof()
+            assert await _drain(s) == b""
+            await s.aclose()
+            await wait_for(lambda: target.runtime.stats["tcp_errors"] >= 2)
+            await trio.sleep(0.3)
+            assert all(len(node.alive()) == 2 for node in nodes)
+            _assert_no_core_errors(nodes)
+
+
+async def _drain(s: trio.SocketStream) -> bytes:
+    out = b""
+    try:
+        while chunk := await s.receive_some(65536):
+            out += chunk
+    except trio.BrokenResourceError:
+        pass
+    return out
+
+
+async def test_slowloris_and_connection_flood_are_bounded() -> None:
+    config = replace(LOCAL, tcp_timeout=0.5)
+    with trio.fail_after(10):
+        async with cluster(2, config=config) as nodes:
+            target = nodes[0]
+            await wait_for(lambda: all(len(node.alive()) == 2 for node in nodes))
+            # 70 connections sending one byte each and then nothing
+            idle: list[trio.SocketStream] = []
+            for _ in range(70):
+                s = await _tcp(target.addr)
+                await s.send_all(b"\x00")
+                idle.append(s)
+            await wait_for(lambda: target.runtime.stats["tcp_rejected"] >= 6)
+            # the gossip (UDP) side keeps working meanwhile
+            await trio.sleep(0.2)
+            assert all(len(node.alive()) == 2 for node in nodes)
+            # the slow ones are cut off after tcp_timeout; then new connections are served
+            await trio.sleep(0.6)
+            for s in idle:
+                assert await _drain(s) == b""
+                await s.aclose()
+            assert target.runtime.stats["tcp_errors"] >= 64
+            assert target.runtime._tcp_active == 0
+            await _assert_query_works(target)
+            _assert_no_core_errors(nodes)
+
+
+async def _assert_query_works(node: Node) -> None:
+    reply = await query(node.addr, "members", node.core.keyring, node.core.label, 2.0)
+    assert {m["name"] for m in reply} >= {node.core.name}
+
+
+# ---------------------------------------------------------------- client helpers
+
+
+async def test_query_members_and_status() -> None:
+    key = Keyring.generate()
+    rings: list[Keyring | None] = [Keyring([key]), Keyring([key])]
+    with trio.fail_after(10):
+        async with cluster(2, keyrings=rings) as nodes:
+            await wait_for(lambda: all(len(node.alive()) == 2 for node in nodes))
+            members = await query(nodes[1].addr, "members", Keyring([key]), "", 2.0)
+            assert sorted(m["name"] for m in members) == ["n0", "n1"]
+            status = await query(nodes[1].addr, "status", Keyring([key]), "", 2.0)
+            assert status["name"] == "n1"
+            with pytest.raises(QueryError, match="wrong key or label"):
+                await query(nodes[1].addr, "members", Keyring([Keyring.generate()]), "", 2.0)
+
+
+async def test_query_refused_is_one_line() -> None:
+    s = bind_sockets(LOOPBACK)
+    addr = s.addr
+    s.close()
+    with trio.fail_after(5), pytest.raises(QueryError) as info:
+        await query(addr, "members", None, "", 2.0)
+    assert str(info.value) == f"no answer from 127.0.0.1:{addr[1]}: connection refused"
+
+
+async def test_key_op_all_installs_everywhere() -> None:
+    key = Keyring.generate()
+    rings: list[Keyring | None] = [Keyring([key]) for _ in range(3)]
+    new = Keyring.generate()
+    with trio.fail_after(10):
+        async with cluster(3, keyrings=rings) as nodes:
+            await wait_for(lambda: all(len(node.alive()) == 3 for node in nodes))
+            ring0 = nodes[0].core.keyring
+            assert ring0 is not None
+            ring0.install(new)
+            result = await nodes[0].runtime.key_op_all("install", new)
+            assert result == {"n1": None, "n2": None}
+            for node in nodes:
+                assert node.core.keyring is not None
+                assert new in node.core.keyring.keys
+            result = await nodes[0].runtime.key_op_all("remove", Keyring.generate())
+            assert set(result) == {"n1", "n2"}
+            assert all(err for err in result.values())
