@@ -102,6 +102,10 @@ def _key_arg(args: dict[str, Any]) -> bytes:
         raise ControlError(str(e)) from None
 
 
+class NameInUseError(ValueError):
+    """Another live member answers under this agent's name; the agent refuses to run."""
+
+
 class Agent:
     """Wiring for one node. `run()` until stopped; see the module docstring."""
 
@@ -249,6 +253,12 @@ class Agent:
                 task_status.started(self)
                 await self._done.wait()
                 nursery.cancel_scope.cancel()
+            conflict = core.conflict
+            if conflict is not None:
+                raise NameInUseError(
+                    f"name {name!r} is in use by a live member at "
+                    f"{format_hostport(conflict.other)}; start this agent with another --name"
+                )
         finally:
             self._finished.set()
             log.info("agent stopped")
@@ -298,6 +308,10 @@ class Agent:
     async def _pump_events(self, events: trio.MemoryReceiveChannel[Event]) -> None:
         async for event in events:
             self._log_event(event)
+            if isinstance(event, NameConflict) and self.core.conflict is not None:
+                # We are the newcomer under a name that a live member holds: stop, do not
+                # announce ourselves over it. run() raises NameInUseError.
+                self._done.set()
             if isinstance(event, KeyringChanged):
                 await self._persist_keyring()
 

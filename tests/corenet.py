@@ -32,6 +32,8 @@ class CoreNet:
         self.now = 0.0
         self.rng = random.Random(seed)
         self.latency = latency
+        # Per-pair one-way latency override: (src, dst) -> seconds.
+        self.link_latency: dict[tuple[Addr, Addr], float] = {}
         self.loss = loss
         self.nodes: dict[Addr, Membership] = {}
         self.down: set[Addr] = set()
@@ -101,7 +103,8 @@ class CoreNet:
             self.sent.append((src, dst, data))
             if (src, dst) in self.cut or self.rng.random() < self.loss:
                 continue
-            self._push(self.now + self.latency, "dgram", dst, data, src)
+            delay = self.link_latency.get((src, dst), self.latency)
+            self._push(self.now + delay, "dgram", dst, data, src)
         for req in core.streams_to_open(self.now):
             self._push(self.now + self.latency, "stream", req.addr, req.payload, src, req.id)
         while (ev := core.next_event()) is not None:

@@ -425,3 +425,39 @@ def test_timer_moves_past_now_after_handling_even_when_leaving() -> None:
             c.handle_timer(now)
             t = c.get_timer()
             assert t is not None and t > now
+
+
+def test_remote_datacenter_timeouts_follow_the_measured_round_trip() -> None:
+    # Two datacenters 0.8 s apart (round trip) on the lan profile, whose 0.5 s probe timeout
+    # is shorter than that: once the round trip is measured, probes across stop falling back
+    # to ping-req, and nobody is accused for being far away.
+    lan = profile("lan")
+    net = CoreNet(latency=0.0005)
+    dc1 = [net.add(f"a{i}", lan, dc="dc1") for i in range(3)]
+    dc2 = [net.add(f"b{i}", lan, dc="dc2") for i in range(3)]
+    for x in dc1:
+        for y in dc2:
+            net.link_latency[(x.local.addr, y.local.addr)] = 0.4
+            net.link_latency[(y.local.addr, x.local.addr)] = 0.4
+    for c in dc1[1:] + dc2:
+        c.join([dc1[0].local.addr], net.now)
+    net.run(30.0)
+    assert all(c.num_live() == 6 for c in dc1 + dc2)
+    assert dc1[0].status(net.now)["rtt_ms"]["dc2"] == pytest.approx(800, rel=0.05)
+    before = sum(c.stats["ping_reqs_sent"] for c in dc1 + dc2)
+    net.run(30.0)
+    assert sum(c.stats["ping_reqs_sent"] for c in dc1 + dc2) == before
+    assert not any(isinstance(e, MemberFailed) for ev in net.events.values() for e in ev)
+
+
+def test_gossip_crosses_datacenters_every_tick() -> None:
+    net = CoreNet()
+    cores = [net.add(f"n{i}", dc="dc1" if i < 8 else "dc2") for i in range(10)]
+    for c in cores[1:]:
+        c.join([cores[0].local.addr], net.now)
+    net.run(3.0)
+    net.sent.clear()
+    cores[1].update_metadata(net.now, tags={"x": "1"})
+    net.run(cores[1].config.gossip_interval * 1.01)
+    remote = {c.local.addr for c in cores[8:]}
+    assert any(src == cores[1].local.addr and dst in remote for src, dst, _ in net.sent)

@@ -232,3 +232,20 @@ def test_node_with_another_key_never_appears(cluster: list[Proc], tmp_path: Path
         assert json.loads(r.stdout)["stats"]["rejected_seal"] > 0
     finally:
         stranger.kill()
+
+
+def test_second_agent_with_a_taken_name_refuses_to_run(
+    cluster: list[Proc], tmp_path: Path, key_file: Path
+) -> None:
+    twin = Proc(tmp_path, "n1", _free_port(), key_file, cluster[0].port)
+    twin.sock = str(tmp_path / "twin.sock")
+    twin.argv[twin.argv.index("--control") + 1] = twin.sock
+    twin.argv[twin.argv.index("--data-dir") + 1] = str(tmp_path / "twin")
+    twin.start()
+    assert twin.p is not None
+    assert twin.p.wait(20) == 1
+    assert "in use by a live member" in twin.log.read_text()
+    # The original keeps its name and address everywhere.
+    for p in cluster:
+        m = p.members()["n1"]
+        assert m["state"] == "alive" and m["addr"] == f"127.0.0.1:{cluster[1].port}"

@@ -351,6 +351,9 @@ class Membership:
             return
         self._leaving = True
         self._leave_at = now
+        if self._conflict is not None:
+            # Our name belongs to another live node: saying "left" would remove it.
+            return
         self._leave_wakeup = now + self.config.leave_propagate_time
         me = self._members[self.name]
         msg = Dead(self.name, me.incarnation, self.name)
@@ -572,7 +575,7 @@ class Membership:
         if isinstance(msg, Ping):
             self._on_ping(msg, addr, now)
         elif isinstance(msg, Ack):
-            self._on_ack(msg, now)
+            self._on_ack(msg, addr, now)
         elif isinstance(msg, Nack):
             p = self._pending.get(msg.seq)
             if p is not None and p.kind == _PROBE:
@@ -616,14 +619,15 @@ class Membership:
         )
         self._send(msg.target_addr, self._ping(seq, msg.target))
 
-    def _on_ack(self, msg: Ack, now: float) -> None:
+    def _on_ack(self, msg: Ack, addr: Addr, now: float) -> None:
         p = self._pending.get(msg.seq)
         if p is None or msg.source != p.target:
             return
         self.stats["acks_received"] += 1
+        if addr == p.target_addr and p.kind in (_PROBE, _CHECK):
+            # Straight from the target (not relayed), even if late: a round trip to its dc.
+            self._measure_rtt(p.target, now - p.sent)
         if p.kind == _PROBE:
-            if not p.indirect:
-                self._measure_rtt(p.target, now - p.sent)
             p.acked = True
             del self._pending[msg.seq]
             self._probing = None
@@ -633,7 +637,6 @@ class Membership:
             self._send(p.reply_to, encode_message(Ack(p.reply_seq, p.target)))
         elif p.kind == _CHECK:
             del self._pending[msg.seq]
-            self._measure_rtt(p.target, now - p.sent)
         elif p.kind == _CLAIM:
             # The old address still answers under this name: two live nodes claim it.
             del self._pending[msg.seq]
