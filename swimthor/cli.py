@@ -1,0 +1,845 @@
+"""The `swimthor` command line: run an agent, and ask a running one about its cluster.
+
+One subcommand per operator action, the way serf does it: `join` runs an agent in the
+foreground; `members`, `status`, `leave` and `keys` talk to the local agent over its control
+socket (or, for `members` and `status`, ask any member over its gossip port with `--via`);
+`keygen` prints a new cluster key; `demo` runs a small cluster on loopback with a live view.
+
+Output is aligned columns for people and `--format json` for scripts. Every error is exactly
+one line on stderr starting "swimthor: error: ". Exit status: 0 done, 1 the command failed,
+2 the command line or config file is wrong, 130 interrupted.
+
+The formatters (`format_members_text`, `format_status_text`, ...) are pure functions of the
+JSON the agent returns, so they are tested without an agent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import json
+import math
+import os
+import socket
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from swimthor.config import (
+    PROFILES,
+    AgentConfig,
+    ConfigError,
+    apply_toml,
+    format_hostport,
+    load_toml,
+    parse_hostport,
+    parse_tag,
+    profile,
+)
+from swimthor.membership._keyring import Keyring, KeyringFileError
+
+if TYPE_CHECKING:
+    from swimthor.agent import Agent
+
+PROG = "swimthor"
+KEYRING_FILE = "keyring.json"
+STATES = ("alive", "suspect", "dead", "left")
+LOG_FORMATS = ("auto", "console", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+DEFAULT_TIMEOUT = 10.0
+# A graceful leave waits for the broadcast to go out (config leave_propagate_time, 1 s on LAN).
+LEAVE_TIMEOUT = 30.0
+
+
+class UsageError(Exception):
+    """The command line or a file it names is wrong: one line on stderr, exit status 2."""
+
+
+class CommandError(Exception):
+    """The command could not be carried out: one line on stderr, exit status 1."""
+
+
+# ---------------------------------------------------------------------- argument parsing
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises UsageError instead of printing usage and exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def _hostport_arg(text: str) -> tuple[str, int]:
+    try:
+        return parse_hostport(text)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _tag_arg(text: str) -> tuple[str, str]:
+    try:
+        return parse_tag(text)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _weight_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad weight {text!r}: expected a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"bad weight {text!r}: must be a positive number")
+    return value
+
+
+def _positive_float_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad number {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number of seconds")
+    return value
+
+
+def _node_count_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad node count {text!r}") from None
+    if not 1 <= value <= 64:
+        raise argparse.ArgumentTypeError(f"node count {value} is not between 1 and 64")
+    return value
+
+
+def _add_client_options(p: argparse.ArgumentParser, *, via: bool) -> None:
+    """--control (and, with `via`, --via, key and label options) for the client commands."""
+    target = p.add_mutually_exclusive_group()
+    target.add_argument(
+        "--control",
+        metavar="PATH",
+        help="control socket of the local agent (default: the agent's default path)",
+    )
+    if via:
+        target.add_argument(
+            "--via",
+            metavar="HOST:PORT",
+            type=_hostport_arg,
+            help="ask the member at this gossip address instead of the local agent",
+        )
+        sealing = p.add_mutually_exclusive_group()
+        sealing.add_argument(
+            "--key-file", metavar="PATH", help="cluster keyring for --via (JSON or one key)"
+        )
+        sealing.add_argument(
+            "--insecure", action="store_true", help="--via to a plaintext (unsealed) cluster"
+        )
+        p.add_argument("--label", default="", help="cluster label for --via")
+        p.add_argument("--data-dir", metavar="DIR", help="where to look for keyring.json for --via")
+    p.add_argument(
+        "--timeout",
+        type=_positive_float_arg,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"give up after this long (default {DEFAULT_TIMEOUT:g})",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line. Every `join` flag defaults to None so that only the flags
+    actually given override the config file."""
+    parser = _Parser(
+        prog=PROG,
+        description="SWIM+Lifeguard gossip membership for a peer-to-peer SIP service.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    # -- join
+    j = sub.add_parser(
+        "join",
+        help="run an agent: start a new cluster, or join one through seed members",
+        description="Run an agent in the foreground. With no SEED it starts a new cluster. "
+        "SIGTERM or Ctrl-C leaves the cluster gracefully.",
+    )
+    j.add_argument(
+        "seeds", nargs="*", metavar="SEED", type=_hostport_arg, help="HOST:PORT of a member"
+    )
+    j.add_argument("--name", help="node name, unique in the cluster (default: host name)")
+    j.add_argument("--bind", metavar="HOST:PORT", type=_hostport_arg, help="gossip UDP+TCP")
+    j.add_argument(
+        "--advertise",
+        metavar="HOST:PORT",
+        type=_hostport_arg,
+        help="address the other members use to reach this one (default: the bind address)",
+    )
+    j.add_argument("--dc", help="datacenter of this node (default dc1)")
+    j.add_argument(
+        "--role", action="append", metavar="ROLE", help="a role of this node (repeatable)"
+    )
+    j.add_argument("--weight", type=_weight_arg, help="routing weight, > 0 (default 1)")
+    j.add_argument(
+        "--tag", action="append", type=_tag_arg, metavar="K=V", help="metadata (repeatable)"
+    )
+    j.add_argument("--profile", choices=sorted(PROFILES), help="timing profile (default lan)")
+    sealing = j.add_mutually_exclusive_group()
+    sealing.add_argument("--key-file", metavar="PATH", help="cluster keyring (JSON or one key)")
+    sealing.add_argument(
+        "--insecure", action="store_true", default=None, help="gossip in plaintext (no keyring)"
+    )
+    j.add_argument("--label", help="cluster label; members with another label are rejected")
+    j.add_argument("--control", metavar="PATH", help="control socket path")
+    j.add_argument("--data-dir", metavar="DIR", help="state directory (holds keyring.json)")
+    j.add_argument("--config", metavar="FILE", help="TOML config file; flags override it")
+    j.add_argument("--log-format", choices=LOG_FORMATS, help="default auto")
+    j.add_argument("--log-level", choices=LOG_LEVELS, type=str.lower, help="default info")
+
+    # -- members
+    m = sub.add_parser("members", help="list the members this agent knows")
+    m.add_argument("--status", choices=STATES, help="only members in this state")
+    m.add_argument("--dc", help="only members of this datacenter")
+    m.add_argument("--role", help="only members with this role")
+    m.add_argument("--format", choices=("text", "json"), default="text")
+    _add_client_options(m, via=True)
+
+    # -- status
+    s = sub.add_parser("status", help="this node's health, counts and cluster convergence")
+    s.add_argument("--format", choices=("text", "json"), default="text")
+    _add_client_options(s, via=True)
+
+    # -- leave
+    lv = sub.add_parser("leave", help="make the local agent leave the cluster gracefully")
+    _add_client_options(lv, via=False)
+
+    # -- keygen
+    sub.add_parser("keygen", help="print a new random cluster key (base64)")
+
+    # -- keys
+    k = sub.add_parser("keys", help="list or rotate the cluster keys through the local agent")
+    ksub = k.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    kl = ksub.add_parser("list", help="key ids installed on the local agent")
+    kl.add_argument("--format", choices=("text", "json"), default="text")
+    _add_client_options(kl, via=False)
+    for action, text in (
+        ("install", "install KEY on every member (it may open, not yet seal)"),
+        ("use", "make the installed KEY the primary (sealing) key on every member"),
+        ("remove", "uninstall KEY from every member"),
+    ):
+        ka = ksub.add_parser(action, help=text)
+        ka.add_argument("key", metavar="KEY", help="base64 key, or @FILE holding one")
+        _add_client_options(ka, via=False)
+
+    # -- demo
+    d = sub.add_parser("demo", help="run a small cluster on loopback with a live status view")
+    d.add_argument("--nodes", type=_node_count_arg, default=5, help="how many (default 5)")
+    d.add_argument("--profile", choices=sorted(PROFILES), default="local")
+    d.add_argument(
+        "--duration",
+        type=_positive_float_arg,
+        metavar="SECONDS",
+        help="stop after this long (default: until Ctrl-C)",
+    )
+    d.add_argument("--insecure", action="store_true", help="plaintext gossip (default: sealed)")
+    return parser
+
+
+# ---------------------------------------------------------------------- config and keys
+
+
+def default_data_dir() -> Path:
+    """/var/lib/swimthor for root, else $XDG_DATA_HOME/swimthor (~/.local/share/swimthor)."""
+    if os.geteuid() == 0:
+        return Path("/var/lib/swimthor")
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "swimthor"
+
+
+# `join` flags copied as they are onto the AgentConfig field of the same name, when given.
+_PLAIN_FLAGS = (
+    "name",
+    "bind",
+    "advertise",
+    "dc",
+    "weight",
+    "profile",
+    "label",
+    "control",
+    "data_dir",
+    "log_format",
+    "log_level",
+)
+
+
+def build_agent_config(args: argparse.Namespace) -> AgentConfig:
+    """Defaults, then the TOML file, then the flags that were given (a list flag such as
+    --role or --tag replaces the file's list)."""
+    cfg = AgentConfig()
+    if args.config is not None:
+        apply_toml(cfg, load_toml(args.config))
+    for flag in _PLAIN_FLAGS:
+        value = getattr(args, flag)
+        if value is not None:
+            setattr(cfg, flag, value)
+    if args.seeds:
+        cfg.seeds = list(args.seeds)
+    if args.role is not None:
+        cfg.roles = list(args.role)
+    if args.tag is not None:
+        cfg.tags = dict(args.tag)
+    if args.insecure:
+        cfg.insecure, cfg.key_file = True, None
+    elif args.key_file is not None:
+        cfg.insecure, cfg.key_file = False, args.key_file
+    _check_agent_config(cfg)
+    if not cfg.name:
+        cfg.name = socket.gethostname()
+    if cfg.data_dir is None:
+        cfg.data_dir = str(default_data_dir())
+    return cfg
+
+
+def _check_agent_config(cfg: AgentConfig) -> None:
+    """What the TOML checks cannot see: values that must come from a fixed set or range."""
+    try:
+        profile(cfg.profile)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if cfg.insecure and cfg.key_file:
+        raise ConfigError("key_file and insecure exclude each other")
+    if not math.isfinite(cfg.weight) or cfg.weight <= 0:
+        raise ConfigError(f"weight must be a positive number, not {cfg.weight!r}")
+    if cfg.log_format not in LOG_FORMATS:
+        raise ConfigError(f"log_format must be one of {', '.join(LOG_FORMATS)}")
+    if cfg.log_level.lower() not in LOG_LEVELS:
+        raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
+    cfg.log_level = cfg.log_level.lower()
+    if any(not r or any(c.isspace() for c in r) for r in cfg.roles):
+        raise ConfigError("a role is a non-empty word without spaces")
+
+
+def resolve_keyring(cfg: AgentConfig) -> tuple[Keyring | None, Path | None]:
+    """The keyring `join` runs with, and the path of a key it just created (else None).
+
+    --insecure: none. --key-file: that file. Else the data dir's keyring.json if there is one.
+    Else, starting a new cluster (no seeds): a fresh key saved there. Else: a usage error,
+    since a sealed cluster cannot be joined without its key."""
+    if cfg.insecure:
+        return None, None
+    if cfg.key_file:
+        return Keyring.load(cfg.key_file), None
+    assert cfg.data_dir is not None
+    stored = Path(cfg.data_dir) / KEYRING_FILE
+    if stored.exists():
+        cfg.key_file = str(stored)
+        return Keyring.load(stored), None
+    if cfg.seeds:
+        raise UsageError(
+            "joining a sealed cluster needs --key-file (or --insecure for a plaintext cluster)"
+        )
+    keyring = Keyring([Keyring.generate()])
+    _make_private_dir(Path(cfg.data_dir))
+    keyring.save(stored)
+    cfg.key_file = str(stored)
+    return keyring, stored
+
+
+def _make_private_dir(path: Path) -> None:
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as e:
+        raise CommandError(f"cannot create data directory {path}: {e.strerror or e}") from None
+
+
+def client_keyring(args: argparse.Namespace) -> Keyring | None:
+    """The keyring a `--via` query seals with: --insecure, --key-file, or the data dir's."""
+    if args.insecure:
+        return None
+    if args.key_file:
+        return Keyring.load(args.key_file)
+    data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
+    stored = data_dir / KEYRING_FILE
+    if stored.exists():
+        return Keyring.load(stored)
+    raise UsageError("--via needs --key-file (or --insecure for a plaintext cluster)")
+
+
+def read_key_arg(text: str) -> bytes:
+    """KEY on the command line: base64, or @FILE naming a key or keyring file (its primary)."""
+    if text.startswith("@"):
+        return Keyring.load(text[1:]).primary
+    try:
+        return Keyring.decode_key(text)
+    except ValueError as e:
+        raise UsageError(f"bad KEY: {e}") from None
+
+
+# ---------------------------------------------------------------------- formatting
+
+
+def _age(seconds: float) -> str:
+    """A short age: 42s, 3m07s, 2h05m, 3d04h."""
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def _columns(rows: Sequence[Sequence[str]]) -> str:
+    """Rows as left-aligned columns two spaces apart; the last column is not padded."""
+    if not rows:
+        return ""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for row in rows:
+        cells = [c.ljust(w) for c, w in zip(row[:-1], widths, strict=False)] + [row[-1]]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines) + "\n"
+
+
+def _text(value: Any) -> str:
+    return "-" if value is None or value == "" else str(value)
+
+
+def _member_sort_key(m: Mapping[str, Any]) -> tuple[str, str]:
+    return (str(m.get("name", "")), str(m.get("addr", "")))
+
+
+def filter_members(
+    members: Sequence[Mapping[str, Any]],
+    *,
+    status: str | None = None,
+    dc: str | None = None,
+    role: str | None = None,
+) -> list[Mapping[str, Any]]:
+    """Members matching every filter given (state, datacenter, role)."""
+    return [
+        m
+        for m in members
+        if (status is None or m.get("state") == status)
+        and (dc is None or m.get("dc") == dc)
+        and (role is None or role in (m.get("roles") or ()))
+    ]
+
+
+def format_members_text(members: Sequence[Mapping[str, Any]], now: float) -> str:
+    """serf-style columns: NAME ADDR DC ROLES STATE INC SINCE TAGS (SINCE is an age)."""
+    rows = [["NAME", "ADDR", "DC", "ROLES", "STATE", "INC", "SINCE", "TAGS"]]
+    for m in sorted(members, key=_member_sort_key):
+        since = m.get("since")
+        tags = m.get("tags") or {}
+        rows.append(
+            [
+                _text(m.get("name")),
+                _text(m.get("addr")),
+                _text(m.get("dc")),
+                ",".join(str(r) for r in m.get("roles") or ()) or "-",
+                _text(m.get("state")),
+                _text(m.get("incarnation")),
+                _age(now - since) if isinstance(since, int | float) else "-",
+                ",".join(f"{k}={v}" for k, v in sorted(tags.items())) or "-",
+            ]
+        )
+    return _columns(rows)
+
+
+def format_members_json(members: Sequence[Mapping[str, Any]]) -> str:
+    """The members as a JSON array, sorted by name, one trailing newline."""
+    return json.dumps(sorted(members, key=_member_sort_key), indent=2) + "\n"
+
+
+def _state_counts(counts: Mapping[str, Any]) -> str:
+    """'3 alive, 1 dead': known states in protocol order first, zeros left out."""
+    order = [s for s in STATES if s in counts] + sorted(k for k in counts if k not in STATES)
+    parts = [f"{counts[s]} {s}" for s in order if counts[s]]
+    return ", ".join(parts) or "none"
+
+
+def _names(value: Any) -> str:
+    if isinstance(value, list | tuple) and value:
+        return ", ".join(str(v) for v in value)
+    return ""
+
+
+def format_convergence(converged: Mapping[str, Any] | None) -> str:
+    """'converged: 5/5 members report the same view', or who does not and why."""
+    if not isinstance(converged, Mapping):
+        return "converged: unknown"
+    agree = int(converged.get("agree", 0))
+    disagree = int(converged.get("disagree", 0))
+    unknown = int(converged.get("unknown", 0))
+    total = agree + disagree + unknown
+    if disagree == 0 and unknown == 0:
+        return f"converged: {agree}/{total} members report the same view"
+    text = f"not converged: {agree}/{total} members report the same view"
+    if disagree:
+        names = _names(converged.get("members_disagreeing"))
+        text += f"; {disagree} disagree" + (f" ({names})" if names else "")
+    if unknown:
+        names = _names(converged.get("members_unknown"))
+        text += f"; {unknown} not heard from yet" + (f" ({names})" if names else "")
+    return text
+
+
+def _health(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"health {value}" + (" (healthy)" if value == 0 else " (degraded, 0 is healthy)")
+    if isinstance(value, Mapping):
+        return "health " + " ".join(f"{k}={v}" for k, v in value.items())
+    return f"health {_text(value)}"
+
+
+def format_status_text(status: Mapping[str, Any]) -> str:
+    """This node, its incarnation and health; counts by state and datacenter; convergence;
+    the protocol counters."""
+    node = [_text(status.get("name"))]
+    for key in ("addr", "dc"):
+        if status.get(key):
+            node.append(str(status[key]))
+    lines = [
+        f"node:       {'  '.join(node)}",
+        f"            incarnation {_text(status.get('incarnation'))}, "
+        f"{_health(status.get('health'))}",
+    ]
+    counts = status.get("counts")
+    if isinstance(counts, Mapping):
+        lines.append(f"members:    {_state_counts(counts)}")
+    by_dc = status.get("by_dc")
+    if isinstance(by_dc, Mapping) and by_dc:
+        width = max(9, *(len(str(dc)) + 1 for dc in by_dc))
+        for dc in sorted(by_dc):
+            per = by_dc[dc]
+            text = _state_counts(per) if isinstance(per, Mapping) else _text(per)
+            lines.append(f"  {str(dc) + ':':<{width}} {text}")
+    digest = status.get("view_digest")
+    if digest:
+        lines.append(f"view:       digest {str(digest)[:16]}")
+    lines.append(format_convergence(status.get("converged")))
+    for section in ("stats", "runtime"):
+        counters = status.get(section)
+        if isinstance(counters, Mapping) and counters:
+            lines.append(f"{section}:")
+            lines.extend(_wrapped_counters(counters))
+    return "\n".join(lines) + "\n"
+
+
+def _wrapped_counters(counters: Mapping[str, Any]) -> list[str]:
+    items = "  ".join(f"{k}={v}" for k, v in sorted(counters.items()))
+    wrapped = textwrap.wrap(items, width=96, break_on_hyphens=False, break_long_words=False)
+    return [f"  {line}" for line in wrapped]
+
+
+def format_status_json(status: Mapping[str, Any]) -> str:
+    return json.dumps(status, indent=2) + "\n"
+
+
+def format_keys_text(reply: Mapping[str, Any]) -> str:
+    """One key id a line, the primary first and marked."""
+    primary = reply.get("primary")
+    keys = [k for k in reply.get("keys") or () if k != primary]
+    rows = [[str(primary), "primary"]] if primary else []
+    rows += [[str(k), ""] for k in keys]
+    return _columns(rows) if rows else "no keys (plaintext cluster)\n"
+
+
+# ---------------------------------------------------------------------- talking to agents
+
+
+def _control_call(args: argparse.Namespace, cmd: str, params: dict[str, Any] | None) -> Any:
+    try:
+        from swimthor import control
+    except ImportError:
+        raise CommandError("the control client (swimthor.control) is not installed") from None
+    path = args.control or control.default_control_path()
+    return control.call(path, cmd, params, timeout=args.timeout)
+
+
+def _query_via(args: argparse.Namespace, what: str) -> Any:
+    import trio
+
+    try:
+        from swimthor.membership.runtime import query
+    except ImportError:
+        raise CommandError("--via needs swimthor.membership.runtime, not installed") from None
+    keyring = client_keyring(args)
+    return trio.run(query, args.via, what, keyring, args.label, args.timeout)
+
+
+def _fetch(args: argparse.Namespace, what: str, params: dict[str, Any] | None) -> Any:
+    if getattr(args, "via", None) is not None:
+        return _query_via(args, what)
+    return _control_call(args, what, params)
+
+
+def _cmd_members(args: argparse.Namespace) -> int:
+    params = {k: v for k in ("status", "dc", "role") if (v := getattr(args, k)) is not None}
+    reply = _fetch(args, "members", params or None)
+    if not isinstance(reply, list) or not all(isinstance(m, dict) for m in reply):
+        raise CommandError("the agent sent an unexpected members reply")
+    members = filter_members(reply, status=args.status, dc=args.dc, role=args.role)
+    if args.format == "json":
+        sys.stdout.write(format_members_json(members))
+    else:
+        sys.stdout.write(format_members_text(members, time.time()))
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    reply = _fetch(args, "status", None)
+    if not isinstance(reply, dict):
+        raise CommandError("the agent sent an unexpected status reply")
+    if args.format == "json":
+        sys.stdout.write(format_status_json(reply))
+    else:
+        sys.stdout.write(format_status_text(reply))
+    return 0
+
+
+def _cmd_leave(args: argparse.Namespace) -> int:
+    args.timeout = max(args.timeout, LEAVE_TIMEOUT)
+    _control_call(args, "leave", None)
+    print("left the cluster")
+    return 0
+
+
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    print(Keyring.encode_key(Keyring.generate()))
+    return 0
+
+
+_KEY_DONE = {
+    "install": "installed key {id} on {n} member(s)",
+    "use": "key {id} is now the primary on {n} member(s)",
+    "remove": "removed key {id} from {n} member(s)",
+}
+
+
+def _cmd_keys(args: argparse.Namespace) -> int:
+    action = args.keys_command
+    if action == "list":
+        reply = _control_call(args, "keys.list", None)
+        if not isinstance(reply, dict):
+            raise CommandError("the agent sent an unexpected keys reply")
+        text = format_keys_text(reply) if args.format == "text" else json.dumps(reply) + "\n"
+        sys.stdout.write(text)
+        return 0
+    key = read_key_arg(args.key)
+    reply = _control_call(args, f"keys.{action}", {"key": Keyring.encode_key(key)})
+    if not isinstance(reply, dict):
+        raise CommandError("the agent sent an unexpected keys reply")
+    ok = list(reply.get("ok") or ())
+    failed = dict(reply.get("failed") or {})
+    print(_KEY_DONE[action].format(id=Keyring.key_id(key), n=len(ok)))
+    if failed:
+        detail = "; ".join(f"{name}: {err}" for name, err in sorted(failed.items()))
+        raise CommandError(
+            f"key {action} failed on {len(failed)} of {len(ok) + len(failed)} member(s): {detail}"
+        )
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from swimthor.demo import run_demo
+
+    return run_demo(
+        nodes=args.nodes, profile=args.profile, duration=args.duration, insecure=args.insecure
+    )
+
+
+# ---------------------------------------------------------------------- join
+
+
+def _configure_logging(cfg: AgentConfig) -> None:
+    try:
+        from swimthor import log
+    except ImportError:
+        return
+    log.configure(cfg.log_format, cfg.log_level)
+
+
+def _unspecified(host: str) -> bool:
+    return host in ("", "0.0.0.0", "::")
+
+
+def _guess_local_ip() -> str:
+    """The address this host would send from (no packet is sent), for the join hint."""
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect(("192.0.2.1", 9))  # TEST-NET-1: routing lookup only
+        return str(s.getsockname()[0])
+    return "THIS-HOST"
+
+
+def _advertised(agent: Agent, cfg: AgentConfig) -> tuple[str, int]:
+    addr: Any = None
+    core = getattr(agent, "core", None)
+    local = getattr(core, "local", None)
+    addr = getattr(local, "addr", None) or cfg.advertise or getattr(agent, "bound_addr", None)
+    if not (isinstance(addr, tuple) and len(addr) == 2):
+        addr = cfg.bind
+    host, port = str(addr[0]), int(addr[1])
+    return (_guess_local_ip() if _unspecified(host) else host), port
+
+
+def join_hint(
+    key_path: Path, advertise: tuple[str, int], keyring: Keyring, cfg: AgentConfig
+) -> str:
+    """How another host joins the cluster this agent just created (printed to stderr)."""
+    extra = ""
+    if cfg.label:
+        extra += f" --label {cfg.label}"
+    if cfg.profile != "lan":
+        extra += f" --profile {cfg.profile}"
+    return (
+        f"{PROG}: started a new sealed cluster; its key (id {Keyring.key_id(keyring.primary)}) "
+        f"is in {key_path}\n"
+        f"{PROG}: to add a host, copy that file to it (keep it mode 0600) and run there:\n"
+        f"{PROG}:   {PROG} join --key-file {key_path}{extra} {format_hostport(advertise)}\n"
+        f"{PROG}: (a file holding just the base64 key works too, e.g. one written by "
+        f"'{PROG} keygen'; the key is the \"primary\" value in {KEYRING_FILE})\n"
+    )
+
+
+def _cmd_join(args: argparse.Namespace) -> int:
+    import trio
+
+    cfg = build_agent_config(args)
+    keyring, created = resolve_keyring(cfg)
+    assert cfg.data_dir is not None
+    _make_private_dir(Path(cfg.data_dir))
+    _configure_logging(cfg)
+    try:
+        from swimthor.agent import Agent
+    except ImportError:
+        raise CommandError("the agent (swimthor.agent) is not installed") from None
+    agent = Agent(cfg, keyring=keyring)
+
+    async def serve() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(agent.run)
+            if created is not None and keyring is not None:
+                sys.stderr.write(join_hint(created, _advertised(agent, cfg), keyring, cfg))
+                sys.stderr.flush()
+
+    try:
+        trio.run(serve)
+    except OSError as e:
+        raise _bind_error(e, cfg) from None
+    except BaseExceptionGroup as group:
+        leaf = _first_leaf(group)
+        if isinstance(leaf, OSError):
+            raise _bind_error(leaf, cfg) from None
+        raise
+    return 0
+
+
+def _bind_error(e: OSError, cfg: AgentConfig) -> Exception:
+    """A one-line error for a failed bind (the runtime's BindError already is one)."""
+    if e.strerror is None:
+        return e
+    if e.errno == errno.EADDRINUSE:
+        return CommandError(f"cannot bind {format_hostport(cfg.bind)}: address already in use")
+    if e.errno == errno.EADDRNOTAVAIL:
+        return CommandError(f"cannot bind {format_hostport(cfg.bind)}: address not available")
+    return e
+
+
+# ---------------------------------------------------------------------- main
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "join": _cmd_join,
+    "members": _cmd_members,
+    "status": _cmd_status,
+    "leave": _cmd_leave,
+    "keygen": _cmd_keygen,
+    "keys": _cmd_keys,
+    "demo": _cmd_demo,
+}
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first exception in a (nested) group that is not a cancellation."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    for leaf in leaves:
+        if isinstance(leaf, KeyboardInterrupt):
+            return leaf
+    for leaf in leaves:
+        if type(leaf).__name__ != "Cancelled":
+            return leaf
+    return leaves[0] if leaves else group
+
+
+def _runtime_errors() -> tuple[type[BaseException], ...]:
+    """Errors reported as one line with exit status 1 (the ones whose modules exist)."""
+    kinds: list[type[BaseException]] = [CommandError, KeyringFileError, OSError, ValueError]
+    with contextlib.suppress(ImportError):
+        from swimthor.control import ControlError
+
+        kinds.append(ControlError)
+    with contextlib.suppress(ImportError):
+        from swimthor.membership.runtime import QueryError
+
+        kinds.append(QueryError)
+    with contextlib.suppress(ImportError):
+        from swimthor.membership import QueryError as CoreQueryError
+
+        kinds.append(CoreQueryError)
+    return tuple(kinds)
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f"{exc.filename}: " if exc.filename else ""
+        text = f"{where}{exc.strerror}"
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(text.split())
+
+
+def _report(exc: BaseException) -> int:
+    """Exit status for `exc` after writing its one line to stderr; re-raise what is a bug."""
+    if isinstance(exc, BaseExceptionGroup):
+        exc = _first_leaf(exc)
+    if isinstance(exc, SystemExit):  # --help
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    if isinstance(exc, KeyboardInterrupt):
+        return 130
+    if isinstance(exc, BrokenPipeError):  # `swimthor members | head`: the reader is gone
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    if isinstance(exc, UsageError | ConfigError):
+        status = 2
+    elif isinstance(exc, _runtime_errors()):
+        status = 1
+    else:
+        raise exc
+    sys.stderr.write(f"{PROG}: error: {_one_line(exc)}\n")
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line `argv` (default sys.argv[1:]); returns the exit status."""
+    try:
+        args = build_parser().parse_args(argv)
+        return _COMMANDS[args.command](args)
+    except BaseException as exc:
+        return _report(exc)

@@ -1,0 +1,323 @@
+"""`swimthor demo`: a small cluster of real agents on loopback, with a live status table.
+
+N agents run in one trio process on free 127.0.0.1 ports, sealed with one freshly generated
+in-memory key (or in plaintext with --insecure), each with a control socket in a temporary
+directory, so `swimthor members --control <path>` works against them from another terminal.
+Once a second the table is redrawn in place on a terminal, or appended when output is not one.
+Ctrl-C, SIGTERM or the end of --duration makes every agent leave gracefully.
+
+Everything read from the agents is read defensively: a field that is missing shows as "?",
+so the demo keeps running while the agent and core grow.
+"""
+
+from __future__ import annotations
+
+import inspect
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import trio
+
+from swimthor.config import AgentConfig, format_hostport
+from swimthor.membership._keyring import Keyring
+
+HOST = "127.0.0.1"
+REFRESH = 1.0
+# How long every agent together gets to leave before the rest is cancelled.
+STOP_GRACE = 5.0
+CLEAR = "\x1b[H\x1b[2J"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRow:
+    """One line of the table; strings so that anything unknown is simply "?"."""
+
+    name: str
+    addr: str
+    dc: str
+    state: str  # as node1 sees it
+    incarnation: str
+    health: str
+    alive: str  # members alive in this node's own view
+    digest: str
+    converged: str
+
+
+def free_ports(n: int, host: str = HOST) -> list[int]:
+    """n distinct ports free for both TCP and UDP on `host` (held until all are found)."""
+    held: list[socket.socket] = []
+    ports: list[int] = []
+    try:
+        while len(ports) < n:
+            tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            held.append(tcp)
+            tcp.bind((host, 0))
+            port = int(tcp.getsockname()[1])
+            udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            held.append(udp)
+            try:
+                udp.bind((host, port))
+            except OSError:
+                continue
+            ports.append(port)
+    finally:
+        for s in held:
+            s.close()
+    return ports
+
+
+def node_configs(
+    nodes: int, ports: Sequence[int], profile: str, tmpdir: Path, insecure: bool
+) -> list[AgentConfig]:
+    """node1..nodeN; dcs alternate dc1/dc2 from 4 nodes up; everyone joins through node1."""
+    seed = (HOST, ports[0])
+    configs = []
+    for i in range(nodes):
+        name = f"node{i + 1}"
+        addr = (HOST, ports[i])
+        configs.append(
+            AgentConfig(
+                name=name,
+                bind=addr,
+                advertise=addr,
+                seeds=[] if i == 0 else [seed],
+                dc=("dc1" if i % 2 == 0 else "dc2") if nodes >= 4 else "dc1",
+                roles=["sip"],
+                profile=profile,
+                insecure=insecure,
+                control=str(tmpdir / f"{name}.sock"),
+                data_dir=str(tmpdir / name),
+                log_format="console",
+                log_level="warning",
+            )
+        )
+    return configs
+
+
+def _s(value: Any) -> str:
+    return "?" if value is None or value == "" else str(value)
+
+
+def _call(obj: Any, name: str, *args: Any) -> Any:
+    """obj.name(*args), or None when it is missing or fails (the demo must not crash)."""
+    fn = getattr(obj, name, None)
+    if not callable(fn):
+        return None
+    try:
+        return fn(*args)
+    except Exception:
+        return None
+
+
+def _status_of(agent: Any) -> Mapping[str, Any]:
+    status = _call(agent, "status")
+    if not isinstance(status, Mapping):
+        try:
+            now = trio.current_time()
+        except RuntimeError:  # outside trio.run (tests): the core's clock is unknown
+            return {}
+        status = _call(getattr(agent, "core", None), "status", now)
+    return status if isinstance(status, Mapping) else {}
+
+
+def _converged_text(converged: Any) -> str:
+    if not isinstance(converged, Mapping):
+        return "?"
+    agree = int(converged.get("agree", 0))
+    total = agree + int(converged.get("disagree", 0)) + int(converged.get("unknown", 0))
+    if total == 0:
+        return "-"
+    return f"{agree}/{total}" + (" yes" if agree == total else "")
+
+
+def snapshot(agents: Sequence[Any], configs: Sequence[AgentConfig]) -> list[NodeRow]:
+    """One row per node, read from the running agents."""
+    seen_by_first: dict[str, str] = {}
+    members = _call(getattr(agents[0], "core", None), "members_json") if agents else None
+    if isinstance(members, list):
+        for m in members:
+            if isinstance(m, Mapping):
+                seen_by_first[str(m.get("name"))] = _s(m.get("state"))
+    rows = []
+    for agent, cfg in zip(agents, configs, strict=False):
+        status = _status_of(agent)
+        counts = status.get("counts")
+        digest = status.get("view_digest")
+        rows.append(
+            NodeRow(
+                name=cfg.name,
+                addr=format_hostport(cfg.advertise or cfg.bind),
+                dc=cfg.dc,
+                state=seen_by_first.get(cfg.name, "?"),
+                incarnation=_s(status.get("incarnation")),
+                health=_s(status.get("health")),
+                alive=_s(counts.get("alive")) if isinstance(counts, Mapping) else "?",
+                digest=str(digest)[:8] if digest else "?",
+                converged=_converged_text(status.get("converged")),
+            )
+        )
+    return rows
+
+
+def format_table(rows: Sequence[NodeRow]) -> str:
+    """The rows as aligned columns with a header."""
+    header = ("NAME", "ADDR", "DC", "STATE@node1", "INC", "HEALTH", "ALIVE", "VIEW", "CONVERGED")
+    table = [header] + [
+        (
+            r.name,
+            r.addr,
+            r.dc,
+            r.state,
+            r.incarnation,
+            r.health,
+            r.alive,
+            r.digest,
+            r.converged,
+        )
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+             for row in table]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def _start_kwargs(agent_cls: Any) -> dict[str, Any]:
+    """Ask the agent not to install its own SIGINT/SIGTERM handling when it can be asked:
+    the demo owns the signals and stops every agent itself."""
+    try:
+        params = inspect.signature(agent_cls).parameters
+    except (TypeError, ValueError):
+        return {}
+    for name in ("handle_signals", "signals"):
+        if name in params:
+            return {name: False}
+    return {}
+
+
+class _Demo:
+    def __init__(
+        self, nodes: int, profile: str, duration: float | None, insecure: bool, out: TextIO
+    ) -> None:
+        self.nodes = nodes
+        self.profile = profile
+        self.duration = duration
+        self.insecure = insecure
+        self.out = out
+        self.tty = out.isatty()
+        self.agents: list[Any] = []
+        self.configs: list[AgentConfig] = []
+        self.started = time.monotonic()
+        self.hinted = False
+        self.out_broken = False
+        # Cancelled by a signal, the end of --duration, or a closed output.
+        self.waiting = trio.CancelScope()
+
+    def _draw(self, final: bool = False) -> None:
+        elapsed = time.monotonic() - self.started
+        sealing = "plaintext" if self.insecure else "sealed"
+        head = (
+            f"swimthor demo: {len(self.agents)}/{self.nodes} nodes, profile {self.profile}, "
+            f"{sealing}, {elapsed:.0f}s" + (" (stopped)" if final else "")
+        )
+        body = format_table(snapshot(self.agents, self.configs)) if self.agents else ""
+        hint = ""
+        if self.configs and not final and (self.tty or not self.hinted):
+            self.hinted = True
+            hint = (
+                f"try: swimthor members --control {self.configs[0].control}\n"
+                "Ctrl-C stops every node gracefully\n"
+            )
+        text = f"{head}\n{body}{hint}"
+        if self.tty and not final:
+            text = CLEAR + text
+        elif not self.tty:
+            text += "\n"
+        self._write(text)
+
+    def _write(self, text: str) -> None:
+        """Write to the output; if it is gone (a closed pipe), stop the demo gracefully."""
+        if self.out_broken:
+            return
+        try:
+            self.out.write(text)
+            self.out.flush()
+        except (OSError, ValueError):
+            self.out_broken = True
+            self.waiting.cancel()
+
+    async def _refresh(self) -> None:
+        while True:
+            self._draw()
+            await trio.sleep(REFRESH)
+
+    async def _stop_all(self) -> None:
+        with trio.move_on_after(STOP_GRACE):
+            async with trio.open_nursery() as nursery:
+                for agent in self.agents:
+                    nursery.start_soon(agent.stop)
+
+    async def main(self) -> None:
+        from swimthor.agent import Agent
+
+        master = None if self.insecure else Keyring([Keyring.generate()])
+        ports = free_ports(self.nodes)
+        extra = _start_kwargs(Agent)
+        # The demo owns SIGINT/SIGTERM (the agents are asked not to watch them): a Ctrl-C
+        # while the nodes start is kept and acted on as soon as they all run.
+        with (
+            tempfile.TemporaryDirectory(prefix="swimthor-demo-") as tmp,
+            trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals,
+        ):
+            self.configs = node_configs(self.nodes, ports, self.profile, Path(tmp), self.insecure)
+            async with trio.open_nursery() as nursery:
+                for cfg in self.configs:
+                    # Each agent gets its own Keyring object: rotation mutates it.
+                    keyring = None if master is None else Keyring(master.keys, master.primary)
+                    agent = Agent(cfg, keyring=keyring, **extra)
+                    await nursery.start(agent.run)
+                    self.agents.append(agent)
+                refresh = trio.CancelScope()
+
+                async def refresh_until_stopped() -> None:
+                    with refresh:
+                        await self._refresh()
+
+                nursery.start_soon(refresh_until_stopped)
+                if self.duration is not None:
+                    self.waiting.deadline = trio.current_time() + self.duration
+                with self.waiting:
+                    async for _ in signals:
+                        break
+                refresh.cancel()
+                self._write("stopping: every node leaves the cluster...\n")
+                await self._stop_all()
+                nursery.cancel_scope.cancel()
+            self._draw(final=True)
+
+
+def run_demo(
+    *,
+    nodes: int = 5,
+    profile: str = "local",
+    duration: float | None = None,
+    insecure: bool = False,
+    out: TextIO | None = None,
+) -> int:
+    """Run the demo until Ctrl-C/SIGTERM or `duration` seconds; 0 after a graceful stop."""
+    demo = _Demo(nodes, profile, duration, insecure, out or sys.stdout)
+    try:
+        from swimthor import log
+
+        log.configure("console", "warning")
+    except ImportError:
+        pass
+    trio.run(demo.main)
+    return 0
