@@ -295,3 +295,25 @@ def test_large_queue() -> None:
     assert set(sends.values()) == {limit_per_item}
     assert packets >= n * limit_per_item * 43 // 1400
     assert elapsed < 10.0, f"{packets} packets took {elapsed:.2f}s"
+
+
+def test_dest_passes_over_items_already_sent_there() -> None:
+    q = TransmitLimitedQueue(retransmit_mult=4)
+    q.queue("a", b"a")
+    q.queue("b", b"bb")
+    assert sorted(q.get_broadcasts(0, 1400, 10, dest="x")) == [b"a", b"bb"]
+    # The same destination gets nothing again; the items keep their budget for others.
+    assert q.get_broadcasts(0, 1400, 10, dest="x") == []
+    assert sorted(q.get_broadcasts(0, 1400, 10, dest="y")) == [b"a", b"bb"]
+    q.queue("c", b"c")
+    assert q.get_broadcasts(0, 1400, 10, dest="x") == [b"c"]
+    assert [t for _, _, t in q.pending()] == [1, 2, 2]
+
+
+def test_floor_raises_the_transmit_limit() -> None:
+    q = TransmitLimitedQueue(retransmit_mult=1)
+    q.queue("a", b"a")
+    sent = 0
+    while q.get_broadcasts(0, 1400, 5, floor=6):
+        sent += 1
+    assert sent == 6

@@ -10,7 +10,8 @@ broadcasts, without locks, callbacks or I/O.
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass
+from collections.abc import Hashable
+from dataclasses import dataclass, field
 
 __all__ = ["TransmitLimitedQueue", "retransmit_limit"]
 
@@ -32,6 +33,8 @@ class _Item:
     payload: bytes
     transmits: int
     id: int
+    # Destinations this item already went to (only when the caller names them).
+    sent_to: set[Hashable] = field(default_factory=set)
 
     def order(self) -> tuple[int, int, int]:
         return (self.transmits, -len(self.payload), -self.id)
@@ -84,17 +87,29 @@ class TransmitLimitedQueue:
             self._by_key[key] = item
         self._insert(item)
 
-    def get_broadcasts(self, overhead: int, limit: int, n: int) -> list[bytes]:
+    def get_broadcasts(
+        self,
+        overhead: int,
+        limit: int,
+        n: int,
+        *,
+        dest: Hashable | None = None,
+        floor: int = 0,
+    ) -> list[bytes]:
         """Take the payloads for one packet with ``limit`` bytes of room.
 
         Each payload costs ``len(payload) + overhead`` bytes (the framing around it). Items are
         chosen fewest-transmitted first as described on the class; each chosen item's transmit
-        count rises by one, and an item that reaches ``retransmit_limit(n)`` transmissions is
-        dropped. An item is sent at most once per call.
+        count rises by one, and an item that reaches ``max(retransmit_limit(n), floor)``
+        transmissions is dropped. An item is sent at most once per call.
+
+        With ``dest`` (not in memberlist): an item already sent to that destination is passed
+        over and keeps its transmissions for members that have not had it, so piggybacking on
+        the probes and acks of one peer does not use up an update.
         """
         if not self._items:
             return []
-        transmit_limit = self.retransmit_limit(n)
+        transmit_limit = max(self.retransmit_limit(n), floor)
         used = 0
         out: list[bytes] = []
         reinsert: list[_Item] = []
@@ -107,6 +122,14 @@ class TransmitLimitedQueue:
             # First item with this transmit count whose length is <= free: in the order
             # (transmits, -len, -id) that is the first one >= (transmits, -free, -inf).
             i = bisect.bisect_left(self._orders, (transmits, -free, -self._next_id - 1))
+            if dest is not None:
+                # Items after i in this tier are no longer, so they fit as well.
+                while (
+                    i < len(self._orders)
+                    and self._orders[i][0] == transmits
+                    and dest in self._items[i].sent_to
+                ):
+                    i += 1
             if i == len(self._orders) or self._orders[i][0] != transmits:
                 transmits += 1
                 continue
@@ -121,6 +144,8 @@ class TransmitLimitedQueue:
             else:
                 # Reinsert after the walk, or the item would be met again one tier up.
                 item.transmits += 1
+                if dest is not None:
+                    item.sent_to.add(dest)
                 reinsert.append(item)
         for item in reinsert:
             self._insert(item)

@@ -29,7 +29,7 @@ import hashlib
 import math
 import random
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -188,6 +188,7 @@ class Membership:
         self._pending: dict[int, _Pending] = {}
         self._seq = rng.randrange(1 << 30)
         self._probe_order: list[str] = []
+        self._gossip_rotation: dict[str, tuple[list[str], int]] = {}
         self._probe_index = 0
         self._probing: int | None = None
         self._rtt: dict[str, float] = {}
@@ -496,6 +497,9 @@ class Membership:
             if ok and not join.done:
                 join.done = True
                 join.retry_at = None
+                # Announce ourselves too, now that we know whom to tell: the seed's gossip
+                # alone can miss a member (memberlist's setAlive does the same).
+                self._broadcast_self_alive()
                 self._emit(Joined(addr, len(self._members)))
             elif not join.done and not join.outstanding:
                 join.retry_at = now + join.backoff
@@ -518,7 +522,7 @@ class Membership:
                 batch.append(m)
                 size += len(m)
             # Piggyback the freshest pending updates on every packet.
-            batch.extend(self._broadcasts.get_broadcasts(0, limit - size, n))
+            batch.extend(self._take_broadcasts(limit - size, n, addr))
             out.append((self._finish_packet(batch), addr))
         self._out.clear()
         for data, _ in out:
@@ -1014,34 +1018,65 @@ class Membership:
         n = self.num_live()
         limit = self.config.max_packet_size - self._overhead
         for target in self._gossip_targets(self.config.gossip_nodes, now):
-            msgs = self._broadcasts.get_broadcasts(0, limit, n)
-            if not msgs:
-                break
-            for m in msgs:
+            for m in self._take_broadcasts(limit, n, target.addr):
                 self._send(target.addr, m)
 
     def _gossip_targets(self, k: int, now: float) -> list[Member]:
-        """k random members: live ones, and recently dead ones so they can refute; at least
-        `cross_dc_gossip_nodes` of them in other datacenters when there are any."""
+        """k members to gossip to: live ones, and recently dead ones so they can refute; at
+        least `cross_dc_gossip_nodes` of them in other datacenters when there are any.
+
+        Targets come from shuffled round-robin lists, like probe targets, so consecutive
+        ticks reach different members: with a retransmit limit of at least the number of
+        members, a broadcast reaches every one of them directly. Amortized O(k) a tick."""
         grace = self.config.gossip_to_dead_time
-        pool = [
-            m
-            for m in self._members.values()
-            if m.name != self.name
-            and (m.state.is_live or (m.state == State.DEAD and now - m.since < grace))
-        ]
-        if len(pool) <= k:
-            return pool
-        remote = [m for m in pool if m.dc != self.dc]
         chosen: list[Member] = []
-        if remote:
-            chosen = self._rng.sample(
-                remote, min(self.config.cross_dc_gossip_nodes, len(remote), k)
+        taken: set[str] = {self.name}
+
+        def eligible(m: Member) -> bool:
+            return m.name not in taken and (
+                m.state.is_live or (m.state == State.DEAD and now - m.since < grace)
             )
-        taken = {m.name for m in chosen}
-        rest = [m for m in pool if m.name not in taken]
-        chosen.extend(self._rng.sample(rest, k - len(chosen)))
+
+        remote_wanted = min(self.config.cross_dc_gossip_nodes, k)
+        if remote_wanted:
+            chosen += self._rotate("remote", remote_wanted, eligible, taken)
+        chosen += self._rotate("all", k - len(chosen), eligible, taken)
         return chosen
+
+    def _rotate(
+        self, which: str, k: int, eligible: Callable[[Member], bool], taken: set[str]
+    ) -> list[Member]:
+        out: list[Member] = []
+        order, idx = self._gossip_rotation.get(which, ([], 0))
+        refilled = False
+        while len(out) < k:
+            if idx >= len(order):
+                if refilled:
+                    break
+                refilled = True
+                order = [
+                    n
+                    for n, m in self._members.items()
+                    if n != self.name and (which == "all" or m.dc != self.dc)
+                ]
+                self._rng.shuffle(order)
+                idx = 0
+                if not order:
+                    break
+            name = order[idx]
+            idx += 1
+            m = self._members.get(name)
+            if m is not None and eligible(m):
+                out.append(m)
+                taken.add(name)
+        self._gossip_rotation[which] = (order, idx)
+        return out
+
+    def _take_broadcasts(self, room: int, n: int, dest: Addr) -> list[bytes]:
+        # In a small cluster every member gets every update directly: at least n - 1
+        # transmissions (to distinct members, see `dest`), up to 2 x retransmit_mult.
+        floor = min(n - 1, 2 * self.config.retransmit_mult)
+        return self._broadcasts.get_broadcasts(0, room, n, dest=dest, floor=floor)
 
     def _queue_broadcast(self, name: str, msg: Message, suffix: str = "") -> None:
         self._broadcasts.queue(name + suffix if suffix else name, encode_message(msg))
