@@ -324,18 +324,27 @@ def _check_agent_config(cfg: AgentConfig) -> None:
 def resolve_keyring(cfg: AgentConfig) -> tuple[Keyring | None, Path | None]:
     """The keyring `join` runs with, and the path of a key it just created (else None).
 
-    --insecure: none. --key-file: that file. Else the data dir's keyring.json if there is one.
-    Else, starting a new cluster (no seeds): a fresh key saved there. Else: a usage error,
-    since a sealed cluster cannot be joined without its key."""
+    --insecure: none. Otherwise the data dir's keyring.json is the node's keyring once it
+    exists (key rotations are saved there, so a restart keeps them); keys from --key-file are
+    added to it. The first start with --key-file copies that file there. With neither, a new
+    cluster (no seeds) gets a fresh key saved there; joining one without a key is an error."""
     if cfg.insecure:
         return None, None
-    if cfg.key_file:
-        return Keyring.load(cfg.key_file), None
     assert cfg.data_dir is not None
     stored = Path(cfg.data_dir) / KEYRING_FILE
+    given = Keyring.load(cfg.key_file) if cfg.key_file else None
     if stored.exists():
+        keyring = Keyring.load(stored)
+        if given is not None and not set(given.keys) <= set(keyring.keys):
+            for key in given.keys:
+                keyring.install(key)
+            keyring.save(stored)
         cfg.key_file = str(stored)
-        return Keyring.load(stored), None
+        return keyring, None
+    if given is not None:
+        _make_private_dir(Path(cfg.data_dir))
+        given.save(stored)
+        return given, None
     if cfg.seeds:
         raise UsageError(
             "joining a sealed cluster needs --key-file (or --insecure for a plaintext cluster)"

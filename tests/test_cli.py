@@ -247,8 +247,32 @@ def test_insecure_and_key_file_resolution(tmp_path: Path) -> None:
     path = tmp_path / "k"
     ring = Keyring([Keyring.generate()])
     ring.save(path)
-    got, created = resolve_keyring(AgentConfig(key_file=str(path), seeds=[("a", 1)]))
+    data = tmp_path / "data"
+    got, created = resolve_keyring(
+        AgentConfig(key_file=str(path), seeds=[("a", 1)], data_dir=str(data))
+    )
     assert created is None and got is not None and got.primary == ring.primary
+    # The first start copies the key file into the data dir, where rotations are saved.
+    assert Keyring.load(data / "keyring.json").primary == ring.primary
+
+
+def test_rotated_keyring_survives_a_restart_with_the_old_key_file(tmp_path: Path) -> None:
+    old = Keyring([Keyring.generate()])
+    old.save(tmp_path / "cluster.key")
+    data = tmp_path / "data"
+    cfg = AgentConfig(key_file=str(tmp_path / "cluster.key"), data_dir=str(data))
+    ring, _ = resolve_keyring(cfg)
+    assert ring is not None
+    # A rotation while running: a new primary is installed and used, then saved.
+    new = Keyring.generate()
+    ring.install(new)
+    ring.use(new)
+    ring.save(data / "keyring.json")
+    again, _ = resolve_keyring(
+        AgentConfig(key_file=str(tmp_path / "cluster.key"), data_dir=str(data))
+    )
+    assert again is not None and again.primary == new
+    assert old.primary in again.keys
 
 
 def test_join_hint_names_the_file_and_the_join_command() -> None:

@@ -397,3 +397,13 @@ async def test_key_op_all_installs_everywhere() -> None:
             result = await nodes[0].runtime.key_op_all("remove", Keyring.generate())
             assert set(result) == {"n1", "n2"}
             assert all(err for err in result.values())
+
+
+def test_bind_accepts_a_host_name() -> None:
+    from swimthor.membership.runtime import bind_sockets
+
+    bound = bind_sockets(("localhost", 0))
+    try:
+        assert bound.addr[0] in ("127.0.0.1", "::1") and bound.addr[1] > 0
+    finally:
+        bound.close()

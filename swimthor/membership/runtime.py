@@ -193,12 +193,17 @@ def _bind_one(host: str, port: int) -> BoundSockets:
 def bind_sockets(bind: Addr) -> BoundSockets:
     """Bind the UDP socket and TCP listener on one host:port (port 0: a free one).
 
-    `host` must be an IP address literal. Raises BindError with a one-line message.
+    `host` is an IP address, or a name resolved once here (its first address). Raises
+    BindError with a one-line message.
     """
     host, port = bind
     where = format_hostport(bind)
     if not _is_ip(host):
-        raise BindError(f"cannot bind {where}: the bind host must be an IP address")
+        try:
+            infos = stdsocket.getaddrinfo(host, port, type=stdsocket.SOCK_DGRAM)
+        except OSError as e:
+            raise BindError(f"cannot bind {where}: cannot resolve {host!r} ({e})") from None
+        host = str(infos[0][4][0])
     attempts = BIND_ATTEMPTS if port == 0 else 1
     for attempt in range(attempts):
         try:
