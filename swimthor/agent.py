@@ -138,6 +138,7 @@ class Agent:
             "keys.use": self._cmd_keys_use,
             "keys.remove": self._cmd_keys_remove,
             "tags.set": self._cmd_tags_set,
+            "meta": self._cmd_meta,
         }
 
     # ------------------------------------------------------------ properties
@@ -466,6 +467,36 @@ class Agent:
             raise ControlError(str(e)) from None
         self.runtime.wake()
         return _member_json_of(self.core.local, self.core)
+
+    async def _cmd_meta(self, args: dict[str, Any]) -> Any:
+        """Change this node's metadata in place: "set" tags merge into the current ones,
+        "unset" removes tag keys, "roles" (a list) and "weight" replace. Spreads with a
+        higher incarnation."""
+        unknown = set(args) - {"set", "unset", "roles", "weight"}
+        if unknown:
+            raise ControlError(f"unknown argument(s) for meta: {', '.join(sorted(unknown))}")
+        set_ = args.get("set", {})
+        unset = args.get("unset", [])
+        if not (
+            isinstance(set_, dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in set_.items())
+        ):
+            raise ControlError('"set" must map strings to strings')
+        if not (isinstance(unset, list) and all(isinstance(k, str) for k in unset)):
+            raise ControlError('"unset" must be a list of tag names')
+        tags = dict(self.core.local.tags)
+        missing = [k for k in unset if k not in tags]
+        if missing:
+            raise ControlError(f"no such tag: {', '.join(missing)}")
+        for k in unset:
+            del tags[k]
+        tags.update(set_)
+        update: dict[str, Any] = {"tags": tags}
+        if "roles" in args:
+            update["roles"] = args["roles"]
+        if "weight" in args:
+            update["weight"] = args["weight"]
+        return await self._cmd_tags_set(update)
 
 
 def _member_fields(m: Member) -> dict[str, Any]:

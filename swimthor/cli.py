@@ -215,6 +215,20 @@ def build_parser() -> argparse.ArgumentParser:
     lv = sub.add_parser("leave", help="make the local agent leave the cluster gracefully")
     _add_client_options(lv, via=False)
 
+    # -- meta
+    mt = sub.add_parser(
+        "meta",
+        help="change this node's tags, roles or weight at run time (spreads by gossip)",
+    )
+    mt.add_argument("--tag", action="append", type=_tag_arg, default=[], metavar="K=V",
+                    help="set a tag (repeatable)")  # fmt: skip
+    mt.add_argument("--untag", action="append", default=[], metavar="K",
+                    help="remove a tag (repeatable)")  # fmt: skip
+    mt.add_argument("--role", action="append", default=None, metavar="ROLE",
+                    help="replace the roles with these (repeatable)")  # fmt: skip
+    mt.add_argument("--weight", type=_weight_arg, default=None, help="routing weight, > 0")
+    _add_client_options(mt, via=False)
+
     # -- keygen
     sub.add_parser("keygen", help="print a new random cluster key (base64)")
 
@@ -618,6 +632,19 @@ def _cmd_leave(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_meta(args: argparse.Namespace) -> int:
+    params: dict[str, Any] = {"set": dict(args.tag), "unset": list(args.untag)}
+    if args.role is not None:
+        params["roles"] = list(args.role)
+    if args.weight is not None:
+        params["weight"] = args.weight
+    if not (args.tag or args.untag or args.role is not None or args.weight is not None):
+        raise UsageError("nothing to change: give --tag, --untag, --role or --weight")
+    me = _control_call(args, "meta", params)
+    print(format_members_text([me], time.time()))
+    return 0
+
+
 def _cmd_keygen(args: argparse.Namespace) -> int:
     print(Keyring.encode_key(Keyring.generate()))
     return 0
@@ -767,6 +794,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "members": _cmd_members,
     "status": _cmd_status,
     "leave": _cmd_leave,
+    "meta": _cmd_meta,
     "keygen": _cmd_keygen,
     "keys": _cmd_keys,
     "demo": _cmd_demo,

@@ -621,6 +621,21 @@ async def test_members_status_via_and_leave_against_an_agent(
             assert code == 1
             assert_one_error_line(err, contains=via)
 
+            # Metadata changes at run time, merged on the agent, with a higher incarnation.
+            code, out, err = await cli("meta", "--control", path, "--tag", "zone=a", "--tag",
+                                       "rack=7", "--weight", "2")  # fmt: skip
+            assert (code, err) == (0, "") and "zone=a" in out
+            code, out, err = await cli("meta", "--control", path, "--untag", "rack")
+            assert code == 0
+            me = agent.core.local
+            assert me.tags == {"zone": "a"} and me.weight == 2.0 and me.incarnation == 2
+            code, _, err = await cli("meta", "--control", path, "--untag", "nope")
+            assert code == 1
+            assert_one_error_line(err, contains="no such tag")
+            code, _, err = await cli("meta", "--control", path)
+            assert code == 2
+            assert_one_error_line(err, contains="nothing to change")
+
             code, out, _ = await cli("leave", "--control", path)
             assert code == 0 and "left" in out
         # run() returned by itself after the leave: the nursery closed without a cancel.
