@@ -144,9 +144,39 @@ class AgentConfig:
     data_dir: str | None = None
     log_format: str = "auto"
     log_level: str = "info"
+    # Per-setting overrides of the profile, from the TOML file's [membership] table.
+    membership_overrides: dict[str, Any] = field(default_factory=dict)
 
     def membership(self) -> MembershipConfig:
-        return profile(self.profile)
+        return dataclasses.replace(profile(self.profile), **self.membership_overrides)
+
+
+def check_membership_overrides(table: Any, where: str = "[membership]") -> dict[str, Any]:
+    """Validate a table of MembershipConfig overrides: known names, the field's type, and
+    positive values (booleans excepted); ConfigError naming the setting otherwise."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where} must be a table")
+    fields = {f.name: f for f in dataclasses.fields(MembershipConfig)}
+    defaults = MembershipConfig()
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in fields:
+            raise ConfigError(
+                f"{where}: unknown setting {key!r} (known: {', '.join(sorted(fields))})"
+            )
+        default = getattr(defaults, key)
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{where}: {key!r} must be true or false")
+        elif isinstance(default, int):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{where}: {key!r} must be a whole number >= 1")
+        else:
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                raise ConfigError(f"{where}: {key!r} must be a number > 0")
+            value = float(value)
+        out[key] = value
+    return out
 
 
 # Keys accepted in a TOML file, with the type each must have.
@@ -167,6 +197,7 @@ _TOML_KEYS: dict[str, type | tuple[type, ...]] = {
     "data_dir": str,
     "log_format": str,
     "log_level": str,
+    "membership": dict,
 }
 
 
@@ -256,6 +287,8 @@ def apply_toml(cfg: AgentConfig, data: dict[str, Any]) -> None:
             cfg.tags = dict(value)
         elif key == "weight":
             cfg.weight = float(value)
+        elif key == "membership":
+            cfg.membership_overrides = check_membership_overrides(value)
         else:
             setattr(cfg, key, value)
 

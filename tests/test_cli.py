@@ -668,3 +668,27 @@ def test_join_on_a_port_in_use_is_one_line_exit_1(
     assert code == 1
     assert out == ""
     assert_one_error_line(err, contains="in use")
+
+
+def test_toml_membership_table_overrides_the_profile(tmp_path: Path) -> None:
+    from swimthor.config import ConfigError, apply_toml, load_toml
+
+    path = tmp_path / "c.toml"
+    path.write_text(
+        'profile = "lan"\n[membership]\ntombstone_reap_time = 600\nindirect_checks = 2\n'
+        "suspect_check = false\n"
+    )
+    cfg = AgentConfig()
+    apply_toml(cfg, load_toml(path))
+    m = cfg.membership()
+    assert m.tombstone_reap_time == 600.0 and m.indirect_checks == 2 and not m.suspect_check
+    assert m.probe_interval == 1.0  # the rest is still the lan profile
+    for bad, message in [
+        ("nope = 1", "unknown setting"),
+        ("indirect_checks = 0", "whole number"),
+        ("probe_interval = -1", "number > 0"),
+        ('suspect_check = "yes"', "true or false"),
+    ]:
+        path.write_text(f"[membership]\n{bad}\n")
+        with pytest.raises(ConfigError, match=message):
+            apply_toml(AgentConfig(), load_toml(path))
