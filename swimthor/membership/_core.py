@@ -195,6 +195,12 @@ class Membership:
         self._summaries: dict[str, tuple[Summary, float]] = {}
         self._summary_seq = 0
         self._digest = b""
+        # Kept incrementally so nothing per packet is O(members): the live names, and the XOR
+        # of a hash of (name, incarnation) over them, which is the gossiped view digest.
+        self._live: set[str] = set()
+        self._digest_acc = 0
+        self._digest_part: dict[str, int] = {}
+        self._names: list[str] = []  # every member's name, for O(1) random picks
         self._checked: dict[str, int] = {}
         self._claims: dict[str, int] = {}
         self._join: _Join | None = None
@@ -250,7 +256,9 @@ class Membership:
         self._next_probe = now + rng.uniform(0, config.probe_interval)
         self._next_gossip = now + rng.uniform(0, config.gossip_interval)
         self._next_push_pull = now + self._push_pull_interval() * (1 + rng.random())
-        self._next_reap = now + config.probe_interval
+        self._next_reap = now + self._reap_interval()
+        self._names.append(name)
+        self._touch(self._members[name])
         self._update_digest()
 
     # ------------------------------------------------------------------ public views
@@ -276,7 +284,7 @@ class Membership:
         return [m.copy() for m in self._members.values()]
 
     def num_live(self) -> int:
-        return sum(1 for m in self._members.values() if m.state.is_live)
+        return len(self._live)
 
     def view_digest(self) -> str:
         return self._digest.hex()
@@ -392,6 +400,7 @@ class Membership:
         self._check_metadata(new_roles, new_weight, new_tags)
         me.roles, me.weight, me.tags = new_roles, new_weight, new_tags
         me.incarnation += 1
+        self._touch(me)
         self._broadcast_self_alive()
         self._update_digest()
         self._emit(MemberUpdated(me.copy()))
@@ -570,7 +579,7 @@ class Membership:
             self._next_push_pull = now + self._push_pull_interval()
             self._periodic_push_pull(now)
         if now >= self._next_reap:
-            self._next_reap = now + self.config.probe_interval
+            self._next_reap = now + self._reap_interval()
             self._reap(now)
 
     # ------------------------------------------------------------------ message handling
@@ -684,6 +693,8 @@ class Membership:
                 last_heard=now,
             )
             self._members[a.name] = m
+            self._names.append(a.name)
+            self._touch(m)
             self._add_to_probe_order(a.name)
             self._queue_broadcast(a.name, a)
             self._update_digest()
@@ -721,6 +732,7 @@ class Membership:
             if not previous.is_live:
                 self._add_to_probe_order(m.name)
         m.last_heard = now
+        self._touch(m)
         self._queue_broadcast(m.name, a)
         self._update_digest()
         if previous != State.ALIVE:
@@ -774,6 +786,8 @@ class Membership:
         m.state = State.SUSPECT
         m.incarnation = s.incarnation
         m.since = now
+        self._touch(m)
+        self._update_digest()
         n = self.num_live()
         k = expected_confirmations(n, self.config.suspicion_mult)
         lo, hi = suspicion_timeouts(
@@ -799,6 +813,7 @@ class Membership:
             if d.incarnation > m.incarnation or (left and m.state == State.DEAD):
                 m.incarnation = d.incarnation
                 m.state = State.LEFT if left else State.DEAD
+                self._touch(m)
             return
         if d.name == self.name and not self._leaving:
             self._refute(d.incarnation, now)
@@ -807,6 +822,7 @@ class Membership:
         self._queue_broadcast(d.name, d)
         m.state = State.LEFT if left else State.DEAD
         m.incarnation = d.incarnation
+        self._touch(m)
         suspected_for = now - susp.since if susp is not None else 0.0
         m.since = now
         self._checked.pop(d.name, None)
@@ -826,6 +842,7 @@ class Membership:
     def _refute(self, incarnation: int, now: float) -> None:
         me = self._members[self.name]
         me.incarnation = max(me.incarnation, incarnation) + 1
+        self._touch(me)
         self.stats["refutations"] += 1
         # Lifeguard: being suspected is a hint that we are the slow one.
         self._awareness.apply_delta(1)
@@ -939,18 +956,31 @@ class Membership:
 
     def _start_indirect(self, seq: int, p: _Pending, now: float) -> None:
         p.indirect = True
-        relays = [
-            m
-            for m in self._members.values()
-            if m.state == State.ALIVE and m.name not in (self.name, p.target)
-        ]
-        chosen = self._rng.sample(relays, min(self.config.indirect_checks, len(relays)))
+        chosen = self._random_members(
+            self.config.indirect_checks,
+            lambda m: m.state == State.ALIVE and m.name not in (self.name, p.target),
+        )
         me = self._members[self.name]
         for relay in chosen:
             self.stats["ping_reqs_sent"] += 1
             msg = PingReq(seq, p.target, p.target_addr, self.name, me.addr, True)
             self._send(relay.addr, encode_message(msg))
         p.expected_nacks = len(chosen)
+
+    def _random_members(self, k: int, eligible: Callable[[Member], bool]) -> list[Member]:
+        """Up to k distinct random members that satisfy `eligible`. Samples by index from the
+        list of names when the cluster is large, so a failed probe costs O(k), not O(N)."""
+        names = self._names
+        if len(names) > 8 * k + 16:
+            out: dict[str, Member] = {}
+            for _ in range(16 * k):
+                m = self._members.get(names[self._rng.randrange(len(names))])
+                if m is not None and m.name not in out and eligible(m):
+                    out[m.name] = m
+                    if len(out) == k:
+                        return list(out.values())
+        pool = [m for m in self._members.values() if eligible(m)]
+        return self._rng.sample(pool, min(k, len(pool)))
 
     def _probe_failed(self, p: _Pending, now: float) -> None:
         self.stats["probes_failed"] += 1
@@ -1153,6 +1183,9 @@ class Membership:
         for n in gone:
             del self._members[n]
             self._summaries.pop(n, None)
+            self._digest_part.pop(n, None)
+        if gone:
+            self._names = list(self._members)
         # Summaries of members no longer known are dropped with them; stale checks too.
         for n in [n for n in self._summaries if n not in self._members]:
             del self._summaries[n]
@@ -1217,19 +1250,31 @@ class Membership:
             self.name, self._summary_seq, self._digest, self._awareness.score, self.num_live()
         )
 
+    def _touch(self, m: Member) -> None:
+        """Account for a change of m's state or incarnation in the live set and digest."""
+        part = 0
+        if m.state.is_live:
+            self._live.add(m.name)
+            h = hashlib.blake2b(digest_size=8)
+            h.update(m.name.encode())
+            h.update(m.incarnation.to_bytes(8, "big"))
+            part = int.from_bytes(h.digest(), "big")
+        else:
+            self._live.discard(m.name)
+        self._digest_acc ^= self._digest_part.get(m.name, 0) ^ part
+        self._digest_part[m.name] = part
+
     def _update_digest(self) -> None:
-        h = hashlib.sha256()
-        for name in sorted(n for n, m in self._members.items() if m.state.is_live):
-            h.update(name.encode())
-            h.update(b"\0")
-            h.update(str(self._members[name].incarnation).encode())
-            h.update(b"\0")
-        digest = h.digest()[:8]
+        digest = self._digest_acc.to_bytes(8, "big")
         if digest != self._digest:
             self._digest = digest
             self._summary_seq += 1
             # Tell a few members directly through the queue (not relayed further by them).
             self._broadcasts.queue("summary:" + self.name, encode_message(self._own_summary()))
+
+    def _reap_interval(self) -> float:
+        # Tombstones are forgotten within a tenth of their lifetime (at most a minute) late.
+        return max(self.config.probe_interval, min(self.config.tombstone_reap_time / 10, 60.0))
 
 
 def _fmt_addr(addr: Addr) -> str:
