@@ -4,7 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest debs clean
+BENCH_STAMP := $(VENV)/.bench-installed
+
+.PHONY: run test lint typecheck pytest debs clean bench bench-quick
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +33,18 @@ typecheck: $(STAMP)
 
 pytest: $(STAMP)
 	$(BIN)/pytest -q
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
+## bench: the whole failure-injection suite (simulator matrices, real processes, peers); hours
+bench: $(BENCH_STAMP)
+	$(BIN)/python bench/suite.py --full
+
+## bench-quick: a reduced suite in at most five minutes, with its report
+bench-quick: $(BENCH_STAMP)
+	$(BIN)/python bench/suite.py --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
