@@ -6,6 +6,7 @@ time explicitly and asserts on states, events and counters, never on wall-clock 
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -485,3 +486,38 @@ def test_crash_reaches_every_survivor_by_gossip() -> None:
         net.run_until(
             lambda cs=cores, nt=net: all(nt.state(c, "n4") == State.DEAD for c in cs[:4]), 5.0
         )
+
+
+def test_shared_schedule_probes_every_member_once_a_round() -> None:
+    cfg = replace(profile("lan"), probe_schedule="shared")
+    net = CoreNet(latency=0.0005)
+    cores = net.cluster(9, cfg)
+    net.run(5.0)
+    names = {c.local.addr: c.name for c in cores}
+    for _ in range(5):
+        start = math.floor(net.now) + 1.0
+        net.run(start - net.now)
+        net.sent.clear()
+        net.run(1.0)
+        probed: dict[str, int] = {}
+        for _src, dst, data in net.sent:
+            for m in _msgs(data):
+                if isinstance(m, Ping):
+                    probed[names[dst]] = probed.get(names[dst], 0) + 1
+        # One round: every member probed exactly once, by the member `offset` before it.
+        assert probed == {c.name: 1 for c in cores}
+
+
+def test_suspicion_floor_and_confirmations_are_configurable() -> None:
+    cfg = replace(LOCAL, suspect_check=False, suspicion_min_floor=2.0,
+                  suspicion_confirmations=1)  # fmt: skip
+    core = _core("me", 1, cfg)
+    for i in range(4):
+        alive = Alive(f"m{i}", 1, ("10.0.0.1", 100 + i), "dc1", (), 1.0, {})
+        core.receive_datagram(_plain(f"m{i}", alive), ("10.0.0.1", 100 + i), 0.0)
+    core.receive_datagram(_plain("m1", Suspect("m0", 1, "m1")), ("10.0.0.1", 101), 0.0)
+    susp = core._suspects["m0"].suspicion
+    assert susp.k == 1
+    assert susp.deadline > 2.0
+    core.receive_datagram(_plain("m2", Suspect("m0", 1, "m2")), ("10.0.0.1", 102), 0.1)
+    assert susp.deadline == pytest.approx(2.0)

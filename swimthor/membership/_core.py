@@ -25,6 +25,7 @@ hashicorp/memberlist where the papers leave things open:
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import math
 import random
@@ -201,6 +202,11 @@ class Membership:
         self._digest_acc = 0
         self._digest_part: dict[str, int] = {}
         self._names: list[str] = []  # every member's name, for O(1) random picks
+        # Live members sorted by a hash of their name: the shared probe schedule's ring.
+        self._ring: list[tuple[bytes, str]] = []
+        self._phase = (
+            int.from_bytes(hashlib.blake2b(name.encode(), digest_size=4).digest(), "big") / 2**32
+        )
         self._checked: dict[str, int] = {}
         self._claims: dict[str, int] = {}
         self._join: _Join | None = None
@@ -253,7 +259,10 @@ class Membership:
         self._overhead = packet_overhead(name) + (
             SEAL_OVERHEAD if keyring is not None else 2 + len(label.encode())
         )
-        self._next_probe = now + rng.uniform(0, config.probe_interval)
+        if config.probe_schedule == "shared":
+            self._next_probe = self._next_shared_probe(now, config.probe_interval)
+        else:
+            self._next_probe = now + rng.uniform(0, config.probe_interval)
         self._next_gossip = now + rng.uniform(0, config.gossip_interval)
         self._next_push_pull = now + self._push_pull_interval() * (1 + rng.random())
         self._next_reap = now + self._reap_interval()
@@ -789,17 +798,23 @@ class Membership:
         self._touch(m)
         self._update_digest()
         n = self.num_live()
-        k = expected_confirmations(n, self.config.suspicion_mult)
+        cfg = self.config
+        if cfg.suspicion_confirmations is None:
+            k = expected_confirmations(n, cfg.suspicion_mult)
+        else:
+            k = max(0, min(cfg.suspicion_confirmations, n - 2))
         lo, hi = suspicion_timeouts(
-            n,
-            self.config.suspicion_mult,
-            self.config.suspicion_max_timeout_mult,
-            self.config.probe_interval,
+            n, cfg.suspicion_mult, cfg.suspicion_max_timeout_mult, cfg.probe_interval
         )
+        if lo < cfg.suspicion_min_floor:
+            hi *= cfg.suspicion_min_floor / lo if lo > 0 else 1.0
+            lo = cfg.suspicion_min_floor
         susp = Suspicion(origin=s.origin, k=k, min_timeout=lo, max_timeout=hi, start=now)
         self._suspects[s.name] = _SuspectState(susp, now, s.origin)
         self._emit(MemberSuspected(m.copy(), by=s.origin))
-        if s.origin != self.name and self.config.suspect_check:
+        # Only a member in good health checks for itself: a slow member's failed check would
+        # be a confirmation that says more about it than about the suspect (Lifeguard).
+        if s.origin != self.name and self.config.suspect_check and self._awareness.score == 0:
             self._suspect_check(m, now)
 
     def _apply_dead(self, d: Dead, now: float) -> None:
@@ -866,10 +881,14 @@ class Membership:
 
     def _probe(self, now: float) -> None:
         interval = self._awareness.scale_timeout(self.config.probe_interval)
-        self._next_probe = now + interval
+        shared = self.config.probe_schedule == "shared"
+        if shared:
+            self._next_probe = self._next_shared_probe(now, interval)
+        else:
+            self._next_probe = now + interval
         if self._leaving or self._probing is not None:
             return
-        target = self._next_probe_target()
+        target = self._shared_probe_target(now) if shared else self._next_probe_target()
         if target is None:
             return
         seq = self._next_seq()
@@ -880,7 +899,10 @@ class Membership:
             target_addr=target.addr,
             sent=now,
             deadline=now + timeout,
-            final=now + max(interval, 2 * timeout),
+            # The indirect phase ends when the relays' answers are due (they nack at 0.8 of
+            # their timeout after our ping-req at `timeout`), not at the end of the interval
+            # as in memberlist: the suspicion starts as soon as the evidence is in.
+            final=now + 2 * timeout,
             incarnation=target.incarnation,
         )
         self._probing = seq
@@ -892,6 +914,38 @@ class Membership:
                 encode_message(Suspect(target.name, target.incarnation, self.name)),
             )
         self._send(target.addr, self._ping(seq, target.name))
+
+    def _round(self, now: float) -> int:
+        base = self.config.probe_interval
+        return math.floor((now + self.wall_offset) / base - self._phase)
+
+    def _next_shared_probe(self, now: float, interval: float) -> float:
+        """The start of the next round of ours (each member's rounds are offset by a phase
+        from its name, so the cluster's probes spread over the interval); later when our
+        health stretches the interval."""
+        base = self.config.probe_interval
+        r = self._round(now) + 1
+        t = (r + self._phase) * base - self.wall_offset
+        if t <= now:  # float edge
+            t += base
+        return max(t, now + interval - base) if interval > base else t
+
+    def _shared_probe_target(self, now: float) -> Member | None:
+        ring = self._ring
+        n = len(ring)
+        if n < 2:
+            return None
+        i = bisect.bisect_left(ring, (self._ring_key(self.name), self.name))
+        if i >= n or ring[i][1] != self.name:
+            return self._next_probe_target()  # we are not live in our own view (leaving)
+        offset = 1 + self._round(now) % (n - 1)
+        name = ring[(i + offset) % n][1]
+        m = self._members.get(name)
+        return m if m is not None and m.state.is_live and name != self.name else None
+
+    @staticmethod
+    def _ring_key(name: str) -> bytes:
+        return hashlib.blake2b(name.encode(), digest_size=8, person=b"swimthor-ring").digest()
 
     def _next_probe_target(self) -> Member | None:
         for _ in range(len(self._probe_order) + 1):
@@ -1253,6 +1307,14 @@ class Membership:
     def _touch(self, m: Member) -> None:
         """Account for a change of m's state or incarnation in the live set and digest."""
         part = 0
+        if m.state.is_live != (m.name in self._live):
+            entry = (self._ring_key(m.name), m.name)
+            if m.state.is_live:
+                bisect.insort(self._ring, entry)
+            else:
+                i = bisect.bisect_left(self._ring, entry)
+                if i < len(self._ring) and self._ring[i] == entry:
+                    del self._ring[i]
         if m.state.is_live:
             self._live.add(m.name)
             h = hashlib.blake2b(digest_size=8)
