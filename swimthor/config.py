@@ -61,6 +61,18 @@ class MembershipConfig:
     # cluster size. It is the time a live but slow suspect has to hear of the suspicion and
     # refute it (a member reading its packets 2.5 s late needs about 3 s).
     suspicion_min_floor: float = 0.0
+    # Not in memberlist: a member whose own health score reaches this announces that it is
+    # slow (an alive with its score); others then give it (1 + min(score, 3)) times longer to
+    # refute a suspicion. It announces that it is healthy again after `health_dwell` seconds
+    # at score 0. 0 turns the announcements off.
+    health_announce_score: int = 2
+    health_dwell: float = 10.0
+    # Not in memberlist: a member that refuted a suspicion of itself in the last
+    # `refutation_memory` seconds gets (1 + refutations, at most 2) more suspicion time.
+    refutation_memory: float = 60.0
+    # Not in memberlist: at most this many members (on average) check a suspect themselves;
+    # each member checks with probability min(1, suspect_checkers / members).
+    suspect_checkers: int = 8
     # Not in memberlist: "shared" probes on a schedule every member computes alike: rounds
     # aligned to the clock, and in round r each member probes the member r+1 places after it
     # on a hash ring of the live members, so every member is probed about once a round and a
@@ -84,8 +96,29 @@ class MembershipConfig:
 
 
 PROFILES: dict[str, MembershipConfig] = {
-    # memberlist DefaultLANConfig, unchanged for now; tuned by the bench suite (issue 3).
-    "lan": MembershipConfig(),
+    # memberlist DefaultLANConfig's probe interval, gossip and push-pull (so the same load at
+    # steady state), with the mechanisms tuned by the simulator suite (bench/suite.py):
+    # probes on the shared schedule, a 300 ms probe timeout (memberlist 500 ms; the indirect
+    # phase ends when the relays' answers are due, not at the end of the interval),
+    # suspicion minimum 1.5 x log10(n) x interval but at least 3.5 s (memberlist: 4 x, which
+    # is 8 s at 100 members), three confirmations. At 100 members with 1% loss a crash is
+    # known everywhere in about 5 s (memberlist about 10 s), with no false failure in
+    # kinship's Lifeguard grid (bench/results/REPORT.md).
+    "lan": MembershipConfig(
+        probe_timeout=0.3,
+        suspicion_mult=1.5,
+        suspicion_min_floor=3.5,
+        suspicion_confirmations=3,
+        probe_schedule="shared",
+    ),
+    # hashicorp/memberlist's DefaultLANConfig as it is, for comparison runs.
+    "memberlist-lan": MembershipConfig(
+        suspect_check=False,
+        health_announce_score=0,
+        refutation_memory=0.0,
+        remote_timeout_rtt_mult=0.0,
+        cross_dc_gossip_nodes=0,
+    ),
     # memberlist DefaultWANConfig: 5 s probes, 3 s timeout, suspicion mult 6, fan-out 4.
     "wan": MembershipConfig(
         probe_interval=5.0,

@@ -202,6 +202,8 @@ class Membership:
         self._digest_acc = 0
         self._digest_part: dict[str, int] = {}
         self._names: list[str] = []  # every member's name, for O(1) random picks
+        self._refuted: dict[str, tuple[int, float]] = {}  # name -> (refutations, last one)
+        self._healthy_since: float | None = None
         # Live members sorted by a hash of their name: the shared probe schedule's ring.
         self._ring: list[tuple[bytes, str]] = []
         self._phase = (
@@ -654,6 +656,7 @@ class Membership:
             del self._pending[msg.seq]
             self._probing = None
             self._awareness.apply_delta(-1)
+            self._announce_health(now)
         elif p.kind == _RELAY:
             del self._pending[msg.seq]
             self._send(p.reply_to, encode_message(Ack(p.reply_seq, p.target)))
@@ -699,6 +702,7 @@ class Membership:
                 state=State.ALIVE,
                 since=now,
                 protocol=a.protocol,
+                health=a.health,
                 last_heard=now,
             )
             self._members[a.name] = m
@@ -733,6 +737,12 @@ class Membership:
         m.addr, m.dc, m.roles, m.weight, m.tags = a.addr, a.dc, a.roles, a.weight, dict(a.tags)
         m.incarnation = a.incarnation
         m.protocol = a.protocol
+        m.health = a.health
+        if previous == State.SUSPECT:
+            count, last = self._refuted.get(m.name, (0, now))
+            if now - last > self.config.refutation_memory:
+                count = 0
+            self._refuted[m.name] = (count + 1, now)
         self._suspects.pop(m.name, None)
         self._checked.pop(m.name, None)
         if previous != State.ALIVE:
@@ -809,12 +819,24 @@ class Membership:
         if lo < cfg.suspicion_min_floor:
             hi *= cfg.suspicion_min_floor / lo if lo > 0 else 1.0
             lo = cfg.suspicion_min_floor
+        # More time for a member that said it is slow, or that just refuted a suspicion:
+        # it is alive, and its refutation takes longer than a healthy member's.
+        scale = 1 + min(m.health, 3)
+        count, last = self._refuted.get(s.name, (0, 0.0))
+        if count and now - last <= cfg.refutation_memory:
+            scale += min(count, 2)
+        lo, hi = lo * scale, hi * scale
         susp = Suspicion(origin=s.origin, k=k, min_timeout=lo, max_timeout=hi, start=now)
         self._suspects[s.name] = _SuspectState(susp, now, s.origin)
         self._emit(MemberSuspected(m.copy(), by=s.origin))
         # Only a member in good health checks for itself: a slow member's failed check would
         # be a confirmation that says more about it than about the suspect (Lifeguard).
-        if s.origin != self.name and self.config.suspect_check and self._awareness.score == 0:
+        if (
+            s.origin != self.name
+            and self.config.suspect_check
+            and self._awareness.score == 0
+            and self._rng.random() * n < self.config.suspect_checkers
+        ):
             self._suspect_check(m, now)
 
     def _apply_dead(self, d: Dead, now: float) -> None:
@@ -861,6 +883,35 @@ class Membership:
         self.stats["refutations"] += 1
         # Lifeguard: being suspected is a hint that we are the slow one.
         self._awareness.apply_delta(1)
+        threshold = self.config.health_announce_score
+        if 0 < threshold <= self._awareness.score and me.health == 0:
+            me.health = self._awareness.score  # said in the same alive as the refutation
+        self._broadcast_self_alive()
+        self._update_digest()
+
+    def _announce_health(self, now: float) -> None:
+        """Tell the cluster when we become slow (score >= health_announce_score), and when
+        we have been healthy again for health_dwell seconds."""
+        threshold = self.config.health_announce_score
+        if threshold <= 0 or self._leaving:
+            return
+        me = self._members[self.name]
+        score = self._awareness.score
+        if score >= threshold and me.health == 0:
+            me.health = score
+        elif score == 0 and me.health > 0:
+            if self._healthy_since is None:
+                self._healthy_since = now
+            if now - self._healthy_since < self.config.health_dwell:
+                return
+            me.health = 0
+        else:
+            if score > 0:
+                self._healthy_since = None
+            return
+        self._healthy_since = None
+        me.incarnation += 1
+        self._touch(me)
         self._broadcast_self_alive()
         self._update_digest()
 
@@ -1044,6 +1095,7 @@ class Membership:
                 self._awareness.apply_delta(missing)
         else:
             self._awareness.apply_delta(1)
+        self._announce_health(now)
         m = self._members.get(p.target)
         if m is None or not m.state.is_live:
             return
@@ -1081,6 +1133,9 @@ class Membership:
 
     def _probe_timeout(self, m: Member | None) -> float:
         base = self._awareness.scale_timeout(self.config.probe_timeout)
+        if m is not None and m.health:
+            # It told us it is slow: wait longer for its answers (Lifeguard, the other way).
+            base *= 1 + min(m.health, 3)
         if m is not None and m.dc != self.dc:
             rtt = self._rtt.get(m.dc)
             if rtt is not None:
@@ -1293,7 +1348,9 @@ class Membership:
         return encode_message(Ping(seq, target, self.name, me.addr, self.dc))
 
     def _alive_of(self, m: Member) -> Alive:
-        return Alive(m.name, m.incarnation, m.addr, m.dc, m.roles, m.weight, dict(m.tags))
+        return Alive(
+            m.name, m.incarnation, m.addr, m.dc, m.roles, m.weight, dict(m.tags), health=m.health
+        )
 
     @staticmethod
     def _alive_of_state(s: MemberState) -> Alive:

@@ -39,6 +39,8 @@ class Member:
     state: State
     since: float
     protocol: int = 1
+    # The Lifeguard health score the member last announced about itself (0: healthy).
+    health: int = 0
     # Lifeguard suspicion bookkeeping lives in the core; this is only the public record.
     last_heard: float = field(default=0.0)
 
@@ -54,5 +56,6 @@ class Member:
             state=self.state,
             since=self.since,
             protocol=self.protocol,
+            health=self.health,
             last_heard=self.last_heard,
         )

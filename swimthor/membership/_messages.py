@@ -96,6 +96,10 @@ class Alive:
     weight: float
     tags: dict[str, str]
     protocol: int = PROTOCOL_VERSION
+    # Appended field (older senders omit it: 0). The sender's Lifeguard health score when it
+    # announced itself: a member that knows it is slow says so, and others give it longer to
+    # refute a suspicion.
+    health: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +236,7 @@ def encode_message(m: Message) -> bytes:
             float(m.weight),
             dict(m.tags),
             m.protocol,
+            m.health,
         ]
     elif isinstance(m, Suspect):
         obj = [SUSPECT, m.name, m.incarnation, m.origin]
@@ -459,6 +464,7 @@ def _decode_message(m: Any) -> Message | None:
         return Nack(_int(seq, "seq"), _name(source))
     if t == ALIVE:
         name, inc, addr, dc, roles, weight, tags, proto = _fields(items, 8, "alive")
+        health = _int(items[9], "health", 0, 1000) if len(items) > 9 else 0
         return Alive(
             _name(name),
             _int(inc, "incarnation"),
@@ -468,6 +474,7 @@ def _decode_message(m: Any) -> Message | None:
             _weight(weight),
             _tags(tags),
             _int(proto, "protocol", 1, 2**16),
+            health,
         )
     if t == SUSPECT:
         name, inc, origin = _fields(items, 3, "suspect")
