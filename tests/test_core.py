@@ -521,3 +521,76 @@ def test_suspicion_floor_and_confirmations_are_configurable() -> None:
     assert susp.deadline > 2.0
     core.receive_datagram(_plain("m2", Suspect("m0", 1, "m2")), ("10.0.0.1", 102), 0.1)
     assert susp.deadline == pytest.approx(2.0)
+
+
+def test_slow_member_announces_its_health_and_others_wait_longer() -> None:
+    lan = profile("lan")
+    net = CoreNet(latency=0.0005)
+    cores = net.cluster(6, lan)
+    slow = cores[5]
+    # Everything sent to the slow member arrives a second late: its own probes fail for
+    # want of acks and nacks, so its health score rises and it says so.
+    for c in cores[:5]:
+        net.link_latency[(c.local.addr, slow.local.addr)] = 1.0
+    net.run(6.0)
+    assert slow.health_score >= lan.health_announce_score
+    assert slow.local.health >= lan.health_announce_score
+    for c in cores[:5]:
+        seen = c.member("n5")
+        assert seen is not None and seen.health == slow.local.health
+        assert c._probe_timeout(seen) == pytest.approx(
+            c._awareness.scale_timeout(lan.probe_timeout) * (1 + min(seen.health, 3))
+        )
+    # A suspicion of it now runs (1 + health) times the usual minimum (here 3.5 s), and more
+    # if it refuted one recently.
+    a = cores[0]
+    a.receive_datagram(
+        _plain("n1", Suspect("n5", a.member("n5").incarnation, "n1")), cores[1].local.addr, net.now
+    )
+    st = a._suspects.get("n5")
+    assert st is not None
+    refuted = min(a._refuted.get("n5", (0, 0.0))[0], 2)
+    assert st.suspicion.min_timeout == pytest.approx(
+        lan.suspicion_min_floor * (1 + min(slow.local.health, 3) + refuted)
+    )
+    # Healed, it says it is healthy again after the dwell time.
+    net.link_latency.clear()
+    net.run(lan.health_dwell + 10.0)
+    assert slow.local.health == 0
+    assert all(c.member("n5").health == 0 for c in cores[:5])
+    assert not any(isinstance(e, MemberFailed) for ev in net.events.values() for e in ev)
+
+
+def test_a_member_that_refuted_gets_more_time_next_time() -> None:
+    cfg = replace(profile("lan"), suspect_check=False)
+    core = _core("me", 1, cfg)
+    for i in range(6):
+        alive = Alive(f"m{i}", 1, ("10.0.0.1", 100 + i), "dc1", (), 1.0, {})
+        core.receive_datagram(_plain(f"m{i}", alive), ("10.0.0.1", 100 + i), 0.0)
+    core.receive_datagram(_plain("m1", Suspect("m0", 1, "m1")), ("10.0.0.1", 101), 1.0)
+    first = core._suspects["m0"].suspicion.min_timeout
+    refute = Alive("m0", 2, ("10.0.0.1", 100), "dc1", (), 1.0, {})
+    core.receive_datagram(_plain("m0", refute), ("10.0.0.1", 100), 2.0)
+    core.receive_datagram(_plain("m1", Suspect("m0", 2, "m1")), ("10.0.0.1", 101), 3.0)
+    assert core._suspects["m0"].suspicion.min_timeout == pytest.approx(2 * first)
+    # Long after, the memory has faded.
+    refute = Alive("m0", 3, ("10.0.0.1", 100), "dc1", (), 1.0, {})
+    core.receive_datagram(_plain("m0", refute), ("10.0.0.1", 100), 4.0)
+    later = 4.0 + cfg.refutation_memory + 1
+    core.receive_datagram(_plain("m1", Suspect("m0", 3, "m1")), ("10.0.0.1", 101), later)
+    assert core._suspects["m0"].suspicion.min_timeout == pytest.approx(first)
+
+
+def test_suspect_checks_are_sampled_in_a_large_cluster() -> None:
+    cfg = profile("lan")
+    checks = 0
+    for seed in range(20):
+        core = Membership(name="me", addr=("10.0.0.1", 1), config=cfg,
+                          rng=random.Random(seed), now=0.0)  # fmt: skip
+        for i in range(199):
+            alive = Alive(f"m{i}", 1, ("10.0.0.2", 100 + i), "dc1", (), 1.0, {})
+            core.receive_datagram(_plain(f"m{i}", alive), ("10.0.0.2", 100 + i), 0.0)
+        core.receive_datagram(_plain("m1", Suspect("m0", 1, "m1")), ("10.0.0.2", 101), 0.0)
+        checks += core.stats["suspect_checks"]
+    # Each member checks with probability 8/200: about 0.8 of 20, far from all 20.
+    assert checks <= 5
