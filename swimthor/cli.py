@@ -258,6 +258,42 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop after this long (default: until Ctrl-C)",
     )
     d.add_argument("--insecure", action="store_true", help="plaintext gossip (default: sealed)")
+
+    # -- simulate (values are checked by swimthor.sim.scenario_from_args)
+    sm = sub.add_parser(
+        "simulate",
+        help="run the real membership cores in a deterministic discrete-event simulation",
+        description="Simulate N members on a virtual network with injected faults; times "
+        "take s or ms (2ms, 1.5s), fractions 0.01 or 1%%. Faults (--fault, repeatable; K "
+        "members picked by the seed): crash:K@T pause:K@T+D slow:K@T+D lossy:K@T+D/P "
+        "flipflop:K@T+D/PERIOD partition:dc1|dc2@T+D partition:dc1>dc2@T+D (one way) "
+        "partition:K@T+D restart:K@T+D[/newaddr] leave:K@T",
+    )
+    sm.add_argument("--nodes", default="100", help="members (default 100)")
+    sm.add_argument("--dcs", default="1", help="datacenters, members round-robin (default 1)")
+    sm.add_argument("--rtt-intra", default="2ms", help="round trip inside a dc (default 2ms)")
+    sm.add_argument("--rtt-inter", default="40ms", help="round trip between dcs (default 40ms)")
+    sm.add_argument("--jitter", default="0.1",
+                    help="one-way jitter: latency fraction, or a time (default 0.1)")  # fmt: skip
+    sm.add_argument("--loss", default="0", help="uniform datagram loss fraction (default 0)")
+    sm.add_argument("--burst", metavar="ENTER,EXIT[,LOSS]",
+                    help="Gilbert-Elliott bursty loss per node uplink")  # fmt: skip
+    sm.add_argument("--dup", default="0", help="datagram duplication probability")
+    sm.add_argument("--reorder", default="0", help="probability of an extra delay <= 1 RTT")
+    sm.add_argument("--profile", choices=sorted(PROFILES), default="lan")
+    sm.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="override a membership setting (repeatable)")  # fmt: skip
+    sm.add_argument("--no-lifeguard", action="store_true",
+                    help="plain SWIM: no health multiplier or suspect checks")  # fmt: skip
+    sm.add_argument("--duration", default="60s", help="virtual time after warm-up (60s)")
+    sm.add_argument("--seed", default="1", help="seed of every random choice (default 1)")
+    sm.add_argument("--fault", action="append", metavar="SPEC", help="inject a fault")
+    sm.add_argument("--bootstrap", action="store_true",
+                    help="no warm-up: time until every member sees all alive")  # fmt: skip
+    sm.add_argument("--warmup", metavar="MAX", help="longest warm-up (default 60s)")
+    sm.add_argument("--slow-delay", metavar="LO,HI", help="slow-node delay (default 0.5,2.5)")
+    sm.add_argument("--cprofile", type=int, metavar="N", help="print the top N functions")
+    sm.add_argument("--format", choices=("text", "json"), default="text")
     return parser
 
 
@@ -689,6 +725,26 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from swimthor.sim import run
+    from swimthor.sim._cli import run_profiled, scenario_from_args
+
+    try:
+        scenario = scenario_from_args(args)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if args.cprofile:
+        result, report = run_profiled(scenario, args.cprofile)
+        sys.stderr.write(report)
+    else:
+        result = run(scenario)
+    if args.format == "json":
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        print(result.to_text())
+    return 0
+
+
 # ---------------------------------------------------------------------- join
 
 
@@ -798,6 +854,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "keygen": _cmd_keygen,
     "keys": _cmd_keys,
     "demo": _cmd_demo,
+    "simulate": _cmd_simulate,
 }
 
 

@@ -1,0 +1,339 @@
+"""What a run measured, computed after the fact from the cores' events and the fault log.
+
+Times are seconds after the scenario's time 0 (the end of warm-up). Definitions:
+
+- detection, per crash of member X at t (a `restart` counts as a crash until it comes back):
+  `first_suspect_s` the first MemberSuspected(X) anywhere after t, minus t; `each_failed_s`
+  one sample per (crash, observer) pair: the observer's first MemberFailed(X) minus t;
+  `all_failed_s` the last of those, when every observer has it; `count` the crashes every
+  observer detected before the run ended (or X came back). Observers are the members running
+  (not crashed, left, leaving or paused) at the end whose core was started before t.
+- false_failures / false_suspicions: MemberFailed / MemberSuspected events (one per observer)
+  about members that were not crashed or gone at that moment (paused, slow, lossy,
+  flip-flopping or partitioned members count as healthy). `*_by_fault` breaks them down by
+  the victim's latest fault (or "none"); `*_by_observer_fault` by the observer's.
+- dissemination_s: per fully detected crash, from the first MemberFailed(X) anywhere until
+  the last observer has it.
+- load: datagrams and bytes sent per node per second of its running time in the scenario
+  window; `max_msgs_per_node_s` the busiest node.
+- converged: all running, non-paused members have the same view digest (live members and
+  their incarnations) at the end; `views_match_truth` whether that view is exactly the set of
+  members not crashed or gone.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._scenario import Scenario
+
+__all__ = ["Crash", "Observation", "SimResult", "compute_result", "summary"]
+
+_SUSPECTED = 2
+_FAILED = 3
+_RUNNING = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Crash:
+    idx: int
+    name: str
+    at: float  # relative to time 0
+    until: float  # when it came back (restart) or the end of the run
+    kind: str
+
+
+@dataclass(slots=True)
+class Observation:
+    """Raw material handed over by the engine."""
+
+    scenario: Scenario
+    origin: float
+    end: float
+    names: list[str]
+    events: list[tuple[float, int, int, str, int]]
+    crashes: list[Crash]
+    fault_log: dict[int, list[tuple[float, float | None, str]]]
+    down_log: dict[int, list[tuple[float, float | None, str]]]
+    load: list[tuple[int, int, int]]
+    final_state: list[int]
+    started: list[float]
+    digests: list[str | None]
+    view_live: bool | None
+
+
+def summary(samples: Sequence[float]) -> dict[str, float | None]:
+    """p50, p99 (nearest rank) and max in seconds, rounded to the microsecond; None if empty."""
+    if not samples:
+        return {"p50": None, "p99": None, "max": None}
+    xs = sorted(samples)
+    n = len(xs)
+
+    def rank(q: float) -> float:
+        return round(xs[max(0, math.ceil(q * n) - 1)], 6)
+
+    return {"p50": rank(0.5), "p99": rank(0.99), "max": round(xs[-1], 6)}
+
+
+@dataclass(slots=True)
+class SimResult:
+    """The outcome of one run. `to_json()` is the `simulate --format json` contract."""
+
+    nodes: int
+    seed: int
+    virtual_s: float
+    wall_s: float
+    detection: dict[str, Any]
+    false_failures: int
+    false_suspicions: int
+    dissemination_s: dict[str, float | None]
+    load: dict[str, float | None]
+    converged: bool
+    trace_digest: str | None = None
+    wall_warmup_s: float = 0.0
+    warmup_s: float = 0.0
+    warmup_converged: bool = True
+    bootstrap_s: float | None = None
+    false_failures_by_fault: dict[str, int] = field(default_factory=dict)
+    false_suspicions_by_fault: dict[str, int] = field(default_factory=dict)
+    false_failures_by_observer_fault: dict[str, int] = field(default_factory=dict)
+    views_match_truth: bool | None = None
+    faults: list[dict[str, Any]] = field(default_factory=list)
+    stats: dict[str, int] = field(default_factory=dict)
+    # Member events after time 0: (t, observer index, code, member name, incarnation).
+    events: list[tuple[float, int, int, str, int]] = field(default_factory=list, repr=False)
+    names: list[str] = field(default_factory=list, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "nodes": self.nodes,
+            "seed": self.seed,
+            "virtual_s": self.virtual_s,
+            "wall_s": round(self.wall_s, 3),
+            "wall_warmup_s": round(self.wall_warmup_s, 3),
+            "detection": self.detection,
+            "false_failures": self.false_failures,
+            "false_suspicions": self.false_suspicions,
+            "dissemination_s": self.dissemination_s,
+            "load": self.load,
+            "converged": self.converged,
+            "views_match_truth": self.views_match_truth,
+            "false_failures_by_fault": self.false_failures_by_fault,
+            "false_suspicions_by_fault": self.false_suspicions_by_fault,
+            "false_failures_by_observer_fault": self.false_failures_by_observer_fault,
+            "warmup_s": round(self.warmup_s, 6),
+            "warmup_converged": self.warmup_converged,
+            "bootstrap_s": None if self.bootstrap_s is None else round(self.bootstrap_s, 6),
+            "faults": self.faults,
+            "network": self.stats,
+            "trace_digest": self.trace_digest,
+        }
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), sort_keys=False)
+
+    def to_text(self) -> str:
+        d = self.detection
+
+        def ms(x: float | None) -> str:
+            return "-" if x is None else f"{x * 1000:.0f}ms" if x < 10 else f"{x:.1f}s"
+
+        def dist(s: dict[str, Any]) -> str:
+            return f"p50 {ms(s['p50'])}  p99 {ms(s['p99'])}  max {ms(s['max'])}"
+
+        lines = [
+            f"{self.nodes} nodes, seed {self.seed}: {self.virtual_s:g}s virtual in "
+            f"{self.wall_s:.2f}s wall (warm-up {self.warmup_s:.1f}s"
+            + ("" if self.warmup_converged else ", NOT converged")
+            + ")",
+        ]
+        if self.bootstrap_s is not None or self.warmup_s == 0.0:
+            lines.append(f"bootstrap:         {ms(self.bootstrap_s)} until all see all alive")
+        if d["crashes"]:
+            lines += [
+                f"crashes detected:  {d['count']} of {d['crashes']}",
+                f"first suspicion:   {dist(d['first_suspect_s'])}",
+                f"failed, each:      {dist(d['each_failed_s'])}",
+                f"failed, all:       {dist(d['all_failed_s'])}",
+                f"dissemination:     {dist(self.dissemination_s)}",
+            ]
+        ff = ", ".join(f"{k} {v}" for k, v in sorted(self.false_failures_by_fault.items()))
+        fs = ", ".join(f"{k} {v}" for k, v in sorted(self.false_suspicions_by_fault.items()))
+        lines.append(f"false failures:    {self.false_failures}" + (f" ({ff})" if ff else ""))
+        lines.append(f"false suspicions:  {self.false_suspicions}" + (f" ({fs})" if fs else ""))
+        ld = self.load
+        if ld["msgs_per_node_s"] is not None:
+            lines.append(
+                f"load per node:     {ld['msgs_per_node_s']:.1f} msgs/s, "
+                f"{(ld['bytes_per_node_s'] or 0) / 1000:.1f} kB/s "
+                f"(busiest {ld['max_msgs_per_node_s']:.1f} msgs/s)"
+            )
+        lines.append(
+            "converged:         "
+            + ("yes" if self.converged else "NO")
+            + ("" if self.views_match_truth in (None, True) else " (views differ from truth)")
+        )
+        if self.trace_digest:
+            lines.append(f"trace:             {self.trace_digest[:16]}")
+        return "\n".join(lines)
+
+
+def _intervals_contain(
+    log: list[tuple[float, float | None, str]] | None, t: float
+) -> tuple[bool, str]:
+    if not log:
+        return False, ""
+    for start, end, why in log:
+        if start <= t and (end is None or t < end):
+            return True, why
+    return False, ""
+
+
+def _latest_fault(log: list[tuple[float, float | None, str]] | None, t: float) -> str:
+    kind = "none"
+    if log:
+        best = -math.inf
+        for start, _end, k in log:
+            if best <= start <= t:
+                best, kind = start, k
+    return kind
+
+
+def compute_result(
+    obs: Observation,
+    *,
+    wall_s: float,
+    wall_warmup_s: float,
+    warmup_s: float,
+    warmup_converged: bool,
+    bootstrap_s: float | None,
+    trace_digest: str | None,
+    faults: list[dict[str, Any]],
+    stats: dict[str, int],
+) -> SimResult:
+    s = obs.scenario
+    duration = s.duration
+    name_idx = {name: i for i, name in enumerate(obs.names)}
+    by_member: dict[str, list[tuple[float, int, int]]] = {}
+    false_failures = 0
+    false_suspicions = 0
+    ff_by: dict[str, int] = {}
+    fs_by: dict[str, int] = {}
+    ff_obs: dict[str, int] = {}
+    for t, who, code, name, _inc in obs.events:
+        if code != _FAILED and code != _SUSPECTED:
+            continue
+        by_member.setdefault(name, []).append((t, who, code))
+        victim = name_idx.get(name)
+        if victim is None:
+            continue
+        down, _ = _intervals_contain(obs.down_log.get(victim), t)
+        if down:
+            continue
+        kind = _latest_fault(obs.fault_log.get(victim), t)
+        if code == _FAILED:
+            false_failures += 1
+            ff_by[kind] = ff_by.get(kind, 0) + 1
+            okind = _latest_fault(obs.fault_log.get(who), t)
+            ff_obs[okind] = ff_obs.get(okind, 0) + 1
+        else:
+            false_suspicions += 1
+            fs_by[kind] = fs_by.get(kind, 0) + 1
+
+    def leaving(i: int) -> bool:
+        return any(end is None for _s, end, _w in obs.down_log.get(i, ()))
+
+    running = [i for i, st in enumerate(obs.final_state) if st == _RUNNING and not leaving(i)]
+    first_suspect: list[float] = []
+    each_failed: list[float] = []
+    all_failed: list[float] = []
+    dissemination: list[float] = []
+    detected = 0
+    for c in obs.crashes:
+        observers = [i for i in running if i != c.idx and obs.started[i] - obs.origin <= c.at]
+        suspected_at: float | None = None
+        failed: dict[int, float] = {}
+        first_failed: float | None = None
+        for t, who, code in by_member.get(c.name, ()):
+            if not c.at <= t < c.until:
+                continue
+            if code == _SUSPECTED:
+                if suspected_at is None or t < suspected_at:
+                    suspected_at = t
+            else:
+                if who not in failed:
+                    failed[who] = t
+                if first_failed is None or t < first_failed:
+                    first_failed = t
+        if suspected_at is not None:
+            first_suspect.append(suspected_at - c.at)
+        times = [failed[i] - c.at for i in observers if i in failed]
+        each_failed.extend(times)
+        if observers and len(times) == len(observers):
+            detected += 1
+            last = max(times)
+            all_failed.append(last)
+            if first_failed is not None:
+                dissemination.append(last + c.at - first_failed)
+
+    # Load over each node's running time in the window.
+    total_msgs = total_bytes = 0
+    total_alive = 0.0
+    max_rate: float | None = None
+    for i, (msgs, nbytes, _streams) in enumerate(obs.load):
+        down_s = 0.0
+        for start, end, _why in obs.down_log.get(i, ()):
+            a = max(0.0, start)
+            b = duration if end is None else min(duration, end)
+            if b > a:
+                down_s += b - a
+        alive = max(0.0, duration - down_s)
+        total_msgs += msgs
+        total_bytes += nbytes
+        total_alive += alive
+        if alive >= min(1.0, duration) and alive > 0:
+            rate = msgs / alive
+            max_rate = rate if max_rate is None else max(max_rate, rate)
+    load: dict[str, float | None] = {
+        "msgs_per_node_s": round(total_msgs / total_alive, 3) if total_alive > 0 else None,
+        "bytes_per_node_s": round(total_bytes / total_alive, 1) if total_alive > 0 else None,
+        "max_msgs_per_node_s": None if max_rate is None else round(max_rate, 3),
+    }
+    digests = {obs.digests[i] for i in running}
+    converged = len(digests) <= 1
+    detection: dict[str, Any] = {
+        "count": detected,
+        "crashes": len(obs.crashes),
+        "first_suspect_s": summary(first_suspect),
+        "all_failed_s": summary(all_failed),
+        "each_failed_s": summary(each_failed),
+    }
+    return SimResult(
+        nodes=s.nodes,
+        seed=s.seed,
+        virtual_s=duration,
+        wall_s=wall_s,
+        wall_warmup_s=wall_warmup_s,
+        detection=detection,
+        false_failures=false_failures,
+        false_suspicions=false_suspicions,
+        dissemination_s=summary(dissemination),
+        load=load,
+        converged=converged,
+        trace_digest=trace_digest,
+        warmup_s=warmup_s,
+        warmup_converged=warmup_converged,
+        bootstrap_s=bootstrap_s,
+        false_failures_by_fault=dict(sorted(ff_by.items())),
+        false_suspicions_by_fault=dict(sorted(fs_by.items())),
+        false_failures_by_observer_fault=dict(sorted(ff_obs.items())),
+        views_match_truth=obs.view_live,
+        faults=faults,
+        stats=stats,
+        events=obs.events,
+        names=obs.names,
+    )
