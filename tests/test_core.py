@@ -594,3 +594,26 @@ def test_suspect_checks_are_sampled_in_a_large_cluster() -> None:
         checks += core.stats["suspect_checks"]
     # Each member checks with probability 8/200: about 0.8 of 20, far from all 20.
     assert checks <= 5
+
+
+def test_push_pull_interval_follows_the_cluster_size_it_has_grown_to() -> None:
+    # Regression: the first sync was scheduled with the interval of a one-member cluster and
+    # kept, so 1000 members joined at once all made an O(N) push-pull within 60 s.
+    from swimthor.membership._messages import MemberState, PushPull
+
+    cfg = profile("lan")
+    core = _core("me", 1, cfg)
+    states = tuple(
+        MemberState(f"m{i}", ("10.0.0.2", 100 + i), "dc1", (), 1.0, {}, 0, State.ALIVE)
+        for i in range(99)
+    )
+    core._merge(PushPull(join=False, states=states), 0.0)
+    assert core.num_live() == 100
+    syncs = []
+    for t in range(1, 121):
+        core.handle_timer(float(t))
+        syncs += [(t, r) for r in core.streams_to_open(float(t))]
+        core.datagrams_to_send(float(t))
+    # 30 s x (ceil(log2(100) - log2(32)) + 1) = 90 s between syncs at 100 members.
+    assert syncs and all(t >= 60 for t, _ in syncs)
+    assert len(syncs) == 1

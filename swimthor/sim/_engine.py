@@ -40,7 +40,9 @@ from ..membership import (
     MemberRecovered,
     Membership,
     MemberSuspected,
+    State,
 )
+from ..membership._messages import MemberState, PushPull
 from ._metrics import Crash, Observation, SimResult, compute_result
 from ._scenario import Fault, FaultSpecError, Scenario, membership_config
 
@@ -83,8 +85,6 @@ _STUCK_BACKOFF = 0.01
 _CONNECT_TIMEOUT = 1.0
 GOSSIP_PORT = 7946
 # Warm-up: everyone joins node 0 within the first second, then once more at 1.5-2 s.
-_REJOIN_AT = 1.5
-_REJOIN_SPREAD = 0.5
 
 _PACK_DELIVERY = struct.Struct("<dII").pack
 _PACK_EVENT = struct.Struct("<dIBQ").pack
@@ -296,15 +296,22 @@ class Simulator:
         for node in self.nodes:
             self._start_core(node)
         seed_addr = self.nodes[0].addr
-        for node in self.nodes[1:]:
-            self._at(self._boot.uniform(0.0, 1.0), self._join, node, (seed_addr,))
-        if not s.bootstrap:
-            # Warm-up, second round: node 0 has heard from everyone by now, so one more
-            # push-pull with it hands each member the whole view (gossip alone would leave
-            # gaps until the first periodic push-pull, 30 s or more later).
+        if s.bootstrap:
             for node in self.nodes[1:]:
-                at = _REJOIN_AT + self._boot.uniform(0.0, _REJOIN_SPREAD)
-                self._at(at, self._join, node, (seed_addr,))
+                self._at(self._boot.uniform(0.0, 1.0), self._join, node, (seed_addr,))
+        else:
+            # Warm-up: every member starts knowing every other, as after a full-state sync
+            # (the cores' own push-pull merge, without the O(N^2) packets of a real formation,
+            # which the `bootstrap` scenario measures).
+            states = tuple(
+                MemberState(nd.name, nd.addr, nd.dc, (), 1.0, {}, 0, State.ALIVE)
+                for nd in self.nodes
+            )
+            full = PushPull(join=False, states=states)
+            for node in self.nodes:
+                if node.core is not None:
+                    node.core._merge(full, self.now)
+                    self._flush(node)
         if n == 1:
             self._n_full = 1
             self._full_at = 0.0
