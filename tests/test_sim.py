@@ -402,3 +402,13 @@ def test_cli_bootstrap(capsys: pytest.CaptureFixture[str]) -> None:
     out = json.loads(capsys.readouterr().out)
     assert out["bootstrap_s"] is not None
     assert EV_SUSPECTED != EV_FAILED  # the codes are distinct (used by scripts via events)
+
+
+def test_bootstrap_through_one_seed_converges_without_waiting_for_push_pull() -> None:
+    # Regression: 100 members joining one seed within a second took until the first
+    # periodic push-pull (30 s and more) to all see each other: gossip's retransmit budget
+    # is small while the cluster is small. A joiner now syncs once more a few seconds on.
+    from swimthor.sim import Scenario, run
+
+    r = run(Scenario(nodes=60, bootstrap=True, duration=20.0, seed=4))
+    assert r.bootstrap_s is not None and r.bootstrap_s < 10.0

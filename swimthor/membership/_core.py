@@ -526,6 +526,13 @@ class Membership:
                 # Announce ourselves too, now that we know whom to tell: the seed's gossip
                 # alone can miss a member (memberlist's setAlive does the same).
                 self._broadcast_self_alive()
+                # One early full sync with a random member a few seconds on: members that
+                # joined in a crowd fill in the news that gossip's early, small retransmit
+                # budget missed, without waiting a whole push-pull interval.
+                early = now + self._rng.uniform(2.0, 4.0)
+                if early < self._next_push_pull:
+                    self._next_push_pull = early
+                    self._last_push_pull = -math.inf  # due at `early`, whatever the size
                 self._emit(Joined(addr, len(self._members)))
             elif not join.done and not join.outstanding:
                 join.retry_at = now + join.backoff

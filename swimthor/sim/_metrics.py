@@ -107,6 +107,20 @@ class SimResult:
     # Member events after time 0: (t, observer index, code, member name, incarnation).
     events: list[tuple[float, int, int, str, int]] = field(default_factory=list, repr=False)
     names: list[str] = field(default_factory=list, repr=False)
+    # The raw samples behind the summaries, for pooling over seeds (bench/suite.py).
+    samples: dict[str, list[float]] = field(default_factory=dict, repr=False)
+    # Per fully detected crash: seconds after the first declaration at which each observer
+    # learned of it, sorted.
+    informed: list[list[float]] = field(default_factory=list, repr=False)
+
+    def informed_curve(self) -> list[tuple[float, float]]:
+        """(seconds since the first declaration, fraction of observers informed) for the
+        first fully detected crash; empty if none."""
+        if not self.informed:
+            return []
+        times = self.informed[0]
+        n = len(times)
+        return [(round(t, 4), round((i + 1) / n, 4)) for i, t in enumerate(times)]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -252,6 +266,7 @@ def compute_result(
     each_failed: list[float] = []
     all_failed: list[float] = []
     dissemination: list[float] = []
+    informed: list[list[float]] = []
     detected = 0
     for c in obs.crashes:
         observers = [i for i in running if i != c.idx and obs.started[i] - obs.origin <= c.at]
@@ -279,6 +294,7 @@ def compute_result(
             all_failed.append(last)
             if first_failed is not None:
                 dissemination.append(last + c.at - first_failed)
+                informed.append(sorted(t + c.at - first_failed for t in times))
 
     # Load over each node's running time in the window.
     total_msgs = total_bytes = 0
@@ -336,4 +352,11 @@ def compute_result(
         stats=stats,
         events=obs.events,
         names=obs.names,
+        samples={
+            "first_suspect": first_suspect,
+            "each_failed": each_failed,
+            "all_failed": all_failed,
+            "dissemination": dissemination,
+        },
+        informed=informed,
     )
