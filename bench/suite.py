@@ -326,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", action="append", choices=sorted(GROUPS), default=None)
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--no-report", action="store_true")
+    ap.add_argument("--seeds", type=int, default=None, help="seeds per cell, overriding the mode's")
+    ap.add_argument("--max-nodes", type=int, default=None, help="skip cells larger than this")
     args = ap.parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -336,6 +338,10 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.monotonic()
             cells = []
             for cell in GROUPS[name](args.quick):
+                if args.max_nodes and cell.scenario.nodes > args.max_nodes:
+                    continue
+                if args.seeds:
+                    cell = replace(cell, seeds=args.seeds)
                 row = run_cell(cell, pool, curve=name in CURVES)
                 cells.append(row)
                 ef = row["each_failed_s"]
