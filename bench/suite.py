@@ -183,7 +183,7 @@ def lifeguard(quick: bool) -> Iterator[Cell]:
             for share in shares:
                 for lg in (True, False):
                     faults: list[Fault] = [Fault("crash", at=60.0)]
-                    starved = round(share * n)
+                    starved = max(1, round(share * n)) if share else 0
                     if starved:
                         faults.insert(0, Fault("slow", at=0.0, count=starved, duration=120.0))
                     sc = Scenario(
