@@ -17,7 +17,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,24 +26,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from _harness import free_port, pct, record_trial  # bench/_harness.py (sys.path[0] here)
+
 from swimthor.control import ControlError, call
 
 HERE = Path(__file__).resolve().parent
 # A CPU burner for --busy, bounded in time like every load here.
 BURNER = "import time\nend = time.time() + 600\nwhile time.time() < end: pass"
-
-
-def free_port() -> int:
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-            t.bind(("127.0.0.1", 0))
-            port = int(t.getsockname()[1])
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            try:
-                u.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
 
 
 class Node:
@@ -139,13 +127,6 @@ def all_see(nodes: list[Node], name: str, state: str, n_alive: int | None = None
     return True
 
 
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    return s[min(len(s) - 1, round(q * (len(s) - 1)))]
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="swimthor-bench-"))
     nodes: list[Node] = []
@@ -214,22 +195,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         elif who != victim.name:
                             false_failures += 1
                 time.sleep(0.01)
-            each = sorted(seen.values())
-            trials.append(
-                {
-                    "victim": victim.name,
-                    "first_s": each[0] if each else None,
-                    "all_s": each[-1] if len(each) == len(survivors) else None,
-                    "each_s": each,
-                }
-            )
-            print(
-                f"trial {t + 1}: kill -9 {victim.name}: first {each[0]:.3f}s, "
-                f"all {len(each)}/{len(survivors)} by {each[-1]:.3f}s"
-                if each
-                else f"trial {t + 1}: not detected",
-                flush=True,
-            )
+            record_trial(trials, victim.name, seen, len(survivors))
             victim.start()
             wait_for(lambda v=victim: all_see(nodes, v.name, "alive"), 30, "restart")
             for s in survivors:
@@ -265,6 +231,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             n.stop(signal.SIGKILL)
 
 
+def seconds(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f}s"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--nodes", type=int, default=5)
@@ -280,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     a = result["all_failed_s"]
     print(
         f"\n{result['nodes']} agents, profile {result['profile']}, busy={result['busy']}: "
-        f"kill -9 -> dead on every survivor p50 {a['p50']:.3f}s max {a['max']:.3f}s "
+        f"kill -9 -> dead on every survivor p50 {seconds(a['p50'])} max {seconds(a['max'])} "
         f"({result['detected']}/{result['trials']} detected), "
         f"false failures {result['false_failures']}; steady state "
         f"{result['datagrams_per_node_s']} datagrams/s and {result['bytes_per_node_s']} B/s per "

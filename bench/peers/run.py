@@ -34,7 +34,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,10 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+# bench/_harness.py, shared with bench/membership_processes.py (this file is also loaded by path).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from _harness import free_port, pct, record_trial
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE.parent / "results"
@@ -54,20 +57,6 @@ PRESETS = {
     "swim-protocol": ("default", "local", "lan", "matched-local", "matched-lan"),
 }
 MAX_STATS_KEPT = 2000
-
-
-def free_port() -> int:
-    for _ in range(1000):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-            t.bind(("127.0.0.1", 0))
-            port = int(t.getsockname()[1])
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            try:
-                u.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port on 127.0.0.1")
 
 
 def build_udpcount(workdir: Path) -> Path | None:
@@ -188,13 +177,6 @@ class Node:
                 self.proc.wait(5)
 
 
-def pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    s = sorted(values)
-    return s[min(len(s) - 1, round(q * (len(s) - 1)))]
-
-
 def wait_until(nodes: list[Node], cond: Any, timeout: float, what: str) -> list[dict[str, Any]]:
     """Polls the nodes until cond() holds; returns the membership lines read meanwhile."""
     lines: list[dict[str, Any]] = []
@@ -293,22 +275,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             false_failures += 1
                 time.sleep(0.01)
             victim.poll()  # the dead node's last lines, before its restart appends new ones
-            each = sorted(seen.values())
-            trials.append(
-                {
-                    "victim": victim.name,
-                    "first_s": each[0] if each else None,
-                    "all_s": each[-1] if len(each) == len(survivors) else None,
-                    "each_s": each,
-                }
-            )
-            print(
-                f"trial {t + 1}: kill -9 {victim.name}: first {each[0]:.3f}s, "
-                f"all {len(each)}/{len(survivors)} by {each[-1]:.3f}s"
-                if each
-                else f"trial {t + 1}: not detected",
-                flush=True,
-            )
+            record_trial(trials, victim.name, seen, len(survivors))
             restart_at = time.time()
             victim.start()
             try:
