@@ -122,7 +122,6 @@ class _Pending:
     indirect: bool = False
     expected_nacks: int = 0
     nacks: int = 0
-    acked: bool = False
     incarnation: int = 0
     # relay: where to send the ack or nack, and under which sequence number
     reply_to: Addr = ("", 0)
@@ -672,7 +671,6 @@ class Membership:
             # Straight from the target (not relayed), even if late: a round trip to its dc.
             self._measure_rtt(p.target, now - p.sent)
         if p.kind == _PROBE:
-            p.acked = True
             del self._pending[msg.seq]
             self._probing = None
             self._awareness.apply_delta(-1)
