@@ -84,6 +84,15 @@ class MembershipConfig:
     remote_timeout_rtt_mult: float = 3.0
     # Not in memberlist: at least this many gossip targets per tick lie in another datacenter.
     cross_dc_gossip_nodes: int = 1
+    # Not in memberlist: repair sync. Every ack carries the responder's view summary (its
+    # digest and how many live members it sees). A member that keeps hearing that others see
+    # more live members than it does, for `repair_settle` seconds without its own view
+    # changing, syncs (push-pull) with the one it just heard from, at most once every
+    # `repair_interval` seconds. Gossip that missed a member (a crowd joining at once, a
+    # lost retransmission) is then repaired within seconds instead of at the next periodic
+    # push-pull (minutes in a large cluster). 0 turns it off.
+    repair_settle: float = 2.0
+    repair_interval: float = 5.0
     # Leave: how long to wait for the leave broadcast to go out before exiting anyway.
     leave_propagate_time: float = 1.0
     # Largest push-pull or query stream frame accepted.

@@ -36,6 +36,7 @@ from swimthor.membership._messages import (
     Nack,
     Ping,
     PingReq,
+    Summary,
     Suspect,
     decode_packet,
     encode_message,
@@ -617,3 +618,85 @@ def test_push_pull_interval_follows_the_cluster_size_it_has_grown_to() -> None:
     # 30 s x (ceil(log2(100) - log2(32)) + 1) = 90 s between syncs at 100 members.
     assert syncs and all(t >= 60 for t, _ in syncs)
     assert len(syncs) == 1
+
+
+def _summary_packet(sender: str, digest: bytes, live: int, seq: int) -> bytes:
+    return wrap_plain(
+        "", encode_packet(sender, [encode_message(Summary(sender, seq, digest, 0, live))])
+    )
+
+
+def test_repair_sync_when_others_keep_seeing_more_live_members() -> None:
+    cfg = replace(LOCAL, repair_settle=2.0, repair_interval=5.0, push_pull_interval=3600.0)
+    a = _core("a", 1, cfg)
+    for i, name in enumerate(("b", "c")):
+        a._apply_alive(Alive(name, 1, ("10.0.0.2", 100 + i), "dc1", (), 1.0, {}), 0.0)
+    a.datagrams_to_send(0.0)
+    other = b"\x01" * 8
+    b_addr = ("10.0.0.2", 100)
+
+    def hear(sender: str, digest: bytes, live: int, seq: int, now: float) -> list[object]:
+        a.receive_datagram(_summary_packet(sender, digest, live, seq), ("10.0.0.2", 9), now)
+        return a.streams_to_open(now)
+
+    # Someone sees one more live member than we do: wait, gossip may still bring it.
+    assert hear("b", other, 4, 1, 1.0) == []
+    assert hear("c", other, 4, 1, 2.0) == []
+    # Still behind after the settle time: sync with the member we just heard from.
+    reqs = hear("b", other, 4, 2, 3.1)
+    assert [r.addr for r in reqs] == [b_addr]
+    assert a.stats["repair_syncs"] == 1
+    # At most one repair per repair_interval.
+    assert hear("b", other, 4, 3, 5.5) == []
+    assert hear("b", other, 4, 4, 7.0) == []
+    # A member that agrees with us ends the episode; fewer live members never start one.
+    assert hear("c", a._digest, 3, 2, 8.0) == []
+    assert hear("b", other, 2, 5, 9.0) == []
+    assert hear("b", other, 2, 6, 20.0) == []
+    assert a.stats["repair_syncs"] == 1
+    # Off when repair_settle is 0.
+    off = _core("off", 2, replace(cfg, repair_settle=0.0))
+    off._apply_alive(Alive("b", 1, b_addr, "dc1", (), 1.0, {}), 0.0)
+    for t in range(20):
+        off.receive_datagram(_summary_packet("b", other, 5, t + 1), b_addr, float(t))
+        assert off.streams_to_open(float(t)) == []
+
+
+def test_repair_sync_fills_in_a_member_that_gossip_missed() -> None:
+    # n5 joins through n0 while n4 hears none of the gossip about it: without repair n4 would
+    # wait for the next periodic push-pull (an hour here).
+    def run(cfg) -> tuple[Membership, float]:
+        net = CoreNet(seed=3, latency=0.0005)
+        cores = net.cluster(5, cfg)
+        net.run(5.0)  # past the joiners' own early syncs
+        late = net.add("n5", cfg)
+        deaf = cores[4]
+        real = deaf.receive_datagram
+
+        def deaf_to_n5(data: bytes, addr, now: float) -> None:
+            if any(isinstance(m, Alive) and m.name == "n5" for m in _msgs(data)):
+                return  # gossip about n5 never reaches n4
+            real(data, addr, now)
+
+        deaf.receive_datagram = deaf_to_n5  # type: ignore[method-assign]
+        real_stream = deaf.handle_stream
+
+        def no_sync_from_n5(payload: bytes, addr, now: float) -> bytes | None:
+            return None if addr == late.local.addr else real_stream(payload, addr, now)
+
+        deaf.handle_stream = no_sync_from_n5  # type: ignore[method-assign]
+        late.join([cores[0].local.addr], net.now)
+        start = net.now
+        net.run_until(lambda: all(net.state(c, "n5") == State.ALIVE for c in cores[:4]), 2.0)
+        try:
+            net.run_until(lambda: net.state(deaf, "n5") == State.ALIVE, timeout=10.0)
+        except AssertionError:
+            return deaf, math.inf
+        return deaf, net.now - start
+
+    cfg = replace(LOCAL, push_pull_interval=3600.0)
+    deaf, took = run(cfg)
+    assert took <= cfg.repair_settle + 3.0
+    assert deaf.stats["repair_syncs"] >= 1
+    deaf, took = run(replace(cfg, repair_settle=0.0))
+    assert took == math.inf and deaf.stats["repair_syncs"] == 0

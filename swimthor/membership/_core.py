@@ -26,6 +26,7 @@ hashicorp/memberlist where the papers leave things open:
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 import math
 import random
@@ -93,6 +94,31 @@ _CLAIM = "claim"  # is the old address of a name still answering?
 _SUMMARY_FRESH_PERIODS = 3
 _RTT_ALPHA = 0.2
 _PUSH_PULL_SUMMARIES = 128
+
+
+# Shared by every core in a process (the simulator runs thousands): the ring position of a
+# name, and the digest term of a (name, incarnation). Pure functions of their arguments.
+@functools.lru_cache(maxsize=1 << 16)
+def _ring_entry(name: str) -> tuple[bytes, str]:
+    key = hashlib.blake2b(name.encode(), digest_size=8, person=b"swimthor-ring").digest()
+    return (key, name)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _digest_part(name: str, incarnation: int) -> int:
+    h = hashlib.blake2b(digest_size=8)
+    h.update(name.encode())
+    h.update(incarnation.to_bytes(8, "big"))
+    return int.from_bytes(h.digest(), "big")
+
+
+# One empty tag map shared by every member without tags. The core never changes a member's
+# tags in place (it replaces the map), and hands out copies (`Member.copy`), so sharing is safe.
+_NO_TAGS: dict[str, str] = {}
+
+
+def _own_tags(tags: Mapping[str, str]) -> dict[str, str]:
+    return dict(tags) if tags else _NO_TAGS
 
 
 class QueryError(Exception):
@@ -208,10 +234,14 @@ class Membership:
         self._healthy_since: float | None = None
         # Live members sorted by a hash of their name: the shared probe schedule's ring.
         self._ring: list[tuple[bytes, str]] = []
+        self._ring_dirty = False  # appended to during a merge, sorted when it ends
         self._phase = (
             int.from_bytes(hashlib.blake2b(name.encode(), digest_size=4).digest(), "big") / 2**32
         )
         self._checked: dict[str, int] = {}
+        # Repair sync: since when we hear that others see more live members than we do.
+        self._behind_since: float | None = None
+        self._last_repair = -math.inf
         self._claims: dict[str, int] = {}
         self._join: _Join | None = None
         self._leaving = False
@@ -245,6 +275,7 @@ class Membership:
                 "conflicts",
                 "suspect_checks",
                 "stream_rejected",
+                "repair_syncs",
             )
         }
         self._check_metadata(tuple(roles), weight, dict(tags or {}))
@@ -700,6 +731,34 @@ class Membership:
         heard = self._summaries.get(msg.name)
         if heard is None or msg.seq >= heard[0].seq:
             self._summaries[msg.name] = (msg, now)
+            self._check_behind(msg, now)
+
+    def _check_behind(self, msg: Summary, now: float) -> None:
+        """Repair sync: sync with `msg`'s sender when others have seen more live members than
+        we do for a while (see MembershipConfig.repair_settle)."""
+        settle = self.config.repair_settle
+        if settle <= 0 or self._leaving:
+            return
+        if msg.digest == self._digest:
+            self._behind_since = None  # someone agrees with us: nothing is missing
+            return
+        if msg.live <= len(self._live):
+            return
+        if self._behind_since is None:
+            self._behind_since = now
+            return
+        if (
+            now - self._behind_since < settle
+            or now - self._last_repair < self.config.repair_interval
+        ):
+            return
+        m = self._members.get(msg.name)
+        if m is None or not m.state.is_live:
+            return
+        self._last_repair = now
+        self._behind_since = None
+        self.stats["repair_syncs"] += 1
+        self._open_push_pull(m.addr, join=False, kind="repair")
 
     # ------------------------------------------------------------------ state rules
 
@@ -715,7 +774,7 @@ class Membership:
                 dc=a.dc,
                 roles=a.roles,
                 weight=a.weight,
-                tags=dict(a.tags),
+                tags=_own_tags(a.tags),
                 incarnation=a.incarnation,
                 state=State.ALIVE,
                 since=now,
@@ -753,7 +812,7 @@ class Membership:
             a.weight,
             a.tags,
         )
-        m.addr, m.dc, m.roles, m.weight, m.tags = a.addr, a.dc, a.roles, a.weight, dict(a.tags)
+        m.addr, m.dc, m.roles, m.weight, m.tags = a.addr, a.dc, a.roles, a.weight, _own_tags(a.tags)
         m.incarnation = a.incarnation
         m.protocol = a.protocol
         m.health = a.health
@@ -1006,17 +1065,13 @@ class Membership:
         n = len(ring)
         if n < 2:
             return None
-        i = bisect.bisect_left(ring, (self._ring_key(self.name), self.name))
+        i = bisect.bisect_left(ring, _ring_entry(self.name))
         if i >= n or ring[i][1] != self.name:
             return self._next_probe_target()  # we are not live in our own view (leaving)
         offset = 1 + self._round(now) % (n - 1)
         name = ring[(i + offset) % n][1]
         m = self._members.get(name)
         return m if m is not None and m.state.is_live and name != self.name else None
-
-    @staticmethod
-    def _ring_key(name: str) -> bytes:
-        return hashlib.blake2b(name.encode(), digest_size=8, person=b"swimthor-ring").digest()
 
     def _next_probe_target(self) -> Member | None:
         for _ in range(len(self._probe_order) + 1):
@@ -1403,29 +1458,37 @@ class Membership:
 
     def _touch(self, m: Member) -> None:
         """Account for a change of m's state or incarnation in the live set and digest."""
-        part = 0
-        if m.state.is_live != (m.name in self._live):
-            entry = (self._ring_key(m.name), m.name)
-            if m.state.is_live:
-                bisect.insort(self._ring, entry)
+        name = m.name
+        live = m.state <= State.SUSPECT  # is_live, without the property call (hot path)
+        if live != (name in self._live):
+            entry = _ring_entry(name)
+            if live:
+                if self._batching:
+                    self._ring.append(entry)  # sorted once when the batch ends
+                    self._ring_dirty = True
+                else:
+                    bisect.insort(self._ring, entry)
+            elif self._ring_dirty:
+                self._ring.remove(entry)
             else:
                 i = bisect.bisect_left(self._ring, entry)
                 if i < len(self._ring) and self._ring[i] == entry:
                     del self._ring[i]
-        if m.state.is_live:
-            self._live.add(m.name)
-            h = hashlib.blake2b(digest_size=8)
-            h.update(m.name.encode())
-            h.update(m.incarnation.to_bytes(8, "big"))
-            part = int.from_bytes(h.digest(), "big")
+        if live:
+            self._live.add(name)
+            part = _digest_part(name, m.incarnation)
         else:
-            self._live.discard(m.name)
-        self._digest_acc ^= self._digest_part.get(m.name, 0) ^ part
-        self._digest_part[m.name] = part
+            self._live.discard(name)
+            part = 0
+        self._digest_acc ^= self._digest_part.get(name, 0) ^ part
+        self._digest_part[name] = part
 
     def _update_digest(self) -> None:
         if self._batching:
             return
+        if self._ring_dirty:
+            self._ring.sort()
+            self._ring_dirty = False
         digest = self._digest_acc.to_bytes(8, "big")
         if digest != self._digest:
             self._digest = digest
