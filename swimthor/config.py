@@ -84,6 +84,13 @@ class MembershipConfig:
     remote_timeout_rtt_mult: float = 3.0
     # Not in memberlist: at least this many gossip targets per tick lie in another datacenter.
     cross_dc_gossip_nodes: int = 1
+    # Not in memberlist: final check. A suspicion that runs out with fewer confirmations than
+    # it asked for is one member's word alone; that member first asks the suspect itself
+    # (the suspicion with a ping, answered by a direct refutation) and declares it only if
+    # that goes unanswered for max(probe timeout, probe interval). An answer that is not
+    # followed by the refutation is asked again. Confirmed suspicions (real crashes in any
+    # cluster above a handful of members) are declared at once, as before.
+    suspect_final_check: bool = True
     # Not in memberlist: repair sync. Every ack carries the responder's view summary (its
     # digest and how many live members it sees). A member that keeps hearing that others see
     # more live members than it does, for `repair_settle` seconds without its own view
@@ -123,6 +130,8 @@ PROFILES: dict[str, MembershipConfig] = {
     # hashicorp/memberlist's DefaultLANConfig as it is, for comparison runs.
     "memberlist-lan": MembershipConfig(
         suspect_check=False,
+        suspect_final_check=False,
+        repair_settle=0.0,
         health_announce_score=0,
         refutation_memory=0.0,
         remote_timeout_rtt_mult=0.0,

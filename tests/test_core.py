@@ -24,6 +24,7 @@ from swimthor.membership import (
     NameConflict,
     State,
 )
+from swimthor.membership._core import _Pending
 from swimthor.membership._keyring import Keyring, unwrap_plain, wrap_plain
 from swimthor.membership._lifeguard import (
     expected_confirmations,
@@ -700,3 +701,136 @@ def test_repair_sync_fills_in_a_member_that_gossip_missed() -> None:
     assert deaf.stats["repair_syncs"] >= 1
     deaf, took = run(replace(cfg, repair_settle=0.0))
     assert took == math.inf and deaf.stats["repair_syncs"] == 0
+
+
+# ---------------------------------------------------------------- lone accusations, slow members
+
+
+_NEXT_PORT = [200]
+
+
+def _with_members(core: Membership, *names: str, health: int = 0) -> dict[str, tuple[str, int]]:
+    addrs = {}
+    for name in names:
+        _NEXT_PORT[0] += 1
+        addr = ("10.0.0.3", _NEXT_PORT[0])
+        core._apply_alive(Alive(name, 1, addr, "dc1", (), 1.0, {}, health=health), 0.0)
+        addrs[name] = addr
+    core.datagrams_to_send(0.0)
+    return addrs
+
+
+def _step_to(core: Membership, t: float) -> list[tuple[bytes, tuple[str, int]]]:
+    """Fire every timer up to t; return what was sent on the way."""
+    sent = []
+    while (due := core.get_timer()) is not None and due <= t:
+        core.handle_timer(due)
+        sent += core.datagrams_to_send(due)
+    return sent
+
+
+def test_lone_unconfirmed_suspicion_asks_the_suspect_before_declaring() -> None:
+    cfg = replace(LOCAL, suspect_check=False, push_pull_interval=3600.0)
+    a = _core("a", 1, cfg)
+    addrs = _with_members(a, "b", "c", "d", "e", "f")
+    a._next_probe = math.inf  # no probes of its own: only c's word against b
+    b = addrs["b"]
+    a.receive_datagram(_plain("c", Suspect("b", 1, "c")), addrs["c"], 0.1)
+    assert a.member("b").state == State.SUSPECT
+    deadline = a._suspects["b"].suspicion.deadline
+    sent = [m for d, addr in _step_to(a, deadline) if addr == b for m in _msgs(d)]
+    # Unconfirmed at its deadline: not declared, asked directly, with the suspicion.
+    assert a.member("b").state == State.SUSPECT
+    assert Suspect("b", 1, "a") in sent
+    ping = next(m for m in sent if isinstance(m, Ping))
+    assert a.stats["final_checks"] == 1
+    # It answers each time (its refutation is lost): asked again, never declared.
+    t = deadline
+    while t < deadline + 10.0:
+        a.receive_datagram(_plain("b", Ack(ping.seq, "b")), b, t + 0.01)
+        due = a.get_timer()
+        assert due is not None
+        t = due
+        a.handle_timer(t)
+        sent = [m for d, addr in a.datagrams_to_send(t) if addr == b for m in _msgs(d)]
+        ping = next((m for m in sent if isinstance(m, Ping)), ping)
+    assert a.member("b").state == State.SUSPECT
+    assert a.stats["final_checks"] > 5
+    # Its refutation ends it.
+    a.receive_datagram(_plain("b", Alive("b", 2, b, "dc1", (), 1.0, {})), b, t + 0.1)
+    assert a.member("b").state == State.ALIVE
+    assert not a._suspects
+
+
+def test_lone_suspicion_of_a_silent_member_is_declared_after_two_checks() -> None:
+    cfg = replace(LOCAL, suspect_check=False, push_pull_interval=3600.0)
+    a = _core("a", 1, cfg)
+    addrs = _with_members(a, "b", "c", "d", "e", "f")
+    a._next_probe = math.inf
+    a.receive_datagram(_plain("c", Suspect("b", 1, "c")), addrs["c"], 0.1)
+    deadline = a._suspects["b"].suspicion.deadline
+    hold = max(LOCAL.probe_timeout, LOCAL.probe_interval)
+    _step_to(a, deadline + 2 * hold - 0.01)
+    assert a.member("b").state == State.SUSPECT
+    _step_to(a, deadline + 2 * hold + 0.01)
+    assert a.member("b").state == State.DEAD
+    assert a.stats["final_checks"] == 2
+    # Off: declared at the deadline.
+    off = _core("off", 2, replace(cfg, suspect_final_check=False))
+    addrs = _with_members(off, "b", "c", "d", "e", "f")
+    off._next_probe = math.inf
+    off.receive_datagram(_plain("c", Suspect("b", 1, "c")), addrs["c"], 0.1)
+    _step_to(off, off._suspects["b"].suspicion.deadline)
+    assert off.member("b").state == State.DEAD
+
+
+def test_an_accused_member_answers_the_accuser_directly() -> None:
+    b = _core("b", 2)
+    accuser = ("10.0.0.9", 5)
+    b.receive_datagram(_plain("x", Suspect("b", 0, "x")), accuser, 1.0)
+    out = [m for d, addr in b.datagrams_to_send(1.0) if addr == accuser for m in _msgs(d)]
+    assert any(isinstance(m, Alive) and m.name == "b" and m.incarnation == 1 for m in out)
+    # An old accusation (we refuted already) is answered with what we are now.
+    b.receive_datagram(_plain("y", Suspect("b", 0, "y")), ("10.0.0.9", 6), 2.0)
+    out = [m for d, addr in b.datagrams_to_send(2.0) if addr == ("10.0.0.9", 6) for m in _msgs(d)]
+    assert any(isinstance(m, Alive) and m.incarnation == 1 for m in out)
+
+
+def test_accusations_from_a_member_that_said_it_is_slow_do_not_cost_us_health() -> None:
+    a = _core("a", 1)
+    _with_members(a, "slow", health=3)
+    _with_members(a, "fine")
+    a.receive_datagram(_plain("slow", Suspect("a", 0, "slow")), ("10.0.0.3", 200), 1.0)
+    assert a.local.incarnation == 1  # refuted
+    assert a.health_score == 0
+    a.receive_datagram(_plain("fine", Suspect("a", 1, "fine")), ("10.0.0.3", 200), 1.1)
+    assert a.local.incarnation == 2
+    assert a.health_score == 1
+
+
+def test_relays_that_said_they_are_slow_are_asked_last() -> None:
+    a = _core("a", 1, replace(LOCAL, indirect_checks=2))
+    slow = _with_members(a, "s1", "s2", "s3", health=2)
+    fine = _with_members(a, "f1", "f2")
+    target = _with_members(a, "target")["target"]
+    for _ in range(10):
+        p = _Pending(kind="probe", target="target", target_addr=target, sent=0.0, deadline=0.1)
+        a._start_indirect(99, p, 0.1)
+        relays = {addr for _, addr in a.datagrams_to_send(0.1)}
+        assert relays == set(fine.values())
+    # Too few healthy ones: the slow ones make up the number.
+    p = _Pending(kind="probe", target="target", target_addr=target, sent=0.0, deadline=0.1)
+    a.config = replace(a.config, indirect_checks=3)
+    a._start_indirect(100, p, 0.1)
+    relays = {addr for _, addr in a.datagrams_to_send(0.1)}
+    assert set(fine.values()) < relays and len(relays & set(slow.values())) == 1
+
+
+@pytest.mark.parametrize("schedule", ["shared", "random"])
+def test_a_probe_in_flight_blocks_the_next_only_on_the_random_schedule(schedule: str) -> None:
+    a = _core("a", 1, replace(profile("lan"), probe_schedule=schedule))
+    _with_members(a, *(f"m{i}" for i in range(8)))
+    a._probing = 12345  # an earlier probe (of a slow member, say) is still in flight
+    a._probe(10.0)
+    pinged = [m for d, _ in a.datagrams_to_send(10.0) for m in _msgs(d) if isinstance(m, Ping)]
+    assert len(pinged) == (1 if schedule == "shared" else 0)

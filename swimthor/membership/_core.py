@@ -89,6 +89,7 @@ _PROBE = "probe"  # our own failure probe of a member
 _RELAY = "relay"  # a ping we send on behalf of a ping-req
 _CHECK = "check"  # a suspect check (we heard a suspicion and look for ourselves)
 _CLAIM = "claim"  # is the old address of a name still answering?
+_FINAL = "final"  # a suspicion ran out unconfirmed: one last look before declaring
 
 # How long a summary heard from a member counts as current for `status`.
 _SUMMARY_FRESH_PERIODS = 3
@@ -110,6 +111,14 @@ def _digest_part(name: str, incarnation: int) -> int:
     h.update(name.encode())
     h.update(incarnation.to_bytes(8, "big"))
     return int.from_bytes(h.digest(), "big")
+
+
+def _round_mix(r: int) -> int:
+    """A well-mixed 64-bit value of a probe round number (splitmix64's finalizer)."""
+    z = (r * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return z ^ (z >> 31)
 
 
 # One empty tag map shared by every member without tags. The core never changes a member's
@@ -161,6 +170,15 @@ class _SuspectState:
     suspicion: Suspicion
     since: float
     by: str
+    # Final check: the suspicion ran out short of its confirmations, so we asked the suspect
+    # ourselves; it is declared only if that goes unanswered until `hold`.
+    hold: float | None = None
+    answered: bool = False
+    final_tries: int = 0
+
+    @property
+    def due(self) -> float:
+        return self.suspicion.deadline if self.hold is None else self.hold
 
 
 @dataclass(slots=True)
@@ -276,6 +294,7 @@ class Membership:
                 "suspect_checks",
                 "stream_rejected",
                 "repair_syncs",
+                "final_checks",
             )
         }
         self._check_metadata(tuple(roles), weight, dict(tags or {}))
@@ -605,7 +624,7 @@ class Membership:
         for p in self._pending.values():
             t = min(t, p.final if p.kind == _PROBE and p.indirect else p.deadline)
         for s in self._suspects.values():
-            t = min(t, s.suspicion.deadline)
+            t = min(t, s.due)
         if self._join is not None and self._join.retry_at is not None:
             t = min(t, self._join.retry_at)
         if self._leave_wakeup is not None:
@@ -616,7 +635,7 @@ class Membership:
         if self._leave_wakeup is not None and self._leave_wakeup <= now:
             self._leave_wakeup = None
         # Suspicion timeouts first: declarations should not wait behind a probe.
-        for name in [n for n, s in self._suspects.items() if s.suspicion.deadline <= now]:
+        for name in [n for n, s in self._suspects.items() if s.due <= now]:
             self._suspicion_expired(name, now)
         for seq in [s for s, p in self._pending.items() if self._pending_due(p, now)]:
             self._pending_timeout(seq, now)
@@ -661,8 +680,12 @@ class Membership:
             self._apply_alive(msg, now)
         elif isinstance(msg, Suspect):
             self._apply_suspect(msg, now)
+            if msg.name == self.name:
+                self._answer_accusation(addr)
         elif isinstance(msg, Dead):
             self._apply_dead(msg, now)
+            if msg.name == self.name and msg.origin != self.name:
+                self._answer_accusation(addr)
         elif isinstance(msg, Summary):
             self._on_summary(msg, now)
 
@@ -711,6 +734,11 @@ class Membership:
             self._send(p.reply_to, encode_message(Ack(p.reply_seq, p.target)))
         elif p.kind == _CHECK:
             del self._pending[msg.seq]
+        elif p.kind == _FINAL:
+            del self._pending[msg.seq]
+            st = self._suspects.get(p.target)
+            if st is not None:
+                st.answered = True
         elif p.kind == _CLAIM:
             # The old address still answers under this name: two live nodes claim it.
             del self._pending[msg.seq]
@@ -878,7 +906,10 @@ class Membership:
             return
         if s.name == self.name:
             if not self._leaving:
-                self._refute(s.incarnation, now)
+                accuser = self._members.get(s.origin)
+                # An accusation from a member that told us it is slow says more about it
+                # than about us: refute it, but do not count it against our own health.
+                self._refute(s.incarnation, now, blame=accuser is None or accuser.health == 0)
             return
         self._queue_broadcast(s.name, s)
         m.state = State.SUSPECT
@@ -955,13 +986,21 @@ class Membership:
                 )
             )
 
-    def _refute(self, incarnation: int, now: float) -> None:
+    def _answer_accusation(self, addr: Addr) -> None:
+        """Someone sent us news that we are suspect or dead: answer it directly with our
+        current alive (refuted already if the news was current), not only by gossip, which
+        may miss the accuser for a long time when many updates compete."""
+        if not self._leaving and self._conflict is None:
+            self._send(addr, encode_message(self._alive_of(self._members[self.name])))
+
+    def _refute(self, incarnation: int, now: float, *, blame: bool = True) -> None:
         me = self._members[self.name]
         me.incarnation = max(me.incarnation, incarnation) + 1
         self._touch(me)
         self.stats["refutations"] += 1
         # Lifeguard: being suspected is a hint that we are the slow one.
-        self._awareness.apply_delta(1)
+        if blame:
+            self._awareness.apply_delta(1)
         threshold = self.config.health_announce_score
         if 0 < threshold <= self._awareness.score and me.health == 0:
             me.health = self._awareness.score  # said in the same alive as the refutation
@@ -1004,19 +1043,49 @@ class Membership:
         if st is None or m is None or m.state != State.SUSPECT:
             self._suspects.pop(name, None)
             return
+        susp = st.suspicion
+        # Asked twice (three times if it said it is slow) before it is declared: one lost
+        # ping or ack must not turn a lone accusation into a failure.
+        tries = 2 if m.health == 0 else 3
+        if (
+            self.config.suspect_final_check
+            and not self._leaving
+            and (susp.confirmations < susp.k or m.health > 0 or st.hold is not None)
+            and (st.answered or st.final_tries < tries)
+        ):
+            # Nobody else confirmed it, or it told us it is slow (others' confirmations then
+            # say little), or it answered our last look but its refutation has not reached
+            # us: ask it ourselves, with the suspicion, before declaring it. A
+            # live suspect refutes straight back to us.
+            st.final_tries = 0 if st.answered else st.final_tries + 1
+            st.answered = False
+            st.hold = now + max(self._probe_timeout(m), self.config.probe_interval)
+            self.stats["final_checks"] += 1
+            seq = self._next_seq()
+            self._pending[seq] = _Pending(
+                kind=_FINAL, target=m.name, target_addr=m.addr, sent=now, deadline=st.hold
+            )
+            self._send(m.addr, encode_message(Suspect(m.name, m.incarnation, self.name)))
+            self._send(m.addr, self._ping(seq, m.name))
+            return
         self.stats["failures_declared"] += 1
         self._apply_dead(Dead(name, m.incarnation, self.name), now)
 
     # ------------------------------------------------------------------ probing
 
     def _probe(self, now: float) -> None:
-        interval = self._awareness.scale_timeout(self.config.probe_interval)
         shared = self.config.probe_schedule == "shared"
         if shared:
-            self._next_probe = self._next_shared_probe(now, interval)
+            # Lifeguard: a slow member skips rounds. A healthy one probes its target every
+            # round even while an earlier probe (of a slow member, with a long timeout) is
+            # still in flight: this round's target has no other prober.
+            self._next_probe = self._next_shared_probe(
+                now, self._awareness.scale_timeout(self.config.probe_interval)
+            )
         else:
-            self._next_probe = now + interval
-        if self._leaving or self._probing is not None:
+            # Lifeguard: a slow member probes less often, one probe at a time.
+            self._next_probe = now + self._awareness.scale_timeout(self.config.probe_interval)
+        if self._leaving or (self._probing is not None and not shared):
             return
         target = self._shared_probe_target(now) if shared else self._next_probe_target()
         if target is None:
@@ -1068,7 +1137,11 @@ class Membership:
         i = bisect.bisect_left(ring, _ring_entry(self.name))
         if i >= n or ring[i][1] != self.name:
             return self._next_probe_target()  # we are not live in our own view (leaving)
-        offset = 1 + self._round(now) % (n - 1)
+        # The same offset for every member in a round (so every member is probed once a
+        # round), but not the previous round's plus one: then each member's probers in
+        # successive rounds had all probed its ring predecessor the round before, and a slow
+        # predecessor kept all of them busy (simulator: a crash unnoticed for 20 s).
+        offset = 1 + _round_mix(self._round(now)) % (n - 1)
         name = ring[(i + offset) % n][1]
         m = self._members.get(name)
         return m if m is not None and m.state.is_live and name != self.name else None
@@ -1116,6 +1189,8 @@ class Membership:
             del self._pending[seq]
             if p.want_nack:
                 self._send(p.reply_to, encode_message(Nack(p.reply_seq, self.name)))
+        elif p.kind == _FINAL:
+            del self._pending[seq]  # the suspicion's hold runs out at the same time
         elif p.kind == _CHECK:
             del self._pending[seq]
             m = self._members.get(p.target)
@@ -1138,10 +1213,23 @@ class Membership:
 
     def _start_indirect(self, seq: int, p: _Pending, now: float) -> None:
         p.indirect = True
+        k = self.config.indirect_checks
+        # Relays that told us they are slow would answer late: a missing nack from them
+        # would count against our own health. Healthy relays first, the others if too few.
         chosen = self._random_members(
-            self.config.indirect_checks,
-            lambda m: m.state == State.ALIVE and m.name not in (self.name, p.target),
+            k,
+            lambda m: (
+                m.state == State.ALIVE and m.health == 0 and m.name not in (self.name, p.target)
+            ),
         )
+        if len(chosen) < k:
+            more = self._random_members(
+                k - len(chosen),
+                lambda m: (
+                    m.state == State.ALIVE and m.health > 0 and m.name not in (self.name, p.target)
+                ),
+            )
+            chosen.extend(more)
         me = self._members[self.name]
         for relay in chosen:
             self.stats["ping_reqs_sent"] += 1

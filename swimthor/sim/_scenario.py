@@ -164,7 +164,11 @@ def membership_config(s: Scenario) -> MembershipConfig:
         cfg = dataclasses.replace(cfg, **dict(s.overrides))
     if not s.lifeguard:
         cfg = dataclasses.replace(
-            cfg, awareness_max_multiplier=1, suspicion_max_timeout_mult=1.0, suspect_check=False
+            cfg,
+            awareness_max_multiplier=1,
+            suspicion_max_timeout_mult=1.0,
+            suspect_check=False,
+            suspect_final_check=False,
         )
     return cfg
 
