@@ -220,6 +220,13 @@ def targets() -> list[list[str]]:
                     f"{c['wall_s']:.1f} s wall",
                 ]
             )
+        for c in doc.get("skipped", []):
+            rows.append(
+                [
+                    f"Simulator: {c['nodes']} nodes x 60 virtual s ≤ 5 min",
+                    f"not run: {c['skipped']}",
+                ]
+            )
     return rows
 
 
@@ -270,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     doc = load("speed")
     if doc:
         rows = [[c["nodes"], c["virtual_s_per_run"], f"{c['wall_s']:.1f} s"] for c in doc["cells"]]
+        rows += [[c["nodes"], "-", f"not run: {c['skipped']}"] for c in doc.get("skipped", [])]
         parts += [
             "## Simulator speed (one core)",
             "",

@@ -9,8 +9,10 @@ Times are seconds after the scenario's time 0 (the end of warm-up). Definitions:
   observer detected before the run ended (or X came back). Observers are the members running
   (not crashed, left, leaving or paused) at the end whose core was started before t.
 - false_failures / false_suspicions: MemberFailed / MemberSuspected events (one per observer)
-  about members that were not crashed or gone at that moment (paused, slow, lossy,
-  flip-flopping or partitioned members count as healthy). `*_by_fault` breaks them down by
+  about members that were not crashed, gone or paused at that moment nor in the 30 s before
+  it (a declaration that arrives after a restarted or resumed member is back is a late true
+  detection of its outage). Slow, lossy, flip-flopping or partitioned members count as
+  healthy: declaring them failed is a false failure. `*_by_fault` breaks them down by
   the victim's latest fault (or "none"); `*_by_observer_fault` by the observer's.
 - dissemination_s: per fully detected crash, from the first MemberFailed(X) anywhere until
   the last observer has it.
@@ -196,15 +198,22 @@ class SimResult:
         return "\n".join(lines)
 
 
-def _intervals_contain(
-    log: list[tuple[float, float | None, str]] | None, t: float
-) -> tuple[bool, str]:
-    if not log:
-        return False, ""
-    for start, end, why in log:
-        if start <= t and (end is None or t < end):
-            return True, why
-    return False, ""
+# A declaration about a member that was down or paused (SIGSTOP-like) at any time in the
+# STALE_GRACE seconds before it is a late but true detection of that outage, not a false
+# failure: the cluster could not yet know that the member was back (the longest suspicion, six
+# times its minimum and scaled for a slow member, is under this).
+_STALE_GRACE = 30.0
+
+
+def _unresponsive_within(obs: Observation, i: int, a: float, b: float) -> bool:
+    """Was member i crashed, gone or paused at any moment of [a, b]?"""
+    for start, end, _why in obs.down_log.get(i, ()):
+        if start <= b and (end is None or end >= a):
+            return True
+    for start, end, kind in obs.fault_log.get(i, ()):
+        if kind == "pause" and start <= b and (end is None or end >= a):
+            return True
+    return False
 
 
 def _latest_fault(log: list[tuple[float, float | None, str]] | None, t: float) -> str:
@@ -245,8 +254,7 @@ def compute_result(
         victim = name_idx.get(name)
         if victim is None:
             continue
-        down, _ = _intervals_contain(obs.down_log.get(victim), t)
-        if down:
+        if _unresponsive_within(obs, victim, t - _STALE_GRACE, t):
             continue
         kind = _latest_fault(obs.fault_log.get(victim), t)
         if code == _FAILED:
