@@ -256,6 +256,10 @@ def main(argv: list[str] | None = None) -> int:
         "datacenters": ("Datacenters", ["nodes", "dcs"]),
         "churn": ("Continuous churn", ["nodes", "restarts"]),
         "dissemination": ("Dissemination at N = 1000", ["nodes"]),
+        "tradeoff": (
+            "Trade-off: detection against false failures against load (`--only tradeoff`)",
+            ["setting", "case"],
+        ),
     }
     for group, (title, keys) in titles.items():
         doc = load(group)

@@ -336,7 +336,54 @@ def speed(quick: bool) -> Iterator[Cell]:
         yield Cell("speed", {"nodes": n}, sc, 1)
 
 
+def tradeoff(quick: bool) -> Iterator[Cell]:
+    """How the defaults were chosen: detection time against false failures against load, on
+    the hardest Lifeguard cell (N = 50, 3% loss, 10% starved, a crash at 60 s of 120 s) and on
+    the headline setup, for the `lan` profile, variations of its settings, and memberlist's
+    LAN profile with its own rules."""
+    variants: list[tuple[str, str, dict[str, Any]]] = [
+        ("lan (default)", "lan", {}),
+        ("lan, suspicion floor 2.5 s", "lan", {"suspicion_min_floor": 2.5}),
+        ("lan, suspicion floor 5 s", "lan", {"suspicion_min_floor": 5.0}),
+        ("lan, probe every 0.5 s", "lan", {"probe_interval": 0.5}),
+        ("lan, no final check", "lan", {"suspect_final_check": False}),
+        ("lan, random probe order", "lan", {"probe_schedule": "random"}),
+        ("memberlist-lan", "memberlist-lan", {}),
+    ]
+    for label, prof, overrides in variants:
+        starved = Scenario(
+            nodes=50,
+            loss=0.03,
+            jitter=0.5,
+            duration=120.0,
+            profile=prof,
+            overrides=overrides,
+            faults=(Fault("slow", at=0.0, count=5, duration=120.0), Fault("crash", at=60.0)),
+            seed=10000,
+        )
+        yield Cell(
+            "tradeoff",
+            {"setting": label, "case": "N=50, 3% loss, 10% starved"},
+            starved,
+            2 if quick else 12,
+        )
+        plain = Scenario(
+            nodes=100,
+            loss=0.01,
+            jitter=0.5,
+            duration=40.0,
+            profile=prof,
+            overrides=overrides,
+            faults=(Fault("crash", at=10.0),),
+            seed=11000,
+        )
+        yield Cell(
+            "tradeoff", {"setting": label, "case": "N=100, 1% loss"}, plain, 1 if quick else 6
+        )
+
+
 GROUPS: dict[str, Callable[[bool], Iterator[Cell]]] = {
+    "tradeoff": tradeoff,
     "headline": headline,
     "crash_scale": crash_scale,
     "lifeguard": lifeguard,

@@ -91,6 +91,10 @@ class MembershipConfig:
     # followed by the refutation is asked again. Confirmed suspicions (real crashes in any
     # cluster above a handful of members) are declared at once, as before.
     suspect_final_check: bool = True
+    # Not in memberlist (serf's reconnect, every 30 s there): every `reconnect_interval`
+    # seconds a full sync with one member declared failed (with probability failed / live),
+    # so the two sides of a healed partition find each other. 0 turns it off.
+    reconnect_interval: float = 10.0
     # Not in memberlist: repair sync. Every ack carries the responder's view summary (its
     # digest and how many live members it sees). A member that keeps hearing that others see
     # more live members than it does, for `repair_settle` seconds without its own view
@@ -132,6 +136,7 @@ PROFILES: dict[str, MembershipConfig] = {
         suspect_check=False,
         suspect_final_check=False,
         repair_settle=0.0,
+        reconnect_interval=0.0,
         health_announce_score=0,
         refutation_memory=0.0,
         remote_timeout_rtt_mult=0.0,
@@ -147,6 +152,7 @@ PROFILES: dict[str, MembershipConfig] = {
         gossip_to_dead_time=60.0,
         push_pull_interval=60.0,
         tcp_timeout=30.0,
+        reconnect_interval=30.0,
     ),
     # memberlist DefaultLocalConfig probes every 1 s with a 200 ms timeout and takes several
     # seconds to declare a failure. On one host or a rack, round trips are well under a
@@ -157,6 +163,9 @@ PROFILES: dict[str, MembershipConfig] = {
     # multiplier 4 (memberlist local: 2): with 2 or 3 a join or a failure missed a member of a
     # small cluster in about 1 of 30 simulated runs until the next push-pull.
     "local": MembershipConfig(
+        # The shared schedule (see `lan`): simulated 20-member clusters on one host detect a
+        # crash everywhere in 1.25 s at worst instead of 1.52 s, for 2% more datagrams.
+        probe_schedule="shared",
         probe_interval=0.15,
         probe_timeout=0.08,
         indirect_checks=2,
@@ -167,6 +176,7 @@ PROFILES: dict[str, MembershipConfig] = {
         gossip_to_dead_time=15.0,
         push_pull_interval=15.0,
         tcp_timeout=2.0,
+        reconnect_interval=2.0,
         join_retry_initial=0.2,
         join_retry_max=5.0,
         leave_propagate_time=0.5,

@@ -603,7 +603,7 @@ def test_push_pull_interval_follows_the_cluster_size_it_has_grown_to() -> None:
     # kept, so 1000 members joined at once all made an O(N) push-pull within 60 s.
     from swimthor.membership._messages import MemberState, PushPull
 
-    cfg = profile("lan")
+    cfg = replace(profile("lan"), reconnect_interval=0.0)  # only the periodic syncs here
     core = _core("me", 1, cfg)
     states = tuple(
         MemberState(f"m{i}", ("10.0.0.2", 100 + i), "dc1", (), 1.0, {}, 0, State.ALIVE)

@@ -295,6 +295,7 @@ class Membership:
                 "stream_rejected",
                 "repair_syncs",
                 "final_checks",
+                "reconnects",
             )
         }
         self._check_metadata(tuple(roles), weight, dict(tags or {}))
@@ -323,6 +324,11 @@ class Membership:
         self._last_push_pull = now - self._push_pull_interval() * rng.uniform(0.0, 0.5)
         self._next_push_pull = self._last_push_pull + self._push_pull_interval()
         self._next_reap = now + self._reap_interval()
+        self._next_reconnect = (
+            now + config.reconnect_interval * rng.uniform(0.5, 1.0)
+            if config.reconnect_interval > 0
+            else math.inf
+        )
         self._names.append(name)
         self._touch(self._members[name])
         self._update_digest()
@@ -620,7 +626,13 @@ class Membership:
         return self._events.popleft() if self._events else None
 
     def get_timer(self) -> float | None:
-        t = min(self._next_probe, self._next_gossip, self._next_push_pull, self._next_reap)
+        t = min(
+            self._next_probe,
+            self._next_gossip,
+            self._next_push_pull,
+            self._next_reap,
+            self._next_reconnect,
+        )
         for p in self._pending.values():
             t = min(t, p.final if p.kind == _PROBE and p.indirect else p.deadline)
         for s in self._suspects.values():
@@ -658,6 +670,9 @@ class Membership:
                 self._last_push_pull = now
                 self._next_push_pull = now + interval
                 self._periodic_push_pull(now)
+        if now >= self._next_reconnect:
+            self._next_reconnect = now + self.config.reconnect_interval
+            self._reconnect(now)
         if now >= self._next_reap:
             self._next_reap = now + self._reap_interval()
             self._reap(now)
@@ -1404,6 +1419,25 @@ class Membership:
             return
         target = self._rng.choice(pool)
         self._open_push_pull(target.addr, join=False, kind="sync")
+
+    def _reconnect(self, now: float) -> None:
+        """Serf's reconnect: try a full sync with one member we declared failed (not one that
+        left), with probability failed / live so the whole cluster makes about one attempt
+        per failed member per interval. Nothing else talks to a member on the other side of
+        a healed partition once the news of its failure has stopped spreading; the sync
+        tells it, it refutes, and both sides see each other again."""
+        if self._leaving or len(self._members) == len(self._live):
+            return
+        failed = [
+            m
+            for m in self._members.values()
+            if m.state == State.DEAD and now - m.since < self.config.tombstone_reap_time
+        ]
+        if not failed or self._rng.random() * max(1, len(self._live) - 1) > len(failed):
+            return
+        target = self._rng.choice(failed)
+        self.stats["reconnects"] += 1
+        self._open_push_pull(target.addr, join=False, kind="reconnect")
 
     def _join_attempt(self, now: float) -> None:
         join = self._join
