@@ -73,10 +73,12 @@ def stats(xs: list[float]) -> dict[str, float | None]:
     return {"p50": pct(xs, 0.5), "p99": pct(xs, 0.99), "max": round(max(xs), 4) if xs else None}
 
 
-# Each simulated core keeps a record of every member: measured 285 bytes a record (2000 nodes,
-# 1.14 GB), so N nodes need about 285 N^2 bytes. A cell that would not fit (with two workers)
-# is skipped and listed as such, rather than swapping the machine to a halt.
-BYTES_PER_RECORD = 285
+# Each simulated core keeps a record of every member, so a run needs memory in N^2: measured
+# 1.14 GB at 2000 nodes after warm-up, but 19 GB resident for a 5000-node run (killed by the
+# kernel's OOM killer on this 24 GB machine: allocator fragmentation from the millions of
+# short-lived event copies of the warm-up). 760 bytes per record is that measurement. A cell
+# that would not fit (with two workers) is skipped and listed, not swapped or killed.
+BYTES_PER_RECORD = 760
 
 
 def memory_needed(nodes: int) -> float:
