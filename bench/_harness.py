@@ -1,10 +1,38 @@
-"""What the real-process benchmarks share (bench/membership_processes.py, bench/peers/run.py):
-a free loopback port for UDP and TCP, a nearest-rank percentile, and one kill trial's record."""
+"""What the real-process benchmarks share (bench/membership_processes.py, bench/netns_processes.py,
+bench/peers/run.py): a free loopback port for UDP and TCP, a nearest-rank percentile, one trial's
+record, and a `swimthor join` agent process whose JSON log lines are read as membership events.
+
+Times of events come from the agents' own log timestamps (wall clock), so nothing polls an
+agent while it works; the control socket is asked only to confirm a state at the end of a
+phase."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import signal
 import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
 from typing import Any
+
+from swimthor.control import ControlError, call
+
+# The membership events an agent logs (swimthor/agent.py, `_log_event`).
+FAILED = "member failed"
+SUSPECTED = "member suspected"
+LEFT = "member left"
+RECOVERED = "member recovered"
+JOINED = "member joined"
+BACK = (RECOVERED, JOINED)
+STATE_EVENTS = (FAILED, SUSPECTED, LEFT, RECOVERED, JOINED)
 
 
 def free_port() -> int:
@@ -30,24 +58,239 @@ def pct(values: list[float], q: float) -> float | None:
     return s[min(len(s) - 1, round(q * (len(s) - 1)))]
 
 
+def summary(values: Sequence[float | None]) -> dict[str, float | None]:
+    """p50, p99 and max of the samples that are there (None ones are left out)."""
+    xs = [float(v) for v in values if v is not None]
+    return {"p50": pct(xs, 0.5), "p99": pct(xs, 0.99), "max": max(xs, default=None)}
+
+
 def record_trial(
-    trials: list[dict[str, Any]], victim: str, seen: dict[str, float], survivors: int
-) -> None:
-    """Append one kill trial (per-survivor detection times in `seen`) and print its line."""
+    trials: list[dict[str, Any]],
+    victim: str,
+    seen: dict[str, float],
+    survivors: int,
+    label: str = "kill -9",
+) -> dict[str, Any]:
+    """Append one trial (per-survivor detection times in `seen`), print its line, return it."""
     each = sorted(seen.values())
-    trials.append(
-        {
-            "victim": victim,
-            "first_s": each[0] if each else None,
-            "all_s": each[-1] if len(each) == survivors else None,
-            "each_s": each,
-        }
-    )
+    trial: dict[str, Any] = {
+        "victim": victim,
+        "first_s": each[0] if each else None,
+        "all_s": each[-1] if len(each) == survivors else None,
+        "each_s": each,
+    }
+    trials.append(trial)
     n = len(trials)
     print(
-        f"trial {n}: kill -9 {victim}: first {each[0]:.3f}s, "
+        f"trial {n}: {label} {victim}: first {each[0]:.3f}s, "
         f"all {len(each)}/{survivors} by {each[-1]:.3f}s"
         if each
-        else f"trial {n}: not detected",
+        else f"trial {n}: {label} {victim}: not detected",
         flush=True,
     )
+    return trial
+
+
+# ---------------------------------------------------------------- agents and their logs
+
+
+def event_time(line: dict[str, Any]) -> float:
+    return datetime.fromisoformat(str(line["timestamp"]).replace("Z", "+00:00")).timestamp()
+
+
+@dataclass(frozen=True, slots=True)
+class Ev:
+    """One membership event as an agent logged it: `observer` saw `member` become `event`."""
+
+    observer: str
+    event: str
+    member: str
+    t: float  # wall clock, from the log line
+
+
+class Node:
+    """One `swimthor join` process. `prefix` runs it through another command (for a network
+    namespace: `ip netns exec NS`, which execs, so the PID is the agent's own)."""
+
+    def __init__(
+        self,
+        name: str,
+        port: int,
+        workdir: Path,
+        profile: str,
+        seed: str | None,
+        *,
+        host: str = "127.0.0.1",
+        prefix: Sequence[str] = (),
+    ):
+        self.name = name
+        self.port = port
+        self.host = host
+        self.sock = str(workdir / f"{name}.sock")
+        self.log_path = workdir / f"{name}.log"
+        self.args = [
+            *prefix,
+            sys.executable,
+            "-m",
+            "swimthor",
+            "join",
+            "--name",
+            name,
+            "--bind",
+            f"{host}:{port}",
+            "--profile",
+            profile,
+            "--insecure",
+            "--control",
+            self.sock,
+            "--data-dir",
+            str(workdir / name),
+            "--log-format",
+            "json",
+        ]
+        if seed:
+            self.args.append(seed)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_offset = 0
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=log)
+        log.close()
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def members(self) -> list[dict[str, Any]]:
+        return list(call(self.sock, "members", timeout=2.0))
+
+    def status(self) -> dict[str, Any]:
+        return dict(call(self.sock, "status", timeout=2.0))
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def new_log_lines(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(self.log_offset)
+                data = f.read()
+        except FileNotFoundError:
+            return out
+        end = data.rfind(b"\n") + 1
+        self.log_offset += end
+        for line in data[:end].splitlines():
+            with contextlib.suppress(ValueError):
+                out.append(json.loads(line))
+        return out
+
+    def new_events(self) -> list[Ev]:
+        out = []
+        for line in self.new_log_lines():
+            if line.get("event") in STATE_EVENTS:
+                who = line.get("member") or line.get("name")
+                with contextlib.suppress(KeyError, ValueError):
+                    out.append(Ev(self.name, str(line["event"]), str(who), event_time(line)))
+        return out
+
+    def send(self, sig: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            if sig != signal.SIGKILL:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.proc.pid, signal.SIGCONT)
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def watch(
+    nodes: Iterable[Node],
+    until: Callable[[list[Ev]], bool],
+    timeout: float,
+    into: list[Ev] | None = None,
+    interval: float = 0.02,
+) -> list[Ev]:
+    """Read the agents' new membership events until `until(events)` holds or `timeout` seconds
+    pass (bounded either way); returns every event read, appended to `into` if given."""
+    evs: list[Ev] = [] if into is None else into
+    nodes = list(nodes)
+    end = time.monotonic() + timeout
+    while True:
+        for n in nodes:
+            evs.extend(n.new_events())
+        if until(evs) or time.monotonic() >= end:
+            return evs
+        time.sleep(interval)
+
+
+def first_times(
+    evs: Iterable[Ev], events: Sequence[str], member: str, observers: Iterable[str], t0: float
+) -> dict[str, float]:
+    """Per observer, seconds from t0 to its first `events` about `member` at or after t0."""
+    obs = set(observers)
+    out: dict[str, float] = {}
+    for e in evs:
+        if e.event in events and e.member == member and e.observer in obs and e.t >= t0 - 0.001:
+            out.setdefault(e.observer, e.t - t0)
+    return out
+
+
+def all_back(evs: Iterable[Ev], member: str, observers: Iterable[str], since: float) -> bool:
+    """Every observer's last state event about `member` since `since` (if any) says alive."""
+    last: dict[str, str] = {}
+    for e in evs:
+        if e.member == member and e.t >= since - 0.001:
+            last[e.observer] = e.event
+    return all(last.get(o, RECOVERED) in BACK for o in observers)
+
+
+def wait_for(cond: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> float:
+    """Poll `cond` until it holds (returns the seconds it took) or raise TimeoutError."""
+    start = time.monotonic()
+    end = start + timeout
+    while time.monotonic() < end:
+        with contextlib.suppress(ControlError, OSError):
+            if cond():
+                return time.monotonic() - start
+        time.sleep(interval)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+def all_see(nodes: Iterable[Node], name: str, state: str, n_alive: int | None = None) -> bool:
+    for node in nodes:
+        ms = {m["name"]: m for m in node.members()}
+        if name and ms.get(name, {}).get("state") != state:
+            return False
+        if n_alive is not None and sum(m["state"] == "alive" for m in ms.values()) != n_alive:
+            return False
+    return True
+
+
+def steady_state(nodes: Sequence[Node], seconds: float) -> dict[str, float]:
+    """Mean datagrams and bytes sent per node per second and CPU % per agent over `seconds`
+    (from the agents' own counters and /proc)."""
+    before = [(n.status()["stats"], n.cpu_seconds()) for n in nodes]
+    t_start = time.monotonic()
+    time.sleep(seconds)
+    span = time.monotonic() - t_start
+    after = [(n.status()["stats"], n.cpu_seconds()) for n in nodes]
+    pairs = list(zip(after, before, strict=True))
+    pkts = [(a[0]["packets_out"] - b[0]["packets_out"]) / span for a, b in pairs]
+    byts = [(a[0]["bytes_out"] - b[0]["bytes_out"]) / span for a, b in pairs]
+    cpu = [(a[1] - b[1]) / span * 100 for a, b in pairs]
+    return {
+        "datagrams_per_node_s": round(statistics.mean(pkts), 2),
+        "bytes_per_node_s": round(statistics.mean(byts), 1),
+        "cpu_percent_per_agent": round(statistics.mean(cpu), 2),
+    }

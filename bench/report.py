@@ -290,10 +290,14 @@ def main(argv: list[str] | None = None) -> int:
         ]
     procs = sorted(RESULTS.glob("membership_processes_*.json"))
     peers = sorted(RESULTS.glob("peer_*.json"))
-    if procs or peers:
+    # bench/membership_processes.py --fault kill|stop|term (files without "fault" are kill).
+    by_fault: dict[str, list[dict[str, Any]]] = {"kill": [], "stop": [], "term": []}
+    for path in procs:
+        d = json.loads(path.read_text())
+        by_fault.setdefault(d.get("fault", "kill"), []).append(d)
+    if by_fault["kill"] or peers:
         rows = []
-        for path in procs + peers:
-            d = json.loads(path.read_text())
+        for d in by_fault["kill"] + [json.loads(path.read_text()) for path in peers]:
             who = f"{d.get('peer', 'swimthor')} {d.get('profile') or d.get('preset')}"
             a = d["all_failed_s"]
             rows.append(
@@ -323,6 +327,153 @@ def main(argv: list[str] | None = None) -> int:
                     "datagrams/node/s",
                     "bytes/node/s",
                     "CPU %/agent",
+                ],
+                rows,
+            ),
+            "",
+        ]
+
+    def fine(x: Any) -> str:  # sub-100 ms times in milliseconds, not as "0.00 s"
+        return f"{x * 1000:.0f} ms" if isinstance(x, float) and x < 0.1 else s(x)
+
+    if by_fault["stop"]:
+        rows = []
+        for d in by_fault["stop"]:
+            a, sus, rj = d["all_failed_s"], d["all_suspected_s"], d["rejoin_s"]
+            rows.append(
+                [
+                    f"swimthor {d['profile']}",
+                    d["nodes"],
+                    s(d["pause_s"]),
+                    s(sus["p50"]),
+                    s(a["p50"]),
+                    s(a["max"]),
+                    f"{d['detected']}/{d['trials']}",
+                    fine(rj["p50"]),
+                    fine(rj["max"]),
+                    f"{d['rejoined']}/{d['trials']}",
+                    f"{d['false_failures']} ({d.get('false_failures_by_paused', 0)})",
+                ]
+            )
+        parts += [
+            "## Real processes on loopback: SIGSTOP, then SIGCONT",
+            "",
+            "The paused agent is suspected and declared failed by every other agent; after "
+            "SIGCONT it refutes on its own (nothing is restarted). `back alive` is from SIGCONT "
+            "until every agent that had lost it logs it alive again; false failures in brackets "
+            "are the ones the resumed agent declared itself.",
+            "",
+            table(
+                [
+                    "system",
+                    "nodes",
+                    "pause",
+                    "suspected by all p50",
+                    "failed by all p50",
+                    "max",
+                    "detected",
+                    "back alive p50",
+                    "max",
+                    "came back",
+                    "false failures (by paused)",
+                ],
+                rows,
+            ),
+            "",
+        ]
+    if by_fault["term"]:
+        rows = []
+        for d in by_fault["term"]:
+            a, rj, ex = d["all_left_s"], d["rejoin_s"], d["exit_s"]
+            codes = sorted(set(d["exit_codes"]), key=str)
+            rows.append(
+                [
+                    f"swimthor {d['profile']}",
+                    d["nodes"],
+                    fine(a["p50"]),
+                    fine(a["max"]),
+                    f"{d['detected']}/{d['trials']}",
+                    d["failed_instead_of_left"],
+                    ", ".join(str(c) for c in codes),
+                    s(ex["max"]),
+                    s(rj["p50"]),
+                    s(rj["max"]),
+                    d["false_failures"],
+                ]
+            )
+        parts += [
+            "## Real processes on loopback: SIGTERM (graceful leave), then restart",
+            "",
+            table(
+                [
+                    "system",
+                    "nodes",
+                    "left on all p50",
+                    "max",
+                    "seen left",
+                    "failed instead of left",
+                    "exit codes",
+                    "exit time max",
+                    "back alive after restart p50",
+                    "max",
+                    "false failures",
+                ],
+                rows,
+            ),
+            "",
+        ]
+    netns = sorted(RESULTS.glob("netns_*.json"))
+    if netns:
+        rows = []
+        for path in netns:
+            d = json.loads(path.read_text())
+            fault = {
+                "loss": f"{d.get('loss_percent')}% loss into one host",
+                "partition": "one host isolated",
+                "oneway": "one host deaf (ingress dropped)",
+            }.get(d["scenario"], d["scenario"])
+            a, sus, heal = d["all_failed_s"], d["all_suspected_s"], d["heal_s"]
+            rows.append(
+                [
+                    f"{fault}, {s(d['duration_s'])}",
+                    d["hosts"],
+                    d["profile"],
+                    s(sus["p50"]),
+                    s(a["p50"]),
+                    s(a["max"]),
+                    f"{d['detected']}/{d['trials']}",
+                    d["false_failures"],
+                    f"{d['healed']}/{d['trials']}",
+                    fine(heal["p50"]),
+                    fine(heal["max"]),
+                    d.get("suspicions_logged"),
+                    d.get("dropped_packets"),
+                    d.get("datagrams_per_node_s"),
+                ]
+            )
+        parts += [
+            "## Real processes in network namespaces (nftables faults)",
+            "",
+            "One agent per namespace on a bridge (bench/netns_processes.py); the fault is an "
+            "nftables rule in one host's namespace for the time shown, then removed. `heal` is "
+            "from removing it until every agent, the cut-off one too, sees all members alive.",
+            "",
+            table(
+                [
+                    "fault",
+                    "hosts",
+                    "profile",
+                    "suspected by all p50",
+                    "failed by all p50",
+                    "max",
+                    "declared failed",
+                    "false failures",
+                    "healed",
+                    "heal p50",
+                    "max",
+                    "suspicions logged",
+                    "packets dropped",
+                    "datagrams/node/s",
                 ],
                 rows,
             ),
