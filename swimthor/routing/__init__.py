@@ -1,0 +1,41 @@
+"""Which members own a key: weighted rendezvous hashing and the routing table.
+
+``RoutingTable`` follows membership events and answers ``owners(key, n, role, dc)``; the ranking
+itself is a wire-level contract (``_hrw``, ``docs/routing.md``) that every node computes alike.
+"""
+
+from ._hrw import (
+    KEY_PERSON,
+    SEED_PERSON,
+    compare_draws,
+    draw,
+    fmix64,
+    key_hash,
+    member_seed,
+    reference_rank,
+    score,
+)
+from ._rendezvous import Rendezvous
+from ._table import (
+    DEFAULT_ROLES,
+    EpochUnavailable,
+    MemberRecord,
+    RoutingTable,
+)
+
+__all__ = [
+    "DEFAULT_ROLES",
+    "KEY_PERSON",
+    "SEED_PERSON",
+    "EpochUnavailable",
+    "MemberRecord",
+    "Rendezvous",
+    "RoutingTable",
+    "compare_draws",
+    "draw",
+    "fmix64",
+    "key_hash",
+    "member_seed",
+    "reference_rank",
+    "score",
+]
