@@ -186,6 +186,17 @@ def targets() -> list[list[str]]:
                 else f"{bad}/{runs} runs",
             ]
         )
+    ours = cell("tradeoff", setting="lan (default)", case="N=100, 1% loss")
+    ml = cell("tradeoff", setting="memberlist-lan", case="N=100, 1% loss")
+    if ours and ml:
+        rows.append(
+            [
+                "Load per member no higher than memberlist's LAN defaults at the same N",
+                f"N=100, 1% loss: {ours['msgs_per_node_s']} vs {ml['msgs_per_node_s']} "
+                f"datagrams/member/s (detection p50 {s(ours['each_failed_s']['p50'])} vs "
+                f"{s(ml['each_failed_s']['p50'])})",
+            ]
+        )
     c = cell("dissemination")
     if c:
         rows.append(
