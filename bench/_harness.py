@@ -267,6 +267,23 @@ def wait_for(cond: Callable[[], bool], timeout: float, what: str, interval: floa
     raise TimeoutError(f"timed out waiting for {what}")
 
 
+def seconds_until_all_alive(
+    nodes: Sequence[Node], since: float, timeout: float, interval: float
+) -> float | None:
+    """Wall seconds from `since` until every agent sees every one of `nodes` alive; None if
+    that does not happen within `timeout`."""
+    try:
+        wait_for(
+            lambda: all_see(nodes, "", "", len(nodes)),
+            timeout,
+            "every agent sees all alive",
+            interval=interval,
+        )
+    except TimeoutError:
+        return None
+    return round(time.time() - since, 3)
+
+
 def all_see(nodes: Iterable[Node], name: str, state: str, n_alive: int | None = None) -> bool:
     for node in nodes:
         ms = {m["name"]: m for m in node.members()}

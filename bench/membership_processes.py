@@ -53,6 +53,7 @@ from _harness import (  # bench/_harness.py (sys.path[0] here)
     first_times,
     free_port,
     record_trial,
+    seconds_until_all_alive,
     steady_state,
     summary,
     wait_for,
@@ -161,16 +162,7 @@ def run_trial(
         trial["rejoin_s"] = max(back[o] for o in lost)
     else:
         trial["rejoin_s"] = None
-    try:
-        wait_for(
-            lambda: all_see(nodes, "", "", len(nodes)),
-            args.rejoin_timeout,
-            "every agent sees all alive",
-            interval=0.2,
-        )
-        trial["confirmed_s"] = round(time.time() - back_at, 3)
-    except TimeoutError:
-        trial["confirmed_s"] = None
+    trial["confirmed_s"] = seconds_until_all_alive(nodes, back_at, args.rejoin_timeout, 0.2)
     watch(nodes, lambda _: False, args.settle, into=evs)
     wrong = false_failures(evs, victim.name, back_at)
     trial["false_failures"] = len(wrong)

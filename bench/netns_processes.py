@@ -55,6 +55,7 @@ from _harness import (
     all_see,
     first_times,
     record_trial,
+    seconds_until_all_alive,
     steady_state,
     summary,
     wait_for,
@@ -296,16 +297,7 @@ def run_trial(
     )
 
     # Heal: every agent (the victim too) sees all alive again.
-    try:
-        wait_for(
-            lambda: all_see(nodes, "", "", len(nodes)),
-            args.heal_timeout,
-            "every agent sees all alive",
-            interval=0.1,
-        )
-        trial["heal_s"] = round(time.time() - t_heal, 3)
-    except TimeoutError:
-        trial["heal_s"] = None
+    trial["heal_s"] = seconds_until_all_alive(nodes, t_heal, args.heal_timeout, 0.1)
     watch(nodes, lambda _: False, args.settle, into=evs)
     back = [e.t - t_heal for e in evs if e.event in BACK and e.t >= t_heal]
     trial["last_recovered_log_s"] = round(max(back), 3) if back else None
