@@ -45,6 +45,7 @@ from .membership._events import (
 from .membership._keyring import Keyring, KeyringFileError
 from .membership._member import Addr, Member
 from .membership.runtime import MembershipRuntime, bind_sockets
+from .routing import RoutingTable
 
 __all__ = ["KEYRING_FILE", "Agent"]
 
@@ -129,6 +130,8 @@ class Agent:
         self._finished = trio.Event()
         self._leaving = False
         self._left = trio.Event()
+        # Who owns which key (routing/), kept current from the membership events.
+        self.routing = RoutingTable(roles=None)
         self._commands: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {
             "members": self._cmd_members,
             "status": self._cmd_status,
@@ -139,6 +142,7 @@ class Agent:
             "keys.remove": self._cmd_keys_remove,
             "tags.set": self._cmd_tags_set,
             "meta": self._cmd_meta,
+            "route": self._cmd_route,
         }
 
     # ------------------------------------------------------------ properties
@@ -217,6 +221,7 @@ class Agent:
         runtime = MembershipRuntime(core, cfg.bind, mcfg, sockets=sockets)
         self._runtime = runtime
         events = runtime.subscribe(max_buffer=10_000)
+        self.routing.sync(core.members())
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(runtime.serve)
@@ -309,6 +314,7 @@ class Agent:
     async def _pump_events(self, events: trio.MemoryReceiveChannel[Event]) -> None:
         async for event in events:
             self._log_event(event)
+            self.routing.handle_event(event)
             if isinstance(event, NameConflict) and self.core.conflict is not None:
                 # We are the newcomer under a name that a live member holds: stop, do not
                 # announce ourselves over it. run() raises NameInUseError.
@@ -398,7 +404,24 @@ class Agent:
     async def _cmd_status(self, args: dict[str, Any]) -> Any:
         status = self.core.status(trio.current_time())
         status["runtime"] = dict(self.runtime.stats)
+        status["routing"] = routing_status(self.routing)
         return status
+
+    async def _cmd_route(self, args: dict[str, Any]) -> Any:
+        """The owners of a key, in rank order: {"key", "epoch", "owners": [...]}."""
+        unknown = set(args) - {"key", "replicas", "role", "dc"}
+        if unknown:
+            raise ControlError(f"unknown argument(s) for route: {', '.join(sorted(unknown))}")
+        try:
+            return route_reply(
+                self.routing,
+                args.get("key"),
+                args.get("replicas", 2),
+                args.get("role", "sip"),
+                args.get("dc"),
+            )
+        except ValueError as e:
+            raise ControlError(str(e)) from None
 
     async def _cmd_leave(self, args: dict[str, Any]) -> Any:
         await self._leave()
@@ -466,6 +489,7 @@ class Agent:
         except ValueError as e:
             raise ControlError(str(e)) from None
         self.runtime.wake()
+        self.routing.sync(self.core.members())  # our own record changed
         return _member_json_of(self.core.local, self.core)
 
     async def _cmd_meta(self, args: dict[str, Any]) -> Any:
@@ -497,6 +521,43 @@ class Agent:
         if "weight" in args:
             update["weight"] = args["weight"]
         return await self._cmd_tags_set(update)
+
+
+MAX_REPLICAS = 16
+
+
+def route_reply(
+    table: RoutingTable, key: object, replicas: object, role: object, dc: object
+) -> dict[str, Any]:
+    """The `route` answer, checked: a key of 1..1024 characters, 1..16 replicas."""
+    if not isinstance(key, str) or not key or len(key) > 1024:
+        raise ValueError('"key" must be a string of 1 to 1024 characters')
+    if isinstance(replicas, bool) or not isinstance(replicas, int):
+        raise ValueError('"replicas" must be an integer')
+    if not 1 <= replicas <= MAX_REPLICAS:
+        raise ValueError(f'"replicas" must be between 1 and {MAX_REPLICAS}')
+    if not isinstance(role, str) or not role:
+        raise ValueError('"role" must be a non-empty string')
+    if dc is not None and not isinstance(dc, str):
+        raise ValueError('"dc" must be a string')
+    owners = table.owners(key, replicas, role, dc)
+    return {
+        "key": key,
+        "epoch": table.epoch,
+        "owners": [
+            {"name": r.name, "addr": format_hostport(r.addr), "dc": r.dc, "weight": r.weight}
+            for r in owners
+        ],
+    }
+
+
+def routing_status(table: RoutingTable) -> dict[str, Any]:
+    """Routing epoch and each role's members' shares of the key space, by weight."""
+    roles = sorted({role for r in table.members() for role in r.roles})
+    return {
+        "epoch": table.epoch,
+        "shares": {role: dict(sorted(table.shares(role).items())) for role in roles},
+    }
 
 
 def _member_fields(m: Member) -> dict[str, Any]:

@@ -211,6 +211,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--format", choices=("text", "json"), default="text")
     _add_client_options(s, via=True)
 
+    # -- route
+    r = sub.add_parser("route", help="which members own a key (rendezvous hashing), in rank order")
+    r.add_argument("key", help="the key, e.g. an address-of-record: sip:alice@example.com")
+    r.add_argument("--replicas", type=int, default=2, help="how many owners (default 2)")
+    r.add_argument("--role", default="sip", help="among members with this role (default sip)")
+    r.add_argument("--dc", help="only members of this datacenter")
+    r.add_argument("--format", choices=("text", "json"), default="text")
+    _add_client_options(r, via=True)
+
     # -- leave
     lv = sub.add_parser("leave", help="make the local agent leave the cluster gracefully")
     _add_client_options(lv, via=False)
@@ -581,6 +590,16 @@ def format_status_text(status: Mapping[str, Any]) -> str:
     if digest:
         lines.append(f"view:       digest {str(digest)[:16]}")
     lines.append(format_convergence(status.get("converged")))
+    routing = status.get("routing")
+    if isinstance(routing, Mapping):
+        lines.append(f"routing:    epoch {_text(routing.get('epoch'))}")
+        shares = routing.get("shares")
+        if isinstance(shares, Mapping):
+            for role in sorted(shares):
+                per = shares[role]
+                if isinstance(per, Mapping) and per:
+                    text = "  ".join(f"{n} {float(v):.1%}" for n, v in sorted(per.items()))
+                    lines.append(f"  key space ({role}): {text}")
     for section in ("stats", "runtime"):
         counters = status.get(section)
         if isinstance(counters, Mapping) and counters:
@@ -658,6 +677,82 @@ def _cmd_status(args: argparse.Namespace) -> int:
         sys.stdout.write(format_status_json(reply))
     else:
         sys.stdout.write(format_status_text(reply))
+    return 0
+
+
+def _route_via(args: argparse.Namespace) -> dict[str, Any]:
+    """--via: the contract is the same on every node, so rank the live members that the
+    remote agent reports here. No epoch: that is the remote table's own counter."""
+    from swimthor.agent import route_reply
+    from swimthor.membership import Member, State
+    from swimthor.routing import RoutingTable
+
+    reply = _query_via(args, "members")
+    if not isinstance(reply, list) or not all(isinstance(m, dict) for m in reply):
+        raise CommandError("the agent sent an unexpected members reply")
+    members = []
+    try:
+        for m in reply:
+            state = State[str(m["state"]).upper()]
+            members.append(
+                Member(
+                    name=str(m["name"]),
+                    addr=parse_hostport(str(m["addr"])),
+                    dc=str(m["dc"]),
+                    roles=tuple(str(x) for x in m.get("roles") or ()),
+                    weight=float(m["weight"]),
+                    tags={},
+                    incarnation=int(m.get("incarnation", 0)),
+                    state=state,
+                    since=0.0,
+                )
+            )
+    except (KeyError, ValueError, TypeError, ConfigError) as e:
+        raise CommandError(f"the agent sent an unexpected member record ({e})") from None
+    table = RoutingTable(roles=None)
+    table.sync(members)
+    out = route_reply(table, args.key, args.replicas, args.role, args.dc)
+    out["epoch"] = None
+    return out
+
+
+def format_route_text(reply: Mapping[str, Any]) -> str:
+    owners = reply.get("owners") or []
+    epoch = reply.get("epoch")
+    head = f"key {reply.get('key')}" + (f"  (routing epoch {epoch})" if epoch is not None else "")
+    if not owners:
+        return head + "\nno live member of that role owns it\n"
+    rows = [["RANK", "NAME", "ADDRESS", "DC", "WEIGHT"]]
+    for i, o in enumerate(owners, 1):
+        rows.append(
+            [
+                str(i),
+                _text(o.get("name")),
+                _text(o.get("addr")),
+                _text(o.get("dc")),
+                _text(o.get("weight")),
+            ]
+        )
+    return head + "\n" + _columns(rows)
+
+
+def _cmd_route(args: argparse.Namespace) -> int:
+    try:
+        if getattr(args, "via", None) is not None:
+            reply = _route_via(args)
+        else:
+            params: dict[str, Any] = {"key": args.key, "replicas": args.replicas, "role": args.role}
+            if args.dc is not None:
+                params["dc"] = args.dc
+            reply = _control_call(args, "route", params)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if not isinstance(reply, dict):
+        raise CommandError("the agent sent an unexpected route reply")
+    if args.format == "json":
+        sys.stdout.write(json.dumps(reply, indent=2) + "\n")
+    else:
+        sys.stdout.write(format_route_text(reply))
     return 0
 
 
@@ -848,6 +943,7 @@ def _bind_error(e: OSError, cfg: AgentConfig) -> Exception:
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "join": _cmd_join,
     "members": _cmd_members,
+    "route": _cmd_route,
     "status": _cmd_status,
     "leave": _cmd_leave,
     "meta": _cmd_meta,

@@ -72,6 +72,8 @@ class Proc:
             str(tmp / name),
             "--log-format",
             "json",
+            "--role",
+            "sip",
         ]
         if seed is not None:
             self.argv.append(f"127.0.0.1:{seed}")
@@ -249,3 +251,50 @@ def test_second_agent_with_a_taken_name_refuses_to_run(
     for p in cluster:
         m = p.members()["n1"]
         assert m["state"] == "alive" and m["addr"] == f"127.0.0.1:{cluster[1].port}"
+
+
+def _route(p: Proc, key: str) -> dict[str, Any]:
+    r = swimthor("route", key, "--control", p.sock, "--format", "json")
+    assert r.returncode == 0, r.stderr
+    return dict(json.loads(r.stdout))
+
+
+def test_every_agent_routes_a_key_alike_and_the_replica_takes_over(
+    cluster: list[Proc], key_file: Path
+) -> None:
+    key = "sip:alice@example.com"
+    answers = [_route(p, key) for p in cluster]
+    owners = [[o["name"] for o in a["owners"]] for a in answers]
+    assert all(o == owners[0] for o in owners) and len(owners[0]) == 2, owners
+    assert all(a["key"] == key and isinstance(a["epoch"], int) for a in answers)
+    # --via any member gives the same ranking (computed from its member list, no epoch).
+    via = swimthor(
+        "route",
+        key,
+        "--via",
+        f"127.0.0.1:{cluster[0].port}",
+        "--key-file",
+        str(key_file),
+        "--format",
+        "json",
+    )
+    assert via.returncode == 0, via.stderr
+    assert [o["name"] for o in json.loads(via.stdout)["owners"]] == owners[0]
+    # status shows each member's share of the key space.
+    st = swimthor("status", "--control", cluster[0].sock, "--format", "json")
+    shares = json.loads(st.stdout)["routing"]["shares"]["sip"]
+    assert set(shares) == {p.name for p in cluster} and abs(sum(shares.values()) - 1) < 1e-9
+    # Kill the owner: once detected, the former second owner is first everywhere.
+    first, second = owners[0]
+    victim = next(p for p in cluster if p.name == first)
+    victim.kill()
+    survivors = [p for p in cluster if p is not victim]
+    wait_until(
+        lambda: all(_route(p, key)["owners"][0]["name"] == second for p in survivors),
+        15,
+        "the replica to own the key everywhere",
+    )
+    assert all(first not in [o["name"] for o in _route(p, key)["owners"]] for p in survivors)
+    # Bad input is a one-line error, not a crash.
+    bad = swimthor("route", key, "--replicas", "0", "--control", survivors[0].sock)
+    assert bad.returncode != 0 and "replicas" in bad.stderr
