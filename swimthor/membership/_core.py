@@ -1089,17 +1089,16 @@ class Membership:
     # ------------------------------------------------------------------ probing
 
     def _probe(self, now: float) -> None:
+        # Lifeguard: a slow member probes less often (on the shared schedule: skips rounds).
+        interval = self._awareness.scale_timeout(self.config.probe_interval)
         shared = self.config.probe_schedule == "shared"
         if shared:
-            # Lifeguard: a slow member skips rounds. A healthy one probes its target every
-            # round even while an earlier probe (of a slow member, with a long timeout) is
-            # still in flight: this round's target has no other prober.
-            self._next_probe = self._next_shared_probe(
-                now, self._awareness.scale_timeout(self.config.probe_interval)
-            )
+            # A healthy member probes its target every round even while an earlier probe (of
+            # a slow member, with a long timeout) is still in flight: this round's target has
+            # no other prober. On the random schedule, one probe at a time.
+            self._next_probe = self._next_shared_probe(now, interval)
         else:
-            # Lifeguard: a slow member probes less often, one probe at a time.
-            self._next_probe = now + self._awareness.scale_timeout(self.config.probe_interval)
+            self._next_probe = now + interval
         if self._leaving or (self._probing is not None and not shared):
             return
         target = self._shared_probe_target(now) if shared else self._next_probe_target()
@@ -1229,22 +1228,15 @@ class Membership:
     def _start_indirect(self, seq: int, p: _Pending, now: float) -> None:
         p.indirect = True
         k = self.config.indirect_checks
+
+        def can_relay(m: Member) -> bool:
+            return m.state == State.ALIVE and m.name not in (self.name, p.target)
+
         # Relays that told us they are slow would answer late: a missing nack from them
         # would count against our own health. Healthy relays first, the others if too few.
-        chosen = self._random_members(
-            k,
-            lambda m: (
-                m.state == State.ALIVE and m.health == 0 and m.name not in (self.name, p.target)
-            ),
-        )
+        chosen = self._random_members(k, lambda m: can_relay(m) and m.health == 0)
         if len(chosen) < k:
-            more = self._random_members(
-                k - len(chosen),
-                lambda m: (
-                    m.state == State.ALIVE and m.health > 0 and m.name not in (self.name, p.target)
-                ),
-            )
-            chosen.extend(more)
+            chosen += self._random_members(k - len(chosen), lambda m: can_relay(m) and m.health > 0)
         me = self._members[self.name]
         for relay in chosen:
             self.stats["ping_reqs_sent"] += 1

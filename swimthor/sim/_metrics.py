@@ -207,13 +207,11 @@ _STALE_GRACE = 30.0
 
 def _unresponsive_within(obs: Observation, i: int, a: float, b: float) -> bool:
     """Was member i crashed, gone or paused at any moment of [a, b]?"""
-    for start, end, _why in obs.down_log.get(i, ()):
-        if start <= b and (end is None or end >= a):
-            return True
-    for start, end, kind in obs.fault_log.get(i, ()):
-        if kind == "pause" and start <= b and (end is None or end >= a):
-            return True
-    return False
+    pauses = [f for f in obs.fault_log.get(i, ()) if f[2] == "pause"]
+    return any(
+        start <= b and (end is None or end >= a)
+        for start, end, _kind in [*obs.down_log.get(i, ()), *pauses]
+    )
 
 
 def _latest_fault(log: list[tuple[float, float | None, str]] | None, t: float) -> str:
