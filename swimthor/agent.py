@@ -34,6 +34,7 @@ from .membership._events import (
     Joined,
     JoinFailed,
     KeyringChanged,
+    MemberEvent,
     MemberFailed,
     MemberJoined,
     MemberLeft,
@@ -46,6 +47,7 @@ from .membership._keyring import Keyring, KeyringFileError
 from .membership._member import Addr, Member
 from .membership.runtime import MembershipRuntime, bind_sockets
 from .routing import RoutingTable
+from .sip._service import SIP_TAG, SipService
 
 __all__ = ["KEYRING_FILE", "Agent"]
 
@@ -132,6 +134,8 @@ class Agent:
         self._left = trio.Event()
         # Who owns which key (routing/), kept current from the membership events.
         self.routing = RoutingTable(roles=None)
+        # The SIP front-end, on agents with the role sip (config.sip set).
+        self.sip: SipService | None = None
         self._commands: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {
             "members": self._cmd_members,
             "status": self._cmd_status,
@@ -190,6 +194,17 @@ class Agent:
                 advertise = sockets.addr
             name = cfg.name or socket.gethostname()
             swimlog.bind_node(name)
+            tags = dict(cfg.tags)
+            if cfg.sip is not None:
+                self.sip = SipService(
+                    cfg.sip,
+                    name=name,
+                    advertise_host=advertise[0],
+                    routing=self.routing,
+                    keyring=lambda: self._core.keyring if self._core is not None else None,
+                    label=cfg.label,
+                )
+                tags[SIP_TAG] = format_hostport(self.sip.open())
             now = trio.current_time()
             core = Membership(
                 name=name,
@@ -200,13 +215,15 @@ class Agent:
                 dc=cfg.dc,
                 roles=cfg.roles,
                 weight=cfg.weight,
-                tags=cfg.tags,
+                tags=tags,
                 keyring=self.keyring,
                 label=cfg.label,
                 wall_offset=time.time() - now,
             )
         except BaseException:
             sockets.close()
+            if self.sip is not None:
+                self.sip.server.close()
             raise
         control_sock: socket.socket | None = None
         if cfg.control != "":
@@ -222,6 +239,10 @@ class Agent:
         self._runtime = runtime
         events = runtime.subscribe(max_buffer=10_000)
         self.routing.sync(core.members())
+        if self.sip is not None:
+            self.sip.sync_members(core.members())
+            assert self.sip.replicator is not None
+            runtime.add_stream_service(self.sip.replicator.claim)
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(runtime.serve)
@@ -241,6 +262,8 @@ class Agent:
                         self._handle_control,
                     )
                 nursery.start_soon(self._pump_events, events)
+                if self.sip is not None:
+                    await nursery.start(self.sip.run)
                 if self.handle_signals and threading.current_thread() is threading.main_thread():
                     nursery.start_soon(self._watch_signals)
                 log.info(
@@ -314,7 +337,12 @@ class Agent:
     async def _pump_events(self, events: trio.MemoryReceiveChannel[Event]) -> None:
         async for event in events:
             self._log_event(event)
-            self.routing.handle_event(event)
+            moved = self.routing.handle_event(event)
+            if self.sip is not None and isinstance(event, MemberEvent):
+                live = not isinstance(event, MemberFailed | MemberLeft)
+                self.sip.member_changed(event.member, live and event.member.state.is_live)
+                if moved:
+                    self.sip.routing_changed()
             if isinstance(event, NameConflict) and self.core.conflict is not None:
                 # We are the newcomer under a name that a live member holds: stop, do not
                 # announce ourselves over it. run() raises NameInUseError.
@@ -405,6 +433,8 @@ class Agent:
         status = self.core.status(trio.current_time())
         status["runtime"] = dict(self.runtime.stats)
         status["routing"] = routing_status(self.routing)
+        if self.sip is not None:
+            status["sip"] = self.sip.status()
         return status
 
     async def _cmd_route(self, args: dict[str, Any]) -> Any:
@@ -489,7 +519,10 @@ class Agent:
         except ValueError as e:
             raise ControlError(str(e)) from None
         self.runtime.wake()
-        self.routing.sync(self.core.members())  # our own record changed
+        if self.routing.sync(self.core.members()) and self.sip is not None:  # our record changed
+            self.sip.routing_changed()
+        if self.sip is not None:
+            self.sip.sync_members(self.core.members())
         return _member_json_of(self.core.local, self.core)
 
     async def _cmd_meta(self, args: dict[str, Any]) -> Any:

@@ -30,9 +30,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from swimthor.config import (
+    DEFAULT_SIP_PORT,
     PROFILES,
     AgentConfig,
     ConfigError,
+    SipConfig,
     apply_toml,
     format_hostport,
     load_toml,
@@ -40,6 +42,7 @@ from swimthor.config import (
     parse_tag,
     profile,
 )
+from swimthor.config import check_sip as _check_sip
 from swimthor.membership._keyring import Keyring, KeyringFileError
 
 if TYPE_CHECKING:
@@ -78,6 +81,19 @@ def _hostport_arg(text: str) -> tuple[str, int]:
         return parse_hostport(text)
     except ConfigError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _sip_hostport_arg(text: str) -> tuple[str, int]:
+    try:
+        return parse_hostport(text, DEFAULT_SIP_PORT)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _replicas_arg(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 16:
+        raise argparse.ArgumentTypeError(f"replicas must be a whole number 1..16, not {text!r}")
+    return int(text)
 
 
 def _tag_arg(text: str) -> tuple[str, str]:
@@ -186,6 +202,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--tag", action="append", type=_tag_arg, metavar="K=V", help="metadata (repeatable)"
     )
     j.add_argument("--profile", choices=sorted(PROFILES), help="timing profile (default lan)")
+    j.add_argument(
+        "--sip",
+        metavar="HOST:PORT",
+        type=_sip_hostport_arg,
+        help=f"SIP UDP+TCP for --role sip (default 0.0.0.0:{DEFAULT_SIP_PORT})",
+    )
+    j.add_argument(
+        "--domain", action="append", metavar="DOMAIN", help="a SIP domain served (repeatable)"
+    )
+    j.add_argument(
+        "--sip-replicas",
+        type=_replicas_arg,
+        metavar="R",
+        help="owners that hold each address-of-record's bindings (default 2)",
+    )
     sealing = j.add_mutually_exclusive_group()
     sealing.add_argument("--key-file", metavar="PATH", help="cluster keyring (JSON or one key)")
     sealing.add_argument(
@@ -349,6 +380,7 @@ def build_agent_config(args: argparse.Namespace) -> AgentConfig:
         cfg.roles = list(args.role)
     if args.tag is not None:
         cfg.tags = dict(args.tag)
+    _apply_sip_flags(cfg, args)
     if args.insecure:
         cfg.insecure, cfg.key_file = True, None
     elif args.key_file is not None:
@@ -359,6 +391,33 @@ def build_agent_config(args: argparse.Namespace) -> AgentConfig:
     if cfg.data_dir is None:
         cfg.data_dir = str(default_data_dir())
     return cfg
+
+
+def _apply_sip_flags(cfg: AgentConfig, args: argparse.Namespace) -> None:
+    """SIP runs on agents with the role sip; --sip, --domain and --sip-replicas set it up."""
+    given = [
+        flag
+        for flag, value in (
+            ("--sip", args.sip),
+            ("--domain", args.domain),
+            ("--sip-replicas", args.sip_replicas),
+        )
+        if value is not None
+    ]
+    if "sip" not in cfg.roles:
+        if given:
+            raise ConfigError(f"{', '.join(given)} need --role sip")
+        cfg.sip = None
+        return
+    sip = cfg.sip if cfg.sip is not None else SipConfig()
+    if args.sip is not None:
+        sip.bind = args.sip
+    if args.domain is not None:
+        sip.domains = [d.lower().rstrip(".") for d in args.domain]
+    if args.sip_replicas is not None:
+        sip.replicas = args.sip_replicas
+    _check_sip(sip)
+    cfg.sip = sip
 
 
 def _check_agent_config(cfg: AgentConfig) -> None:

@@ -198,6 +198,76 @@ class ConfigError(ValueError):
     """A configuration file or flag is wrong; the message says which and why."""
 
 
+DEFAULT_SIP_PORT = 5060
+
+
+@dataclass(slots=True)
+class SipConfig:
+    """The SIP front-end of an agent with the role ``sip`` (RFC 3261 registrar and proxy)."""
+
+    # Where SIP listens (UDP and TCP on the same port); RFC 3261 §18: 5060 by default.
+    bind: tuple[str, int] = ("0.0.0.0", DEFAULT_SIP_PORT)
+    # The host phones and other nodes reach this node's SIP port at (default: the gossip
+    # advertise host).
+    advertise_host: str | None = None
+    # Domains whose addresses-of-record this cluster registers and routes.
+    domains: list[str] = field(default_factory=list)
+    # R: how many owners hold each address-of-record's bindings (ARCHITECTURE.md).
+    replicas: int = 2
+    # RFC 3261 §10.2.1.1: 3600 s when the UA asks nothing. §10.3 step 7 lets the registrar
+    # set a floor (423 Interval Too Brief; 60 s is Kamailio's registrar min_expires default)
+    # and a ceiling (2 h, so a phone that vanished does not linger longer than that).
+    default_expires: int = 3600
+    min_expires: int = 60
+    max_expires: int = 7200
+    max_contacts: int = 10
+    # How long a REGISTER waits for the other owners to confirm before answering 503.
+    replication_timeout: float = 1.0
+    # Anti-entropy between co-owners (seconds, jittered +-50%).
+    repair_interval: float = 30.0
+    # TCP: connections open at once, idle close, time to finish one message (slowloris).
+    max_connections: int = 1024
+    tcp_idle: float = 300.0
+    tcp_message_time: float = 10.0
+
+
+_SIP_KEYS: dict[str, type | tuple[type, ...]] = {
+    "bind": str,
+    "advertise_host": str,
+    "domains": list,
+    "replicas": int,
+    "default_expires": int,
+    "min_expires": int,
+    "max_expires": int,
+    "max_contacts": int,
+    "replication_timeout": (int, float),
+    "repair_interval": (int, float),
+    "max_connections": int,
+    "tcp_idle": (int, float),
+    "tcp_message_time": (int, float),
+}
+
+
+def check_sip(cfg: SipConfig) -> None:
+    """ConfigError naming the setting when SIP settings cannot work together."""
+    if not cfg.domains:
+        raise ConfigError("sip: at least one --domain is needed")
+    for d in cfg.domains:
+        if not d or any(c.isspace() or c in "@;:/<>" for c in d):
+            raise ConfigError(f"sip: bad domain {d!r}")
+    if not 1 <= cfg.replicas <= 16:
+        raise ConfigError("sip: replicas must be within 1..16")
+    if not 1 <= cfg.min_expires <= cfg.default_expires <= cfg.max_expires:
+        raise ConfigError("sip: need 1 <= min_expires <= default_expires <= max_expires")
+    if cfg.max_contacts < 1:
+        raise ConfigError("sip: max_contacts must be >= 1")
+    for name in ("replication_timeout", "repair_interval", "tcp_idle", "tcp_message_time"):
+        if not getattr(cfg, name) > 0:
+            raise ConfigError(f"sip: {name} must be > 0")
+    if cfg.max_connections < 1:
+        raise ConfigError("sip: max_connections must be >= 1")
+
+
 @dataclass(slots=True)
 class AgentConfig:
     """Everything `swimthor join` needs. Built from defaults, then a TOML file, then flags."""
@@ -220,6 +290,8 @@ class AgentConfig:
     log_level: str = "info"
     # Per-setting overrides of the profile, from the TOML file's [membership] table.
     membership_overrides: dict[str, Any] = field(default_factory=dict)
+    # The SIP front-end; None: this agent serves no SIP (it still gossips and routes).
+    sip: SipConfig | None = None
 
     def membership(self) -> MembershipConfig:
         return dataclasses.replace(profile(self.profile), **self.membership_overrides)
@@ -272,6 +344,7 @@ _TOML_KEYS: dict[str, type | tuple[type, ...]] = {
     "log_format": str,
     "log_level": str,
     "membership": dict,
+    "sip": dict,
 }
 
 
@@ -363,8 +436,33 @@ def apply_toml(cfg: AgentConfig, data: dict[str, Any]) -> None:
             cfg.weight = float(value)
         elif key == "membership":
             cfg.membership_overrides = check_membership_overrides(value)
+        elif key == "sip":
+            cfg.sip = sip_from_toml(value, cfg.sip)
         else:
             setattr(cfg, key, value)
+
+
+def sip_from_toml(table: dict[str, object], base: SipConfig | None) -> SipConfig:
+    sip = dataclasses.replace(base) if base is not None else SipConfig()
+    for key, value in table.items():
+        want = _SIP_KEYS.get(key)
+        if want is None:
+            raise ConfigError(
+                f"[sip]: unknown setting {key!r} (known: {', '.join(sorted(_SIP_KEYS))})"
+            )
+        if not isinstance(value, want) or isinstance(value, bool):
+            raise ConfigError(f"[sip]: {key!r} has the wrong type")
+        if key == "bind" and isinstance(value, str):
+            sip.bind = parse_hostport(value, DEFAULT_SIP_PORT)
+        elif key == "domains" and isinstance(value, list):
+            if not all(isinstance(d, str) for d in value):
+                raise ConfigError("[sip]: 'domains' must be a list of strings")
+            sip.domains = [d.lower().rstrip(".") for d in value]
+        elif isinstance(getattr(sip, key), float) and isinstance(value, int | float):
+            setattr(sip, key, float(value))
+        else:
+            setattr(sip, key, value)
+    return sip
 
 
 def replace(cfg: MembershipConfig, **changes: Any) -> MembershipConfig:

@@ -309,8 +309,13 @@ def test_toml_values_apply_and_flags_win(tmp_path: Path) -> None:
         'label = "prod"\n'
         'key_file = "/etc/swimthor/keyring.json"\n'
         f'data_dir = "{tmp_path}"\n'
+        "[sip]\n"
+        'domains = ["Example.com."]\n'
+        'bind = "127.0.0.1:5070"\n'
     )
     cfg = parse_join(["--config", str(conf)])
+    assert cfg.sip is not None and cfg.sip.domains == ["example.com"]
+    assert cfg.sip.bind == ("127.0.0.1", 5070) and cfg.sip.replicas == 2
     assert cfg.name == "from-file"
     assert cfg.bind == ("10.0.0.1", 8000)
     assert cfg.seeds == [("10.0.0.2", 8000), ("10.0.0.3", 7946)]

@@ -74,6 +74,10 @@ class Proc:
             "json",
             "--role",
             "sip",
+            "--sip",
+            "127.0.0.1:0",
+            "--domain",
+            "example.com",
         ]
         if seed is not None:
             self.argv.append(f"127.0.0.1:{seed}")

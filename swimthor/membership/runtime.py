@@ -19,6 +19,7 @@ import ipaddress
 import math
 import os
 import socket as stdsocket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +50,8 @@ log = structlog.get_logger("swimthor.membership.runtime")
 
 # Concurrent inbound TCP connections; further ones are closed at once and counted.
 MAX_TCP_CONNECTIONS = 64
+# Concurrent long-lived connections handed to other services (one per peer node and service).
+MAX_SERVICE_CONNECTIONS = 4096
 # Datagrams read per wake-up of the receive loop before yielding to the scheduler.
 RECV_BURST = 256
 # Largest datagram read (the IPv4 UDP maximum, so an oversized one is seen and dropped whole).
@@ -75,6 +78,10 @@ _TRANSIENT_RECV_ERRNOS = {
     errno.ENOBUFS,
     errno.EINTR,
 }
+
+
+StreamHandler = Callable[[trio.SocketStream], Awaitable[None]]
+StreamClaim = Callable[[bytes, Addr], StreamHandler | None]
 
 
 class BindError(OSError):
@@ -285,6 +292,10 @@ class MembershipRuntime:
         self._activity = trio.Event()
         self._subscribers: list[trio.MemorySendChannel[Event]] = []
         self._tcp_active = 0
+        # Other services that share the gossip TCP port (SIP replication): each is offered a
+        # new connection's first frame and returns a handler if the frame is its own.
+        self._stream_services: list[StreamClaim] = []
+        self._service_active = 0
         self._nursery: trio.Nursery | None = None
         self._udp: trio.socket.SocketType | None = None
         self._udp_std: stdsocket.socket | None = None
@@ -296,6 +307,11 @@ class MembershipRuntime:
         send, recv = trio.open_memory_channel[Event](max_buffer)
         self._subscribers.append(send)
         return recv
+
+    def add_stream_service(self, claim: StreamClaim) -> None:
+        """Let `claim(first_frame, peer_addr)` take over inbound connections whose first
+        frame it recognizes (it returns an async handler of the stream, or None)."""
+        self._stream_services.append(claim)
 
     def wake(self) -> None:
         """Tell the driver the core got input from outside (leave, metadata, keys), so it
@@ -521,8 +537,29 @@ class MembershipRuntime:
             except OSError:
                 self.stats["tcp_errors"] += 1
                 return
+            service: StreamHandler | None = None
             with trio.move_on_after(self.config.tcp_timeout) as scope:
                 payload = await read_frame(stream, self._max_frame)
+                for claim in self._stream_services:
+                    service = claim(payload, addr)
+                    if service is not None:
+                        break
+                if service is not None:
+                    # A long-lived service connection: it does not hold one of the slots
+                    # kept for gossip streams (it has its own bound, below).
+                    scope.deadline = math.inf
+                    self._tcp_active -= 1
+                    if self._service_active >= MAX_SERVICE_CONNECTIONS:
+                        self._tcp_active += 1
+                        self.stats["tcp_rejected"] += 1
+                        return
+                    self._service_active += 1
+                    try:
+                        await service(stream)
+                    finally:
+                        self._service_active -= 1
+                        self._tcp_active += 1
+                    return
                 reply: bytes | None = None
                 try:
                     reply = self.core.handle_stream(payload, addr, trio.current_time())

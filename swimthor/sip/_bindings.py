@@ -1,0 +1,205 @@
+"""The binding store: contacts per address-of-record, with expiry and replica merging.
+
+Sans-IO: every call takes `now`, wall-clock seconds since the epoch, because bindings travel
+between nodes and must expire at the same moment on each of them (hosts are expected to keep
+NTP time; a skew of a second shortens or lengthens a binding by a second).
+
+Each binding carries a version, `(stamp, origin)`: the wall time of the write that made it and
+the node that made it. Replicas merge by keeping the higher version, so merging is
+commutative, idempotent and order-free, and owners converge whatever order updates and
+repairs arrive in. A removal is kept as a tombstone (`removed=True`) until the binding it
+removed would have expired, so an older copy arriving late cannot bring it back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
+
+__all__ = ["Binding", "BindingStore", "aor_bucket"]
+
+# Anti-entropy digests cover this many buckets of address-of-record space.
+DIGEST_BUCKETS = 64
+
+
+def aor_bucket(aor: str) -> int:
+    return hashlib.blake2b(aor.encode(), digest_size=2).digest()[0] % DIGEST_BUCKETS
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """One contact of an address-of-record."""
+
+    aor: str
+    contact: str  # the Contact URI as registered (what requests are sent to)
+    key: str  # the URI in comparable form (RFC 3261 §19.1.4, simplified): one binding per key
+    expires_at: float  # wall-clock seconds
+    q: float  # 0..1, higher first
+    call_id: str
+    cseq: int
+    source: str  # "udp:1.2.3.4:5060": where the REGISTER came from
+    stamp: float  # wall-clock seconds of the write: the version
+    origin: str  # the node that made the write: breaks ties between equal stamps
+    removed: bool = False
+
+    @property
+    def version(self) -> tuple[float, str, int]:
+        return (self.stamp, self.origin, self.cseq)
+
+    def live(self, now: float) -> bool:
+        return not self.removed and self.expires_at > now
+
+    def to_wire(self) -> list[object]:
+        return [
+            self.aor,
+            self.contact,
+            self.key,
+            self.expires_at,
+            self.q,
+            self.call_id,
+            self.cseq,
+            self.source,
+            self.stamp,
+            self.origin,
+            self.removed,
+        ]
+
+    @classmethod
+    def from_wire(cls, item: object) -> Binding:
+        """ValueError unless `item` is exactly what `to_wire` makes."""
+        if not isinstance(item, list) or len(item) != 11:
+            raise ValueError("a binding is a list of 11 fields")
+        aor, contact, key, expires_at, q, call_id, cseq, source, stamp, origin, removed = item
+        for text in (aor, contact, key, call_id, source, origin):
+            if not isinstance(text, str) or len(text) > 2048:
+                raise ValueError("binding text fields must be strings of at most 2048 chars")
+        for number in (expires_at, q, stamp):
+            if not isinstance(number, int | float) or isinstance(number, bool):
+                raise ValueError("binding times and q must be numbers")
+        if not isinstance(cseq, int) or isinstance(cseq, bool) or not 0 <= cseq < 2**32:
+            raise ValueError("binding cseq must be a 32-bit integer")
+        if not isinstance(removed, bool):
+            raise ValueError("binding removed flag must be a boolean")
+        if not 0.0 <= float(q) <= 1.0:
+            raise ValueError("binding q must be within 0..1")
+        return cls(
+            aor,
+            contact,
+            key,
+            float(expires_at),
+            float(q),
+            call_id,
+            cseq,
+            source,
+            float(stamp),
+            origin,
+            removed,
+        )
+
+    def digest(self) -> int:
+        """A 64-bit fingerprint of this version, for anti-entropy digests."""
+        text = f"{self.aor}\0{self.key}\0{self.stamp!r}\0{self.origin}\0{int(self.removed)}"
+        return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+
+
+class BindingStore:
+    """Bindings by address-of-record, with expiry by a heap and per-bucket digests."""
+
+    def __init__(self, max_bindings: int = 1_000_000) -> None:
+        self.max_bindings = max_bindings
+        self._aors: dict[str, dict[str, Binding]] = {}
+        self._expiry: list[tuple[float, str, str]] = []
+        self._count = 0
+        self.stats = {"stored": 0, "expired": 0, "merged": 0, "stale": 0, "full": 0}
+
+    def __len__(self) -> int:
+        return self._count
+
+    def aors(self) -> Iterator[str]:
+        return iter(list(self._aors))
+
+    def all(self, aor: str) -> list[Binding]:
+        """Every binding of `aor`, tombstones included."""
+        return list(self._aors.get(aor, {}).values())
+
+    def lookup(self, aor: str, now: float) -> list[Binding]:
+        """The live contacts of `aor`, highest q first, then the most recently refreshed."""
+        found = [b for b in self._aors.get(aor, {}).values() if b.live(now)]
+        found.sort(key=lambda b: (-b.q, -b.stamp))
+        return found
+
+    def put(self, binding: Binding) -> bool:
+        """Store `binding` if it is newer than what we hold (merge rule). True if stored."""
+        contacts = self._aors.get(binding.aor)
+        if contacts is None:
+            contacts = self._aors[binding.aor] = {}
+        held = contacts.get(binding.key)
+        if held is not None and held.version >= binding.version:
+            self.stats["stale"] += 1
+            if not contacts:
+                del self._aors[binding.aor]
+            return False
+        if held is None:
+            if self._count >= self.max_bindings:
+                self.stats["full"] += 1
+                if not contacts:
+                    del self._aors[binding.aor]
+                return False
+            self._count += 1
+        contacts[binding.key] = binding
+        heapq.heappush(self._expiry, (binding.expires_at, binding.aor, binding.key))
+        self.stats["stored"] += 1
+        return True
+
+    def merge(self, bindings: Iterable[Binding], now: float) -> list[Binding]:
+        """Store each binding that is newer than ours and not already expired; returns those."""
+        out = []
+        for b in bindings:
+            if b.expires_at <= now:
+                continue
+            if self.put(b):
+                out.append(b)
+        if out:
+            self.stats["merged"] += len(out)
+        return out
+
+    def drop(self, aor: str) -> int:
+        """Forget `aor` entirely (this node no longer owns it). Returns how many went."""
+        contacts = self._aors.pop(aor, None)
+        if not contacts:
+            return 0
+        self._count -= len(contacts)
+        return len(contacts)
+
+    def expire(self, now: float) -> int:
+        """Remove bindings and tombstones whose time has passed. Returns how many."""
+        gone = 0
+        heap = self._expiry
+        while heap and heap[0][0] <= now:
+            _expires_at, aor, key = heapq.heappop(heap)
+            contacts = self._aors.get(aor)
+            if contacts is None:
+                continue
+            held = contacts.get(key)
+            if held is None or held.expires_at > now:
+                continue  # refreshed since; a later heap entry covers it
+            del contacts[key]
+            self._count -= 1
+            gone += 1
+            if not contacts:
+                del self._aors[aor]
+        self.stats["expired"] += gone
+        return gone
+
+    def next_expiry(self) -> float | None:
+        return self._expiry[0][0] if self._expiry else None
+
+    @staticmethod
+    def tombstone(
+        binding: Binding, *, stamp: float, origin: str, call_id: str, cseq: int
+    ) -> Binding:
+        return replace(
+            binding, removed=True, stamp=stamp, origin=origin, call_id=call_id, cseq=cseq
+        )

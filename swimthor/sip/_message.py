@@ -1,0 +1,516 @@
+"""SIP messages: framing, header access and serialization, with every field parsed once.
+
+`parse_message(data)` splits a datagram or a stream frame into a `Request` or `Response`:
+start line, headers (compact forms expanded, folded lines joined, names compared without
+case) and body. It checks sizes and structure only; what a header *means* is parsed lazily by
+the accessors below, once per message, with sipmessage's grammar (`URI`, `Address`, `Via`)
+behind small caches, because sipmessage re-parses on every property access and the same
+header values (a user's To, a phone's Contact) come back with every re-registration.
+
+Errors are `SipParseError` with a reason phrase that names the problem; `respondable` says
+whether enough of the request was read to build a response (RFC 3261 §8.2: a request that
+cannot be answered is dropped).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+from sipmessage import URI, Address, Via
+
+__all__ = [
+    "MAX_HEADERS",
+    "MAX_MESSAGE_SIZE",
+    "MULTI_VALUE",
+    "Request",
+    "Response",
+    "SipMessage",
+    "SipParseError",
+    "ViaHop",
+    "canonical_name",
+    "parse_address",
+    "parse_message",
+    "parse_uri",
+    "split_values",
+]
+
+# A SIP message over UDP must fit one datagram (RFC 3261 §18.1.1 suggests staying under the
+# path MTU; 65,507 is the IPv4 ceiling). Over TCP we hold a message to the same bound.
+MAX_MESSAGE_SIZE = 65_507
+MAX_HEADERS = 200
+MAX_HEADER_LENGTH = 8_192
+
+COMPACT_FORMS = {
+    "a": "accept-contact",
+    "u": "allow-events",
+    "i": "call-id",
+    "m": "contact",
+    "e": "content-encoding",
+    "l": "content-length",
+    "c": "content-type",
+    "o": "event",
+    "f": "from",
+    "y": "identity",
+    "r": "refer-to",
+    "b": "referred-by",
+    "j": "reject-contact",
+    "d": "request-disposition",
+    "x": "session-expires",
+    "s": "subject",
+    "k": "supported",
+    "t": "to",
+    "v": "via",
+}
+
+# How a header is written back out, for the names we touch; others keep their received case.
+DISPLAY_NAMES = {
+    "via": "Via",
+    "from": "From",
+    "to": "To",
+    "call-id": "Call-ID",
+    "cseq": "CSeq",
+    "contact": "Contact",
+    "content-length": "Content-Length",
+    "content-type": "Content-Type",
+    "max-forwards": "Max-Forwards",
+    "record-route": "Record-Route",
+    "route": "Route",
+    "expires": "Expires",
+    "min-expires": "Min-Expires",
+    "require": "Require",
+    "proxy-require": "Proxy-Require",
+    "supported": "Supported",
+    "unsupported": "Unsupported",
+    "allow": "Allow",
+    "retry-after": "Retry-After",
+    "date": "Date",
+    "user-agent": "User-Agent",
+    "server": "Server",
+    "www-authenticate": "WWW-Authenticate",
+    "authorization": "Authorization",
+    "proxy-authenticate": "Proxy-Authenticate",
+    "proxy-authorization": "Proxy-Authorization",
+}
+
+# Headers whose values may be joined with commas on one line (RFC 3261 §7.3.1). Contact is
+# in the list; the `*` form is a single value.
+MULTI_VALUE = frozenset(
+    {
+        "via",
+        "contact",
+        "route",
+        "record-route",
+        "require",
+        "proxy-require",
+        "supported",
+        "unsupported",
+        "allow",
+        "accept",
+        "accept-encoding",
+        "accept-language",
+        "content-encoding",
+        "in-reply-to",
+        "path",
+    }
+)
+
+MANDATORY = ("to", "from", "cseq", "call-id", "via")
+
+
+class SipParseError(ValueError):
+    """The message cannot be used. `reason` is a response phrase ("Bad CSeq", ...)."""
+
+    def __init__(self, reason: str, *, respondable: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.respondable = respondable
+
+
+def canonical_name(name: str) -> str:
+    low = name.lower()
+    return COMPACT_FORMS.get(low, low)
+
+
+def split_values(value: str) -> list[str]:
+    """Split a comma-joined header value, leaving commas inside quotes and <...> alone."""
+    if "," not in value:
+        return [value.strip()]
+    out: list[str] = []
+    depth = 0
+    quoted = False
+    escaped = False
+    start = 0
+    for i, ch in enumerate(value):
+        if quoted:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                quoted = False
+        elif ch == '"':
+            quoted = True
+        elif ch == "<":
+            depth += 1
+        elif ch == ">":
+            depth = max(0, depth - 1)
+        elif ch == "," and depth == 0:
+            out.append(value[start:i].strip())
+            start = i + 1
+    out.append(value[start:].strip())
+    return [v for v in out if v]
+
+
+@functools.lru_cache(maxsize=65_536)
+def parse_uri(text: str) -> URI:
+    """A SIP/SIPS/TEL URI; ValueError when it is none of those."""
+    return URI.parse(text.strip())
+
+
+@functools.lru_cache(maxsize=65_536)
+def parse_address(text: str) -> Address:
+    """One name-addr or addr-spec with its parameters (From, To, Contact, Route ...)."""
+    return Address.parse(text.strip())
+
+
+@dataclass(frozen=True, slots=True)
+class ViaHop:
+    """One Via value: where its sender wants responses, as RFC 3261 §18.2.2 and RFC 3581 say."""
+
+    transport: str
+    host: str
+    port: int | None
+    params: dict[str, str | None]
+    text: str
+
+    @property
+    def branch(self) -> str | None:
+        return self.params.get("branch")
+
+    def response_target(self) -> tuple[str, int]:
+        """Host and port a response goes to: received/rport first, then sent-by."""
+        host = self.params.get("received") or self.host
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        rport = self.params.get("rport")
+        if rport:
+            try:
+                return host, int(rport)
+            except ValueError:
+                pass
+        if self.port is not None:
+            return host, self.port
+        return host, 5061 if self.transport.upper() == "TLS" else 5060
+
+
+@functools.lru_cache(maxsize=16_384)
+def _parse_via(text: str) -> ViaHop:
+    via = Via.parse(text.strip())
+    params = {k.lower(): v for k, v in via.parameters.items()}
+    return ViaHop(via.transport.upper(), via.host, via.port, params, text.strip())
+
+
+class SipMessage:
+    """Headers as (lower-case name, value) pairs in order, a body, and parsed fields cached."""
+
+    __slots__ = ("_cache", "body", "headers", "names")
+
+    def __init__(self, headers: list[tuple[str, str]], names: list[str], body: bytes) -> None:
+        self.headers = headers
+        self.names = names  # the name to write back for each header, same index
+        self.body = body
+        self._cache: dict[str, object] = {}
+
+    # ---------------------------------------------------------------- raw access
+
+    def get(self, name: str) -> str | None:
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    def get_all(self, name: str) -> list[str]:
+        """Every value of `name`, comma-joined values split for multi-value headers."""
+        out: list[str] = []
+        multi = name in MULTI_VALUE
+        for key, value in self.headers:
+            if key == name:
+                if multi:
+                    out.extend(split_values(value))
+                else:
+                    out.append(value)
+        return out
+
+    def count(self, name: str) -> int:
+        return sum(1 for key, _ in self.headers if key == name)
+
+    def remove(self, name: str) -> None:
+        keep = [i for i, (key, _) in enumerate(self.headers) if key != name]
+        self.headers = [self.headers[i] for i in keep]
+        self.names = [self.names[i] for i in keep]
+        self._cache.clear()
+
+    def set(self, name: str, value: str) -> None:
+        """Replace every `name` header with one, at the position of the first."""
+        for i, (key, _) in enumerate(self.headers):
+            if key == name:
+                self.remove(name)
+                self.headers.insert(i, (name, value))
+                self.names.insert(i, DISPLAY_NAMES.get(name, name))
+                return
+        self.append(name, value)
+
+    def prepend(self, name: str, value: str) -> None:
+        self.headers.insert(0, (name, value))
+        self.names.insert(0, DISPLAY_NAMES.get(name, name))
+        self._cache.clear()
+
+    def append(self, name: str, value: str) -> None:
+        self.headers.append((name, value))
+        self.names.append(DISPLAY_NAMES.get(name, name))
+        self._cache.clear()
+
+    def set_values(self, name: str, values: list[str]) -> None:
+        """Replace every `name` header with one line per value (nothing if empty)."""
+        first = next((i for i, (key, _) in enumerate(self.headers) if key == name), None)
+        self.remove(name)
+        at = len(self.headers) if first is None else first
+        for offset, value in enumerate(values):
+            self.headers.insert(at + offset, (name, value))
+            self.names.insert(at + offset, DISPLAY_NAMES.get(name, name))
+
+    # ---------------------------------------------------------------- parsed fields
+
+    @property
+    def call_id(self) -> str:
+        return self.get("call-id") or ""
+
+    @property
+    def cseq(self) -> tuple[int, str]:
+        """(sequence number, method); validated at parse time."""
+        cached = self._cache.get("cseq")
+        if cached is None:
+            number, _, method = (self.get("cseq") or "").strip().partition(" ")
+            cached = (int(number), method.strip())
+            self._cache["cseq"] = cached
+        return cached  # type: ignore[return-value]
+
+    @property
+    def vias(self) -> list[ViaHop]:
+        cached = self._cache.get("vias")
+        if cached is None:
+            cached = [_parse_via(v) for v in self.get_all("via")]
+            self._cache["vias"] = cached
+        return cached  # type: ignore[return-value]
+
+    @property
+    def from_addr(self) -> Address:
+        return self._address("from")
+
+    @property
+    def to_addr(self) -> Address:
+        return self._address("to")
+
+    @property
+    def from_tag(self) -> str | None:
+        return self.from_addr.parameters.get("tag")
+
+    @property
+    def to_tag(self) -> str | None:
+        return self.to_addr.parameters.get("tag")
+
+    def _address(self, name: str) -> Address:
+        cached = self._cache.get(name)
+        if cached is None:
+            cached = parse_address(self.get(name) or "")
+            self._cache[name] = cached
+        return cached  # type: ignore[return-value]
+
+    # ---------------------------------------------------------------- output
+
+    def start_line(self) -> str:
+        raise NotImplementedError
+
+    def to_bytes(self) -> bytes:
+        parts = [self.start_line()]
+        for (key, value), name in zip(self.headers, self.names, strict=True):
+            if key == "content-length":
+                continue
+            parts.append(f"{name}: {value}")
+        parts.append(f"Content-Length: {len(self.body)}")
+        parts.append("")
+        parts.append("")
+        return "\r\n".join(parts).encode() + self.body
+
+
+class Request(SipMessage):
+    __slots__ = ("method", "uri_text")
+
+    def __init__(
+        self,
+        method: str,
+        uri_text: str,
+        headers: list[tuple[str, str]],
+        names: list[str],
+        body: bytes,
+    ) -> None:
+        super().__init__(headers, names, body)
+        self.method = method
+        self.uri_text = uri_text
+
+    @property
+    def uri(self) -> URI:
+        """The Request-URI; ValueError when it is not a SIP, SIPS or TEL URI."""
+        return parse_uri(self.uri_text)
+
+    def start_line(self) -> str:
+        return f"{self.method} {self.uri_text} SIP/2.0"
+
+
+class Response(SipMessage):
+    __slots__ = ("reason", "status")
+
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        headers: list[tuple[str, str]],
+        names: list[str],
+        body: bytes,
+    ) -> None:
+        super().__init__(headers, names, body)
+        self.status = status
+        self.reason = reason
+
+    def start_line(self) -> str:
+        return f"SIP/2.0 {self.status} {self.reason}"
+
+
+def _token(text: str) -> bool:
+    return bool(text) and all(ch.isalnum() or ch in "-.!%*_+`'~" for ch in text)
+
+
+def parse_message(data: bytes, *, datagram: bool = True) -> Request | Response:
+    """Parse one whole message. Over UDP (`datagram`) Content-Length may shorten the body and
+    a body longer than it is cut (RFC 3261 §18.3); a longer Content-Length than the datagram
+    holds is an error. Stream framing is the server's job; pass the exact message here."""
+    if len(data) > MAX_MESSAGE_SIZE:
+        raise SipParseError("Message Too Large")
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        # Tolerate bare LF line ends only as a whole; anything else has no header end.
+        raise SipParseError("No End Of Headers")
+    head = data[:end]
+    body = data[end + 4 :]
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SipParseError("Headers Are Not UTF-8") from None
+    lines = text.split("\r\n")
+    first = lines[0]
+    if len(first) > MAX_HEADER_LENGTH:
+        raise SipParseError("Start Line Too Long")
+    bits = first.split(" ", 2)
+    if len(bits) != 3:
+        raise SipParseError("Bad Start Line")
+    is_request = bits[2] == "SIP/2.0"
+    if not is_request and bits[0] != "SIP/2.0":
+        if bits[0].startswith("SIP/") or bits[2].startswith("SIP/"):
+            raise SipParseError("Version Not Supported")
+        raise SipParseError("Bad Start Line")
+
+    headers: list[tuple[str, str]] = []
+    names: list[str] = []
+    for line in lines[1:]:
+        if not line:
+            raise SipParseError("Empty Header Line", respondable=False)
+        if line[0] in " \t":  # folded continuation (RFC 3261 §7.3.1)
+            if not headers:
+                raise SipParseError("Bad Header Folding")
+            key, value = headers[-1]
+            headers[-1] = (key, f"{value} {line.strip()}")
+            if len(headers[-1][1]) > MAX_HEADER_LENGTH:
+                raise SipParseError("Header Too Long")
+            continue
+        if len(line) > MAX_HEADER_LENGTH:
+            raise SipParseError("Header Too Long")
+        name, sep, value = line.partition(":")
+        name = name.rstrip(" \t")
+        if not sep or not _token(name):
+            raise SipParseError("Bad Header Line")
+        headers.append((canonical_name(name), value.strip()))
+        names.append(DISPLAY_NAMES.get(canonical_name(name), name))
+        if len(headers) > MAX_HEADERS:
+            raise SipParseError("Too Many Headers")
+
+    message: Request | Response
+    if is_request:
+        method, uri_text = bits[0], bits[1]
+        if not _token(method):
+            raise SipParseError("Bad Method")
+        message = Request(method, uri_text, headers, names, body)
+    else:
+        try:
+            status = int(bits[1])
+        except ValueError:
+            raise SipParseError("Bad Status Code") from None
+        if not 100 <= status <= 699 or len(bits[1]) != 3:
+            raise SipParseError("Bad Status Code")
+        message = Response(status, bits[2], headers, names, body)
+
+    # From here on a request is answerable if its Via, From, To, Call-ID and CSeq are usable.
+    _check_mandatory(message)
+    length_text = message.get("content-length")
+    if length_text is not None:
+        try:
+            length = int(length_text)
+        except ValueError:
+            raise SipParseError("Bad Content-Length", respondable=is_request) from None
+        if length < 0:
+            raise SipParseError("Bad Content-Length", respondable=is_request)
+        if length > len(body):
+            raise SipParseError("Content-Length Larger Than Body", respondable=is_request)
+        if datagram and length < len(body):
+            message.body = body[:length]
+        elif not datagram and length != len(body):
+            raise SipParseError("Bad Content-Length", respondable=is_request)
+    elif not datagram:
+        raise SipParseError("Missing Content-Length", respondable=is_request)
+    return message
+
+
+def _check_mandatory(message: Request | Response) -> None:
+    present = {key for key, _ in message.headers}
+    missing = [name for name in MANDATORY if name not in present]
+    if "via" in missing:
+        raise SipParseError("Missing Via")
+    try:
+        vias = message.vias
+    except ValueError:
+        raise SipParseError("Bad Via") from None
+    if not vias:
+        raise SipParseError("Missing Via")
+    if missing:
+        pretty = DISPLAY_NAMES.get(missing[0], missing[0])
+        raise SipParseError(f"Missing {pretty}", respondable=isinstance(message, Request))
+    for name in ("to", "from", "call-id", "cseq"):
+        if message.count(name) != 1:
+            pretty = DISPLAY_NAMES[name]
+            raise SipParseError(f"Duplicate {pretty}", respondable=isinstance(message, Request))
+    respondable = isinstance(message, Request)
+    try:
+        number, method = message.cseq
+    except ValueError:
+        raise SipParseError("Bad CSeq", respondable=respondable) from None
+    if not 0 <= number < 2**31 or not _token(method):
+        raise SipParseError("Bad CSeq", respondable=respondable)
+    if isinstance(message, Request) and method != message.method:
+        raise SipParseError("CSeq Method Does Not Match", respondable=True)
+    if not message.call_id:
+        raise SipParseError("Bad Call-ID", respondable=respondable)
+    for name in ("from", "to"):
+        try:
+            message._address(name)
+        except ValueError:
+            raise SipParseError(f"Bad {DISPLAY_NAMES[name]}", respondable=respondable) from None

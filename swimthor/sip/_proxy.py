@@ -1,0 +1,772 @@
+"""What one node does with each SIP message: validate, answer, register, or forward in one hop.
+
+`Proxy.handle(data, source, now)` takes the bytes of one message and where they came from, and
+returns what to do: datagrams or stream writes to send (`Send`), and for a REGISTER that
+changed bindings, a `Replicate` whose response may only go out once the other owners hold the
+change. Sans-IO: the trio server in `_server.py` does the sending, the resolving and the
+waiting.
+
+Routing (RFC 3261 §16, stateless per §16.11):
+
+- a request for an address-of-record of a served domain goes to the AOR's first live owner
+  (one hop); an owner, or a node a peer handed the request to, forwards it to the AOR's best
+  binding (highest q, then most recently refreshed), or answers 480 when there is none;
+- the node where a dialog-creating request enters the cluster adds Record-Route, so in-dialog
+  requests come back through it and are loose-routed (§16.4, §16.12);
+- responses follow the Via chain: our Via is popped and the response goes where the next one
+  says (§16.11, §18.2.2, RFC 3581);
+- requests to foreign domains are relayed only inside a dialog this node record-routed, or
+  when a cluster peer hands them over; strangers get 403 (no open relay).
+
+The Via branch we add is a hash of the incoming request's transaction identity, so a
+retransmission (and a CANCEL for an INVITE) takes the same branch and the same path; its
+second half hashes the fields that change on a spiral and not on a loop (§16.3 step 4).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from ._bindings import Binding, BindingStore
+from ._message import (
+    MAX_MESSAGE_SIZE,
+    Request,
+    Response,
+    SipParseError,
+    parse_address,
+    parse_message,
+    parse_uri,
+)
+from ._registrar import RegistrarPolicy, aor_of, register
+from ._txn import PENDING, ResponseCache, transaction_key
+
+__all__ = [
+    "ALLOWED_METHODS",
+    "BRANCH_PREFIX",
+    "Peer",
+    "Proxy",
+    "ProxySettings",
+    "Replicate",
+    "Send",
+    "Source",
+    "make_response",
+]
+
+BRANCH_PREFIX = "z9hG4bK-st-"
+ALLOWED_METHODS = (
+    "INVITE",
+    "ACK",
+    "BYE",
+    "CANCEL",
+    "OPTIONS",
+    "REGISTER",
+    "PRACK",
+    "UPDATE",
+    "INFO",
+    "MESSAGE",
+    "SUBSCRIBE",
+    "NOTIFY",
+    "REFER",
+    "PUBLISH",
+)
+_ALLOWED = frozenset(ALLOWED_METHODS)
+_DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
+SUPPORTED_EXTENSIONS: frozenset[str] = frozenset()  # none yet: every Require/Proxy-Require is 420
+DEFAULT_MAX_FORWARDS = 70
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where a message came from: transport ("udp"/"tcp"), address, and for TCP the
+    connection id the answer must go back on."""
+
+    transport: str
+    host: str
+    port: int
+    conn: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send `data` to host:port over `transport`; `conn` reuses a TCP connection if open."""
+
+    transport: str
+    host: str
+    port: int
+    data: bytes
+    conn: int | None = None
+
+
+@dataclass(slots=True)
+class Replicate:
+    """Store `changes` on `peers` (names of the other live owners), then send `response`
+    (and remember it for retransmissions under `txn`). `failure` goes out instead if a peer
+    does not confirm in time."""
+
+    changes: list[Binding]
+    peers: list[str]
+    response: Send
+    failure: Send
+    txn: tuple[str, ...] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """A live member with the sip role, as the proxy needs it."""
+
+    name: str
+    host: str
+    port: int
+
+
+@dataclass(slots=True)
+class ProxySettings:
+    name: str  # this node's member name
+    host: str  # the address other nodes and phones reach our SIP port at
+    port: int
+    domains: frozenset[str]
+    replicas: int = 2
+    policy: RegistrarPolicy = field(default_factory=RegistrarPolicy)
+    retry_after: int = 5  # seconds, on 503
+    server_header: str = "swimthor"
+
+
+def _h(*parts: str, size: int = 8) -> str:
+    return hashlib.blake2b("\0".join(parts).encode(), digest_size=size).hexdigest()
+
+
+def make_response(
+    request: Request,
+    status: int,
+    reason: str,
+    headers: Iterable[tuple[str, str]] = (),
+    *,
+    to_tag: str | None = None,
+    server: str | None = None,
+) -> Response:
+    """A response to `request` as a UAS builds it (§8.2.6): Via, From, To, Call-ID and CSeq
+    copied, a To tag added unless the request had one or the status is 100."""
+    out: list[tuple[str, str]] = []
+    for key, value in request.headers:
+        if key in ("via", "from", "call-id", "cseq"):
+            out.append((key, value))
+        elif key == "to":
+            if to_tag and status != 100 and request.to_tag is None:
+                value = f"{value};tag={to_tag}"
+            out.append((key, value))
+    out.extend(headers)
+    if server:
+        out.append(("server", server))
+    from ._message import DISPLAY_NAMES
+
+    names = [DISPLAY_NAMES.get(k, k) for k, _ in out]
+    return Response(status, reason, out, names, b"")
+
+
+class Proxy:
+    """One node's SIP behaviour; see the module docstring."""
+
+    def __init__(
+        self,
+        settings: ProxySettings,
+        owners: Callable[[str, int], list[Peer]],
+        peers: Callable[[], dict[str, Peer]],
+        store: BindingStore | None = None,
+    ) -> None:
+        self.settings = settings
+        self._owners = owners  # aor, n -> live owners, first first
+        self._peers = peers  # name -> Peer, the live sip members (us included)
+        self.store = store if store is not None else BindingStore()
+        self.txns = ResponseCache()
+        self.stats: dict[str, int] = {
+            "requests": 0,
+            "responses": 0,
+            "dropped": 0,
+            "parse_errors": 0,
+            "answered": 0,
+            "forwarded": 0,
+            "registers": 0,
+            "retransmissions": 0,
+            "relayed": 0,
+        }
+        self._me = f"{settings.host}:{settings.port}".lower()
+        self._rr = f"<sip:{_uri_host(settings.host)}:{settings.port};lr>"
+        self._rr_tcp = f"<sip:{_uri_host(settings.host)}:{settings.port};transport=tcp;lr>"
+
+    # ---------------------------------------------------------------- entry point
+
+    def handle(self, data: bytes, source: Source, now: float) -> list[Send | Replicate]:
+        if not data.strip(b"\r\n"):
+            return []  # keep-alive (RFC 5626 §3.5.1 CRLF): nothing to do
+        try:
+            message = parse_message(data, datagram=source.transport == "udp")
+        except SipParseError as e:
+            self.stats["parse_errors"] += 1
+            if e.respondable:
+                return self._answer_unparsed(data, source, e.reason)
+            self.stats["dropped"] += 1
+            return []
+        if isinstance(message, Response):
+            self.stats["responses"] += 1
+            return self._response(message)
+        self.stats["requests"] += 1
+        try:
+            return self._request(message, source, now)
+        except SipParseError as e:
+            return self._reply(message, source, now, 400, e.reason)
+
+    # ---------------------------------------------------------------- helpers
+
+    def _answer_unparsed(self, data: bytes, source: Source, reason: str) -> list[Send | Replicate]:
+        """A request that failed a check after its Via was read: answer 400 with the reason,
+        built from the raw headers we could read."""
+        try:
+            head = data.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace").split("\r\n")
+            method, uri_text, _ = head[0].split(" ", 2)
+            from ._message import canonical_name
+
+            headers = []
+            names = []
+            for line in head[1:]:
+                name, _, value = line.partition(":")
+                headers.append((canonical_name(name.strip()), value.strip()))
+                names.append(name.strip())
+            request = Request(method, uri_text, headers, names, b"")
+            request.vias  # noqa: B018 - must parse for a response target
+        except (ValueError, IndexError):
+            self.stats["dropped"] += 1
+            return []
+        if method == "ACK":
+            return []
+        response = make_response(
+            request, 400, reason, to_tag=self._tag(request), server=self.settings.server_header
+        )
+        return [self._to_via(response, request, source)]
+
+    def _tag(self, request: Request) -> str:
+        return _h(request.call_id, request.from_tag or "", self.settings.name, size=6)
+
+    def _to_via(self, response: Response, request: Request, source: Source) -> Send:
+        """Where a response to `request` goes: back on the connection for TCP; for UDP to
+        received/rport of the top Via, else its sent-by (§18.2.2, RFC 3581)."""
+        data = response.to_bytes()
+        if source.transport == "tcp":
+            return Send("tcp", source.host, source.port, data, source.conn)
+        top = request.vias[0]
+        host, port = top.response_target()
+        if "rport" in top.params and not top.params.get("rport"):
+            port = source.port
+        if "received" not in top.params and "rport" in top.params:
+            host = source.host
+        if not _is_ip(host):
+            host = source.host  # we do not resolve a sent-by name for a response; use source
+            port = source.port
+        return Send("udp", host, port, data)
+
+    def _reply(
+        self,
+        request: Request,
+        source: Source,
+        now: float,
+        status: int,
+        reason: str,
+        headers: Iterable[tuple[str, str]] = (),
+    ) -> list[Send | Replicate]:
+        if request.method == "ACK":
+            return []  # never answer an ACK (§17.2.1)
+        self.stats["answered"] += 1
+        response = make_response(
+            request,
+            status,
+            reason,
+            headers,
+            to_tag=self._tag(request),
+            server=self.settings.server_header,
+        )
+        send = self._to_via(response, request, source)
+        key = transaction_key(request)
+        if key is not None and status >= 200:
+            self.txns.answered(key, now, send.data)
+        return [send]
+
+    def _is_peer(self, source: Source, request: Request) -> bool:
+        """Did another node of this cluster hand us this request? Its top Via is a peer's
+        SIP address with our branch form, and it came from that peer's IP."""
+        top = request.vias[0]
+        branch = top.branch or ""
+        if not branch.startswith(BRANCH_PREFIX):
+            return False
+        for peer in self._peers().values():
+            if peer.name == self.settings.name:
+                continue
+            if top.host == peer.host and top.port == peer.port and source.host == peer.host:
+                return source.transport == "tcp" or source.port == peer.port
+        return False
+
+    def _ours(self, host: str, port: int | None) -> bool:
+        """Is host[:port] this node's SIP address (a Route or Request-URI meant for us)?"""
+        host = host.strip("[]").lower()
+        me_host = self.settings.host.strip("[]").lower()
+        return host == me_host and (port or 5060) == self.settings.port
+
+    def _served(self, host: str, port: int | None) -> bool:
+        """Is the host a domain we serve, or one of the cluster's SIP addresses?"""
+        low = host.lower().rstrip(".")
+        if low in self.settings.domains:
+            return True
+        bare = low.strip("[]")
+        for peer in self._peers().values():
+            if bare == peer.host.strip("[]").lower() and (port or 5060) == peer.port:
+                return True
+        return False
+
+    # ---------------------------------------------------------------- responses
+
+    def _response(self, response: Response) -> list[Send | Replicate]:
+        vias = response.vias
+        top = vias[0]
+        if not (top.branch or "").startswith(BRANCH_PREFIX):
+            self.stats["dropped"] += 1
+            return []  # not from a request any node of ours forwarded (§16.11: drop)
+        if f"{top.host}:{top.port}".lower() != self._me:
+            # A response meant for another node of the cluster. Compliant UAs send responses
+            # where the Via says, but some (sipp's UAS among them) send every response of a
+            # dialog to where its first request came from. Hand it to that node unchanged.
+            for peer in self._peers().values():
+                if peer.name != self.settings.name and (peer.host, peer.port) == (
+                    top.host,
+                    top.port,
+                ):
+                    self.stats["relayed"] += 1
+                    return [Send("udp", peer.host, peer.port, response.to_bytes())]
+            self.stats["dropped"] += 1
+            return []
+        if len(vias) < 2:
+            self.stats["dropped"] += 1
+            return []  # it was for us as a client; we send no requests of our own
+        # Pop our Via: the first value of the first Via line.
+        _pop_first_value(response, "via")
+        nxt = vias[1]
+        host, port = nxt.response_target()
+        transport = "tcp" if nxt.transport == "TCP" else "udp"
+        if "rport" in nxt.params and not nxt.params.get("rport"):
+            pass  # no rport value recorded: sent-by port stands
+        self.stats["forwarded"] += 1
+        return [Send(transport, host, port, response.to_bytes())]
+
+    # ---------------------------------------------------------------- requests
+
+    def _request(self, request: Request, source: Source, now: float) -> list[Send | Replicate]:
+        key = transaction_key(request)
+        if key is not None and request.method != "ACK":
+            cached = self.txns.get(key, now)
+            if cached is not None:
+                self.stats["retransmissions"] += 1
+                if cached == PENDING:
+                    return []
+                return [self._resend(cached, request, source)]
+
+        method = request.method
+        # §16.3 / §8.2.1-8.2.2 checks, in the order the RFC lists them.
+        try:
+            uri = request.uri
+        except ValueError:
+            scheme = request.uri_text.partition(":")[0].lower()
+            if scheme and scheme not in ("sip", "sips", "tel") and scheme.isalpha():
+                return self._reply(request, source, now, 416, "Unsupported URI Scheme")
+            return self._reply(request, source, now, 400, "Bad Request-URI")
+        if uri.scheme not in ("sip", "sips"):
+            return self._reply(request, source, now, 416, "Unsupported URI Scheme")
+        mf_text = request.get("max-forwards")
+        max_forwards = DEFAULT_MAX_FORWARDS
+        if mf_text is not None:
+            if not mf_text.isdigit() or len(mf_text) > 3:
+                return self._reply(request, source, now, 400, "Bad Max-Forwards")
+            max_forwards = int(mf_text)
+        if method not in _ALLOWED:
+            return self._reply(
+                request,
+                source,
+                now,
+                405,
+                "Method Not Allowed",
+                [("allow", ", ".join(ALLOWED_METHODS))],
+            )
+        if method not in ("ACK", "CANCEL"):
+            unsupported = [
+                opt for opt in request.get_all("proxy-require") if opt not in SUPPORTED_EXTENSIONS
+            ]
+            if unsupported:
+                return self._reply(
+                    request,
+                    source,
+                    now,
+                    420,
+                    "Bad Extension",
+                    [("unsupported", ", ".join(unsupported))],
+                )
+        loop = self._loop_hash(request)
+        for via in request.vias:
+            if f"{via.host}:{via.port}".lower() == self._me and (via.branch or "").endswith(
+                "." + loop
+            ):
+                return self._reply(request, source, now, 482, "Loop Detected")
+
+        from_peer = self._is_peer(source, request)
+        # §16.4: route information preprocessing.
+        routes = request.get_all("route")
+        record_routed = False
+        if self._ours(uri.host, uri.port) and routes and uri.user is None:
+            # We were a strict router's target: the real Request-URI is the last Route.
+            last = routes.pop()
+            try:
+                request.uri_text = str(parse_address(last).uri)
+            except ValueError:
+                return self._reply(request, source, now, 400, "Bad Route")
+            request.set_values("route", routes)
+            uri = request.uri
+            record_routed = True  # our Record-Route, used by a strict router (§16.4)
+        if routes:
+            try:
+                first = parse_address(routes[0]).uri
+            except ValueError:
+                return self._reply(request, source, now, 400, "Bad Route")
+            if self._ours(first.host, first.port):
+                routes.pop(0)
+                request.set_values("route", routes)
+                record_routed = True
+
+        if routes:
+            if not (record_routed or from_peer):
+                return self._reply(request, source, now, 403, "Relaying Denied")
+            try:
+                nxt = parse_address(routes[0]).uri
+            except ValueError:
+                return self._reply(request, source, now, 400, "Bad Route")
+            return self._forward(
+                request,
+                source,
+                now,
+                nxt.host,
+                nxt.port,
+                _transport(nxt),
+                max_forwards,
+                add_rr=False,
+                loop=loop,
+            )
+
+        if self._served(uri.host, uri.port):
+            if method == "REGISTER":
+                return self._register(request, source, now, max_forwards, loop, from_peer)
+            if uri.user is None:
+                if method == "OPTIONS":
+                    return self._reply(
+                        request,
+                        source,
+                        now,
+                        200,
+                        "OK",
+                        [("allow", ", ".join(ALLOWED_METHODS)), ("accept", "application/sdp")],
+                    )
+                return self._reply(request, source, now, 404, "Not Found")
+            aor = aor_of(uri)
+            if (
+                aor is None
+                or not self._served(uri.host, uri.port)
+                or (uri.host.lower().rstrip(".") not in self.settings.domains)
+            ):
+                return self._reply(request, source, now, 404, "Not Found")
+            return self._to_aor(request, source, now, aor, max_forwards, loop, from_peer)
+
+        # A foreign Request-URI with no Route left.
+        if record_routed or from_peer:
+            return self._forward(
+                request,
+                source,
+                now,
+                uri.host,
+                uri.port,
+                _transport(uri),
+                max_forwards,
+                add_rr=False,
+                loop=loop,
+            )
+        return self._reply(request, source, now, 403, "Relaying Denied")
+
+    def _resend(self, cached: bytes, request: Request, source: Source) -> Send:
+        if source.transport == "tcp":
+            return Send("tcp", source.host, source.port, cached, source.conn)
+        host, port = request.vias[0].response_target()
+        if "rport" in request.vias[0].params or not _is_ip(host):
+            host, port = source.host, source.port
+        return Send("udp", host, port, cached)
+
+    def _loop_hash(self, request: Request) -> str:
+        return _h(
+            request.uri_text,
+            request.from_tag or "",
+            request.to_tag or "",
+            request.call_id,
+            str(request.cseq[0]),
+            ",".join(request.get_all("route")),
+            size=4,
+        )
+
+    # ---------------------------------------------------------------- registrar
+
+    def _register(
+        self,
+        request: Request,
+        source: Source,
+        now: float,
+        max_forwards: int,
+        loop: str,
+        from_peer: bool,
+    ) -> list[Send | Replicate]:
+        unsupported = [opt for opt in request.get_all("require") if opt not in SUPPORTED_EXTENSIONS]
+        if unsupported:
+            return self._reply(
+                request,
+                source,
+                now,
+                420,
+                "Bad Extension",
+                [("unsupported", ", ".join(unsupported))],
+            )
+        to_uri = request.to_addr.uri
+        aor = aor_of(to_uri)
+        if aor is None or to_uri.host.lower().rstrip(".") not in self.settings.domains:
+            return self._reply(request, source, now, 404, "Not Found")
+        owners = self._owners(aor, self.settings.replicas)
+        names = [p.name for p in owners]
+        if self.settings.name not in names and not from_peer:
+            if not owners:
+                return self._reply(
+                    request,
+                    source,
+                    now,
+                    503,
+                    "Service Unavailable",
+                    [("retry-after", str(self.settings.retry_after))],
+                )
+            head = owners[0]
+            return self._forward(
+                request,
+                source,
+                now,
+                head.host,
+                head.port,
+                "udp",
+                max_forwards,
+                add_rr=False,
+                loop=loop,
+            )
+        self.stats["registers"] += 1
+        where = f"{source.transport}:{source.host}:{source.port}"
+        outcome = register(
+            request,
+            self.store,
+            aor=aor,
+            now=now,
+            policy=self.settings.policy,
+            origin=self.settings.name,
+            source=where,
+        )
+        if outcome.status != 200 or not outcome.changes:
+            return self._reply(
+                request, source, now, outcome.status, outcome.reason, outcome.headers
+            )
+        peers = [n for n in names if n != self.settings.name]
+        ok = make_response(
+            request,
+            200,
+            "OK",
+            outcome.headers,
+            to_tag=self._tag(request),
+            server=self.settings.server_header,
+        )
+        fail = make_response(
+            request,
+            503,
+            "Replica Did Not Confirm",
+            [("retry-after", "1")],
+            to_tag=self._tag(request),
+            server=self.settings.server_header,
+        )
+        self.stats["answered"] += 1
+        key = transaction_key(request)
+        if not peers:
+            send = self._to_via(ok, request, source)
+            if key is not None:
+                self.txns.answered(key, now, send.data)
+            return [send]
+        if key is not None:
+            self.txns.pending(key, now)
+        return [
+            Replicate(
+                outcome.changes,
+                peers,
+                self._to_via(ok, request, source),
+                self._to_via(fail, request, source),
+                key,
+            )
+        ]
+
+    # ---------------------------------------------------------------- proxy
+
+    def _to_aor(
+        self,
+        request: Request,
+        source: Source,
+        now: float,
+        aor: str,
+        max_forwards: int,
+        loop: str,
+        from_peer: bool,
+    ) -> list[Send | Replicate]:
+        owners = self._owners(aor, self.settings.replicas)
+        names = [p.name for p in owners]
+        entry = not from_peer
+        if self.settings.name in names or from_peer:
+            bindings = self.store.lookup(aor, now)
+            if not bindings:
+                if request.method == "ACK":
+                    return []
+                return self._reply(request, source, now, 480, "Temporarily Unavailable")
+            target = bindings[0]
+            try:
+                contact = parse_uri(target.contact)
+            except ValueError:
+                return self._reply(request, source, now, 480, "Temporarily Unavailable")
+            request.uri_text = target.contact
+            return self._forward(
+                request,
+                source,
+                now,
+                contact.host,
+                contact.port,
+                _transport(contact),
+                max_forwards,
+                add_rr=entry,
+                loop=loop,
+            )
+        if not owners:
+            return self._reply(
+                request,
+                source,
+                now,
+                503,
+                "Service Unavailable",
+                [("retry-after", str(self.settings.retry_after))],
+            )
+        head = owners[0]
+        return self._forward(
+            request, source, now, head.host, head.port, "udp", max_forwards, add_rr=entry, loop=loop
+        )
+
+    def _forward(
+        self,
+        request: Request,
+        source: Source,
+        now: float,
+        host: str,
+        port: int | None,
+        transport: str,
+        max_forwards: int,
+        *,
+        add_rr: bool,
+        loop: str,
+    ) -> list[Send | Replicate]:
+        """§16.6 steps 3-8 for one target, then send (stateless, §16.11)."""
+        if max_forwards <= 0:
+            return self._reply(request, source, now, 483, "Too Many Hops")
+        top = request.vias[0]
+        # §18.2.1 / RFC 3581: record where the request really came from in its top Via.
+        text = top.text
+        rport_empty = "rport" in top.params and not top.params.get("rport")
+        if rport_empty:
+            text = _set_rport(text, source.port)
+        if "received" not in top.params and (rport_empty or top.host.strip("[]") != source.host):
+            text += f";received={source.host}"
+        if text != top.text:
+            _replace_first_value(request, "via", text)
+        request.set("max-forwards", str(max_forwards - 1))
+        if add_rr and request.method in _DIALOG_CREATING and request.to_tag is None:
+            request.prepend("record-route", self._rr_tcp if source.transport == "tcp" else self._rr)
+        stateless = _h(
+            top.branch or f"{request.call_id}|{request.from_tag}|{request.cseq[0]}",
+            f"{top.host}:{top.port}",
+            self.settings.name,
+            size=8,
+        )
+        out_transport = "tcp" if transport == "tcp" else "udp"
+        via = (
+            f"SIP/2.0/{out_transport.upper()} {_uri_host(self.settings.host)}:{self.settings.port}"
+            f";branch={BRANCH_PREFIX}{stateless}.{loop}"
+        )
+        request.prepend("via", via)
+        data = request.to_bytes()
+        if len(data) > MAX_MESSAGE_SIZE:
+            return self._reply(request, source, now, 513, "Message Too Large")
+        self.stats["forwarded"] += 1
+        host = host.strip("[]")
+        return [Send(out_transport, host, port or 5060, data)]
+
+
+def _transport(uri: object) -> str:
+    params = getattr(uri, "parameters", {})
+    value = params.get("transport") if params else None
+    return (value or "udp").lower()
+
+
+def _uri_host(host: str) -> str:
+    try:
+        if ipaddress.ip_address(host.strip("[]")).version == 6:
+            return f"[{host.strip('[]')}]"
+    except ValueError:
+        pass
+    return host
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def _set_rport(via_text: str, port: int) -> str:
+    parts = via_text.split(";")
+    return ";".join(f"rport={port}" if p.strip().lower() == "rport" else p for p in parts)
+
+
+def _replace_first_value(message: Request | Response, name: str, value: str) -> None:
+    """Replace the first value of the first `name` header line (values may be comma-joined)."""
+    from ._message import split_values
+
+    for i, (key, line) in enumerate(message.headers):
+        if key == name:
+            values = split_values(line)
+            values[0] = value
+            message.headers[i] = (key, ", ".join(values))
+            message._cache.clear()
+            return
+
+
+def _pop_first_value(message: Request | Response, name: str) -> None:
+    from ._message import split_values
+
+    for i, (key, line) in enumerate(message.headers):
+        if key == name:
+            values = split_values(line)
+            if len(values) > 1:
+                message.headers[i] = (key, ", ".join(values[1:]))
+            else:
+                del message.headers[i]
+                del message.names[i]
+            message._cache.clear()
+            return

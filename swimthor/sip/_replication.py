@@ -1,0 +1,503 @@
+"""Bindings kept on every owner of their address-of-record: writes, handoff and repair.
+
+The channel: long-lived TCP connections to the peer's *gossip* port, so a cluster needs no
+extra port open between its nodes. The gossip listener hands a connection to us when its
+first frame opens as ours (`claim`). Frames are the gossip framing (4-byte length) and each
+is sealed with the cluster keyring under the label ``<label>/sip-replica`` (or wrapped in the
+plaintext envelope with `--insecure`), so a replication frame can never be taken for a gossip
+packet or the other way round, and a stranger can neither read nor write bindings.
+
+Messages (CBOR arrays):
+
+- ``["hello", 1, name]``: first frame on a connection, names the sender;
+- ``["put", seq, [binding...]]`` → ``["ack", seq, stored]``: store if newer (merge rule);
+- ``["digest", seq, {bucket: xor}]`` → ``["diff", seq, [bucket...], [binding...]]``:
+  anti-entropy over the addresses-of-record both ends own; the asker merges the answer and
+  puts back its own bindings of the buckets that differed.
+
+Three jobs use it:
+
+1. **Writes**: `replicate(changes, peers)` returns once every named peer has acknowledged
+   (True) or `timeout` passed (False). Writes queued for a peer in the same scheduler tick go
+   in one frame, so under load replication costs one frame per peer per batch, not per
+   REGISTER.
+2. **Handoff**: after the routing epoch moves, each address-of-record whose owners changed
+   is pushed to its new owners; a node that is no longer an owner drops it once the head
+   owner acknowledged. A returning node gets its keys back the same way.
+3. **Repair**: every `repair_interval` seconds, digests with every co-owner; differences are
+   exchanged both ways.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import cbor2
+import structlog
+import trio
+
+from ..membership._keyring import Keyring, SealError, unwrap_plain, wrap_plain
+from ..membership._member import Addr
+from ..membership.runtime import FrameError, encode_frame, read_frame
+from ..routing import EpochUnavailable
+from ._bindings import Binding, BindingStore, aor_bucket
+
+__all__ = ["MAX_FRAME", "Replicator"]
+
+log = structlog.get_logger("swimthor.sip.replication")
+
+PROTOCOL = 1
+MAX_FRAME = 8 << 20  # a put or diff carries at most this many bytes
+MAX_BATCH = 2_000  # bindings per put frame
+_LABEL_SUFFIX = "/sip-replica"
+
+
+def _decode(data: bytes) -> list[Any]:
+    if len(data) > MAX_FRAME:
+        raise ValueError("frame too large")
+    try:
+        value = cbor2.loads(data)
+    except Exception as e:  # cbor2 raises CBORDecodeError, ValueError and friends
+        raise ValueError(f"bad CBOR: {e}") from None
+    if not isinstance(value, list) or not value or not isinstance(value[0], str):
+        raise ValueError("a replication message is an array starting with its kind")
+    return value
+
+
+class _Link:
+    """Our outgoing connection to one peer, with the writes waiting to go in one frame."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.stream: trio.SocketStream | None = None
+        self.lock = trio.Lock()
+        self.waiting: dict[int, tuple[trio.Event, list[Any]]] = {}
+        self.batch: list[Binding] = []
+        self.batch_done: trio.Event | None = None
+        self.batch_result: list[bool] = [False]
+        self.flushing = False
+
+
+class Replicator:
+    def __init__(
+        self,
+        name: str,
+        store: BindingStore,
+        *,
+        keyring: Callable[[], Keyring | None],
+        label: str,
+        owners: Callable[[str], list[str]],
+        owners_at: Callable[[int, str], list[str]],
+        epoch: Callable[[], int],
+        address: Callable[[str], Addr | None],
+        replicas: int = 2,
+        timeout: float = 1.0,
+        repair_interval: float = 30.0,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.name = name
+        self.store = store
+        self._keyring = keyring
+        self._label = label + _LABEL_SUFFIX
+        self._owners = owners  # aor -> names of its live owners, first first
+        self._owners_at = owners_at
+        self._epoch = epoch
+        self._address = address  # member name -> gossip address
+        self.replicas = replicas
+        self.timeout = timeout
+        self.repair_interval = repair_interval
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._links: dict[str, _Link] = {}
+        self._seq = itertools.count(1)
+        self._nursery: trio.Nursery | None = None
+        self._epoch_moved = trio.Event()
+        self._handoff_epoch = 0
+        self.stats: dict[str, int] = {
+            "puts_sent": 0,
+            "bindings_sent": 0,
+            "puts_received": 0,
+            "bindings_received": 0,
+            "acks_timed_out": 0,
+            "connect_failures": 0,
+            "bad_frames": 0,
+            "handoff_runs": 0,
+            "handed_off": 0,
+            "dropped_not_owner": 0,
+            "repairs": 0,
+            "repaired": 0,
+        }
+
+    # ------------------------------------------------------------ framing
+
+    def _seal(self, message: list[Any]) -> bytes:
+        data = cbor2.dumps(message)
+        ring = self._keyring()
+        sealed = ring.seal(data, self._label) if ring is not None else wrap_plain(self._label, data)
+        return encode_frame(sealed)
+
+    def _open(self, frame: bytes) -> list[Any]:
+        ring = self._keyring()
+        data = (
+            ring.open(frame, self._label) if ring is not None else unwrap_plain(self._label, frame)
+        )
+        return _decode(data)
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self._handoff_epoch = self._epoch()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._handoff_loop)
+                nursery.start_soon(self._repair_loop)
+                nursery.start_soon(self._expiry_loop)
+                task_status.started()
+        finally:
+            self._nursery = None
+            for link in self._links.values():
+                if link.stream is not None:
+                    link.stream.socket.close()
+
+    def routing_changed(self) -> None:
+        self._epoch_moved.set()
+
+    # ------------------------------------------------------------ writes
+
+    async def replicate(self, changes: list[Binding], peers: list[str]) -> bool:
+        """Put `changes` on every peer in `peers`; True once all acknowledged in time."""
+        if not peers:
+            return True
+        results: list[bool] = []
+        with trio.move_on_after(self.timeout):
+            for peer in peers:
+                results.append(await self._enqueue(peer, changes))
+        if len(results) < len(peers):
+            self.stats["acks_timed_out"] += 1
+            return False
+        return all(results)
+
+    async def _enqueue(self, peer: str, changes: list[Binding]) -> bool:
+        link = self._links.get(peer)
+        if link is None:
+            link = self._links[peer] = _Link(peer)
+        if link.batch_done is None:
+            link.batch_done = trio.Event()
+            link.batch_result = [False]
+        done, result = link.batch_done, link.batch_result
+        link.batch.extend(changes)
+        if not link.flushing and self._nursery is not None:
+            link.flushing = True
+            self._nursery.start_soon(self._flush, link)
+        await done.wait()
+        return result[0]
+
+    async def _flush(self, link: _Link) -> None:
+        try:
+            while link.batch:
+                await trio.sleep(0)  # let every writer of this tick join the batch
+                batch, link.batch = link.batch, []
+                done, result = link.batch_done, link.batch_result
+                link.batch_done = None
+                ok = True
+                for start in range(0, len(batch), MAX_BATCH):
+                    ok = ok and await self._put(link, batch[start : start + MAX_BATCH])
+                result[0] = ok
+                if done is not None:
+                    done.set()
+        finally:
+            link.flushing = False
+
+    async def _put(self, link: _Link, bindings: list[Binding]) -> bool:
+        reply = await self._request(link, "put", [b.to_wire() for b in bindings])
+        if reply is None:
+            return False
+        self.stats["puts_sent"] += 1
+        self.stats["bindings_sent"] += len(bindings)
+        return bool(reply[0] == "ack")
+
+    async def _request(self, link: _Link, kind: str, body: Any) -> list[Any] | None:
+        """Send one request on the link and wait for its reply; None if the peer is
+        unreachable or does not answer within `timeout`."""
+        seq = next(self._seq)
+        event = trio.Event()
+        slot: list[Any] = []
+        link.waiting[seq] = (event, slot)
+        try:
+            with trio.move_on_after(self.timeout):
+                stream = await self._stream(link)
+                if stream is None:
+                    return None
+                try:
+                    async with link.lock:
+                        await stream.send_all(self._seal([kind, seq, body]))
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    self._reset(link)
+                    return None
+                await event.wait()
+                return slot[0] if slot else None
+            return None
+        finally:
+            link.waiting.pop(seq, None)
+
+    async def _stream(self, link: _Link) -> trio.SocketStream | None:
+        if link.stream is not None:
+            return link.stream
+        addr = self._address(link.name)
+        if addr is None:
+            return None
+        async with link.lock:
+            if link.stream is not None:
+                return link.stream
+            try:
+                stream = await trio.open_tcp_stream(addr[0], addr[1])
+                await stream.send_all(self._seal(["hello", PROTOCOL, self.name]))
+            except (OSError, trio.BrokenResourceError):
+                self.stats["connect_failures"] += 1
+                return None
+            link.stream = stream
+            if self._nursery is not None:
+                self._nursery.start_soon(self._read_replies, link, stream)
+            return stream
+
+    def _reset(self, link: _Link) -> None:
+        if link.stream is not None:
+            link.stream.socket.close()
+        link.stream = None
+        for event, _ in link.waiting.values():
+            event.set()
+
+    async def _read_replies(self, link: _Link, stream: trio.SocketStream) -> None:
+        try:
+            while True:
+                frame = await read_frame(stream, MAX_FRAME + 64)
+                try:
+                    reply = self._open(frame)
+                except (SealError, ValueError):
+                    self.stats["bad_frames"] += 1
+                    break
+                if len(reply) < 2 or not isinstance(reply[1], int):
+                    self.stats["bad_frames"] += 1
+                    break
+                waiter = link.waiting.get(reply[1])
+                if waiter is not None:
+                    waiter[1].append([reply[0], *reply[2:]])
+                    waiter[0].set()
+        except (FrameError, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+        finally:
+            if link.stream is stream:
+                self._reset(link)
+
+    # ------------------------------------------------------------ inbound
+
+    def claim(self, frame: bytes, addr: Addr) -> Callable[[trio.SocketStream], Any] | None:
+        """The gossip listener offers each new connection's first frame: if it is our hello,
+        return the coroutine function that serves the connection."""
+        try:
+            hello = self._open(frame)
+        except (SealError, ValueError):
+            return None
+        if len(hello) != 3 or hello[0] != "hello" or not isinstance(hello[2], str):
+            return None
+        peer = hello[2]
+
+        async def serve(stream: trio.SocketStream) -> None:
+            await self._serve(stream, peer)
+
+        return serve
+
+    async def _serve(self, stream: trio.SocketStream, peer: str) -> None:
+        try:
+            while True:
+                frame = await read_frame(stream, MAX_FRAME + 64)
+                try:
+                    message = self._open(frame)
+                    reply = self._answer(message, peer)
+                except (SealError, ValueError) as e:
+                    self.stats["bad_frames"] += 1
+                    log.warning("bad replication frame", peer=peer, reason=str(e))
+                    return
+                await stream.send_all(self._seal(reply))
+                await trio.sleep(0)
+        except (FrameError, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            return
+
+    def _answer(self, message: list[Any], peer: str) -> list[Any]:
+        if len(message) != 3 or not isinstance(message[1], int):
+            raise ValueError("a request is [kind, seq, body]")
+        kind, seq, body = message
+        now = self._clock()
+        if kind == "put":
+            if not isinstance(body, list) or len(body) > MAX_BATCH:
+                raise ValueError("put carries a list of at most MAX_BATCH bindings")
+            bindings = [Binding.from_wire(item) for item in body]
+            stored = self.store.merge(bindings, now)
+            self.stats["puts_received"] += 1
+            self.stats["bindings_received"] += len(bindings)
+            return ["ack", seq, len(stored)]
+        if kind == "digest":
+            if not isinstance(body, dict) or not all(
+                isinstance(k, int) and isinstance(v, int) for k, v in body.items()
+            ):
+                raise ValueError("digest carries {bucket: int}")
+            ours = self.digest_with(peer, now)
+            differ = sorted(b for b in set(ours) | set(body) if ours.get(b, 0) != body.get(b, 0))
+            bindings = self.bindings_in(peer, set(differ), now)
+            return ["diff", seq, [differ, [b.to_wire() for b in bindings[: MAX_BATCH * 4]]]]
+        raise ValueError(f"unknown request {kind!r}")
+
+    # ------------------------------------------------------------ ownership
+
+    def _co_owned(self, peer: str) -> list[str]:
+        out = []
+        for aor in self.store.aors():
+            owners = self._owners(aor)
+            if self.name in owners and peer in owners:
+                out.append(aor)
+        return out
+
+    def digest_with(self, peer: str, now: float) -> dict[int, int]:
+        buckets: dict[int, int] = {}
+        for aor in self._co_owned(peer):
+            bucket = aor_bucket(aor)
+            for b in self.store.all(aor):
+                if b.expires_at > now:
+                    buckets[bucket] = buckets.get(bucket, 0) ^ b.digest()
+        return buckets
+
+    def bindings_in(self, peer: str, buckets: set[int], now: float) -> list[Binding]:
+        out: list[Binding] = []
+        if not buckets:
+            return out
+        for aor in self._co_owned(peer):
+            if aor_bucket(aor) in buckets:
+                out.extend(b for b in self.store.all(aor) if b.expires_at > now)
+        return out
+
+    # ------------------------------------------------------------ handoff
+
+    async def _handoff_loop(self) -> None:
+        while True:
+            await self._epoch_moved.wait()
+            self._epoch_moved = trio.Event()
+            await trio.sleep(0.2)  # let a burst of membership events settle into one epoch
+            try:
+                await self.handoff()
+            except Exception:
+                log.exception("handoff raised")
+
+    async def handoff(self) -> None:
+        """Push every AOR whose owners changed since the last handoff to its new owners;
+        drop the ones we no longer own once the head owner has them."""
+        old_epoch, new_epoch = self._handoff_epoch, self._epoch()
+        if old_epoch == new_epoch:
+            return
+        self.stats["handoff_runs"] += 1
+        pushes: dict[str, list[Binding]] = {}
+        drops: dict[str, list[str]] = {}  # head owner -> aors to drop once it has them
+        now = self._clock()
+        for i, aor in enumerate(self.store.aors()):
+            if i % 1000 == 999:
+                await trio.sleep(0)
+            new = self._owners(aor)
+            try:
+                old = self._owners_at(old_epoch, aor)
+            except EpochUnavailable:
+                old = []
+            if new == old:
+                continue
+            live = [b for b in self.store.all(aor) if b.expires_at > now]
+            for owner in new:
+                if owner != self.name and owner not in old:
+                    pushes.setdefault(owner, []).extend(live)
+            if self.name not in new:
+                if new:
+                    if new[0] not in old:
+                        pass  # already queued above
+                    else:
+                        pushes.setdefault(new[0], []).extend(live)
+                    drops.setdefault(new[0], []).append(aor)
+                else:
+                    pass  # no live owner at all: keep it until one comes back
+        self._handoff_epoch = new_epoch
+        for owner, bindings in pushes.items():
+            ok = await self.replicate(bindings, [owner]) if bindings else True
+            self.stats["handed_off"] += len(bindings)
+            if ok:
+                for aor in drops.pop(owner, []):
+                    # Check again: the epoch may have moved back while we were pushing.
+                    if self.name not in self._owners(aor):
+                        self.stats["dropped_not_owner"] += self.store.drop(aor)
+            else:
+                # Try again at the next repair round (the epoch is remembered as done, so a
+                # failed push is retried by the repair's ownership sweep below).
+                self._handoff_epoch = old_epoch
+        for owner, aors in drops.items():
+            for aor in aors:
+                if self.name not in self._owners(aor) and owner not in pushes:
+                    self.stats["dropped_not_owner"] += self.store.drop(aor)
+
+    # ------------------------------------------------------------ repair
+
+    async def _repair_loop(self) -> None:
+        while True:
+            await trio.sleep(self.repair_interval * (0.5 + self._rng.random()))
+            try:
+                await self.repair_all()
+            except Exception:
+                log.exception("repair raised")
+
+    async def repair_all(self) -> int:
+        """One anti-entropy round with every co-owner; returns bindings changed here."""
+        peers: set[str] = set()
+        for aor in self.store.aors():
+            peers.update(self._owners(aor))
+        peers.discard(self.name)
+        changed = 0
+        for peer in sorted(peers):
+            changed += await self.repair_with(peer)
+        if self._handoff_epoch != self._epoch():
+            self._epoch_moved.set()
+        return changed
+
+    async def repair_with(self, peer: str) -> int:
+        link = self._links.get(peer)
+        if link is None:
+            link = self._links[peer] = _Link(peer)
+        now = self._clock()
+        ours = self.digest_with(peer, now)
+        reply = await self._request(link, "digest", ours)
+        if reply is None or reply[0] != "diff" or len(reply) != 2:
+            return 0
+        try:
+            differ, items = reply[1]
+            theirs = [Binding.from_wire(item) for item in items]
+        except (TypeError, ValueError):
+            self.stats["bad_frames"] += 1
+            return 0
+        self.stats["repairs"] += 1
+        now = self._clock()
+        # Only keep what we own: the peer's view of ownership may differ from ours.
+        mine = [b for b in theirs if self.name in self._owners(b.aor)]
+        changed = len(self.store.merge(mine, now))
+        self.stats["repaired"] += changed
+        if differ:
+            wanted = {int(b) for b in differ if isinstance(b, int)}
+            back = self.bindings_in(peer, wanted, now)
+            if back:
+                await self.replicate(back, [peer])
+        return changed
+
+    # ------------------------------------------------------------ expiry
+
+    async def _expiry_loop(self) -> None:
+        while True:
+            await trio.sleep(1.0)
+            self.store.expire(self._clock())

@@ -1,0 +1,461 @@
+"""The trio SIP transport: one UDP socket and one TCP listener on `--sip HOST:PORT`.
+
+Every datagram and every complete TCP message goes to `Proxy.handle`; what it returns is sent
+here. TCP messages are framed by Content-Length (RFC 3261 §18.3) with the same size bound as
+a datagram; a connection that sends nothing for `tcp_idle` seconds, or takes more than
+`tcp_message_time` to finish a message it started (a slowloris), is closed; at most
+`max_connections` are open at once (new ones beyond that are refused at accept). Replies to a
+TCP request go back on its connection; requests we forward over TCP reuse an open connection
+to the target or open one. Non-IP targets are resolved, with a short-lived cache.
+
+A `Replicate` action runs in its own task: the store change is sent to the other owners and
+the response goes out when they confirm (or the failure response when they do not in time).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import ipaddress
+import itertools
+import socket as stdsocket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+import trio
+
+from ._message import MAX_MESSAGE_SIZE
+from ._proxy import Proxy, Replicate, Send, Source
+
+__all__ = ["SipServer", "SipTransportConfig"]
+
+log = structlog.get_logger("swimthor.sip")
+
+RECV_SIZE = 65_536
+_TRANSIENT = {
+    errno.ECONNRESET,
+    errno.ECONNREFUSED,
+    errno.EHOSTUNREACH,
+    errno.ENETUNREACH,
+    errno.EMSGSIZE,
+    errno.ENOBUFS,
+    errno.EINTR,
+    errno.EAGAIN,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SipTransportConfig:
+    max_connections: int = 1024
+    tcp_idle: float = 300.0  # seconds without a byte before a TCP connection is closed
+    tcp_message_time: float = 10.0  # seconds to finish a message once it has started
+    connect_timeout: float = 2.0
+    max_pending_replications: int = 20_000
+    dns_cache_time: float = 30.0
+
+
+ReplicateFn = Callable[[list[Any], list[str]], Awaitable[bool]]
+
+
+class _Conn:
+    __slots__ = ("id", "peer", "send_lock", "stream")
+
+    def __init__(self, cid: int, stream: trio.SocketStream, peer: tuple[str, int]) -> None:
+        self.id = cid
+        self.stream = stream
+        self.peer = peer
+        self.send_lock = trio.Lock()
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+class SipServer:
+    def __init__(
+        self,
+        proxy: Proxy,
+        bind: tuple[str, int],
+        *,
+        replicate: ReplicateFn | None = None,
+        config: SipTransportConfig | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.proxy = proxy
+        self.bind = bind
+        self.config = config or SipTransportConfig()
+        self._replicate = replicate
+        self._clock = clock
+        self.bound: tuple[str, int] | None = None
+        self._sockets: tuple[stdsocket.socket, stdsocket.socket] | None = None
+        self._udp: trio.socket.SocketType | None = None
+        self._nursery: trio.Nursery | None = None
+        self._conns: dict[int, _Conn] = {}
+        self._by_peer: dict[tuple[str, int], int] = {}
+        self._ids = itertools.count(1)
+        self._pending = 0
+        self._dns: dict[str, tuple[float, str]] = {}
+        self.stats: dict[str, int] = {
+            "udp_received": 0,
+            "udp_sent": 0,
+            "tcp_received": 0,
+            "tcp_sent": 0,
+            "tcp_accepted": 0,
+            "tcp_refused": 0,
+            "tcp_closed_idle": 0,
+            "tcp_closed_slow": 0,
+            "tcp_bad_frames": 0,
+            "send_errors": 0,
+            "handler_errors": 0,
+            "replications": 0,
+            "replication_failures": 0,
+            "replication_overload": 0,
+            "unresolved": 0,
+        }
+
+    # ------------------------------------------------------------ lifecycle
+
+    def open(self) -> tuple[str, int]:
+        """Bind UDP and TCP on the same port now (port 0: one the kernel picks for both), so
+        the caller knows the address before serving. Returns it."""
+        if self._sockets is not None:
+            return self.bound  # type: ignore[return-value]
+        host, port = self.bind
+        family = stdsocket.AF_INET6 if ":" in host else stdsocket.AF_INET
+        last: OSError | None = None
+        for _ in range(8 if port == 0 else 1):
+            tcp = stdsocket.socket(family, stdsocket.SOCK_STREAM)
+            udp = stdsocket.socket(family, stdsocket.SOCK_DGRAM)
+            try:
+                tcp.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_REUSEADDR, 1)
+                tcp.bind((host, port))
+                bound_port = tcp.getsockname()[1]
+                udp.bind((host, bound_port))
+                tcp.listen(512)
+            except OSError as e:
+                tcp.close()
+                udp.close()
+                last = e
+                continue
+            for opt, size in ((stdsocket.SO_RCVBUF, 4 << 20), (stdsocket.SO_SNDBUF, 4 << 20)):
+                with contextlib.suppress(OSError):
+                    udp.setsockopt(stdsocket.SOL_SOCKET, opt, size)
+            tcp.setblocking(False)
+            udp.setblocking(False)
+            self._sockets = (udp, tcp)
+            self.bound = (host, bound_port)
+            return self.bound
+        assert last is not None
+        raise last
+
+    def close(self) -> None:
+        if self._sockets is not None:
+            for sock in self._sockets:
+                sock.close()
+            self._sockets = None
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Serve until cancelled (binding first if `open()` was not called)."""
+        self.open()
+        assert self._sockets is not None and self.bound is not None
+        udp_std, tcp_std = self._sockets
+        udp = trio.socket.from_stdlib_socket(udp_std)
+        tcp = trio.socket.from_stdlib_socket(tcp_std)
+        self._udp = udp
+        listener = trio.SocketListener(tcp)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._udp_loop, udp)
+                nursery.start_soon(self._accept_loop, listener)
+                task_status.started(self.bound)
+        finally:
+            self._nursery = None
+            udp.close()
+            tcp.close()
+            self._sockets = None
+
+    # ------------------------------------------------------------ UDP
+
+    async def _udp_loop(self, udp: trio.socket.SocketType) -> None:
+        handle = self.proxy.handle
+        clock = self._clock
+        while True:
+            try:
+                data, addr = await udp.recvfrom(RECV_SIZE)
+            except trio.ClosedResourceError:
+                return
+            except OSError as e:
+                if e.errno in _TRANSIENT:
+                    continue
+                raise
+            self.stats["udp_received"] += 1
+            if len(data) > MAX_MESSAGE_SIZE:
+                continue
+            try:
+                actions = handle(data, Source("udp", addr[0], addr[1]), clock())
+            except Exception:
+                self.stats["handler_errors"] += 1
+                log.exception("sip handler raised", source=f"{addr[0]}:{addr[1]}")
+                continue
+            if actions:
+                await self._execute(actions)
+
+    async def _execute(self, actions: list[Send | Replicate]) -> None:
+        for action in actions:
+            if isinstance(action, Send):
+                await self._send(action)
+            else:
+                self._start_replication(action)
+
+    async def _send(self, send: Send) -> None:
+        host = send.host
+        if not _is_ip(host):
+            if self._nursery is not None:
+                self._nursery.start_soon(self._resolve_and_send, send)
+            return
+        if send.transport == "tcp":
+            if self._nursery is not None:
+                self._nursery.start_soon(self._send_tcp, send)
+            return
+        udp = self._udp
+        if udp is None:
+            return
+        try:
+            await udp.sendto(send.data, (host, send.port))
+            self.stats["udp_sent"] += 1
+        except (OSError, trio.ClosedResourceError):
+            self.stats["send_errors"] += 1
+
+    async def _resolve_and_send(self, send: Send) -> None:
+        now = time.monotonic()
+        cached = self._dns.get(send.host.lower())
+        if cached is not None and cached[0] > now:
+            address = cached[1]
+        else:
+            try:
+                with trio.fail_after(self.config.connect_timeout):
+                    infos = await trio.socket.getaddrinfo(
+                        send.host, send.port, type=stdsocket.SOCK_DGRAM
+                    )
+            except (OSError, trio.TooSlowError):
+                self.stats["unresolved"] += 1
+                return
+            if not infos:
+                self.stats["unresolved"] += 1
+                return
+            address = str(infos[0][4][0])
+            self._dns[send.host.lower()] = (now + self.config.dns_cache_time, address)
+            if len(self._dns) > 10_000:
+                self._dns.clear()
+        await self._send(Send(send.transport, address, send.port, send.data, send.conn))
+
+    # ------------------------------------------------------------ replication
+
+    def _start_replication(self, action: Replicate) -> None:
+        if self._nursery is None or self._replicate is None:
+            return
+        if self._pending >= self.config.max_pending_replications:
+            self.stats["replication_overload"] += 1
+            if action.txn is not None:
+                self.proxy.txns.forget(action.txn)
+            self._nursery.start_soon(self._send, action.failure)
+            return
+        self._pending += 1
+        self._nursery.start_soon(self._replicate_then_answer, action)
+
+    async def _replicate_then_answer(self, action: Replicate) -> None:
+        try:
+            assert self._replicate is not None
+            ok = await self._replicate(action.changes, action.peers)
+        except Exception:
+            log.exception("replication raised")
+            ok = False
+        finally:
+            self._pending -= 1
+        self.stats["replications"] += 1
+        send = action.response if ok else action.failure
+        if not ok:
+            self.stats["replication_failures"] += 1
+            if action.txn is not None:
+                self.proxy.txns.forget(action.txn)
+        elif action.txn is not None:
+            self.proxy.txns.answered(action.txn, self._clock(), send.data)
+        await self._send(send)
+
+    # ------------------------------------------------------------ TCP
+
+    async def _accept_loop(self, listener: trio.SocketListener) -> None:
+        async with trio.open_nursery() as nursery:
+            while True:
+                try:
+                    stream = await listener.accept()
+                except trio.ClosedResourceError:
+                    return
+                except OSError as e:
+                    log.warning("sip accept failed", reason=str(e))
+                    await trio.sleep(0.1)
+                    continue
+                if len(self._conns) >= self.config.max_connections:
+                    self.stats["tcp_refused"] += 1
+                    await trio.aclose_forcefully(stream)
+                    continue
+                try:
+                    peer = stream.socket.getpeername()
+                except OSError:
+                    await trio.aclose_forcefully(stream)
+                    continue
+                self.stats["tcp_accepted"] += 1
+                conn = self._register(stream, (peer[0], peer[1]))
+                nursery.start_soon(self._read_conn, conn)
+
+    def _register(self, stream: trio.SocketStream, peer: tuple[str, int]) -> _Conn:
+        conn = _Conn(next(self._ids), stream, peer)
+        self._conns[conn.id] = conn
+        self._by_peer[peer] = conn.id
+        return conn
+
+    def _unregister(self, conn: _Conn) -> None:
+        self._conns.pop(conn.id, None)
+        if self._by_peer.get(conn.peer) == conn.id:
+            del self._by_peer[conn.peer]
+
+    async def _read_conn(self, conn: _Conn) -> None:
+        buf = bytearray()
+        started: float | None = None
+        cfg = self.config
+        try:
+            while True:
+                deadline = trio.current_time() + cfg.tcp_idle
+                if started is not None:
+                    deadline = min(deadline, started + cfg.tcp_message_time)
+                with trio.move_on_at(deadline):
+                    chunk = await conn.stream.receive_some(RECV_SIZE)
+                    if not chunk:
+                        return
+                    if started is None:
+                        started = trio.current_time()
+                    buf += chunk
+                    took = False
+                    while True:
+                        framed = _take_message(buf)
+                        if framed is None:
+                            break
+                        if framed is _BAD:
+                            self.stats["tcp_bad_frames"] += 1
+                            return
+                        assert isinstance(framed, bytes)
+                        self.stats["tcp_received"] += 1
+                        took = True
+                        await self._handle_tcp(framed, conn)
+                    if not buf.strip(b"\r\n"):
+                        buf.clear()
+                        started = None
+                    elif took:
+                        started = trio.current_time()  # the next message started now
+                    continue
+                # The deadline passed.
+                if started is not None:
+                    self.stats["tcp_closed_slow"] += 1
+                else:
+                    self.stats["tcp_closed_idle"] += 1
+                return
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            return
+        finally:
+            self._unregister(conn)
+            await trio.aclose_forcefully(conn.stream)
+
+    async def _handle_tcp(self, data: bytes, conn: _Conn) -> None:
+        try:
+            actions = self.proxy.handle(
+                data, Source("tcp", conn.peer[0], conn.peer[1], conn.id), self._clock()
+            )
+        except Exception:
+            self.stats["handler_errors"] += 1
+            log.exception("sip handler raised", source=f"{conn.peer[0]}:{conn.peer[1]}")
+            return
+        await self._execute(actions)
+
+    async def _send_tcp(self, send: Send) -> None:
+        conn = self._conns.get(send.conn) if send.conn is not None else None
+        if conn is None:
+            cid = self._by_peer.get((send.host, send.port))
+            conn = self._conns.get(cid) if cid is not None else None
+        if conn is None:
+            if send.conn is not None:
+                # A reply whose connection is gone: §18.2.2 says open one to the sent-by;
+                # Via's response target is what the caller already put in host/port.
+                pass
+            if len(self._conns) >= self.config.max_connections:
+                self.stats["send_errors"] += 1
+                return
+            try:
+                with trio.fail_after(self.config.connect_timeout):
+                    stream = await trio.open_tcp_stream(send.host, send.port)
+            except (OSError, trio.TooSlowError):
+                self.stats["send_errors"] += 1
+                return
+            conn = self._register(stream, (send.host, send.port))
+            if self._nursery is not None:
+                self._nursery.start_soon(self._read_conn, conn)
+        try:
+            async with conn.send_lock:
+                await conn.stream.send_all(send.data)
+            self.stats["tcp_sent"] += 1
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            self.stats["send_errors"] += 1
+
+
+_BAD = object()
+
+
+def _take_message(buf: bytearray) -> bytes | object | None:
+    """Cut one whole message off the front of `buf`: bytes, None (need more) or _BAD."""
+    # Leading CRLFs are keep-alives (RFC 5626 §3.5.1); drop them.
+    start = 0
+    while buf[start : start + 2] == b"\r\n":
+        start += 2
+    if start:
+        del buf[:start]
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        if len(buf) > MAX_MESSAGE_SIZE:
+            return _BAD
+        return None
+    head = bytes(buf[:end])
+    length = 0
+    found = False
+    for line in head.split(b"\r\n")[1:]:
+        name, sep, value = line.partition(b":")
+        if not sep:
+            continue
+        key = name.strip().lower()
+        if key in (b"content-length", b"l"):
+            try:
+                length = int(value.strip())
+            except ValueError:
+                return _BAD
+            found = True
+            break
+    if not found:
+        # RFC 3261 §18.3: Content-Length is mandatory on streams. Pass the message on so the
+        # parser answers it (400) and we close after.
+        length = 0
+    if length < 0 or end + 4 + length > MAX_MESSAGE_SIZE:
+        return _BAD
+    total = end + 4 + length
+    if len(buf) < total:
+        return None
+    message = bytes(buf[:total])
+    del buf[:total]
+    return message

@@ -1,0 +1,317 @@
+"""The proxy's routing decisions, sans-IO: three nodes wired by hand, no sockets.
+
+Each node is a `Proxy`; `Net.send` delivers what one returns to the node (or the phone) whose
+address it names, the way the trio server would. Owners of an address-of-record are fixed per
+test so the paths are known.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from swimthor.sip import Peer, Proxy, ProxySettings, Replicate, Send, Source, parse_message
+from swimthor.sip._proxy import BRANCH_PREFIX
+from swimthor.sip._message import Request, Response
+
+NOW = 1_000_000.0
+PHONE_A = ("127.0.0.1", 5081)  # the caller
+PHONE_B = ("127.0.0.1", 5080)  # bob's phone
+NODES = {
+    name: Peer(name, "127.0.0.1", port) for name, port in (("n1", 5071), ("n2", 5072), ("n3", 5073))
+}
+
+
+class Net:
+    def __init__(self, owners: dict[str, list[str]] | None = None, default=("n2", "n3")) -> None:
+        self.owners = owners or {}
+        self.default = list(default)
+        self.live = dict(NODES)
+        self.nodes = {
+            name: Proxy(
+                ProxySettings(name, p.host, p.port, frozenset({"example.com"})),
+                owners=self._owners,
+                peers=lambda: self.live,
+            )
+            for name, p in NODES.items()
+        }
+
+    def _owners(self, aor: str, n: int) -> list[Peer]:
+        names = self.owners.get(aor, self.default)
+        return [self.live[x] for x in names if x in self.live][:n]
+
+    def node_at(self, host: str, port: int) -> Proxy | None:
+        for name, p in NODES.items():
+            if (p.host, p.port) == (host, port):
+                return self.nodes[name]
+        return None
+
+    def handle(self, node: str, data: bytes, frm: tuple[str, int]) -> list[Send | Replicate]:
+        return self.nodes[node].handle(data, Source("udp", frm[0], frm[1]), NOW)
+
+    def run(self, node: str, data: bytes, frm: tuple[str, int], hops: int = 10) -> list[Send]:
+        """Deliver `data` to `node`, then follow every node-to-node send; return what left the
+        cluster (sends to non-node addresses), replicating REGISTER changes at once."""
+        out: list[Send] = []
+        queue: list[tuple[Proxy, bytes, tuple[str, int]]] = [(self.nodes[node], data, frm)]
+        while queue and hops:
+            hops -= 1
+            proxy, payload, source = queue.pop(0)
+            for action in proxy.handle(payload, Source("udp", *source), NOW):
+                if isinstance(action, Replicate):
+                    for peer in action.peers:
+                        self.nodes[peer].store.merge(action.changes, NOW)
+                    action = action.response
+                target = self.node_at(action.host, action.port)
+                me = (proxy.settings.host, proxy.settings.port)
+                if target is None:
+                    out.append(action)
+                else:
+                    queue.append((target, action.data, me))
+        return out
+
+
+def msg(
+    method: str,
+    uri: str,
+    *extra: str,
+    via: str = "SIP/2.0/UDP 127.0.0.1:5081;branch=z9hG4bK-a1;rport",
+    to: str = "<sip:bob@example.com>",
+    cseq: int = 1,
+    call_id: str = "call-1",
+    body: bytes = b"",
+) -> bytes:
+    lines = [
+        f"{method} {uri} SIP/2.0",
+        f"Via: {via}",
+        "From: <sip:alice@example.com>;tag=a",
+        f"To: {to}",
+        f"Call-ID: {call_id}",
+        f"CSeq: {cseq} {method}",
+        "Max-Forwards: 70",
+        *extra,
+        f"Content-Length: {len(body)}",
+        "",
+        "",
+    ]
+    return "\r\n".join(lines).encode() + body
+
+
+def register_bob(
+    net: Net, through: str = "n1", contact: str = "<sip:bob@127.0.0.1:5080>"
+) -> Response:
+    out = net.run(
+        through,
+        msg(
+            "REGISTER",
+            "sip:example.com",
+            f"Contact: {contact}",
+            via="SIP/2.0/UDP 127.0.0.1:5080;branch=z9hG4bK-r1;rport",
+            call_id="reg-1",
+        ),
+        PHONE_B,
+    )
+    assert len(out) == 1
+    response = parse_message(out[0].data)
+    assert isinstance(response, Response)
+    return response
+
+
+def test_register_through_a_non_owner_reaches_the_owner_and_both_owners_hold_it() -> None:
+    net = Net()
+    response = register_bob(net, "n1")
+    assert response.status == 200
+    assert [v.host for v in response.vias] == ["127.0.0.1"]  # only the phone's Via is left
+    assert response.vias[0].params.get("rport") == "5080"
+    assert "expires=3600" in (response.get("contact") or "")
+    assert len(net.nodes["n2"].store) == 1 and len(net.nodes["n3"].store) == 1
+    assert len(net.nodes["n1"].store) == 0  # n1 is not an owner
+    assert net.nodes["n1"].stats["forwarded"] == 2  # the request out, the response back
+
+
+def test_invite_goes_entry_node_to_owner_to_contact_with_one_record_route() -> None:
+    net = Net()
+    register_bob(net)
+    out = net.run("n1", msg("INVITE", "sip:bob@example.com"), PHONE_A)
+    assert len(out) == 1 and (out[0].host, out[0].port) == PHONE_B
+    invite = parse_message(out[0].data)
+    assert isinstance(invite, Request)
+    assert invite.uri_text == "sip:bob@127.0.0.1:5080"
+    assert invite.get_all("record-route") == ["<sip:127.0.0.1:5071;lr>"]
+    assert [f"{v.host}:{v.port}" for v in invite.vias] == [
+        "127.0.0.1:5072",
+        "127.0.0.1:5071",
+        "127.0.0.1:5081",
+    ]
+    assert invite.get("max-forwards") == "68"
+    # The phone's Via got received/rport (RFC 3581).
+    assert invite.vias[2].params.get("rport") == "5081"
+
+
+def test_retransmission_and_cancel_take_the_same_branches() -> None:
+    net = Net()
+    register_bob(net)
+    first = parse_message(net.run("n1", msg("INVITE", "sip:bob@example.com"), PHONE_A)[0].data)
+    again = parse_message(net.run("n1", msg("INVITE", "sip:bob@example.com"), PHONE_A)[0].data)
+    cancel = parse_message(net.run("n1", msg("CANCEL", "sip:bob@example.com"), PHONE_A)[0].data)
+    assert [v.branch for v in first.vias] == [v.branch for v in again.vias]
+    assert [v.branch for v in first.vias] == [v.branch for v in cancel.vias]
+    assert all(b.startswith(BRANCH_PREFIX) for b in [v.branch or "" for v in first.vias][:2])
+    other = parse_message(
+        net.run(
+            "n1",
+            msg(
+                "INVITE", "sip:bob@example.com", via="SIP/2.0/UDP 127.0.0.1:5081;branch=z9hG4bK-zz"
+            ),
+            PHONE_A,
+        )[0].data
+    )
+    assert other.vias[0].branch != first.vias[0].branch
+
+
+def test_owner_with_no_binding_answers_480_and_ack_is_never_answered() -> None:
+    net = Net()
+    out = net.run("n1", msg("INVITE", "sip:carol@example.com"), PHONE_A)
+    response = parse_message(out[0].data)
+    assert isinstance(response, Response) and response.status == 480
+    assert (out[0].host, out[0].port) == PHONE_A
+    assert net.run("n1", msg("ACK", "sip:carol@example.com"), PHONE_A) == []
+
+
+def test_no_live_owner_is_503_with_retry_after() -> None:
+    net = Net(default=())
+    out = net.run("n1", msg("INVITE", "sip:bob@example.com"), PHONE_A)
+    response = parse_message(out[0].data)
+    assert isinstance(response, Response) and response.status == 503
+    assert response.get("retry-after") == "5"
+
+
+@pytest.mark.parametrize(
+    ("uri", "extra"),
+    [
+        ("sip:bob@elsewhere.org", ()),  # a foreign domain
+        ("sip:bob@elsewhere.org", ("Route: <sip:10.9.9.9;lr>",)),  # a route we did not put
+    ],
+)
+def test_no_open_relay_for_strangers(uri: str, extra: tuple[str, ...]) -> None:
+    net = Net()
+    out = net.run("n1", msg("INVITE", uri, *extra), PHONE_A)
+    response = parse_message(out[0].data)
+    assert isinstance(response, Response) and response.status == 403
+
+
+def test_in_dialog_request_is_loose_routed_by_the_node_that_record_routed() -> None:
+    net = Net()
+    bye = msg(
+        "BYE",
+        "sip:uas@127.0.0.1:5080",
+        "Route: <sip:127.0.0.1:5071;lr>",
+        to="<sip:bob@example.com>;tag=b",
+        cseq=2,
+    )
+    out = net.run("n1", bye, PHONE_A)
+    assert len(out) == 1 and (out[0].host, out[0].port) == PHONE_B
+    forwarded = parse_message(out[0].data)
+    assert isinstance(forwarded, Request)
+    assert forwarded.get_all("route") == [] and forwarded.uri_text == "sip:uas@127.0.0.1:5080"
+    assert forwarded.get("record-route") is None
+
+
+def test_strict_router_request_uri_is_replaced_by_the_last_route() -> None:
+    net = Net()
+    bye = msg(
+        "BYE",
+        "sip:127.0.0.1:5071",
+        "Route: <sip:uas@127.0.0.1:5080>",
+        to="<sip:bob@example.com>;tag=b",
+        cseq=2,
+    )
+    out = net.run("n1", bye, PHONE_A)
+    assert (out[0].host, out[0].port) == PHONE_B
+    assert parse_message(out[0].data).uri_text == "sip:uas@127.0.0.1:5080"  # type: ignore[union-attr]
+
+
+def test_loop_is_482() -> None:
+    net = Net()
+    register_bob(net)
+    first = net.run("n1", msg("INVITE", "sip:bob@example.com"), PHONE_A)
+    invite = parse_message(first[0].data)
+    # The same request comes back to n1 unchanged but for Vias added on the way: a loop.
+    n1_via = next(v for v in invite.vias if v.port == 5071)
+    looped = msg(
+        "INVITE",
+        "sip:bob@example.com",
+        via=f"SIP/2.0/UDP 127.0.0.1:5099;branch=z9hG4bK-x, {n1_via.text}, "
+        "SIP/2.0/UDP 127.0.0.1:5081;branch=z9hG4bK-a1",
+    )
+    response = parse_message(net.handle("n1", looped, ("127.0.0.1", 5099))[0].data)  # type: ignore[union-attr]
+    assert isinstance(response, Response) and response.status == 482
+
+
+def test_responses_follow_the_via_chain_and_foreign_ones_are_dropped() -> None:
+    net = Net()
+    register_bob(net)
+    invite = parse_message(net.run("n1", msg("INVITE", "sip:bob@example.com"), PHONE_A)[0].data)
+    assert isinstance(invite, Request)
+    vias = ", ".join(v.text for v in invite.vias)
+    ok = (
+        "SIP/2.0 200 OK\r\n"
+        f"Via: {vias}\r\n"
+        "From: <sip:alice@example.com>;tag=a\r\nTo: <sip:bob@example.com>;tag=b\r\n"
+        "Call-ID: call-1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+    out = net.run("n2", ok, PHONE_B)
+    assert len(out) == 1 and (out[0].host, out[0].port) == PHONE_A
+    assert [v.port for v in parse_message(out[0].data).vias] == [5081]
+    # Sent to the wrong node (sipp's UAS does that): handed on to the right one.
+    out = net.run("n3", ok, PHONE_B)
+    assert len(out) == 1 and (out[0].host, out[0].port) == PHONE_A
+    foreign = ok.replace(b"z9hG4bK-st-", b"z9hG4bK-xx-")
+    assert net.run("n2", foreign, PHONE_B) == []
+
+
+def test_options_to_the_node_is_answered_and_unknown_method_is_405() -> None:
+    net = Net()
+    out = net.run("n1", msg("OPTIONS", "sip:127.0.0.1:5071"), PHONE_A)
+    response = parse_message(out[0].data)
+    assert isinstance(response, Response) and response.status == 200
+    assert "REGISTER" in (response.get("allow") or "")
+    out = net.run("n1", msg("FOO", "sip:bob@example.com"), PHONE_A)
+    response = parse_message(out[0].data)
+    assert isinstance(response, Response) and response.status == 405 and response.get("allow")
+
+
+def test_register_for_a_foreign_domain_is_404() -> None:
+    net = Net()
+    out = net.run(
+        "n1",
+        msg(
+            "REGISTER",
+            "sip:example.com",
+            "Contact: <sip:x@127.0.0.1:5080>",
+            to="<sip:bob@other.org>",
+        ),
+        PHONE_A,
+    )
+    response = parse_message(out[0].data)
+    assert isinstance(response, Response) and response.status == 404
+
+
+def test_register_on_an_owner_waits_for_the_replicas() -> None:
+    net = Net(default=("n1", "n2"))
+    actions = net.handle(
+        "n1",
+        msg("REGISTER", "sip:example.com", "Contact: <sip:bob@127.0.0.1:5080>"),
+        PHONE_B,
+    )
+    assert len(actions) == 1 and isinstance(actions[0], Replicate)
+    rep = actions[0]
+    assert rep.peers == ["n2"] and len(rep.changes) == 1
+    assert parse_message(rep.response.data).status == 200  # type: ignore[union-attr]
+    assert parse_message(rep.failure.data).status == 503  # type: ignore[union-attr]
+    # A retransmission while the replicas are asked is absorbed, not applied twice.
+    again = net.handle(
+        "n1",
+        msg("REGISTER", "sip:example.com", "Contact: <sip:bob@127.0.0.1:5080>"),
+        PHONE_B,
+    )
+    assert again == []

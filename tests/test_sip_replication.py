@@ -1,0 +1,227 @@
+"""Replication between owners over real loopback TCP: writes, batching, sealing, repair, handoff.
+
+Each node is a `Replicator` with its own `BindingStore`; a tiny listener per node plays the
+gossip port's part (read the first frame, offer it to `claim`). Ownership is a table the test
+edits, with an epoch counter and the owners of every past epoch, like `RoutingTable`.
+"""
+
+from __future__ import annotations
+
+import trio
+
+from swimthor.membership._keyring import Keyring
+from swimthor.membership.runtime import read_frame
+from swimthor.routing import EpochUnavailable
+from swimthor.sip._bindings import Binding, BindingStore
+from swimthor.sip._replication import Replicator
+
+NOW = 2_000_000_000.0
+KEY = Keyring([b"k" * 32])
+
+
+def binding(aor: str, contact: str = "sip:x@127.0.0.1:5080", stamp: float = NOW) -> Binding:
+    return Binding(
+        aor, contact, contact, NOW + 3600, 1.0, "cid", 1, "udp:127.0.0.1:5080", stamp, "n1"
+    )
+
+
+class Ownership:
+    def __init__(self, owners: list[str]) -> None:
+        self.epoch = 1
+        self.history: dict[int, dict[str, list[str]]] = {1: {}}
+        self.default = {1: list(owners)}
+
+    def set(self, owners: list[str], per_aor: dict[str, list[str]] | None = None) -> None:
+        self.epoch += 1
+        self.default[self.epoch] = list(owners)
+        self.history[self.epoch] = dict(per_aor or {})
+
+    def at(self, epoch: int, aor: str) -> list[str]:
+        if epoch not in self.default:
+            raise EpochUnavailable(epoch)
+        return self.history[epoch].get(aor, self.default[epoch])
+
+    def now(self, aor: str) -> list[str]:
+        return self.at(self.epoch, aor)
+
+
+class Cluster:
+    def __init__(self, names: list[str], owners: list[str], keyring: Keyring | None = KEY) -> None:
+        self.own = Ownership(owners)
+        self.addrs: dict[str, tuple[str, int]] = {}
+        self.keyrings = {n: keyring for n in names}
+        self.nodes = {
+            n: Replicator(
+                n,
+                BindingStore(),
+                keyring=lambda n=n: self.keyrings[n],
+                label="test",
+                owners=self.own.now,
+                owners_at=self.own.at,
+                epoch=lambda: self.own.epoch,
+                address=self.addrs.get,
+                timeout=1.0,
+                clock=lambda: NOW,
+            )
+            for n in names
+        }
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        for name, node in self.nodes.items():
+            listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+            self.addrs[name] = ("127.0.0.1", listeners[0].socket.getsockname()[1])
+            nursery.start_soon(self._listen, listeners[0], node)
+            await nursery.start(node.run)
+
+    async def _listen(self, listener: trio.SocketListener, node: Replicator) -> None:
+        async def one(stream: trio.SocketStream) -> None:
+            frame = await read_frame(stream, 1 << 20)
+            serve = node.claim(frame, ("127.0.0.1", 0))
+            if serve is None:
+                node.stats.setdefault("refused", 0)
+                node.stats["refused"] += 1
+                await stream.aclose()
+                return
+            await serve(stream)
+
+        async with trio.open_nursery() as nursery:
+            while True:
+                stream = await listener.accept()
+                nursery.start_soon(one, stream)
+
+
+async def test_a_write_is_confirmed_once_the_peer_holds_it() -> None:
+    c = Cluster(["n1", "n2"], ["n1", "n2"])
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await c.start(nursery)
+            b = binding("sip:bob@example.com")
+            assert await c.nodes["n1"].replicate([b], ["n2"])
+            assert c.nodes["n2"].store.all("sip:bob@example.com") == [b]
+            nursery.cancel_scope.cancel()
+
+
+async def test_concurrent_writes_share_frames() -> None:
+    c = Cluster(["n1", "n2"], ["n1", "n2"])
+    results: list[bool] = []
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await c.start(nursery)
+
+            async def write(i: int) -> None:
+                results.append(
+                    await c.nodes["n1"].replicate([binding(f"sip:u{i}@example.com")], ["n2"])
+                )
+
+            async with trio.open_nursery() as writers:
+                for i in range(200):
+                    writers.start_soon(write, i)
+            nursery.cancel_scope.cancel()
+    assert results == [True] * 200
+    assert len(c.nodes["n2"].store) == 200
+    assert c.nodes["n1"].stats["puts_sent"] < 50  # batched, not one frame per write
+
+
+async def test_an_unreachable_peer_fails_the_write_in_time() -> None:
+    c = Cluster(["n1", "n2"], ["n1", "n2"])
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await c.start(nursery)
+            c.addrs["n2"] = ("127.0.0.1", 1)  # nothing listens there
+            start = trio.current_time()
+            assert not await c.nodes["n1"].replicate([binding("sip:bob@example.com")], ["n2"])
+            assert trio.current_time() - start <= 1.5
+            c.addrs.pop("n2")  # not in the directory at all
+            assert not await c.nodes["n1"].replicate([binding("sip:bob@example.com")], ["n2"])
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_node_with_another_key_can_neither_write_nor_read() -> None:
+    c = Cluster(["n1", "n2"], ["n1", "n2"])
+    c.keyrings["n1"] = Keyring([b"z" * 32])
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await c.start(nursery)
+            assert not await c.nodes["n1"].replicate([binding("sip:bob@example.com")], ["n2"])
+            assert len(c.nodes["n2"].store) == 0
+            assert c.nodes["n2"].stats.get("refused", 0) >= 1
+            nursery.cancel_scope.cancel()
+
+
+async def test_plaintext_cluster_replicates_and_rejects_sealed_frames() -> None:
+    c = Cluster(["n1", "n2"], ["n1", "n2"], keyring=None)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await c.start(nursery)
+            assert await c.nodes["n1"].replicate([binding("sip:bob@example.com")], ["n2"])
+            c.keyrings["n1"] = KEY
+            c.nodes["n1"]._reset(c.nodes["n1"]._links["n2"])
+            assert not await c.nodes["n1"].replicate([binding("sip:eve@example.com")], ["n2"])
+            assert c.nodes["n2"].store.all("sip:eve@example.com") == []
+            nursery.cancel_scope.cancel()
+
+
+async def test_repair_exchanges_differences_both_ways() -> None:
+    c = Cluster(["n1", "n2"], ["n1", "n2"])
+    n1, n2 = c.nodes["n1"], c.nodes["n2"]
+    only1 = [binding(f"sip:a{i}@example.com") for i in range(30)]
+    only2 = [binding(f"sip:b{i}@example.com") for i in range(20)]
+    newer = binding("sip:shared@example.com", stamp=NOW + 5)
+    older = binding("sip:shared@example.com", stamp=NOW)
+    n1.store.merge([*only1, older], NOW)
+    n2.store.merge([*only2, newer], NOW)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await c.start(nursery)
+            await n1.repair_with("n2")
+            nursery.cancel_scope.cancel()
+    for store in (n1.store, n2.store):
+        assert len(store) == 51
+        assert store.all("sip:shared@example.com") == [newer]
+    assert n1.digest_with("n2", NOW) == n2.digest_with("n1", NOW)
+
+
+async def test_handoff_moves_keys_to_new_owners_and_drops_them_where_not_owned() -> None:
+    c = Cluster(["n1", "n2", "n3"], ["n1", "n2"])
+    n1, n3 = c.nodes["n1"], c.nodes["n3"]
+    keys = [binding(f"sip:u{i}@example.com") for i in range(50)]
+    n1.store.merge(keys, NOW)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await c.start(nursery)
+            # n3 joins and takes n1's place as an owner of every key.
+            c.own.set(["n3", "n2"])
+            n1.routing_changed()
+            while len(n1.store) or len(n3.store) < 50:
+                await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
+    assert len(n3.store) == 50
+    assert len(n1.store) == 0
+    assert n1.stats["handed_off"] == 50
+
+
+async def test_a_returning_owner_gets_its_keys_back() -> None:
+    c = Cluster(["n1", "n2", "n3"], ["n1", "n2"])
+    n1, n2, n3 = (c.nodes[n] for n in ("n1", "n2", "n3"))
+    keys = [binding(f"sip:u{i}@example.com") for i in range(40)]
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await c.start(nursery)
+            n1.store.merge(keys, NOW)
+            n2.store.merge(keys, NOW)
+            # n1 fails: n3 becomes the second owner; n2 hands the keys to it.
+            c.own.set(["n2", "n3"])
+            for node in (n2, n3):
+                node.routing_changed()
+            while len(n3.store) < 40:
+                await trio.sleep(0.05)
+            # n1 comes back empty (a restart) and owns the keys again.
+            n1.store = BindingStore()
+            n1._handoff_epoch = c.own.epoch
+            c.own.set(["n1", "n2"])
+            for node in (n2, n3):
+                node.routing_changed()
+            while len(n1.store) < 40 or len(n3.store):
+                await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
+    assert len(n1.store) == 40 and len(n2.store) == 40 and len(n3.store) == 0
