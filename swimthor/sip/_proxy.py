@@ -689,6 +689,11 @@ class Proxy:
         rport_empty = "rport" in top.params and not top.params.get("rport")
         if rport_empty:
             text = _set_rport(text, source.port)
+        elif source.transport == "tcp" and "rport" not in top.params:
+            # The response must go back on this connection (§18.2.2); the connection is known
+            # by the client's address, so the Via has to carry it, whether asked or not.
+            text += f";rport={source.port}"
+            rport_empty = True
         if "received" not in top.params and (rport_empty or top.host.strip("[]") != source.host):
             text += f";received={source.host}"
         if text != top.text:
