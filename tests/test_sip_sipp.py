@@ -156,7 +156,7 @@ class Sipp:
         p = subprocess.Popen(argv, cwd=self.tmp, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self.procs.append(p)
         try:
-            _, err = p.communicate(timeout=timeout)
+            p.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()

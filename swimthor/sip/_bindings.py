@@ -15,10 +15,15 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 
-__all__ = ["Binding", "BindingStore", "aor_bucket"]
+__all__ = ["MAX_FIELD_LENGTH", "Binding", "BindingStore", "aor_bucket"]
+
+# The longest text field a binding may carry on the wire (`Binding.from_wire`); the registrar
+# refuses longer ones so that whatever it stores can be replicated.
+MAX_FIELD_LENGTH = 2048
 
 # Anti-entropy digests cover this many buckets of address-of-record space.
 DIGEST_BUCKETS = 64
@@ -73,11 +78,17 @@ class Binding:
             raise ValueError("a binding is a list of 11 fields")
         aor, contact, key, expires_at, q, call_id, cseq, source, stamp, origin, removed = item
         for text in (aor, contact, key, call_id, source, origin):
-            if not isinstance(text, str) or len(text) > 2048:
+            if not isinstance(text, str) or len(text) > MAX_FIELD_LENGTH:
                 raise ValueError("binding text fields must be strings of at most 2048 chars")
         for number in (expires_at, q, stamp):
             if not isinstance(number, int | float) or isinstance(number, bool):
                 raise ValueError("binding times and q must be numbers")
+            # NaN would break the version order (merge) and the expiry heap; an int too big for
+            # a float would raise OverflowError instead of ValueError below.
+            if isinstance(number, int) and abs(number) > 2**53:
+                raise ValueError("binding times and q must be finite")
+            if not math.isfinite(number):
+                raise ValueError("binding times and q must be finite")
         if not isinstance(cseq, int) or isinstance(cseq, bool) or not 0 <= cseq < 2**32:
             raise ValueError("binding cseq must be a 32-bit integer")
         if not isinstance(removed, bool):

@@ -15,6 +15,8 @@ cannot be answered is dropped).
 from __future__ import annotations
 
 import functools
+import re
+import string
 from dataclasses import dataclass
 
 from sipmessage import URI, Address, Via
@@ -133,9 +135,11 @@ def canonical_name(name: str) -> str:
 
 
 def split_values(value: str) -> list[str]:
-    """Split a comma-joined header value, leaving commas inside quotes and <...> alone."""
+    """Split a comma-joined header value, leaving commas inside quotes and <...> alone.
+    Empty values (a blank header, `a,,b`) are left out."""
     if "," not in value:
-        return [value.strip()]
+        value = value.strip()
+        return [value] if value else []
     out: list[str] = []
     depth = 0
     quoted = False
@@ -194,21 +198,36 @@ class ViaHop:
         if host.startswith("[") and host.endswith("]"):
             host = host[1:-1]
         rport = self.params.get("rport")
-        if rport:
-            try:
-                return host, int(rport)
-            except ValueError:
-                pass
+        if rport and _digits(rport) and 0 < int(rport) < 65_536:
+            return host, int(rport)
         if self.port is not None:
             return host, self.port
         return host, 5061 if self.transport.upper() == "TLS" else 5060
 
 
+# RFC 3261 §18.2.1 / §25.1: `received` holds an IPv4address or an IPv6address, the latter
+# without brackets, which sipmessage's generic-param grammar does not accept. We bracket it
+# for parsing and hand back the value as it was written.
+_RECEIVED_V6 = re.compile(
+    r"(;\s*received\s*=\s*)([0-9A-Fa-f]*:[0-9A-Fa-f:.]*)(?=\s*(?:;|$))", re.IGNORECASE
+)
+
+
 @functools.lru_cache(maxsize=16_384)
 def _parse_via(text: str) -> ViaHop:
-    via = Via.parse(text.strip())
+    text = text.strip()
+    received_v6 = _RECEIVED_V6.search(text)
+    parsable = text
+    if received_v6 is not None:
+        start, end = received_v6.span(2)
+        parsable = f"{text[:start]}[{received_v6.group(2)}]{text[end:]}"
+    via = Via.parse(parsable)
+    if via.port is not None and not 0 < via.port < 65_536:
+        raise ValueError("Via port out of range")
     params = {k.lower(): v for k, v in via.parameters.items()}
-    return ViaHop(via.transport.upper(), via.host, via.port, params, text.strip())
+    if received_v6 is not None:
+        params["received"] = received_v6.group(2)
+    return ViaHop(via.transport.upper(), via.host, via.port, params, text)
 
 
 class SipMessage:
@@ -291,8 +310,11 @@ class SipMessage:
         """(sequence number, method); validated at parse time."""
         cached = self._cache.get("cseq")
         if cached is None:
-            number, _, method = (self.get("cseq") or "").strip().partition(" ")
-            cached = (int(number), method.strip())
+            # CSeq = 1*DIGIT LWS Method
+            parts = (self.get("cseq") or "").split(None, 1)
+            if len(parts) != 2 or not _digits(parts[0]):
+                raise ValueError("CSeq is not 1*DIGIT LWS Method")
+            cached = (int(parts[0]), parts[1].strip())
             self._cache["cseq"] = cached
         return cached  # type: ignore[return-value]
 
@@ -387,8 +409,16 @@ class Response(SipMessage):
         return f"SIP/2.0 {self.status} {self.reason}"
 
 
+_TOKEN_CHARS = frozenset(string.ascii_letters + string.digits + "-.!%*_+`'~")
+
+
 def _token(text: str) -> bool:
-    return bool(text) and all(ch.isalnum() or ch in "-.!%*_+`'~" for ch in text)
+    return bool(text) and all(ch in _TOKEN_CHARS for ch in text)
+
+
+def _digits(text: str) -> bool:
+    """1*DIGIT: ASCII digits only (`int()` also takes "+1", "1_0" and other scripts' digits)."""
+    return text.isascii() and text.isdigit()
 
 
 def parse_message(data: bytes, *, datagram: bool = True) -> Request | Response:
@@ -399,7 +429,7 @@ def parse_message(data: bytes, *, datagram: bool = True) -> Request | Response:
         raise SipParseError("Message Too Large")
     end = data.find(b"\r\n\r\n")
     if end < 0:
-        # Tolerate bare LF line ends only as a whole; anything else has no header end.
+        # Lines end in CRLF (RFC 3261 §7); bare LF line ends are not accepted.
         raise SipParseError("No End Of Headers")
     head = data[:end]
     body = data[end + 4 :]
@@ -408,13 +438,19 @@ def parse_message(data: bytes, *, datagram: bool = True) -> Request | Response:
     except UnicodeDecodeError:
         raise SipParseError("Headers Are Not UTF-8") from None
     lines = text.split("\r\n")
+    # A CR or LF left over is bare: not a line end, and no header value may hold one (it would
+    # end the line for a receiver that accepts bare LF, letting a value inject headers).
+    bare = text.replace("\r\n", "")
+    if "\r" in bare or "\n" in bare:
+        raise SipParseError("Bare CR Or LF In Headers")
     first = lines[0]
     if len(first) > MAX_HEADER_LENGTH:
         raise SipParseError("Start Line Too Long")
     bits = first.split(" ", 2)
     if len(bits) != 3:
         raise SipParseError("Bad Start Line")
-    is_request = bits[2] == "SIP/2.0"
+    # A status line starts with the version; its reason phrase may be anything, "SIP/2.0" too.
+    is_request = bits[0] != "SIP/2.0" and bits[2] == "SIP/2.0"
     if not is_request and bits[0] != "SIP/2.0":
         if bits[0].startswith("SIP/") or bits[2].startswith("SIP/"):
             raise SipParseError("Version Not Supported")
@@ -451,24 +487,18 @@ def parse_message(data: bytes, *, datagram: bool = True) -> Request | Response:
             raise SipParseError("Bad Method")
         message = Request(method, uri_text, headers, names, body)
     else:
-        try:
-            status = int(bits[1])
-        except ValueError:
-            raise SipParseError("Bad Status Code") from None
-        if not 100 <= status <= 699 or len(bits[1]) != 3:
+        if not _digits(bits[1]) or len(bits[1]) != 3 or not 100 <= int(bits[1]) <= 699:
             raise SipParseError("Bad Status Code")
+        status = int(bits[1])
         message = Response(status, bits[2], headers, names, body)
 
     # From here on a request is answerable if its Via, From, To, Call-ID and CSeq are usable.
     _check_mandatory(message)
     length_text = message.get("content-length")
     if length_text is not None:
-        try:
-            length = int(length_text)
-        except ValueError:
-            raise SipParseError("Bad Content-Length", respondable=is_request) from None
-        if length < 0:
+        if not _digits(length_text):
             raise SipParseError("Bad Content-Length", respondable=is_request)
+        length = int(length_text)
         if length > len(body):
             raise SipParseError("Content-Length Larger Than Body", respondable=is_request)
         if datagram and length < len(body):
@@ -485,6 +515,8 @@ def _check_mandatory(message: Request | Response) -> None:
     missing = [name for name in MANDATORY if name not in present]
     if "via" in missing:
         raise SipParseError("Missing Via")
+    if any(key == "via" and not value for key, value in message.headers):
+        raise SipParseError("Bad Via")  # an empty Via line: no hop to answer or to pop
     try:
         vias = message.vias
     except ValueError:

@@ -12,12 +12,12 @@ address-of-record's owners. Authentication (steps 3 and 4) is not here yet.
 from __future__ import annotations
 
 import email.utils
-import urllib.parse
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 
 from sipmessage import URI
 
-from ._bindings import Binding, BindingStore
+from ._bindings import MAX_FIELD_LENGTH, Binding, BindingStore
 from ._message import Request, parse_address
 
 __all__ = ["RegisterOutcome", "RegistrarPolicy", "aor_of", "contact_key", "register"]
@@ -43,20 +43,23 @@ class RegisterOutcome:
 
 def aor_of(uri: URI) -> str | None:
     """The canonical address-of-record of a SIP or SIPS URI: `sip:user@host`, host in lower
-    case, user unescaped, no port or parameters (§10.3 step 5). None without a user part."""
+    case without a trailing dot (the dispatcher takes `example.com.` for `example.com` too),
+    user unescaped, no port or parameters (§10.3 step 5). None without a user part."""
     if uri.scheme not in ("sip", "sips") or not uri.user:
         return None
-    return f"sip:{uri.user}@{uri.host.lower()}"
+    return f"sip:{uri.user}@{uri.host.lower().rstrip('.')}"
 
 
 def contact_key(uri: URI) -> str:
     """A Contact URI in a form where two URIs that RFC 3261 §19.1.4 calls equal are equal
     (scheme and host without case, user with case, escapes undone, parameters sorted)."""
     params = ";".join(
-        f"{k.lower()}={(v or '').lower()}" if v is not None else k.lower()
+        f"{k.lower()}={v.lower()}" if v is not None else k.lower()
         for k, v in sorted(uri.parameters.items(), key=lambda kv: kv[0].lower())
     )
-    user = urllib.parse.unquote(uri.user) if uri.user else ""
+    # sipmessage has already undone the escapes: unquoting again would make `a%2541` (user
+    # "a%41") equal to `aA`.
+    user = uri.user or ""
     port = uri.port if uri.port is not None else ""
     return f"{uri.scheme.lower()}:{user}@{uri.host.lower()}:{port};{params}"
 
@@ -69,7 +72,9 @@ class _Reject(Exception):
 
 def _delta(text: str, what: str) -> int:
     text = text.strip()
-    if not text.isdigit() or len(text) > 10:
+    # delta-seconds = 1*DIGIT, ASCII only: str.isdigit() also takes "²" (which int() refuses)
+    # and other scripts' digits.
+    if not (text.isascii() and text.isdigit()) or len(text) > 10:
         raise _Reject(400, f"Bad {what}")
     return min(int(text), 2**32 - 1)
 
@@ -90,6 +95,26 @@ def register(
         return r.outcome
 
 
+def _stamp(held: Binding | None, now: float, origin: str, cseq: int) -> float:
+    """The version stamp of a write replacing `held`: `now`, unless that would not be newer
+    than `held` (our clock stepped back, or the write came from a node whose clock is ahead),
+    in which case the smallest stamp above it, so the store takes the write."""
+    if held is None or (now, origin, cseq) > held.version:
+        return now
+    return math.nextafter(held.stamp, math.inf)
+
+
+def _tombstone(
+    held: Binding, now: float, policy: RegistrarPolicy, origin: str, call_id: str, cseq: int
+) -> Binding:
+    """A removal of `held`, kept until any version of it could have expired."""
+    stamp = _stamp(held, now, origin, cseq)
+    return replace(
+        BindingStore.tombstone(held, stamp=stamp, origin=origin, call_id=call_id, cseq=cseq),
+        expires_at=max(held.expires_at, stamp + policy.max_expires),
+    )
+
+
 def _register(
     request: Request,
     store: BindingStore,
@@ -101,12 +126,19 @@ def _register(
 ) -> RegisterOutcome:
     call_id = request.call_id
     cseq = request.cseq[0]
+    # Whatever we store must survive the trip to the replicas (Binding.from_wire).
+    if len(call_id) > MAX_FIELD_LENGTH:
+        raise _Reject(400, "Call-ID Too Long")
+    if len(aor) > MAX_FIELD_LENGTH:
+        raise _Reject(400, "Address Of Record Too Long")
     header_expires: int | None = None
     text = request.get("expires")
     if text is not None:
         header_expires = _delta(text, "Expires")
     values = request.get_all("contact")
     changes: list[Binding] = []
+    if not values and request.count("contact"):
+        raise _Reject(400, "Bad Contact")  # a Contact header with no value in it
 
     if values:
         if any(v.strip() == "*" for v in values):
@@ -118,9 +150,7 @@ def _register(
                     continue
                 if held.call_id == call_id and cseq <= held.cseq:
                     raise _Reject(500, "Out Of Order CSeq")
-                changes.append(
-                    store.tombstone(held, stamp=now, origin=origin, call_id=call_id, cseq=cseq)
-                )
+                changes.append(_tombstone(held, now, policy, origin, call_id, cseq))
         else:
             changes = _contacts(
                 request,
@@ -136,27 +166,15 @@ def _register(
                 cseq,
             )
 
+    held_keys = {b.key for b in store.all(aor)}
+    new = sum(1 for b in changes if b.key not in held_keys)
+    if new and len(store) + new > store.max_bindings:
+        # The store would drop them (BindingStore.put): do not answer 200 for bindings we
+        # do not keep.
+        raise _Reject(503, "Registrar Full", [("retry-after", "60")])
+
     # All checks passed: apply every change, then answer with the current bindings.
-    final = [
-        Binding(
-            b.aor,
-            b.contact,
-            b.key,
-            now + policy.max_expires,
-            b.q,
-            b.call_id,
-            b.cseq,
-            b.source,
-            b.stamp,
-            b.origin,
-            True,
-        )
-        if b.removed
-        else b
-        for b in changes
-    ]
-    for b in final:
-        store.put(b)
+    final = [b for b in changes if store.put(b)]
     headers = [
         (
             "contact",
@@ -196,8 +214,10 @@ def _contacts(
         uri = address.uri
         if uri.scheme not in ("sip", "sips", "tel"):
             raise _Reject(400, "Bad Contact")
-        expires_param = address.parameters.get("expires")
-        if "expires" in address.parameters and expires_param is not None:
+        # Parameter names compare without case (RFC 3261 §7.3.1): ";Expires=60" counts.
+        params = {k.lower(): v for k, v in address.parameters.items()}
+        expires_param = params.get("expires")
+        if expires_param is not None:
             expires = _delta(expires_param, "Contact Expires")
         elif header_expires is not None:
             expires = header_expires
@@ -207,7 +227,7 @@ def _contacts(
             raise _Reject(423, "Interval Too Brief", [("min-expires", str(policy.min_expires))])
         expires = min(expires, policy.max_expires)
         q = 1.0
-        q_text = address.parameters.get("q")
+        q_text = params.get("q")
         if q_text is not None:
             try:
                 q = float(q_text)
@@ -216,26 +236,33 @@ def _contacts(
             if not 0.0 <= q <= 1.0:
                 raise _Reject(400, "Bad Contact q")
         key = contact_key(uri)
+        contact = str(uri)
+        if len(contact) > MAX_FIELD_LENGTH or len(key) > MAX_FIELD_LENGTH:
+            raise _Reject(400, "Contact Too Long")
         current = held.get(key)
         if current is not None and current.call_id == call_id and cseq <= current.cseq:
             # Same Call-ID and a CSeq not higher: out of order (§10.3 step 7). An equal CSeq
             # is a retransmission the transaction layer answers before we get here.
             raise _Reject(500, "Out Of Order CSeq")
+        # The same contact twice in one request: the last one says what happens to it.
+        changes.pop(key, None)
         if expires == 0:
             if current is not None and not current.removed:
-                changes[key] = store.tombstone(
-                    current, stamp=now, origin=origin, call_id=call_id, cseq=cseq
-                )
+                changes[key] = _tombstone(current, now, policy, origin, call_id, cseq)
             continue
+        stamp = _stamp(current, now, origin, cseq)
         changes[key] = Binding(
-            aor, str(uri), key, now + expires, q, call_id, cseq, source, now, origin
+            aor, contact, key, now + expires, q, call_id, cseq, source, stamp, origin
         )
-    live_after = {k for k, b in held.items() if b.live(now)}
+    live_before = {k for k, b in held.items() if b.live(now)}
+    live_after = set(live_before)
     for key, b in changes.items():
         if b.removed:
             live_after.discard(key)
         else:
             live_after.add(key)
-    if len(live_after) > policy.max_contacts:
+    # Only a request that adds contacts can be refused for their number: one that refreshes
+    # or removes must go through even when replicas merged the set past the limit.
+    if live_after - live_before and len(live_after) > policy.max_contacts:
         raise _Reject(403, "Too Many Contacts")
     return list(changes.values())
