@@ -307,7 +307,8 @@ def test_register_on_an_owner_waits_for_the_replicas() -> None:
     rep = actions[0]
     assert rep.peers == ["n2"] and len(rep.changes) == 1
     assert parse_message(rep.response.data).status == 200  # type: ignore[union-attr]
-    assert parse_message(rep.failure.data).status == 503  # type: ignore[union-attr]
+    failed = net.nodes["n1"].replication_failed(rep)
+    assert parse_message(failed.data).status == 503  # type: ignore[union-attr]
     # A retransmission while the replicas are asked is absorbed, not applied twice.
     again = net.handle(
         "n1",

@@ -3,9 +3,10 @@
 `parse_message(data)` splits a datagram or a stream frame into a `Request` or `Response`:
 start line, headers (compact forms expanded, folded lines joined, names compared without
 case) and body. It checks sizes and structure only; what a header *means* is parsed lazily by
-the accessors below, once per message, with sipmessage's grammar (`URI`, `Address`, `Via`)
-behind small caches, because sipmessage re-parses on every property access and the same
-header values (a user's To, a phone's Contact) come back with every re-registration.
+the accessors below, once per message, with `_grammar` (one compiled pattern per common
+shape, sipmessage's full grammar for the rest) behind small caches, because sipmessage
+re-parses on every property access and the same header values (a user's To, a phone's
+Contact) come back with every re-registration.
 
 Errors are `SipParseError` with a reason phrase that names the problem; `respondable` says
 whether enough of the request was read to build a response (RFC 3261 §8.2: a request that
@@ -19,7 +20,10 @@ import re
 import string
 from dataclasses import dataclass
 
-from sipmessage import URI, Address, Via
+from sipmessage import Via
+
+from . import _grammar
+from ._grammar import NameAddr, Uri
 
 __all__ = [
     "MAX_HEADERS",
@@ -166,19 +170,17 @@ def split_values(value: str) -> list[str]:
     return [v for v in out if v]
 
 
-@functools.lru_cache(maxsize=65_536)
-def parse_uri(text: str) -> URI:
+def parse_uri(text: str) -> Uri:
     """A SIP/SIPS/TEL URI; ValueError when it is none of those."""
-    return URI.parse(text.strip())
+    return _grammar.parse_uri(text.strip())
 
 
-@functools.lru_cache(maxsize=65_536)
-def parse_address(text: str) -> Address:
+def parse_address(text: str) -> NameAddr:
     """One name-addr or addr-spec with its parameters (From, To, Contact, Route ...)."""
-    return Address.parse(text.strip())
+    return _grammar.parse_name_addr(text.strip())
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ViaHop:
     """One Via value: where its sender wants responses, as RFC 3261 §18.2.2 and RFC 3581 say."""
 
@@ -216,6 +218,11 @@ _RECEIVED_V6 = re.compile(
 @functools.lru_cache(maxsize=16_384)
 def _parse_via(text: str) -> ViaHop:
     text = text.strip()
+    fast = _grammar.match_via(text)
+    if fast is not None:
+        if fast.port is not None and not 0 < fast.port < 65_536:
+            raise ValueError("Via port out of range")
+        return ViaHop(fast.transport, fast.host, fast.port, fast.params, text)
     received_v6 = _RECEIVED_V6.search(text)
     parsable = text
     if received_v6 is not None:
@@ -327,11 +334,11 @@ class SipMessage:
         return cached  # type: ignore[return-value]
 
     @property
-    def from_addr(self) -> Address:
+    def from_addr(self) -> NameAddr:
         return self._address("from")
 
     @property
-    def to_addr(self) -> Address:
+    def to_addr(self) -> NameAddr:
         return self._address("to")
 
     @property
@@ -342,7 +349,7 @@ class SipMessage:
     def to_tag(self) -> str | None:
         return self.to_addr.parameters.get("tag")
 
-    def _address(self, name: str) -> Address:
+    def _address(self, name: str) -> NameAddr:
         cached = self._cache.get(name)
         if cached is None:
             cached = parse_address(self.get(name) or "")
@@ -382,7 +389,7 @@ class Request(SipMessage):
         self.uri_text = uri_text
 
     @property
-    def uri(self) -> URI:
+    def uri(self) -> Uri:
         """The Request-URI; ValueError when it is not a SIP, SIPS or TEL URI."""
         return parse_uri(self.uri_text)
 
@@ -410,10 +417,22 @@ class Response(SipMessage):
 
 
 _TOKEN_CHARS = frozenset(string.ascii_letters + string.digits + "-.!%*_+`'~")
+_TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
 
 
 def _token(text: str) -> bool:
-    return bool(text) and all(ch in _TOKEN_CHARS for ch in text)
+    return _TOKEN_RE.fullmatch(text) is not None
+
+
+@functools.lru_cache(maxsize=1024)
+def _header_name(name: str) -> tuple[str, str] | None:
+    """(canonical name, name to write back) of a header name as received; None if it is not
+    a token. Cached: a handful of names make up nearly every header line."""
+    name = name.rstrip(" \t")
+    if not _token(name):
+        return None
+    key = canonical_name(name)
+    return key, DISPLAY_NAMES.get(key, name)
 
 
 def _digits(text: str) -> bool:
@@ -472,11 +491,11 @@ def parse_message(data: bytes, *, datagram: bool = True) -> Request | Response:
         if len(line) > MAX_HEADER_LENGTH:
             raise SipParseError("Header Too Long")
         name, sep, value = line.partition(":")
-        name = name.rstrip(" \t")
-        if not sep or not _token(name):
+        known = _header_name(name) if sep else None
+        if known is None:
             raise SipParseError("Bad Header Line")
-        headers.append((canonical_name(name), value.strip()))
-        names.append(DISPLAY_NAMES.get(canonical_name(name), name))
+        headers.append((known[0], value.strip()))
+        names.append(known[1])
         if len(headers) > MAX_HEADERS:
             raise SipParseError("Too Many Headers")
 
@@ -511,26 +530,30 @@ def parse_message(data: bytes, *, datagram: bool = True) -> Request | Response:
 
 
 def _check_mandatory(message: Request | Response) -> None:
-    present = {key for key, _ in message.headers}
-    missing = [name for name in MANDATORY if name not in present]
-    if "via" in missing:
+    counts: dict[str, int] = {}
+    for key, value in message.headers:
+        if key in _COUNTED:
+            counts[key] = counts.get(key, 0) + 1
+            if key == "via" and not split_values(value):
+                # A Via line with no value (blank, or only commas): the proxy edits and pops
+                # the first value of the first Via line, which must be the top hop.
+                raise SipParseError("Bad Via")
+    if "via" not in counts:
         raise SipParseError("Missing Via")
-    if any(key == "via" and not value for key, value in message.headers):
-        raise SipParseError("Bad Via")  # an empty Via line: no hop to answer or to pop
     try:
         vias = message.vias
     except ValueError:
         raise SipParseError("Bad Via") from None
     if not vias:
         raise SipParseError("Missing Via")
-    if missing:
-        pretty = DISPLAY_NAMES.get(missing[0], missing[0])
-        raise SipParseError(f"Missing {pretty}", respondable=isinstance(message, Request))
-    for name in ("to", "from", "call-id", "cseq"):
-        if message.count(name) != 1:
-            pretty = DISPLAY_NAMES[name]
-            raise SipParseError(f"Duplicate {pretty}", respondable=isinstance(message, Request))
     respondable = isinstance(message, Request)
+    for name in MANDATORY:
+        if name not in counts:
+            pretty = DISPLAY_NAMES.get(name, name)
+            raise SipParseError(f"Missing {pretty}", respondable=respondable)
+    for name in ("to", "from", "call-id", "cseq"):
+        if counts[name] != 1:
+            raise SipParseError(f"Duplicate {DISPLAY_NAMES[name]}", respondable=respondable)
     try:
         number, method = message.cseq
     except ValueError:
@@ -546,3 +569,6 @@ def _check_mandatory(message: Request | Response) -> None:
             message._address(name)
         except ValueError:
             raise SipParseError(f"Bad {DISPLAY_NAMES[name]}", respondable=respondable) from None
+
+
+_COUNTED = frozenset(MANDATORY)

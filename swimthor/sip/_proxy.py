@@ -103,14 +103,15 @@ class Send:
 @dataclass(slots=True)
 class Replicate:
     """Store `changes` on `peers` (names of the other live owners), then send `response`
-    (and remember it for retransmissions under `txn`). `failure` goes out instead if a peer
-    does not confirm in time."""
+    (and remember it for retransmissions under `txn`). If a peer does not confirm in time,
+    `Proxy.replication_failed(this)` is what goes out instead."""
 
     changes: list[Binding]
     peers: list[str]
     response: Send
-    failure: Send
     txn: tuple[str, ...] | None
+    request: Request
+    source: Source
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +192,7 @@ class Proxy:
             "registers": 0,
             "retransmissions": 0,
             "relayed": 0,
+            "replication_failed": 0,
         }
         self._me = f"{settings.host}:{settings.port}".lower()
         self._rr = f"<sip:{_uri_host(settings.host)}:{settings.port};lr>"
@@ -588,14 +590,6 @@ class Proxy:
             to_tag=self._tag(request),
             server=self.settings.server_header,
         )
-        fail = make_response(
-            request,
-            503,
-            "Replica Did Not Confirm",
-            [("retry-after", "1")],
-            to_tag=self._tag(request),
-            server=self.settings.server_header,
-        )
         self.stats["answered"] += 1
         key = transaction_key(request)
         if not peers:
@@ -610,10 +604,25 @@ class Proxy:
                 outcome.changes,
                 peers,
                 self._to_via(ok, request, source),
-                self._to_via(fail, request, source),
                 key,
+                request,
+                source,
             )
         ]
+
+    def replication_failed(self, action: Replicate) -> Send:
+        """The answer when the other owners did not confirm a REGISTER in time: 503 with
+        Retry-After, so the phone tries again rather than believing it is registered."""
+        self.stats["replication_failed"] += 1
+        response = make_response(
+            action.request,
+            503,
+            "Replica Did Not Confirm",
+            [("retry-after", "1")],
+            to_tag=self._tag(action.request),
+            server=self.settings.server_header,
+        )
+        return self._to_via(response, action.request, action.source)
 
     # ---------------------------------------------------------------- proxy
 

@@ -12,12 +12,12 @@ address-of-record's owners. Authentication (steps 3 and 4) is not here yet.
 from __future__ import annotations
 
 import email.utils
+import functools
 import math
 from dataclasses import dataclass, field, replace
 
-from sipmessage import URI
-
 from ._bindings import MAX_FIELD_LENGTH, Binding, BindingStore
+from ._grammar import Uri
 from ._message import Request, parse_address
 
 __all__ = ["RegisterOutcome", "RegistrarPolicy", "aor_of", "contact_key", "register"]
@@ -41,7 +41,7 @@ class RegisterOutcome:
     changes: list[Binding] = field(default_factory=list)
 
 
-def aor_of(uri: URI) -> str | None:
+def aor_of(uri: Uri) -> str | None:
     """The canonical address-of-record of a SIP or SIPS URI: `sip:user@host`, host in lower
     case without a trailing dot (the dispatcher takes `example.com.` for `example.com` too),
     user unescaped, no port or parameters (§10.3 step 5). None without a user part."""
@@ -50,7 +50,7 @@ def aor_of(uri: URI) -> str | None:
     return f"sip:{uri.user}@{uri.host.lower().rstrip('.')}"
 
 
-def contact_key(uri: URI) -> str:
+def contact_key(uri: Uri) -> str:
     """A Contact URI in a form where two URIs that RFC 3261 §19.1.4 calls equal are equal
     (scheme and host without case, user with case, escapes undone, parameters sorted)."""
     params = ";".join(
@@ -183,8 +183,14 @@ def _register(
         )
         for b in store.lookup(aor, now)
     ]
-    headers.append(("date", email.utils.formatdate(now, usegmt=True)))
+    headers.append(("date", _http_date(int(now))))
     return RegisterOutcome(200, "OK", headers, final)
+
+
+@functools.lru_cache(maxsize=4)
+def _http_date(second: int) -> str:
+    """The Date header (RFC 3261 §20.17) for a whole second: formatted once per second."""
+    return email.utils.formatdate(second, usegmt=True)
 
 
 def _q_text(q: float) -> str:
