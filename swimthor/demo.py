@@ -25,10 +25,13 @@ from typing import Any, TextIO
 
 import trio
 
-from swimthor.config import AgentConfig, format_hostport
+from swimthor.config import AgentConfig, SipConfig, format_hostport
 from swimthor.membership._keyring import Keyring
 
 HOST = "127.0.0.1"
+DOMAIN = "example.com"
+# The sipp scenarios shipped with the package (the same ones the interop tests run).
+SCENARIOS = Path(__file__).parent / "sip" / "scenarios"
 REFRESH = 1.0
 # How long every agent together gets to leave before the rest is cancelled.
 STOP_GRACE = 5.0
@@ -48,6 +51,8 @@ class NodeRow:
     alive: str  # members alive in this node's own view
     digest: str
     converged: str
+    sip: str = "-"
+    bindings: str = "-"
 
 
 def free_ports(n: int, host: str = HOST) -> list[int]:
@@ -74,9 +79,15 @@ def free_ports(n: int, host: str = HOST) -> list[int]:
 
 
 def node_configs(
-    nodes: int, ports: Sequence[int], profile: str, tmpdir: Path, insecure: bool
+    nodes: int,
+    ports: Sequence[int],
+    profile: str,
+    tmpdir: Path,
+    insecure: bool,
+    sip_ports: Sequence[int] | None = None,
 ) -> list[AgentConfig]:
-    """node1..nodeN; dcs alternate dc1/dc2 from 4 nodes up; everyone joins through node1."""
+    """node1..nodeN; dcs alternate dc1/dc2 from 4 nodes up; everyone joins through node1.
+    With `sip_ports`, every node serves SIP for DOMAIN on its port."""
     seed = (HOST, ports[0])
     configs = []
     for i in range(nodes):
@@ -96,6 +107,9 @@ def node_configs(
                 data_dir=str(tmpdir / name),
                 log_format="console",
                 log_level="warning",
+                sip=None
+                if sip_ports is None
+                else SipConfig(bind=(HOST, sip_ports[i]), domains=[DOMAIN]),
             )
         )
     return configs
@@ -161,14 +175,28 @@ def snapshot(agents: Sequence[Any], configs: Sequence[AgentConfig]) -> list[Node
                 alive=_s(counts.get("alive")) if isinstance(counts, Mapping) else "?",
                 digest=str(digest)[:8] if digest else "?",
                 converged=_converged_text(status.get("converged")),
+                sip=format_hostport(cfg.sip.bind) if cfg.sip is not None else "-",
+                bindings=_bindings_text(agent),
             )
         )
     return rows
 
 
+def _bindings_text(agent: Any) -> str:
+    sip = getattr(agent, "sip", None)
+    store = getattr(sip, "store", None)
+    try:
+        return str(len(store)) if store is not None else "-"
+    except TypeError:
+        return "?"
+
+
 def format_table(rows: Sequence[NodeRow]) -> str:
     """The rows as aligned columns with a header."""
-    header = ("NAME", "ADDR", "DC", "STATE@node1", "INC", "HEALTH", "ALIVE", "VIEW", "CONVERGED")
+    header = (
+        "NAME", "ADDR", "DC", "STATE@node1", "INC", "HEALTH", "ALIVE", "VIEW", "CONVERGED",
+        "SIP", "BINDINGS",
+    )  # fmt: skip
     table = [header] + [
         (
             r.name,
@@ -180,6 +208,8 @@ def format_table(rows: Sequence[NodeRow]) -> str:
             r.alive,
             r.digest,
             r.converged,
+            r.sip,
+            r.bindings,
         )
         for r in rows
     ]
@@ -187,6 +217,26 @@ def format_table(rows: Sequence[NodeRow]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
              for row in table]  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def sipp_hint(tmpdir: Path, sip_ports: Sequence[int], phone_ports: Sequence[int]) -> str:
+    """Ready sipp command lines: register bob through the last node, answer as bob, and call
+    bob through the first node (the cluster routes each call to bob's owner in one hop)."""
+    bob = tmpdir / "bob.csv"
+    callers = tmpdir / "callers.csv"
+    bob.write_text("SEQUENTIAL\nbob\n")
+    callers.write_text("SEQUENTIAL\n" + "".join(f"caller{i}\n" for i in range(100)))
+    last, first = sip_ports[-1], sip_ports[0]
+    uas, uac = phone_ports[0], phone_ports[1]
+    common = f"-key domain {DOMAIN} -i {HOST}"
+    return (
+        "SIP (Debian sip-tester), in another terminal:\n"
+        f"  register bob: sipp {HOST}:{last} -sf {SCENARIOS / 'register.xml'} -inf {bob} "
+        f"{common} -p {uas} -m 1\n"
+        f"  answer as bob: sipp -sf {SCENARIOS / 'uas.xml'} -i {HOST} -p {uas}\n"
+        f"  call bob: sipp {HOST}:{first} -sf {SCENARIOS / 'uac.xml'} -inf {callers} {common} "
+        f"-s bob -p {uac} -m 10 -r 2\n"
+    )
 
 
 def _start_kwargs(agent_cls: Any) -> dict[str, Any]:
@@ -216,6 +266,7 @@ class _Demo:
         self.configs: list[AgentConfig] = []
         self.started = time.monotonic()
         self.hinted = False
+        self.sip_hint = ""
         self.out_broken = False
         # Cancelled by a signal, the end of --duration, or a closed output.
         self.waiting = trio.CancelScope()
@@ -233,7 +284,8 @@ class _Demo:
             self.hinted = True
             hint = (
                 f"try: swimthor members --control {self.configs[0].control}\n"
-                "Ctrl-C stops every node gracefully\n"
+                + self.sip_hint
+                + "Ctrl-C stops every node gracefully\n"
             )
         text = f"{head}\n{body}{hint}"
         if self.tty and not final:
@@ -268,7 +320,9 @@ class _Demo:
         from swimthor.agent import Agent
 
         master = None if self.insecure else Keyring([Keyring.generate()])
-        ports = free_ports(self.nodes)
+        every = free_ports(2 * self.nodes + 2)
+        ports, sip_ports = every[: self.nodes], every[self.nodes : 2 * self.nodes]
+        phone_ports = every[2 * self.nodes :]
         extra = _start_kwargs(Agent)
         # The demo owns SIGINT/SIGTERM (the agents are asked not to watch them): a Ctrl-C
         # while the nodes start is kept and acted on as soon as they all run.
@@ -276,7 +330,10 @@ class _Demo:
             tempfile.TemporaryDirectory(prefix="swimthor-demo-") as tmp,
             trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals,
         ):
-            self.configs = node_configs(self.nodes, ports, self.profile, Path(tmp), self.insecure)
+            self.configs = node_configs(
+                self.nodes, ports, self.profile, Path(tmp), self.insecure, sip_ports
+            )
+            self.sip_hint = sipp_hint(Path(tmp), sip_ports, phone_ports)
             async with trio.open_nursery() as nursery:
                 for cfg in self.configs:
                     # Each agent gets its own Keyring object: rotation mutates it.

@@ -30,7 +30,7 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("sipp") is None, reason="sipp (Debian sip-tester) missing"),
 ]
 
-SCENARIOS = Path(__file__).parent / "sipp"
+SCENARIOS = Path(__file__).parent.parent / "swimthor" / "sip" / "scenarios"
 DOMAIN = "example.com"
 N = 3
 
@@ -278,3 +278,40 @@ def test_calls_through_the_cluster_survive_the_owner_being_killed(
     for node in survivors:
         stats = _calls(sipp, node, 10)
         assert stats["ok"] == 10 and stats["failed"] == 0, (node.name, stats)
+
+
+def test_the_demo_prints_sipp_commands_that_work(tmp_path: Path, sipp: Sipp) -> None:
+    """`swimthor demo` (what `make run` starts) gives every node SIP and prints sipp command
+    lines; run as printed, bob registers, answers, and 5 calls through node1 complete."""
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "swimthor", "demo", "--nodes", "3", "--duration", "60"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert demo.stdout is not None
+        commands: dict[str, list[str]] = {}
+        deadline = time.monotonic() + 30
+        while len(commands) < 3 and time.monotonic() < deadline:
+            line = demo.stdout.readline()
+            for label in ("register bob", "answer as bob", "call bob"):
+                if line.strip().startswith(f"{label}: sipp "):
+                    commands[label] = line.split(": ", 1)[1].split()[1:]
+        assert len(commands) == 3, commands
+        stats = sipp.run(*commands["register bob"])
+        assert stats["ok"] == 1, stats
+        sipp.background(*commands["answer as bob"])
+        time.sleep(0.5)
+        call = commands["call bob"]
+        call[call.index("-m") + 1] = "5"
+        call[call.index("-r") + 1] = "10"
+        stats = sipp.run(*call, "-recv_timeout", "5000")
+        assert stats["ok"] == 5 and stats["failed"] == 0, stats
+    finally:
+        demo.send_signal(signal.SIGINT)
+        try:
+            demo.wait(15)
+        except subprocess.TimeoutExpired:
+            demo.kill()
+            demo.wait()
