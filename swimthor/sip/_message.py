@@ -564,6 +564,8 @@ def _check_mandatory(message: Request | Response) -> None:
         raise SipParseError("CSeq Method Does Not Match", respondable=True)
     if not message.call_id:
         raise SipParseError("Bad Call-ID", respondable=respondable)
+    if not respondable:
+        return  # a response is routed by its Vias alone: its From and To are read if needed
     for name in ("from", "to"):
         try:
             message._address(name)

@@ -36,6 +36,7 @@ from ._message import (
     Request,
     Response,
     SipParseError,
+    ViaHop,
     parse_address,
     parse_message,
     parse_uri,
@@ -155,7 +156,11 @@ def make_response(
         if key in ("via", "from", "call-id", "cseq"):
             out.append((key, value))
         elif key == "to":
-            if to_tag and status != 100 and request.to_tag is None:
+            try:
+                tagged = request.to_tag is not None
+            except ValueError:  # a To we could not read (the 400 says so): copy it as it is
+                tagged = True
+            if to_tag and status != 100 and not tagged:
                 value = f"{value};tag={to_tag}"
             out.append((key, value))
     out.extend(headers)
@@ -176,10 +181,14 @@ class Proxy:
         owners: Callable[[str, int], list[Peer]],
         peers: Callable[[], dict[str, Peer]],
         store: BindingStore | None = None,
+        peer_at: Callable[[str, int], Peer | None] | None = None,
     ) -> None:
         self.settings = settings
         self._owners = owners  # aor, n -> live owners, first first
         self._peers = peers  # name -> Peer, the live sip members (us included)
+        # (host, port) -> the live member whose SIP address that is; a scan of peers() if the
+        # caller keeps no index (tests), an index lookup in the agent.
+        self._peer_at = peer_at or self._scan_peers
         self.store = store if store is not None else BindingStore()
         self.txns = ResponseCache()
         self.stats: dict[str, int] = {
@@ -249,24 +258,22 @@ class Proxy:
         return [self._to_via(response, request, source)]
 
     def _tag(self, request: Request) -> str:
-        return _h(request.call_id, request.from_tag or "", self.settings.name, size=6)
+        """Our To tag for a response we build: the same for every retransmission."""
+        try:
+            from_tag = request.from_tag or ""
+        except ValueError:  # answering a request whose From did not parse
+            from_tag = request.get("from") or ""
+        return _h(request.call_id, from_tag, self.settings.name, size=6)
 
     def _to_via(self, response: Response, request: Request, source: Source) -> Send:
-        """Where a response to `request` goes: back on the connection for TCP; for UDP to
-        received/rport of the top Via, else its sent-by (§18.2.2, RFC 3581)."""
+        """Where a response we build goes: back on the connection for TCP; for UDP to the
+        address the request came from (the `received` our transport records, §18.2.1), at
+        the rport if asked for (RFC 3581) or else the sent-by port (§18.2.2). Never to a host
+        the sender merely names in its Via: that would reflect our answers anywhere."""
         data = response.to_bytes()
         if source.transport == "tcp":
             return Send("tcp", source.host, source.port, data, source.conn)
-        top = request.vias[0]
-        host, port = top.response_target()
-        if "rport" in top.params and not top.params.get("rport"):
-            port = source.port
-        if "received" not in top.params and "rport" in top.params:
-            host = source.host
-        if not _is_ip(host):
-            host = source.host  # we do not resolve a sent-by name for a response; use source
-            port = source.port
-        return Send("udp", host, port, data)
+        return Send("udp", source.host, _response_port(request.vias[0], source), data)
 
     def _reply(
         self,
@@ -294,6 +301,18 @@ class Proxy:
             self.txns.answered(key, now, send.data)
         return [send]
 
+    def _scan_peers(self, host: str, port: int) -> Peer | None:
+        for peer in self._peers().values():
+            if peer.host == host and peer.port == port:
+                return peer
+        return None
+
+    def _other_node_at(self, host: str, port: int | None) -> Peer | None:
+        peer = self._peer_at(host.strip("[]").lower(), port or 5060)
+        if peer is None or peer.name == self.settings.name:
+            return None
+        return peer
+
     def _is_peer(self, source: Source, request: Request) -> bool:
         """Did another node of this cluster hand us this request? Its top Via is a peer's
         SIP address with our branch form, and it came from that peer's IP."""
@@ -301,12 +320,10 @@ class Proxy:
         branch = top.branch or ""
         if not branch.startswith(BRANCH_PREFIX):
             return False
-        for peer in self._peers().values():
-            if peer.name == self.settings.name:
-                continue
-            if top.host == peer.host and top.port == peer.port and source.host == peer.host:
-                return source.transport == "tcp" or source.port == peer.port
-        return False
+        peer = self._other_node_at(top.host, top.port)
+        if peer is None or source.host != peer.host:
+            return False
+        return source.transport == "tcp" or source.port == peer.port
 
     def _ours(self, host: str, port: int | None) -> bool:
         """Is host[:port] this node's SIP address (a Route or Request-URI meant for us)?"""
@@ -319,11 +336,7 @@ class Proxy:
         low = host.lower().rstrip(".")
         if low in self.settings.domains:
             return True
-        bare = low.strip("[]")
-        for peer in self._peers().values():
-            if bare == peer.host.strip("[]").lower() and (port or 5060) == peer.port:
-                return True
-        return False
+        return self._peer_at(low.strip("[]"), port or 5060) is not None
 
     # ---------------------------------------------------------------- responses
 
@@ -337,13 +350,10 @@ class Proxy:
             # A response meant for another node of the cluster. Compliant UAs send responses
             # where the Via says, but some (sipp's UAS among them) send every response of a
             # dialog to where its first request came from. Hand it to that node unchanged.
-            for peer in self._peers().values():
-                if peer.name != self.settings.name and (peer.host, peer.port) == (
-                    top.host,
-                    top.port,
-                ):
-                    self.stats["relayed"] += 1
-                    return [Send("udp", peer.host, peer.port, response.to_bytes())]
+            peer = self._other_node_at(top.host, top.port)
+            if peer is not None:
+                self.stats["relayed"] += 1
+                return [Send("udp", peer.host, peer.port, response.to_bytes())]
             self.stats["dropped"] += 1
             return []
         if len(vias) < 2:
@@ -362,6 +372,7 @@ class Proxy:
     # ---------------------------------------------------------------- requests
 
     def _request(self, request: Request, source: Source, now: float) -> list[Send | Replicate]:
+        _stamp_received(request, source)
         key = transaction_key(request)
         if key is not None and request.method != "ACK":
             cached = self.txns.get(key, now)
@@ -385,7 +396,7 @@ class Proxy:
         mf_text = request.get("max-forwards")
         max_forwards = DEFAULT_MAX_FORWARDS
         if mf_text is not None:
-            if not mf_text.isdigit() or len(mf_text) > 3:
+            if not (mf_text.isascii() and mf_text.isdigit()) or len(mf_text) > 3:
                 return self._reply(request, source, now, 400, "Bad Max-Forwards")
             max_forwards = int(mf_text)
         if method not in _ALLOWED:
@@ -410,6 +421,14 @@ class Proxy:
                     "Bad Extension",
                     [("unsupported", ", ".join(unsupported))],
                 )
+        if max_forwards == 0 and not (
+            method in ("REGISTER", "OPTIONS")
+            and uri.user is None
+            and self._served(uri.host, uri.port)
+        ):
+            # §16.3 step 3, before any target is looked for. A request addressed to the
+            # registrar or to the node itself is for us to answer, not to forward (§16.3).
+            return self._reply(request, source, now, 483, "Too Many Hops")
         loop = self._loop_hash(request)
         for via in request.vias:
             if f"{via.host}:{via.port}".lower() == self._me and (via.branch or "").endswith(
@@ -501,10 +520,7 @@ class Proxy:
     def _resend(self, cached: bytes, request: Request, source: Source) -> Send:
         if source.transport == "tcp":
             return Send("tcp", source.host, source.port, cached, source.conn)
-        host, port = request.vias[0].response_target()
-        if "rport" in request.vias[0].params or not _is_ip(host):
-            host, port = source.host, source.port
-        return Send("udp", host, port, cached)
+        return Send("udp", source.host, _response_port(request.vias[0], source), cached)
 
     def _loop_hash(self, request: Request) -> str:
         return _h(
@@ -693,20 +709,6 @@ class Proxy:
         if max_forwards <= 0:
             return self._reply(request, source, now, 483, "Too Many Hops")
         top = request.vias[0]
-        # §18.2.1 / RFC 3581: record where the request really came from in its top Via.
-        text = top.text
-        rport_empty = "rport" in top.params and not top.params.get("rport")
-        if rport_empty:
-            text = _set_rport(text, source.port)
-        elif source.transport == "tcp" and "rport" not in top.params:
-            # The response must go back on this connection (§18.2.2); the connection is known
-            # by the client's address, so the Via has to carry it, whether asked or not.
-            text += f";rport={source.port}"
-            rport_empty = True
-        if "received" not in top.params and (rport_empty or top.host.strip("[]") != source.host):
-            text += f";received={source.host}"
-        if text != top.text:
-            _replace_first_value(request, "via", text)
         request.set("max-forwards", str(max_forwards - 1))
         if add_rr and request.method in _DIALOG_CREATING and request.to_tag is None:
             request.prepend("record-route", self._rr_tcp if source.transport == "tcp" else self._rr)
@@ -728,6 +730,37 @@ class Proxy:
         self.stats["forwarded"] += 1
         host = host.strip("[]")
         return [Send(out_transport, host, port or 5060, data)]
+
+
+def _stamp_received(request: Request, source: Source) -> None:
+    """§18.2.1 and RFC 3581, as a server transport does on receipt: the top Via records the
+    address the request really came from (`received`), and the port (`rport`) when the client
+    asked for it, or always over TCP: a response must go back on this connection (§18.2.2),
+    and the connection is known by the client's address. Responses copy this Via."""
+    top = request.vias[0]
+    text = top.text
+    rport_empty = "rport" in top.params and not top.params.get("rport")
+    if rport_empty:
+        text = _set_rport(text, source.port)
+    elif source.transport == "tcp" and "rport" not in top.params:
+        text += f";rport={source.port}"
+        rport_empty = True
+    if "received" not in top.params and (rport_empty or top.host.strip("[]") != source.host):
+        text += f";received={source.host}"
+    if text != top.text:
+        _replace_first_value(request, "via", text)
+
+
+def _response_port(top: ViaHop, source: Source) -> int:
+    if "rport" in top.params:
+        rport = top.params.get("rport")
+        if not rport:
+            return source.port
+        if rport.isascii() and rport.isdigit() and 0 < int(rport) < 65_536:
+            return int(rport)
+    if top.port is not None:
+        return top.port
+    return 5061 if top.transport == "TLS" else 5060
 
 
 def _transport(uri: object) -> str:

@@ -476,15 +476,17 @@ def _take_message(buf: bytearray) -> bytes | object | None:
     length = 0
     found = False
     for line in head.split(b"\r\n")[1:]:
+        if line[:1] in (b" ", b"\t"):
+            continue  # a folded continuation of the line before: never a header of its own
         name, sep, value = line.partition(b":")
         if not sep:
             continue
         key = name.strip().lower()
         if key in (b"content-length", b"l"):
-            try:
-                length = int(value.strip())
-            except ValueError:
+            value = value.strip()
+            if not value.isdigit() or len(value) > 6:  # bytes: ASCII digits only
                 return _BAD
+            length = int(value)
             found = True
             break
     if not found:

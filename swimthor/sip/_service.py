@@ -51,6 +51,7 @@ class SipService:
         self.name = name
         self.routing = routing
         self._peers: dict[str, Peer] = {}
+        self._peer_index: dict[tuple[str, int], Peer] = {}
         self._gossip: dict[str, Addr] = {}
         self.store = BindingStore()
         self.server = SipServer(
@@ -88,7 +89,7 @@ class SipService:
                 max_contacts=self.config.max_contacts,
             ),
         )
-        self.proxy = Proxy(settings, self.owners, self.peers, self.store)
+        self.proxy = Proxy(settings, self.owners, self.peers, self.store, self.peer_at)
         self.server.proxy = self.proxy
         self.replicator = Replicator(
             self.name,
@@ -118,6 +119,9 @@ class SipService:
     def peers(self) -> dict[str, Peer]:
         return self._peers
 
+    def peer_at(self, host: str, port: int) -> Peer | None:
+        return self._peer_index.get((host.lower(), port))
+
     def owner_names(self, aor: str) -> list[str]:
         return [r.name for r in self.routing.owners(aor, self.config.replicas, ROLE)]
 
@@ -134,6 +138,7 @@ class SipService:
 
     def sync_members(self, members: list[Member]) -> None:
         self._peers.clear()
+        self._peer_index.clear()
         self._gossip.clear()
         for m in members:
             self.member_changed(m)
@@ -144,15 +149,17 @@ class SipService:
             live = m.state in (State.ALIVE, State.SUSPECT)
         self._gossip[m.name] = (str(m.addr[0]), int(m.addr[1]))
         text = m.tags.get(SIP_TAG)
+        old = self._peers.pop(m.name, None)
+        if old is not None and self._peer_index.get((old.host.lower(), old.port)) is old:
+            del self._peer_index[(old.host.lower(), old.port)]
         if not live or ROLE not in m.roles or not text:
-            self._peers.pop(m.name, None)
             return
         try:
             host, port = parse_hostport(text, 5060)
         except ValueError:
-            self._peers.pop(m.name, None)
             return
-        self._peers[m.name] = Peer(m.name, host, port)
+        peer = self._peers[m.name] = Peer(m.name, host, port)
+        self._peer_index[(host.lower(), port)] = peer
 
     def routing_changed(self) -> None:
         if self.replicator is not None:
