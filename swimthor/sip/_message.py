@@ -127,10 +127,11 @@ MANDATORY = ("to", "from", "cseq", "call-id", "via")
 class SipParseError(ValueError):
     """The message cannot be used. `reason` is a response phrase ("Bad CSeq", ...)."""
 
-    def __init__(self, reason: str, *, respondable: bool = False) -> None:
+    def __init__(self, reason: str, *, respondable: bool = False, status: int = 400) -> None:
         super().__init__(reason)
         self.reason = reason
         self.respondable = respondable
+        self.status = status
 
 
 def canonical_name(name: str) -> str:
@@ -471,7 +472,10 @@ def parse_message(data: bytes, *, datagram: bool = True) -> Request | Response:
     # A status line starts with the version; its reason phrase may be anything, "SIP/2.0" too.
     is_request = bits[0] != "SIP/2.0" and bits[2] == "SIP/2.0"
     if not is_request and bits[0] != "SIP/2.0":
-        if bits[0].startswith("SIP/") or bits[2].startswith("SIP/"):
+        if bits[2].startswith("SIP/") and not bits[0].startswith("SIP/"):
+            # A request in another SIP version: answered 505 if its Via can be read (§8.2.2).
+            raise SipParseError("Version Not Supported", respondable=True, status=505)
+        if bits[0].startswith("SIP/"):
             raise SipParseError("Version Not Supported")
         raise SipParseError("Bad Start Line")
 
@@ -551,6 +555,9 @@ def _check_mandatory(message: Request | Response) -> None:
         if name not in counts:
             pretty = DISPLAY_NAMES.get(name, name)
             raise SipParseError(f"Missing {pretty}", respondable=respondable)
+    if counts.get("content-length", 0) > 1:
+        # Two lengths: no way to know where the body ends (§7.3.1 allows one Content-Length).
+        raise SipParseError("Duplicate Content-Length", respondable=respondable)
     for name in ("to", "from", "call-id", "cseq"):
         if counts[name] != 1:
             raise SipParseError(f"Duplicate {DISPLAY_NAMES[name]}", respondable=respondable)
@@ -573,4 +580,4 @@ def _check_mandatory(message: Request | Response) -> None:
             raise SipParseError(f"Bad {DISPLAY_NAMES[name]}", respondable=respondable) from None
 
 
-_COUNTED = frozenset(MANDATORY)
+_COUNTED = frozenset((*MANDATORY, "content-length"))

@@ -217,7 +217,7 @@ class Proxy:
         except SipParseError as e:
             self.stats["parse_errors"] += 1
             if e.respondable:
-                return self._answer_unparsed(data, source, e.reason)
+                return self._answer_unparsed(data, source, e.reason, e.status)
             self.stats["dropped"] += 1
             return []
         if isinstance(message, Response):
@@ -231,7 +231,9 @@ class Proxy:
 
     # ---------------------------------------------------------------- helpers
 
-    def _answer_unparsed(self, data: bytes, source: Source, reason: str) -> list[Send | Replicate]:
+    def _answer_unparsed(
+        self, data: bytes, source: Source, reason: str, status: int = 400
+    ) -> list[Send | Replicate]:
         """A request that failed a check after its Via was read: answer 400 with the reason,
         built from the raw headers we could read."""
         try:
@@ -253,7 +255,7 @@ class Proxy:
         if method == "ACK":
             return []
         response = make_response(
-            request, 400, reason, to_tag=self._tag(request), server=self.settings.server_header
+            request, status, reason, to_tag=self._tag(request), server=self.settings.server_header
         )
         return [self._to_via(response, request, source)]
 

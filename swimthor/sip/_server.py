@@ -473,25 +473,26 @@ def _take_message(buf: bytearray) -> bytes | object | None:
             return _BAD
         return None
     head = bytes(buf[:end])
-    length = 0
-    found = False
+    length: int | None = None
     for line in head.split(b"\r\n")[1:]:
         if line[:1] in (b" ", b"\t"):
             continue  # a folded continuation of the line before: never a header of its own
         name, sep, value = line.partition(b":")
         if not sep:
             continue
-        key = name.strip().lower()
+        key = name.rstrip(b" \t").lower()
         if key in (b"content-length", b"l"):
-            value = value.strip()
-            if not value.isdigit() or len(value) > 6:  # bytes: ASCII digits only
+            value = value.strip(b" \t")
+            if length is not None or not value.isdigit() or len(value) > 6:
+                # A second length, or one that is not 1*DIGIT: no way to know where this
+                # message ends, so nothing after it on this connection can be trusted.
                 return _BAD
             length = int(value)
-            found = True
-            break
-    if not found:
+        elif key.strip().lower() in (b"content-length", b"l"):
+            return _BAD  # a length header under odd whitespace (VT, FF ...): refuse to guess
+    if length is None:
         # RFC 3261 §18.3: Content-Length is mandatory on streams. Pass the message on so the
-        # parser answers it (400) and we close after.
+        # parser answers it (400); what follows is framed from after its blank line.
         length = 0
     if length < 0 or end + 4 + length > MAX_MESSAGE_SIZE:
         return _BAD
