@@ -251,26 +251,39 @@ class SipMessage:
 
     # ---------------------------------------------------------------- raw access
 
+    def _index(self) -> dict[str, list[str]]:
+        """Header lines by name, built once (every edit below clears the cache)."""
+        index = self._cache.get("")
+        if index is None:
+            index = {}
+            for key, value in self.headers:
+                found = index.get(key)
+                if found is None:
+                    index[key] = [value]
+                else:
+                    found.append(value)
+            self._cache[""] = index
+        return index  # type: ignore[return-value]
+
     def get(self, name: str) -> str | None:
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return None
+        found = self._index().get(name)
+        return found[0] if found else None
 
     def get_all(self, name: str) -> list[str]:
         """Every value of `name`, comma-joined values split for multi-value headers."""
+        found = self._index().get(name)
+        if not found:
+            return []
+        if name not in MULTI_VALUE:
+            return list(found)
         out: list[str] = []
-        multi = name in MULTI_VALUE
-        for key, value in self.headers:
-            if key == name:
-                if multi:
-                    out.extend(split_values(value))
-                else:
-                    out.append(value)
+        for value in found:
+            out.extend(split_values(value))
         return out
 
     def count(self, name: str) -> int:
-        return sum(1 for key, _ in self.headers if key == name)
+        found = self._index().get(name)
+        return len(found) if found else 0
 
     def remove(self, name: str) -> None:
         keep = [i for i, (key, _) in enumerate(self.headers) if key != name]
@@ -306,6 +319,7 @@ class SipMessage:
         for offset, value in enumerate(values):
             self.headers.insert(at + offset, (name, value))
             self.names.insert(at + offset, DISPLAY_NAMES.get(name, name))
+        self._cache.clear()
 
     # ---------------------------------------------------------------- parsed fields
 
