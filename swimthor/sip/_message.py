@@ -253,17 +253,18 @@ class SipMessage:
 
     def _index(self) -> dict[str, list[str]]:
         """Header lines by name, built once (every edit below clears the cache)."""
-        index = self._cache.get("")
-        if index is None:
-            index = {}
-            for key, value in self.headers:
-                found = index.get(key)
-                if found is None:
-                    index[key] = [value]
-                else:
-                    found.append(value)
-            self._cache[""] = index
-        return index  # type: ignore[return-value]
+        cached = self._cache.get("")
+        if cached is not None:
+            return cached  # type: ignore[return-value]
+        index: dict[str, list[str]] = {}
+        for key, value in self.headers:
+            found = index.get(key)
+            if found is None:
+                index[key] = [value]
+            else:
+                found.append(value)
+        self._cache[""] = index
+        return index
 
     def get(self, name: str) -> str | None:
         found = self._index().get(name)
