@@ -222,7 +222,7 @@ class SipConfig:
     max_expires: int = 7200
     max_contacts: int = 10
     # How long a REGISTER waits for the other owners to confirm before answering 503.
-    replication_timeout: float = 1.0
+    replication_timeout: float = 0.5
     # Anti-entropy between co-owners (seconds, jittered +-50%).
     repair_interval: float = 30.0
     # TCP: connections open at once, idle close, time to finish one message (slowloris).

@@ -225,3 +225,18 @@ async def test_a_returning_owner_gets_its_keys_back() -> None:
                 await trio.sleep(0.05)
             nursery.cancel_scope.cancel()
     assert len(n1.store) == 40 and len(n2.store) == 40 and len(n3.store) == 0
+
+
+async def test_a_stray_copy_goes_to_its_owners_and_is_dropped() -> None:
+    # n3 took a copy as a stand-in while an owner did not answer; it owns nothing.
+    c = Cluster(["n1", "n2", "n3"], ["n1", "n2"])
+    n1, n2, n3 = (c.nodes[n] for n in ("n1", "n2", "n3"))
+    strays = [binding(f"sip:s{i}@example.com") for i in range(25)]
+    n3.store.merge(strays, NOW)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await c.start(nursery)
+            assert await n3.sweep() == 25
+            nursery.cancel_scope.cancel()
+    assert len(n3.store) == 0
+    assert len(n1.store) == 25 and len(n2.store) == 25

@@ -10,20 +10,16 @@ not installed (`make test` installs it as root).
 from __future__ import annotations
 
 import csv
-import json
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-
-from swimthor.membership import Keyring
+from sip_agents import DOMAIN, Node, _free_port, cluster_of, wait_until
 
 pytestmark = [
     pytest.mark.slow,
@@ -31,110 +27,12 @@ pytestmark = [
 ]
 
 SCENARIOS = Path(__file__).parent.parent / "swimthor" / "sip" / "scenarios"
-DOMAIN = "example.com"
-N = 3
-
-
-def _free_port() -> int:
-    while True:
-        with socket.socket() as t:
-            t.bind(("127.0.0.1", 0))
-            port = int(t.getsockname()[1])
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            try:
-                u.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
-
-
-def swimthor(*args: str, timeout: float = 15) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "swimthor", *args], capture_output=True, text=True, timeout=timeout
-    )
-
-
-class Node:
-    def __init__(self, tmp: Path, name: str, key_file: Path, seed: int | None) -> None:
-        self.name = name
-        self.port = _free_port()
-        self.sip_port = _free_port()
-        self.sock = str(tmp / f"{name}.sock")
-        self.log = tmp / f"{name}.log"
-        self.argv = [
-            sys.executable, "-m", "swimthor", "join",
-            "--name", name,
-            "--bind", f"127.0.0.1:{self.port}",
-            "--profile", "local",
-            "--key-file", str(key_file),
-            "--control", self.sock,
-            "--data-dir", str(tmp / name),
-            "--log-format", "json",
-            "--role", "sip",
-            "--sip", f"127.0.0.1:{self.sip_port}",
-            "--domain", DOMAIN,
-        ]  # fmt: skip
-        if seed is not None:
-            self.argv.append(f"127.0.0.1:{seed}")
-        self.p: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with open(self.log, "ab") as log:
-            self.p = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=log)
-
-    def status(self) -> dict[str, Any]:
-        r = swimthor("status", "--control", self.sock, "--format", "json")
-        assert r.returncode == 0, r.stderr
-        return dict(json.loads(r.stdout))
-
-    def members(self) -> dict[str, dict[str, Any]]:
-        r = swimthor("members", "--control", self.sock, "--format", "json")
-        assert r.returncode == 0, r.stderr
-        return {m["name"]: m for m in json.loads(r.stdout)}
-
-    def owners(self, aor: str) -> list[str]:
-        r = swimthor("route", aor, "--control", self.sock, "--format", "json")
-        assert r.returncode == 0, r.stderr
-        return [o["name"] for o in json.loads(r.stdout)["owners"]]
-
-
-def wait_until(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < end:
-        try:
-            if cond():
-                return
-        except AssertionError as e:
-            last = e
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}: {last}")
 
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[dict[str, Node]]:
-    key_file = tmp_path / "cluster.key"
-    key_file.write_text(Keyring.encode_key(Keyring.generate()) + "\n")
-    key_file.chmod(0o600)
-    first = Node(tmp_path, "n0", key_file, None)
-    nodes = [first] + [Node(tmp_path, f"n{i}", key_file, first.port) for i in range(1, N)]
-    try:
-        for node in nodes:
-            node.start()
-        wait_until(
-            lambda: all(
-                sum(m["state"] == "alive" and "sip" in m["tags"] for m in n.members().values()) == N
-                for n in nodes
-            ),
-            30,
-            "three SIP agents to converge",
-        )
-        yield {n.name: n for n in nodes}
-    finally:
-        for node in nodes:
-            if node.p is not None and node.p.poll() is None:
-                node.p.kill()
-                node.p.wait()
+    with cluster_of(tmp_path, 3) as nodes:
+        yield nodes
 
 
 class Sipp:

@@ -113,6 +113,7 @@ class Replicate:
     txn: tuple[str, ...] | None
     request: Request
     source: Source
+    aor: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -625,8 +626,17 @@ class Proxy:
                 key,
                 request,
                 source,
+                aor,
             )
         ]
+
+    def stand_ins(self, aor: str, count: int) -> list[str]:
+        """The next `count` members in rank after the AOR's R owners: they take a copy of a
+        write when an owner does not confirm in time (an owner that died and is not yet
+        declared), so the write still ends up on R nodes; repair later moves it to the real
+        owner and the stand-in drops it."""
+        ranked = self._owners(aor, self.settings.replicas + count)
+        return [p.name for p in ranked[self.settings.replicas :] if p.name != self.settings.name]
 
     def replication_failed(self, action: Replicate) -> Send:
         """The answer when the other owners did not confirm a REGISTER in time: 503 with

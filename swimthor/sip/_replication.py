@@ -172,20 +172,27 @@ class Replicator:
 
     async def replicate(self, changes: list[Binding], peers: list[str]) -> bool:
         """Put `changes` on every peer in `peers`; True once all acknowledged in time."""
-        if not peers:
-            return True
-        if self._nursery is None:
-            return False
-        # No cancel scope of our own (one per REGISTER costs more than the rest of the
-        # write): each frame's request is bounded by `timeout`, so the batch ends in time.
-        ok = True
-        for peer in peers:
-            ok = await self._enqueue(peer, changes) and ok
-        if not ok:
-            self.stats["acks_timed_out"] += 1
-        return ok
+        confirmed = await self.replicate_each(changes, peers)
+        return len(confirmed) == len(set(peers))
 
-    async def _enqueue(self, peer: str, changes: list[Binding]) -> bool:
+    async def replicate_each(self, changes: list[Binding], peers: list[str]) -> set[str]:
+        """Put `changes` on every peer in `peers` at once; the peers that acknowledged in
+        time. No cancel scope of our own (one per REGISTER costs more than the rest of the
+        write): each frame's request is bounded by `timeout`, so every batch ends in time."""
+        if not peers or self._nursery is None:
+            return set()
+        waits = [(peer, *self._join_batch(peer, changes)) for peer in dict.fromkeys(peers)]
+        confirmed: set[str] = set()
+        for peer, done, result in waits:
+            await done.wait()
+            if result[0]:
+                confirmed.add(peer)
+        if len(confirmed) < len(waits):
+            self.stats["acks_timed_out"] += 1
+        return confirmed
+
+    def _join_batch(self, peer: str, changes: list[Binding]) -> tuple[trio.Event, list[bool]]:
+        """Add `changes` to the frame going to `peer` next; its (done, [ok]) pair."""
         link = self._links.get(peer)
         if link is None:
             link = self._links[peer] = _Link(peer)
@@ -197,8 +204,7 @@ class Replicator:
         if not link.flushing and self._nursery is not None:
             link.flushing = True
             self._nursery.start_soon(self._flush, link)
-        await done.wait()
-        return result[0]
+        return done, result
 
     async def _flush(self, link: _Link) -> None:
         try:
@@ -457,7 +463,11 @@ class Replicator:
                 log.exception("repair raised")
 
     async def repair_all(self) -> int:
-        """One anti-entropy round with every co-owner; returns bindings changed here."""
+        """One anti-entropy round with every co-owner; returns bindings changed here. First
+        the strays: AORs held here that this node does not own (a write that went to a
+        stand-in owner while a real one did not answer, a handoff that failed) go to their
+        owners and are dropped here once the first owner has them."""
+        await self.sweep()
         peers: set[str] = set()
         for aor in self.store.aors():
             peers.update(self._owners(aor))
@@ -468,6 +478,39 @@ class Replicator:
         if self._handoff_epoch != self._epoch():
             self._epoch_moved.set()
         return changed
+
+    async def sweep(self) -> int:
+        """Hand every AOR held here but not owned here to its owners; drop it once the first
+        owner confirmed. Returns how many bindings were dropped."""
+        now = self._clock()
+        strays: dict[str, list[str]] = {}
+        for i, aor in enumerate(self.store.aors()):
+            if i % 1000 == 999:
+                await trio.sleep(0)
+            owners = self._owners(aor)
+            if owners and self.name not in owners:
+                strays.setdefault(owners[0], []).append(aor)
+        dropped = 0
+        for head, aors in strays.items():
+            per_owner: dict[str, list[Binding]] = {}
+            for aor in aors:
+                live = [b for b in self.store.all(aor) if b.expires_at > now]
+                for owner in self._owners(aor):
+                    per_owner.setdefault(owner, []).extend(live)
+            confirmed: set[str] = set()
+
+            async def put(owner: str, bindings: list[Binding], into: set[str]) -> None:
+                into.update(await self.replicate_each(bindings, [owner]))
+
+            async with trio.open_nursery() as nursery:
+                for owner, bindings in per_owner.items():
+                    nursery.start_soon(put, owner, bindings, confirmed)
+            if head in confirmed:
+                for aor in aors:
+                    if self.name not in self._owners(aor):
+                        dropped += self.store.drop(aor)
+        self.stats["dropped_not_owner"] += dropped
+        return dropped
 
     async def repair_with(self, peer: str) -> int:
         link = self._links.get(peer)

@@ -60,7 +60,7 @@ class SipTransportConfig:
     dns_cache_time: float = 30.0
 
 
-ReplicateFn = Callable[[list[Any], list[str]], Awaitable[bool]]
+ReplicateFn = Callable[[list[Any], list[str]], Awaitable[set[str]]]
 
 
 class _Conn:
@@ -121,6 +121,7 @@ class SipServer:
             "handler_errors": 0,
             "replications": 0,
             "replication_failures": 0,
+            "replication_stand_ins": 0,
             "replication_overload": 0,
             "unresolved": 0,
         }
@@ -314,12 +315,23 @@ class SipServer:
         self._nursery.start_soon(self._replicate_then_answer, action)
 
     async def _replicate_then_answer(self, action: Replicate) -> None:
+        """Put the change on the other owners; an owner that does not confirm in time is
+        replaced by the next member in rank (a stand-in), so that the 200 still means "on R
+        nodes". Only when that fails too does the phone get 503."""
+        ok = False
         try:
             assert self._replicate is not None
-            ok = await self._replicate(action.changes, action.peers)
+            confirmed = await self._replicate(action.changes, action.peers)
+            missing = len(set(action.peers) - confirmed)
+            if missing:
+                self.stats["replication_stand_ins"] += 1
+                stand_ins = self.proxy.stand_ins(action.aor, missing)
+                if len(stand_ins) >= missing:
+                    more = await self._replicate(action.changes, stand_ins[:missing])
+                    missing -= len(more)
+            ok = missing == 0
         except Exception:
             log.exception("replication raised")
-            ok = False
         finally:
             self._pending -= 1
         self.stats["replications"] += 1

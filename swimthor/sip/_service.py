@@ -106,7 +106,7 @@ class SipService:
             clock=self._clock,
             rng=self._rng,
         )
-        self.server._replicate = self.replicator.replicate
+        self.server._replicate = self.replicator.replicate_each
         return advertised
 
     @property
