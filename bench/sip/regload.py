@@ -12,6 +12,7 @@ Standard library only (the bench must not need the project's event loop to judge
 
 from __future__ import annotations
 
+import contextlib
 import os
 import selectors
 import socket
@@ -97,10 +98,8 @@ def _run(
                 cid = _call_id(data) or user
                 by_call[cid] = user
                 pending[cid] = (user, data, target, now + T1, T1, now)
-                try:
+                with contextlib.suppress(OSError):
                     sock.sendto(data, target)
-                except OSError:
-                    pass
                 result.sent += 1
                 next_user += 1
             # Retransmissions and timer F.
@@ -111,10 +110,8 @@ def _run(
                 elif now >= at:
                     interval = min(interval * 2, T2)
                     pending[cid] = (user, data, target, now + interval, interval, first)
-                    try:
+                    with contextlib.suppress(OSError):
                         sock.sendto(data, target)
-                    except OSError:
-                        pass
                     result.retransmissions += 1
             for _key, _ in sel.select(timeout=0.0005):
                 while True:
