@@ -432,10 +432,12 @@ class Proxy:
             # §16.3 step 3, before any target is looked for. A request addressed to the
             # registrar or to the node itself is for us to answer, not to forward (§16.3).
             return self._reply(request, source, now, 483, "Too Many Hops")
-        loop = self._loop_hash(request)
+        # The loop hash covers the request as received; it is computed only when needed (a
+        # Via of ours is present, or we forward), most requests are answered here.
+        loop = _LoopHash(request)
         for via in request.vias:
             if f"{via.host}:{via.port}".lower() == self._me and (via.branch or "").endswith(
-                "." + loop
+                "." + loop.value()
             ):
                 return self._reply(request, source, now, 482, "Loop Detected")
 
@@ -526,15 +528,7 @@ class Proxy:
         return Send("udp", source.host, _response_port(request.vias[0], source), cached)
 
     def _loop_hash(self, request: Request) -> str:
-        return _h(
-            request.uri_text,
-            request.from_tag or "",
-            request.to_tag or "",
-            request.call_id,
-            str(request.cseq[0]),
-            ",".join(request.get_all("route")),
-            size=4,
-        )
+        return _LoopHash(request).value()
 
     # ---------------------------------------------------------------- registrar
 
@@ -544,7 +538,7 @@ class Proxy:
         source: Source,
         now: float,
         max_forwards: int,
-        loop: str,
+        loop: _LoopHash,
         from_peer: bool,
     ) -> list[Send | Replicate]:
         unsupported = [opt for opt in request.get_all("require") if opt not in SUPPORTED_EXTENSIONS]
@@ -661,7 +655,7 @@ class Proxy:
         now: float,
         aor: str,
         max_forwards: int,
-        loop: str,
+        loop: _LoopHash,
         from_peer: bool,
     ) -> list[Send | Replicate]:
         owners = self._owners(aor, self.settings.replicas)
@@ -715,7 +709,7 @@ class Proxy:
         max_forwards: int,
         *,
         add_rr: bool,
-        loop: str,
+        loop: _LoopHash,
     ) -> list[Send | Replicate]:
         """§16.6 steps 3-8 for one target, then send (stateless, §16.11)."""
         if max_forwards <= 0:
@@ -733,7 +727,7 @@ class Proxy:
         out_transport = "tcp" if transport == "tcp" else "udp"
         via = (
             f"SIP/2.0/{out_transport.upper()} {_uri_host(self.settings.host)}:{self.settings.port}"
-            f";branch={BRANCH_PREFIX}{stateless}.{loop}"
+            f";branch={BRANCH_PREFIX}{stateless}.{loop.value()}"
         )
         request.prepend("via", via)
         data = request.to_bytes()
@@ -761,6 +755,29 @@ def _stamp_received(request: Request, source: Source) -> None:
         text += f";received={source.host}"
     if text != top.text:
         _replace_first_value(request, "via", text)
+
+
+class _LoopHash:
+    """§16.3 step 4 / §16.6 step 8: a hash of the fields that change on a spiral and not on
+    a loop, taken from the request as received and computed at most once, when needed."""
+
+    __slots__ = ("_parts", "_value")
+
+    def __init__(self, request: Request) -> None:
+        self._parts = (
+            request.uri_text,
+            request.from_tag or "",
+            request.to_tag or "",
+            request.call_id,
+            str(request.cseq[0]),
+            ",".join(request.get_all("route")),
+        )
+        self._value: str | None = None
+
+    def value(self) -> str:
+        if self._value is None:
+            self._value = _h(*self._parts, size=4)
+        return self._value
 
 
 def _response_port(top: ViaHop, source: Source) -> int:

@@ -342,7 +342,7 @@ class SipServer:
                 self.proxy.txns.forget(action.txn)
         elif action.txn is not None:
             self.proxy.txns.answered(action.txn, self._clock(), send.data)
-        await self._send(send)
+        self._send_now(send)
 
     # ------------------------------------------------------------ TCP
 
