@@ -316,3 +316,12 @@ def test_register_on_an_owner_waits_for_the_replicas() -> None:
         PHONE_B,
     )
     assert again == []
+
+
+def test_stand_ins_skip_this_node_and_the_owners_already_written() -> None:
+    net = Net(default=("n1", "n2", "n3"))
+    n1 = net.nodes["n1"]
+    assert n1.stand_ins("sip:bob@example.com", 1, ["n2"]) == ["n3"]
+    # An owner declared dead meanwhile is no longer ranked at all.
+    del net.live["n3"]
+    assert n1.stand_ins("sip:bob@example.com", 1, ["n2"]) == []

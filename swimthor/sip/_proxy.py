@@ -624,13 +624,15 @@ class Proxy:
             )
         ]
 
-    def stand_ins(self, aor: str, count: int) -> list[str]:
-        """The next `count` members in rank after the AOR's R owners: they take a copy of a
-        write when an owner does not confirm in time (an owner that died and is not yet
-        declared), so the write still ends up on R nodes; repair later moves it to the real
-        owner and the stand-in drops it."""
-        ranked = self._owners(aor, self.settings.replicas + count)
-        return [p.name for p in ranked[self.settings.replicas :] if p.name != self.settings.name]
+    def stand_ins(self, aor: str, count: int, tried: Iterable[str] = ()) -> list[str]:
+        """Up to `count` live members, best ranked first, that are not this node and not in
+        `tried` (the owners already written to): they take a copy of a write when an owner
+        does not confirm in time (one that died and is not yet declared), so the write still
+        ends up on R nodes; repair later moves it to the real owners and the stand-in drops
+        it. Ranked afresh, so an owner declared dead meanwhile is already left out."""
+        skip = {self.settings.name, *tried}
+        ranked = self._owners(aor, self.settings.replicas + count + len(skip))
+        return [p.name for p in ranked if p.name not in skip][:count]
 
     def replication_failed(self, action: Replicate) -> Send:
         """The answer when the other owners did not confirm a REGISTER in time: 503 with

@@ -106,6 +106,8 @@ class SipServer:
         self._by_peer: dict[tuple[str, int], int] = {}
         self._ids = itertools.count(1)
         self._pending = 0
+        self._queued: list[Replicate] = []
+        self._round_scheduled = False
         self._dns: dict[str, tuple[float, str]] = {}
         self.stats: dict[str, int] = {
             "udp_received": 0,
@@ -309,31 +311,61 @@ class SipServer:
             self.stats["replication_overload"] += 1
             if action.txn is not None:
                 self.proxy.txns.forget(action.txn)
-            self._nursery.start_soon(self._send, self.proxy.replication_failed(action))
+            self._send_now(self.proxy.replication_failed(action))
             return
         self._pending += 1
-        self._nursery.start_soon(self._replicate_then_answer, action)
+        self._queued.append(action)
+        if not self._round_scheduled:
+            self._round_scheduled = True
+            self._nursery.start_soon(self._replication_round)
 
-    async def _replicate_then_answer(self, action: Replicate) -> None:
-        """Put the change on the other owners; an owner that does not confirm in time is
-        replaced by the next member in rank (a stand-in), so that the 200 still means "on R
-        nodes". Only when that fails too does the phone get 503."""
-        ok = False
+    async def _replication_round(self) -> None:
+        """Every REGISTER of this scheduler tick at once: one write per set of owners (not
+        one task and one wait per REGISTER), then each answer."""
+        await trio.lowlevel.checkpoint()  # let the rest of this burst join
+        actions, self._queued = self._queued, []
+        self._round_scheduled = False
+        groups: dict[tuple[str, ...], list[Replicate]] = {}
+        for action in actions:
+            groups.setdefault(tuple(action.peers), []).append(action)
+        assert self._nursery is not None
+        for peers, group in groups.items():
+            self._nursery.start_soon(self._replicate_group, list(peers), group)
+
+    async def _replicate_group(self, peers: list[str], group: list[Replicate]) -> None:
+        confirmed: set[str] = set()
         try:
             assert self._replicate is not None
-            confirmed = await self._replicate(action.changes, action.peers)
-            missing = len(set(action.peers) - confirmed)
-            if missing:
-                self.stats["replication_stand_ins"] += 1
-                stand_ins = self.proxy.stand_ins(action.aor, missing)
-                if len(stand_ins) >= missing:
-                    more = await self._replicate(action.changes, stand_ins[:missing])
-                    missing -= len(more)
-            ok = missing == 0
+            changes = [change for action in group for change in action.changes]
+            confirmed = await self._replicate(changes, peers)
         except Exception:
             log.exception("replication raised")
-        finally:
-            self._pending -= 1
+        missing = len(set(peers) - confirmed)
+        if not missing:
+            for action in group:
+                self._answer_replicated(action, True)
+            return
+        assert self._nursery is not None
+        for action in group:
+            self._nursery.start_soon(self._stand_in_then_answer, action, missing)
+
+    async def _stand_in_then_answer(self, action: Replicate, missing: int) -> None:
+        """An owner did not confirm in time: the next member in rank (a stand-in) takes the
+        copy instead, so the 200 still means "on R nodes". Only when that fails too does
+        the phone get 503."""
+        self.stats["replication_stand_ins"] += 1
+        try:
+            assert self._replicate is not None
+            stand_ins = self.proxy.stand_ins(action.aor, missing, action.peers)
+            if len(stand_ins) >= missing:
+                more = await self._replicate(action.changes, stand_ins[:missing])
+                missing -= len(more)
+        except Exception:
+            log.exception("replication raised")
+        self._answer_replicated(action, missing == 0)
+
+    def _answer_replicated(self, action: Replicate, ok: bool) -> None:
+        self._pending -= 1
         self.stats["replications"] += 1
         send = action.response if ok else self.proxy.replication_failed(action)
         if not ok:
