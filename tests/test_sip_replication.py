@@ -178,7 +178,7 @@ async def test_repair_exchanges_differences_both_ways() -> None:
     for store in (n1.store, n2.store):
         assert len(store) == 51
         assert store.all("sip:shared@example.com") == [newer]
-    assert n1.digest_with("n2", NOW) == n2.digest_with("n1", NOW)
+    assert await n1.digest_with("n2", NOW) == await n2.digest_with("n1", NOW)
 
 
 async def test_handoff_moves_keys_to_new_owners_and_drops_them_where_not_owned() -> None:

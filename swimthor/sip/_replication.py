@@ -327,7 +327,7 @@ class Replicator:
                 frame = await read_frame(stream, MAX_FRAME + 64)
                 try:
                     message = self._open(frame)
-                    reply = self._answer(message, peer)
+                    reply = await self._answer(message, peer)
                 except (SealError, ValueError) as e:
                     self.stats["bad_frames"] += 1
                     log.warning("bad replication frame", peer=peer, reason=str(e))
@@ -337,7 +337,7 @@ class Replicator:
         except (FrameError, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             return
 
-    def _answer(self, message: list[Any], peer: str) -> list[Any]:
+    async def _answer(self, message: list[Any], peer: str) -> list[Any]:
         if len(message) != 3 or not isinstance(message[1], int):
             raise ValueError("a request is [kind, seq, body]")
         kind, seq, body = message
@@ -355,36 +355,46 @@ class Replicator:
                 isinstance(k, int) and isinstance(v, int) for k, v in body.items()
             ):
                 raise ValueError("digest carries {bucket: int}")
-            ours = self.digest_with(peer, now)
+            ours = await self.digest_with(peer, now)
             differ = sorted(b for b in set(ours) | set(body) if ours.get(b, 0) != body.get(b, 0))
-            bindings = self.bindings_in(peer, set(differ), now)
+            bindings = await self.bindings_in(peer, set(differ), now)
             return ["diff", seq, [differ, [b.to_wire() for b in bindings[: MAX_BATCH * 4]]]]
         raise ValueError(f"unknown request {kind!r}")
 
     # ------------------------------------------------------------ ownership
 
-    def _co_owned(self, peer: str) -> list[str]:
+    # Anti-entropy walks every AOR held here; it yields to the SIP traffic every CHUNK of
+    # them, so a repair round never holds up requests for more than a millisecond or so.
+    CHUNK = 256
+
+    async def _co_owned(self, peer: str) -> list[str]:
         out = []
-        for aor in self.store.aors():
+        for i, aor in enumerate(self.store.aors()):
+            if i % self.CHUNK == self.CHUNK - 1:
+                await trio.sleep(0)
             owners = self._owners(aor)
             if self.name in owners and peer in owners:
                 out.append(aor)
         return out
 
-    def digest_with(self, peer: str, now: float) -> dict[int, int]:
+    async def digest_with(self, peer: str, now: float) -> dict[int, int]:
         buckets: dict[int, int] = {}
-        for aor in self._co_owned(peer):
+        for i, aor in enumerate(await self._co_owned(peer)):
+            if i % self.CHUNK == self.CHUNK - 1:
+                await trio.sleep(0)
             bucket = aor_bucket(aor)
             for b in self.store.all(aor):
                 if b.expires_at > now:
                     buckets[bucket] = buckets.get(bucket, 0) ^ b.digest()
         return buckets
 
-    def bindings_in(self, peer: str, buckets: set[int], now: float) -> list[Binding]:
+    async def bindings_in(self, peer: str, buckets: set[int], now: float) -> list[Binding]:
         out: list[Binding] = []
         if not buckets:
             return out
-        for aor in self._co_owned(peer):
+        for i, aor in enumerate(await self._co_owned(peer)):
+            if i % self.CHUNK == self.CHUNK - 1:
+                await trio.sleep(0)
             if aor_bucket(aor) in buckets:
                 out.extend(b for b in self.store.all(aor) if b.expires_at > now)
         return out
@@ -412,7 +422,7 @@ class Replicator:
         drops: dict[str, list[str]] = {}  # head owner -> aors to drop once it has them
         now = self._clock()
         for i, aor in enumerate(self.store.aors()):
-            if i % 1000 == 999:
+            if i % self.CHUNK == self.CHUNK - 1:
                 await trio.sleep(0)
             new = self._owners(aor)
             try:
@@ -485,7 +495,7 @@ class Replicator:
         now = self._clock()
         strays: dict[str, list[str]] = {}
         for i, aor in enumerate(self.store.aors()):
-            if i % 1000 == 999:
+            if i % self.CHUNK == self.CHUNK - 1:
                 await trio.sleep(0)
             owners = self._owners(aor)
             if owners and self.name not in owners:
@@ -517,7 +527,7 @@ class Replicator:
         if link is None:
             link = self._links[peer] = _Link(peer)
         now = self._clock()
-        ours = self.digest_with(peer, now)
+        ours = await self.digest_with(peer, now)
         reply = await self._request(link, "digest", ours)
         if reply is None or reply[0] != "diff" or len(reply) != 2:
             return 0
@@ -530,12 +540,16 @@ class Replicator:
         self.stats["repairs"] += 1
         now = self._clock()
         # Only keep what we own: the peer's view of ownership may differ from ours.
-        mine = [b for b in theirs if self.name in self._owners(b.aor)]
-        changed = len(self.store.merge(mine, now))
+        changed = 0
+        for start in range(0, len(theirs), self.CHUNK):
+            chunk = theirs[start : start + self.CHUNK]
+            mine = [b for b in chunk if self.name in self._owners(b.aor)]
+            changed += len(self.store.merge(mine, now))
+            await trio.sleep(0)
         self.stats["repaired"] += changed
         if differ:
             wanted = {int(b) for b in differ if isinstance(b, int)}
-            back = self.bindings_in(peer, wanted, now)
+            back = await self.bindings_in(peer, wanted, now)
             if back:
                 await self.replicate(back, [peer])
         return changed
