@@ -902,3 +902,21 @@ async def test_response_goes_to_the_source_when_via_sent_by_lies() -> None:
             assert reply.status == 200
             assert "received=127.0.0.1" in (reply.get("via") or "")
             await assert_serving(node)
+
+
+async def test_a_request_that_waited_past_t1_is_dropped_unread() -> None:
+    """Overload defence: a request the kernel received longer ago than `stale_after` has been
+    retransmitted by its sender already; it is dropped unread (SO_TIMESTAMP), responses and
+    ACKs never are. With stale_after < 0 every request counts as stale."""
+    with trio.fail_after(LIMIT):
+        async with sip_node(SipTransportConfig(stale_after=-1.0)) as node, UdpClient(node) as c:
+            await c.send(register(c.addr))
+            with trio.move_on_after(0.5) as quiet:
+                await c.reply()
+            assert quiet.cancelled_caught  # no answer
+            assert node.server.stats["udp_stale_dropped"] == 1
+            assert node.proxy.stats["requests"] == 0
+        async with sip_node() as node, UdpClient(node) as c:
+            await c.send(register(c.addr))
+            assert (await c.reply()).status == 200
+            assert node.server.stats["udp_stale_dropped"] == 0

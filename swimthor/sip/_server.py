@@ -20,6 +20,7 @@ import functools
 import ipaddress
 import itertools
 import socket as stdsocket
+import struct
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -36,6 +37,10 @@ __all__ = ["SipServer", "SipTransportConfig"]
 log = structlog.get_logger("swimthor.sip")
 
 RECV_SIZE = 65_536
+# Kernel receive timestamps of datagrams (SO_TIMESTAMP: a struct timeval in the ancillary data).
+_SO_TIMESTAMP = getattr(stdsocket, "SO_TIMESTAMP", 29)
+_TIMEVAL = struct.Struct("@ll")
+_ANC_SIZE = stdsocket.CMSG_SPACE(_TIMEVAL.size)
 # Datagrams handled per wake-up of the UDP loop before yielding to other tasks.
 RECV_BURST = 64
 _TRANSIENT = {
@@ -58,6 +63,9 @@ class SipTransportConfig:
     connect_timeout: float = 2.0
     max_pending_replications: int = 20_000
     dns_cache_time: float = 30.0
+    # A request that waited in the socket longer than this is dropped unread: its sender has
+    # retransmitted by then (RFC 3261 timer E/A start at T1 = 0.5 s).
+    stale_after: float = 0.5
 
 
 ReplicateFn = Callable[[list[Any], list[str]], Awaitable[set[str]]]
@@ -126,6 +134,7 @@ class SipServer:
             "replication_stand_ins": 0,
             "replication_overload": 0,
             "unresolved": 0,
+            "udp_stale_dropped": 0,
         }
 
     # ------------------------------------------------------------ lifecycle
@@ -152,6 +161,8 @@ class SipServer:
                 udp.close()
                 last = e
                 continue
+            with contextlib.suppress(OSError):
+                udp.setsockopt(stdsocket.SOL_SOCKET, _SO_TIMESTAMP, 1)
             for opt, size in ((stdsocket.SO_RCVBUF, 4 << 20), (stdsocket.SO_SNDBUF, 4 << 20)):
                 with contextlib.suppress(OSError):
                     udp.setsockopt(stdsocket.SOL_SOCKET, opt, size)
@@ -212,7 +223,7 @@ class SipServer:
                 return
             for _ in range(RECV_BURST):
                 try:
-                    data, addr = sock.recvfrom(RECV_SIZE)
+                    data, anc, _flags, addr = sock.recvmsg(RECV_SIZE, _ANC_SIZE)
                 except BlockingIOError:
                     break
                 except OSError as e:
@@ -223,6 +234,12 @@ class SipServer:
                     raise
                 stats["udp_received"] += 1
                 if len(data) > MAX_MESSAGE_SIZE:
+                    continue
+                if anc and self._stale(anc, data):
+                    # Waited in the socket longer than the client's first retransmission
+                    # timer: its retransmission is already queued behind it and will be
+                    # served. Working on both is how an overloaded server collapses.
+                    stats["udp_stale_dropped"] += 1
                     continue
                 try:
                     actions = handle(data, Source("udp", addr[0], addr[1]), clock())
@@ -236,6 +253,18 @@ class SipServer:
                     else:
                         self._start_replication(action)
             await trio.lowlevel.checkpoint()
+
+    def _stale(self, anc: list[tuple[int, int, bytes]], data: bytes) -> bool:
+        """A request (not an ACK, not a response) that the kernel received more than
+        `stale_after` seconds ago (SO_TIMESTAMP)."""
+        for level, kind, value in anc:
+            if level == stdsocket.SOL_SOCKET and kind == _SO_TIMESTAMP and len(value) >= 16:
+                seconds, micros = _TIMEVAL.unpack_from(value)
+                age = time.time() - (seconds + micros / 1e6)
+                if age <= self.config.stale_after:
+                    return False
+                return not (data.startswith(b"SIP/2.0 ") or data.startswith(b"ACK "))
+        return False
 
     def _send_now(self, send: Send) -> None:
         """Send a datagram from this task if the kernel takes it at once; anything else
