@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: run test lint typecheck pytest debs clean bench bench-quick
+.PHONY: run test lint typecheck pytest debs clean bench bench-quick bench-sip
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,10 @@ bench: $(BENCH_STAMP)
 ## bench-quick: a reduced suite in at most five minutes, with its report
 bench-quick: $(BENCH_STAMP)
 	$(BIN)/python bench/suite.py --quick
+
+## bench-sip: REGISTER and call ladders for swimthor and Kamailio, and a node killed under load
+bench-sip: $(STAMP) debs
+	$(BIN)/python -m bench.sip.bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

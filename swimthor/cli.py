@@ -659,11 +659,29 @@ def format_status_text(status: Mapping[str, Any]) -> str:
                 if isinstance(per, Mapping) and per:
                     text = "  ".join(f"{n} {float(v):.1%}" for n, v in sorted(per.items()))
                     lines.append(f"  key space ({role}): {text}")
+    sip = status.get("sip")
+    if isinstance(sip, Mapping):
+        domains = sip.get("domains")
+        domain_text = ", ".join(str(d) for d in domains) if isinstance(domains, list) else "?"
+        lines.append(
+            f"sip:        {_text(sip.get('address'))}  domains {domain_text}  "
+            f"R={_text(sip.get('replicas'))}"
+        )
+        lines.append(
+            f"            {_text(sip.get('bindings'))} bindings of "
+            f"{_text(sip.get('aors'))} addresses-of-record held here"
+        )
     for section in ("stats", "runtime"):
         counters = status.get(section)
         if isinstance(counters, Mapping) and counters:
             lines.append(f"{section}:")
             lines.extend(_wrapped_counters(counters))
+    if isinstance(sip, Mapping):
+        for section in ("proxy", "transport", "replication"):
+            counters = sip.get(section)
+            if isinstance(counters, Mapping) and counters:
+                lines.append(f"sip {section}:")
+                lines.extend(_wrapped_counters(counters))
     return "\n".join(lines) + "\n"
 
 

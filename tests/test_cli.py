@@ -441,6 +441,25 @@ def test_status_text() -> None:
     assert "3f2a9c1bdeadbeef" in text
 
 
+def test_status_text_shows_the_sip_front_end() -> None:
+    status = dict(STATUS)
+    status["sip"] = {
+        "address": "10.0.0.1:5060",
+        "domains": ["example.com"],
+        "replicas": 2,
+        "bindings": 1204,
+        "aors": 1200,
+        "proxy": {"registers": 1300, "forwarded": 77},
+        "transport": {"udp_received": 1500},
+        "replication": {"puts_sent": 40},
+    }
+    text = format_status_text(status)
+    assert "sip:        10.0.0.1:5060  domains example.com  R=2" in text
+    assert "1204 bindings of 1200 addresses-of-record held here" in text
+    assert "sip proxy:" in text and "registers=1300" in text and "puts_sent=40" in text
+    assert "sip:" not in format_status_text(STATUS)
+
+
 def test_status_text_tolerates_a_sparse_reply() -> None:
     text = format_status_text({"name": "n"})
     assert "n" in text and "converged: unknown" in text
