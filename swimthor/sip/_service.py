@@ -52,6 +52,7 @@ class SipService:
         self.routing = routing
         self._peers: dict[str, Peer] = {}
         self._peer_index: dict[tuple[str, int], Peer] = {}
+        self._suspects: set[str] = set()
         self._gossip: dict[str, Addr] = {}
         self.store = BindingStore()
         self.server = SipServer(
@@ -129,16 +130,25 @@ class SipService:
         return [r.name for r in self.routing.owners_at(epoch, aor, self.config.replicas, ROLE)]
 
     def owners(self, aor: str, n: int) -> list[Peer]:
+        """The AOR's owners with a SIP address, first first; an owner that is suspected of
+        having failed goes after the others (it keeps its keys until it is declared dead, but
+        a request is better sent to an owner that answers: the others hold the same
+        bindings)."""
         out = []
+        suspect = False
         for record in self.routing.owners(aor, n, ROLE):
             peer = self._peers.get(record.name)
             if peer is not None:
                 out.append(peer)
+                suspect = suspect or record.name in self._suspects
+        if suspect:
+            out.sort(key=lambda p: p.name in self._suspects)
         return out
 
     def sync_members(self, members: list[Member]) -> None:
         self._peers.clear()
         self._peer_index.clear()
+        self._suspects.clear()
         self._gossip.clear()
         for m in members:
             self.member_changed(m)
@@ -148,6 +158,10 @@ class SipService:
         if live is None:
             live = m.state in (State.ALIVE, State.SUSPECT)
         self._gossip[m.name] = (str(m.addr[0]), int(m.addr[1]))
+        if live and m.state == State.SUSPECT:
+            self._suspects.add(m.name)
+        else:
+            self._suspects.discard(m.name)
         text = m.tags.get(SIP_TAG)
         old = self._peers.pop(m.name, None)
         if old is not None and self._peer_index.get((old.host.lower(), old.port)) is old:

@@ -1,0 +1,63 @@
+"""The SIP service's directory: SIP addresses from member tags, owners from the routing table,
+suspected owners asked last."""
+
+from __future__ import annotations
+
+from swimthor.config import SipConfig
+from swimthor.membership._member import Member, State
+from swimthor.routing import RoutingTable
+from swimthor.sip._service import SipService
+
+
+def member(name: str, port: int, state: State = State.ALIVE, sip: bool = True) -> Member:
+    return Member(
+        name=name,
+        addr=("127.0.0.1", 7000 + port),
+        dc="dc1",
+        roles=("sip",),
+        weight=1.0,
+        tags={"sip": f"127.0.0.1:{5000 + port}"} if sip else {},
+        incarnation=0,
+        state=state,
+        since=0.0,
+    )
+
+
+def service(members: list[Member]) -> SipService:
+    routing = RoutingTable(roles=None)
+    routing.sync(members)
+    svc = SipService(
+        SipConfig(bind=("127.0.0.1", 0), domains=["example.com"]),
+        name="n1",
+        advertise_host="127.0.0.1",
+        routing=routing,
+        keyring=lambda: None,
+        label="",
+    )
+    svc.sync_members(members)
+    return svc
+
+
+def test_directory_follows_tags_and_states() -> None:
+    members = [member("n1", 1), member("n2", 2), member("n3", 3, sip=False)]
+    svc = service(members)
+    assert set(svc.peers()) == {"n1", "n2"}  # n3 announces no SIP address
+    assert svc.peer_at("127.0.0.1", 5002).name == "n2"  # type: ignore[union-attr]
+    svc.member_changed(member("n2", 2, State.DEAD), live=False)
+    assert svc.peer_at("127.0.0.1", 5002) is None and "n2" not in svc.peers()
+
+
+def test_a_suspected_owner_is_asked_last() -> None:
+    members = [member(f"n{i}", i) for i in range(1, 4)]
+    svc = service(members)
+    aor = next(
+        f"sip:u{i}@example.com"
+        for i in range(1000)
+        if svc.owner_names(f"sip:u{i}@example.com")[0] == "n2"
+    )
+    assert svc.owners(aor, 2)[0].name == "n2"
+    svc.member_changed(member("n2", 2, State.SUSPECT), live=True)
+    ranked = [p.name for p in svc.owners(aor, 2)]
+    assert ranked[-1] == "n2" and len(ranked) == 2  # still an owner, asked last
+    svc.member_changed(member("n2", 2, State.ALIVE), live=True)
+    assert svc.owners(aor, 2)[0].name == "n2"
