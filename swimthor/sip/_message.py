@@ -440,7 +440,11 @@ def _token(text: str) -> bool:
     return _TOKEN_RE.fullmatch(text) is not None
 
 
-@functools.lru_cache(maxsize=1024)
+# Header names as received -> (canonical, display): a plain dict in front of _header_name,
+# filled with the first 4096 distinct names (a handful make up nearly every header line).
+_NAME_CACHE: dict[str, tuple[str, str]] = {}
+
+
 def _header_name(name: str) -> tuple[str, str] | None:
     """(canonical name, name to write back) of a header name as received; None if it is not
     a token. Cached: a handful of names make up nearly every header line."""
@@ -510,9 +514,13 @@ def parse_message(data: bytes, *, datagram: bool = True) -> Request | Response:
         if len(line) > MAX_HEADER_LENGTH:
             raise SipParseError("Header Too Long")
         name, sep, value = line.partition(":")
-        known = _header_name(name) if sep else None
+        known = _NAME_CACHE.get(name) if sep else None
         if known is None:
-            raise SipParseError("Bad Header Line")
+            known = _header_name(name) if sep else None
+            if known is None:
+                raise SipParseError("Bad Header Line")
+            if len(_NAME_CACHE) < 4096:
+                _NAME_CACHE[name] = known
         headers.append((known[0], value.strip()))
         names.append(known[1])
         if len(headers) > MAX_HEADERS:
@@ -549,16 +557,16 @@ def parse_message(data: bytes, *, datagram: bool = True) -> Request | Response:
 
 
 def _check_mandatory(message: Request | Response) -> None:
-    counts: dict[str, int] = {}
-    for key, value in message.headers:
-        if key in _COUNTED:
-            counts[key] = counts.get(key, 0) + 1
-            if key == "via" and not split_values(value):
-                # A Via line with no value (blank, or only commas): the proxy edits and pops
-                # the first value of the first Via line, which must be the top hop.
-                raise SipParseError("Bad Via")
-    if "via" not in counts:
+    index = message._index()
+    via_lines = index.get("via")
+    if not via_lines:
         raise SipParseError("Missing Via")
+    for value in via_lines:
+        if not split_values(value):
+            # A Via line with no value (blank, or only commas): the proxy edits and pops
+            # the first value of the first Via line, which must be the top hop.
+            raise SipParseError("Bad Via")
+    counts = {name: len(index.get(name, ())) for name in _COUNTED}
     try:
         vias = message.vias
     except ValueError:
@@ -567,7 +575,7 @@ def _check_mandatory(message: Request | Response) -> None:
         raise SipParseError("Missing Via")
     respondable = isinstance(message, Request)
     for name in MANDATORY:
-        if name not in counts:
+        if not counts[name]:
             pretty = DISPLAY_NAMES.get(name, name)
             raise SipParseError(f"Missing {pretty}", respondable=respondable)
     if counts.get("content-length", 0) > 1:
