@@ -322,20 +322,45 @@ class Replicator:
         return serve
 
     async def _serve(self, stream: trio.SocketStream, peer: str) -> None:
-        try:
-            while True:
-                frame = await read_frame(stream, MAX_FRAME + 64)
-                try:
-                    message = self._open(frame)
-                    reply = await self._answer(message, peer)
-                except (SealError, ValueError) as e:
-                    self.stats["bad_frames"] += 1
-                    log.warning("bad replication frame", peer=peer, reason=str(e))
-                    return
-                await stream.send_all(self._seal(reply))
-                await trio.sleep(0)
-        except (FrameError, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            return
+        """Answer a peer's requests on its connection. Puts are answered in order as they
+        come; a digest (a walk over every AOR held here) is answered from a task of its own,
+        so the writes behind it are not kept waiting past their timeout."""
+        send_lock = trio.Lock()
+
+        async def reply(message: list[Any]) -> None:
+            async with send_lock:
+                await stream.send_all(self._seal(message))
+
+        async def answer_later(message: list[Any]) -> None:
+            try:
+                await reply(await self._answer(message, peer))
+            except ValueError as e:
+                self.stats["bad_frames"] += 1
+                log.warning("bad replication frame", peer=peer, reason=str(e))
+                await trio.aclose_forcefully(stream)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+
+        async with trio.open_nursery() as nursery:
+            try:
+                while True:
+                    frame = await read_frame(stream, MAX_FRAME + 64)
+                    try:
+                        message = self._open(frame)
+                        if message and message[0] == "digest":
+                            nursery.start_soon(answer_later, message)
+                            continue
+                        answer = await self._answer(message, peer)
+                    except (SealError, ValueError) as e:
+                        self.stats["bad_frames"] += 1
+                        log.warning("bad replication frame", peer=peer, reason=str(e))
+                        return
+                    await reply(answer)
+                    await trio.sleep(0)
+            except (FrameError, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                return
+            finally:
+                nursery.cancel_scope.cancel()
 
     async def _answer(self, message: list[Any], peer: str) -> list[Any]:
         if len(message) != 3 or not isinstance(message[1], int):
