@@ -8,43 +8,21 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sip_agents import _free_port, swimthor, wait_until
 
 from swimthor.membership import Keyring
 
 pytestmark = pytest.mark.slow
 
 N = 5
-
-
-def _free_port() -> int:
-    while True:
-        with socket.socket() as t:
-            t.bind(("127.0.0.1", 0))
-            port = int(t.getsockname()[1])
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            try:
-                u.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
-
-
-def swimthor(*args: str, timeout: float = 15) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "swimthor", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 class Proc:
@@ -96,19 +74,6 @@ class Proc:
         assert self.p is not None
         self.p.send_signal(sig)
         return self.p.wait(10)
-
-
-def wait_until(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < end:
-        try:
-            if cond():
-                return
-        except AssertionError as e:
-            last = e
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}: {last}")
 
 
 @pytest.fixture

@@ -527,6 +527,17 @@ class Proxy:
             return Send("tcp", source.host, source.port, cached, source.conn)
         return Send("udp", source.host, _response_port(request.vias[0], source), cached)
 
+    def _no_owner(self, request: Request, source: Source, now: float) -> list[Send | Replicate]:
+        """No live member owns the AOR: 503 with Retry-After (§21.5.4), try again later."""
+        return self._reply(
+            request,
+            source,
+            now,
+            503,
+            "Service Unavailable",
+            [("retry-after", str(self.settings.retry_after))],
+        )
+
     def _loop_hash(self, request: Request) -> str:
         return _LoopHash(request).value()
 
@@ -559,14 +570,7 @@ class Proxy:
         names = [p.name for p in owners]
         if self.settings.name not in names and not from_peer:
             if not owners:
-                return self._reply(
-                    request,
-                    source,
-                    now,
-                    503,
-                    "Service Unavailable",
-                    [("retry-after", str(self.settings.retry_after))],
-                )
+                return self._no_owner(request, source, now)
             head = owners[0]
             return self._forward(
                 request,
@@ -687,14 +691,7 @@ class Proxy:
                 loop=loop,
             )
         if not owners:
-            return self._reply(
-                request,
-                source,
-                now,
-                503,
-                "Service Unavailable",
-                [("retry-after", str(self.settings.retry_after))],
-            )
+            return self._no_owner(request, source, now)
         head = owners[0]
         return self._forward(
             request, source, now, head.host, head.port, "udp", max_forwards, add_rr=entry, loop=loop
