@@ -325,3 +325,39 @@ def test_stand_ins_skip_this_node_and_the_owners_already_written() -> None:
     # An owner declared dead meanwhile is no longer ranked at all.
     del net.live["n3"]
     assert n1.stand_ins("sip:bob@example.com", 1, ["n2"]) == []
+
+
+@pytest.mark.parametrize("joined", [True, False])
+def test_the_fast_response_path_gives_what_the_full_parser_gives(joined: bool) -> None:
+    net = Net()
+    register_bob(net)
+    invite = parse_message(net.run("n1", msg("INVITE", "sip:bob@example.com"), PHONE_A)[0].data)
+    assert isinstance(invite, Request)
+    via_lines = (
+        [f"Via: {', '.join(v.text for v in invite.vias)}"]
+        if joined
+        else [f"Via: {v.text}" for v in invite.vias]
+    )
+    ok = "\r\n".join(
+        [
+            "SIP/2.0 200 OK",
+            *via_lines,
+            "From: <sip:alice@example.com>;tag=a",
+            "To: <sip:bob@example.com>;tag=b",
+            "Call-ID: call-1",
+            "CSeq: 1 INVITE",
+            "Content-Length: 0",
+            "",
+            "",
+        ]
+    ).encode()
+    n2 = net.nodes["n2"]
+    fast = n2._relay_fast(ok)
+    assert fast is not None
+    full = n2._response(parse_message(ok))  # type: ignore[arg-type]
+    assert [(s.host, s.port) for s in fast] == [(s.host, s.port) for s in full]  # type: ignore[union-attr]
+    fast_msg, full_msg = parse_message(fast[0].data), parse_message(full[0].data)  # type: ignore[union-attr]
+    assert [v.text for v in fast_msg.vias] == [v.text for v in full_msg.vias]
+    assert fast_msg.get("call-id") == "call-1" and fast_msg.status == 200  # type: ignore[union-attr]
+    # Not ours: the fast path declines and the full parser decides.
+    assert net.nodes["n3"]._relay_fast(ok) is None

@@ -37,6 +37,7 @@ from ._message import (
     Response,
     SipParseError,
     ViaHop,
+    _parse_via,
     parse_address,
     parse_message,
     parse_uri,
@@ -205,6 +206,9 @@ class Proxy:
             "replication_failed": 0,
         }
         self._me = f"{settings.host}:{settings.port}".lower()
+        self._via_prefix = (
+            f"SIP/2.0/UDP {_uri_host(settings.host)}:{settings.port};branch={BRANCH_PREFIX}"
+        ).encode()
         self._rr = f"<sip:{_uri_host(settings.host)}:{settings.port};lr>"
         self._rr_tcp = f"<sip:{_uri_host(settings.host)}:{settings.port};transport=tcp;lr>"
 
@@ -213,6 +217,10 @@ class Proxy:
     def handle(self, data: bytes, source: Source, now: float) -> list[Send | Replicate]:
         if not data.strip(b"\r\n"):
             return []  # keep-alive (RFC 5626 §3.5.1 CRLF): nothing to do
+        if data.startswith(b"SIP/2.0 ") and source.transport == "udp":
+            relayed = self._relay_fast(data)
+            if relayed is not None:
+                return relayed
         try:
             message = parse_message(data, datagram=source.transport == "udp")
         except SipParseError as e:
@@ -342,6 +350,50 @@ class Proxy:
         return self._peer_at(low.strip("[]"), port or 5060) is not None
 
     # ---------------------------------------------------------------- responses
+
+    def _relay_fast(self, data: bytes) -> list[Send | Replicate] | None:
+        """The common response on its way back, without a full parse: a well-formed status
+        line, our Via alone on the first Via line, the next hop alone on the next Via line.
+        Our line is cut out and the rest goes on byte for byte (§16.7 step 3, §16.11).
+        Anything else (compact or folded Vias, several values on a line, TCP, not ours) is
+        None, and the full parser decides."""
+        if len(data) > MAX_MESSAGE_SIZE or not data[8:11].isdigit() or data[11:12] != b" ":
+            return None
+        end = data.find(b"\r\n\r\n")
+        if end < 0:
+            return None
+        at = data.find(b"\r\nVia: ", 0, end)
+        if at < 0 or not data.startswith(self._via_prefix, at + 7):
+            return None
+        line_end = data.find(b"\r\n", at + 7)
+        if line_end >= end or data[line_end + 2 : line_end + 3] in (b" ", b"\t"):
+            return None  # the last header, or folded
+        line = data[at + 7 : line_end]
+        if b"," in line:
+            # Several hops on one line (as sipp's UAS writes them): drop the first value.
+            _first, _, rest = line.partition(b",")
+            if b'"' in line or not rest.strip():
+                return None
+            nxt = rest.split(b",", 1)[0].strip()
+            out = data[: at + 7] + rest.lstrip() + data[line_end:]
+        else:
+            if not data.startswith(b"\r\nVia: ", line_end):
+                return None
+            next_end = data.find(b"\r\n", line_end + 7)
+            nxt = data[line_end + 7 : next_end]
+            if b"," in nxt:
+                nxt = nxt.split(b",", 1)[0].strip()
+            out = data[:at] + data[line_end:]
+        try:
+            hop = _parse_via(nxt.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            return None
+        if hop.transport != "UDP":
+            return None
+        host, port = hop.response_target()
+        self.stats["responses"] += 1
+        self.stats["forwarded"] += 1
+        return [Send("udp", host, port, out)]
 
     def _response(self, response: Response) -> list[Send | Replicate]:
         vias = response.vias
