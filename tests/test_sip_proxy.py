@@ -361,3 +361,21 @@ def test_the_fast_response_path_gives_what_the_full_parser_gives(joined: bool) -
     assert fast_msg.get("call-id") == "call-1" and fast_msg.status == 200  # type: ignore[union-attr]
     # Not ours: the fast path declines and the full parser decides.
     assert net.nodes["n3"]._relay_fast(ok) is None
+
+
+def test_the_fast_response_path_never_relays_past_a_foreign_top_via() -> None:
+    # Our Via sits second, behind a compact "v:" line of someone else's: the top hop is not
+    # ours, so the response must be dropped as the full parser drops it.
+    net = Net()
+    ours = f"SIP/2.0/UDP 127.0.0.1:5072;branch={BRANCH_PREFIX}aa.bb"
+    forged = (
+        "SIP/2.0 200 OK\r\n"
+        "v: SIP/2.0/UDP 10.9.9.9:5060;branch=z9hG4bK-x\r\n"
+        f"Via: {ours}\r\n"
+        "Via: SIP/2.0/UDP 127.0.0.1:5081;branch=z9hG4bK-a1\r\n"
+        "From: <sip:a@example.com>;tag=1\r\nTo: <sip:b@example.com>;tag=2\r\n"
+        "Call-ID: c\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+    n2 = net.nodes["n2"]
+    assert n2._relay_fast(forged) is None
+    assert n2.handle(forged, Source("udp", "127.0.0.1", 5080), NOW) == []

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -365,6 +366,8 @@ class Proxy:
         at = data.find(b"\r\nVia: ", 0, end)
         if at < 0 or not data.startswith(self._via_prefix, at + 7):
             return None
+        if _ANY_VIA.search(data, 0, at) is not None:
+            return None  # a Via line (compact, other case) above it: ours is not the top one
         line_end = data.find(b"\r\n", at + 7)
         if line_end >= end or data[line_end + 2 : line_end + 3] in (b" ", b"\t"):
             return None  # the last header, or folded
@@ -829,6 +832,10 @@ class _LoopHash:
         if self._value is None:
             self._value = _h(*self._parts, size=4)
         return self._value
+
+
+# A Via header line in any spelling (RFC 3261 §7.3.1: case-insensitive, compact "v").
+_ANY_VIA = re.compile(rb"\r\n(?:via|v)[ \t]*:", re.IGNORECASE)
 
 
 def _response_port(top: ViaHop, source: Source) -> int:
