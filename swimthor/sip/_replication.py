@@ -437,55 +437,38 @@ class Replicator:
                 log.exception("handoff raised")
 
     async def handoff(self) -> None:
-        """Push every AOR whose owners changed since the last handoff to its new owners;
-        drop the ones we no longer own once the head owner has them."""
+        """Push every AOR this node still owns whose owners changed since the last handoff to
+        the owners it gained; then `sweep` hands the AORs this node no longer owns to their
+        owners and drops them here."""
         old_epoch, new_epoch = self._handoff_epoch, self._epoch()
         if old_epoch == new_epoch:
             return
         self.stats["handoff_runs"] += 1
         pushes: dict[str, list[Binding]] = {}
-        drops: dict[str, list[str]] = {}  # head owner -> aors to drop once it has them
         now = self._clock()
         for i, aor in enumerate(self.store.aors()):
             if i % self.CHUNK == self.CHUNK - 1:
                 await trio.sleep(0)
             new = self._owners(aor)
+            if self.name not in new:
+                continue  # not ours any more: the sweep below moves it
             try:
                 old = self._owners_at(old_epoch, aor)
             except EpochUnavailable:
                 old = []
-            if new == old:
-                continue
-            live = [b for b in self.store.all(aor) if b.expires_at > now]
-            for owner in new:
-                if owner != self.name and owner not in old:
+            gained = [owner for owner in new if owner != self.name and owner not in old]
+            if gained:
+                live = [b for b in self.store.all(aor) if b.expires_at > now]
+                for owner in gained:
                     pushes.setdefault(owner, []).extend(live)
-            if self.name not in new:
-                if new:
-                    if new[0] not in old:
-                        pass  # already queued above
-                    else:
-                        pushes.setdefault(new[0], []).extend(live)
-                    drops.setdefault(new[0], []).append(aor)
-                else:
-                    pass  # no live owner at all: keep it until one comes back
         self._handoff_epoch = new_epoch
         for owner, bindings in pushes.items():
-            ok = await self.replicate(bindings, [owner]) if bindings else True
             self.stats["handed_off"] += len(bindings)
-            if ok:
-                for aor in drops.pop(owner, []):
-                    # Check again: the epoch may have moved back while we were pushing.
-                    if self.name not in self._owners(aor):
-                        self.stats["dropped_not_owner"] += self.store.drop(aor)
-            else:
-                # Try again at the next repair round (the epoch is remembered as done, so a
-                # failed push is retried by the repair's ownership sweep below).
+            if not await self.replicate(bindings, [owner]):
+                # Remember the epoch as not done: the next repair round sees it differ and
+                # runs the handoff again.
                 self._handoff_epoch = old_epoch
-        for owner, aors in drops.items():
-            for aor in aors:
-                if self.name not in self._owners(aor) and owner not in pushes:
-                    self.stats["dropped_not_owner"] += self.store.drop(aor)
+        await self.sweep()
 
     # ------------------------------------------------------------ repair
 
@@ -530,6 +513,7 @@ class Replicator:
             per_owner: dict[str, list[Binding]] = {}
             for aor in aors:
                 live = [b for b in self.store.all(aor) if b.expires_at > now]
+                self.stats["handed_off"] += len(live)
                 for owner in self._owners(aor):
                     per_owner.setdefault(owner, []).extend(live)
             confirmed: set[str] = set()
