@@ -467,18 +467,9 @@ class Proxy:
                 [("allow", ", ".join(ALLOWED_METHODS))],
             )
         if method not in ("ACK", "CANCEL"):
-            unsupported = [
-                opt for opt in request.get_all("proxy-require") if opt not in SUPPORTED_EXTENSIONS
-            ]
-            if unsupported:
-                return self._reply(
-                    request,
-                    source,
-                    now,
-                    420,
-                    "Bad Extension",
-                    [("unsupported", ", ".join(unsupported))],
-                )
+            refused = self._bad_extension(request, "proxy-require", source, now)
+            if refused is not None:
+                return refused
         if max_forwards == 0 and not (
             method in ("REGISTER", "OPTIONS")
             and uri.user is None
@@ -582,6 +573,18 @@ class Proxy:
             return Send("tcp", source.host, source.port, cached, source.conn)
         return Send("udp", source.host, _response_port(request.vias[0], source), cached)
 
+    def _bad_extension(
+        self, request: Request, header: str, source: Source, now: float
+    ) -> list[Send | Replicate] | None:
+        """420 with Unsupported when `header` (Require or Proxy-Require) names an extension we
+        do not support (§8.2.2.3, §16.3 step 5); None when it names none."""
+        unsupported = [opt for opt in request.get_all(header) if opt not in SUPPORTED_EXTENSIONS]
+        if not unsupported:
+            return None
+        return self._reply(
+            request, source, now, 420, "Bad Extension", [("unsupported", ", ".join(unsupported))]
+        )
+
     def _no_owner(self, request: Request, source: Source, now: float) -> list[Send | Replicate]:
         """No live member owns the AOR: 503 with Retry-After (§21.5.4), try again later."""
         return self._reply(
@@ -607,16 +610,9 @@ class Proxy:
         loop: _LoopHash,
         from_peer: bool,
     ) -> list[Send | Replicate]:
-        unsupported = [opt for opt in request.get_all("require") if opt not in SUPPORTED_EXTENSIONS]
-        if unsupported:
-            return self._reply(
-                request,
-                source,
-                now,
-                420,
-                "Bad Extension",
-                [("unsupported", ", ".join(unsupported))],
-            )
+        refused = self._bad_extension(request, "require", source, now)
+        if refused is not None:
+            return refused
         to_uri = request.to_addr.uri
         aor = aor_of(to_uri)
         if aor is None or to_uri.host.lower().rstrip(".") not in self.settings.domains:
