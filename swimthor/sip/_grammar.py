@@ -4,8 +4,9 @@ Every REGISTER carries a To, a From, a Via and a Contact, and at thousands of re
 how these are read is most of the cost of a request. The common, well-formed shapes go through
 one compiled regular expression each, strict enough that anything they accept is valid SIP;
 whatever they do not accept (quoted display names with escapes, quoted parameter values,
-escaped hosts ...) is handed to sipmessage's full grammar, which decides. Both paths give the
-same small types (`Uri`, `NameAddr`, `Via`) with the attribute names sipmessage uses, and keep
+escaped hosts ...) is handed to sipmessage's full grammar, which decides (for Vias that is
+`_message._parse_via`, which also reads an IPv6 `received`). Both paths give the same small
+types (`Uri`, `NameAddr`, `Via`) with the attribute names sipmessage uses, and keep
 the text exactly as received, so a URI is forwarded or stored byte for byte.
 """
 
@@ -24,7 +25,6 @@ __all__ = [
     "match_via",
     "parse_name_addr",
     "parse_uri",
-    "parse_via",
     "split_params",
 ]
 
@@ -205,25 +205,4 @@ def match_via(text: str) -> Via | None:
         host,
         int(port) if port else None,
         split_params(params) if params else {},
-    )
-
-
-@functools.lru_cache(maxsize=16_384)
-def parse_via(text: str) -> Via:
-    """One Via value; ValueError otherwise."""
-    text = text.strip()
-    fast = match_via(text)
-    if fast is not None:
-        if fast.port is not None and not 0 < fast.port < 65_536:
-            raise ValueError("Via port out of range")
-        return fast
-    if len(text) > 8192:
-        raise ValueError("Via too long")
-    full = sipmessage.Via.parse(text)
-    return Via(
-        text,
-        full.transport.upper(),
-        full.host,
-        full.port,
-        {k.lower(): v for k, v in full.parameters.items()},
     )
