@@ -207,11 +207,11 @@ class Proxy:
             "replication_failed": 0,
         }
         self._me = f"{settings.host}:{settings.port}".lower()
-        self._via_prefix = (
-            f"SIP/2.0/UDP {_uri_host(settings.host)}:{settings.port};branch={BRANCH_PREFIX}"
-        ).encode()
-        self._rr = f"<sip:{_uri_host(settings.host)}:{settings.port};lr>"
-        self._rr_tcp = f"<sip:{_uri_host(settings.host)}:{settings.port};transport=tcp;lr>"
+        # Our sent-by and Record-Route, formatted once (an IPv6 host in brackets).
+        self._sent_by = f"{_uri_host(settings.host)}:{settings.port}"
+        self._via_prefix = f"SIP/2.0/UDP {self._sent_by};branch={BRANCH_PREFIX}".encode()
+        self._rr = f"<sip:{self._sent_by};lr>"
+        self._rr_tcp = f"<sip:{self._sent_by};transport=tcp;lr>"
 
     # ---------------------------------------------------------------- entry point
 
@@ -776,7 +776,7 @@ class Proxy:
         )
         out_transport = "tcp" if transport == "tcp" else "udp"
         via = (
-            f"SIP/2.0/{out_transport.upper()} {_uri_host(self.settings.host)}:{self.settings.port}"
+            f"SIP/2.0/{out_transport.upper()} {self._sent_by}"
             f";branch={BRANCH_PREFIX}{stateless}.{loop.value()}"
         )
         request.prepend("via", via)
@@ -859,14 +859,6 @@ def _uri_host(host: str) -> str:
     except ValueError:
         pass
     return host
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    return True
 
 
 def _set_rport(via_text: str, port: int) -> str:
