@@ -103,7 +103,7 @@ class SipServer:
         self.proxy = proxy
         self.bind = bind
         self.config = config or SipTransportConfig()
-        self._replicate = replicate
+        self.replicate = replicate
         self._clock = clock
         self.bound: tuple[str, int] | None = None
         self._sockets: tuple[stdsocket.socket, stdsocket.socket] | None = None
@@ -334,7 +334,7 @@ class SipServer:
     # ------------------------------------------------------------ replication
 
     def _start_replication(self, action: Replicate) -> None:
-        if self._nursery is None or self._replicate is None:
+        if self._nursery is None or self.replicate is None:
             return
         if self._pending >= self.config.max_pending_replications:
             self.stats["replication_overload"] += 1
@@ -364,9 +364,9 @@ class SipServer:
     async def _replicate_group(self, peers: list[str], group: list[Replicate]) -> None:
         confirmed: set[str] = set()
         try:
-            assert self._replicate is not None
+            assert self.replicate is not None
             changes = [change for action in group for change in action.changes]
-            confirmed = await self._replicate(changes, peers)
+            confirmed = await self.replicate(changes, peers)
         except Exception:
             log.exception("replication raised")
         missing = len(set(peers) - confirmed)
@@ -384,10 +384,10 @@ class SipServer:
         the phone get 503."""
         self.stats["replication_stand_ins"] += 1
         try:
-            assert self._replicate is not None
+            assert self.replicate is not None
             stand_ins = self.proxy.stand_ins(action.aor, missing, action.peers)
             if len(stand_ins) >= missing:
-                more = await self._replicate(action.changes, stand_ins[:missing])
+                more = await self.replicate(action.changes, stand_ins[:missing])
                 missing -= len(more)
         except Exception:
             log.exception("replication raised")

@@ -107,7 +107,7 @@ class SipService:
             clock=self._clock,
             rng=self._rng,
         )
-        self.server._replicate = self.replicator.replicate_each
+        self.server.replicate = self.replicator.replicate_each
         return advertised
 
     @property
