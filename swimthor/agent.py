@@ -29,6 +29,7 @@ import trio
 from . import log as swimlog
 from .config import AgentConfig, format_hostport
 from .control import ControlError, default_control_path, open_control_socket, serve_control
+from .dns._service import DNS_TAG, DnsService
 from .membership._core import Membership
 from .membership._events import (
     Event,
@@ -161,6 +162,8 @@ class Agent:
         self.routing = RoutingTable(roles=None, cache_size=65_536)
         # The SIP front-end, on agents with the role sip (config.sip set).
         self.sip: SipService | None = None
+        # The DNS front-end, on agents with --dns (config.dns set).
+        self.dns: DnsService | None = None
         self._commands: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {
             "members": self._cmd_members,
             "status": self._cmd_status,
@@ -230,6 +233,16 @@ class Agent:
                     label=cfg.label,
                 )
                 tags[SIP_TAG] = format_hostport(self.sip.open())
+            if cfg.dns is not None:
+                self.dns = DnsService(
+                    cfg.dns,
+                    name=name,
+                    dc=cfg.dc,
+                    advertise_host=advertise[0],
+                    routing=self.routing,
+                    replicas=cfg.sip.replicas if cfg.sip is not None else 2,
+                )
+                tags[DNS_TAG] = format_hostport(self.dns.open())
             now = trio.current_time()
             core = Membership(
                 name=name,
@@ -249,6 +262,8 @@ class Agent:
             sockets.close()
             if self.sip is not None:
                 self.sip.server.close()
+            if self.dns is not None:
+                self.dns.server.close()
             raise
         control_sock: socket.socket | None = None
         if cfg.control != "":
@@ -268,6 +283,8 @@ class Agent:
             self.sip.sync_members(core.members())
             assert self.sip.replicator is not None
             runtime.add_stream_service(self.sip.replicator.claim)
+        if self.dns is not None:
+            self.dns.sync_members(core.members())
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(runtime.serve)
@@ -289,6 +306,8 @@ class Agent:
                 nursery.start_soon(self._pump_events, events)
                 if self.sip is not None:
                     await nursery.start(self.sip.run)
+                if self.dns is not None:
+                    await nursery.start(self.dns.run)
                 if self.handle_signals and threading.current_thread() is threading.main_thread():
                     nursery.start_soon(self._watch_signals)
                 log.info(
@@ -375,6 +394,9 @@ class Agent:
                 self.sip.member_changed(event.member, live and event.member.state.is_live)
                 if moved:
                     self.sip.routing_changed()
+            if self.dns is not None and isinstance(event, MemberEvent):
+                live = not isinstance(event, MemberFailed | MemberLeft)
+                self.dns.member_changed(event.member, live)
             if isinstance(event, NameConflict) and self.core.conflict is not None:
                 # We are the newcomer under a name that a live member holds: stop, do not
                 # announce ourselves over it. run() raises NameInUseError.
@@ -467,6 +489,8 @@ class Agent:
         status["routing"] = routing_status(self.routing)
         if self.sip is not None:
             status["sip"] = self.sip.status()
+        if self.dns is not None:
+            status["dns"] = self.dns.status()
         return status
 
     async def _cmd_route(self, args: dict[str, Any]) -> Any:
@@ -555,6 +579,8 @@ class Agent:
             self.sip.routing_changed()
         if self.sip is not None:
             self.sip.sync_members(self.core.members())
+        if self.dns is not None:
+            self.dns.sync_members(self.core.members())
         return _member_json_of(self.core.local, self.core)
 
     async def _cmd_meta(self, args: dict[str, Any]) -> Any:

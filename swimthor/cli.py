@@ -30,10 +30,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from swimthor.config import (
+    DEFAULT_DNS_PORT,
     DEFAULT_SIP_PORT,
     PROFILES,
     AgentConfig,
     ConfigError,
+    DnsConfig,
     SipConfig,
     apply_toml,
     format_hostport,
@@ -42,6 +44,7 @@ from swimthor.config import (
     parse_tag,
     profile,
 )
+from swimthor.config import check_dns as _check_dns
 from swimthor.config import check_sip as _check_sip
 from swimthor.membership._keyring import Keyring, KeyringFileError
 
@@ -88,6 +91,19 @@ def _sip_hostport_arg(text: str) -> tuple[str, int]:
         return parse_hostport(text, DEFAULT_SIP_PORT)
     except ConfigError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _dns_hostport_arg(text: str) -> tuple[str, int]:
+    try:
+        return parse_hostport(text, DEFAULT_DNS_PORT)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _ttl_arg(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 86_400:
+        raise argparse.ArgumentTypeError(f"TTL must be whole seconds 0..86400, not {text!r}")
+    return int(text)
 
 
 def _replicas_arg(text: str) -> int:
@@ -216,6 +232,16 @@ def build_parser() -> argparse.ArgumentParser:
         type=_replicas_arg,
         metavar="R",
         help="owners that hold each address-of-record's bindings (default 2)",
+    )
+    j.add_argument(
+        "--dns",
+        metavar="HOST:PORT",
+        type=_dns_hostport_arg,
+        help=f"serve the cluster's zone on DNS UDP+TCP here (port default {DEFAULT_DNS_PORT})",
+    )
+    j.add_argument("--dns-zone", metavar="ZONE", help="the zone (default: the first --domain)")
+    j.add_argument(
+        "--dns-ttl", type=_ttl_arg, metavar="SECONDS", help="TTL of every answer (default 5)"
     )
     sealing = j.add_mutually_exclusive_group()
     sealing.add_argument("--key-file", metavar="PATH", help="cluster keyring (JSON or one key)")
@@ -381,6 +407,7 @@ def build_agent_config(args: argparse.Namespace) -> AgentConfig:
     if args.tag is not None:
         cfg.tags = dict(args.tag)
     _apply_sip_flags(cfg, args)
+    _apply_dns_flags(cfg, args)
     if args.insecure:
         cfg.insecure, cfg.key_file = True, None
     elif args.key_file is not None:
@@ -418,6 +445,28 @@ def _apply_sip_flags(cfg: AgentConfig, args: argparse.Namespace) -> None:
         sip.replicas = args.sip_replicas
     _check_sip(sip)
     cfg.sip = sip
+
+
+def _apply_dns_flags(cfg: AgentConfig, args: argparse.Namespace) -> None:
+    """DNS runs on agents given --dns (or a [dns] table); --dns-zone and --dns-ttl need it."""
+    if args.dns is None and cfg.dns is None:
+        given = [
+            flag
+            for flag, value in (("--dns-zone", args.dns_zone), ("--dns-ttl", args.dns_ttl))
+            if value is not None
+        ]
+        if given:
+            raise ConfigError(f"{', '.join(given)} need --dns")
+        return
+    dns = cfg.dns if cfg.dns is not None else DnsConfig()
+    if args.dns is not None:
+        dns.bind = args.dns
+    if args.dns_zone is not None:
+        dns.zone = args.dns_zone
+    if args.dns_ttl is not None:
+        dns.ttl = args.dns_ttl
+    _check_dns(dns, cfg.sip)
+    cfg.dns = dns
 
 
 def _check_agent_config(cfg: AgentConfig) -> None:

@@ -268,6 +268,81 @@ def check_sip(cfg: SipConfig) -> None:
         raise ConfigError("sip: max_connections must be >= 1")
 
 
+DEFAULT_DNS_PORT = 8053  # not 53, so no root is needed (docs/dns.md: how to serve on 53)
+
+
+@dataclass(slots=True)
+class DnsConfig:
+    """The DNS front-end: an authoritative server for the cluster's zone (RFC 3263)."""
+
+    # Where DNS listens (UDP and TCP on the same port).
+    bind: tuple[str, int] = ("0.0.0.0", DEFAULT_DNS_PORT)
+    # The host clients reach this name server at (default: the gossip advertise host).
+    advertise_host: str | None = None
+    # The zone; None: the first SIP domain.
+    zone: str | None = None
+    # TTL of every record, and the SOA minimum (how long NXDOMAIN is cached). Short, so a
+    # failed node leaves resolvers' caches soon after it leaves the answers.
+    ttl: int = 5
+    # TCP (RFC 7766): connections open at once, and seconds a connection may idle.
+    max_connections: int = 256
+    tcp_idle: float = 10.0
+
+
+_DNS_KEYS: dict[str, type | tuple[type, ...]] = {
+    "bind": str,
+    "advertise_host": str,
+    "zone": str,
+    "ttl": int,
+    "max_connections": int,
+    "tcp_idle": (int, float),
+}
+
+
+def check_dns(cfg: DnsConfig, sip: SipConfig | None) -> None:
+    """Fill in the zone (the first SIP domain) and check the settings; ConfigError naming the
+    setting otherwise."""
+    if cfg.zone is None:
+        if sip is None or not sip.domains:
+            raise ConfigError("dns: --dns-zone is needed when this agent serves no --domain")
+        cfg.zone = sip.domains[0]
+    zone = cfg.zone.strip().rstrip(".").lower()
+    labels = zone.split(".")
+    if (
+        not zone
+        or len(zone) > 200
+        or not all(0 < len(label) < 64 for label in labels)
+        or not all(c.isascii() and (c.isalnum() or c in "-_") for c in zone.replace(".", ""))
+    ):
+        raise ConfigError(f"dns: bad zone {cfg.zone!r} (a domain name, e.g. example.com)")
+    cfg.zone = zone
+    if not 0 <= cfg.ttl <= 86_400:
+        raise ConfigError("dns: ttl must be within 0..86400 seconds")
+    if cfg.max_connections < 1:
+        raise ConfigError("dns: max_connections must be >= 1")
+    if not cfg.tcp_idle > 0:
+        raise ConfigError("dns: tcp_idle must be > 0")
+
+
+def dns_from_toml(table: dict[str, object], base: DnsConfig | None) -> DnsConfig:
+    dns = dataclasses.replace(base) if base is not None else DnsConfig()
+    for key, value in table.items():
+        want = _DNS_KEYS.get(key)
+        if want is None:
+            raise ConfigError(
+                f"[dns]: unknown setting {key!r} (known: {', '.join(sorted(_DNS_KEYS))})"
+            )
+        if not isinstance(value, want) or isinstance(value, bool):
+            raise ConfigError(f"[dns]: {key!r} has the wrong type")
+        if key == "bind" and isinstance(value, str):
+            dns.bind = parse_hostport(value, DEFAULT_DNS_PORT)
+        elif key == "tcp_idle" and isinstance(value, int | float):
+            dns.tcp_idle = float(value)
+        else:
+            setattr(dns, key, value)
+    return dns
+
+
 @dataclass(slots=True)
 class AgentConfig:
     """Everything `swimthor join` needs. Built from defaults, then a TOML file, then flags."""
@@ -292,6 +367,8 @@ class AgentConfig:
     membership_overrides: dict[str, Any] = field(default_factory=dict)
     # The SIP front-end; None: this agent serves no SIP (it still gossips and routes).
     sip: SipConfig | None = None
+    # The DNS front-end; None: this agent answers no DNS.
+    dns: DnsConfig | None = None
 
     def membership(self) -> MembershipConfig:
         return dataclasses.replace(profile(self.profile), **self.membership_overrides)
@@ -345,6 +422,7 @@ _TOML_KEYS: dict[str, type | tuple[type, ...]] = {
     "log_level": str,
     "membership": dict,
     "sip": dict,
+    "dns": dict,
 }
 
 
@@ -438,6 +516,8 @@ def apply_toml(cfg: AgentConfig, data: dict[str, Any]) -> None:
             cfg.membership_overrides = check_membership_overrides(value)
         elif key == "sip":
             cfg.sip = sip_from_toml(value, cfg.sip)
+        elif key == "dns":
+            cfg.dns = dns_from_toml(value, cfg.dns)
         else:
             setattr(cfg, key, value)
 

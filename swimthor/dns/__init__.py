@@ -1,0 +1,16 @@
+"""The DNS front-end: an authoritative server for the cluster's zone, answering from the live
+members (RFC 3263 discovery: NAPTR, SRV, A/AAAA; SOA and NS; per-user owner lookup)."""
+
+from ._query import Query, QueryError, parse_query
+from ._zone import DEFAULT_TTL, MAX_UDP, Node, Zone, user_label
+
+__all__ = [
+    "DEFAULT_TTL",
+    "MAX_UDP",
+    "Node",
+    "Query",
+    "QueryError",
+    "Zone",
+    "parse_query",
+    "user_label",
+]

@@ -1,0 +1,240 @@
+"""The trio DNS transport: UDP and TCP (RFC 7766) on `--dns HOST:PORT`.
+
+UDP: the loop waits until the socket is readable, then drains it without a trio checkpoint per
+datagram (an answer from the cache costs a few microseconds, a checkpoint more than that).
+
+TCP (RFC 7766): each message has a two-byte length prefix; a connection carries any number of
+queries, pipelined queries are answered in order; a connection idle for `tcp_idle` seconds, or
+that takes longer than `tcp_message_time` to finish a message it started, is closed; at most
+`max_connections` are open (more are refused at accept). A length under 12 bytes (no header)
+closes the connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import socket as stdsocket
+from dataclasses import dataclass
+
+import structlog
+import trio
+
+from ._zone import Zone
+
+__all__ = ["DnsServer", "DnsTransportConfig"]
+
+log = structlog.get_logger("swimthor.dns")
+
+RECV_SIZE = 65_535
+RECV_BURST = 64
+_TRANSIENT = {
+    errno.ECONNRESET,
+    errno.ECONNREFUSED,
+    errno.EHOSTUNREACH,
+    errno.ENETUNREACH,
+    errno.EMSGSIZE,
+    errno.ENOBUFS,
+    errno.EINTR,
+    errno.EAGAIN,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class DnsTransportConfig:
+    max_connections: int = 256
+    tcp_idle: float = 10.0  # RFC 7766 §6.2.3: "a few seconds" between queries
+    tcp_message_time: float = 5.0
+
+
+class DnsServer:
+    def __init__(
+        self, zone: Zone, bind: tuple[str, int], config: DnsTransportConfig | None = None
+    ) -> None:
+        self.zone = zone
+        self.bind = bind
+        self.config = config or DnsTransportConfig()
+        self.bound: tuple[str, int] | None = None
+        self._sockets: tuple[stdsocket.socket, stdsocket.socket] | None = None
+        self._open_conns = 0
+        self.stats: dict[str, int] = {
+            "udp_received": 0,
+            "udp_sent": 0,
+            "tcp_accepted": 0,
+            "tcp_refused": 0,
+            "tcp_received": 0,
+            "tcp_sent": 0,
+            "tcp_closed_idle": 0,
+            "tcp_closed_slow": 0,
+            "tcp_bad_frames": 0,
+            "send_errors": 0,
+            "handler_errors": 0,
+        }
+
+    def open(self) -> tuple[str, int]:
+        """Bind UDP and TCP on one port now (port 0: one the kernel picks for both)."""
+        if self._sockets is not None:
+            assert self.bound is not None
+            return self.bound
+        host, port = self.bind
+        family = stdsocket.AF_INET6 if ":" in host else stdsocket.AF_INET
+        last: OSError | None = None
+        for _ in range(8 if port == 0 else 1):
+            tcp = stdsocket.socket(family, stdsocket.SOCK_STREAM)
+            udp = stdsocket.socket(family, stdsocket.SOCK_DGRAM)
+            try:
+                tcp.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_REUSEADDR, 1)
+                tcp.bind((host, port))
+                bound_port = tcp.getsockname()[1]
+                udp.bind((host, bound_port))
+                tcp.listen(256)
+            except OSError as e:
+                tcp.close()
+                udp.close()
+                last = e
+                continue
+            for opt in (stdsocket.SO_RCVBUF, stdsocket.SO_SNDBUF):
+                with contextlib.suppress(OSError):
+                    udp.setsockopt(stdsocket.SOL_SOCKET, opt, 4 << 20)
+            tcp.setblocking(False)
+            udp.setblocking(False)
+            self._sockets = (udp, tcp)
+            self.bound = (host, bound_port)
+            return self.bound
+        assert last is not None
+        raise last
+
+    def close(self) -> None:
+        if self._sockets is not None:
+            for sock in self._sockets:
+                sock.close()
+            self._sockets = None
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        self.open()
+        assert self._sockets is not None and self.bound is not None
+        udp_std, tcp_std = self._sockets
+        tcp = trio.socket.from_stdlib_socket(tcp_std)
+        listener = trio.SocketListener(tcp)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._udp_loop, udp_std)
+                nursery.start_soon(self._accept_loop, listener)
+                task_status.started(self.bound)
+        finally:
+            udp_std.close()
+            tcp.close()
+            self._sockets = None
+
+    # ------------------------------------------------------------ UDP
+
+    async def _udp_loop(self, sock: stdsocket.socket) -> None:
+        respond = self.zone.respond
+        stats = self.stats
+        while True:
+            try:
+                await trio.lowlevel.wait_readable(sock)
+            except (trio.ClosedResourceError, OSError):
+                return
+            for _ in range(RECV_BURST):
+                try:
+                    data, addr = sock.recvfrom(RECV_SIZE)
+                except BlockingIOError:
+                    break
+                except OSError as e:
+                    if e.errno in _TRANSIENT:
+                        continue
+                    if e.errno == errno.EBADF:
+                        return
+                    raise
+                stats["udp_received"] += 1
+                try:
+                    answer = respond(data)
+                except Exception:
+                    stats["handler_errors"] += 1
+                    log.exception("dns handler raised", source=f"{addr[0]}:{addr[1]}")
+                    continue
+                if answer is None:
+                    continue
+                try:
+                    sock.sendto(answer, addr)
+                    stats["udp_sent"] += 1
+                except OSError:
+                    # A full send buffer drops the answer as a lossy network would; the
+                    # client retries.
+                    stats["send_errors"] += 1
+            await trio.lowlevel.checkpoint()
+
+    # ------------------------------------------------------------ TCP
+
+    async def _accept_loop(self, listener: trio.SocketListener) -> None:
+        async with trio.open_nursery() as nursery:
+            while True:
+                try:
+                    stream = await listener.accept()
+                except trio.ClosedResourceError:
+                    return
+                except OSError as e:
+                    log.warning("dns accept failed", reason=str(e))
+                    await trio.sleep(0.1)
+                    continue
+                if self._open_conns >= self.config.max_connections:
+                    self.stats["tcp_refused"] += 1
+                    await trio.aclose_forcefully(stream)
+                    continue
+                self.stats["tcp_accepted"] += 1
+                self._open_conns += 1
+                nursery.start_soon(self._serve_conn, stream)
+
+    async def _serve_conn(self, stream: trio.SocketStream) -> None:
+        buf = bytearray()
+        started: float | None = None
+        cfg = self.config
+        try:
+            while True:
+                deadline = trio.current_time() + cfg.tcp_idle
+                if started is not None:
+                    deadline = min(deadline, started + cfg.tcp_message_time)
+                with trio.move_on_at(deadline):
+                    chunk = await stream.receive_some(RECV_SIZE)
+                    if not chunk:
+                        return
+                    if started is None:
+                        started = trio.current_time()
+                    buf += chunk
+                    answers = []
+                    while len(buf) >= 2:
+                        length = (buf[0] << 8) | buf[1]
+                        if length < 12:
+                            self.stats["tcp_bad_frames"] += 1
+                            return
+                        if len(buf) < 2 + length:
+                            break
+                        message = bytes(buf[2 : 2 + length])
+                        del buf[: 2 + length]
+                        self.stats["tcp_received"] += 1
+                        try:
+                            answer = self.zone.respond(message, tcp=True)
+                        except Exception:
+                            self.stats["handler_errors"] += 1
+                            log.exception("dns handler raised")
+                            return
+                        if answer is not None:
+                            answers.append(len(answer).to_bytes(2, "big") + answer)
+                    if answers:
+                        await stream.send_all(b"".join(answers))
+                        self.stats["tcp_sent"] += len(answers)
+                    started = trio.current_time() if buf else None
+                    continue
+                if started is not None:
+                    self.stats["tcp_closed_slow"] += 1
+                else:
+                    self.stats["tcp_closed_idle"] += 1
+                return
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            return
+        finally:
+            self._open_conns -= 1
+            await trio.aclose_forcefully(stream)

@@ -1,0 +1,555 @@
+"""The cluster's zone, answered from the live members at query time (sans-IO).
+
+`Zone.respond(data, tcp=...)` takes a query's bytes and returns the answer's bytes (or None to
+answer nothing). Names, for the zone `example.com` (RFC 3263 discovery, then the cluster's own
+names):
+
+- ``example.com``: SOA; NS (every live member with a DNS front-end); NAPTR ``SIP+D2U`` →
+  ``_sip._udp.example.com`` and ``SIP+D2T`` → ``_sip._tcp.example.com`` (with those SRV sets
+  and their addresses in the additional section); A/AAAA of the live ``sip`` members.
+- ``_sip._udp.example.com``, ``_sip._tcp.example.com``: SRV, one per live ``sip`` member, port
+  its SIP port, target ``<member>.node.example.com``. Members in the answering node's
+  datacenter at priority 10, the others at 20; suspected and zero-weight members at 30, so a
+  client tries them last. Weights are 100 times the member weights.
+- ``<member>.node.example.com``: the member's A or AAAA.
+- ``_sip._udp.<user>.<domain>.aor.example.com`` (and ``_sip._tcp``): the owners of the
+  address-of-record ``sip:<user>@<domain>`` in rank order, at priorities 10, 20, ... (an owner
+  under suspicion goes after the others, as the SIP proxy does). ``<user>`` is one label, so a
+  user with dots or other characters can be written with DNS escapes (``a\\.b``). DNS names are
+  case-insensitive; a user part with capitals (SIP user parts are case-sensitive) is written
+  ``b32-<base32 of the UTF-8, no padding>``.
+
+Every other name in the zone is NXDOMAIN, except the empty non-terminals (``node``, ``_udp``,
+``_tcp``, ``aor`` and every name under ``aor``), which exist without data (RFC 8020).
+
+Answers are authoritative (AA set, RA clear); NXDOMAIN and NODATA carry the SOA; names outside
+the zone are REFUSED; EDNS0 is answered with an OPT (UDP payload 1232, DO echoed); over UDP an
+answer larger than the client allows loses its additional section first and is then sent
+with TC set and no records, and the client retries over TCP.
+
+Answers are built with dnslib once and cached by (name, type, class, EDNS, payload limit)
+until the directory or routing changes (`update`, `routing_changed`); a cached answer is
+sent with the query's ID, RD and CD bits and the question's bytes (so its letter case) copied
+in. That is what makes an answer cost microseconds instead of a dnslib build.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import ipaddress
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import dnslib
+from dnslib import QTYPE, RR, DNSHeader, DNSLabel, DNSQuestion, DNSRecord
+
+from ._query import (
+    BADVERS,
+    FORMERR,
+    HEADER_SIZE,
+    NOERROR,
+    NXDOMAIN,
+    REFUSED,
+    SERVFAIL,
+    Query,
+    QueryError,
+    parse_query,
+)
+
+__all__ = ["DEFAULT_TTL", "MAX_UDP", "Node", "Zone", "user_label"]
+
+DEFAULT_TTL = 5
+# What we send over UDP at most, whatever the client allows: no IP fragmentation (the 2020 DNS
+# flag day value), and what we advertise in our OPT.
+MAX_UDP = 1232
+MIN_UDP = 512  # RFC 1035 §4.2.1, and the floor of an OPT's payload size (RFC 6891 §6.2.5)
+CACHE_SIZE = 65_536
+
+CLASS_IN = 1
+CLASS_ANY = 255
+TYPE_ANY = 255
+TYPE_AXFR = 252
+TYPE_IXFR = 251
+
+PRIORITY_LOCAL = 10
+PRIORITY_REMOTE = 20
+PRIORITY_LAST = 30
+
+SOA_REFRESH = 3600
+SOA_RETRY = 600
+SOA_EXPIRE = 86_400
+
+_LABEL = re.compile(rb"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?")
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """A live member as the zone sees it.
+
+    ``host``: the address its A/AAAA record gives (an IP literal; a host name is used as an
+    SRV target as it is). ``sip_port``: its SIP port, None if it has no SIP front-end.
+    ``dns``: whether it has a DNS front-end (and so is a name server of the zone)."""
+
+    name: str
+    host: str
+    dc: str = ""
+    weight: float = 1.0
+    suspect: bool = False
+    sip_port: int | None = None
+    dns: bool = False
+
+
+def user_label(user: str) -> str:
+    """The label that names `user` in ``_sip._udp.<label>.<domain>.aor.<zone>``, in DNS
+    presentation form (for `dig`): as is when it has no capitals, else the ``b32-`` form."""
+    if user != user.lower():
+        encoded = base64.b32encode(user.encode("utf-8")).decode("ascii").rstrip("=").lower()
+        return f"b32-{encoded}"
+    out = []
+    for c in user:
+        if c.isascii() and not (c.isalnum() or c in "-_+"):
+            # Presentation-form escapes (RFC 1035 §5.1): "\." keeps a dot inside the label.
+            out.append(f"\\{ord(c):03d}" if not c.isprintable() or c == " " else "\\" + c)
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+def _decode_user(label: bytes) -> str | None:
+    if label.startswith(b"b32-"):
+        text = label[4:].upper()
+        text += b"=" * (-len(text) % 8)
+        try:
+            return base64.b32decode(text).decode("utf-8")
+        except (binascii.Error, ValueError):
+            return None
+    try:
+        return label.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+class _NAPTR(dnslib.NAPTR):  # type: ignore[misc]
+    """NAPTR whose replacement is written uncompressed, as RFC 3597 §4 asks of RR types
+    defined after RFC 1035 (dnslib compresses it)."""
+
+    def pack(self, buffer: Any) -> None:
+        buffer.pack("!HH", self.order, self.preference)
+        for text in (self.flags, self.service, self.regexp):
+            buffer.pack("!B", len(text))
+            buffer.append(text)
+        buffer.encode_name_nocompress(self.replacement)
+
+
+@dataclass(slots=True)
+class _Target:
+    label: DNSLabel  # the name SRV and NS records point at
+    address: RR | None  # its A/AAAA record, when the name is ours
+
+
+class Zone:
+    def __init__(
+        self,
+        origin: str,
+        *,
+        me: str,
+        dc: str = "",
+        ttl: int = DEFAULT_TTL,
+        owners: Callable[[str], list[str]] | None = None,
+        cache_size: int = CACHE_SIZE,
+    ) -> None:
+        origin = origin.strip().rstrip(".").lower()
+        if not origin:
+            raise ValueError("the zone needs a name")
+        self.origin = DNSLabel(origin)
+        self._origin_labels = tuple(self.origin.label)
+        self.me = me
+        self.dc = dc
+        self.ttl = ttl
+        self._owners = owners or (lambda aor: [])
+        self._cache_size = cache_size
+        self._cache: dict[tuple[Any, ...], bytes] = {}
+        self.version = 1
+        self._nodes: dict[str, Node] = {}
+        self._targets: dict[str, _Target] = {}
+        self._by_label: dict[tuple[bytes, ...], str] = {}
+        self._ents: set[tuple[bytes, ...]] = set()
+        self.stats: dict[str, int] = {
+            "queries": 0,
+            "cache_hits": 0,
+            "built": 0,
+            "noerror": 0,
+            "nxdomain": 0,
+            "nodata": 0,
+            "refused": 0,
+            "formerr": 0,
+            "notimp": 0,
+            "badvers": 0,
+            "truncated": 0,
+            "dropped": 0,
+        }
+
+    # ------------------------------------------------------------ directory
+
+    def update(self, nodes: Iterable[Node]) -> None:
+        """The live members now; every cached answer goes."""
+        self._nodes = {n.name: n for n in nodes}
+        self._targets.clear()
+        self._by_label.clear()
+        self._ents.clear()
+        node_suffix = (b"node", *self._origin_labels)
+        for name in sorted(self._nodes):
+            labels = self._labels_of(name)
+            if labels in self._by_label:
+                labels = self._hashed(name)
+            self._by_label[labels] = name
+            for i in range(1, len(labels)):
+                self._ents.add(labels[i:])
+            node = self._nodes[name]
+            address = self._address_record(node.host, DNSLabel((*labels, *node_suffix)))
+            target = DNSLabel((*labels, *node_suffix)) if address is not None else None
+            if target is None:
+                target = DNSLabel(node.host.rstrip(".").lower() or ".")
+            self._targets[name] = _Target(target, address)
+        self.routing_changed()
+
+    def routing_changed(self) -> None:
+        """Owners may have moved: per-user answers (and the SOA serial) change."""
+        self.version += 1
+        self._cache.clear()
+
+    def _labels_of(self, name: str) -> tuple[bytes, ...]:
+        try:
+            labels = tuple(name.lower().encode("ascii").split(b"."))
+        except UnicodeEncodeError:
+            return self._hashed(name)
+        if all(_LABEL.fullmatch(label) for label in labels) and len(b".".join(labels)) < 120:
+            return labels
+        return self._hashed(name)
+
+    @staticmethod
+    def _hashed(name: str) -> tuple[bytes, ...]:
+        digest = hashlib.blake2b(name.encode("utf-8", "surrogatepass"), digest_size=5)
+        return (b"m-" + digest.hexdigest().encode("ascii"),)
+
+    def _address_record(self, host: str, owner: DNSLabel) -> RR | None:
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            return None
+        if ip.version == 4:
+            return RR(owner, QTYPE.A, ttl=self.ttl, rdata=dnslib.A(str(ip)))
+        return RR(owner, QTYPE.AAAA, ttl=self.ttl, rdata=dnslib.AAAA(str(ip)))
+
+    def nodes(self) -> list[Node]:
+        return list(self._nodes.values())
+
+    def target_of(self, name: str) -> str | None:
+        """The DNS name of a member (what SRV records point at), for status and tests."""
+        target = self._targets.get(name)
+        return None if target is None else str(target.label)
+
+    # ------------------------------------------------------------ queries
+
+    def respond(self, data: bytes, *, tcp: bool = False) -> bytes | None:
+        """The answer to the query in `data`, or None when nothing is to be sent back."""
+        stats = self.stats
+        stats["queries"] += 1
+        try:
+            query = parse_query(data)
+        except QueryError as e:
+            if e.rcode is None or e.query is None:
+                stats["dropped"] += 1
+                return None
+            stats["formerr" if e.rcode == FORMERR else "notimp"] += 1
+            return self._bare(e.query, data, e.rcode)
+        if query.edns is not None and query.edns_version > 0:
+            stats["badvers"] += 1
+            return self._bare(query, data, BADVERS)
+        if tcp:
+            limit = 65_535
+        elif query.edns is None:
+            limit = MIN_UDP
+        else:
+            limit = max(MIN_UDP, min(query.edns, MAX_UDP))
+        key = (query.name, query.qtype, query.qclass, query.edns is None, query.dnssec_ok, limit)
+        cached = self._cache.get(key)
+        if cached is None:
+            try:
+                cached = self._build(query, limit)
+            except Exception:
+                # A name dnslib will not write, or a bug: never a crash, and never silence
+                # (the client would retry for nothing).
+                stats["dropped"] += 1
+                return self._bare(query, data, SERVFAIL)
+            if len(self._cache) >= self._cache_size:
+                self._cache.clear()
+            self._cache[key] = cached
+        else:
+            stats["cache_hits"] += 1
+        end = HEADER_SIZE + len(query.qname)
+        return b"".join(
+            (
+                data[:2],
+                bytes((cached[2] | (data[2] & 0x01), cached[3] | (data[3] & 0x10))),
+                cached[4:HEADER_SIZE],
+                data[HEADER_SIZE:end],
+                cached[end:],
+            )
+        )
+
+    def _bare(self, query: Query, data: bytes, rcode: int) -> bytes:
+        """A header-only answer (FORMERR, NOTIMP, BADVERS, SERVFAIL), with the question when
+        it could be read, and an OPT when the query had one that could be read."""
+        flags = 0x8000 | (query.flags & 0x7900) | (rcode & 0xF)  # QR, opcode, RD, rcode
+        has_question = bool(query.qname) and query.question_end <= len(data)
+        has_opt = query.edns is not None
+        head = bytes(
+            (
+                data[0],
+                data[1],
+                flags >> 8,
+                flags & 0xFF,
+                0,
+                int(has_question),
+                0,
+                0,
+                0,
+                0,
+                0,
+                int(has_opt),
+            )
+        )
+        body = data[HEADER_SIZE : query.question_end] if has_question else b""
+        if has_opt:
+            body += self._opt_bytes(rcode >> 4, query.dnssec_ok)
+        return head + body
+
+    @staticmethod
+    def _opt_bytes(ext_rcode: int, dnssec_ok: bool) -> bytes:
+        ttl = (ext_rcode << 24) | (0x8000 if dnssec_ok else 0)
+        return (
+            b"\x00"
+            + (41).to_bytes(2, "big")
+            + MAX_UDP.to_bytes(2, "big")
+            + (ttl.to_bytes(4, "big"))
+            + b"\x00\x00"
+        )
+
+    # ------------------------------------------------------------ building
+
+    def _build(self, query: Query, limit: int) -> bytes:
+        self.stats["built"] += 1
+        labels = query.labels
+        qname = DNSLabel(labels)
+        origin = self._origin_labels
+        in_zone = len(labels) >= len(origin) and tuple(labels[len(labels) - len(origin) :]) == (
+            origin
+        )
+        answer: list[RR] = []
+        authority: list[RR] = []
+        additional: list[RR] = []
+        if query.qclass not in (CLASS_IN, CLASS_ANY) or not in_zone:
+            rcode, aa = REFUSED, False
+            self.stats["refused"] += 1
+        elif query.qtype in (TYPE_AXFR, TYPE_IXFR):
+            rcode, aa = REFUSED, True  # no zone transfers: every node builds the zone itself
+            self.stats["refused"] += 1
+        else:
+            aa = True
+            rrsets = self._lookup(tuple(labels[: len(labels) - len(origin)]), qname)
+            if rrsets is None:
+                rcode = NXDOMAIN
+                authority.append(self._soa())
+                self.stats["nxdomain"] += 1
+            else:
+                rcode = NOERROR
+                if query.qtype == TYPE_ANY:
+                    for records, extra in rrsets.values():
+                        answer += records
+                        additional += extra
+                else:
+                    records, extra = rrsets.get(query.qtype, ([], []))
+                    answer += records
+                    additional += extra
+                if not answer:
+                    authority.append(self._soa())
+                    self.stats["nodata"] += 1
+                else:
+                    self.stats["noerror"] += 1
+        header = DNSHeader(id=0, qr=1, aa=int(aa), rd=0, ra=0, rcode=rcode)
+        question = DNSQuestion(qname, query.qtype, query.qclass)
+        seen: set[tuple[Any, ...]] = set()
+        extra = []
+        for rr in additional:  # one copy of each record (NAPTR's SRV sets share targets)
+            key = (tuple(rr.rname.label), rr.rtype, str(rr.rdata))
+            if key not in seen:
+                seen.add(key)
+                extra.append(rr)
+        for attempt in (extra, []):
+            record = DNSRecord(header, q=question, rr=list(answer), auth=list(authority))
+            record.ar = list(attempt)
+            if query.edns is not None:
+                record.ar.append(self._opt(query))
+            packed = record.pack()
+            if len(packed) <= limit:
+                return bytes(packed)
+        self.stats["truncated"] += 1
+        header = DNSHeader(id=0, qr=1, aa=int(aa), rd=0, ra=0, rcode=rcode, tc=1)
+        record = DNSRecord(header, q=question)
+        if query.edns is not None:
+            record.ar.append(self._opt(query))
+        return bytes(record.pack())
+
+    @staticmethod
+    def _opt(query: Query) -> RR:
+        return dnslib.EDNS0(udp_len=MAX_UDP, flags="do" if query.dnssec_ok else "")
+
+    def _soa(self) -> RR:
+        me = self._targets.get(self.me)
+        mname = me.label if me is not None else DNSLabel((b"ns", *self._origin_labels))
+        return RR(
+            self.origin,
+            QTYPE.SOA,
+            ttl=self.ttl,
+            rdata=dnslib.SOA(
+                mname,
+                DNSLabel((b"hostmaster", *self._origin_labels)),
+                (self.version & 0xFFFFFFFF, SOA_REFRESH, SOA_RETRY, SOA_EXPIRE, self.ttl),
+            ),
+        )
+
+    # The rrsets at a name: {type: (records, additional records)}; None: no such name.
+    _RRsets = dict[int, tuple[list[RR], list[RR]]]
+
+    def _lookup(self, rel: tuple[bytes, ...], qname: DNSLabel) -> _RRsets | None:
+        if not rel:
+            return self._apex()
+        if rel in ((b"_sip", b"_udp"), (b"_sip", b"_tcp")):
+            records, extra = self._srv_all(qname)
+            return {QTYPE.SRV: (records, extra)}
+        if rel in ((b"_udp",), (b"_tcp",), (b"node",), (b"aor",)):
+            return {}
+        if rel[-1] == b"aor":
+            return self._per_user(rel[:-1], qname)
+        if rel[-1] == b"node":
+            node_labels = rel[:-1]
+            name = self._by_label.get(node_labels)
+            if name is not None:
+                address = self._targets[name].address
+                return {address.rtype: ([address], [])} if address is not None else {}
+            if node_labels in self._ents:
+                return {}
+        return None
+
+    def _live_first(self, nodes: list[Node]) -> list[Node]:
+        healthy = [n for n in nodes if not n.suspect]
+        return healthy or nodes
+
+    def _addresses(self, nodes: Iterable[Node]) -> list[RR]:
+        out = []
+        for node in nodes:
+            target = self._targets.get(node.name)
+            if target is not None and target.address is not None:
+                out.append(target.address)
+        return out
+
+    def _apex(self) -> _RRsets:
+        sip = [n for n in self._nodes.values() if n.sip_port is not None]
+        servers = self._live_first([n for n in self._nodes.values() if n.dns])
+        rrsets: Zone._RRsets = {QTYPE.SOA: ([self._soa()], [])}
+        if servers:
+            ns = [
+                RR(
+                    self.origin,
+                    QTYPE.NS,
+                    ttl=self.ttl,
+                    rdata=dnslib.NS(self._targets[n.name].label),
+                )
+                for n in servers
+            ]
+            rrsets[QTYPE.NS] = (ns, self._addresses(servers))
+        if sip:
+            naptr = []
+            extra: list[RR] = []
+            for preference, (service, proto) in enumerate(
+                ((b"SIP+D2U", b"_udp"), (b"SIP+D2T", b"_tcp")), start=1
+            ):
+                replacement = DNSLabel((b"_sip", proto, *self._origin_labels))
+                naptr.append(
+                    RR(
+                        self.origin,
+                        QTYPE.NAPTR,
+                        ttl=self.ttl,
+                        rdata=_NAPTR(10, 10 * preference, b"s", service, b"", replacement),
+                    )
+                )
+                records, glue = self._srv_all(replacement)
+                extra += records + glue
+            rrsets[QTYPE.NAPTR] = (naptr, extra)
+            for rr in self._addresses(self._live_first(sip)):
+                apex = RR(self.origin, rr.rtype, ttl=self.ttl, rdata=rr.rdata)
+                rrsets.setdefault(rr.rtype, ([], []))[0].append(apex)
+        return rrsets
+
+    def _srv_all(self, owner: DNSLabel) -> tuple[list[RR], list[RR]]:
+        records = []
+        nodes = sorted(
+            (n for n in self._nodes.values() if n.sip_port is not None), key=lambda n: n.name
+        )
+        for node in nodes:
+            if node.suspect or not node.weight > 0:
+                priority = PRIORITY_LAST
+            elif node.dc == self.dc:
+                priority = PRIORITY_LOCAL
+            else:
+                priority = PRIORITY_REMOTE
+            weight = max(0, min(65_535, round(node.weight * 100))) if node.weight > 0 else 0
+            assert node.sip_port is not None
+            records.append(
+                RR(
+                    owner,
+                    QTYPE.SRV,
+                    ttl=self.ttl,
+                    rdata=dnslib.SRV(
+                        priority, weight, node.sip_port, self._targets[node.name].label
+                    ),
+                )
+            )
+        records.sort(key=lambda rr: rr.rdata.priority)
+        return records, self._addresses(nodes)
+
+    def _per_user(self, rel: tuple[bytes, ...], qname: DNSLabel) -> _RRsets:
+        """Every name under ``aor`` exists (each is a per-user name or an ancestor of one);
+        the SRV form answers with the owners."""
+        if len(rel) < 4 or rel[0] != b"_sip" or rel[1] not in (b"_udp", b"_tcp"):
+            return {}
+        user = _decode_user(rel[2])
+        try:
+            domain = b".".join(rel[3:]).decode("ascii")
+        except UnicodeDecodeError:
+            return {}
+        if not user or not domain:
+            return {}
+        owners = [
+            self._nodes[name]
+            for name in self._owners(f"sip:{user}@{domain}")
+            if name in self._nodes and self._nodes[name].sip_port is not None
+        ]
+        owners.sort(key=lambda n: n.suspect)  # stable: rank order among the healthy
+        records = []
+        for rank, node in enumerate(owners, start=1):
+            assert node.sip_port is not None
+            records.append(
+                RR(
+                    qname,
+                    QTYPE.SRV,
+                    ttl=self.ttl,
+                    rdata=dnslib.SRV(10 * rank, 0, node.sip_port, self._targets[node.name].label),
+                )
+            )
+        return {QTYPE.SRV: (records, self._addresses(owners))} if records else {}

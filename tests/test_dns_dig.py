@@ -1,0 +1,131 @@
+"""The DNS front-end against a real client: `dig` (Debian bind9-dnsutils) asking a live
+three-node cluster of real agent processes, before and after one is killed -9."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.sip_agents import DOMAIN, Node, cluster_of, wait_until
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("dig") is None, reason="dig is not installed (apt-get install bind9-dnsutils)"
+)
+
+
+def dig(node: Node, name: str, qtype: str, *extra: str) -> list[str]:
+    assert node.dns_port is not None
+    r = subprocess.run(
+        ["dig", "@127.0.0.1", "-p", str(node.dns_port), name, qtype, "+short", "+tries=1",
+         "+time=2", *extra],
+        capture_output=True, text=True, timeout=10,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    return [line for line in r.stdout.splitlines() if line and not line.startswith(";")]
+
+
+def dig_full(node: Node, name: str, qtype: str, *extra: str) -> str:
+    assert node.dns_port is not None
+    r = subprocess.run(
+        ["dig", "@127.0.0.1", "-p", str(node.dns_port), name, qtype, "+tries=1", "+time=2",
+         *extra],
+        capture_output=True, text=True, timeout=10,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout
+
+
+def srv_targets(node: Node, proto: str = "udp", *extra: str) -> dict[str, int]:
+    """{member name: port} of the SRV answer for _sip._<proto>.<zone>."""
+    out = {}
+    for line in dig(node, f"_sip._{proto}.{DOMAIN}", "SRV", *extra):
+        _prio, _weight, port, target = line.split()
+        out[target.split(".")[0]] = int(port)
+    return out
+
+
+def test_srv_naptr_a_and_per_user_answers_follow_the_live_members(tmp_path: Path) -> None:
+    with cluster_of(tmp_path, 3, dns=True) as nodes:
+        want = {name: n.sip_port for name, n in nodes.items()}
+        # SRV over UDP and TCP, from every node: exactly the live sip members.
+        for node in nodes.values():
+            assert srv_targets(node) == want
+            assert srv_targets(node, "tcp", "+tcp") == want
+
+        # RFC 3263 end to end: NAPTR -> SRV -> A, as a phone would.
+        n0 = nodes["n0"]
+        naptr = dig(n0, DOMAIN, "NAPTR")
+        assert sorted(naptr) == [
+            f'10 10 "s" "SIP+D2U" "" _sip._udp.{DOMAIN}.',
+            f'10 20 "s" "SIP+D2T" "" _sip._tcp.{DOMAIN}.',
+        ]
+        for line in naptr:
+            replacement = line.split()[-1]
+            for srv in dig(n0, replacement, "SRV"):
+                _p, _w, port, target = srv.split()
+                assert dig(n0, target, "A") == ["127.0.0.1"]
+                assert int(port) in want.values()
+
+        # The full answer: authoritative, no recursion, addresses in the additional section.
+        full = dig_full(n0, f"_sip._udp.{DOMAIN}", "SRV")
+        assert "flags: qr aa rd;" in full and "status: NOERROR" in full
+        assert full.count("IN\tA\t127.0.0.1") == 3
+
+        # SOA and NS: every node with a DNS front-end is a name server.
+        ns = sorted(dig(n0, DOMAIN, "NS"))
+        assert ns == sorted(f"{name}.node.{DOMAIN}." for name in nodes)
+        assert "status: NXDOMAIN" in dig_full(n0, f"nobody.{DOMAIN}", "A")
+        assert "status: REFUSED" in dig_full(n0, "example.org", "A")
+
+        # The per-user name lists the AOR's owners in the order routing ranks them.
+        for user in ("alice", "bob"):
+            owners = n0.owners(f"sip:{user}@{DOMAIN}")
+            answer = dig(nodes["n1"], f"_sip._udp.{user}.{DOMAIN}.aor.{DOMAIN}", "SRV")
+            assert [line.split()[3].split(".")[0] for line in answer] == owners
+            assert [int(line.split()[0]) for line in answer] == [10, 20]
+
+        # A member killed -9 leaves every survivor's answers once it is declared failed
+        # (the answers change at that event; the TTL bounds how long caches keep it).
+        victim = nodes["n2"]
+        victim.kill()
+        killed = time.monotonic()
+        survivors = [nodes["n0"], nodes["n1"]]
+        alive = {name: n.sip_port for name, n in nodes.items() if n is not victim}
+        wait_until(
+            lambda: all(srv_targets(n) == alive for n in survivors),
+            30,
+            "the killed member to leave the SRV answers",
+        )
+        gone_after = time.monotonic() - killed
+        for n in survivors:
+            state = n.members()["n2"]["state"]
+            assert state in ("dead", "suspect"), state
+            assert "status: NXDOMAIN" in dig_full(n, f"n2.node.{DOMAIN}", "A") or state == (
+                "suspect"
+            )
+        # Detection on the local profile is a few seconds; the answers follow at once.
+        assert gone_after < 20, gone_after
+        assert sorted(dig(nodes["n0"], DOMAIN, "NS")) == sorted(
+            f"{name}.node.{DOMAIN}." for name in alive
+        )
+
+
+def test_dig_over_tcp_with_pipelined_keepalive_and_case_echo(tmp_path: Path) -> None:
+    with cluster_of(tmp_path, 1, dns=True) as nodes:
+        n0 = nodes["n0"]
+        # +keepopen sends both queries on one TCP connection (RFC 7766 reuse).
+        assert n0.dns_port is not None
+        r = subprocess.run(
+            ["dig", "@127.0.0.1", "-p", str(n0.dns_port), "+tcp", "+keepopen", "+short",
+             f"_sip._udp.{DOMAIN}", "SRV", f"n0.node.{DOMAIN}", "A"],
+            capture_output=True, text=True, timeout=10,
+        )  # fmt: skip
+        lines = r.stdout.split()
+        assert r.returncode == 0 and "127.0.0.1" in lines and f"n0.node.{DOMAIN}." in lines
+        mixed = dig_full(n0, "_SIP._Udp.Example.COM", "SRV")
+        assert "_SIP._Udp.Example.COM.\t\tIN\tSRV" in mixed
+        assert "status: NOERROR" in mixed and "ANSWER: 1" in mixed
