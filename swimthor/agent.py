@@ -10,6 +10,7 @@ period before everything is cancelled. Logging is configured by the entry point,
 from __future__ import annotations
 
 import binascii
+import errno
 import gc
 import ipaddress
 import math
@@ -47,7 +48,7 @@ from .membership._events import (
 )
 from .membership._keyring import Keyring, KeyringFileError
 from .membership._member import Addr, Member
-from .membership.runtime import MembershipRuntime, bind_sockets
+from .membership.runtime import BindError, MembershipRuntime, bind_sockets
 from .routing import RoutingTable
 from .sip._service import SIP_TAG, SipService
 
@@ -232,7 +233,7 @@ class Agent:
                     keyring=lambda: self._core.keyring if self._core is not None else None,
                     label=cfg.label,
                 )
-                tags[SIP_TAG] = format_hostport(self.sip.open())
+                tags[SIP_TAG] = format_hostport(_bind_front_end("SIP", cfg.sip.bind, self.sip.open))
             if cfg.dns is not None:
                 self.dns = DnsService(
                     cfg.dns,
@@ -242,7 +243,7 @@ class Agent:
                     routing=self.routing,
                     replicas=cfg.sip.replicas if cfg.sip is not None else 2,
                 )
-                tags[DNS_TAG] = format_hostport(self.dns.open())
+                tags[DNS_TAG] = format_hostport(_bind_front_end("DNS", cfg.dns.bind, self.dns.open))
             now = trio.current_time()
             core = Membership(
                 name=name,
@@ -666,3 +667,20 @@ def _member_json_of(m: Member, core: Membership) -> dict[str, Any]:
         if item.get("name") == m.name:
             return item
     return {"name": m.name}
+
+
+def _bind_front_end(
+    what: str, bind: tuple[str, int], open_sockets: Callable[[], tuple[str, int]]
+) -> tuple[str, int]:
+    """Bind a front-end's sockets; a failure is a BindError that names the front-end and
+    its address (not the gossip address, which did bind)."""
+    try:
+        return open_sockets()
+    except OSError as e:
+        reasons = {
+            errno.EADDRINUSE: "address already in use",
+            errno.EADDRNOTAVAIL: "address not available",
+            errno.EACCES: "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)",
+        }
+        reason = reasons.get(e.errno or 0, e.strerror or str(e))
+        raise BindError(f"cannot bind {what} {format_hostport(bind)}: {reason}", e.errno) from None

@@ -720,6 +720,18 @@ def format_status_text(status: Mapping[str, Any]) -> str:
             f"            {_text(sip.get('bindings'))} bindings of "
             f"{_text(sip.get('aors'))} addresses-of-record held here"
         )
+    dns = status.get("dns")
+    if isinstance(dns, Mapping):
+        servers = dns.get("servers")
+        targets = dns.get("sip_targets")
+        lines.append(
+            f"dns:        {_text(dns.get('address'))}  zone {_text(dns.get('zone'))}  "
+            f"ttl {_text(dns.get('ttl'))}s"
+        )
+        lines.append(
+            f"            name servers: {', '.join(map(str, servers)) if servers else 'none'}; "
+            f"SRV targets: {', '.join(map(str, targets)) if targets else 'none'}"
+        )
     for section in ("stats", "runtime"):
         counters = status.get(section)
         if isinstance(counters, Mapping) and counters:
@@ -730,6 +742,12 @@ def format_status_text(status: Mapping[str, Any]) -> str:
             counters = sip.get(section)
             if isinstance(counters, Mapping) and counters:
                 lines.append(f"sip {section}:")
+                lines.extend(_wrapped_counters(counters))
+    if isinstance(dns, Mapping):
+        for section in ("answers", "transport"):
+            counters = dns.get(section)
+            if isinstance(counters, Mapping) and counters:
+                lines.append(f"dns {section}:")
                 lines.extend(_wrapped_counters(counters))
     return "\n".join(lines) + "\n"
 

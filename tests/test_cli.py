@@ -460,6 +460,24 @@ def test_status_text_shows_the_sip_front_end() -> None:
     assert "sip:" not in format_status_text(STATUS)
 
 
+def test_status_text_shows_the_dns_front_end() -> None:
+    status = dict(STATUS)
+    status["dns"] = {
+        "address": "10.0.0.1:8053",
+        "zone": "example.com",
+        "ttl": 5,
+        "servers": ["node1", "node2"],
+        "sip_targets": ["node1"],
+        "answers": {"queries": 900, "cache_hits": 880},
+        "transport": {"udp_received": 900},
+    }
+    text = format_status_text(status)
+    assert "dns:        10.0.0.1:8053  zone example.com  ttl 5s" in text
+    assert "name servers: node1, node2; SRV targets: node1" in text
+    assert "dns answers:" in text and "cache_hits=880" in text and "udp_received=900" in text
+    assert "dns:" not in format_status_text(STATUS)
+
+
 def test_status_text_tolerates_a_sparse_reply() -> None:
     text = format_status_text({"name": "n"})
     assert "n" in text and "converged: unknown" in text
