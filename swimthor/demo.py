@@ -25,7 +25,7 @@ from typing import Any, TextIO
 
 import trio
 
-from swimthor.config import AgentConfig, SipConfig, format_hostport
+from swimthor.config import AgentConfig, DnsConfig, SipConfig, format_hostport
 from swimthor.membership._keyring import Keyring
 
 HOST = "127.0.0.1"
@@ -53,6 +53,7 @@ class NodeRow:
     converged: str
     sip: str = "-"
     bindings: str = "-"
+    dns: str = "-"
 
 
 def free_ports(n: int, host: str = HOST) -> list[int]:
@@ -85,9 +86,11 @@ def node_configs(
     tmpdir: Path,
     insecure: bool,
     sip_ports: Sequence[int] | None = None,
+    dns_ports: Sequence[int] | None = None,
 ) -> list[AgentConfig]:
     """node1..nodeN; dcs alternate dc1/dc2 from 4 nodes up; everyone joins through node1.
-    With `sip_ports`, every node serves SIP for DOMAIN on its port."""
+    With `sip_ports`, every node serves SIP for DOMAIN on its port; with `dns_ports`, every
+    node answers DNS for the zone DOMAIN on its port."""
     seed = (HOST, ports[0])
     configs = []
     for i in range(nodes):
@@ -110,6 +113,9 @@ def node_configs(
                 sip=None
                 if sip_ports is None
                 else SipConfig(bind=(HOST, sip_ports[i]), domains=[DOMAIN]),
+                dns=None
+                if dns_ports is None
+                else DnsConfig(bind=(HOST, dns_ports[i]), zone=DOMAIN),
             )
         )
     return configs
@@ -177,6 +183,7 @@ def snapshot(agents: Sequence[Any], configs: Sequence[AgentConfig]) -> list[Node
                 converged=_converged_text(status.get("converged")),
                 sip=format_hostport(cfg.sip.bind) if cfg.sip is not None else "-",
                 bindings=_bindings_text(agent),
+                dns=format_hostport(cfg.dns.bind) if cfg.dns is not None else "-",
             )
         )
     return rows
@@ -195,7 +202,7 @@ def format_table(rows: Sequence[NodeRow]) -> str:
     """The rows as aligned columns with a header."""
     header = (
         "NAME", "ADDR", "DC", "STATE@node1", "INC", "HEALTH", "ALIVE", "VIEW", "CONVERGED",
-        "SIP", "BINDINGS",
+        "SIP", "BINDINGS", "DNS",
     )  # fmt: skip
     table = [header] + [
         (
@@ -210,6 +217,7 @@ def format_table(rows: Sequence[NodeRow]) -> str:
             r.converged,
             r.sip,
             r.bindings,
+            r.dns,
         )
         for r in rows
     ]
@@ -236,6 +244,17 @@ def sipp_hint(tmpdir: Path, sip_ports: Sequence[int], phone_ports: Sequence[int]
         f"  answer as bob: sipp -sf {SCENARIOS / 'uas.xml'} -i {HOST} -p {uas}\n"
         f"  call bob: sipp {HOST}:{first} -sf {SCENARIOS / 'uac.xml'} -inf {callers} {common} "
         f"-s bob -p {uac} -m 10 -r 2\n"
+    )
+
+
+def dig_hint(dns_ports: Sequence[int]) -> str:
+    """Ready dig command lines (Debian bind9-dnsutils): the SRV lookup a phone does, and the
+    per-user lookup of bob's home nodes; any node answers."""
+    port = dns_ports[0]
+    return (
+        "DNS (Debian bind9-dnsutils):\n"
+        f"  SIP servers: dig @{HOST} -p {port} _sip._udp.{DOMAIN} SRV\n"
+        f"  bob's owners: dig @{HOST} -p {port} _sip._udp.bob.{DOMAIN}.aor.{DOMAIN} SRV +short\n"
     )
 
 
@@ -267,6 +286,7 @@ class _Demo:
         self.started = time.monotonic()
         self.hinted = False
         self.sip_hint = ""
+        self.dns_hint = ""
         self.out_broken = False
         # Cancelled by a signal, the end of --duration, or a closed output.
         self.waiting = trio.CancelScope()
@@ -285,6 +305,7 @@ class _Demo:
             hint = (
                 f"try: swimthor members --control {self.configs[0].control}\n"
                 + self.sip_hint
+                + self.dns_hint
                 + "Ctrl-C stops every node gracefully\n"
             )
         text = f"{head}\n{body}{hint}"
@@ -320,9 +341,10 @@ class _Demo:
         from swimthor.agent import Agent
 
         master = None if self.insecure else Keyring([Keyring.generate()])
-        every = free_ports(2 * self.nodes + 2)
+        every = free_ports(3 * self.nodes + 2)
         ports, sip_ports = every[: self.nodes], every[self.nodes : 2 * self.nodes]
-        phone_ports = every[2 * self.nodes :]
+        dns_ports = every[2 * self.nodes : 3 * self.nodes]
+        phone_ports = every[3 * self.nodes :]
         extra = _start_kwargs(Agent)
         # The demo owns SIGINT/SIGTERM (the agents are asked not to watch them): a Ctrl-C
         # while the nodes start is kept and acted on as soon as they all run.
@@ -331,9 +353,10 @@ class _Demo:
             trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals,
         ):
             self.configs = node_configs(
-                self.nodes, ports, self.profile, Path(tmp), self.insecure, sip_ports
+                self.nodes, ports, self.profile, Path(tmp), self.insecure, sip_ports, dns_ports
             )
             self.sip_hint = sipp_hint(Path(tmp), sip_ports, phone_ports)
+            self.dns_hint = dig_hint(dns_ports)
             async with trio.open_nursery() as nursery:
                 for cfg in self.configs:
                     # Each agent gets its own Keyring object: rotation mutates it.

@@ -530,6 +530,13 @@ async def test_demo_table_formatting() -> None:
     assert all(c.roles == ["sip"] for c in four)
     ports = demo.free_ports(3)
     assert len(set(ports)) == 3
+    served = demo.node_configs(2, [1, 2], "local", Path("/tmp/x"), True, [5061, 5062], [8061, 8062])
+    assert [c.dns.bind if c.dns else None for c in served] == [
+        ("127.0.0.1", 8061),
+        ("127.0.0.1", 8062),
+    ]
+    assert all(c.dns is not None and c.dns.zone == demo.DOMAIN for c in served)
+    assert "-p 8061 _sip._udp.example.com SRV" in demo.dig_hint([8061, 8062])
 
 
 # ---------------------------------------------------------------- against a control server

@@ -9,8 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-from tests.sip_agents import DOMAIN, Node, cluster_of, wait_until
+from sip_agents import DOMAIN, Node, cluster_of, wait_until
 
 pytestmark = pytest.mark.skipif(
     shutil.which("dig") is None, reason="dig is not installed (apt-get install bind9-dnsutils)"

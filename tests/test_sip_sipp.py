@@ -179,8 +179,9 @@ def test_calls_through_the_cluster_survive_the_owner_being_killed(
 
 
 def test_the_demo_prints_sipp_commands_that_work(tmp_path: Path, sipp: Sipp) -> None:
-    """`swimthor demo` (what `make run` starts) gives every node SIP and prints sipp command
-    lines; run as printed, bob registers, answers, and 5 calls through node1 complete."""
+    """`swimthor demo` (what `make run` starts) gives every node SIP and DNS and prints sipp
+    and dig command lines; run as printed, bob registers, answers, and 5 calls through node1
+    complete, and dig finds the three SIP servers and bob's two owners."""
     demo = subprocess.Popen(
         [sys.executable, "-m", "swimthor", "demo", "--nodes", "3", "--duration", "60"],
         stdout=subprocess.PIPE,
@@ -191,12 +192,15 @@ def test_the_demo_prints_sipp_commands_that_work(tmp_path: Path, sipp: Sipp) -> 
         assert demo.stdout is not None
         commands: dict[str, list[str]] = {}
         deadline = time.monotonic() + 30
-        while len(commands) < 3 and time.monotonic() < deadline:
+        while len(commands) < 5 and time.monotonic() < deadline:
             line = demo.stdout.readline()
             for label in ("register bob", "answer as bob", "call bob"):
                 if line.strip().startswith(f"{label}: sipp "):
                     commands[label] = line.split(": ", 1)[1].split()[1:]
-        assert len(commands) == 3, commands
+            for label in ("SIP servers", "bob's owners"):
+                if line.strip().startswith(f"{label}: dig "):
+                    commands[label] = line.split(": ", 1)[1].split()
+        assert len(commands) == 5, commands
         stats = sipp.run(*commands["register bob"])
         assert stats["ok"] == 1, stats
         sipp.background(*commands["answer as bob"])
@@ -206,6 +210,15 @@ def test_the_demo_prints_sipp_commands_that_work(tmp_path: Path, sipp: Sipp) -> 
         call[call.index("-r") + 1] = "10"
         stats = sipp.run(*call, "-recv_timeout", "5000")
         assert stats["ok"] == 5 and stats["failed"] == 0, stats
+        if shutil.which("dig") is not None:
+            servers = subprocess.run(
+                [*commands["SIP servers"], "+short"], capture_output=True, text=True, timeout=10
+            )
+            assert len(servers.stdout.split("\n")) - 1 == 3, servers.stdout
+            owners = subprocess.run(
+                commands["bob's owners"], capture_output=True, text=True, timeout=10
+            )
+            assert [line.split()[0] for line in owners.stdout.splitlines()] == ["10", "20"]
     finally:
         demo.send_signal(signal.SIGINT)
         try:
