@@ -173,9 +173,16 @@ def test_other_classes_and_zone_transfers_are_refused() -> None:
     assert ask(zone, "example.com", "AXFR").header.rcode == RCODE.REFUSED
 
 
-def test_any_returns_every_rrset_at_the_name() -> None:
-    r = ask(make_zone(), "example.com", "ANY", edns=1232)
+def test_any_returns_every_rrset_over_tcp_and_one_hinfo_over_udp() -> None:
+    r = ask(make_zone(), "example.com", "ANY", tcp=True)
     assert {QTYPE[rr.rtype] for rr in r.rr} == {"SOA", "NS", "NAPTR", "A", "AAAA"}
+    small = ask(make_zone(), "example.com", "ANY", edns=1232)
+    assert [(QTYPE[rr.rtype], rr.rdata.data) for rr in small.rr] == [("HINFO", b"\x07RFC8482\x00")]
+    assert not [rr for rr in small.ar if rr.rtype != QTYPE.OPT]
+    nx = ask(make_zone(), "nobody.example.com", "ANY")
+    assert nx.header.rcode == RCODE.NXDOMAIN
+    empty = ask(make_zone(), "node.example.com", "ANY")
+    assert empty.header.rcode == RCODE.NOERROR and not empty.rr
 
 
 def test_per_user_srv_lists_the_owners_in_rank_order() -> None:

@@ -23,9 +23,10 @@ Every other name in the zone is NXDOMAIN, except the empty non-terminals (``node
 ``_tcp``, ``aor`` and every name under ``aor``), which exist without data (RFC 8020).
 
 Answers are authoritative (AA set, RA clear); NXDOMAIN and NODATA carry the SOA; names outside
-the zone are REFUSED; EDNS0 is answered with an OPT (UDP payload 1232, DO echoed); over UDP an
-answer larger than the client allows loses its additional section first and is then sent
-with TC set and no records, and the client retries over TCP.
+the zone are REFUSED; ANY over UDP gets RFC 8482's one HINFO (every rrset over TCP); EDNS0 is
+answered with an OPT (UDP payload 1232, DO echoed); over UDP an answer larger than the client
+allows loses its additional section first and is then sent with TC set and no records, and
+the client retries over TCP.
 
 Answers are built with dnslib once and cached by (name, type, class, EDNS, payload limit)
 until the directory or routing changes (`update`, `routing_changed`); a cached answer is
@@ -45,6 +46,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import dnslib
+import structlog
 from dnslib import QTYPE, RR, DNSHeader, DNSLabel, DNSQuestion, DNSRecord
 
 from ._query import (
@@ -62,12 +64,15 @@ from ._query import (
 
 __all__ = ["DEFAULT_TTL", "MAX_UDP", "Node", "Zone", "user_label"]
 
+log = structlog.get_logger("swimthor.dns")
+
 DEFAULT_TTL = 5
 # What we send over UDP at most, whatever the client allows: no IP fragmentation (the 2020 DNS
 # flag day value), and what we advertise in our OPT.
 MAX_UDP = 1232
 MIN_UDP = 512  # RFC 1035 §4.2.1, and the floor of an OPT's payload size (RFC 6891 §6.2.5)
 CACHE_SIZE = 65_536
+TCP_LIMIT = 65_535  # a TCP message's length field
 
 CLASS_IN = 1
 CLASS_ANY = 255
@@ -190,6 +195,7 @@ class Zone:
             "notimp": 0,
             "badvers": 0,
             "truncated": 0,
+            "servfail": 0,
             "dropped": 0,
         }
 
@@ -271,7 +277,7 @@ class Zone:
             stats["badvers"] += 1
             return self._bare(query, data, BADVERS)
         if tcp:
-            limit = 65_535
+            limit = TCP_LIMIT
         elif query.edns is None:
             limit = MIN_UDP
         else:
@@ -284,7 +290,8 @@ class Zone:
             except Exception:
                 # A name dnslib will not write, or a bug: never a crash, and never silence
                 # (the client would retry for nothing).
-                stats["dropped"] += 1
+                stats["servfail"] += 1
+                log.exception("dns answer could not be built", name=repr(query.name)[:300])
                 return self._bare(query, data, SERVFAIL)
             if len(self._cache) >= self._cache_size:
                 self._cache.clear()
@@ -368,10 +375,22 @@ class Zone:
                 self.stats["nxdomain"] += 1
             else:
                 rcode = NOERROR
-                if query.qtype == TYPE_ANY:
+                if query.qtype == TYPE_ANY and limit == TCP_LIMIT:
                     for records, extra in rrsets.values():
                         answer += records
                         additional += extra
+                elif query.qtype == TYPE_ANY:
+                    # RFC 8482 §4.2: over UDP, ANY gets one synthesized HINFO, not every
+                    # record (the largest answer a spoofed query could aim at someone).
+                    if rrsets:
+                        answer.append(
+                            RR(
+                                qname,
+                                QTYPE.HINFO,
+                                ttl=self.ttl,
+                                rdata=dnslib.RD(b"\x07RFC8482\x00"),  # CPU, OS
+                            )
+                        )
                 else:
                     records, extra = rrsets.get(query.qtype, ([], []))
                     answer += records
