@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: run test lint typecheck pytest debs clean bench bench-quick bench-sip
+.PHONY: run test lint typecheck pytest debs clean bench bench-quick bench-sip bench-dns
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,10 @@ bench-quick: $(BENCH_STAMP)
 ## bench-sip: REGISTER and call ladders for swimthor and Kamailio, and a node killed under load
 bench-sip: $(STAMP) debs
 	$(BIN)/python -m bench.sip.bench
+
+## bench-dns: SRV and A queries/s with dnsperf on one node, against Knot DNS and dnslib's server
+bench-dns: $(STAMP) debs
+	$(BIN)/python -m bench.dns.bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

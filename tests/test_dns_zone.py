@@ -134,6 +134,10 @@ def test_apex_soa_ns_and_addresses() -> None:
     assert sorted(rdatas(a)) == ["10.0.0.1", "10.0.0.2"]
     aaaa = ask(zone, "example.com", "AAAA")
     assert rdatas(aaaa) == ["fd00::3"]
+    # Members on one host (as on loopback) give one apex record, not duplicates.
+    shared = Zone(ZONE, me="a")
+    shared.update(Node(n, "127.0.0.1", sip_port=5060 + i) for i, n in enumerate("abc"))
+    assert rdatas(ask(shared, "example.com", "A")) == ["127.0.0.1"]
 
 
 def test_member_address_names() -> None:

@@ -510,7 +510,11 @@ class Zone:
                 records, glue = self._srv_all(replacement)
                 extra += records + glue
             rrsets[QTYPE.NAPTR] = (naptr, extra)
+            seen: set[str] = set()
             for rr in self._addresses(self._live_first(sip)):
+                if str(rr.rdata) in seen:
+                    continue  # one record per address (RFC 2181 §5): members may share a host
+                seen.add(str(rr.rdata))
                 apex = RR(self.origin, rr.rtype, ttl=self.ttl, rdata=rr.rdata)
                 rrsets.setdefault(rr.rtype, ([], []))[0].append(apex)
         return rrsets
