@@ -3,10 +3,16 @@ swimthor's own answers (no processes)."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 from dnslib import DNSRecord
 
-from bench.dns.bench import duplicates, parse_dnsperf, zone_file
 from swimthor.dns import Node, Zone
+
+# The benchmarks are run as `python -m bench.dns.bench` from the repository root.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.dns.bench import duplicates, parse_dnsperf, zone_file
 
 DNSPERF = """\
 DNS Performance Testing Tool
