@@ -48,9 +48,10 @@ from .membership._events import (
 )
 from .membership._keyring import Keyring, KeyringFileError
 from .membership._member import Addr, Member
-from .membership.runtime import BindError, MembershipRuntime, bind_sockets
+from .membership.runtime import MembershipRuntime
 from .routing import RoutingTable
 from .sip._service import SIP_TAG, SipService
+from .sockets import BindError, bind_sockets
 
 __all__ = ["KEYRING_FILE", "Agent"]
 

@@ -22,6 +22,8 @@ from typing import Any
 import structlog
 import trio
 
+from .sockets import serve_listener
+
 __all__ = [
     "MAX_REQUEST",
     "ControlError",
@@ -145,31 +147,25 @@ async def serve_control(
     ident = os.stat(path)
     listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
     active = 0
+
+    def admit(stream: trio.SocketStream) -> Callable[[], Awaitable[None]] | None:
+        nonlocal active
+        if active >= MAX_CONNECTIONS:
+            return None
+        active += 1
+
+        async def serve_one() -> None:
+            nonlocal active
+            try:
+                await _serve_connection(stream, handler)
+            finally:
+                active -= 1
+
+        return serve_one
+
     try:
-        async with trio.open_nursery() as nursery:
-            task_status.started(path)
-            while True:
-                try:
-                    stream = await listener.accept()
-                except trio.ClosedResourceError:
-                    return
-                except OSError as e:
-                    log.warning("control accept failed", reason=str(e))
-                    await trio.sleep(0.1)
-                    continue
-                if active >= MAX_CONNECTIONS:
-                    await trio.aclose_forcefully(stream)
-                    continue
-                active += 1
-
-                async def serve_one(stream: trio.SocketStream) -> None:
-                    nonlocal active
-                    try:
-                        await _serve_connection(stream, handler)
-                    finally:
-                        active -= 1
-
-                nursery.start_soon(serve_one, stream)
+        task_status.started(path)
+        await serve_listener(listener, admit, what="control")
     finally:
         # Synchronous on purpose: an await here would be cancelled before the cleanup.
         with contextlib.suppress(OSError):

@@ -12,14 +12,16 @@ closes the connection.
 
 from __future__ import annotations
 
-import contextlib
 import errno
+import functools
 import socket as stdsocket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import structlog
 import trio
 
+from ..sockets import TRANSIENT_RECV_ERRNOS, bind_front_end, serve_listener
 from ._zone import Zone
 
 __all__ = ["DnsServer", "DnsTransportConfig"]
@@ -28,16 +30,6 @@ log = structlog.get_logger("swimthor.dns")
 
 RECV_SIZE = 65_535
 RECV_BURST = 64
-_TRANSIENT = {
-    errno.ECONNRESET,
-    errno.ECONNREFUSED,
-    errno.EHOSTUNREACH,
-    errno.ENETUNREACH,
-    errno.EMSGSIZE,
-    errno.ENOBUFS,
-    errno.EINTR,
-    errno.EAGAIN,
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,37 +64,14 @@ class DnsServer:
         }
 
     def open(self) -> tuple[str, int]:
-        """Bind UDP and TCP on one port now (port 0: one the kernel picks for both)."""
-        if self._sockets is not None:
-            assert self.bound is not None
-            return self.bound
-        host, port = self.bind
-        family = stdsocket.AF_INET6 if ":" in host else stdsocket.AF_INET
-        last: OSError | None = None
-        for _ in range(8 if port == 0 else 1):
-            tcp = stdsocket.socket(family, stdsocket.SOCK_STREAM)
-            udp = stdsocket.socket(family, stdsocket.SOCK_DGRAM)
-            try:
-                tcp.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_REUSEADDR, 1)
-                tcp.bind((host, port))
-                bound_port = tcp.getsockname()[1]
-                udp.bind((host, bound_port))
-                tcp.listen(256)
-            except OSError as e:
-                tcp.close()
-                udp.close()
-                last = e
-                continue
-            for opt in (stdsocket.SO_RCVBUF, stdsocket.SO_SNDBUF):
-                with contextlib.suppress(OSError):
-                    udp.setsockopt(stdsocket.SOL_SOCKET, opt, 4 << 20)
-            tcp.setblocking(False)
-            udp.setblocking(False)
-            self._sockets = (udp, tcp)
-            self.bound = (host, bound_port)
-            return self.bound
-        assert last is not None
-        raise last
+        """Bind UDP and TCP on one port now (port 0: one the kernel picks for both); BindError
+        with a one-line reason otherwise."""
+        if self._sockets is None:
+            bound = bind_front_end(self.bind, backlog=256)
+            self._sockets = (bound.udp, bound.tcp)
+            self.bound = bound.addr
+        assert self.bound is not None
+        return self.bound
 
     def close(self) -> None:
         if self._sockets is not None:
@@ -144,7 +113,7 @@ class DnsServer:
                 except BlockingIOError:
                     break
                 except OSError as e:
-                    if e.errno in _TRANSIENT:
+                    if e.errno in TRANSIENT_RECV_ERRNOS:
                         continue
                     if e.errno == errno.EBADF:
                         return
@@ -170,23 +139,15 @@ class DnsServer:
     # ------------------------------------------------------------ TCP
 
     async def _accept_loop(self, listener: trio.SocketListener) -> None:
-        async with trio.open_nursery() as nursery:
-            while True:
-                try:
-                    stream = await listener.accept()
-                except trio.ClosedResourceError:
-                    return
-                except OSError as e:
-                    log.warning("dns accept failed", reason=str(e))
-                    await trio.sleep(0.1)
-                    continue
-                if self._open_conns >= self.config.max_connections:
-                    self.stats["tcp_refused"] += 1
-                    await trio.aclose_forcefully(stream)
-                    continue
-                self.stats["tcp_accepted"] += 1
-                self._open_conns += 1
-                nursery.start_soon(self._serve_conn, stream)
+        def admit(stream: trio.SocketStream) -> Callable[[], Awaitable[None]] | None:
+            if self._open_conns >= self.config.max_connections:
+                self.stats["tcp_refused"] += 1
+                return None
+            self.stats["tcp_accepted"] += 1
+            self._open_conns += 1
+            return functools.partial(self._serve_conn, stream)
+
+        await serve_listener(listener, admit, what="dns")
 
     async def _serve_conn(self, stream: trio.SocketStream) -> None:
         buf = bytearray()

@@ -15,18 +15,25 @@ more than waste one bounded connection slot for `tcp_timeout` seconds.
 from __future__ import annotations
 
 import errno
-import ipaddress
+import functools
 import math
-import os
 import socket as stdsocket
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
 import trio
 
 from ..config import MembershipConfig, format_hostport
+from ..sockets import (
+    TRANSIENT_RECV_ERRNOS,
+    BindError,
+    BoundSockets,
+    bind_sockets,
+    is_ip,
+    reason,
+    serve_listener,
+)
 from ._core import Membership, QueryError, StreamRequest
 from ._events import Event
 from ._keyring import Keyring
@@ -59,38 +66,15 @@ RECV_SIZE = 65536
 # Datagrams taken from the queue per driver step before flushing and yielding.
 DRIVE_BATCH = 64
 # Retries when binding port 0 and the UDP side of the TCP port's number is taken.
-BIND_ATTEMPTS = 8
 # A core timer still due right after handle_timer: refire this often at once, then back off.
 STUCK_TIMER_REFIRES = 8
 STUCK_TIMER_BACKOFF = 0.01
 # Extra room in a frame above max_stream_size (envelope and framing overhead).
 FRAME_SLACK = 64
 
-# recvfrom errors that report an earlier send's ICMP error, not a broken socket.
-_TRANSIENT_RECV_ERRNOS = {
-    errno.ECONNRESET,
-    errno.ECONNREFUSED,
-    errno.EHOSTUNREACH,
-    errno.ENETUNREACH,
-    errno.EHOSTDOWN,
-    errno.ENETDOWN,
-    errno.EMSGSIZE,
-    errno.ENOBUFS,
-    errno.EINTR,
-}
-
 
 StreamHandler = Callable[[trio.SocketStream], Awaitable[None]]
 StreamClaim = Callable[[bytes, Addr], StreamHandler | None]
-
-
-class BindError(OSError):
-    """The gossip address could not be bound; `str()` says which address and why, and
-    `errno` is the underlying error number (EADDRINUSE, EADDRNOTAVAIL, ...) when known."""
-
-    def __init__(self, message: str, err: int | None = None) -> None:
-        super().__init__(message)
-        self.errno = err
 
 
 class FrameError(Exception):
@@ -128,102 +112,6 @@ async def write_frame(stream: trio.abc.SendStream, payload: bytes) -> None:
 
 
 # ---------------------------------------------------------------- sockets
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
-def _family(host: str) -> stdsocket.AddressFamily:
-    return stdsocket.AF_INET6 if ":" in host else stdsocket.AF_INET
-
-
-def _reason(exc: BaseException) -> str:
-    """A short lower-case reason for an I/O failure."""
-    if isinstance(exc, trio.TooSlowError):
-        return "timed out"
-    if isinstance(exc, stdsocket.gaierror):
-        return f"cannot resolve host ({exc.strerror or exc})"
-    if isinstance(exc, OSError) and exc.errno:
-        return os.strerror(exc.errno).lower()
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror.lower()
-    if isinstance(exc, trio.BrokenResourceError):
-        cause = exc.__cause__
-        return _reason(cause) if cause is not None else "connection broken"
-    text = str(exc)
-    return text or type(exc).__name__
-
-
-@dataclass(slots=True)
-class BoundSockets:
-    """The gossip UDP socket and TCP listening socket, bound to one host:port."""
-
-    udp: stdsocket.socket
-    tcp: stdsocket.socket
-    addr: Addr
-
-    def close(self) -> None:
-        self.udp.close()
-        self.tcp.close()
-
-
-def _bind_one(host: str, port: int) -> BoundSockets:
-    family = _family(host)
-    tcp = stdsocket.socket(family, stdsocket.SOCK_STREAM)
-    udp: stdsocket.socket | None = None
-    try:
-        tcp.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_REUSEADDR, 1)
-        if family == stdsocket.AF_INET6:
-            tcp.setsockopt(stdsocket.IPPROTO_IPV6, stdsocket.IPV6_V6ONLY, 1)
-        tcp.bind((host, port))
-        tcp.listen(128)
-        tcp.setblocking(False)
-        port = tcp.getsockname()[1]
-        udp = stdsocket.socket(family, stdsocket.SOCK_DGRAM)
-        if family == stdsocket.AF_INET6:
-            udp.setsockopt(stdsocket.IPPROTO_IPV6, stdsocket.IPV6_V6ONLY, 1)
-        udp.bind((host, port))
-        udp.setblocking(False)
-    except BaseException:
-        tcp.close()
-        if udp is not None:
-            udp.close()
-        raise
-    return BoundSockets(udp=udp, tcp=tcp, addr=(host, port))
-
-
-def bind_sockets(bind: Addr) -> BoundSockets:
-    """Bind the UDP socket and TCP listener on one host:port (port 0: a free one).
-
-    `host` is an IP address, or a name resolved once here (its first address). Raises
-    BindError with a one-line message.
-    """
-    host, port = bind
-    where = format_hostport(bind)
-    if not _is_ip(host):
-        try:
-            infos = stdsocket.getaddrinfo(host, port, type=stdsocket.SOCK_DGRAM)
-        except OSError as e:
-            raise BindError(f"cannot bind {where}: cannot resolve {host!r} ({e})") from None
-        host = str(infos[0][4][0])
-    attempts = BIND_ATTEMPTS if port == 0 else 1
-    for attempt in range(attempts):
-        try:
-            return _bind_one(host, port)
-        except OSError as e:
-            if e.errno == errno.EADDRINUSE:
-                if attempt + 1 < attempts:
-                    continue
-                raise BindError(f"address {where} in use", e.errno) from None
-            raise BindError(f"cannot bind {where}: {_reason(e)}", e.errno) from None
-    raise BindError(
-        f"address {where} in use", errno.EADDRINUSE
-    )  # pragma: no cover - loop always returns
 
 
 async def _connect(addr: Addr) -> trio.SocketStream:
@@ -370,7 +258,7 @@ class MembershipRuntime:
             except QueryError as e:
                 results[name] = str(e)
             except (OSError, trio.TooSlowError, trio.BrokenResourceError, FrameError) as e:
-                results[name] = f"no answer from {format_hostport(addr)}: {_reason(e)}"
+                results[name] = f"no answer from {format_hostport(addr)}: {reason(e)}"
             else:
                 results[name] = None
 
@@ -397,7 +285,7 @@ class MembershipRuntime:
                     except OSError as e:
                         if e.errno in (errno.EBADF, errno.ENOTSOCK):
                             return
-                        if e.errno in _TRANSIENT_RECV_ERRNOS:
+                        if e.errno in TRANSIENT_RECV_ERRNOS:
                             stats["recv_errors"] += 1
                             continue
                         raise
@@ -467,7 +355,7 @@ class MembershipRuntime:
     def _send_datagram(self, data: bytes, addr: Addr, nursery: trio.Nursery) -> None:
         std = self._udp_std
         assert std is not None
-        if not _is_ip(addr[0]):
+        if not is_ip(addr[0]):
             nursery.start_soon(self._send_resolved, data, addr)
             return
         try:
@@ -505,29 +393,23 @@ class MembershipRuntime:
                 reply = await _exchange(req.addr, req.payload, self._max_frame)
         except (OSError, trio.TooSlowError, trio.BrokenResourceError, FrameError) as e:
             self.stats["stream_failures"] += 1
-            log.debug("stream failed", peer=format_hostport(req.addr), reason=_reason(e))
+            log.debug("stream failed", peer=format_hostport(req.addr), reason=reason(e))
         self._guard(self.core.stream_response, req.id, reply, trio.current_time())
         self.wake()
 
     async def _tcp_loop(self, listener: trio.SocketListener) -> None:
-        async with trio.open_nursery() as nursery:
-            while True:
-                try:
-                    stream = await listener.accept()
-                except trio.ClosedResourceError:
-                    return
-                except OSError as e:  # EMFILE and friends: wait for descriptors to free up
-                    self.stats["tcp_errors"] += 1
-                    log.warning("accept failed", reason=_reason(e))
-                    await trio.sleep(0.1)
-                    continue
-                if self._tcp_active >= MAX_TCP_CONNECTIONS:
-                    self.stats["tcp_rejected"] += 1
-                    await trio.aclose_forcefully(stream)
-                    continue
-                self._tcp_active += 1
-                self.stats["tcp_accepted"] += 1
-                nursery.start_soon(self._serve_connection, stream)
+        def admit(stream: trio.SocketStream) -> Callable[[], Awaitable[None]] | None:
+            if self._tcp_active >= MAX_TCP_CONNECTIONS:
+                self.stats["tcp_rejected"] += 1
+                return None
+            self._tcp_active += 1
+            self.stats["tcp_accepted"] += 1
+            return functools.partial(self._serve_connection, stream)
+
+        def failed(_e: OSError) -> None:
+            self.stats["tcp_errors"] += 1
+
+        await serve_listener(listener, admit, what="gossip", on_error=failed)
 
     async def _serve_connection(self, stream: trio.SocketStream) -> None:
         try:
@@ -606,5 +488,5 @@ async def query(
             ) from None
         raise QueryError(f"no answer from {where}: {e}") from None
     except (OSError, trio.TooSlowError, trio.BrokenResourceError) as e:
-        raise QueryError(f"no answer from {where}: {_reason(e)}") from None
+        raise QueryError(f"no answer from {where}: {reason(e)}") from None
     return read_query_reply(reply, keyring, label, max_size)

@@ -14,10 +14,8 @@ the response goes out when they confirm (or the failure response when they do no
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import functools
-import ipaddress
 import itertools
 import socket as stdsocket
 import struct
@@ -29,6 +27,13 @@ from typing import Any
 import structlog
 import trio
 
+from ..sockets import (
+    SO_TIMESTAMP,
+    TRANSIENT_RECV_ERRNOS,
+    bind_front_end,
+    is_ip,
+    serve_listener,
+)
 from ._message import MAX_MESSAGE_SIZE
 from ._proxy import Proxy, Replicate, Send, Source
 
@@ -38,21 +43,10 @@ log = structlog.get_logger("swimthor.sip")
 
 RECV_SIZE = 65_536
 # Kernel receive timestamps of datagrams (SO_TIMESTAMP: a struct timeval in the ancillary data).
-_SO_TIMESTAMP = getattr(stdsocket, "SO_TIMESTAMP", 29)
 _TIMEVAL = struct.Struct("@ll")
 _ANC_SIZE = stdsocket.CMSG_SPACE(_TIMEVAL.size)
 # Datagrams handled per wake-up of the UDP loop before yielding to other tasks.
 RECV_BURST = 64
-_TRANSIENT = {
-    errno.ECONNRESET,
-    errno.ECONNREFUSED,
-    errno.EHOSTUNREACH,
-    errno.ENETUNREACH,
-    errno.EMSGSIZE,
-    errno.ENOBUFS,
-    errno.EINTR,
-    errno.EAGAIN,
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,15 +73,6 @@ class _Conn:
         self.stream = stream
         self.peer = peer
         self.send_lock = trio.Lock()
-
-
-@functools.lru_cache(maxsize=4096)
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 class SipServer:
@@ -141,38 +126,14 @@ class SipServer:
 
     def open(self) -> tuple[str, int]:
         """Bind UDP and TCP on the same port now (port 0: one the kernel picks for both), so
-        the caller knows the address before serving. Returns it."""
-        if self._sockets is not None:
-            return self.bound  # type: ignore[return-value]
-        host, port = self.bind
-        family = stdsocket.AF_INET6 if ":" in host else stdsocket.AF_INET
-        last: OSError | None = None
-        for _ in range(8 if port == 0 else 1):
-            tcp = stdsocket.socket(family, stdsocket.SOCK_STREAM)
-            udp = stdsocket.socket(family, stdsocket.SOCK_DGRAM)
-            try:
-                tcp.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_REUSEADDR, 1)
-                tcp.bind((host, port))
-                bound_port = tcp.getsockname()[1]
-                udp.bind((host, bound_port))
-                tcp.listen(512)
-            except OSError as e:
-                tcp.close()
-                udp.close()
-                last = e
-                continue
-            with contextlib.suppress(OSError):
-                udp.setsockopt(stdsocket.SOL_SOCKET, _SO_TIMESTAMP, 1)
-            for opt, size in ((stdsocket.SO_RCVBUF, 4 << 20), (stdsocket.SO_SNDBUF, 4 << 20)):
-                with contextlib.suppress(OSError):
-                    udp.setsockopt(stdsocket.SOL_SOCKET, opt, size)
-            tcp.setblocking(False)
-            udp.setblocking(False)
-            self._sockets = (udp, tcp)
-            self.bound = (host, bound_port)
-            return self.bound
-        assert last is not None
-        raise last
+        the caller knows the address before serving. Returns it; BindError otherwise."""
+        if self._sockets is None:
+            bound = bind_front_end(self.bind, backlog=512, timestamps=True)
+            udp = bound.udp
+            self._sockets = (udp, bound.tcp)
+            self.bound = bound.addr
+        assert self.bound is not None
+        return self.bound
 
     def close(self) -> None:
         if self._sockets is not None:
@@ -227,7 +188,7 @@ class SipServer:
                 except BlockingIOError:
                     break
                 except OSError as e:
-                    if e.errno in _TRANSIENT:
+                    if e.errno in TRANSIENT_RECV_ERRNOS:
                         continue
                     if e.errno == errno.EBADF:
                         return
@@ -258,7 +219,7 @@ class SipServer:
         """A request (not an ACK, not a response) that the kernel received more than
         `stale_after` seconds ago (SO_TIMESTAMP)."""
         for level, kind, value in anc:
-            if level == stdsocket.SOL_SOCKET and kind == _SO_TIMESTAMP and len(value) >= 16:
+            if level == stdsocket.SOL_SOCKET and kind == SO_TIMESTAMP and len(value) >= 16:
                 seconds, micros = _TIMEVAL.unpack_from(value)
                 age = time.time() - (seconds + micros / 1e6)
                 if age <= self.config.stale_after:
@@ -269,7 +230,7 @@ class SipServer:
     def _send_now(self, send: Send) -> None:
         """Send a datagram from this task if the kernel takes it at once; anything else
         (TCP, a name to resolve, a full socket buffer) goes to a task of its own."""
-        if send.transport == "udp" and self._udp_std is not None and _is_ip(send.host):
+        if send.transport == "udp" and self._udp_std is not None and is_ip(send.host):
             try:
                 self._udp_std.sendto(send.data, (send.host, send.port))
                 self.stats["udp_sent"] += 1
@@ -291,7 +252,7 @@ class SipServer:
 
     async def _send(self, send: Send) -> None:
         host = send.host
-        if not _is_ip(host):
+        if not is_ip(host):
             if self._nursery is not None:
                 self._nursery.start_soon(self._resolve_and_send, send)
             return
@@ -408,28 +369,19 @@ class SipServer:
     # ------------------------------------------------------------ TCP
 
     async def _accept_loop(self, listener: trio.SocketListener) -> None:
-        async with trio.open_nursery() as nursery:
-            while True:
-                try:
-                    stream = await listener.accept()
-                except trio.ClosedResourceError:
-                    return
-                except OSError as e:
-                    log.warning("sip accept failed", reason=str(e))
-                    await trio.sleep(0.1)
-                    continue
-                if len(self._conns) >= self.config.max_connections:
-                    self.stats["tcp_refused"] += 1
-                    await trio.aclose_forcefully(stream)
-                    continue
-                try:
-                    peer = stream.socket.getpeername()
-                except OSError:
-                    await trio.aclose_forcefully(stream)
-                    continue
-                self.stats["tcp_accepted"] += 1
-                conn = self._register(stream, (peer[0], peer[1]))
-                nursery.start_soon(self._read_conn, conn)
+        def admit(stream: trio.SocketStream) -> Callable[[], Awaitable[None]] | None:
+            if len(self._conns) >= self.config.max_connections:
+                self.stats["tcp_refused"] += 1
+                return None
+            try:
+                peer = stream.socket.getpeername()
+            except OSError:
+                return None
+            self.stats["tcp_accepted"] += 1
+            conn = self._register(stream, (peer[0], peer[1]))
+            return functools.partial(self._read_conn, conn)
+
+        await serve_listener(listener, admit, what="sip")
 
     def _register(self, stream: trio.SocketStream, peer: tuple[str, int]) -> _Conn:
         conn = _Conn(next(self._ids), stream, peer)

@@ -1,0 +1,220 @@
+"""Sockets every front-end binds the same way, and one accept loop for their TCP listeners.
+
+The gossip port, the SIP port and the DNS port are each a UDP socket and a TCP listener on one
+host:port (`bind_sockets`); each TCP listener admits connections up to a limit and serves
+each in its own task (`serve_listener`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import ipaddress
+import os
+import socket as stdsocket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import structlog
+import trio
+
+from .config import format_hostport
+
+__all__ = [
+    "FRONT_END_BUFFER",
+    "SO_TIMESTAMP",
+    "TRANSIENT_RECV_ERRNOS",
+    "BindError",
+    "BoundSockets",
+    "bind_front_end",
+    "bind_sockets",
+    "family_of",
+    "is_ip",
+    "reason",
+    "serve_listener",
+]
+
+log = structlog.get_logger("swimthor.sockets")
+
+Addr = tuple[str, int]
+
+SO_TIMESTAMP = getattr(stdsocket, "SO_TIMESTAMP", 29)
+
+# recvfrom errors that report an earlier send's ICMP error (or a passing shortage), not a
+# broken socket: the receive loops count them and read on.
+TRANSIENT_RECV_ERRNOS = frozenset(
+    {
+        errno.ECONNRESET,
+        errno.ECONNREFUSED,
+        errno.EHOSTUNREACH,
+        errno.ENETUNREACH,
+        errno.EHOSTDOWN,
+        errno.ENETDOWN,
+        errno.EMSGSIZE,
+        errno.ENOBUFS,
+        errno.EINTR,
+        errno.EAGAIN,
+    }
+)
+# Kernel buffers of a front-end's UDP socket: a burst of a few thousand datagrams waits there.
+FRONT_END_BUFFER = 4 << 20
+
+# Port 0: tries at a free port for both UDP and TCP (the kernel's pick for TCP may be taken
+# for UDP).
+BIND_ATTEMPTS = 8
+
+
+class BindError(OSError):
+    """An address could not be bound; `str()` says which address and why, and
+    `errno` is the underlying error number (EADDRINUSE, EADDRNOTAVAIL, ...) when known."""
+
+    def __init__(self, message: str, err: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = err
+
+
+@functools.lru_cache(maxsize=4096)
+def is_ip(host: str) -> bool:
+    """Whether `host` is an IP address literal (cached: the same few hosts recur)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def family_of(host: str) -> stdsocket.AddressFamily:
+    return stdsocket.AF_INET6 if ":" in host else stdsocket.AF_INET
+
+
+def reason(exc: BaseException) -> str:
+    """A short lower-case reason for an I/O failure."""
+    if isinstance(exc, trio.TooSlowError):
+        return "timed out"
+    if isinstance(exc, stdsocket.gaierror):
+        return f"cannot resolve host ({exc.strerror or exc})"
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno).lower()
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    if isinstance(exc, trio.BrokenResourceError):
+        cause = exc.__cause__
+        return reason(cause) if cause is not None else "connection broken"
+    text = str(exc)
+    return text or type(exc).__name__
+
+
+@dataclass(slots=True)
+class BoundSockets:
+    """A UDP socket and a TCP listening socket bound to one host:port (non-blocking)."""
+
+    udp: stdsocket.socket
+    tcp: stdsocket.socket
+    addr: Addr
+
+    def close(self) -> None:
+        self.udp.close()
+        self.tcp.close()
+
+
+def _bind_one(host: str, port: int, backlog: int) -> BoundSockets:
+    family = family_of(host)
+    tcp = stdsocket.socket(family, stdsocket.SOCK_STREAM)
+    udp: stdsocket.socket | None = None
+    try:
+        tcp.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_REUSEADDR, 1)
+        if family == stdsocket.AF_INET6:
+            tcp.setsockopt(stdsocket.IPPROTO_IPV6, stdsocket.IPV6_V6ONLY, 1)
+        tcp.bind((host, port))
+        tcp.listen(backlog)
+        tcp.setblocking(False)
+        port = tcp.getsockname()[1]
+        udp = stdsocket.socket(family, stdsocket.SOCK_DGRAM)
+        if family == stdsocket.AF_INET6:
+            udp.setsockopt(stdsocket.IPPROTO_IPV6, stdsocket.IPV6_V6ONLY, 1)
+        udp.bind((host, port))
+        udp.setblocking(False)
+    except BaseException:
+        tcp.close()
+        if udp is not None:
+            udp.close()
+        raise
+    return BoundSockets(udp=udp, tcp=tcp, addr=(host, port))
+
+
+def bind_sockets(bind: Addr, backlog: int = 128) -> BoundSockets:
+    """Bind a UDP socket and a TCP listener on one host:port (port 0: a free one for both);
+    the gossip port, and the SIP and DNS front-ends' ports.
+
+    `host` is an IP address, or a name resolved once here (its first address). Raises
+    BindError with a one-line message.
+    """
+    host, port = bind
+    where = format_hostport(bind)
+    if not is_ip(host):
+        try:
+            infos = stdsocket.getaddrinfo(host, port, type=stdsocket.SOCK_DGRAM)
+        except OSError as e:
+            raise BindError(f"cannot bind {where}: cannot resolve {host!r} ({e})") from None
+        host = str(infos[0][4][0])
+    attempts = BIND_ATTEMPTS if port == 0 else 1
+    for attempt in range(attempts):
+        try:
+            return _bind_one(host, port, backlog)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                if attempt + 1 < attempts:
+                    continue
+                raise BindError(f"address {where} in use", e.errno) from None
+            raise BindError(f"cannot bind {where}: {reason(e)}", e.errno) from None
+    raise BindError(
+        f"address {where} in use", errno.EADDRINUSE
+    )  # pragma: no cover - loop always returns
+
+
+def bind_front_end(bind: Addr, *, backlog: int, timestamps: bool = False) -> BoundSockets:
+    """`bind_sockets` for a SIP or DNS front-end: bigger UDP buffers, and kernel receive
+    timestamps (SO_TIMESTAMP) when asked for."""
+    bound = bind_sockets(bind, backlog)
+    if timestamps:
+        with contextlib.suppress(OSError):
+            bound.udp.setsockopt(stdsocket.SOL_SOCKET, SO_TIMESTAMP, 1)
+    for opt in (stdsocket.SO_RCVBUF, stdsocket.SO_SNDBUF):
+        with contextlib.suppress(OSError):
+            bound.udp.setsockopt(stdsocket.SOL_SOCKET, opt, FRONT_END_BUFFER)
+    return bound
+
+
+# Called for each accepted connection, synchronously (so a limit holds however fast clients
+# connect): returns the coroutine function that serves it, or None to close it at once.
+Admit = Callable[[trio.SocketStream], Callable[[], Awaitable[None]] | None]
+
+
+async def serve_listener(
+    listener: trio.SocketListener,
+    admit: Admit,
+    *,
+    what: str,
+    on_error: Callable[[OSError], None] | None = None,
+) -> None:
+    """Accept connections until the listener closes; each admitted one is served in a task
+    of this loop's nursery. An accept failure (EMFILE and friends) is logged and retried
+    after 100 ms, while descriptors free up."""
+    async with trio.open_nursery() as nursery:
+        while True:
+            try:
+                stream = await listener.accept()
+            except trio.ClosedResourceError:
+                return
+            except OSError as e:
+                if on_error is not None:
+                    on_error(e)
+                log.warning(f"{what} accept failed", reason=reason(e))
+                await trio.sleep(0.1)
+                continue
+            serve = admit(stream)
+            if serve is None:
+                await trio.aclose_forcefully(stream)
+                continue
+            nursery.start_soon(serve)
