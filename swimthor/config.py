@@ -326,21 +326,36 @@ def check_dns(cfg: DnsConfig, sip: SipConfig | None) -> None:
 
 def dns_from_toml(table: dict[str, object], base: DnsConfig | None) -> DnsConfig:
     dns = dataclasses.replace(base) if base is not None else DnsConfig()
-    for key, value in table.items():
-        want = _DNS_KEYS.get(key)
-        if want is None:
-            raise ConfigError(
-                f"[dns]: unknown setting {key!r} (known: {', '.join(sorted(_DNS_KEYS))})"
-            )
-        if not isinstance(value, want) or isinstance(value, bool):
-            raise ConfigError(f"[dns]: {key!r} has the wrong type")
+    for key, value in _checked_table(table, _DNS_KEYS, "dns"):
         if key == "bind" and isinstance(value, str):
             dns.bind = parse_hostport(value, DEFAULT_DNS_PORT)
-        elif key == "tcp_idle" and isinstance(value, int | float):
-            dns.tcp_idle = float(value)
         else:
-            setattr(dns, key, value)
+            _set_number_or_value(dns, key, value)
     return dns
+
+
+def _checked_table(
+    table: dict[str, object], keys: dict[str, type | tuple[type, ...]], name: str
+) -> list[tuple[str, object]]:
+    """The (key, value) pairs of a front-end's TOML table ([sip], [dns]) once every key is
+    known and every value has its type; ConfigError naming the first that does not."""
+    for key, value in table.items():
+        want = keys.get(key)
+        if want is None:
+            raise ConfigError(
+                f"[{name}]: unknown setting {key!r} (known: {', '.join(sorted(keys))})"
+            )
+        if not isinstance(value, want) or isinstance(value, bool):
+            raise ConfigError(f"[{name}]: {key!r} has the wrong type")
+    return list(table.items())
+
+
+def _set_number_or_value(cfg: object, key: str, value: object) -> None:
+    """A float setting keeps its type when the file gives a whole number."""
+    if isinstance(getattr(cfg, key), float) and isinstance(value, int | float):
+        setattr(cfg, key, float(value))
+    else:
+        setattr(cfg, key, value)
 
 
 @dataclass(slots=True)
@@ -524,24 +539,15 @@ def apply_toml(cfg: AgentConfig, data: dict[str, Any]) -> None:
 
 def sip_from_toml(table: dict[str, object], base: SipConfig | None) -> SipConfig:
     sip = dataclasses.replace(base) if base is not None else SipConfig()
-    for key, value in table.items():
-        want = _SIP_KEYS.get(key)
-        if want is None:
-            raise ConfigError(
-                f"[sip]: unknown setting {key!r} (known: {', '.join(sorted(_SIP_KEYS))})"
-            )
-        if not isinstance(value, want) or isinstance(value, bool):
-            raise ConfigError(f"[sip]: {key!r} has the wrong type")
+    for key, value in _checked_table(table, _SIP_KEYS, "sip"):
         if key == "bind" and isinstance(value, str):
             sip.bind = parse_hostport(value, DEFAULT_SIP_PORT)
         elif key == "domains" and isinstance(value, list):
             if not all(isinstance(d, str) for d in value):
                 raise ConfigError("[sip]: 'domains' must be a list of strings")
             sip.domains = [d.lower().rstrip(".") for d in value]
-        elif isinstance(getattr(sip, key), float) and isinstance(value, int | float):
-            setattr(sip, key, float(value))
         else:
-            setattr(sip, key, value)
+            _set_number_or_value(sip, key, value)
     return sip
 
 

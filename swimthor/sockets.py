@@ -27,6 +27,7 @@ __all__ = [
     "TRANSIENT_RECV_ERRNOS",
     "BindError",
     "BoundSockets",
+    "FrontEndServer",
     "bind_front_end",
     "bind_sockets",
     "family_of",
@@ -218,3 +219,63 @@ async def serve_listener(
                 await trio.aclose_forcefully(stream)
                 continue
             nursery.start_soon(serve)
+
+
+class FrontEndServer:
+    """What the SIP and DNS servers share: a UDP socket and a TCP listener on one port, bound
+    by `open()` before serving (so the agent can announce the address first), a UDP loop and
+    an accept loop in one nursery, and everything closed when serving ends."""
+
+    backlog = 128
+    timestamps = False
+
+    def __init__(self, bind: Addr) -> None:
+        self.bind = bind
+        self.bound: Addr | None = None
+        self._sockets: tuple[stdsocket.socket, stdsocket.socket] | None = None
+
+    def open(self) -> Addr:
+        """Bind UDP and TCP on the same port now (port 0: one the kernel picks for both), so
+        the caller knows the address before serving. Returns it; BindError otherwise."""
+        if self._sockets is None:
+            bound = bind_front_end(self.bind, backlog=self.backlog, timestamps=self.timestamps)
+            self._sockets = (bound.udp, bound.tcp)
+            self.bound = bound.addr
+        assert self.bound is not None
+        return self.bound
+
+    def close(self) -> None:
+        if self._sockets is not None:
+            for sock in self._sockets:
+                sock.close()
+            self._sockets = None
+
+    async def serve(self, *, task_status: trio.TaskStatus[Addr] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until cancelled (binding first if `open()` was not called)."""
+        self.open()
+        assert self._sockets is not None and self.bound is not None
+        udp, tcp = self._sockets
+        listener = trio.SocketListener(trio.socket.from_stdlib_socket(tcp))
+        try:
+            async with trio.open_nursery() as nursery:
+                self._serving(nursery, udp)
+                nursery.start_soon(self._udp_loop, udp)
+                nursery.start_soon(self._accept_loop, listener)
+                task_status.started(self.bound)
+        finally:
+            self._stopped()
+            udp.close()
+            tcp.close()
+            self._sockets = None
+
+    def _serving(self, nursery: trio.Nursery, udp: stdsocket.socket) -> None:
+        """Hook: serving starts in `nursery`."""
+
+    def _stopped(self) -> None:
+        """Hook: serving ended."""
+
+    async def _udp_loop(self, sock: stdsocket.socket) -> None:
+        raise NotImplementedError
+
+    async def _accept_loop(self, listener: trio.SocketListener) -> None:
+        raise NotImplementedError

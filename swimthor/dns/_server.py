@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import structlog
 import trio
 
-from ..sockets import TRANSIENT_RECV_ERRNOS, bind_front_end, serve_listener
+from ..sockets import TRANSIENT_RECV_ERRNOS, FrontEndServer, serve_listener
 from ._zone import Zone
 
 __all__ = ["DnsServer", "DnsTransportConfig"]
@@ -39,15 +39,15 @@ class DnsTransportConfig:
     tcp_message_time: float = 5.0
 
 
-class DnsServer:
+class DnsServer(FrontEndServer):
+    backlog = 256
+
     def __init__(
         self, zone: Zone, bind: tuple[str, int], config: DnsTransportConfig | None = None
     ) -> None:
+        super().__init__(bind)
         self.zone = zone
-        self.bind = bind
         self.config = config or DnsTransportConfig()
-        self.bound: tuple[str, int] | None = None
-        self._sockets: tuple[stdsocket.socket, stdsocket.socket] | None = None
         self._open_conns = 0
         self.stats: dict[str, int] = {
             "udp_received": 0,
@@ -62,40 +62,6 @@ class DnsServer:
             "send_errors": 0,
             "handler_errors": 0,
         }
-
-    def open(self) -> tuple[str, int]:
-        """Bind UDP and TCP on one port now (port 0: one the kernel picks for both); BindError
-        with a one-line reason otherwise."""
-        if self._sockets is None:
-            bound = bind_front_end(self.bind, backlog=256)
-            self._sockets = (bound.udp, bound.tcp)
-            self.bound = bound.addr
-        assert self.bound is not None
-        return self.bound
-
-    def close(self) -> None:
-        if self._sockets is not None:
-            for sock in self._sockets:
-                sock.close()
-            self._sockets = None
-
-    async def serve(
-        self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        self.open()
-        assert self._sockets is not None and self.bound is not None
-        udp_std, tcp_std = self._sockets
-        tcp = trio.socket.from_stdlib_socket(tcp_std)
-        listener = trio.SocketListener(tcp)
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._udp_loop, udp_std)
-                nursery.start_soon(self._accept_loop, listener)
-                task_status.started(self.bound)
-        finally:
-            udp_std.close()
-            tcp.close()
-            self._sockets = None
 
     # ------------------------------------------------------------ UDP
 

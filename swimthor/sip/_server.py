@@ -30,7 +30,7 @@ import trio
 from ..sockets import (
     SO_TIMESTAMP,
     TRANSIENT_RECV_ERRNOS,
-    bind_front_end,
+    FrontEndServer,
     is_ip,
     serve_listener,
 )
@@ -75,7 +75,10 @@ class _Conn:
         self.send_lock = trio.Lock()
 
 
-class SipServer:
+class SipServer(FrontEndServer):
+    backlog = 512
+    timestamps = True  # SO_TIMESTAMP: requests that waited past T1 are dropped unread
+
     def __init__(
         self,
         proxy: Proxy,
@@ -85,13 +88,11 @@ class SipServer:
         config: SipTransportConfig | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        super().__init__(bind)
         self.proxy = proxy
-        self.bind = bind
         self.config = config or SipTransportConfig()
         self.replicate = replicate
         self._clock = clock
-        self.bound: tuple[str, int] | None = None
-        self._sockets: tuple[stdsocket.socket, stdsocket.socket] | None = None
         self._udp: trio.socket.SocketType | None = None
         self._udp_std: stdsocket.socket | None = None
         self._nursery: trio.Nursery | None = None
@@ -124,56 +125,22 @@ class SipServer:
 
     # ------------------------------------------------------------ lifecycle
 
-    def open(self) -> tuple[str, int]:
-        """Bind UDP and TCP on the same port now (port 0: one the kernel picks for both), so
-        the caller knows the address before serving. Returns it; BindError otherwise."""
-        if self._sockets is None:
-            bound = bind_front_end(self.bind, backlog=512, timestamps=True)
-            udp = bound.udp
-            self._sockets = (udp, bound.tcp)
-            self.bound = bound.addr
-        assert self.bound is not None
-        return self.bound
+    def _serving(self, nursery: trio.Nursery, udp: stdsocket.socket) -> None:
+        self._nursery = nursery
+        self._udp_std = udp
+        self._udp = trio.socket.from_stdlib_socket(udp)
 
-    def close(self) -> None:
-        if self._sockets is not None:
-            for sock in self._sockets:
-                sock.close()
-            self._sockets = None
-
-    async def serve(
-        self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Serve until cancelled (binding first if `open()` was not called)."""
-        self.open()
-        assert self._sockets is not None and self.bound is not None
-        udp_std, tcp_std = self._sockets
-        udp = trio.socket.from_stdlib_socket(udp_std)
-        tcp = trio.socket.from_stdlib_socket(tcp_std)
-        self._udp = udp
-        self._udp_std = udp_std
-        listener = trio.SocketListener(tcp)
-        try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                nursery.start_soon(self._udp_loop, udp)
-                nursery.start_soon(self._accept_loop, listener)
-                task_status.started(self.bound)
-        finally:
-            self._nursery = None
-            self._udp_std = None
-            udp.close()
-            tcp.close()
-            self._sockets = None
+    def _stopped(self) -> None:
+        self._nursery = None
+        self._udp_std = None
+        self._udp = None
 
     # ------------------------------------------------------------ UDP
 
-    async def _udp_loop(self, udp: trio.socket.SocketType) -> None:
+    async def _udp_loop(self, sock: stdsocket.socket) -> None:
         """Wait until the socket is readable, then drain it without a trio checkpoint per
         datagram (up to RECV_BURST, then yield): a checkpoint costs about as much as parsing a
         REGISTER, so this loop is where the per-message overhead goes."""
-        sock = self._udp_std
-        assert sock is not None
         handle = self.proxy.handle
         clock = self._clock
         stats = self.stats
