@@ -45,6 +45,7 @@ from .membership._events import (
     MemberSuspected,
     MemberUpdated,
     NameConflict,
+    Rejected,
 )
 from .membership._keyring import Keyring, KeyringFileError
 from .membership._member import Addr, Member
@@ -442,6 +443,14 @@ class Agent:
             )
         elif isinstance(ev, KeyringChanged):
             log.info("keyring changed", op=ev.op, key_id=ev.key_id)
+        elif isinstance(ev, Rejected):
+            log.warning(
+                "packets rejected",
+                reason=ev.reason,
+                count=ev.count,
+                last_from=format_hostport(ev.addr) if ev.addr is not None else None,
+                detail=ev.detail,
+            )
         else:  # pragma: no cover - a newer event type
             log.info("membership event", event_type=type(ev).__name__)
 

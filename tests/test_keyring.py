@@ -28,7 +28,7 @@ def test_seal_open_round_trip() -> None:
     ring = Keyring([K1])
     for data in (b"", b"x", b"hello gossip" * 100):
         sealed = ring.seal(data, LABEL)
-        assert sealed[0] == 0x01
+        assert sealed[0] == 0x02
         assert len(sealed) == len(data) + SEAL_OVERHEAD
         assert ring.open(sealed, LABEL) == data
 
@@ -39,8 +39,8 @@ def test_nonce_is_fresh_per_message() -> None:
 
 
 def test_nonce_source_makes_sealing_deterministic() -> None:
-    a = Keyring([K1], nonce_source=lambda n: b"\x07" * n)
-    b = Keyring([K1], nonce_source=lambda n: b"\x07" * n)
+    a = Keyring([K1], nonce_source=lambda n: b"\x07" * n, clock=lambda: 1000.0)
+    b = Keyring([K1], nonce_source=lambda n: b"\x07" * n, clock=lambda: 1000.0)
     sealed = a.seal(b"data", LABEL)
     assert sealed == b.seal(b"data", LABEL)
     assert sealed[1:13] == b"\x07" * 12
@@ -86,7 +86,9 @@ def test_unknown_envelope_version() -> None:
     ring = Keyring([K1])
     sealed = ring.seal(b"data", LABEL)
     with pytest.raises(SealError, match="wrong envelope"):
-        ring.open(b"\x02" + sealed[1:], LABEL)
+        ring.open(b"\x03" + sealed[1:], LABEL)
+    with pytest.raises(SealError, match="without a timestamp"):
+        ring.open(b"\x01" + sealed[1:], LABEL)
 
 
 def test_plaintext_packet_to_sealed_cluster() -> None:
@@ -326,3 +328,60 @@ def test_missing_and_binary_files(tmp_path: Path) -> None:
     with pytest.raises(KeyringFileError):
         Keyring.load(tmp_path)  # a folder
     assert issubclass(KeyringFileError, ValueError)
+
+
+# ---------------------------------------------------------------- replay window
+
+
+class Clock:
+    def __init__(self, t: float = 1_000_000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_a_replayed_envelope_is_refused_once_opened() -> None:
+    clock = Clock()
+    sender, receiver = Keyring([K1], clock=clock), Keyring([K1], clock=clock)
+    sealed = sender.seal(b"alive", LABEL)
+    assert receiver.open(sealed, LABEL) == b"alive"
+    with pytest.raises(SealError, match="replayed"):
+        receiver.open(sealed, LABEL)
+    # Another receiver has not seen it: each node keeps its own window.
+    assert Keyring([K1], clock=clock).open(sealed, LABEL) == b"alive"
+
+
+def test_envelopes_outside_the_window_are_refused_as_stale_or_future() -> None:
+    clock = Clock()
+    sender, receiver = Keyring([K1], clock=clock), Keyring([K1], clock=clock)
+    old = sender.seal(b"x", LABEL)
+    clock.t += 31
+    with pytest.raises(SealError, match="stale by 31 s"):
+        receiver.open(old, LABEL)
+    future = Keyring([K1], clock=lambda: clock.t + 45).seal(b"x", LABEL)
+    with pytest.raises(SealError, match="in the future"):
+        receiver.open(future, LABEL)
+    # Within the window either way: opened.
+    near = Keyring([K1], clock=lambda: clock.t - 29).seal(b"x", LABEL)
+    assert receiver.open(near, LABEL) == b"x"
+
+
+def test_the_replay_cache_is_bounded_and_refuses_what_it_forgot() -> None:
+    clock = Clock()
+    sender = Keyring([K1], clock=clock)
+    receiver = Keyring([K1], clock=clock, replay_cache=100)
+    early = [sender.seal(b"%d" % i, LABEL) for i in range(5)]
+    clock.t += 1
+    for i in range(150):
+        clock.t += 0.01
+        receiver.open(sender.seal(b"%d" % i, LABEL), LABEL)
+    assert len(receiver._seen) <= 100
+    # The first ones were forgotten; an envelope stamped that early cannot be told from a
+    # replay any more, so it is refused rather than opened twice.
+    with pytest.raises(SealError, match=r"replay cache full|replayed"):
+        receiver.open(early[0], LABEL)
+    # Entries older than the window leave on their own.
+    clock.t += 31
+    receiver.open(sender.seal(b"late", LABEL), LABEL)
+    assert len(receiver._seen) == 1

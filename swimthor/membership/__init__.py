@@ -17,6 +17,7 @@ from ._events import (
     MemberSuspected,
     MemberUpdated,
     NameConflict,
+    Rejected,
 )
 from ._keyring import Keyring, KeyringFileError, SealError
 from ._member import Addr, Member, State
@@ -41,6 +42,7 @@ __all__ = [
     "Membership",
     "NameConflict",
     "QueryError",
+    "Rejected",
     "SealError",
     "State",
     "StreamRequest",

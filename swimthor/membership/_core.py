@@ -49,6 +49,7 @@ from ._events import (
     MemberSuspected,
     MemberUpdated,
     NameConflict,
+    Rejected,
 )
 from ._keyring import SEAL_OVERHEAD, Keyring, SealError, unwrap_plain, wrap_plain
 from ._lifeguard import Awareness, Suspicion, expected_confirmations, suspicion_timeouts
@@ -93,6 +94,8 @@ _FINAL = "final"  # a suspicion ran out unconfirmed: one last look before declar
 
 # How long a summary heard from a member counts as current for `status`.
 _SUMMARY_FRESH_PERIODS = 3
+# Refused packets are reported (a Rejected event) at most this often per reason.
+REJECTED_EVERY = 10.0
 _RTT_ALPHA = 0.2
 _PUSH_PULL_SUMMARIES = 128
 
@@ -266,6 +269,10 @@ class Membership:
         self._leave_wakeup: float | None = None  # wake the driver once the leave is complete
         self._leave_at = 0.0
         self._conflict: NameConflict | None = None
+        # Rejections not yet reported, by reason: (count, last address, last detail), and
+        # when each reason was last reported (see `Rejected`).
+        self._rejections: dict[str, tuple[int, Addr | None, str]] = {}
+        self._rejections_said: dict[str, float] = {}
         self.stats: dict[str, int] = {
             k: 0
             for k in (
@@ -275,7 +282,10 @@ class Membership:
                 "bytes_out",
                 "messages_in",
                 "rejected_seal",
+                "rejected_replay",
+                "rejected_stale",
                 "rejected_decode",
+                "deaths_doubted",
                 "unknown_messages",
                 "misdirected",
                 "pings_sent",
@@ -506,13 +516,14 @@ class Membership:
         self.stats["bytes_in"] += len(data)
         try:
             plain = self._open(data)
-        except SealError:
-            self.stats["rejected_seal"] += 1
+        except SealError as e:
+            self._refused_seal(e, addr, now)
             return
         try:
             packet = decode_packet(plain)
-        except DecodeError:
+        except DecodeError as e:
             self.stats["rejected_decode"] += 1
+            self._rejected("malformed", addr, str(e), now)
             return
         self.stats["unknown_messages"] += packet.unknown
         sender = self._members.get(packet.sender)
@@ -526,13 +537,14 @@ class Membership:
         """Server side of a TCP exchange: one request frame in, one reply frame out."""
         try:
             plain = self._open(payload)
-        except SealError:
-            self.stats["rejected_seal"] += 1
+        except SealError as e:
+            self._refused_seal(e, addr, now)
             return None
         try:
             msg = decode_stream(plain, self.config.max_stream_size)
         except DecodeError as e:
             self.stats["stream_rejected"] += 1
+            self._rejected("malformed stream", addr, str(e), now)
             return self._seal(encode_stream(StreamError(str(e))))
         reply: StreamMessage
         if isinstance(msg, PushPull) and not msg.reply:
@@ -980,6 +992,16 @@ class Membership:
         if d.name == self.name and not self._leaving:
             self._refute(d.incarnation, now)
             return
+        if self._doubt_death(d, m, now):
+            self.stats["deaths_doubted"] += 1
+            self._rejected(
+                "death of a member heard from just now",
+                None,
+                f"{d.origin} says {d.name} died; taken as a suspicion",
+                now,
+            )
+            self._apply_suspect(Suspect(d.name, d.incarnation, d.origin), now)
+            return
         susp = self._suspects.pop(d.name, None)
         self._queue_broadcast(d.name, d)
         m.state = State.LEFT if left else State.DEAD
@@ -1000,6 +1022,37 @@ class Membership:
                     confirmations=susp.suspicion.confirmations if susp is not None else 0,
                 )
             )
+
+    def _refused_seal(self, e: SealError, addr: Addr, now: float) -> None:
+        counter = {"replay": "rejected_replay", "stale": "rejected_stale"}.get(e.kind)
+        self.stats[counter or "rejected_seal"] += 1
+        self._rejected({"seal": "unsealed"}.get(e.kind, e.kind), addr, str(e), now)
+
+    def _rejected(self, reason: str, addr: Addr | None, detail: str, now: float) -> None:
+        """Count a refused packet; report each reason at most every REJECTED_EVERY seconds
+        (a `Rejected` event with the count since the last report)."""
+        count = self._rejections.get(reason, (0, None, ""))[0] + 1
+        self._rejections[reason] = (count, addr, detail)
+        said = self._rejections_said.get(reason)
+        if said is None or now - said >= REJECTED_EVERY:
+            self._rejections_said[reason] = now
+            del self._rejections[reason]
+            self._emit(Rejected(reason, count, addr, detail[:200]))
+
+    def _doubt_death(self, d: Dead, m: Member, now: float) -> bool:
+        """Whether to take another member's word that `m` died as a suspicion instead: we
+        heard from `m` itself more recently than any real failure could have been declared
+        (a suspicion lasts at least its minimum after the failed probe, and the dead member
+        is silent all that time). A forged or mistaken death then costs a ping (our own
+        suspect check, which lets `m` refute at once) instead of a failure, a routing
+        change and a handoff on every node."""
+        if d.origin in (d.name, self.name) or d.name in self._suspects:
+            return False
+        cfg = self.config
+        lo, _ = suspicion_timeouts(
+            self.num_live(), cfg.suspicion_mult, cfg.suspicion_max_timeout_mult, cfg.probe_interval
+        )
+        return now - m.last_heard < max(lo, cfg.suspicion_min_floor)
 
     def _answer_accusation(self, addr: Addr) -> None:
         """Someone sent us news that we are suspect or dead: answer it directly with our

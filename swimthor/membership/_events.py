@@ -86,4 +86,18 @@ class KeyringChanged:
     key_id: str
 
 
-Event = MemberEvent | JoinFailed | Joined | KeyringChanged
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """Gossip packets or stream frames this node refused for one reason (a wrong key or
+    label, a replay, a stale stamp, a malformed packet, a forged death ...): `count` of them
+    since the last such event for that reason, the last from `addr`. At most one event per
+    reason every `REJECTED_EVERY` seconds, so a flood of garbage is a line every few seconds
+    in the log, not a line per packet."""
+
+    reason: str
+    count: int
+    addr: Addr | None
+    detail: str
+
+
+Event = MemberEvent | JoinFailed | Joined | KeyringChanged | Rejected

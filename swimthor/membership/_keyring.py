@@ -5,11 +5,20 @@ flag day (install the new key everywhere, `use` it everywhere, then `remove` the
 
 Envelopes (the first byte is the envelope version):
 
-* ``0x01`` sealed: ``0x01 || nonce(12) || ciphertext || tag(16)``, with
+* ``0x02`` sealed: ``0x02 || nonce(12) || ciphertext || tag(16)``, with
   ``b"swimthor/1 " + label`` as associated data, so a packet of another cluster (other label)
-  does not open even under the same key.
+  does not open even under the same key. The plaintext starts with the sender's wall clock
+  (milliseconds, 8 bytes) for the replay window below.
+* ``0x01`` sealed without that timestamp (before replay protection): no longer opened.
 * ``0x00`` plaintext, only when the cluster runs ``--insecure`` (no keyring):
   ``0x00 || len(label) || label || plaintext``, so a node with the wrong label is still rejected.
+
+Replay window (as kinship's): an envelope stamped more than `replay_window` seconds (30) away
+from our clock is refused as stale, and one whose nonce was already opened within the window is
+refused as replayed. The nonces are kept for the window, at most `REPLAY_CACHE` of them; when
+more arrive than that, the oldest go and envelopes stamped before them are refused too (the
+window shrinks under load rather than letting a replay through). Cluster hosts need clocks
+within the window of each other (NTP).
 
 Keys are stored as a small JSON file ``{"primary": "<base64>", "keys": ["<base64>", ...]}``
 written atomically with mode 0600; a file holding just one base64 key (what
@@ -23,8 +32,11 @@ import binascii
 import contextlib
 import hashlib
 import json
+import math
 import os
 import tempfile
+import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,15 +47,25 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 KEY_SIZE = 32
 NONCE_SIZE = 12
 TAG_SIZE = 16
-SEALED = 0x01
+STAMP_SIZE = 8
+SEALED = 0x02
+SEALED_UNSTAMPED = 0x01
 PLAIN = 0x00
-SEAL_OVERHEAD = 1 + NONCE_SIZE + TAG_SIZE
+SEAL_OVERHEAD = 1 + NONCE_SIZE + TAG_SIZE + STAMP_SIZE
+REPLAY_WINDOW = 30.0
+REPLAY_CACHE = 200_000
 MAX_LABEL = 255
 _AD_PREFIX = b"swimthor/1 "
 
 
 class SealError(Exception):
-    """A packet or frame could not be opened; `str()` is a short reason for logs and counters."""
+    """A packet or frame could not be opened; `str()` is a short reason for logs, `kind` one
+    word for counters: "seal" (no key opens it, a wrong envelope or label, cut short),
+    "replay" (opened before) or "stale" (stamped outside the replay window)."""
+
+    def __init__(self, reason: str, kind: str = "seal") -> None:
+        super().__init__(reason)
+        self.kind = kind
 
 
 class KeyringFileError(ValueError):
@@ -96,9 +118,13 @@ class Keyring:
         primary: bytes | None = None,
         *,
         nonce_source: Callable[[int], bytes] = os.urandom,
+        clock: Callable[[], float] = time.time,
+        replay_window: float = REPLAY_WINDOW,
+        replay_cache: int = REPLAY_CACHE,
     ) -> None:
         """`primary` defaults to ``keys[0]`` and is installed if `keys` lacks it.
-        `nonce_source(n)` returns n nonce bytes (random by default; fixed in tests)."""
+        `nonce_source(n)` returns n nonce bytes (random by default; fixed in tests); `clock`
+        is the wall clock that stamps and checks envelopes."""
         checked = [_check_key(k) for k in keys]
         if primary is not None:
             checked.insert(0, _check_key(primary))
@@ -111,6 +137,12 @@ class Keyring:
                 self._ciphers[k] = ChaCha20Poly1305(k)
         self._primary = checked[0]
         self._nonce_source = nonce_source
+        self._clock = clock
+        self.replay_window = replay_window
+        self._replay_cache = replay_cache
+        self._seen: set[bytes] = set()
+        self._seen_order: deque[tuple[float, bytes]] = deque()
+        self._floor = -math.inf  # stamps at or before this may have left the cache
 
     def __repr__(self) -> str:
         ids = ", ".join(self.key_id(k) for k in self.keys)
@@ -129,22 +161,27 @@ class Keyring:
     # ------------------------------------------------------------ sealing
 
     def seal(self, data: bytes, label: str) -> bytes:
-        """`data` sealed under the primary key: ``0x01 || nonce || ciphertext+tag``."""
+        """`data` sealed under the primary key, stamped with our clock:
+        ``0x02 || nonce || ciphertext+tag``."""
         ad = _AD_PREFIX + _label_bytes(label)
         nonce = self._nonce_source(NONCE_SIZE)
         if len(nonce) != NONCE_SIZE:
             raise ValueError(f"nonce source gave {len(nonce)} bytes, not {NONCE_SIZE}")
-        sealed = self._ciphers[self._primary].encrypt(nonce, data, ad)
+        stamp = max(0, int(self._clock() * 1000)).to_bytes(STAMP_SIZE, "big")
+        sealed = self._ciphers[self._primary].encrypt(nonce, stamp + data, ad)
         return b"".join([bytes([SEALED]), nonce, sealed])
 
     def open(self, data: bytes, label: str) -> bytes:
         """The plaintext of a sealed envelope: the primary is tried first, then every other
-        installed key. SealError when the envelope is wrong or no key opens it."""
+        installed key. SealError when the envelope is wrong, no key opens it, or it is stale
+        or a replay (the reason says which)."""
         ad = _AD_PREFIX + _label_bytes(label)
         if not data:
             raise SealError("truncated")
         if data[0] == PLAIN:
             raise SealError("plaintext packet but cluster is sealed")
+        if data[0] == SEALED_UNSTAMPED:
+            raise SealError("envelope without a timestamp (a sender older than replay checks)")
         if data[0] != SEALED:
             raise SealError("wrong envelope")
         if len(data) < SEAL_OVERHEAD:
@@ -153,10 +190,36 @@ class Keyring:
         body = bytes(data[1 + NONCE_SIZE :])
         for key in self.keys:
             try:
-                return self._ciphers[key].decrypt(nonce, body, ad)
+                plain = self._ciphers[key].decrypt(nonce, body, ad)
             except InvalidTag:
                 continue
+            self._check_replay(nonce, int.from_bytes(plain[:STAMP_SIZE], "big") / 1000)
+            return plain[STAMP_SIZE:]
         raise SealError("no key opens it")
+
+    def _check_replay(self, nonce: bytes, stamp: float) -> None:
+        now = self._clock()
+        skew = now - stamp
+        if abs(skew) > self.replay_window:
+            what = "stale" if skew > 0 else "stamped in the future"
+            raise SealError(
+                f"{what} by {abs(skew):.0f} s (replay window {self.replay_window:.0f} s; "
+                "are the hosts' clocks in sync?)",
+                "stale",
+            )
+        if nonce in self._seen:
+            raise SealError("replayed", "replay")
+        if stamp <= self._floor:
+            raise SealError("too old to tell from a replay (replay cache full)", "stale")
+        seen, order = self._seen, self._seen_order
+        horizon = now - self.replay_window
+        while order and (order[0][0] < horizon or len(order) >= self._replay_cache):
+            old_stamp, old = order.popleft()
+            seen.discard(old)
+            if old_stamp >= horizon:
+                self._floor = max(self._floor, old_stamp)
+        seen.add(nonce)
+        order.append((stamp, nonce))
 
     # ------------------------------------------------------------ rotation
 

@@ -33,6 +33,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from swimthor.control import ControlError
+
 BENCH = Path(__file__).resolve().parent.parent.parent / "bench"
 DOMAIN = "example.com"
 GOSSIP_PORT = 7946
@@ -68,7 +70,14 @@ def wait_until(cond: Callable[[], bool], timeout: float, what: str, interval: fl
         try:
             if cond():
                 return time.monotonic() - start
-        except (AssertionError, OSError, ValueError, KeyError, subprocess.SubprocessError) as e:
+        except (
+            AssertionError,
+            OSError,
+            ValueError,
+            KeyError,
+            subprocess.SubprocessError,
+            ControlError,  # an agent not listening yet, or busy
+        ) as e:
             last = e
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last error: {last})")
