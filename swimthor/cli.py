@@ -106,6 +106,18 @@ def _ttl_arg(text: str) -> int:
     return int(text)
 
 
+def _rate_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 10_000_000 or value != value:
+        raise argparse.ArgumentTypeError(
+            f"a rate is a number of requests a second >= 0, not {text!r}"
+        )
+    return value
+
+
 def _replicas_arg(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 16:
         raise argparse.ArgumentTypeError(f"replicas must be a whole number 1..16, not {text!r}")
@@ -234,6 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="owners that hold each address-of-record's bindings (default 2)",
     )
     j.add_argument(
+        "--sip-rate-limit",
+        type=_rate_arg,
+        metavar="N",
+        help="SIP requests/s allowed per source address, 0 for no limit (default 100)",
+    )
+    j.add_argument(
         "--dns",
         metavar="HOST:PORT",
         type=_dns_hostport_arg,
@@ -242,6 +260,12 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--dns-zone", metavar="ZONE", help="the zone (default: the first --domain)")
     j.add_argument(
         "--dns-ttl", type=_ttl_arg, metavar="SECONDS", help="TTL of every answer (default 5)"
+    )
+    j.add_argument(
+        "--dns-rate-limit",
+        type=_rate_arg,
+        metavar="N",
+        help="DNS queries/s allowed per source address, 0 for no limit (default 1000)",
     )
     sealing = j.add_mutually_exclusive_group()
     sealing.add_argument("--key-file", metavar="PATH", help="cluster keyring (JSON or one key)")
@@ -428,6 +452,7 @@ def _apply_sip_flags(cfg: AgentConfig, args: argparse.Namespace) -> None:
             ("--sip", args.sip),
             ("--domain", args.domain),
             ("--sip-replicas", args.sip_replicas),
+            ("--sip-rate-limit", args.sip_rate_limit),
         )
         if value is not None
     ]
@@ -443,6 +468,9 @@ def _apply_sip_flags(cfg: AgentConfig, args: argparse.Namespace) -> None:
         sip.domains = [d.lower().rstrip(".") for d in args.domain]
     if args.sip_replicas is not None:
         sip.replicas = args.sip_replicas
+    if args.sip_rate_limit is not None:
+        sip.rate_limit = args.sip_rate_limit
+        sip.rate_burst = max(sip.rate_burst, 3 * args.sip_rate_limit)
     _check_sip(sip)
     cfg.sip = sip
 
@@ -452,7 +480,11 @@ def _apply_dns_flags(cfg: AgentConfig, args: argparse.Namespace) -> None:
     if args.dns is None and cfg.dns is None:
         given = [
             flag
-            for flag, value in (("--dns-zone", args.dns_zone), ("--dns-ttl", args.dns_ttl))
+            for flag, value in (
+                ("--dns-zone", args.dns_zone),
+                ("--dns-ttl", args.dns_ttl),
+                ("--dns-rate-limit", args.dns_rate_limit),
+            )
             if value is not None
         ]
         if given:
@@ -465,6 +497,9 @@ def _apply_dns_flags(cfg: AgentConfig, args: argparse.Namespace) -> None:
         dns.zone = args.dns_zone
     if args.dns_ttl is not None:
         dns.ttl = args.dns_ttl
+    if args.dns_rate_limit is not None:
+        dns.rate_limit = args.dns_rate_limit
+        dns.rate_burst = max(dns.rate_burst, 2 * args.dns_rate_limit)
     _check_dns(dns, cfg.sip)
     cfg.dns = dns
 

@@ -229,6 +229,13 @@ class SipConfig:
     max_connections: int = 1024
     tcp_idle: float = 300.0
     tcp_message_time: float = 10.0
+    # Flood guard (pike-like): requests a second per source address, and the burst it may
+    # reach; 0 turns it off. The cluster's own members and `rate_exempt` networks (an edge
+    # proxy or SBC that carries many phones) are never limited. A phone sends a few requests
+    # a minute; 100/s is a misbehaving or hostile source.
+    rate_limit: float = 100.0
+    rate_burst: float = 300.0
+    rate_exempt: list[str] = field(default_factory=list)
 
 
 _SIP_KEYS: dict[str, type | tuple[type, ...]] = {
@@ -245,6 +252,9 @@ _SIP_KEYS: dict[str, type | tuple[type, ...]] = {
     "max_connections": int,
     "tcp_idle": (int, float),
     "tcp_message_time": (int, float),
+    "rate_limit": (int, float),
+    "rate_burst": (int, float),
+    "rate_exempt": list,
 }
 
 
@@ -266,6 +276,18 @@ def check_sip(cfg: SipConfig) -> None:
             raise ConfigError(f"sip: {name} must be > 0")
     if cfg.max_connections < 1:
         raise ConfigError("sip: max_connections must be >= 1")
+    _check_rate("sip", cfg.rate_limit, cfg.rate_burst, cfg.rate_exempt)
+
+
+def _check_rate(what: str, rate: float, burst: float, exempt: list[str]) -> None:
+    from .ratelimit import RateLimit
+
+    if not all(isinstance(n, str) for n in exempt):
+        raise ConfigError(f"{what}: rate_exempt must be a list of networks (CIDR strings)")
+    try:
+        RateLimit(rate, burst, tuple(exempt)).check(what)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 DEFAULT_DNS_PORT = 8053  # not 53, so no root is needed (docs/dns.md: how to serve on 53)
@@ -287,6 +309,12 @@ class DnsConfig:
     # TCP (RFC 7766): connections open at once, and seconds a connection may idle.
     max_connections: int = 256
     tcp_idle: float = 10.0
+    # Flood guard: queries a second per source address (0: off), and the burst. A resolver
+    # asks once per TTL per name; 1000/s from one address is a flood (or a resolver farm to
+    # put in `rate_exempt`).
+    rate_limit: float = 1000.0
+    rate_burst: float = 2000.0
+    rate_exempt: list[str] = field(default_factory=list)
 
 
 _DNS_KEYS: dict[str, type | tuple[type, ...]] = {
@@ -296,6 +324,9 @@ _DNS_KEYS: dict[str, type | tuple[type, ...]] = {
     "ttl": int,
     "max_connections": int,
     "tcp_idle": (int, float),
+    "rate_limit": (int, float),
+    "rate_burst": (int, float),
+    "rate_exempt": list,
 }
 
 
@@ -322,6 +353,7 @@ def check_dns(cfg: DnsConfig, sip: SipConfig | None) -> None:
         raise ConfigError("dns: max_connections must be >= 1")
     if not cfg.tcp_idle > 0:
         raise ConfigError("dns: tcp_idle must be > 0")
+    _check_rate("dns", cfg.rate_limit, cfg.rate_burst, cfg.rate_exempt)
 
 
 def dns_from_toml(table: dict[str, object], base: DnsConfig | None) -> DnsConfig:

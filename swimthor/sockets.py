@@ -20,6 +20,7 @@ import structlog
 import trio
 
 from .config import format_hostport
+from .ratelimit import RateLimit, SourceLimiter
 
 __all__ = [
     "FRONT_END_BUFFER",
@@ -60,6 +61,9 @@ TRANSIENT_RECV_ERRNOS = frozenset(
 )
 # Kernel buffers of a front-end's UDP socket: a burst of a few thousand datagrams waits there.
 FRONT_END_BUFFER = 4 << 20
+
+# How often a front-end logs what its rate limit dropped.
+REPORT_EVERY = 10.0
 
 # Port 0: tries at a free port for both UDP and TCP (the kernel's pick for TCP may be taken
 # for UDP).
@@ -228,11 +232,14 @@ class FrontEndServer:
 
     backlog = 128
     timestamps = False
+    what = "front-end"  # for log lines
 
-    def __init__(self, bind: Addr) -> None:
+    def __init__(self, bind: Addr, limiter: SourceLimiter | None = None) -> None:
         self.bind = bind
         self.bound: Addr | None = None
         self._sockets: tuple[stdsocket.socket, stdsocket.socket] | None = None
+        # The per-source flood guard (disabled unless a rate is configured).
+        self.limiter = limiter if limiter is not None else SourceLimiter(RateLimit())
 
     def open(self) -> Addr:
         """Bind UDP and TCP on the same port now (port 0: one the kernel picks for both), so
@@ -261,12 +268,27 @@ class FrontEndServer:
                 self._serving(nursery, udp)
                 nursery.start_soon(self._udp_loop, udp)
                 nursery.start_soon(self._accept_loop, listener)
+                if self.limiter.enabled:
+                    nursery.start_soon(self._report_drops)
                 task_status.started(self.bound)
         finally:
             self._stopped()
             udp.close()
             tcp.close()
             self._sockets = None
+
+    async def _report_drops(self) -> None:
+        """A log line every REPORT_EVERY seconds while the rate limit drops anything."""
+        while True:
+            await trio.sleep(REPORT_EVERY)
+            total, top = self.limiter.report()
+            if total:
+                log.warning(
+                    f"{self.what} requests over the per-source rate limit dropped",
+                    count=total,
+                    top=", ".join(f"{src} {n}" for src, n in top),
+                    limit=f"{self.limiter.rate:g}/s burst {self.limiter.burst:g}",
+                )
 
     def _serving(self, nursery: trio.Nursery, udp: stdsocket.socket) -> None:
         """Hook: serving starts in `nursery`."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from swimthor.ratelimit import SourceLimiter
 from swimthor.sip import Peer, Proxy, ProxySettings, SipServer, SipTransportConfig
 
 DOMAIN = "example.com"
@@ -42,11 +43,13 @@ class Node:
 
 @asynccontextmanager
 async def sip_node(
-    config: SipTransportConfig | None = None, host: str = "127.0.0.1"
+    config: SipTransportConfig | None = None,
+    host: str = "127.0.0.1",
+    limiter: SourceLimiter | None = None,
 ) -> AsyncIterator[Node]:
     """One node serving UDP and TCP on a kernel-chosen port; it owns every AOR itself, so a
     REGISTER is applied locally and answered at once."""
-    server = SipServer(proxy=None, bind=(host, 0), config=config)  # type: ignore[arg-type]
+    server = SipServer(proxy=None, bind=(host, 0), config=config, limiter=limiter)  # type: ignore[arg-type]
     _, port = server.open()
     me = Peer("n1", host, port)
     settings = ProxySettings("n1", host, port, frozenset({DOMAIN}))

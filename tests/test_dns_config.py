@@ -114,3 +114,34 @@ def test_a_front_end_port_in_use_is_one_error_line_naming_it(flag: str, tmp_path
     assert r.stderr.strip() == (
         f"swimthor: error: cannot bind {flag[2:].upper()} 127.0.0.1:{port}: address already in use"
     )
+
+
+def test_rate_limit_flags_and_tables() -> None:
+    cfg = parse_join(
+        [*SIP, "--dns", "127.0.0.1", "--dns-rate-limit", "50", "--sip-rate-limit", "0"]
+    )
+    assert cfg.dns is not None and cfg.sip is not None
+    assert (cfg.dns.rate_limit, cfg.dns.rate_burst) == (50.0, 2000.0)
+    assert cfg.sip.rate_limit == 0.0
+    cfg = parse_join([*SIP, "--sip-rate-limit", "2000"])
+    assert cfg.sip is not None and (cfg.sip.rate_limit, cfg.sip.rate_burst) == (2000.0, 6000.0)
+    assert parse_join(SIP).sip.rate_limit == 100.0  # type: ignore[union-attr]
+    with pytest.raises(ConfigError, match="--sip-rate-limit need --role sip"):
+        parse_join(["--sip-rate-limit", "5"])
+
+
+def test_rate_limit_settings_are_checked(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    for table, bad, message in [
+        ("sip", 'rate_exempt = ["nope"]', "bad network"),
+        ("sip", "rate_limit = -3", "must be >= 0"),
+        ("dns", "rate_limit = 10\nrate_burst = 0", "rate_burst must be >= 1"),
+    ]:
+        zone = '\nzone = "example.com"' if table == "dns" else ""
+        path.write_text(
+            'roles = ["sip"]\n[sip]\ndomains = ["example.com"]\n'
+            + (f"[dns]{zone}\n{bad}\n" if table == "dns" else f"{bad}\n")
+        )
+        argv = ["--config", str(path)] + (["--dns", "127.0.0.1"] if table == "dns" else [])
+        with pytest.raises(ConfigError, match=message):
+            parse_join(argv)

@@ -15,12 +15,14 @@ from __future__ import annotations
 import errno
 import functools
 import socket as stdsocket
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import structlog
 import trio
 
+from ..ratelimit import SourceLimiter
 from ..sockets import TRANSIENT_RECV_ERRNOS, FrontEndServer, serve_listener
 from ._zone import Zone
 
@@ -40,12 +42,17 @@ class DnsTransportConfig:
 
 
 class DnsServer(FrontEndServer):
+    what = "dns"
     backlog = 256
 
     def __init__(
-        self, zone: Zone, bind: tuple[str, int], config: DnsTransportConfig | None = None
+        self,
+        zone: Zone,
+        bind: tuple[str, int],
+        config: DnsTransportConfig | None = None,
+        limiter: SourceLimiter | None = None,
     ) -> None:
-        super().__init__(bind)
+        super().__init__(bind, limiter)
         self.zone = zone
         self.config = config or DnsTransportConfig()
         self._open_conns = 0
@@ -61,6 +68,7 @@ class DnsServer(FrontEndServer):
             "tcp_bad_frames": 0,
             "send_errors": 0,
             "handler_errors": 0,
+            "rate_limited": 0,
         }
 
     # ------------------------------------------------------------ UDP
@@ -68,6 +76,9 @@ class DnsServer(FrontEndServer):
     async def _udp_loop(self, sock: stdsocket.socket) -> None:
         respond = self.zone.respond
         stats = self.stats
+        limit = self.limiter.enabled
+        allow = self.limiter.allow
+        clock = time.monotonic
         while True:
             try:
                 await trio.lowlevel.wait_readable(sock)
@@ -85,6 +96,9 @@ class DnsServer(FrontEndServer):
                         return
                     raise
                 stats["udp_received"] += 1
+                if limit and not allow(addr[0], clock()):
+                    stats["rate_limited"] += 1
+                    continue
                 try:
                     answer = respond(data)
                 except Exception:
@@ -120,6 +134,10 @@ class DnsServer(FrontEndServer):
         started: float | None = None
         cfg = self.config
         try:
+            peer = str(stream.socket.getpeername()[0])
+        except OSError:
+            peer = "?"
+        try:
             while True:
                 deadline = trio.current_time() + cfg.tcp_idle
                 if started is not None:
@@ -142,6 +160,9 @@ class DnsServer(FrontEndServer):
                         message = bytes(buf[2 : 2 + length])
                         del buf[: 2 + length]
                         self.stats["tcp_received"] += 1
+                        if self.limiter.enabled and not self.limiter.allow(peer, time.monotonic()):
+                            self.stats["rate_limited"] += 1
+                            continue
                         try:
                             answer = self.zone.respond(message, tcp=True)
                         except Exception:

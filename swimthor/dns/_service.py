@@ -16,6 +16,7 @@ import trio
 
 from ..config import DnsConfig, format_hostport, parse_hostport
 from ..membership._member import Member, State
+from ..ratelimit import RateLimit, SourceLimiter
 from ..routing import RoutingTable
 from ._server import DnsServer, DnsTransportConfig
 from ._zone import Node, Zone
@@ -53,9 +54,14 @@ class DnsService:
                 max_connections=config.max_connections,
                 tcp_idle=config.tcp_idle,
             ),
+            SourceLimiter(
+                RateLimit(config.rate_limit, config.rate_burst, tuple(config.rate_exempt)),
+                trusted=self._is_member_host,
+            ),
         )
         self._advertise_host = config.advertise_host or advertise_host
         self._members: dict[str, Member] = {}
+        self._member_hosts: set[str] = set()
         self.advertised: tuple[str, int] | None = None
 
     def open(self) -> tuple[str, int]:
@@ -63,6 +69,10 @@ class DnsService:
         bound = self.server.open()
         self.advertised = (self._advertise_host, bound[1])
         return self.advertised
+
+    def _is_member_host(self, host: str) -> bool:
+        """Whether `host` is a live member's address (never rate-limited)."""
+        return host in self._member_hosts
 
     def _owners(self, aor: str) -> list[str]:
         return [r.name for r in self.routing.owners(aor, self.replicas, SIP_ROLE)]
@@ -84,7 +94,11 @@ class DnsService:
         self.zone.routing_changed()
 
     def _rebuild(self) -> None:
-        self.zone.update(_node(m) for m in self._members.values())
+        nodes = [_node(m) for m in self._members.values()]
+        self.zone.update(nodes)
+        self._member_hosts = {n.host for n in nodes} | {
+            str(m.addr[0]) for m in self._members.values()
+        }
 
     # ------------------------------------------------------------ run
 

@@ -27,6 +27,7 @@ from typing import Any
 import structlog
 import trio
 
+from ..ratelimit import SourceLimiter
 from ..sockets import (
     SO_TIMESTAMP,
     TRANSIENT_RECV_ERRNOS,
@@ -76,6 +77,7 @@ class _Conn:
 
 
 class SipServer(FrontEndServer):
+    what = "sip"
     backlog = 512
     timestamps = True  # SO_TIMESTAMP: requests that waited past T1 are dropped unread
 
@@ -87,8 +89,9 @@ class SipServer(FrontEndServer):
         replicate: ReplicateFn | None = None,
         config: SipTransportConfig | None = None,
         clock: Callable[[], float] = time.time,
+        limiter: SourceLimiter | None = None,
     ) -> None:
-        super().__init__(bind)
+        super().__init__(bind, limiter)
         self.proxy = proxy
         self.config = config or SipTransportConfig()
         self.replicate = replicate
@@ -121,6 +124,7 @@ class SipServer(FrontEndServer):
             "replication_overload": 0,
             "unresolved": 0,
             "udp_stale_dropped": 0,
+            "rate_limited": 0,
         }
 
     # ------------------------------------------------------------ lifecycle
@@ -144,6 +148,8 @@ class SipServer(FrontEndServer):
         handle = self.proxy.handle
         clock = self._clock
         stats = self.stats
+        limit = self.limiter.enabled
+        allow = self.limiter.allow
         while True:
             try:
                 await trio.lowlevel.wait_readable(sock)
@@ -161,6 +167,10 @@ class SipServer(FrontEndServer):
                         return
                     raise
                 stats["udp_received"] += 1
+                now = clock()
+                if limit and not allow(addr[0], now):
+                    stats["rate_limited"] += 1
+                    continue
                 if len(data) > MAX_MESSAGE_SIZE:
                     continue
                 if anc and self._stale(anc, data):
@@ -170,7 +180,7 @@ class SipServer(FrontEndServer):
                     stats["udp_stale_dropped"] += 1
                     continue
                 try:
-                    actions = handle(data, Source("udp", addr[0], addr[1]), clock())
+                    actions = handle(data, Source("udp", addr[0], addr[1]), now)
                 except Exception:
                     stats["handler_errors"] += 1
                     log.exception("sip handler raised", source=f"{addr[0]}:{addr[1]}")
@@ -408,9 +418,13 @@ class SipServer(FrontEndServer):
             await trio.aclose_forcefully(conn.stream)
 
     async def _handle_tcp(self, data: bytes, conn: _Conn) -> None:
+        now = self._clock()
+        if self.limiter.enabled and not self.limiter.allow(conn.peer[0], now):
+            self.stats["rate_limited"] += 1
+            return
         try:
             actions = self.proxy.handle(
-                data, Source("tcp", conn.peer[0], conn.peer[1], conn.id), self._clock()
+                data, Source("tcp", conn.peer[0], conn.peer[1], conn.id), now
             )
         except Exception:
             self.stats["handler_errors"] += 1

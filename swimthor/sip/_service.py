@@ -19,6 +19,7 @@ import trio
 from ..config import SipConfig, format_hostport, parse_hostport
 from ..membership._keyring import Keyring
 from ..membership._member import Addr, Member, State
+from ..ratelimit import RateLimit, SourceLimiter
 from ..routing import RoutingTable
 from ._bindings import BindingStore
 from ._proxy import Peer, Proxy, ProxySettings
@@ -54,6 +55,7 @@ class SipService:
         self._peer_index: dict[tuple[str, int], Peer] = {}
         self._suspects: set[str] = set()
         self._gossip: dict[str, Addr] = {}
+        self._member_hosts: set[str] | None = None  # built on demand, dropped on changes
         self.store = BindingStore()
         self.server = SipServer(
             None,  # type: ignore[arg-type]  # set below, once the port is known
@@ -64,6 +66,10 @@ class SipService:
                 tcp_message_time=config.tcp_message_time,
             ),
             clock=clock,
+            limiter=SourceLimiter(
+                RateLimit(config.rate_limit, config.rate_burst, tuple(config.rate_exempt)),
+                trusted=self._is_member_host,
+            ),
         )
         self._advertise_host = config.advertise_host or advertise_host
         self._clock = clock
@@ -123,6 +129,15 @@ class SipService:
     def peer_at(self, host: str, port: int) -> Peer | None:
         return self._peer_index.get((host.lower(), port))
 
+    def _is_member_host(self, host: str) -> bool:
+        """Whether `host` is where a member's SIP or gossip lives (never rate-limited)."""
+        hosts = self._member_hosts
+        if hosts is None:
+            hosts = self._member_hosts = {p.host for p in self._peers.values()} | {
+                addr[0] for addr in self._gossip.values()
+            }
+        return host in hosts
+
     def owner_names(self, aor: str) -> list[str]:
         return [r.name for r in self.routing.owners(aor, self.config.replicas, ROLE)]
 
@@ -158,6 +173,7 @@ class SipService:
         if live is None:
             live = m.state in (State.ALIVE, State.SUSPECT)
         self._gossip[m.name] = (str(m.addr[0]), int(m.addr[1]))
+        self._member_hosts = None
         if live and m.state == State.SUSPECT:
             self._suspects.add(m.name)
         else:
