@@ -97,6 +97,7 @@ def cluster(wd: Path, n: int = 3) -> Iterator[list[Agent]]:
                 sys.executable, "-m", "swimthor", "join", "--name", a.name,
                 "--bind", f"{HOST}:{a.gossip}", "--profile", "local", "--key-file", str(key),
                 "--role", "sip", "--sip", f"{HOST}:{a.sip}", "--domain", DOMAIN,
+                "--sip-auth", "off",
                 "--dns", f"{HOST}:{a.dns}", "--control", a.sock, "--data-dir", str(wd / a.name),
                 "--log-format", "json",
             ]  # fmt: skip

@@ -178,6 +178,8 @@ class Agent:
             "tags.set": self._cmd_tags_set,
             "meta": self._cmd_meta,
             "route": self._cmd_route,
+            "subscriber.set": self._cmd_subscriber_set,
+            "subscriber.list": self._cmd_subscriber_list,
         }
 
     # ------------------------------------------------------------ properties
@@ -234,6 +236,7 @@ class Agent:
                     routing=self.routing,
                     keyring=lambda: self._core.keyring if self._core is not None else None,
                     label=cfg.label,
+                    data_dir=cfg.data_dir,
                 )
                 tags[SIP_TAG] = format_hostport(_bind_front_end("SIP", cfg.sip.bind, self.sip.open))
             if cfg.dns is not None:
@@ -519,6 +522,29 @@ class Agent:
             )
         except ValueError as e:
             raise ControlError(str(e)) from None
+
+    def _sip_or_error(self) -> SipService:
+        if self.sip is None or self.sip.proxy is None:
+            raise ControlError("this agent serves no SIP (start it with --role sip)")
+        return self.sip
+
+    async def _cmd_subscriber_set(self, args: dict[str, Any]) -> Any:
+        """Add, change or remove a subscriber: {"aor", "password"} (password null: remove)."""
+        unknown = set(args) - {"aor", "password"}
+        if unknown:
+            raise ControlError(f"unknown argument(s): {', '.join(sorted(unknown))}")
+        aor, password = args.get("aor"), args.get("password")
+        if not isinstance(aor, str) or not (password is None or isinstance(password, str)):
+            raise ControlError('"aor" must be a string and "password" a string or null')
+        try:
+            return await self._sip_or_error().set_subscriber(aor, password)
+        except (ValueError, RuntimeError) as e:
+            raise ControlError(str(e)) from None
+
+    async def _cmd_subscriber_list(self, args: dict[str, Any]) -> Any:
+        if args:
+            raise ControlError("subscriber.list takes no arguments")
+        return await self._sip_or_error().list_subscribers()
 
     async def _cmd_leave(self, args: dict[str, Any]) -> Any:
         await self._leave()

@@ -246,6 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="owners that hold each address-of-record's bindings (default 2)",
     )
     j.add_argument(
+        "--sip-auth",
+        choices=("on", "off"),
+        help="digest authentication of REGISTER and of INVITE from outside (default on; "
+        "off only for demos and tests)",
+    )
+    j.add_argument(
         "--sip-rate-limit",
         type=_rate_arg,
         metavar="N",
@@ -323,6 +329,27 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("keygen", help="print a new random cluster key (base64)")
 
     # -- keys
+    sb = sub.add_parser(
+        "subscriber", help="add, remove or list SIP subscribers (digest credentials)"
+    )
+    sbsub = sb.add_subparsers(dest="subscriber_command", metavar="ACTION", required=True)
+    sa = sbsub.add_parser(
+        "add", help="add a subscriber, or change its password (stored as HA1 hashes only)"
+    )
+    sa.add_argument("aor", metavar="AOR", help="its address-of-record, e.g. sip:alice@example.com")
+    pw = sa.add_mutually_exclusive_group()
+    pw.add_argument("--password", help="the password (visible to ps: prefer --password-file)")
+    pw.add_argument(
+        "--password-file", metavar="FILE", help="read the password from FILE's first line (- stdin)"
+    )
+    _add_client_options(sa, via=False)
+    sr = sbsub.add_parser("remove", help="remove a subscriber")
+    sr.add_argument("aor", metavar="AOR")
+    _add_client_options(sr, via=False)
+    sl = sbsub.add_parser("list", help="every subscriber of the cluster")
+    sl.add_argument("--format", choices=("text", "json"), default="text")
+    _add_client_options(sl, via=False)
+
     k = sub.add_parser("keys", help="list or rotate the cluster keys through the local agent")
     ksub = k.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
     kl = ksub.add_parser("list", help="key ids installed on the local agent")
@@ -453,6 +480,7 @@ def _apply_sip_flags(cfg: AgentConfig, args: argparse.Namespace) -> None:
             ("--domain", args.domain),
             ("--sip-replicas", args.sip_replicas),
             ("--sip-rate-limit", args.sip_rate_limit),
+            ("--sip-auth", args.sip_auth),
         )
         if value is not None
     ]
@@ -468,6 +496,8 @@ def _apply_sip_flags(cfg: AgentConfig, args: argparse.Namespace) -> None:
         sip.domains = [d.lower().rstrip(".") for d in args.domain]
     if args.sip_replicas is not None:
         sip.replicas = args.sip_replicas
+    if args.sip_auth is not None:
+        sip.auth = args.sip_auth == "on"
     if args.sip_rate_limit is not None:
         sip.rate_limit = args.sip_rate_limit
         sip.rate_burst = max(sip.rate_burst, 3 * args.sip_rate_limit)
@@ -991,6 +1021,57 @@ def _cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_password(args: argparse.Namespace) -> str:
+    if args.password is not None:
+        return str(args.password)
+    if args.password_file is not None:
+        try:
+            if args.password_file == "-":
+                text = sys.stdin.readline()
+            else:
+                with open(args.password_file, encoding="utf-8") as f:
+                    text = f.readline()
+        except OSError as e:
+            raise CommandError(f"cannot read {args.password_file}: {e.strerror or e}") from None
+        password = text.rstrip("\r\n")
+    else:
+        import getpass
+
+        try:
+            password = getpass.getpass("password: ")
+        except (EOFError, OSError):
+            raise CommandError("no password given (--password-file FILE, or a terminal)") from None
+    if not password:
+        raise CommandError("the password is empty")
+    return password
+
+
+def _cmd_subscriber(args: argparse.Namespace) -> int:
+    action = args.subscriber_command
+    if action == "list":
+        reply = _control_call(args, "subscriber.list", None)
+        if not isinstance(reply, dict) or not isinstance(reply.get("subscribers"), list):
+            raise CommandError("the agent sent an unexpected subscriber reply")
+        if args.format == "json":
+            sys.stdout.write(json.dumps(reply) + "\n")
+        else:
+            for aor in reply["subscribers"]:
+                print(aor)
+            if reply.get("unanswered"):
+                print(
+                    f"(no answer from {', '.join(map(str, reply['unanswered']))})", file=sys.stderr
+                )
+        return 0
+    password = _read_password(args) if action == "add" else None
+    reply = _control_call(args, "subscriber.set", {"aor": args.aor, "password": password})
+    if not isinstance(reply, dict):
+        raise CommandError("the agent sent an unexpected subscriber reply")
+    verb = "removed" if reply.get("removed") else "stored"
+    on = ", ".join(map(str, reply.get("on") or ()))
+    print(f"{reply.get('aor')}: {verb} on {on}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from swimthor.demo import run_demo
 
@@ -1128,6 +1209,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "meta": _cmd_meta,
     "keygen": _cmd_keygen,
     "keys": _cmd_keys,
+    "subscriber": _cmd_subscriber,
     "demo": _cmd_demo,
     "simulate": _cmd_simulate,
 }

@@ -236,6 +236,10 @@ class SipConfig:
     rate_limit: float = 100.0
     rate_burst: float = 300.0
     rate_exempt: list[str] = field(default_factory=list)
+    # Digest authentication (RFC 3261 §22, RFC 8760): REGISTER, and INVITE from outside the
+    # cluster by one of our users, must carry a subscriber's credentials (`swimthor
+    # subscriber add`). Off only for demos and tests (--sip-auth off).
+    auth: bool = True
 
 
 _SIP_KEYS: dict[str, type | tuple[type, ...]] = {
@@ -255,6 +259,7 @@ _SIP_KEYS: dict[str, type | tuple[type, ...]] = {
     "rate_limit": (int, float),
     "rate_burst": (int, float),
     "rate_exempt": list,
+    "auth": bool,
 }
 
 
@@ -377,7 +382,7 @@ def _checked_table(
             raise ConfigError(
                 f"[{name}]: unknown setting {key!r} (known: {', '.join(sorted(keys))})"
             )
-        if not isinstance(value, want) or isinstance(value, bool):
+        if not isinstance(value, want) or (isinstance(value, bool) and want is not bool):
             raise ConfigError(f"[{name}]: {key!r} has the wrong type")
     return list(table.items())
 

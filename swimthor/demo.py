@@ -112,7 +112,7 @@ def node_configs(
                 log_level="warning",
                 sip=None
                 if sip_ports is None
-                else SipConfig(bind=(HOST, sip_ports[i]), domains=[DOMAIN]),
+                else SipConfig(bind=(HOST, sip_ports[i]), domains=[DOMAIN], auth=False),
                 dns=None
                 if dns_ports is None
                 else DnsConfig(bind=(HOST, dns_ports[i]), zone=DOMAIN),

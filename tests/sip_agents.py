@@ -63,6 +63,7 @@ class Node:
             "--role", "sip",
             "--sip", f"127.0.0.1:{self.sip_port}",
             "--domain", DOMAIN,
+            "--sip-auth", "off",  # the sipp scenarios do not authenticate
         ]  # fmt: skip
         if self.dns_port is not None:
             self.argv += ["--dns", f"127.0.0.1:{self.dns_port}"]

@@ -304,6 +304,7 @@ def swimthor_cluster(wd: Path) -> Iterator[tuple[Server, list[subprocess.Popen[b
                 "--bind", f"{HOST}:{gossip[i]}",
                 "--insecure", "--profile", "local",
                 "--role", "sip", "--sip", f"{HOST}:{sip[i]}", "--domain", ZONE,
+                "--sip-auth", "off",
                 "--dns", f"{HOST}:{dns[i]}",
                 "--control", str(wd / f"{name}.sock"),
                 "--data-dir", str(wd / name),

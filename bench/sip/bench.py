@@ -113,6 +113,7 @@ def cluster(tmp: Path, n: int = 3, profile: str = "lan") -> Iterator[list[Node]]
                 "--data-dir", str(tmp / node.name),
                 "--log-format", "json", "--log-level", "warning",
                 "--role", "sip", "--sip", node.target, "--domain", DOMAIN,
+                "--sip-auth", "off",  # like for like with Kamailio (no auth there)
             ]  # fmt: skip
             if i:
                 argv.append(f"127.0.0.1:{nodes[0].gossip}")

@@ -16,14 +16,31 @@ from __future__ import annotations
 import hashlib
 import heapq
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 
-__all__ = ["MAX_FIELD_LENGTH", "Binding", "BindingStore", "aor_bucket"]
+__all__ = [
+    "MAX_FIELD_LENGTH",
+    "SUBSCRIBER_KEY",
+    "Binding",
+    "BindingStore",
+    "aor_bucket",
+    "subscriber_record",
+]
 
 # The longest text field a binding may carry on the wire (`Binding.from_wire`); the registrar
 # refuses longer ones so that whatever it stores can be replicated.
 MAX_FIELD_LENGTH = 2048
+
+# A subscriber's credentials travel and live with its bindings: a record under this key (no
+# contact URI can have it), whose `contact` is the credentials text (`_auth.Credentials`). So
+# subscribers are kept on their AOR's owners, replicated, handed off and repaired exactly as
+# bindings are; everything that deals in contacts skips it (`contacts`, `lookup`).
+SUBSCRIBER_KEY = "!subscriber"
+# A subscriber does not expire (the expiry is only there to keep the store's arithmetic one);
+# the tombstone of a removed one is kept long enough that no stale copy can come back.
+SUBSCRIBER_LIFETIME = 10 * 365 * 86_400.0
+SUBSCRIBER_TOMBSTONE = 30 * 86_400.0
 
 # Anti-entropy digests cover this many buckets of address-of-record space.
 DIGEST_BUCKETS = 64
@@ -118,8 +135,15 @@ class Binding:
 class BindingStore:
     """Bindings by address-of-record, with expiry by a heap and per-bucket digests."""
 
-    def __init__(self, max_bindings: int = 1_000_000) -> None:
+    def __init__(
+        self,
+        max_bindings: int = 1_000_000,
+        on_subscriber: Callable[[Binding], None] | None = None,
+    ) -> None:
+        """`on_subscriber(record)`: called for every subscriber record stored (the service
+        writes them to its journal, so subscribers survive a restart of every node)."""
         self.max_bindings = max_bindings
+        self.on_subscriber = on_subscriber
         self._aors: dict[str, dict[str, Binding]] = {}
         self._expiry: list[tuple[float, str, str]] = []
         self._count = 0
@@ -132,12 +156,33 @@ class BindingStore:
         return iter(list(self._aors))
 
     def all(self, aor: str) -> list[Binding]:
-        """Every binding of `aor`, tombstones included."""
+        """Every record of `aor`, tombstones and the subscriber record included (what
+        replication moves)."""
         return list(self._aors.get(aor, {}).values())
+
+    def contacts(self, aor: str) -> list[Binding]:
+        """Every contact binding of `aor`, tombstones included (not the subscriber)."""
+        return [b for b in self._aors.get(aor, {}).values() if b.key != SUBSCRIBER_KEY]
+
+    def subscriber(self, aor: str, now: float) -> Binding | None:
+        """The live subscriber record of `aor`, if any."""
+        record = self._aors.get(aor, {}).get(SUBSCRIBER_KEY)
+        return record if record is not None and record.live(now) else None
+
+    def subscribers(self, now: float) -> list[Binding]:
+        """Every live subscriber record held here."""
+        out = []
+        for contacts in self._aors.values():
+            record = contacts.get(SUBSCRIBER_KEY)
+            if record is not None and record.live(now):
+                out.append(record)
+        return out
 
     def lookup(self, aor: str, now: float) -> list[Binding]:
         """The live contacts of `aor`, highest q first, then the most recently refreshed."""
-        found = [b for b in self._aors.get(aor, {}).values() if b.live(now)]
+        found = [
+            b for b in self._aors.get(aor, {}).values() if b.live(now) and b.key != SUBSCRIBER_KEY
+        ]
         found.sort(key=lambda b: (-b.q, -b.stamp))
         return found
 
@@ -162,6 +207,8 @@ class BindingStore:
         contacts[binding.key] = binding
         heapq.heappush(self._expiry, (binding.expires_at, binding.aor, binding.key))
         self.stats["stored"] += 1
+        if binding.key == SUBSCRIBER_KEY and self.on_subscriber is not None:
+            self.on_subscriber(binding)
         return True
 
     def merge(self, bindings: Iterable[Binding], now: float) -> list[Binding]:
@@ -214,3 +261,23 @@ class BindingStore:
         return replace(
             binding, removed=True, stamp=stamp, origin=origin, call_id=call_id, cseq=cseq
         )
+
+
+def subscriber_record(
+    aor: str, credentials: str, *, stamp: float, origin: str, removed: bool = False
+) -> Binding:
+    """The store record of a subscriber (`credentials`: `_auth.Credentials.to_text()`), or
+    its tombstone."""
+    return Binding(
+        aor=aor,
+        contact="" if removed else credentials,
+        key=SUBSCRIBER_KEY,
+        expires_at=stamp + (SUBSCRIBER_TOMBSTONE if removed else SUBSCRIBER_LIFETIME),
+        q=0.0,
+        call_id="",
+        cseq=0,
+        source=f"admin:{origin}",
+        stamp=stamp,
+        origin=origin,
+        removed=removed,
+    )

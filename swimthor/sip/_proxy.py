@@ -31,6 +31,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from ._auth import Credentials, Verifier, challenges, parse_credentials
 from ._bindings import Binding, BindingStore
 from ._message import (
     MAX_MESSAGE_SIZE,
@@ -119,6 +120,24 @@ class Replicate:
 
 
 @dataclass(frozen=True, slots=True)
+class FetchCredentials:
+    """A caller's credentials live on its AOR's owners, not here: fetch the subscriber
+    record of `aor` from `owners` (into `Proxy.credentials`), then handle `data` from
+    `source` again."""
+
+    aor: str
+    owners: list[str]
+    data: bytes
+    source: Source
+
+
+Action = Send | Replicate | FetchCredentials
+
+# How long a caller's credentials fetched from its owners are kept by another node.
+CREDENTIALS_CACHE = 60.0
+
+
+@dataclass(frozen=True, slots=True)
 class Peer:
     """A live member with the sip role, as the proxy needs it."""
 
@@ -137,6 +156,9 @@ class ProxySettings:
     policy: RegistrarPolicy = field(default_factory=RegistrarPolicy)
     retry_after: int = 5  # seconds, on 503
     server_header: str = "swimthor"
+    # Digest authentication (RFC 3261 §22): REGISTER, and INVITE from outside the cluster
+    # whose caller is one of our domains, must carry a subscriber's credentials.
+    auth: bool = False
 
 
 def _h(*parts: str, size: int = 8) -> str:
@@ -194,6 +216,10 @@ class Proxy:
         self._peer_at = peer_at or self._scan_peers
         self.store = store if store is not None else BindingStore()
         self.txns = ResponseCache()
+        # Digest authentication, when settings.auth: set by the service (it knows the keys).
+        self.verifier: Verifier | None = None
+        # Callers' credentials fetched from their owners: aor -> (record or None, until).
+        self.credentials: dict[str, tuple[Credentials | None, float]] = {}
         self.stats: dict[str, int] = {
             "requests": 0,
             "responses": 0,
@@ -205,6 +231,9 @@ class Proxy:
             "retransmissions": 0,
             "relayed": 0,
             "replication_failed": 0,
+            "challenged": 0,
+            "auth_failed": 0,
+            "authenticated": 0,
         }
         self._me = f"{settings.host}:{settings.port}".lower()
         # Our sent-by and Record-Route, formatted once (an IPv6 host in brackets).
@@ -215,7 +244,7 @@ class Proxy:
 
     # ---------------------------------------------------------------- entry point
 
-    def handle(self, data: bytes, source: Source, now: float) -> list[Send | Replicate]:
+    def handle(self, data: bytes, source: Source, now: float) -> list[Action]:
         if not data.strip(b"\r\n"):
             return []  # keep-alive (RFC 5626 §3.5.1 CRLF): nothing to do
         if data.startswith(b"SIP/2.0 ") and source.transport == "udp":
@@ -243,7 +272,7 @@ class Proxy:
 
     def _answer_unparsed(
         self, data: bytes, source: Source, reason: str, status: int = 400
-    ) -> list[Send | Replicate]:
+    ) -> list[Action]:
         """A request that failed a check after its Via was read: answer 400 with the reason,
         built from the raw headers we could read."""
         try:
@@ -295,7 +324,7 @@ class Proxy:
         status: int,
         reason: str,
         headers: Iterable[tuple[str, str]] = (),
-    ) -> list[Send | Replicate]:
+    ) -> list[Action]:
         if request.method == "ACK":
             return []  # never answer an ACK (§17.2.1)
         self.stats["answered"] += 1
@@ -352,7 +381,7 @@ class Proxy:
 
     # ---------------------------------------------------------------- responses
 
-    def _relay_fast(self, data: bytes) -> list[Send | Replicate] | None:
+    def _relay_fast(self, data: bytes) -> list[Action] | None:
         """The common response on its way back, without a full parse: a well-formed status
         line, our Via alone on the first Via line, the next hop alone on the next Via line.
         Our line is cut out and the rest goes on byte for byte (§16.7 step 3, §16.11).
@@ -398,7 +427,7 @@ class Proxy:
         self.stats["forwarded"] += 1
         return [Send("udp", host, port, out)]
 
-    def _response(self, response: Response) -> list[Send | Replicate]:
+    def _response(self, response: Response) -> list[Action]:
         vias = response.vias
         top = vias[0]
         if not (top.branch or "").startswith(BRANCH_PREFIX):
@@ -429,7 +458,7 @@ class Proxy:
 
     # ---------------------------------------------------------------- requests
 
-    def _request(self, request: Request, source: Source, now: float) -> list[Send | Replicate]:
+    def _request(self, request: Request, source: Source, now: float) -> list[Action]:
         _stamp_received(request, source)
         key = transaction_key(request)
         if key is not None and request.method != "ACK":
@@ -488,6 +517,14 @@ class Proxy:
                 return self._reply(request, source, now, 482, "Loop Detected")
 
         from_peer = self._is_peer(source, request)
+        if method == "ACK" and request.to_tag == self._tag(request):
+            return []  # the ACK of a non-2xx answer we made ourselves (a 407, a 480 ...)
+        if self.settings.auth and method == "INVITE" and not from_peer and request.to_tag is None:
+            caller = self._local_caller(request)
+            if caller is not None:
+                refused = self._authenticate(request, source, now, caller, proxy=True)
+                if refused is not None:
+                    return refused
         # §16.4: route information preprocessing.
         routes = request.get_all("route")
         record_routed = False
@@ -575,7 +612,7 @@ class Proxy:
 
     def _bad_extension(
         self, request: Request, header: str, source: Source, now: float
-    ) -> list[Send | Replicate] | None:
+    ) -> list[Action] | None:
         """420 with Unsupported when `header` (Require or Proxy-Require) names an extension we
         do not support (§8.2.2.3, §16.3 step 5); None when it names none."""
         unsupported = [opt for opt in request.get_all(header) if opt not in SUPPORTED_EXTENSIONS]
@@ -585,7 +622,7 @@ class Proxy:
             request, source, now, 420, "Bad Extension", [("unsupported", ", ".join(unsupported))]
         )
 
-    def _no_owner(self, request: Request, source: Source, now: float) -> list[Send | Replicate]:
+    def _no_owner(self, request: Request, source: Source, now: float) -> list[Action]:
         """No live member owns the AOR: 503 with Retry-After (§21.5.4), try again later."""
         return self._reply(
             request,
@@ -609,7 +646,7 @@ class Proxy:
         max_forwards: int,
         loop: _LoopHash,
         from_peer: bool,
-    ) -> list[Send | Replicate]:
+    ) -> list[Action]:
         refused = self._bad_extension(request, "require", source, now)
         if refused is not None:
             return refused
@@ -634,6 +671,10 @@ class Proxy:
                 add_rr=False,
                 loop=loop,
             )
+        if self.settings.auth:
+            refused = self._authenticate(request, source, now, aor, proxy=False)
+            if refused is not None:
+                return refused
         self.stats["registers"] += 1
         where = f"{source.transport}:{source.host}:{source.port}"
         outcome = register(
@@ -679,6 +720,86 @@ class Proxy:
             )
         ]
 
+    # ---------------------------------------------------------------- authentication
+
+    def _local_caller(self, request: Request) -> str | None:
+        """The AOR of the caller (From) when its domain is one of ours, else None."""
+        try:
+            uri = request.from_addr.uri
+        except ValueError:
+            return None
+        aor = aor_of(uri)
+        if aor is None or uri.host.lower().rstrip(".") not in self.settings.domains:
+            return None
+        return aor
+
+    def remember_credentials(self, aor: str, record: Binding | None, now: float) -> None:
+        """What an owner answered for a caller's subscriber record, kept a minute (bounded)."""
+        if len(self.credentials) >= 10_000:
+            self.credentials = {a: c for a, c in self.credentials.items() if c[1] > now}
+            if len(self.credentials) >= 10_000:
+                self.credentials.clear()
+        creds = _credentials(record) if record is not None and record.live(now) else None
+        self.credentials[aor] = (creds, now + CREDENTIALS_CACHE)
+
+    def _credentials_of(self, aor: str, now: float) -> Credentials | bool | None:
+        """The subscriber's credentials: from our store when we own the AOR, else from what
+        was fetched (cached a minute); False when they must be fetched first."""
+        record = self.store.subscriber(aor, now)
+        if record is not None:
+            return _credentials(record)
+        cached = self.credentials.get(aor)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        names = [p.name for p in self._owners(aor, self.settings.replicas)]
+        if self.settings.name in names or not names:
+            return None  # we are an owner (or nobody is): there is no such subscriber
+        return False
+
+    def _authenticate(
+        self, request: Request, source: Source, now: float, aor: str, *, proxy: bool
+    ) -> list[Action] | None:
+        """None when the request carries good credentials of `aor`'s subscriber; else the
+        answer: a 401 (REGISTER) or 407 (INVITE) challenge, or a fetch of the credentials."""
+        assert self.verifier is not None, "settings.auth needs a verifier"
+        realm = aor.rsplit("@", 1)[1]
+        user = aor[len("sip:") :].rsplit("@", 1)[0]
+        header = "proxy-authorization" if proxy else "authorization"
+        params = None
+        for value in request.get_all(header):
+            candidate = parse_credentials(value)
+            if candidate is not None and candidate.get("realm") == realm:
+                params = candidate
+                break
+        stale = False
+        if params is not None:
+            creds = self._credentials_of(aor, now)
+            if creds is False:
+                owners = [p.name for p in self._owners(aor, self.settings.replicas)]
+                return [FetchCredentials(aor, owners, request.to_bytes(), source)]
+            if params.get("username") != user:
+                creds = None  # a subscriber may only speak for itself
+            verdict = self.verifier.verify(
+                params,
+                method=request.method,
+                realm=realm,
+                credentials=creds if isinstance(creds, Credentials) else None,
+                body=request.body,
+            )
+            if verdict.ok:
+                self.stats["authenticated"] += 1
+                return None
+            self.stats["auth_failed"] += 1
+            stale = verdict.stale
+        self.stats["challenged"] += 1
+        status, reason, name = (
+            (407, "Proxy Authentication Required", "proxy-authenticate")
+            if proxy
+            else (401, "Unauthorized", "www-authenticate")
+        )
+        values = challenges(realm, self.verifier.minter, stale=stale)
+        return self._reply(request, source, now, status, reason, [(name, v) for v in values])
+
     def stand_ins(self, aor: str, count: int, tried: Iterable[str] = ()) -> list[str]:
         """Up to `count` live members, best ranked first, that are not this node and not in
         `tried` (the owners already written to): they take a copy of a write when an owner
@@ -714,7 +835,7 @@ class Proxy:
         max_forwards: int,
         loop: _LoopHash,
         from_peer: bool,
-    ) -> list[Send | Replicate]:
+    ) -> list[Action]:
         owners = self._owners(aor, self.settings.replicas)
         names = [p.name for p in owners]
         entry = not from_peer
@@ -760,7 +881,7 @@ class Proxy:
         *,
         add_rr: bool,
         loop: _LoopHash,
-    ) -> list[Send | Replicate]:
+    ) -> list[Action]:
         """§16.6 steps 3-8 for one target, then send (stateless, §16.11)."""
         if max_forwards <= 0:
             return self._reply(request, source, now, 483, "Too Many Hops")
@@ -892,3 +1013,10 @@ def _pop_first_value(message: Request | Response, name: str) -> None:
                 del message.names[i]
             message._cache.clear()
             return
+
+
+def _credentials(record: Binding) -> Credentials | None:
+    try:
+        return Credentials.from_text(record.aor[len("sip:") :].rsplit("@", 1)[0], record.contact)
+    except ValueError:
+        return None

@@ -145,7 +145,7 @@ def _register(
             # §10.3 step 6: "*" only alone and only with Expires: 0.
             if len(values) != 1 or header_expires != 0:
                 raise _Reject(400, "Wildcard Contact Needs Expires 0 And No Other Contact")
-            for held in store.all(aor):
+            for held in store.contacts(aor):
                 if held.removed:
                     continue
                 if held.call_id == call_id and cseq <= held.cseq:
@@ -166,7 +166,7 @@ def _register(
                 cseq,
             )
 
-    held_keys = {b.key for b in store.all(aor)}
+    held_keys = {b.key for b in store.all(aor)}  # the subscriber counts for the store's size
     new = sum(1 for b in changes if b.key not in held_keys)
     if new and len(store) + new > store.max_bindings:
         # The store would drop them (BindingStore.put): do not answer 200 for bindings we
@@ -210,7 +210,7 @@ def _contacts(
     call_id: str,
     cseq: int,
 ) -> list[Binding]:
-    held = {b.key: b for b in store.all(aor)}
+    held = {b.key: b for b in store.contacts(aor)}
     changes: dict[str, Binding] = {}
     for value in values:
         try:

@@ -44,7 +44,7 @@ from ..membership._keyring import Keyring, SealError, unwrap_plain, wrap_plain
 from ..membership._member import Addr
 from ..membership.runtime import FrameError, encode_frame, read_frame
 from ..routing import EpochUnavailable
-from ._bindings import Binding, BindingStore, aor_bucket
+from ._bindings import MAX_FIELD_LENGTH, SUBSCRIBER_KEY, Binding, BindingStore, aor_bucket
 
 __all__ = ["MAX_FRAME", "Replicator"]
 
@@ -53,6 +53,7 @@ log = structlog.get_logger("swimthor.sip.replication")
 PROTOCOL = 1
 MAX_FRAME = 8 << 20  # a put or diff carries at most this many bytes
 MAX_BATCH = 2_000  # bindings per put frame
+MAX_LISTED = 100_000  # subscriber AORs one node reports to `subscriber list`
 _LABEL_SUFFIX = "/sip-replica"
 
 
@@ -384,7 +385,57 @@ class Replicator:
             differ = sorted(b for b in set(ours) | set(body) if ours.get(b, 0) != body.get(b, 0))
             bindings = await self.bindings_in(peer, set(differ), now)
             return ["diff", seq, [differ, [b.to_wire() for b in bindings[: MAX_BATCH * 4]]]]
+        if kind == "sub":
+            # One AOR's subscriber record, for a node that must check a caller's credentials.
+            if not isinstance(body, str) or len(body) > MAX_FIELD_LENGTH:
+                raise ValueError("sub carries an address-of-record")
+            record = self.store.subscriber(body, now)
+            return ["sub", seq, record.to_wire() if record is not None else None]
+        if kind == "subs":
+            # Every subscriber held here (`swimthor subscriber list` asks every member).
+            held = sorted({r.aor for r in self.store.subscribers(now)})
+            return ["subs", seq, held[:MAX_LISTED]]
         raise ValueError(f"unknown request {kind!r}")
+
+    async def fetch_subscriber(self, aor: str, peers: list[str]) -> Binding | bool | None:
+        """The subscriber record of `aor` from the first of `peers` that answers: the record,
+        None if that owner holds none, False if none of them answered."""
+        for peer in peers:
+            link = self._links.get(peer)
+            if link is None:
+                link = self._links[peer] = _Link(peer)
+            reply = await self._request(link, "sub", aor)
+            if reply is None or reply[0] != "sub":
+                continue
+            if reply[1] is None:
+                return None
+            try:
+                record = Binding.from_wire(reply[1])
+            except ValueError:
+                self.stats["bad_frames"] += 1
+                continue
+            return record if record.aor == aor and record.key == SUBSCRIBER_KEY else None
+        return False
+
+    async def list_subscribers(self, peers: list[str]) -> tuple[set[str], list[str]]:
+        """Every subscriber AOR held by `peers` (asked at once); and who did not answer."""
+        found: set[str] = set()
+        silent: list[str] = []
+
+        async def ask(peer: str) -> None:
+            link = self._links.get(peer)
+            if link is None:
+                link = self._links[peer] = _Link(peer)
+            reply = await self._request(link, "subs", None)
+            if reply is None or reply[0] != "subs" or not isinstance(reply[1], list):
+                silent.append(peer)
+                return
+            found.update(a for a in reply[1] if isinstance(a, str))
+
+        async with trio.open_nursery() as nursery:
+            for peer in peers:
+                nursery.start_soon(ask, peer)
+        return found, silent
 
     # ------------------------------------------------------------ ownership
 

@@ -36,7 +36,7 @@ from ..sockets import (
     serve_listener,
 )
 from ._message import MAX_MESSAGE_SIZE
-from ._proxy import Proxy, Replicate, Send, Source
+from ._proxy import Action, FetchCredentials, Proxy, Replicate, Send, Source
 
 __all__ = ["SipServer", "SipTransportConfig"]
 
@@ -57,6 +57,7 @@ class SipTransportConfig:
     tcp_message_time: float = 10.0  # seconds to finish a message once it has started
     connect_timeout: float = 2.0
     max_pending_replications: int = 20_000
+    max_pending_fetches: int = 1_000
     dns_cache_time: float = 30.0
     # A request that waited in the socket longer than this is dropped unread: its sender has
     # retransmitted by then (RFC 3261 timer E/A start at T1 = 0.5 s).
@@ -64,6 +65,8 @@ class SipTransportConfig:
 
 
 ReplicateFn = Callable[[list[Any], list[str]], Awaitable[set[str]]]
+# aor, owners -> the subscriber record, None (no such subscriber) or False (nobody answered).
+FetchFn = Callable[[str, list[str]], Awaitable[Any]]
 
 
 class _Conn:
@@ -95,6 +98,9 @@ class SipServer(FrontEndServer):
         self.proxy = proxy
         self.config = config or SipTransportConfig()
         self.replicate = replicate
+        # Fetches a caller's subscriber record from its owners (the replicator's).
+        self.fetch: FetchFn | None = None
+        self._fetching: set[str] = set()
         self._clock = clock
         self._udp: trio.socket.SocketType | None = None
         self._udp_std: stdsocket.socket | None = None
@@ -125,6 +131,9 @@ class SipServer(FrontEndServer):
             "unresolved": 0,
             "udp_stale_dropped": 0,
             "rate_limited": 0,
+            "credential_fetches": 0,
+            "credential_fetch_failures": 0,
+            "fetch_overload": 0,
         }
 
     # ------------------------------------------------------------ lifecycle
@@ -188,8 +197,10 @@ class SipServer(FrontEndServer):
                 for action in actions:
                     if isinstance(action, Send):
                         self._send_now(action)
-                    else:
+                    elif isinstance(action, Replicate):
                         self._start_replication(action)
+                    else:
+                        self._start_fetch(action)
             await trio.lowlevel.checkpoint()
 
     def _stale(self, anc: list[tuple[int, int, bytes]], data: bytes) -> bool:
@@ -220,12 +231,52 @@ class SipServer(FrontEndServer):
         if self._nursery is not None:
             self._nursery.start_soon(self._send, send)
 
-    async def _execute(self, actions: list[Send | Replicate]) -> None:
+    async def _execute(self, actions: list[Action]) -> None:
         for action in actions:
             if isinstance(action, Send):
                 await self._send(action)
-            else:
+            elif isinstance(action, Replicate):
                 self._start_replication(action)
+            else:
+                self._start_fetch(action)
+
+    # ------------------------------------------------------------ credentials
+
+    def _start_fetch(self, action: FetchCredentials) -> None:
+        """Fetch a caller's credentials from its owners, then handle the request again. One
+        fetch per AOR at a time: retransmissions meanwhile are left to the one in flight."""
+        if self._nursery is None or self.fetch is None or action.aor in self._fetching:
+            return
+        if len(self._fetching) >= self.config.max_pending_fetches:
+            self.stats["fetch_overload"] += 1
+            return
+        self._fetching.add(action.aor)
+        self._nursery.start_soon(self._fetch_then_handle, action)
+
+    async def _fetch_then_handle(self, action: FetchCredentials) -> None:
+        try:
+            assert self.fetch is not None
+            found = await self.fetch(action.aor, action.owners)
+        except Exception:
+            log.exception("fetching credentials raised", aor=action.aor)
+            found = False
+        finally:
+            self._fetching.discard(action.aor)
+        self.stats["credential_fetches"] += 1
+        now = self._clock()
+        if found is False:
+            # No owner answered: nothing is cached, so a retransmission tries again.
+            self.stats["credential_fetch_failures"] += 1
+            return
+        self.proxy.remember_credentials(action.aor, found, now)
+        try:
+            actions = self.proxy.handle(action.data, action.source, now)
+        except Exception:
+            self.stats["handler_errors"] += 1
+            log.exception("sip handler raised", source=f"{action.source.host}")
+            return
+        # The credentials are cached now: handling cannot ask for them again.
+        await self._execute([a for a in actions if not isinstance(a, FetchCredentials)])
 
     async def _send(self, send: Send) -> None:
         host = send.host

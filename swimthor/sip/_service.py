@@ -8,6 +8,8 @@ address-of-record are `routing.owners(aor, R, role="sip")` among them.
 
 from __future__ import annotations
 
+import math
+import os
 import random
 import time
 from collections.abc import Callable
@@ -21,11 +23,14 @@ from ..membership._keyring import Keyring
 from ..membership._member import Addr, Member, State
 from ..ratelimit import RateLimit, SourceLimiter
 from ..routing import RoutingTable
-from ._bindings import BindingStore
+from ._auth import Credentials, NonceMinter, Verifier, random_secret
+from ._bindings import SUBSCRIBER_KEY, BindingStore, subscriber_record
+from ._grammar import parse_uri
 from ._proxy import Peer, Proxy, ProxySettings
-from ._registrar import RegistrarPolicy
+from ._registrar import RegistrarPolicy, aor_of
 from ._replication import Replicator
 from ._server import SipServer, SipTransportConfig
+from ._subscribers import JOURNAL_FILE, SubscriberJournal
 
 __all__ = ["SIP_TAG", "SipService"]
 
@@ -47,6 +52,7 @@ class SipService:
         label: str,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        data_dir: str | None = None,
     ) -> None:
         self.config = config
         self.name = name
@@ -57,6 +63,9 @@ class SipService:
         self._gossip: dict[str, Addr] = {}
         self._member_hosts: set[str] | None = None  # built on demand, dropped on changes
         self.store = BindingStore()
+        # Subscribers survive restarts: journaled in the data directory (none: memory only).
+        self.journal = SubscriberJournal(os.path.join(data_dir, JOURNAL_FILE)) if data_dir else None
+        self._nonce_secret = random_secret()
         self.server = SipServer(
             None,  # type: ignore[arg-type]  # set below, once the port is known
             config.bind,
@@ -95,8 +104,11 @@ class SipService:
                 max_expires=self.config.max_expires,
                 max_contacts=self.config.max_contacts,
             ),
+            auth=self.config.auth,
         )
         self.proxy = Proxy(settings, self.owners, self.peers, self.store, self.peer_at)
+        self.proxy.verifier = Verifier(NonceMinter(self._nonce_secrets, clock=self._clock))
+        self._load_subscribers()
         self.server.proxy = self.proxy
         self.replicator = Replicator(
             self.name,
@@ -114,7 +126,91 @@ class SipService:
             rng=self._rng,
         )
         self.server.replicate = self.replicator.replicate_each
+        self.server.fetch = self.replicator.fetch_subscriber
         return advertised
+
+    def _nonce_secrets(self) -> list[bytes]:
+        """What nonces are made and checked with: the cluster keyring's keys (every node makes
+        nonces the others accept), or without one a secret of this process."""
+        ring = self._keyring()
+        return list(ring.keys) if ring is not None else [self._nonce_secret]
+
+    def _load_subscribers(self) -> None:
+        if self.journal is None:
+            return
+        records = self.journal.load()
+        now = self._clock()
+        self.store.merge(records, now)
+        self.journal.rewrite([r for r in records if r.expires_at > now])
+        if self.journal.bad_lines:
+            log.warning("subscriber journal lines skipped", count=self.journal.bad_lines)
+        self.store.on_subscriber = self.journal.append
+        loaded = sum(1 for r in records if not r.removed)
+        if loaded:
+            log.info("subscribers loaded", count=loaded, journal=str(self.journal.path))
+
+    # ------------------------------------------------------------ subscribers
+
+    def _subscriber_aor(self, aor: str) -> str:
+        """The canonical AOR of `aor` in one of our domains; ValueError otherwise."""
+        try:
+            uri = parse_uri(aor)
+        except ValueError:
+            raise ValueError(f"not a SIP address-of-record: {aor!r}") from None
+        canonical = aor_of(uri)
+        if canonical is None:
+            raise ValueError(f"an address-of-record needs a user part: {aor!r}")
+        if uri.host.lower().rstrip(".") not in {d.lower() for d in self.config.domains}:
+            raise ValueError(f"{uri.host} is not a domain served here")
+        return canonical
+
+    async def set_subscriber(self, aor: str, password: str | None) -> dict[str, Any]:
+        """Add or change (`password`) or remove (None) a subscriber: written on every live
+        owner of its AOR (a stand-in for an owner that does not confirm), journaled there.
+        ValueError for a bad AOR or password; RuntimeError when no owner took it."""
+        canonical = self._subscriber_aor(aor)
+        if password is not None and not 1 <= len(password) <= 256:
+            raise ValueError("a password is 1 to 256 characters")
+        assert self.replicator is not None
+        now = self._clock()
+        held = self.store.all(canonical)
+        last = max((b.stamp for b in held if b.key == SUBSCRIBER_KEY), default=0.0)
+        stamp = max(now, math.nextafter(last, math.inf))
+        if password is None:
+            record = subscriber_record(canonical, "", stamp=stamp, origin=self.name, removed=True)
+        else:
+            user = canonical[len("sip:") :].rsplit("@", 1)[0]
+            realm = canonical.rsplit("@", 1)[1]
+            creds = Credentials.from_password(user, realm, password).to_text()
+            record = subscriber_record(canonical, creds, stamp=stamp, origin=self.name)
+        owners = self.owner_names(canonical)
+        done: list[str] = []
+        if self.name in owners:
+            self.store.put(record)
+            done.append(self.name)
+        peers = [n for n in owners if n != self.name]
+        confirmed = await self.replicator.replicate_each([record], peers)
+        done += [n for n in peers if n in confirmed]
+        missing = len(peers) - len([n for n in peers if n in confirmed])
+        if missing:
+            stand_ins = [
+                n for n in self.proxy.stand_ins(canonical, missing, owners) if n != self.name
+            ] if self.proxy is not None else []  # fmt: skip
+            done += sorted(await self.replicator.replicate_each([record], stand_ins))
+        if self.journal is not None and self.name in done:
+            self.journal.sync()
+        if not done:
+            raise RuntimeError(f"no owner of {canonical} confirmed the change")
+        return {"aor": canonical, "removed": password is None, "owners": owners, "on": done}
+
+    async def list_subscribers(self) -> dict[str, Any]:
+        """Every subscriber of the cluster: what this node holds and what each other live
+        member says it holds; and the members that did not answer."""
+        assert self.replicator is not None
+        found = {r.aor for r in self.store.subscribers(self._clock())}
+        others = [n for n in self._peers if n != self.name]
+        theirs, silent = await self.replicator.list_subscribers(others)
+        return {"subscribers": sorted(found | theirs), "unanswered": sorted(silent)}
 
     @property
     def advertised(self) -> tuple[str, int]:

@@ -137,6 +137,7 @@ class Hosts:
             "--profile", self.profile,
             "--insecure",
             "--role", "sip", "--sip", f"{h.addr}:{SIP_PORT}", "--domain", DOMAIN,
+            "--sip-auth", "off",
             "--dns", f"{h.addr}:{DNS_PORT}",
             "--control", h.sock,
             "--data-dir", str(h.data),
