@@ -252,6 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
         "off only for demos and tests)",
     )
     j.add_argument(
+        "--sip-auth-algorithms",
+        metavar="LIST",
+        help='digest challenges in order of preference (default "SHA-256,MD5")',
+    )
+    j.add_argument(
         "--sip-rate-limit",
         type=_rate_arg,
         metavar="N",
@@ -481,6 +486,7 @@ def _apply_sip_flags(cfg: AgentConfig, args: argparse.Namespace) -> None:
             ("--sip-replicas", args.sip_replicas),
             ("--sip-rate-limit", args.sip_rate_limit),
             ("--sip-auth", args.sip_auth),
+            ("--sip-auth-algorithms", args.sip_auth_algorithms),
         )
         if value is not None
     ]
@@ -498,6 +504,8 @@ def _apply_sip_flags(cfg: AgentConfig, args: argparse.Namespace) -> None:
         sip.replicas = args.sip_replicas
     if args.sip_auth is not None:
         sip.auth = args.sip_auth == "on"
+    if args.sip_auth_algorithms is not None:
+        sip.auth_algorithms = [a.strip().upper() for a in args.sip_auth_algorithms.split(",")]
     if args.sip_rate_limit is not None:
         sip.rate_limit = args.sip_rate_limit
         sip.rate_burst = max(sip.rate_burst, 3 * args.sip_rate_limit)

@@ -240,6 +240,9 @@ class SipConfig:
     # cluster by one of our users, must carry a subscriber's credentials (`swimthor
     # subscriber add`). Off only for demos and tests (--sip-auth off).
     auth: bool = True
+    # The challenges offered, in order of preference (RFC 8760): SHA-256 first. Clients that
+    # read only the first challenge and know only MD5 (sipp 3.6, older phones) need MD5 first.
+    auth_algorithms: list[str] = field(default_factory=lambda: ["SHA-256", "MD5"])
 
 
 _SIP_KEYS: dict[str, type | tuple[type, ...]] = {
@@ -260,6 +263,7 @@ _SIP_KEYS: dict[str, type | tuple[type, ...]] = {
     "rate_burst": (int, float),
     "rate_exempt": list,
     "auth": bool,
+    "auth_algorithms": list,
 }
 
 
@@ -282,6 +286,13 @@ def check_sip(cfg: SipConfig) -> None:
     if cfg.max_connections < 1:
         raise ConfigError("sip: max_connections must be >= 1")
     _check_rate("sip", cfg.rate_limit, cfg.rate_burst, cfg.rate_exempt)
+    algorithms = cfg.auth_algorithms
+    if (
+        not algorithms
+        or len(set(algorithms)) != len(algorithms)
+        or not all(a in ("SHA-256", "MD5") for a in algorithms)
+    ):
+        raise ConfigError('sip: auth_algorithms is a list of "SHA-256" and/or "MD5", no repeats')
 
 
 def _check_rate(what: str, rate: float, burst: float, exempt: list[str]) -> None:

@@ -43,7 +43,13 @@ def swimthor(*args: str, timeout: float = 15) -> subprocess.CompletedProcess[str
 
 class Node:
     def __init__(
-        self, tmp: Path, name: str, key_file: Path, seed: int | None, dns: bool = False
+        self,
+        tmp: Path,
+        name: str,
+        key_file: Path,
+        seed: int | None,
+        dns: bool = False,
+        auth: bool = False,
     ) -> None:
         self.name = name
         self.port = _free_port()
@@ -67,6 +73,10 @@ class Node:
         ]  # fmt: skip
         if self.dns_port is not None:
             self.argv += ["--dns", f"127.0.0.1:{self.dns_port}"]
+        if auth:
+            # sipp 3.6 reads only the first challenge and knows only MD5.
+            at = self.argv.index("--sip-auth")
+            self.argv[at : at + 2] = ["--sip-auth", "on", "--sip-auth-algorithms", "MD5,SHA-256"]
         if seed is not None:
             self.argv.append(f"127.0.0.1:{seed}")
         self.p: subprocess.Popen[bytes] | None = None
@@ -110,14 +120,18 @@ def wait_until(cond: Callable[[], bool], timeout: float, what: str) -> None:
 
 
 @contextlib.contextmanager
-def cluster_of(tmp_path: Path, n: int, dns: bool = False) -> Iterator[dict[str, Node]]:
+def cluster_of(
+    tmp_path: Path, n: int, dns: bool = False, auth: bool = False
+) -> Iterator[dict[str, Node]]:
     """n SIP agents n0..n{n-1} (local profile, sealed; each with a DNS front-end if `dns`)
     converged; killed by PID at the end."""
     key_file = tmp_path / "cluster.key"
     key_file.write_text(Keyring.encode_key(Keyring.generate()) + "\n")
     key_file.chmod(0o600)
-    first = Node(tmp_path, "n0", key_file, None, dns)
-    nodes = [first] + [Node(tmp_path, f"n{i}", key_file, first.port, dns) for i in range(1, n)]
+    first = Node(tmp_path, "n0", key_file, None, dns, auth)
+    nodes = [first] + [
+        Node(tmp_path, f"n{i}", key_file, first.port, dns, auth) for i in range(1, n)
+    ]
     try:
         for node in nodes:
             node.start()

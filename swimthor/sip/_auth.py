@@ -263,13 +263,21 @@ class Verifier:
         return Verdict(True)
 
 
-def challenges(realm: str, minter: NonceMinter, *, stale: bool = False) -> list[str]:
-    """One challenge per algorithm, SHA-256 first (RFC 8760 §2.4), sharing one nonce."""
+def challenges(
+    realm: str,
+    minter: NonceMinter,
+    *,
+    stale: bool = False,
+    algorithms: tuple[str, ...] = ALGORITHMS,
+) -> list[str]:
+    """One challenge per algorithm in order of preference (RFC 8760 §2.4: SHA-256 first by
+    default), sharing one nonce. Some clients (sipp 3.6, older phones) read only the first
+    challenge and know only MD5: `algorithms` lets an operator put MD5 first for them."""
     nonce = minter.mint(realm)
     tail = ", stale=true" if stale else ""
     return [
         f'Digest realm="{realm}", nonce="{nonce}", algorithm={algorithm}, qop="auth"{tail}'
-        for algorithm in ALGORITHMS
+        for algorithm in algorithms
     ]
 
 

@@ -159,6 +159,7 @@ class ProxySettings:
     # Digest authentication (RFC 3261 §22): REGISTER, and INVITE from outside the cluster
     # whose caller is one of our domains, must carry a subscriber's credentials.
     auth: bool = False
+    auth_algorithms: tuple[str, ...] = ("SHA-256", "MD5")
 
 
 def _h(*parts: str, size: int = 8) -> str:
@@ -797,7 +798,9 @@ class Proxy:
             if proxy
             else (401, "Unauthorized", "www-authenticate")
         )
-        values = challenges(realm, self.verifier.minter, stale=stale)
+        values = challenges(
+            realm, self.verifier.minter, stale=stale, algorithms=self.settings.auth_algorithms
+        )
         return self._reply(request, source, now, status, reason, [(name, v) for v in values])
 
     def stand_ins(self, aor: str, count: int, tried: Iterable[str] = ()) -> list[str]:

@@ -105,6 +105,7 @@ class SipService:
                 max_contacts=self.config.max_contacts,
             ),
             auth=self.config.auth,
+            auth_algorithms=tuple(self.config.auth_algorithms),
         )
         self.proxy = Proxy(settings, self.owners, self.peers, self.store, self.peer_at)
         self.proxy.verifier = Verifier(NonceMinter(self._nonce_secrets, clock=self._clock))
@@ -310,11 +311,16 @@ class SipService:
 
     def status(self) -> dict[str, Any]:
         assert self.proxy is not None and self.replicator is not None
+        # Subscriber records (and their tombstones) live in the store beside the bindings.
+        held_subscribers = sum(
+            1 for aor in self.store.aors() for b in self.store.all(aor) if b.key == SUBSCRIBER_KEY
+        )
         return {
             "address": format_hostport(self.advertised),
             "domains": list(self.config.domains),
             "replicas": self.config.replicas,
-            "bindings": len(self.store),
+            "bindings": len(self.store) - held_subscribers,
+            "subscribers": held_subscribers,
             "aors": sum(1 for _ in self.store.aors()),
             "proxy": dict(self.proxy.stats),
             "transport": dict(self.server.stats),
