@@ -789,10 +789,13 @@ def format_status_text(status: Mapping[str, Any]) -> str:
             f"sip:        {_text(sip.get('address'))}  domains {domain_text}  "
             f"R={_text(sip.get('replicas'))}"
         )
-        lines.append(
+        held = (
             f"            {_text(sip.get('bindings'))} bindings of "
-            f"{_text(sip.get('aors'))} addresses-of-record held here"
+            f"{_text(sip.get('aors'))} addresses-of-record"
         )
+        if sip.get("subscribers") is not None:
+            held += f", {_text(sip.get('subscribers'))} subscribers"
+        lines.append(held + " held here")
     dns = status.get("dns")
     if isinstance(dns, Mapping):
         servers = dns.get("servers")

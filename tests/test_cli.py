@@ -449,13 +449,14 @@ def test_status_text_shows_the_sip_front_end() -> None:
         "replicas": 2,
         "bindings": 1204,
         "aors": 1200,
+        "subscribers": 900,
         "proxy": {"registers": 1300, "forwarded": 77},
         "transport": {"udp_received": 1500},
         "replication": {"puts_sent": 40},
     }
     text = format_status_text(status)
     assert "sip:        10.0.0.1:5060  domains example.com  R=2" in text
-    assert "1204 bindings of 1200 addresses-of-record held here" in text
+    assert "1204 bindings of 1200 addresses-of-record, 900 subscribers held here" in text
     assert "sip proxy:" in text and "registers=1300" in text and "puts_sent=40" in text
     assert "sip:" not in format_status_text(STATUS)
 
