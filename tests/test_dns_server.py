@@ -227,13 +227,23 @@ def check_answer(data: bytes, tcp: bool) -> None:
     DNSRecord.parse(out)  # an answer to a query dnslib reads is one dnslib reads
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    # `make fuzz` (HYPOTHESIS_PROFILE=fuzz, see conftest.py): the profile's count instead.
+    max_examples=settings().max_examples if settings.get_current_profile_name() == "fuzz" else 1500,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(st.binary(min_size=0, max_size=300), st.booleans())
 def test_fuzz_random_bytes_never_raise(data: bytes, tcp: bool) -> None:
     check_answer(data, tcp)
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    # `make fuzz` (HYPOTHESIS_PROFILE=fuzz, see conftest.py): the profile's count instead.
+    max_examples=settings().max_examples if settings.get_current_profile_name() == "fuzz" else 1500,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(
     st.sampled_from(SEED_QUERIES),
     st.lists(st.tuples(st.integers(0, 400), st.integers(0, 255)), max_size=6),
