@@ -196,6 +196,8 @@ def _parse_request(line: bytes) -> tuple[str, dict[str, Any]]:
         doc = json.loads(line)
     except (ValueError, UnicodeDecodeError) as e:
         raise ControlError(f"request is not valid JSON: {e}") from None
+    except RecursionError:
+        raise ControlError("request is nested too deeply") from None
     if not isinstance(doc, dict):
         raise ControlError('request must be a JSON object {"cmd": ..., "args": {...}}')
     cmd = doc.get("cmd")

@@ -94,6 +94,11 @@ _FINAL = "final"  # a suspicion ran out unconfirmed: one last look before declar
 
 # How long a summary heard from a member counts as current for `status`.
 _SUMMARY_FRESH_PERIODS = 3
+# Incarnations: a member raises its own by one per refutation, so news that jumps further
+# than this past what we know is forged; and the top of the wire's range is kept free so a
+# refutation always fits.
+MAX_INCARNATION = 2**63 - 1 - 2**32
+MAX_INCARNATION_STEP = 2**32
 # Refused packets are reported (a Rejected event) at most this often per reason.
 REJECTED_EVERY = 10.0
 _RTT_ALPHA = 0.2
@@ -286,6 +291,7 @@ class Membership:
                 "rejected_stale",
                 "rejected_decode",
                 "deaths_doubted",
+                "rejected_incarnation",
                 "unknown_messages",
                 "misdirected",
                 "pings_sent",
@@ -817,7 +823,28 @@ class Membership:
 
     # ------------------------------------------------------------------ state rules
 
+    def _implausible(self, name: str, incarnation: int, now: float) -> bool:
+        """Whether news about `name` carries an incarnation no member could have reached:
+        far past what we know of it (a member raises its incarnation by one per refutation),
+        or so near the top of the range that we could not refute it. Such news is forged or
+        broken; taken, it would leave us unable to answer (our refutation would not fit the
+        wire) or let one packet decide a member's fate for good."""
+        known = self._members.get(name)
+        floor = known.incarnation if known is not None else 0
+        if incarnation <= floor + MAX_INCARNATION_STEP and incarnation < MAX_INCARNATION:
+            return False
+        self.stats["rejected_incarnation"] += 1
+        self._rejected(
+            "implausible incarnation",
+            None,
+            f"{name} at incarnation {incarnation} (we know {floor})",
+            now,
+        )
+        return True
+
     def _apply_alive(self, a: Alive, now: float, *, rebroadcast: bool = True) -> None:
+        if self._implausible(a.name, a.incarnation, now):
+            return
         if a.name == self.name:
             self._alive_about_self(a, now)
             return
@@ -919,6 +946,8 @@ class Membership:
         self._refute(a.incarnation, now)
 
     def _apply_suspect(self, s: Suspect, now: float) -> None:
+        if self._implausible(s.name, s.incarnation, now):
+            return
         m = self._members.get(s.name)
         if m is None or s.incarnation < m.incarnation:
             return
@@ -977,6 +1006,8 @@ class Membership:
             self._suspect_check(m, now)
 
     def _apply_dead(self, d: Dead, now: float) -> None:
+        if self._implausible(d.name, d.incarnation, now):
+            return
         m = self._members.get(d.name)
         if m is None or d.incarnation < m.incarnation:
             return
@@ -1063,7 +1094,7 @@ class Membership:
 
     def _refute(self, incarnation: int, now: float, *, blame: bool = True) -> None:
         me = self._members[self.name]
-        me.incarnation = max(me.incarnation, incarnation) + 1
+        me.incarnation = min(max(me.incarnation, incarnation) + 1, MAX_INCARNATION)
         self._touch(me)
         self.stats["refutations"] += 1
         # Lifeguard: being suspected is a hint that we are the slow one.

@@ -50,7 +50,9 @@ _URI_RE = re.compile(
     re.IGNORECASE,
 )
 _NAME_ADDR_RE = re.compile(
-    rf"\s*((?:{_TOKEN}\s*)*|\"[^\"\\]*\")\s*<([^<>\s]+)>((?:{_GEN_PARAM})*)\s*\Z"
+    # display-name: tokens separated by whitespace (one way only to split them: `(?:T\s*)*`
+    # backtracks exponentially on a long token with no `<` after it), or a quoted string.
+    rf"\s*((?:{_TOKEN}(?:\s+{_TOKEN})*)?|\"[^\"\\]*\")\s*<([^<>\s]+)>((?:{_GEN_PARAM})*)\s*\Z"
 )
 _PARAMS_RE = re.compile(rf"(?:{_GEN_PARAM})*\s*\Z")
 _VIA_RE = re.compile(

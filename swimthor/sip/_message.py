@@ -507,7 +507,7 @@ def parse_message(data: bytes, *, datagram: bool = True) -> Request | Response:
             if not headers:
                 raise SipParseError("Bad Header Folding")
             key, value = headers[-1]
-            headers[-1] = (key, f"{value} {line.strip()}")
+            headers[-1] = (key, f"{value} {line.strip()}".strip())
             if len(headers[-1][1]) > MAX_HEADER_LENGTH:
                 raise SipParseError("Header Too Long")
             continue

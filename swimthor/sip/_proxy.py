@@ -281,14 +281,19 @@ class Proxy:
             method, uri_text, _ = head[0].split(" ", 2)
             from ._message import canonical_name
 
-            headers = []
-            names = []
+            headers: list[tuple[str, str]] = []
+            names: list[str] = []
             for line in head[1:]:
+                if line[:1] in (" ", "\t") and headers:  # folded: continues the last one
+                    key, value = headers[-1]
+                    headers[-1] = (key, f"{value} {line.strip()}".strip())
+                    continue
                 name, _, value = line.partition(":")
                 headers.append((canonical_name(name.strip()), value.strip()))
                 names.append(name.strip())
             request = Request(method, uri_text, headers, names, b"")
-            request.vias  # noqa: B018 - must parse for a response target
+            if not request.vias:
+                raise ValueError("no Via to answer to")
         except (ValueError, IndexError):
             self.stats["dropped"] += 1
             return []
@@ -393,6 +398,8 @@ class Proxy:
         end = data.find(b"\r\n\r\n")
         if end < 0:
             return None
+        if b"\r\n " in data[:end] or b"\r\n\t" in data[:end]:
+            return None  # a folded line (a Via continued on the next one): the parser unfolds
         at = data.find(b"\r\nVia: ", 0, end)
         if at < 0 or not data.startswith(self._via_prefix, at + 7):
             return None
