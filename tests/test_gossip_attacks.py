@@ -175,3 +175,41 @@ def test_a_forged_death_of_a_suspect_that_refutes_is_undone() -> None:
     assert all(net.state(c, "n1") == State.ALIVE for c in cores)
     suspected = [e for e in events_of(net, n0) if isinstance(e, MemberSuspected)]
     assert suspected
+
+
+async def test_a_live_agent_logs_what_it_refuses(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The agent turns `Rejected` events into one log line per reason, with the count."""
+    import socket
+
+    import structlog
+    import trio
+
+    from swimthor.agent import Agent
+    from swimthor.config import AgentConfig
+
+    cfg = AgentConfig(
+        name="solo",
+        bind=("127.0.0.1", 0),
+        profile="local",
+        control=str(tmp_path / "solo.sock"),
+        data_dir=str(tmp_path / "solo"),
+    )
+    agent = Agent(cfg, keyring=Keyring([KEY]), handle_signals=False)
+    with trio.fail_after(20), structlog.testing.capture_logs() as logs:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(agent.run)
+            assert agent.bound_addr is not None
+            sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            await sock.bind(("127.0.0.1", 0))
+            for _ in range(50):
+                await sock.sendto(b"\x02" + b"\x00" * 80, agent.bound_addr)
+            for _ in range(100):
+                if any(e.get("event") == "packets rejected" for e in logs):
+                    break
+                await trio.sleep(0.05)
+            sock.close()
+            nursery.cancel_scope.cancel()
+    lines = [e for e in logs if e.get("event") == "packets rejected"]
+    assert lines and lines[0]["reason"] == "unsealed" and lines[0]["log_level"] == "warning"
+    assert lines[0]["last_from"].startswith("127.0.0.1:")
+    assert agent.core.stats["rejected_seal"] == 50
