@@ -35,6 +35,15 @@ def _free_port() -> int:
         return port
 
 
+def _lost_a_port(p: subprocess.Popen[bytes], log: Path, since: int) -> bool:
+    """Whether the agent exited at once because a port it was given is in use."""
+    try:
+        p.wait(0.6)
+    except subprocess.TimeoutExpired:
+        return False
+    return "in use" in log.read_bytes()[since:].decode(errors="replace")
+
+
 def swimthor(*args: str, timeout: float = 15) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "swimthor", *args], capture_output=True, text=True, timeout=timeout
@@ -82,8 +91,22 @@ class Node:
         self.p: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        with open(self.log, "ab") as log:
-            self.p = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=log)
+        """Start the agent; if a port picked as free was taken meanwhile (by another agent's
+        ephemeral port, say), pick new ones and start again."""
+        for _ in range(4):
+            size = self.log.stat().st_size if self.log.exists() else 0
+            with open(self.log, "ab") as log:
+                self.p = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=log)
+            if not _lost_a_port(self.p, self.log, size):
+                return
+            self._new_ports()
+
+    def _new_ports(self) -> None:
+        for flag, attr in (("--bind", "port"), ("--sip", "sip_port"), ("--dns", "dns_port")):
+            if flag in self.argv:
+                port = _free_port()
+                setattr(self, attr, port)
+                self.argv[self.argv.index(flag) + 1] = f"127.0.0.1:{port}"
 
     def kill(self) -> None:
         assert self.p is not None
@@ -129,11 +152,11 @@ def cluster_of(
     key_file.write_text(Keyring.encode_key(Keyring.generate()) + "\n")
     key_file.chmod(0o600)
     first = Node(tmp_path, "n0", key_file, None, dns, auth)
-    nodes = [first] + [
-        Node(tmp_path, f"n{i}", key_file, first.port, dns, auth) for i in range(1, n)
-    ]
+    nodes = [first]
     try:
-        for node in nodes:
+        first.start()  # first: the others join through the port it really got
+        nodes += [Node(tmp_path, f"n{i}", key_file, first.port, dns, auth) for i in range(1, n)]
+        for node in nodes[1:]:
             node.start()
         wait_until(
             lambda: all(

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sip_agents import _free_port, swimthor, wait_until
+from sip_agents import _free_port, _lost_a_port, swimthor, wait_until
 
 from swimthor.membership import Keyring
 
@@ -62,8 +62,15 @@ class Proc:
         self.p: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        with open(self.log, "ab") as log:
-            self.p = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=log)
+        """Start the agent; if its gossip port was taken since it was picked, pick another."""
+        for _ in range(4):
+            size = self.log.stat().st_size if self.log.exists() else 0
+            with open(self.log, "ab") as log:
+                self.p = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=log)
+            if not _lost_a_port(self.p, self.log, size):
+                return
+            self.port = _free_port()
+            self.argv[self.argv.index("--bind") + 1] = f"127.0.0.1:{self.port}"
 
     def members(self) -> dict[str, dict[str, Any]]:
         r = swimthor("members", "--control", self.sock, "--format", "json")
@@ -86,11 +93,12 @@ def key_file(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def cluster(tmp_path: Path, key_file: Path) -> Iterator[list[Proc]]:
-    seed = _free_port()
-    procs = [Proc(tmp_path, "n0", seed, key_file, None)]
-    procs += [Proc(tmp_path, f"n{i}", _free_port(), key_file, seed) for i in range(1, N)]
+    procs = [Proc(tmp_path, "n0", _free_port(), key_file, None)]
     try:
-        for p in procs:
+        procs[0].start()  # first: the others join through the port it really got
+        seed = procs[0].port
+        procs += [Proc(tmp_path, f"n{i}", _free_port(), key_file, seed) for i in range(1, N)]
+        for p in procs[1:]:
             p.start()
         wait_until(
             lambda: all(
