@@ -144,6 +144,46 @@ def _register(user: str, via: tuple[str, int], cseq: int, branch: str) -> bytes:
     ).encode()
 
 
+async def register_with_failover(
+    sock: trio.socket.SocketType, user: str, cseq: int, ports: list[int], tries: int
+) -> int | None:
+    """REGISTER `user` until a 200 comes back: `tries` sends per port, 0.5 s apart, the
+    ports in order (as a phone fails over to the next SRV target). The index of the port
+    that answered, or None."""
+    me = sock.getsockname()
+    for i, port in enumerate(ports):
+        for attempt in range(tries):
+            await sock.sendto(
+                _register(user, me, cseq, f"{user}x{cseq}x{i}x{attempt}"), (HOST, port)
+            )
+            with trio.move_on_after(0.5):
+                while True:
+                    data, _ = await sock.recvfrom(65_535)
+                    if data.startswith(b"SIP/2.0 200") and f"CSeq: {cseq} ".encode() in data:
+                        return i
+    return None
+
+
+async def query_with_failover(
+    sock: trio.socket.SocketType, query: DNSRecord, ports: list[int], tries: int, rng: random.Random
+) -> tuple[int, DNSRecord] | None:
+    """Ask until an answer with our ID comes back, as `register_with_failover` does."""
+    for i, port in enumerate(ports):
+        for _ in range(tries):
+            query.header.id = rng.randrange(65_536)
+            await sock.sendto(bytes(query.pack()), (HOST, port))
+            with trio.move_on_after(0.5):
+                while True:
+                    data, _ = await sock.recvfrom(65_535)
+                    try:
+                        reply = DNSRecord.parse(data)
+                    except Exception:
+                        continue
+                    if reply.header.id == query.header.id:
+                        return i, reply
+    return None
+
+
 @dataclass
 class Tally:
     sent: int = 0
@@ -187,7 +227,6 @@ class Run:
     async def phone(self, n: int) -> None:
         sock = trio.socket.socket(type=trio.socket.SOCK_DGRAM)
         await sock.bind((f"127.0.1.{n + 1}", 0))
-        me = sock.getsockname()
         order = list(range(len(self.agents)))
         self.rng.shuffle(order)
         cseq = 0
@@ -197,24 +236,11 @@ class Run:
             started = trio.current_time()
             cseq += 1
             phase = self.phase()
-            ok = False
-            for attempt in range(4):  # two tries per node, then the next node
-                agent = self.agents[order[(attempt // 2) % len(order)]]
-                await sock.sendto(
-                    _register(f"phone{n}", me, cseq, f"{n}x{cseq}x{attempt}"),
-                    (HOST, agent.sip),
-                )
-                with trio.move_on_after(0.5):
-                    while True:
-                        data, _ = await sock.recvfrom(65_535)
-                        if data.startswith(b"SIP/2.0 200") and f"CSeq: {cseq} ".encode() in data:
-                            ok = True
-                            break
-                if ok:
-                    break
-                if attempt == 1:
-                    order.append(order.pop(0))  # fail over: this node goes last
-            self.sip.add(phase, ok)
+            ports = [self.agents[i].sip for i in order[:2]]
+            answered = await register_with_failover(sock, f"phone{n}", cseq, ports, tries=2)
+            if answered != 0:
+                order.append(order.pop(0))  # fail over: the silent node goes last
+            self.sip.add(phase, answered is not None)
             await trio.sleep(max(0.0, period - (trio.current_time() - started)))
         sock.close()
 
@@ -229,26 +255,13 @@ class Run:
         while trio.current_time() < end:
             started = trio.current_time()
             phase = self.phase()
-            ok = False
-            for attempt in range(4):
-                agent = self.agents[order[(attempt // 2) % len(order)]]
-                query.header.id = self.rng.randrange(65_536)
-                await sock.sendto(bytes(query.pack()), (HOST, agent.dns))
-                with trio.move_on_after(0.5):
-                    while True:
-                        data, _ = await sock.recvfrom(65_535)
-                        try:
-                            reply = DNSRecord.parse(data)
-                        except Exception:
-                            continue
-                        if reply.header.id == query.header.id:
-                            ok = reply.header.rcode == 0 and bool(reply.rr)
-                            self._check_answer(reply)
-                            break
-                if ok:
-                    break
-                if attempt == 1:
-                    order.append(order.pop(0))
+            ports = [self.agents[i].dns for i in order[:2]]
+            got = await query_with_failover(sock, query, ports, 2, self.rng)
+            ok = got is not None and got[1].header.rcode == 0 and bool(got[1].rr)
+            if got is not None:
+                self._check_answer(got[1])
+            if got is None or got[0] != 0:
+                order.append(order.pop(0))
             self.dns.add(phase, ok)
             await trio.sleep(max(0.0, period - (trio.current_time() - started)))
         sock.close()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import subprocess
 import sys
 import tempfile
@@ -30,7 +31,15 @@ import trio
 from dnslib import DNSRecord
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from faults import DOMAIN, HOST, Agent, _counters, _ports, _register
+from faults import (
+    DOMAIN,
+    HOST,
+    Agent,
+    _counters,
+    _ports,
+    query_with_failover,
+    register_with_failover,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FLOOD_HOST = "127.0.0.77"
@@ -85,26 +94,13 @@ async def _clients(agent: Agent, phones: int, rate: float, seconds: float) -> di
     async def phone(n: int) -> None:
         sock = trio.socket.socket(type=trio.socket.SOCK_DGRAM)
         await sock.bind((f"127.0.1.{n + 1}", 0))
-        me = sock.getsockname()
         cseq = 0
         while trio.current_time() < end:
             started = trio.current_time()
             cseq += 1
-            ok = False
-            for attempt in range(3):
-                await sock.sendto(
-                    _register(f"p{n}", me, cseq, f"p{n}x{cseq}x{attempt}"), (HOST, agent.sip)
-                )
-                with trio.move_on_after(0.5):
-                    while True:
-                        data, _ = await sock.recvfrom(65_535)
-                        if data.startswith(b"SIP/2.0 200") and f"CSeq: {cseq} ".encode() in data:
-                            ok = True
-                            break
-                if ok:
-                    break
+            ok = await register_with_failover(sock, f"p{n}", cseq, [agent.sip], tries=3)
             tally["sip"][0] += 1
-            tally["sip"][1] += ok
+            tally["sip"][1] += ok is not None
             await trio.sleep(max(0.0, period - (trio.current_time() - started)))
         sock.close()
 
@@ -112,22 +108,12 @@ async def _clients(agent: Agent, phones: int, rate: float, seconds: float) -> di
         sock = trio.socket.socket(type=trio.socket.SOCK_DGRAM)
         await sock.bind((f"127.0.2.{n + 1}", 0))
         q = DNSRecord.question(f"_sip._udp.{DOMAIN}", "SRV")
+        rng = random.Random(n)
         while trio.current_time() < end:
             started = trio.current_time()
-            ok = False
-            for attempt in range(3):
-                q.header.id = (n * 1000 + attempt + int(started * 10)) % 65_536
-                await sock.sendto(bytes(q.pack()), (HOST, agent.dns))
-                with trio.move_on_after(0.5):
-                    while True:
-                        data, _ = await sock.recvfrom(65_535)
-                        if data[:2] == bytes(q.pack())[:2]:
-                            ok = True
-                            break
-                if ok:
-                    break
+            got = await query_with_failover(sock, q, [agent.dns], 3, rng)
             tally["dns"][0] += 1
-            tally["dns"][1] += ok
+            tally["dns"][1] += got is not None
             await trio.sleep(max(0.0, period - (trio.current_time() - started)))
         sock.close()
 
