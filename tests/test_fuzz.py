@@ -37,9 +37,11 @@ thousands to tens of thousands of fresh random examples (about 8 minutes); by ha
 
     HYPOTHESIS_PROFILE=fuzz .venv/bin/pytest -q tests/test_fuzz.py -x
 
-Every bug found becomes a regression test in the last section of this file (marked
-``xfail(strict=True)`` until the code is fixed); until then the targets step around it (the
-KNOWN_* flags and `overflowed`) so that a long run can find the next one.
+Every bug found becomes a regression test in the last section of this file, marked
+``xfail(strict=True)`` until the code is fixed. Meanwhile the targets step around it, so that
+a long run can find the next one: a KNOWN_* flag set to True, or `overflowed`. The five
+found so far are fixed, and their flags are False; the switches stay as the way to handle the
+next one.
 """
 
 from __future__ import annotations
