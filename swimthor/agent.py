@@ -50,6 +50,7 @@ from .membership._events import (
 from .membership._keyring import Keyring, KeyringFileError
 from .membership._member import Addr, Member
 from .membership.runtime import MembershipRuntime
+from .metrics import MetricsServer
 from .routing import RoutingTable
 from .sip._service import SIP_TAG, SipService
 from .sockets import BindError, bind_sockets
@@ -167,6 +168,8 @@ class Agent:
         self.sip: SipService | None = None
         # The DNS front-end, on agents with --dns (config.dns set).
         self.dns: DnsService | None = None
+        # Prometheus metrics, on agents with --metrics.
+        self.metrics: MetricsServer | None = None
         self._commands: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {
             "members": self._cmd_members,
             "status": self._cmd_status,
@@ -314,6 +317,9 @@ class Agent:
                     await nursery.start(self.sip.run)
                 if self.dns is not None:
                     await nursery.start(self.dns.run)
+                if cfg.metrics is not None:
+                    self.metrics = MetricsServer(cfg.metrics, self.full_status)
+                    await nursery.start(self.metrics.serve)
                 if self.handle_signals and threading.current_thread() is threading.main_thread():
                     nursery.start_soon(self._watch_signals)
                 log.info(
@@ -498,6 +504,10 @@ class Agent:
         ]
 
     async def _cmd_status(self, args: dict[str, Any]) -> Any:
+        return self.full_status()
+
+    def full_status(self) -> dict[str, Any]:
+        """What `swimthor status` shows, and what the metrics are read from."""
         status = self.core.status(trio.current_time())
         status["runtime"] = dict(self.runtime.stats)
         status["routing"] = routing_status(self.routing)

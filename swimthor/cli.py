@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from swimthor.config import (
     DEFAULT_DNS_PORT,
+    DEFAULT_METRICS_PORT,
     DEFAULT_SIP_PORT,
     PROFILES,
     AgentConfig,
@@ -89,6 +90,13 @@ def _hostport_arg(text: str) -> tuple[str, int]:
 def _sip_hostport_arg(text: str) -> tuple[str, int]:
     try:
         return parse_hostport(text, DEFAULT_SIP_PORT)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _metrics_hostport_arg(text: str) -> tuple[str, int]:
+    try:
+        return parse_hostport(text, DEFAULT_METRICS_PORT)
     except ConfigError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 
@@ -278,6 +286,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="DNS queries/s allowed per source address, 0 for no limit (default 1000)",
     )
+    j.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        type=_metrics_hostport_arg,
+        help=f"serve Prometheus metrics at http://HOST:PORT/metrics (port default "
+        f"{DEFAULT_METRICS_PORT})",
+    )
     sealing = j.add_mutually_exclusive_group()
     sealing.add_argument("--key-file", metavar="PATH", help="cluster keyring (JSON or one key)")
     sealing.add_argument(
@@ -432,6 +447,7 @@ def default_data_dir() -> Path:
 
 # `join` flags copied as they are onto the AgentConfig field of the same name, when given.
 _PLAIN_FLAGS = (
+    "metrics",
     "name",
     "bind",
     "advertise",

@@ -306,6 +306,7 @@ def _check_rate(what: str, rate: float, burst: float, exempt: list[str]) -> None
         raise ConfigError(str(e)) from None
 
 
+DEFAULT_METRICS_PORT = 9464  # Prometheus' default port for exporters of this kind
 DEFAULT_DNS_PORT = 8053  # not 53, so no root is needed (docs/dns.md: how to serve on 53)
 
 
@@ -432,6 +433,8 @@ class AgentConfig:
     sip: SipConfig | None = None
     # The DNS front-end; None: this agent answers no DNS.
     dns: DnsConfig | None = None
+    # Prometheus metrics (GET /metrics); None: not served.
+    metrics: tuple[str, int] | None = None
 
     def membership(self) -> MembershipConfig:
         return dataclasses.replace(profile(self.profile), **self.membership_overrides)
@@ -486,6 +489,7 @@ _TOML_KEYS: dict[str, type | tuple[type, ...]] = {
     "membership": dict,
     "sip": dict,
     "dns": dict,
+    "metrics": str,
 }
 
 
@@ -581,6 +585,8 @@ def apply_toml(cfg: AgentConfig, data: dict[str, Any]) -> None:
             cfg.sip = sip_from_toml(value, cfg.sip)
         elif key == "dns":
             cfg.dns = dns_from_toml(value, cfg.dns)
+        elif key == "metrics" and isinstance(value, str):
+            cfg.metrics = parse_hostport(value, DEFAULT_METRICS_PORT)
         else:
             setattr(cfg, key, value)
 
