@@ -20,6 +20,7 @@ import signal
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
@@ -62,6 +63,8 @@ log = structlog.get_logger("swimthor.agent")
 KEYRING_FILE = "keyring.json"
 # Allocations (net of frees) between young-generation collections; CPython's default is 700.
 GC_THRESHOLD = 20_000
+# Membership and routing events kept in memory for `swimthor monitor --since`.
+RECENT_EVENTS = 1000
 # Objects that survived this long are moved out of the collector's sight (gc.freeze), so a full
 # collection does not walk every binding held (200,000 bindings: a 160 ms pause); every
 # GC_FULL_INTERVAL they are brought back for one full collection, so cycles that were garbage
@@ -170,6 +173,9 @@ class Agent:
         self.dns: DnsService | None = None
         # Prometheus metrics, on agents with --metrics.
         self.metrics: MetricsServer | None = None
+        # The last RECENT_EVENTS membership and routing events, for `swimthor monitor`.
+        self._recent: deque[dict[str, Any]] = deque(maxlen=RECENT_EVENTS)
+        self._event_seq = 0
         self._commands: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {
             "members": self._cmd_members,
             "status": self._cmd_status,
@@ -181,6 +187,7 @@ class Agent:
             "tags.set": self._cmd_tags_set,
             "meta": self._cmd_meta,
             "route": self._cmd_route,
+            "events": self._cmd_events,
             "subscriber.set": self._cmd_subscriber_set,
             "subscriber.list": self._cmd_subscriber_list,
         }
@@ -401,6 +408,8 @@ class Agent:
         async for event in events:
             self._log_event(event)
             moved = self.routing.handle_event(event)
+            if moved:
+                self._remember("owners changed", {"epoch": self.routing.epoch})
             if self.sip is not None and isinstance(event, MemberEvent):
                 live = not isinstance(event, MemberFailed | MemberLeft)
                 self.sip.member_changed(event.member, live and event.member.state.is_live)
@@ -417,51 +426,17 @@ class Agent:
                 await self._persist_keyring()
 
     def _log_event(self, ev: Event) -> None:
-        if isinstance(ev, MemberFailed):
-            log.warning(
-                "member failed",
-                **_member_fields(ev.member),
-                by=ev.by,
-                suspected_for=round(ev.suspected_for, 3),
-                confirmations=ev.confirmations,
-            )
-        elif isinstance(ev, MemberSuspected):
-            log.info("member suspected", **_member_fields(ev.member), by=ev.by)
-        elif isinstance(ev, MemberRecovered):
-            log.info("member recovered", **_member_fields(ev.member), previous=ev.previous)
-        elif isinstance(ev, MemberLeft):
-            log.info("member left", **_member_fields(ev.member))
-        elif isinstance(ev, MemberJoined):
-            log.info("member joined", **_member_fields(ev.member))
-        elif isinstance(ev, MemberUpdated):
-            log.info("member updated", **_member_fields(ev.member))
-        elif isinstance(ev, NameConflict):
-            log.error(
-                "name conflict: two live nodes claim one name",
-                **_member_fields(ev.member),
-                other=format_hostport(ev.other),
-            )
-        elif isinstance(ev, Joined):
-            log.info("joined the cluster", via=format_hostport(ev.via), members=ev.members)
-        elif isinstance(ev, JoinFailed):
-            log.warning(
-                "no seed answered",
-                seeds=[format_hostport(s) for s in ev.seeds],
-                attempt=ev.attempt,
-                retry_in=round(ev.retry_in, 3),
-            )
-        elif isinstance(ev, KeyringChanged):
-            log.info("keyring changed", op=ev.op, key_id=ev.key_id)
-        elif isinstance(ev, Rejected):
-            log.warning(
-                "packets rejected",
-                reason=ev.reason,
-                count=ev.count,
-                last_from=format_hostport(ev.addr) if ev.addr is not None else None,
-                detail=ev.detail,
-            )
-        else:  # pragma: no cover - a newer event type
-            log.info("membership event", event_type=type(ev).__name__)
+        """One log line per event, with its evidence; the same record goes to the recent
+        events `swimthor monitor` reads."""
+        level, what, fields = _describe(ev)
+        getattr(log, level)(what, **fields)
+        self._remember(what, fields)
+
+    def _remember(self, what: str, fields: dict[str, Any]) -> None:
+        self._event_seq += 1
+        self._recent.append(
+            {"seq": self._event_seq, "time": round(time.time(), 3), "event": what, **fields}
+        )
 
     async def _persist_keyring(self) -> None:
         ring = self.keyring
@@ -532,6 +507,27 @@ class Agent:
             )
         except ValueError as e:
             raise ControlError(str(e)) from None
+
+    async def _cmd_events(self, args: dict[str, Any]) -> Any:
+        """Recent events: {"after": seq} those after it, {"since": seconds} those of the last
+        seconds, neither: all kept (the last RECENT_EVENTS). {"events": [...], "last": seq}."""
+        unknown = set(args) - {"after", "since"}
+        if unknown:
+            raise ControlError(f"unknown argument(s): {', '.join(sorted(unknown))}")
+        after, since = args.get("after"), args.get("since")
+        if after is not None and (isinstance(after, bool) or not isinstance(after, int)):
+            raise ControlError('"after" must be an event sequence number')
+        if since is not None and (
+            isinstance(since, bool) or not isinstance(since, int | float) or since < 0
+        ):
+            raise ControlError('"since" must be a number of seconds >= 0')
+        cutoff = time.time() - since if since is not None else None
+        events = [
+            e
+            for e in self._recent
+            if (after is None or e["seq"] > after) and (cutoff is None or e["time"] >= cutoff)
+        ]
+        return {"events": events, "last": self._event_seq}
 
     def _sip_or_error(self) -> SipService:
         if self.sip is None or self.sip.proxy is None:
@@ -696,6 +692,73 @@ def routing_status(table: RoutingTable) -> dict[str, Any]:
         "epoch": table.epoch,
         "shares": {role: dict(sorted(table.shares(role).items())) for role in roles},
     }
+
+
+def _describe(ev: Event) -> tuple[str, str, dict[str, Any]]:
+    """(log level, event name, fields) of a membership event."""
+    if isinstance(ev, MemberFailed):
+        return (
+            "warning",
+            "member failed",
+            {
+                **_member_fields(ev.member),
+                "by": ev.by,
+                "suspected_for": round(ev.suspected_for, 3),
+                "confirmations": ev.confirmations,
+            },
+        )
+    if isinstance(ev, MemberSuspected):
+        return "info", "member suspected", {**_member_fields(ev.member), "by": ev.by}
+    if isinstance(ev, MemberRecovered):
+        return (
+            "info",
+            "member recovered",
+            {
+                **_member_fields(ev.member),
+                "previous": ev.previous,
+            },
+        )
+    if isinstance(ev, MemberLeft):
+        return "info", "member left", _member_fields(ev.member)
+    if isinstance(ev, MemberJoined):
+        return "info", "member joined", _member_fields(ev.member)
+    if isinstance(ev, MemberUpdated):
+        return "info", "member updated", _member_fields(ev.member)
+    if isinstance(ev, NameConflict):
+        return (
+            "error",
+            "name conflict: two live nodes claim one name",
+            {
+                **_member_fields(ev.member),
+                "other": format_hostport(ev.other),
+            },
+        )
+    if isinstance(ev, Joined):
+        return "info", "joined the cluster", {"via": format_hostport(ev.via), "members": ev.members}
+    if isinstance(ev, JoinFailed):
+        return (
+            "warning",
+            "no seed answered",
+            {
+                "seeds": [format_hostport(s) for s in ev.seeds],
+                "attempt": ev.attempt,
+                "retry_in": round(ev.retry_in, 3),
+            },
+        )
+    if isinstance(ev, KeyringChanged):
+        return "info", "keyring changed", {"op": ev.op, "key_id": ev.key_id}
+    if isinstance(ev, Rejected):
+        return (
+            "warning",
+            "packets rejected",
+            {
+                "reason": ev.reason,
+                "count": ev.count,
+                "last_from": format_hostport(ev.addr) if ev.addr is not None else None,
+                "detail": ev.detail,
+            },
+        )
+    return "info", "membership event", {"event_type": type(ev).__name__}  # a newer type
 
 
 def _member_fields(m: Member) -> dict[str, Any]:

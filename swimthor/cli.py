@@ -349,6 +349,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("keygen", help="print a new random cluster key (base64)")
 
     # -- keys
+    mo = sub.add_parser(
+        "monitor",
+        help="a live stream of membership and routing events from the local agent",
+        description="Prints the agent's membership and routing events (joined, suspected, "
+        "failed, left, recovered, owners changed, packets rejected) as they happen, until "
+        "Ctrl-C. The agent keeps the last 1000; --since shows the recent ones first.",
+    )
+    mo.add_argument(
+        "--since", type=float, metavar="SECONDS", help="first show the events of the last SECONDS"
+    )
+    mo.add_argument("--once", action="store_true", help="print what is kept and exit")
+    mo.add_argument("--format", choices=("text", "json"), default="text", help="json: one per line")
+    _add_client_options(mo, via=False)
+
     sb = sub.add_parser(
         "subscriber", help="add, remove or list SIP subscribers (digest credentials)"
     )
@@ -1073,6 +1087,52 @@ def _read_password(args: argparse.Namespace) -> str:
     return password
 
 
+def format_event(event: Mapping[str, Any]) -> str:
+    """One event as a line: time, what, then its fields."""
+    import datetime
+
+    when = datetime.datetime.fromtimestamp(float(event.get("time") or 0)).strftime("%H:%M:%S.%f")
+    fields = "  ".join(
+        f"{k}={v}" for k, v in event.items() if k not in ("seq", "time", "event") and v is not None
+    )
+    return f"{when[:-3]}  {event.get('event')}  {fields}".rstrip()
+
+
+def _cmd_monitor(args: argparse.Namespace) -> int:
+    params: dict[str, Any] = {}
+    if args.since is not None:
+        if args.since < 0:
+            raise CommandError("--since needs a number of seconds >= 0")
+        params["since"] = args.since
+    elif not args.once:
+        params["since"] = 0  # from now on
+    try:
+        return _follow_events(args, params)
+    except KeyboardInterrupt:
+        return 0
+
+
+def _follow_events(args: argparse.Namespace, params: dict[str, Any]) -> int:
+    import time as _time
+
+    last: int | None = None
+    while True:
+        query = dict(params) if last is None else {"after": last}
+        reply = _control_call(args, "events", query)
+        if not isinstance(reply, dict) or not isinstance(reply.get("events"), list):
+            raise CommandError("the agent sent an unexpected events reply")
+        for event in reply["events"]:
+            if args.format == "json":
+                sys.stdout.write(json.dumps(event) + "\n")
+            else:
+                sys.stdout.write(format_event(event) + "\n")
+        sys.stdout.flush()
+        last = int(reply.get("last") or 0)
+        if args.once:
+            return 0
+        _time.sleep(0.5)
+
+
 def _cmd_subscriber(args: argparse.Namespace) -> int:
     action = args.subscriber_command
     if action == "list":
@@ -1237,6 +1297,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "keygen": _cmd_keygen,
     "keys": _cmd_keys,
     "subscriber": _cmd_subscriber,
+    "monitor": _cmd_monitor,
     "demo": _cmd_demo,
     "simulate": _cmd_simulate,
 }
