@@ -28,6 +28,7 @@ from typing import Any
 import structlog
 import trio
 
+from . import __version__
 from . import log as swimlog
 from .config import AgentConfig, format_hostport
 from .control import ControlError, default_control_path, open_control_socket, serve_control
@@ -63,6 +64,8 @@ log = structlog.get_logger("swimthor.agent")
 KEYRING_FILE = "keyring.json"
 # Allocations (net of frees) between young-generation collections; CPython's default is 700.
 GC_THRESHOLD = 20_000
+# How often our load report (on our view summaries) is refreshed.
+LOAD_REPORT_EVERY = 2.0
 # Membership and routing events kept in memory for `swimthor monitor --since`.
 RECENT_EVENTS = 1000
 # Objects that survived this long are moved out of the collector's sight (gc.freeze), so a full
@@ -320,6 +323,7 @@ class Agent:
                         self._handle_control,
                     )
                 nursery.start_soon(self._pump_events, events)
+                nursery.start_soon(self._report_load)
                 if self.sip is not None:
                     await nursery.start(self.sip.run)
                 if self.dns is not None:
@@ -397,6 +401,23 @@ class Agent:
                         return
                     log.info("signal received: leaving", signal=signal.Signals(signum).name)
                     nursery.start_soon(self._leave_then_finish)
+
+    async def _report_load(self) -> None:
+        """Keep our load report (it rides on our view summaries) current."""
+        started = trio.current_time()
+        major, minor, patch = (int(x) for x in [*__version__.split("."), "0", "0"][:3])
+        while True:
+            load = {
+                "version": major * 10_000 + minor * 100 + patch,
+                "uptime": int(trio.current_time() - started),
+            }
+            if self.sip is not None and self.sip.proxy is not None:
+                load["sip_requests"] = self.sip.proxy.stats["requests"]
+                load["bindings"] = len(self.sip.store)
+            if self.dns is not None:
+                load["dns_queries"] = self.dns.zone.stats["queries"]
+            self.core.local_load = tuple(sorted(load.items()))
+            await trio.sleep(LOAD_REPORT_EVERY)
 
     async def _leave_then_finish(self) -> None:
         await self._leave()

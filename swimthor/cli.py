@@ -314,8 +314,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_client_options(m, via=True)
 
     # -- status
-    s = sub.add_parser("status", help="this node's health, counts and cluster convergence")
+    s = sub.add_parser(
+        "status", help="the cluster as this node sees it: every member's health, view and load"
+    )
     s.add_argument("--format", choices=("text", "json"), default="text")
+    s.add_argument(
+        "--watch",
+        nargs="?",
+        const=2.0,
+        type=float,
+        metavar="SECONDS",
+        help="refresh in place every SECONDS (default 2) until Ctrl-C",
+    )
     _add_client_options(s, via=True)
 
     # -- route
@@ -797,6 +807,9 @@ def format_status_text(status: Mapping[str, Any]) -> str:
             per = by_dc[dc]
             text = _state_counts(per) if isinstance(per, Mapping) else _text(per)
             lines.append(f"  {str(dc) + ':':<{width}} {text}")
+    cluster = status.get("cluster")
+    if isinstance(cluster, list) and cluster:
+        lines.extend(format_cluster_table(cluster))
     digest = status.get("view_digest")
     if digest:
         lines.append(f"view:       digest {str(digest)[:16]}")
@@ -864,6 +877,39 @@ def _wrapped_counters(counters: Mapping[str, Any]) -> list[str]:
     return [f"  {line}" for line in wrapped]
 
 
+def format_cluster_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Every member on one line: where it is, its state, health, whether its view matches
+    ours, and the load it reports (from its gossiped summary)."""
+    table = [["MEMBER", "DC", "STATE", "ROLES", "HEALTH", "VIEW", "SIP REQ", "BINDINGS",
+              "DNS Q", "UP"]]  # fmt: skip
+    for row in rows:
+        load = row.get("load") if isinstance(row.get("load"), Mapping) else None
+        up = load.get("uptime") if load else None
+
+        def n(key: str, load: Mapping[str, Any] | None = load) -> str:
+            return "-" if not load or load.get(key) is None else str(load[key])
+
+        table.append(
+            [
+                str(row.get("name")),
+                str(row.get("dc")),
+                str(row.get("state")),
+                ",".join(map(str, row.get("roles") or [])) or "-",
+                str(row.get("health", "?")),
+                str(row.get("view", "?")),
+                n("sip_requests"),
+                n("bindings"),
+                n("dns_queries"),
+                _age(up) if isinstance(up, int) else "-",
+            ]
+        )
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    out = ["cluster:"]
+    out += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+            for r in table]  # fmt: skip
+    return out
+
+
 def format_status_json(status: Mapping[str, Any]) -> str:
     return json.dumps(status, indent=2) + "\n"
 
@@ -920,14 +966,25 @@ def _cmd_members(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    reply = _fetch(args, "status", None)
-    if not isinstance(reply, dict):
-        raise CommandError("the agent sent an unexpected status reply")
-    if args.format == "json":
-        sys.stdout.write(format_status_json(reply))
-    else:
-        sys.stdout.write(format_status_text(reply))
-    return 0
+    import time as _time
+
+    if args.watch is not None and not 0.2 <= args.watch <= 3600:
+        raise CommandError("--watch needs 0.2 to 3600 seconds")
+    try:
+        while True:
+            reply = _fetch(args, "status", None)
+            if not isinstance(reply, dict):
+                raise CommandError("the agent sent an unexpected status reply")
+            text = format_status_json(reply) if args.format == "json" else format_status_text(reply)
+            if args.watch is not None and sys.stdout.isatty():
+                text = "\x1b[H\x1b[2J" + text  # in place: home, clear
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            if args.watch is None:
+                return 0
+            _time.sleep(args.watch)
+    except KeyboardInterrupt:
+        return 0
 
 
 def _route_via(args: argparse.Namespace) -> dict[str, Any]:

@@ -248,6 +248,9 @@ class Membership:
         self._probing: int | None = None
         self._rtt: dict[str, float] = {}
         self._summaries: dict[str, tuple[Summary, float]] = {}
+        # Our own load report, set by the agent (what serving SIP and DNS costs here); it
+        # rides on our view summaries, so every member can show every member's load.
+        self.local_load: tuple[tuple[str, int], ...] = ()
         self._summary_seq = 0
         self._digest = b""
         # Kept incrementally so nothing per packet is O(members): the live names, and the XOR
@@ -424,6 +427,7 @@ class Membership:
                 "members_disagreeing": sorted(disagree),
                 "members_unknown": sorted(unknown),
             },
+            "cluster": self._cluster_table(now, set(agree), set(disagree)),
             "rtt_ms": {dc: round(rtt * 1000, 3) for dc, rtt in sorted(self._rtt.items())},
             "protocol": PROTOCOL_VERSION,
             "sealed": self.keyring is not None,
@@ -1649,9 +1653,41 @@ class Membership:
     def _alive_of_state(s: MemberState) -> Alive:
         return Alive(s.name, s.incarnation, s.addr, s.dc, s.roles, s.weight, s.tags, s.protocol)
 
+    def _cluster_table(
+        self, now: float, agree: set[str], disagree: set[str]
+    ) -> list[dict[str, Any]]:
+        """Every member as this node knows it, with what its last summary said: health,
+        whether its view matches ours, and its load report."""
+        rows = []
+        for name in sorted(self._members):
+            m = self._members[name]
+            heard = self._summaries.get(name)
+            row: dict[str, Any] = {
+                "name": name,
+                "dc": m.dc,
+                "state": m.state.label,
+                "roles": list(m.roles),
+                "health": m.health,
+                "view": "same" if name in agree else "differs" if name in disagree else "unknown",
+            }
+            if name == self.name:
+                row["health"] = self._awareness.score
+                row["load"] = dict(self.local_load)
+            elif heard is not None:
+                row["health"] = heard[0].health
+                row["load"] = dict(heard[0].load)
+                row["heard_s_ago"] = round(now - heard[1], 1)
+            rows.append(row)
+        return rows
+
     def _own_summary(self) -> Summary:
         return Summary(
-            self.name, self._summary_seq, self._digest, self._awareness.score, self.num_live()
+            self.name,
+            self._summary_seq,
+            self._digest,
+            self._awareness.score,
+            self.num_live(),
+            self.local_load,
         )
 
     def _touch(self, m: Member) -> None:

@@ -128,6 +128,9 @@ class Summary:
     digest: bytes
     health: int
     live: int
+    # A small, bounded load report (name -> count: requests served, bindings held, uptime
+    # ...), so one `swimthor status` shows every member's load. Optional on the wire.
+    load: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +247,8 @@ def encode_message(m: Message) -> bytes:
         obj = [DEAD, m.name, m.incarnation, m.origin]
     elif isinstance(m, Summary):
         obj = [SUMMARY, m.name, m.seq, m.digest, m.health, m.live]
+        if m.load:
+            obj.append(dict(m.load))
     else:  # pragma: no cover - exhaustive
         raise TypeError(f"not a packet message: {m!r}")
     return cbor2.dumps(obj)
@@ -295,7 +300,25 @@ def _state_obj(s: MemberState) -> list[Any]:
 
 
 def _summary_obj(s: Summary) -> list[Any]:
-    return [s.name, s.seq, s.digest, s.health, s.live]
+    obj: list[Any] = [s.name, s.seq, s.digest, s.health, s.live]
+    if s.load:
+        obj.append(dict(s.load))
+    return obj
+
+
+MAX_LOAD_ENTRIES = 8
+
+
+def _load(x: Any) -> tuple[tuple[str, int], ...]:
+    """A summary's load report: at most 8 short names, each with a count."""
+    if not isinstance(x, dict) or len(x) > MAX_LOAD_ENTRIES:
+        raise DecodeError("bad load report")
+    out = []
+    for key, value in x.items():
+        if not isinstance(key, str) or not 0 < len(key) <= 16 or not key.isascii():
+            raise DecodeError("bad load report key")
+        out.append((key, _int(value, "load", 0, 2**53)))
+    return tuple(sorted(out))
 
 
 def encode_stream(m: StreamMessage) -> bytes:
@@ -490,6 +513,7 @@ def _decode_message(m: Any) -> Message | None:
             _bytes(digest, "digest", 64),
             _int(health, "health", 0, 1000),
             _int(live, "live", 0, 2**31),
+            _load(items[6]) if len(items) > 6 else (),
         )
     if t in (PUSH_PULL, PUSH_PULL_REPLY, QUERY, QUERY_REPLY, STREAM_ERROR, KEY_OP, KEY_OP_REPLY):
         raise DecodeError("stream message in a datagram")
@@ -548,6 +572,7 @@ def _decode_summary(x: Any) -> Summary:
         _bytes(digest, "digest", 64),
         _int(health, "health", 0, 1000),
         _int(live, "live", 0, 2**31),
+        _load(items[5]) if len(items) > 5 else (),
     )
 
 
