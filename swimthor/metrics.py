@@ -106,6 +106,18 @@ def collect_status(status: Mapping[str, Any]) -> Iterator[Metric]:
         yield GaugeMetricFamily(
             "swimthor_sip_aors", "addresses-of-record held here", value=sip["aors"]
         )
+        by_method = CounterMetricFamily(
+            "swimthor_sip_requests", "SIP requests received, by method", labels=["method"]
+        )
+        for method, n in sorted((sip.get("requests_by_method") or {}).items()):
+            by_method.add_metric([method], float(n))
+        yield by_method
+        by_code = CounterMetricFamily(
+            "swimthor_sip_answers", "SIP responses this node made, by status code", labels=["code"]
+        )
+        for code, n in sorted((sip.get("answers_by_code") or {}).items()):
+            by_code.add_metric([str(code)], float(n))
+        yield by_code
         for section in ("proxy", "transport", "replication"):
             for key, value in sorted((sip.get(section) or {}).items()):
                 yield _counter(
@@ -119,6 +131,18 @@ def collect_status(status: Mapping[str, Any]) -> Iterator[Metric]:
         for key, value in sorted((dns.get("answers") or {}).items()):
             answers.add_metric([key], float(value))
         yield answers
+        by_type = CounterMetricFamily(
+            "swimthor_dns_queries", "DNS queries answered, by type", labels=["qtype"]
+        )
+        for qtype, n in sorted((dns.get("by_qtype") or {}).items()):
+            by_type.add_metric([qtype], float(n))
+        yield by_type
+        by_rcode = CounterMetricFamily(
+            "swimthor_dns_responses", "DNS answers sent, by response code", labels=["rcode"]
+        )
+        for rcode, n in sorted((dns.get("by_rcode") or {}).items()):
+            by_rcode.add_metric([rcode], float(n))
+        yield by_rcode
         for key, value in sorted((dns.get("transport") or {}).items()):
             yield _counter(f"swimthor_dns_transport_{_NAME.sub('_', key)}", f"DNS: {key}", value)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import trio
+from dnslib import DNSRecord
 from prometheus_client.parser import text_string_to_metric_families
 
 from swimthor.agent import Agent
@@ -58,6 +59,20 @@ async def test_metrics_are_scraped_and_parse(tmp_path: Path) -> None:
             assert agent.bound_addr is not None
             for _ in range(3):
                 await sock.sendto(b"\x07junk", agent.bound_addr)
+            # A DNS query and a SIP OPTIONS, to be counted by type and method.
+            assert agent.dns is not None and agent.dns.advertised is not None
+            await sock.sendto(
+                bytes(DNSRecord.question("_sip._udp.example.com", "SRV").pack()),
+                ("127.0.0.1", agent.dns.advertised[1]),
+            )
+            assert agent.sip is not None
+            options = (
+                b"OPTIONS sip:example.com SIP/2.0\r\n"
+                b"Via: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bK1\r\n"
+                b"From: <sip:a@example.com>;tag=1\r\nTo: <sip:example.com>\r\nCall-ID: m1\r\n"
+                b"CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+            )
+            await sock.sendto(options, ("127.0.0.1", agent.sip.advertised[1]))
             sock.close()
             await trio.sleep(0.2)
 
@@ -74,6 +89,10 @@ async def test_metrics_are_scraped_and_parse(tmp_path: Path) -> None:
             assert ("swimthor_dns_answers_total", (("outcome", "queries"),)) in got
             assert ("swimthor_routing_epoch", ()) in got
             assert got[("swimthor_view_agreement", (("view", "agree"),))] == 1.0
+            assert got[("swimthor_dns_queries_total", (("qtype", "SRV"),))] == 1.0
+            assert got[("swimthor_dns_responses_total", (("rcode", "NOERROR"),))] == 1.0
+            assert got[("swimthor_sip_requests_total", (("method", "OPTIONS"),))] == 1.0
+            assert got[("swimthor_sip_answers_total", (("code", "200"),))] == 1.0
 
             assert (await http(addr, b"GET /nope HTTP/1.1\r\n\r\n"))[0] == 404
             assert (await http(addr, b"POST /metrics HTTP/1.1\r\n\r\n"))[0] == 405

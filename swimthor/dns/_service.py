@@ -26,6 +26,7 @@ __all__ = ["DNS_TAG", "DnsService"]
 log = structlog.get_logger("swimthor.dns")
 
 DNS_TAG = "dns"
+_RCODES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
 SIP_TAG = "sip"
 SIP_ROLE = "sip"
 
@@ -124,6 +125,8 @@ class DnsService:
             "servers": sorted(n.name for n in self.zone.nodes() if n.dns),
             "sip_targets": sorted(n.name for n in self.zone.nodes() if n.sip_port is not None),
             "answers": dict(self.zone.stats),
+            "by_qtype": dict(self.zone.by_qtype),
+            "by_rcode": {_RCODES.get(k, str(k)): v for k, v in sorted(self.zone.by_rcode.items())},
             "transport": dict(self.server.stats),
         }
 

@@ -80,6 +80,12 @@ TYPE_ANY = 255
 TYPE_AXFR = 252
 TYPE_IXFR = 251
 
+_QTYPE_NAMES = {
+    QTYPE.A: "A", QTYPE.AAAA: "AAAA", QTYPE.SRV: "SRV", QTYPE.NAPTR: "NAPTR",
+    QTYPE.SOA: "SOA", QTYPE.NS: "NS", TYPE_ANY: "ANY", QTYPE.TXT: "TXT", QTYPE.MX: "MX",
+    QTYPE.CNAME: "CNAME", QTYPE.PTR: "PTR",
+}  # fmt: skip
+
 PRIORITY_LOCAL = 10
 PRIORITY_REMOTE = 20
 PRIORITY_LAST = 30
@@ -198,6 +204,10 @@ class Zone:
             "servfail": 0,
             "dropped": 0,
         }
+        # For the metrics: answered queries by type (the common ones by name, the rest as
+        # "other", so a client cannot make the label set grow) and by response code.
+        self.by_qtype: dict[str, int] = {}
+        self.by_rcode: dict[int, int] = {}
 
     # ------------------------------------------------------------ directory
 
@@ -298,6 +308,10 @@ class Zone:
             self._cache[key] = cached
         else:
             stats["cache_hits"] += 1
+        qtype = _QTYPE_NAMES.get(query.qtype, "other")
+        self.by_qtype[qtype] = self.by_qtype.get(qtype, 0) + 1
+        rcode = cached[3] & 0xF
+        self.by_rcode[rcode] = self.by_rcode.get(rcode, 0) + 1
         end = HEADER_SIZE + len(query.qname)
         return b"".join(
             (

@@ -236,6 +236,10 @@ class Proxy:
             "auth_failed": 0,
             "authenticated": 0,
         }
+        # For the metrics: requests by method (unknown ones as "other"), and the answers
+        # this node made by status code (relayed responses are counted in `stats`).
+        self.requests_by_method: dict[str, int] = {}
+        self.answers_by_code: dict[int, int] = {}
         self._me = f"{settings.host}:{settings.port}".lower()
         # Our sent-by and Record-Route, formatted once (an IPv6 host in brackets).
         self._sent_by = f"{_uri_host(settings.host)}:{settings.port}"
@@ -264,6 +268,8 @@ class Proxy:
             self.stats["responses"] += 1
             return self._response(message)
         self.stats["requests"] += 1
+        method = message.method if message.method in _ALLOWED else "other"
+        self.requests_by_method[method] = self.requests_by_method.get(method, 0) + 1
         try:
             return self._request(message, source, now)
         except SipParseError as e:
@@ -334,6 +340,7 @@ class Proxy:
         if request.method == "ACK":
             return []  # never answer an ACK (§17.2.1)
         self.stats["answered"] += 1
+        self.answers_by_code[status] = self.answers_by_code.get(status, 0) + 1
         response = make_response(
             request,
             status,
@@ -708,6 +715,7 @@ class Proxy:
             server=self.settings.server_header,
         )
         self.stats["answered"] += 1
+        self.answers_by_code[200] = self.answers_by_code.get(200, 0) + 1
         key = transaction_key(request)
         if not peers:
             send = self._to_via(ok, request, source)

@@ -323,6 +323,8 @@ class SipService:
             "subscribers": held_subscribers,
             "aors": sum(1 for _ in self.store.aors()),
             "proxy": dict(self.proxy.stats),
+            "requests_by_method": dict(self.proxy.requests_by_method),
+            "answers_by_code": {str(k): v for k, v in sorted(self.proxy.answers_by_code.items())},
             "transport": dict(self.server.stats),
             "replication": dict(self.replicator.stats),
         }
