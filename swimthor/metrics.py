@@ -16,13 +16,18 @@ from typing import Any
 
 import structlog
 import trio
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from .sockets import serve_listener
 
-__all__ = ["MetricsServer", "collect_status"]
+__all__ = ["Latency", "MetricsServer", "collect_status"]
 
 log = structlog.get_logger("swimthor.metrics")
 
@@ -39,6 +44,48 @@ _REJECTED = {
     "stream_rejected": "malformed stream",
 }
 _NAME = re.compile(r"[^a-zA-Z0-9_]")
+
+
+# Bucket upper bounds (seconds) of the latency histograms: SIP work runs from tens of
+# microseconds (a cached answer) to a replication round trip.
+LATENCY_BUCKETS = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+)  # fmt: skip
+
+
+class Latency:
+    """A latency histogram cheap enough for the request path: a linear scan of 14 bounds."""
+
+    __slots__ = ("counts", "sum", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.total = 0
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        i = 0
+        for bound in LATENCY_BUCKETS:
+            if seconds <= bound:
+                break
+            i += 1
+        self.counts[i] += 1
+        self.total += 1
+        self.sum += seconds
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"counts": list(self.counts), "sum": self.sum, "count": self.total}
+
+
+def _histogram(name: str, doc: str, snap: Mapping[str, Any]) -> Metric:
+    family = HistogramMetricFamily(name, doc)
+    cumulative = 0
+    buckets = []
+    for bound, n in zip((*LATENCY_BUCKETS, float("inf")), snap["counts"], strict=True):
+        cumulative += n
+        buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+    family.add_metric([], buckets, sum_value=snap["sum"])
+    return family
 
 
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
@@ -118,6 +165,19 @@ def collect_status(status: Mapping[str, Any]) -> Iterator[Metric]:
         for code, n in sorted((sip.get("answers_by_code") or {}).items()):
             by_code.add_metric([str(code)], float(n))
         yield by_code
+        latency = sip.get("latency") or {}
+        if "handling" in latency:
+            yield _histogram(
+                "swimthor_sip_handling_seconds",
+                "time to handle one SIP datagram (parse, decide, send what can go at once)",
+                latency["handling"],
+            )
+        if "register" in latency:
+            yield _histogram(
+                "swimthor_sip_register_seconds",
+                "REGISTER received to 200 sent, replication to the other owners included",
+                latency["register"],
+            )
         for section in ("proxy", "transport", "replication"):
             for key, value in sorted((sip.get(section) or {}).items()):
                 yield _counter(

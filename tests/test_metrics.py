@@ -93,6 +93,12 @@ async def test_metrics_are_scraped_and_parse(tmp_path: Path) -> None:
             assert got[("swimthor_dns_responses_total", (("rcode", "NOERROR"),))] == 1.0
             assert got[("swimthor_sip_requests_total", (("method", "OPTIONS"),))] == 1.0
             assert got[("swimthor_sip_answers_total", (("code", "200"),))] == 1.0
+            # The histogram: one datagram handled, well under a second.
+            assert got[("swimthor_sip_handling_seconds_count", ())] == 1.0
+            assert got[("swimthor_sip_handling_seconds_bucket", (("le", "1.0"),))] == 1.0
+            assert got[("swimthor_sip_handling_seconds_bucket", (("le", "+Inf"),))] == 1.0
+            assert 0 < got[("swimthor_sip_handling_seconds_sum", ())] < 1.0
+            assert got[("swimthor_sip_register_seconds_count", ())] == 0.0
 
             assert (await http(addr, b"GET /nope HTTP/1.1\r\n\r\n"))[0] == 404
             assert (await http(addr, b"POST /metrics HTTP/1.1\r\n\r\n"))[0] == 405

@@ -115,6 +115,9 @@ def test_registrations_are_held_by_two_owners_each(cluster: dict[str, Node], sip
     bindings = {n.name: n.status()["sip"]["bindings"] for n in cluster.values()}
     assert sum(bindings.values()) == 600, bindings  # R = 2
     assert all(count > 0 for count in bindings.values()), bindings
+    # Each REGISTER an owner applied went to the other owner before its 200: timed.
+    timed = sum(n.status()["sip"]["latency"]["register"]["count"] for n in cluster.values())
+    assert timed == 300, timed
 
 
 def _register_uas(sipp: Sipp, node: Node, port: int) -> None:

@@ -117,6 +117,7 @@ class Replicate:
     request: Request
     source: Source
     aor: str = ""
+    received: float = 0.0  # perf_counter() when the REGISTER came in (for the metrics)
 
 
 @dataclass(frozen=True, slots=True)

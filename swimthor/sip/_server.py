@@ -27,6 +27,7 @@ from typing import Any
 import structlog
 import trio
 
+from ..metrics import Latency
 from ..ratelimit import SourceLimiter
 from ..sockets import (
     SO_TIMESTAMP,
@@ -101,6 +102,9 @@ class SipServer(FrontEndServer):
         # Fetches a caller's subscriber record from its owners (the replicator's).
         self.fetch: FetchFn | None = None
         self._fetching: set[str] = set()
+        # Latency histograms for the metrics (swimthor.metrics.Latency).
+        self.latency_handling = Latency()
+        self.latency_register = Latency()
         self._clock = clock
         self._udp: trio.socket.SocketType | None = None
         self._udp_std: stdsocket.socket | None = None
@@ -159,6 +163,8 @@ class SipServer(FrontEndServer):
         stats = self.stats
         limit = self.limiter.enabled
         allow = self.limiter.allow
+        handling = self.latency_handling
+        perf_counter = time.perf_counter
         while True:
             try:
                 await trio.lowlevel.wait_readable(sock)
@@ -188,6 +194,7 @@ class SipServer(FrontEndServer):
                     # served. Working on both is how an overloaded server collapses.
                     stats["udp_stale_dropped"] += 1
                     continue
+                started = perf_counter()
                 try:
                     actions = handle(data, Source("udp", addr[0], addr[1]), now)
                 except Exception:
@@ -198,9 +205,11 @@ class SipServer(FrontEndServer):
                     if isinstance(action, Send):
                         self._send_now(action)
                     elif isinstance(action, Replicate):
+                        action.received = started
                         self._start_replication(action)
                     else:
                         self._start_fetch(action)
+                handling.observe(perf_counter() - started)
             await trio.lowlevel.checkpoint()
 
     def _stale(self, anc: list[tuple[int, int, bytes]], data: bytes) -> bool:
@@ -393,6 +402,8 @@ class SipServer(FrontEndServer):
         elif action.txn is not None:
             self.proxy.txns.answered(action.txn, self._clock(), send.data)
         self._send_now(send)
+        if ok and action.received:
+            self.latency_register.observe(time.perf_counter() - action.received)
 
     # ------------------------------------------------------------ TCP
 

@@ -324,6 +324,10 @@ class SipService:
             "aors": sum(1 for _ in self.store.aors()),
             "proxy": dict(self.proxy.stats),
             "requests_by_method": dict(self.proxy.requests_by_method),
+            "latency": {
+                "handling": self.server.latency_handling.snapshot(),
+                "register": self.server.latency_register.snapshot(),
+            },
             "answers_by_code": {str(k): v for k, v in sorted(self.proxy.answers_by_code.items())},
             "transport": dict(self.server.stats),
             "replication": dict(self.replicator.stats),
