@@ -419,6 +419,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop after this long (default: until Ctrl-C)",
     )
     d.add_argument("--insecure", action="store_true", help="plaintext gossip (default: sealed)")
+    d.add_argument(
+        "--chaos",
+        nargs="?",
+        const=10.0,
+        type=_positive_float_arg,
+        metavar="SECONDS",
+        help="crash a node every SECONDS (default 10) and restart it half-way; the view shows "
+        "when each failure was detected and where bob's calls went",
+    )
 
     # -- simulate (values are checked by swimthor.sim.scenario_from_args)
     sm = sub.add_parser(
@@ -1220,7 +1229,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from swimthor.demo import run_demo
 
     return run_demo(
-        nodes=args.nodes, profile=args.profile, duration=args.duration, insecure=args.insecure
+        nodes=args.nodes,
+        profile=args.profile,
+        duration=args.duration,
+        insecure=args.insecure,
+        chaos_every=args.chaos,
     )
 
 

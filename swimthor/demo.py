@@ -13,6 +13,7 @@ so the demo keeps running while the agent and core grow.
 from __future__ import annotations
 
 import inspect
+import random
 import signal
 import socket
 import sys
@@ -29,6 +30,7 @@ from swimthor.config import AgentConfig, DnsConfig, SipConfig, format_hostport
 from swimthor.membership._keyring import Keyring
 
 HOST = "127.0.0.1"
+CHAOS_LINES = 8  # chaos lines shown under the table
 DOMAIN = "example.com"
 # The sipp scenarios shipped with the package (the same ones the interop tests run).
 SCENARIOS = Path(__file__).parent / "sip" / "scenarios"
@@ -273,8 +275,19 @@ def _start_kwargs(agent_cls: Any) -> dict[str, Any]:
 
 class _Demo:
     def __init__(
-        self, nodes: int, profile: str, duration: float | None, insecure: bool, out: TextIO
+        self,
+        nodes: int,
+        profile: str,
+        duration: float | None,
+        insecure: bool,
+        out: TextIO,
+        chaos_every: float | None = None,
     ) -> None:
+        self.chaos_every = chaos_every
+        # What chaos did and saw, newest last (the live view shows the tail).
+        self.chaos_log: list[str] = []
+        self.scopes: list[trio.CancelScope] = []
+        self.keyrings: list[Any] = []
         self.nodes = nodes
         self.profile = profile
         self.duration = duration
@@ -290,6 +303,82 @@ class _Demo:
         self.out_broken = False
         # Cancelled by a signal, the end of --duration, or a closed output.
         self.waiting = trio.CancelScope()
+
+    async def _run_agent(
+        self,
+        i: int,
+        agent_cls: Any,
+        extra: dict[str, Any],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Agent i, in a cancel scope of its own: cancelling it is a crash (no leave)."""
+        keyring = self.keyrings[i]
+        if keyring is not None:
+            keyring = Keyring(keyring.keys, keyring.primary)
+        agent = agent_cls(self.configs[i], keyring=keyring, **extra)
+        self.agents[i] = agent
+        with self.scopes[i]:
+            await agent.run(task_status=task_status)
+
+    def _say(self, text: str) -> None:
+        self.chaos_log.append(f"{time.strftime('%H:%M:%S')}  {text}")
+        del self.chaos_log[:-100]
+
+    def _owners(self, aor: str) -> list[str]:
+        first = self.agents[0]
+        try:
+            return [r.name for r in first.routing.owners(aor, 2, "sip")]
+        except Exception:
+            return []
+
+    def _state_at_first(self, name: str) -> str | None:
+        for m in _call(getattr(self.agents[0], "core", None), "members_json") or []:
+            if isinstance(m, Mapping) and m.get("name") == name:
+                return str(m.get("state"))
+        return None
+
+    async def _chaos(self, nursery: trio.Nursery, agent_cls: Any, extra: dict[str, Any]) -> None:
+        """Every `chaos_every` seconds: crash a node (never node1, whose view is shown),
+        time its detection, restart it half-way, and time its return; and say where bob's
+        calls went meanwhile."""
+        assert self.chaos_every is not None
+        rng = random.Random()
+        aor = f"sip:bob@{DOMAIN}"
+        while True:
+            await trio.sleep(self.chaos_every / 2)
+            victim = rng.randrange(1, len(self.configs))
+            name = self.configs[victim].name
+            before = self._owners(aor)
+            self.scopes[victim].cancel()
+            killed = trio.current_time()
+            role = " (bob's first owner)" if before[:1] == [name] else ""
+            self._say(f"killed {name}{role}")
+            while self._state_at_first(name) != "dead":
+                if trio.current_time() - killed > self.chaos_every * 4:
+                    break
+                await trio.sleep(0.05)
+            else:
+                after = self._owners(aor)
+                moved = f"; bob's calls now go to {after[0]}" if after[:1] != before[:1] else ""
+                self._say(
+                    f"node1 declared {name} dead after {trio.current_time() - killed:.1f} s{moved}"
+                )
+            await trio.sleep(max(0.0, self.chaos_every / 2 - (trio.current_time() - killed)))
+            self.scopes[victim] = trio.CancelScope()
+            await nursery.start(self._run_agent, victim, agent_cls, extra)
+            restarted = trio.current_time()
+            self._say(f"restarted {name}")
+            while self._state_at_first(name) != "alive":
+                if trio.current_time() - restarted > self.chaos_every * 4:
+                    break
+                await trio.sleep(0.05)
+            else:
+                back = self._owners(aor)
+                self._say(
+                    f"{name} took its place back after {trio.current_time() - restarted:.1f} s"
+                    + (f"; bob's first owner: {back[0]}" if back else "")
+                )
 
     def _draw(self, final: bool = False) -> None:
         elapsed = time.monotonic() - self.started
@@ -308,7 +397,12 @@ class _Demo:
                 + self.dns_hint
                 + "Ctrl-C stops every node gracefully\n"
             )
-        text = f"{head}\n{body}{hint}"
+        chaos = ""
+        if self.chaos_every is not None:
+            recent = "".join(f"  {line}\n" for line in self.chaos_log[-CHAOS_LINES:])
+            chaos = f"chaos (a node killed every {self.chaos_every:g} s, restarted half-way):\n"
+            chaos += recent
+        text = f"{head}\n{body}{chaos}{hint}"
         if self.tty and not final:
             text = CLEAR + text
         elif not self.tty:
@@ -334,8 +428,9 @@ class _Demo:
     async def _stop_all(self) -> None:
         with trio.move_on_after(STOP_GRACE):
             async with trio.open_nursery() as nursery:
-                for agent in self.agents:
-                    nursery.start_soon(agent.stop)
+                for agent, scope in zip(self.agents, self.scopes, strict=False):
+                    if agent is not None and not scope.cancel_called:
+                        nursery.start_soon(agent.stop)
 
     async def main(self) -> None:
         from swimthor.agent import Agent
@@ -358,12 +453,15 @@ class _Demo:
             self.sip_hint = sipp_hint(Path(tmp), sip_ports, phone_ports)
             self.dns_hint = dig_hint(dns_ports)
             async with trio.open_nursery() as nursery:
-                for cfg in self.configs:
+                for i in range(len(self.configs)):
                     # Each agent gets its own Keyring object: rotation mutates it.
                     keyring = None if master is None else Keyring(master.keys, master.primary)
-                    agent = Agent(cfg, keyring=keyring, **extra)
-                    await nursery.start(agent.run)
-                    self.agents.append(agent)
+                    self.keyrings.append(keyring)
+                    self.agents.append(None)
+                    self.scopes.append(trio.CancelScope())
+                    await nursery.start(self._run_agent, i, Agent, extra)
+                if self.chaos_every is not None:
+                    nursery.start_soon(self._chaos, nursery, Agent, extra)
                 refresh = trio.CancelScope()
 
                 async def refresh_until_stopped() -> None:
@@ -390,9 +488,11 @@ def run_demo(
     duration: float | None = None,
     insecure: bool = False,
     out: TextIO | None = None,
+    chaos_every: float | None = None,
 ) -> int:
-    """Run the demo until Ctrl-C/SIGTERM or `duration` seconds; 0 after a graceful stop."""
-    demo = _Demo(nodes, profile, duration, insecure, out or sys.stdout)
+    """Run the demo until Ctrl-C/SIGTERM or `duration` seconds; 0 after a graceful stop.
+    With `chaos_every`, a node is crashed and restarted on that period."""
+    demo = _Demo(nodes, profile, duration, insecure, out or sys.stdout, chaos_every)
     try:
         from swimthor import log
 
