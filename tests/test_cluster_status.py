@@ -77,3 +77,49 @@ async def test_one_status_shows_every_members_load(tmp_path: Path) -> None:
             line = next(x for x in text.splitlines() if x.strip().startswith("b "))
             assert "alive" in line and "same" in line
             nursery.cancel_scope.cancel()
+
+
+async def test_status_shows_a_suspected_member_and_one_whose_view_differs(tmp_path: Path) -> None:
+    """Three live agents; a third member's gossip says b is suspect and that c's view differs
+    (forged straight into a's core, so the states hold while status is read)."""
+    import json
+
+    from swimthor.cli import format_status_json
+    from swimthor.membership._keyring import wrap_plain
+    from swimthor.membership._messages import Suspect
+
+    a = Agent(config(tmp_path, "a", []), keyring=None, handle_signals=False)
+    with trio.fail_after(30), structlog.testing.capture_logs():
+        async with trio.open_nursery() as nursery:
+            await nursery.start(a.run)
+            assert a.bound_addr is not None
+            for name in ("b", "c"):
+                other = Agent(
+                    config(tmp_path, name, [a.bound_addr]), keyring=None, handle_signals=False
+                )
+                await nursery.start(other.run)
+            for _ in range(200):
+                if a.core.num_live() == 3:
+                    break
+                await trio.sleep(0.05)
+            b = a.core.member("b")
+            assert b is not None
+            news = [
+                encode_message(Suspect("b", b.incarnation, "c")),
+                encode_message(Summary("c", 2**40, b"\x00" * 16, 0, 3)),
+            ]
+            now = trio.current_time()
+            a.core.receive_datagram(wrap_plain("", encode_packet("c", news)), ("127.0.0.1", 9), now)
+            status = a.full_status()  # read in the same tick: nothing has refuted it yet
+            rows = {r["name"]: r for r in status["cluster"]}
+            assert rows["b"]["state"] == "suspect"
+            assert rows["c"]["view"] == "differs"
+            assert status["converged"]["members_disagreeing"] == ["c"]
+            text = format_status_text(status)
+            b_line = next(x for x in text.splitlines() if x.strip().startswith("b "))
+            c_line = next(x for x in text.splitlines() if x.strip().startswith("c "))
+            assert "suspect" in b_line and "differs" in c_line
+            assert "1 disagree (c)" in text
+            doc = json.loads(format_status_json(status))
+            assert {r["name"]: r["state"] for r in doc["cluster"]}["b"] == "suspect"
+            nursery.cancel_scope.cancel()
