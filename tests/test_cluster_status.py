@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import structlog
 import trio
+from agent_helpers import agent_config
 
 from swimthor.agent import Agent
 from swimthor.cli import format_status_text
@@ -36,17 +37,8 @@ def test_summary_load_round_trips_and_is_bounded() -> None:
 
 
 def config(tmp_path: Path, name: str, seeds: list[tuple[str, int]]) -> AgentConfig:
-    return AgentConfig(
-        name=name,
-        bind=("127.0.0.1", 0),
-        seeds=seeds,
-        insecure=True,
-        profile="local",
-        roles=["sip"],
-        control=str(tmp_path / f"{name}.sock"),
-        data_dir=str(tmp_path / name),
-        sip=SipConfig(bind=("127.0.0.1", 0), domains=["example.com"], auth=False),
-    )
+    sip = SipConfig(bind=("127.0.0.1", 0), domains=["example.com"], auth=False)
+    return agent_config(tmp_path, name, seeds, sip=sip)
 
 
 async def test_one_status_shows_every_members_load(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import structlog
 import trio
+from agent_helpers import agent_config
 
 from swimthor.agent import Agent
 from swimthor.cli import format_event, main
@@ -15,16 +16,7 @@ from swimthor.config import AgentConfig
 
 
 def config(tmp_path: Path, name: str, seeds: list[tuple[str, int]]) -> AgentConfig:
-    return AgentConfig(
-        name=name,
-        bind=("127.0.0.1", 0),
-        seeds=seeds,
-        insecure=True,
-        profile="local",
-        roles=["sip"],
-        control=str(tmp_path / f"{name}.sock"),
-        data_dir=str(tmp_path / name),
-    )
+    return agent_config(tmp_path, name, seeds)
 
 
 async def test_monitor_shows_joins_failures_and_routing_changes(
