@@ -35,6 +35,26 @@ def _free_port() -> int:
         return port
 
 
+def start_agent(
+    argv: list[str], log: Path, new_ports: Callable[[], None]
+) -> subprocess.Popen[bytes]:
+    """Start `argv` with stderr appended to `log`. If a port picked as free was taken
+    meanwhile (by another process's ephemeral port, say), `new_ports()` rewrites `argv` with
+    fresh ones and the agent starts again (at most four tries)."""
+    for _ in range(3):
+        size = log.stat().st_size if log.exists() else 0
+        p = _spawn(argv, log)
+        if not _lost_a_port(p, log, size):
+            return p
+        new_ports()
+    return _spawn(argv, log)
+
+
+def _spawn(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:
+        return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=out)
+
+
 def _lost_a_port(p: subprocess.Popen[bytes], log: Path, since: int) -> bool:
     """Whether the agent exited at once because a port it was given is in use."""
     try:
@@ -91,15 +111,8 @@ class Node:
         self.p: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        """Start the agent; if a port picked as free was taken meanwhile (by another agent's
-        ephemeral port, say), pick new ones and start again."""
-        for _ in range(4):
-            size = self.log.stat().st_size if self.log.exists() else 0
-            with open(self.log, "ab") as log:
-                self.p = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=log)
-            if not _lost_a_port(self.p, self.log, size):
-                return
-            self._new_ports()
+        """Start the agent (again on new ports if one picked as free was taken meanwhile)."""
+        self.p = start_agent(self.argv, self.log, self._new_ports)
 
     def _new_ports(self) -> None:
         for flag, attr in (("--bind", "port"), ("--sip", "sip_port"), ("--dns", "dns_port")):

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sip_agents import _free_port, _lost_a_port, swimthor, wait_until
+from sip_agents import _free_port, start_agent, swimthor, wait_until
 
 from swimthor.membership import Keyring
 
@@ -62,15 +62,12 @@ class Proc:
         self.p: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        """Start the agent; if its gossip port was taken since it was picked, pick another."""
-        for _ in range(4):
-            size = self.log.stat().st_size if self.log.exists() else 0
-            with open(self.log, "ab") as log:
-                self.p = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=log)
-            if not _lost_a_port(self.p, self.log, size):
-                return
-            self.port = _free_port()
-            self.argv[self.argv.index("--bind") + 1] = f"127.0.0.1:{self.port}"
+        """Start the agent (again on a new gossip port if its own was taken meanwhile)."""
+        self.p = start_agent(self.argv, self.log, self._new_port)
+
+    def _new_port(self) -> None:
+        self.port = _free_port()
+        self.argv[self.argv.index("--bind") + 1] = f"127.0.0.1:{self.port}"
 
     def members(self) -> dict[str, dict[str, Any]]:
         r = swimthor("members", "--control", self.sock, "--format", "json")
