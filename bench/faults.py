@@ -46,8 +46,7 @@ from typing import Any
 import trio
 from dnslib import DNSRecord
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import free_port
+from swimthor.demo import free_ports
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -68,15 +67,6 @@ class Agent:
     proc: subprocess.Popen[bytes] | None = None
 
 
-def _ports(n: int) -> list[int]:
-    out: list[int] = []
-    while len(out) < n:
-        p = free_port()
-        if p not in out:
-            out.append(p)
-    return out
-
-
 @contextlib.contextmanager
 def cluster(wd: Path, n: int = 3) -> Iterator[list[Agent]]:
     key = wd / "cluster.key"
@@ -85,7 +75,7 @@ def cluster(wd: Path, n: int = 3) -> Iterator[list[Agent]]:
         check=True,
     ).stdout)  # fmt: skip
     key.chmod(0o600)
-    ports = _ports(3 * n)
+    ports = free_ports(3 * n)
     agents = [
         Agent(f"n{i + 1}", ports[i], ports[n + i], ports[2 * n + i], str(wd / f"n{i + 1}.sock"),
               wd / f"n{i + 1}.log")

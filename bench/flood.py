@@ -30,13 +30,14 @@ from typing import Any
 import trio
 from dnslib import DNSRecord
 
+from swimthor.demo import free_ports
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from faults import (
     DOMAIN,
     HOST,
     Agent,
     _counters,
-    _ports,
     query_with_failover,
     register_with_failover,
 )
@@ -135,7 +136,7 @@ def _cpu(pid: int) -> float:
 def one_run(limit: bool, args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="swimthor-flood-") as tmp:
         wd = Path(tmp)
-        gossip, sip, dns = _ports(3)
+        gossip, sip, dns = free_ports(3)
         agent = Agent("n1", gossip, sip, dns, str(wd / "n1.sock"), wd / "n1.log")
         argv = [
             sys.executable, "-m", "swimthor", "join", "--name", "n1",

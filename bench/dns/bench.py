@@ -62,6 +62,7 @@ from dnslib import QTYPE, DNSRecord
 
 from bench._harness import free_port
 from swimthor.control import ControlError, call
+from swimthor.demo import free_ports
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -276,15 +277,6 @@ def wait_until(
     raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def _ports(n: int) -> list[int]:
-    ports: list[int] = []
-    while len(ports) < n:
-        p = free_port()
-        if p not in ports:
-            ports.append(p)
-    return ports
-
-
 # ---------------------------------------------------------------- the three servers
 
 
@@ -293,7 +285,7 @@ def swimthor_cluster(wd: Path) -> Iterator[tuple[Server, list[subprocess.Popen[b
     """NODES `swimthor join` agents with SIP and DNS on loopback; yields n1 as the server under
     test (and every agent's process); every agent is stopped by PID on exit."""
     procs: list[subprocess.Popen[bytes]] = []
-    ports = _ports(3 * NODES)
+    ports = free_ports(3 * NODES)
     gossip, sip, dns = ports[:NODES], ports[NODES : 2 * NODES], ports[2 * NODES :]
     try:
         for i in range(NODES):
