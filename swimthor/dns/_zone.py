@@ -546,19 +546,19 @@ class Zone:
             else:
                 priority = PRIORITY_REMOTE
             weight = max(0, min(65_535, round(node.weight * 100))) if node.weight > 0 else 0
-            assert node.sip_port is not None
-            records.append(
-                RR(
-                    owner,
-                    QTYPE.SRV,
-                    ttl=self.ttl,
-                    rdata=dnslib.SRV(
-                        priority, weight, node.sip_port, self._targets[node.name].label
-                    ),
-                )
-            )
+            records.append(self._srv(owner, priority, weight, node))
         records.sort(key=lambda rr: rr.rdata.priority)
         return records, self._addresses(nodes)
+
+    def _srv(self, owner: DNSLabel, priority: int, weight: int, node: Node) -> RR:
+        """The SRV record at `owner` pointing at `node`'s SIP port and DNS name."""
+        assert node.sip_port is not None
+        return RR(
+            owner,
+            QTYPE.SRV,
+            ttl=self.ttl,
+            rdata=dnslib.SRV(priority, weight, node.sip_port, self._targets[node.name].label),
+        )
 
     def _per_user(self, rel: tuple[bytes, ...], qname: DNSLabel) -> _RRsets:
         """Every name under ``aor`` exists (each is a per-user name or an ancestor of one);
@@ -578,15 +578,5 @@ class Zone:
             if name in self._nodes and self._nodes[name].sip_port is not None
         ]
         owners.sort(key=lambda n: n.suspect)  # stable: rank order among the healthy
-        records = []
-        for rank, node in enumerate(owners, start=1):
-            assert node.sip_port is not None
-            records.append(
-                RR(
-                    qname,
-                    QTYPE.SRV,
-                    ttl=self.ttl,
-                    rdata=dnslib.SRV(10 * rank, 0, node.sip_port, self._targets[node.name].label),
-                )
-            )
+        records = [self._srv(qname, 10 * rank, 0, n) for rank, n in enumerate(owners, start=1)]
         return {QTYPE.SRV: (records, self._addresses(owners))} if records else {}
