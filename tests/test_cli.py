@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import structlog
 import trio
+from agent_helpers import agent_config
 
 from swimthor import cli
 from swimthor.cli import (
@@ -607,27 +608,11 @@ async def test_keys_and_members_through_a_control_server(
 # ---------------------------------------------------------------- against a real agent
 
 
-def _agent_config(tmp_path: Path, name: str = "solo", **changes: Any) -> AgentConfig:
-    cfg = AgentConfig(
-        name=name,
-        bind=("127.0.0.1", 0),
-        insecure=True,
-        profile="local",
-        dc="dc1",
-        roles=["sip"],
-        control=str(tmp_path / f"{name}.sock"),
-        data_dir=str(tmp_path / name),
-    )
-    for key, value in changes.items():
-        setattr(cfg, key, value)
-    return cfg
-
-
 async def test_members_status_via_and_leave_against_an_agent(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     agent_mod = pytest.importorskip("swimthor.agent")
-    agent = agent_mod.Agent(_agent_config(tmp_path), keyring=None, handle_signals=False)
+    agent = agent_mod.Agent(agent_config(tmp_path, "solo"), keyring=None, handle_signals=False)
     path = str(tmp_path / "solo.sock")
 
     async def cli(*argv: str) -> tuple[int, str, str]:
