@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,22 +16,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from swimthor.demo import free_ports
 from swimthor.membership import Keyring
 
 DOMAIN = "example.com"
 
 
 def _free_port() -> int:
-    while True:
-        with socket.socket() as t:
-            t.bind(("127.0.0.1", 0))
-            port = int(t.getsockname()[1])
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            try:
-                u.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
+    """A port free on 127.0.0.1 for both TCP and UDP."""
+    return free_ports(1)[0]
 
 
 def start_agent(
