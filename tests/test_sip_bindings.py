@@ -517,3 +517,18 @@ def test_digest_follows_the_version() -> None:
         binding(aor="sip:bob@example.com"),
     ):
         assert other.digest() != b.digest()
+
+
+def test_subscriber_records_are_counted_apart_and_forgotten_with_their_aor() -> None:
+    from swimthor.sip._bindings import subscriber_record
+
+    store = BindingStore()
+    store.put(subscriber_record("sip:a@example.com", "digest;x", stamp=100.0, origin="n1"))
+    gone = subscriber_record("sip:b@example.com", "", stamp=100.0, origin="n1", removed=True)
+    store.put(gone)
+    assert store.subscriber_records == 2 and len(store) == 2
+    assert [r.aor for r in store.subscribers(200.0)] == ["sip:a@example.com"]  # not the tombstone
+    store.drop("sip:a@example.com")
+    assert store.subscriber_records == 1 and store.subscribers(200.0) == []
+    store.expire(gone.expires_at + 1)
+    assert store.subscriber_records == 0 and len(store) == 0 and store.aor_count() == 0

@@ -147,6 +147,9 @@ class BindingStore:
         self._aors: dict[str, dict[str, Binding]] = {}
         self._expiry: list[tuple[float, str, str]] = []
         self._count = 0
+        # The AORs that hold a subscriber record (a tombstone too): status and `subscriber
+        # list` read these without walking every binding.
+        self._subscribed: set[str] = set()
         self.stats = {"stored": 0, "expired": 0, "merged": 0, "stale": 0, "full": 0}
 
     def __len__(self) -> int:
@@ -154,6 +157,14 @@ class BindingStore:
 
     def aors(self) -> Iterator[str]:
         return iter(list(self._aors))
+
+    def aor_count(self) -> int:
+        return len(self._aors)
+
+    @property
+    def subscriber_records(self) -> int:
+        """Subscriber records held, tombstones included (they count in `len` too)."""
+        return len(self._subscribed)
 
     def all(self, aor: str) -> list[Binding]:
         """Every record of `aor`, tombstones and the subscriber record included (what
@@ -172,9 +183,9 @@ class BindingStore:
     def subscribers(self, now: float) -> list[Binding]:
         """Every live subscriber record held here."""
         out = []
-        for contacts in self._aors.values():
-            record = contacts.get(SUBSCRIBER_KEY)
-            if record is not None and record.live(now):
+        for aor in self._subscribed:
+            record = self._aors[aor][SUBSCRIBER_KEY]
+            if record.live(now):
                 out.append(record)
         return out
 
@@ -207,8 +218,10 @@ class BindingStore:
         contacts[binding.key] = binding
         heapq.heappush(self._expiry, (binding.expires_at, binding.aor, binding.key))
         self.stats["stored"] += 1
-        if binding.key == SUBSCRIBER_KEY and self.on_subscriber is not None:
-            self.on_subscriber(binding)
+        if binding.key == SUBSCRIBER_KEY:
+            self._subscribed.add(binding.aor)
+            if self.on_subscriber is not None:
+                self.on_subscriber(binding)
         return True
 
     def merge(self, bindings: Iterable[Binding], now: float) -> list[Binding]:
@@ -226,6 +239,7 @@ class BindingStore:
     def drop(self, aor: str) -> int:
         """Forget `aor` entirely (this node no longer owns it). Returns how many went."""
         contacts = self._aors.pop(aor, None)
+        self._subscribed.discard(aor)
         if not contacts:
             return 0
         self._count -= len(contacts)
@@ -244,6 +258,8 @@ class BindingStore:
             if held is None or held.expires_at > now:
                 continue  # refreshed since; a later heap entry covers it
             del contacts[key]
+            if key == SUBSCRIBER_KEY:
+                self._subscribed.discard(aor)
             self._count -= 1
             gone += 1
             if not contacts:

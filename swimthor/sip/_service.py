@@ -311,17 +311,14 @@ class SipService:
 
     def status(self) -> dict[str, Any]:
         assert self.proxy is not None and self.replicator is not None
-        # Subscriber records (and their tombstones) live in the store beside the bindings.
-        held_subscribers = sum(
-            1 for aor in self.store.aors() for b in self.store.all(aor) if b.key == SUBSCRIBER_KEY
-        )
         return {
             "address": format_hostport(self.advertised),
             "domains": list(self.config.domains),
             "replicas": self.config.replicas,
-            "bindings": len(self.store) - held_subscribers,
-            "subscribers": held_subscribers,
-            "aors": sum(1 for _ in self.store.aors()),
+            # Subscriber records (and their tombstones) live in the store beside the bindings.
+            "bindings": len(self.store) - self.store.subscriber_records,
+            "subscribers": self.store.subscriber_records,
+            "aors": self.store.aor_count(),
             "proxy": dict(self.proxy.stats),
             "requests_by_method": dict(self.proxy.requests_by_method),
             "latency": {
