@@ -44,7 +44,7 @@ from ._message import (
     parse_message,
     parse_uri,
 )
-from ._registrar import RegistrarPolicy, aor_of, register
+from ._registrar import RegistrarPolicy, aor_of, register, split_aor
 from ._txn import PENDING, ResponseCache, transaction_key
 
 __all__ = [
@@ -779,8 +779,7 @@ class Proxy:
         """None when the request carries good credentials of `aor`'s subscriber; else the
         answer: a 401 (REGISTER) or 407 (INVITE) challenge, or a fetch of the credentials."""
         assert self.verifier is not None, "settings.auth needs a verifier"
-        realm = aor.rsplit("@", 1)[1]
-        user = aor[len("sip:") :].rsplit("@", 1)[0]
+        user, realm = split_aor(aor)
         header = "proxy-authorization" if proxy else "authorization"
         params = None
         for value in request.get_all(header):
@@ -1036,6 +1035,6 @@ def _pop_first_value(message: Request | Response, name: str) -> None:
 
 def _credentials(record: Binding) -> Credentials | None:
     try:
-        return Credentials.from_text(record.aor[len("sip:") :].rsplit("@", 1)[0], record.contact)
+        return Credentials.from_text(split_aor(record.aor)[0], record.contact)
     except ValueError:
         return None

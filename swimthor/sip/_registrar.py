@@ -20,7 +20,14 @@ from ._bindings import MAX_FIELD_LENGTH, Binding, BindingStore
 from ._grammar import Uri
 from ._message import Request, parse_address
 
-__all__ = ["RegisterOutcome", "RegistrarPolicy", "aor_of", "contact_key", "register"]
+__all__ = [
+    "RegisterOutcome",
+    "RegistrarPolicy",
+    "aor_of",
+    "contact_key",
+    "register",
+    "split_aor",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +55,12 @@ def aor_of(uri: Uri) -> str | None:
     if uri.scheme not in ("sip", "sips") or not uri.user:
         return None
     return f"sip:{uri.user}@{uri.host.lower().rstrip('.')}"
+
+
+def split_aor(aor: str) -> tuple[str, str]:
+    """(user, domain) of a canonical address-of-record as `aor_of` writes it."""
+    user, _, domain = aor[len("sip:") :].rpartition("@")
+    return user, domain
 
 
 def contact_key(uri: Uri) -> str:

@@ -27,7 +27,7 @@ from ._auth import Credentials, NonceMinter, Verifier, random_secret
 from ._bindings import SUBSCRIBER_KEY, BindingStore, subscriber_record
 from ._grammar import parse_uri
 from ._proxy import Peer, Proxy, ProxySettings
-from ._registrar import RegistrarPolicy, aor_of
+from ._registrar import RegistrarPolicy, aor_of, split_aor
 from ._replication import Replicator
 from ._server import SipServer, SipTransportConfig
 from ._subscribers import JOURNAL_FILE, SubscriberJournal
@@ -180,8 +180,7 @@ class SipService:
         if password is None:
             record = subscriber_record(canonical, "", stamp=stamp, origin=self.name, removed=True)
         else:
-            user = canonical[len("sip:") :].rsplit("@", 1)[0]
-            realm = canonical.rsplit("@", 1)[1]
+            user, realm = split_aor(canonical)
             creds = Credentials.from_password(user, realm, password).to_text()
             record = subscriber_record(canonical, creds, stamp=stamp, origin=self.name)
         owners = self.owner_names(canonical)
