@@ -203,8 +203,10 @@ async def test_a_live_agent_logs_what_it_refuses(tmp_path) -> None:  # type: ign
             await sock.bind(("127.0.0.1", 0))
             for _ in range(50):
                 await sock.sendto(b"\x02" + b"\x00" * 80, agent.bound_addr)
-            for _ in range(100):
-                if any(e.get("event") == "packets rejected" for e in logs):
+            for _ in range(100):  # until every datagram was read and the report logged
+                if agent.core.stats["rejected_seal"] == 50 and any(
+                    e.get("event") == "packets rejected" for e in logs
+                ):
                     break
                 await trio.sleep(0.05)
             sock.close()
