@@ -6,9 +6,13 @@ size bound."""
 from __future__ import annotations
 
 import itertools
+import json
 import random
 import zlib
+from dataclasses import replace
+from pathlib import Path
 
+import cbor2
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -399,6 +403,9 @@ _binding = st.builds(
     stamp=_number,
     origin=_text,
     removed=st.booleans(),
+    instance=st.just("") | _text,
+    reg_id=st.just(0) | st.integers(0, 2**31 - 1),
+    user_agent=st.just("") | _text,
 )
 
 
@@ -406,9 +413,31 @@ _binding = st.builds(
 def test_wire_round_trip(b: Binding) -> None:
     wire = b.to_wire()
     assert isinstance(wire, list)
-    assert len(wire) == 11
+    # The 11-field form (what nodes before instance, reg-id and User-Agent read) whenever
+    # those are empty; the 14-field form otherwise.
+    assert len(wire) == (14 if (b.instance or b.reg_id or b.user_agent) else 11)
     assert Binding.from_wire(wire) == b
     assert Binding.from_wire(list(wire)).version == b.version
+    # A later version's fields after the 14th are ignored.
+    longer = [*b.to_wire(), *([] if len(wire) == 14 else ["", 0, ""]), "future", [1, 2], None]
+    assert Binding.from_wire(longer) == b
+
+
+def test_the_two_wire_forms() -> None:
+    plain = binding()
+    assert len(plain.to_wire()) == 11
+    device = replace(plain, instance='"<urn:uuid:1>"', reg_id=2, user_agent="Phone/1.0")
+    wire = device.to_wire()
+    assert wire[:11] == plain.to_wire()
+    assert wire[11:] == ['"<urn:uuid:1>"', 2, "Phone/1.0"]
+    assert Binding.from_wire(wire) == device
+    # Any one of the three makes the longer form; written empty it reads as the short one.
+    for changed in ({"instance": "i"}, {"reg_id": 1}, {"user_agent": "u"}):
+        assert len(replace(plain, **changed).to_wire()) == 14  # type: ignore[arg-type]
+    assert Binding.from_wire([*plain.to_wire(), "", 0, ""]) == plain
+    # Through CBOR, as replication sends it.
+    assert Binding.from_wire(cbor2.loads(cbor2.dumps(wire))) == device
+    assert Binding.from_wire(cbor2.loads(cbor2.dumps([*wire, {"x": 1}]))) == device
 
 
 def test_from_wire_takes_integral_numbers_as_floats() -> None:
@@ -449,6 +478,19 @@ def _bad(index: int, *values: object) -> list[tuple[str, object]]:
     return [(f"{FIELD_NAMES[index]}={v!r:.20}", _with(index, v)) for v in values]
 
 
+GOOD_14 = [*GOOD, '"<urn:uuid:1>"', 1, "Phone/1.0"]
+
+
+def _with_14(index: int, *values: object) -> list[tuple[str, object]]:
+    names = ("instance", "reg_id", "user_agent")
+    out: list[tuple[str, object]] = []
+    for v in values:
+        wire = list(GOOD_14)
+        wire[index] = v
+        out.append((f"{names[index - 11]}={v!r:.20}", wire))
+    return out
+
+
 BAD_WIRE: list[tuple[str, object]] = [
     ("None", None),
     ("str", "binding"),
@@ -457,7 +499,16 @@ BAD_WIRE: list[tuple[str, object]] = [
     ("tuple", tuple(GOOD)),
     ("10 fields", GOOD[:10]),
     ("12 fields", [*GOOD, False]),
+    ("13 fields", GOOD_14[:13]),
+    ("65 fields", [*GOOD_14, *([0] * 51)]),
     ("empty", []),
+    *_with_14(11, None, 1, b"bytes", ["x"], "x" * 2049),
+    *_with_14(12, None, "1", 1.0, True, False, -1, 2**31, 10**400),
+    *_with_14(13, None, 1, b"bytes", ["x"], "x" * 2049),
+    *[
+        (f"{n} (14 fields)", [*w, *GOOD_14[11:]])
+        for n, w in [b for i in TEXT_FIELDS for b in _bad(i, None, 1, "x" * 2049)]
+    ],
     *[bad for i in TEXT_FIELDS for bad in _bad(i, None, 1, b"bytes", ["x"], "x" * 2049)],
     *[
         bad
@@ -485,6 +536,44 @@ BAD_WIRE: list[tuple[str, object]] = [
 def test_from_wire_refuses_every_other_shape(item: object) -> None:
     with pytest.raises(ValueError):
         Binding.from_wire(item)
+
+
+def test_from_wire_limits_of_the_longer_form() -> None:
+    def at(index: int, value: object) -> Binding:
+        wire = list(GOOD_14)
+        wire[index] = value
+        return Binding.from_wire(wire)
+
+    assert at(11, "x" * MAX_FIELD_LENGTH).instance == "x" * MAX_FIELD_LENGTH
+    assert at(12, 2**31 - 1).reg_id == 2**31 - 1
+    assert at(12, 0).reg_id == 0
+    assert at(13, "u" * MAX_FIELD_LENGTH).user_agent == "u" * MAX_FIELD_LENGTH
+    assert Binding.from_wire([*GOOD_14, *([None] * 50)]).user_agent == "Phone/1.0"
+
+
+def test_subscriber_journal_round_trips(tmp_path: Path) -> None:
+    from swimthor.sip._bindings import subscriber_record
+    from swimthor.sip._subscribers import SubscriberJournal
+
+    journal = SubscriberJournal(tmp_path / "subscribers.jsonl")
+    alice = subscriber_record(AOR, "digest;x", stamp=100.0, origin="n1")
+    gone = subscriber_record("sip:bob@example.com", "", stamp=101.0, origin="n2", removed=True)
+    journal.append(alice)
+    journal.append(gone)
+    journal.close()
+    # Subscriber records keep the 11-field lines older versions wrote and read.
+    lines = (tmp_path / "subscribers.jsonl").read_text().splitlines()
+    assert [len(json.loads(line)) for line in lines] == [11, 11]
+    assert sorted(SubscriberJournal(journal.path).load(), key=lambda r: r.aor) == [alice, gone]
+    # A line a later version wrote, with more fields, still loads; a torn one is skipped.
+    later = [*replace(alice, stamp=102.0).to_wire(), "", 0, "", "future"]
+    with open(journal.path, "a") as f:
+        f.write(json.dumps(later) + "\n" + '["sip:carol@exa')
+    reread = SubscriberJournal(journal.path)
+    assert {r.aor: r.stamp for r in reread.load()} == {AOR: 102.0, "sip:bob@example.com": 101.0}
+    assert reread.bad_lines == 1
+    reread.rewrite(reread.load())
+    assert len(SubscriberJournal(journal.path).load()) == 2
 
 
 def test_from_wire_limits() -> None:

@@ -12,13 +12,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from swimthor.sip._bindings import Binding, BindingStore
-from swimthor.sip._message import Request, parse_message, parse_uri
+from swimthor.sip import Peer, Proxy, ProxySettings, Replicate, Source
+from swimthor.sip._bindings import MAX_FIELD_LENGTH, Binding, BindingStore
+from swimthor.sip._message import Request, Response, parse_address, parse_message, parse_uri
 from swimthor.sip._registrar import (
     RegisterOutcome,
     RegistrarPolicy,
     aor_of,
     contact_key,
+    instance_key,
     register,
 )
 
@@ -519,13 +521,239 @@ def test_the_order_rule_holds_after_a_removal() -> None:
     assert live(store, NOW + 1) == []
 
 
-def test_the_order_rule_looks_at_each_contact_separately() -> None:
+def test_the_order_rule_spans_every_contact_of_the_call_id() -> None:
+    # A UA registers all its contacts under one Call-ID (§10.2.4): CSeq 2 after CSeq 4 is
+    # older, whichever contact it names (it used to get 200 and add a binding).
     store = BindingStore()
-    reg(store, "Contact: <sip:alice@10.0.0.2>", call_id="c1", cseq=9)
-    # A contact not bound yet is not held to the CSeq of another contact's binding.
-    out = reg(store, "Contact: <sip:alice@10.0.0.3>", call_id="c1", cseq=2)
+    reg(store, "Contact: <sip:alice@10.0.0.2>", call_id="c1", cseq=4)
+    before = snapshot(store)
+    for headers in (
+        ("Contact: <sip:alice@10.0.0.3>",),
+        ("Contact: <sip:alice@10.0.0.3>", "Expires: 0"),
+        ("Contact: <sip:alice@10.0.0.2>;expires=0",),
+    ):
+        out = reg(store, *headers, now=NOW + 1, call_id="c1", cseq=2)
+        assert (out.status, out.reason, out.changes) == (500, "Out Of Order CSeq", [])
+        assert snapshot(store) == before
+    assert live(store, NOW + 1) == ["sip:alice@10.0.0.2"]
+    # A higher CSeq for another contact of the same call is the next request: it adds.
+    out = reg(store, "Contact: <sip:alice@10.0.0.3>", now=NOW + 1, call_id="c1", cseq=5)
     assert out.status == 200
+    assert sorted(live(store, NOW + 1)) == ["sip:alice@10.0.0.2", "sip:alice@10.0.0.3"]
+
+
+def test_the_order_rule_counts_tombstones_of_other_contacts() -> None:
+    store = BindingStore()
+    reg(store, "Contact: <sip:alice@10.0.0.2>", call_id="c1", cseq=1)
+    reg(store, "Contact: <sip:alice@10.0.0.2>;expires=0", call_id="c1", cseq=6)
+    assert live(store) == []
+    out = reg(store, "Contact: <sip:alice@10.0.0.3>", now=NOW + 1, call_id="c1", cseq=3)
+    assert (out.status, out.reason) == (500, "Out Of Order CSeq")
+    assert live(store, NOW + 1) == []
+    # Another Call-ID (the phone restarted) is not held to it.
+    out = reg(store, "Contact: <sip:alice@10.0.0.3>", now=NOW + 1, call_id="c2", cseq=1)
+    assert out.status == 200
+
+
+# ------------------------------------------------------------------------ retransmissions
+
+
+def test_the_same_register_again_is_200_with_no_change() -> None:
+    """Same Call-ID, CSeq, contacts and expiry: the request again, reaching a node that holds
+    what it did (the second owner, a stand-in, an owner after a failover) but not its
+    transaction. Answered 200 with the current bindings; no new version, nothing to send."""
+    store = BindingStore()
+    headers = ("Contact: <sip:alice@10.0.0.2>;q=0.5, <sip:alice@10.0.0.3>", "Expires: 600")
+    first = reg(store, *headers, call_id="c1", cseq=7, origin="n2")
+    assert first.status == 200
+    before = snapshot(store)
+    for later in (0.0, 2.0, 31.0):
+        out = reg(store, *headers, now=NOW + later, call_id="c1", cseq=7, origin="n3")
+        assert (out.status, out.reason, out.changes) == (200, "OK", [])
+        assert snapshot(store) == before
+        left = str(600 - int(later))
+        assert listed(out) == {
+            "sip:alice@10.0.0.3": {"expires": left},
+            "sip:alice@10.0.0.2": {"expires": left, "q": "0.5"},
+        }
+    # The contacts written another way that RFC 3261 calls equal: still the same request.
+    out = reg(store, "Contact: <sip:alice@10.0.0.3>, <sip:alice@10.0.0.2>;Q=0.5",
+              "Expires: 600", call_id="c1", cseq=7)  # fmt: skip
+    assert (out.status, out.changes) == (200, [])
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        ("Contact: <sip:alice@10.0.0.2>", "Expires: 1200"),  # another expiry
+        ("Contact: <sip:alice@10.0.0.2>;q=0.3", "Expires: 600"),  # another q
+        ("Contact: <sip:alice@10.0.0.2>, <sip:alice@10.0.0.4>", "Expires: 600"),  # one more
+        ("Contact: <sip:alice@10.0.0.3>", "Expires: 600"),  # one left out
+        ("Contact: <sip:alice@10.0.0.2>;expires=0, <sip:alice@10.0.0.3>", "Expires: 600"),
+        ("Contact: *", "Expires: 0"),
+    ],
+)
+def test_the_same_cseq_asking_for_something_else_is_500(headers: tuple[str, ...]) -> None:
+    store = BindingStore()
+    reg(store, "Contact: <sip:alice@10.0.0.2>, <sip:alice@10.0.0.3>", "Expires: 600", cseq=7)
+    before = snapshot(store)
+    out = reg(store, *headers, now=NOW + 1, cseq=7)
+    assert (out.status, out.reason, out.changes) == (500, "Out Of Order CSeq", [])
+    assert snapshot(store) == before
+
+
+def test_a_retransmission_long_after_its_first_copy_is_not_taken_for_one() -> None:
+    # The expiry it asks for ends more than a retransmission can lag from the binding's.
+    store = BindingStore()
+    reg(store, "Contact: <sip:alice@10.0.0.2>", "Expires: 600", cseq=7)
+    out = reg(store, "Contact: <sip:alice@10.0.0.2>", "Expires: 600", now=NOW + 60, cseq=7)
+    assert (out.status, out.reason) == (500, "Out Of Order CSeq")
+
+
+def test_a_removal_again_and_a_wildcard_again_are_200_with_no_change() -> None:
+    store = BindingStore()
+    reg(store, "Contact: <sip:alice@10.0.0.2>, <sip:alice@10.0.0.3>", call_id="c1", cseq=1)
+    removal = ("Contact: <sip:alice@10.0.0.2>;expires=0",)
+    assert len(reg(store, *removal, call_id="c1", cseq=2).changes) == 1
+    before = snapshot(store)
+    out = reg(store, *removal, now=NOW + 1, call_id="c1", cseq=2)
+    assert (out.status, out.changes, list(listed(out))) == (200, [], ["sip:alice@10.0.0.3"])
+    assert snapshot(store) == before
+    star = ("Contact: *", "Expires: 0")
+    assert len(reg(store, *star, call_id="c1", cseq=3).changes) == 1
+    before = snapshot(store)
+    out = reg(store, *star, now=NOW + 1, call_id="c1", cseq=3)
+    assert (out.status, out.changes, listed(out)) == (200, [], {})
+    assert snapshot(store) == before
+    # A wildcard with the CSeq of a registration (not a removal) is out of order.
+    reg(store, "Contact: <sip:alice@10.0.0.4>", call_id="c1", cseq=4)
+    out = reg(store, *star, call_id="c1", cseq=4)
+    assert (out.status, out.reason) == (500, "Out Of Order CSeq")
+    # And one older than a tombstone of the call.
+    out = reg(store, *star, call_id="c1", cseq=2)
+    assert (out.status, out.reason) == (500, "Out Of Order CSeq")
+
+
+# ------------------------------------------------------------------------ devices (RFC 5626)
+
+INSTANCE = '"<urn:uuid:00000000-0000-1000-8000-AABBCCDDEEFF>"'
+
+
+def test_a_device_that_moves_replaces_its_binding_by_instance_and_reg_id() -> None:
+    store = BindingStore()
+    out = reg(store, f"Contact: <sip:alice@10.0.0.2:5060>;+sip.instance={INSTANCE};reg-id=1",
+              "User-Agent: Phone/1.0", call_id="c1", cseq=1)  # fmt: skip
+    assert out.status == 200
+    (b,) = out.changes
+    assert (b.instance, b.reg_id, b.user_agent) == (INSTANCE, 1, "Phone/1.0")
+    assert b.key == instance_key(INSTANCE, 1)
+    # New address (wifi to 4G), same device and flow: the old binding is replaced.
+    out = reg(store, f"Contact: <sip:alice@192.0.2.9:40000>;+sip.instance={INSTANCE};reg-id=1",
+              now=NOW + 5, call_id="c1", cseq=2)  # fmt: skip
+    assert out.status == 200
+    assert live(store, NOW + 5) == ["sip:alice@192.0.2.9:40000"]
+    assert len(store) == 1
+    # Its second flow (reg-id 2) is a binding of its own (RFC 5626 §6).
+    out = reg(store, f"Contact: <sip:alice@192.0.2.9:40002>;+sip.instance={INSTANCE};reg-id=2",
+              now=NOW + 5, call_id="c1", cseq=3)  # fmt: skip
+    assert sorted(live(store, NOW + 5)) == [
+        "sip:alice@192.0.2.9:40000",
+        "sip:alice@192.0.2.9:40002",
+    ]
+    # The instance is compared as a UUID URN: without case, quotes and brackets aside.
+    same = '"<URN:UUID:00000000-0000-1000-8000-aabbccddeeff>"'
+    out = reg(store, f"Contact: <sip:alice@192.0.2.9:40004>;+sip.instance={same};reg-id=2",
+              now=NOW + 6, call_id="c9", cseq=1)  # fmt: skip
+    assert out.status == 200
+    assert sorted(live(store, NOW + 6)) == [
+        "sip:alice@192.0.2.9:40000",
+        "sip:alice@192.0.2.9:40004",
+    ]
+    # Removing by instance and reg-id removes that flow's binding whatever URI it is sent with.
+    out = reg(store, f"Contact: <sip:alice@invalid>;+sip.instance={INSTANCE};reg-id=1;expires=0",
+              now=NOW + 7, call_id="c9", cseq=2)  # fmt: skip
+    assert out.status == 200
+    assert live(store, NOW + 7) == ["sip:alice@192.0.2.9:40004"]
+
+
+def test_an_instance_alone_is_the_key_too() -> None:
+    # RFC 5627 (GRUU) without outbound: the instance alone names the device.
+    store = BindingStore()
+    reg(store, f"Contact: <sip:alice@10.0.0.2>;+sip.instance={INSTANCE}", call_id="c1", cseq=1)
+    reg(store, f"Contact: <sip:alice@10.0.0.7>;+sip.instance={INSTANCE}", call_id="c1", cseq=2)
+    (b,) = store.all(AOR)
+    assert (b.contact, b.instance, b.reg_id, b.key) == (
+        "sip:alice@10.0.0.7",
+        INSTANCE,
+        0,
+        instance_key(INSTANCE),
+    )
+    # An instance with a reg-id is another flow, a contact without an instance another binding.
+    reg(store, f"Contact: <sip:alice@10.0.0.7>;+sip.instance={INSTANCE};reg-id=1", cseq=3)
+    reg(store, "Contact: <sip:alice@10.0.0.7>", call_id="c1", cseq=4)
+    assert len(store.all(AOR)) == 3
+
+
+def test_a_reg_id_without_an_instance_is_bound_by_its_uri() -> None:
+    store = BindingStore()
+    reg(store, "Contact: <sip:alice@10.0.0.2>;reg-id=1", cseq=1)
+    reg(store, "Contact: <sip:alice@10.0.0.3>;reg-id=1", cseq=2)
     assert sorted(live(store)) == ["sip:alice@10.0.0.2", "sip:alice@10.0.0.3"]
+    assert {(b.instance, b.reg_id) for b in store.all(AOR)} == {("", 0)}
+
+
+def test_the_200_gives_back_the_instance_and_reg_id() -> None:
+    store = BindingStore()
+    reg(store, "Contact: <sip:alice@10.0.0.1>;q=0.2", cseq=1)
+    out = reg(store, f"Contact: <sip:alice@10.0.0.2>;+sip.instance={INSTANCE};reg-id=3",
+              f"Contact: <sip:alice@10.0.0.3>;+Sip.Instance={INSTANCE.lower()}",
+              "Expires: 600", cseq=2)  # fmt: skip
+    contacts = [v for k, v in out.headers if k == "contact"]
+    assert len(contacts) == 3
+    assert set(contacts) == {
+        f"<sip:alice@10.0.0.2>;expires=600;+sip.instance={INSTANCE};reg-id=3",
+        f"<sip:alice@10.0.0.3>;expires=600;+sip.instance={INSTANCE.lower()}",
+        "<sip:alice@10.0.0.1>;expires=3600;q=0.2",
+    }
+    # What the 200 lists parses back to the same device.
+    for value in contacts:
+        address = parse_address(value)
+        if "+sip.instance" in address.parameters:
+            assert address.parameters["+sip.instance"] in (INSTANCE, INSTANCE.lower())
+
+
+@pytest.mark.parametrize(
+    ("params", "reason"),
+    [
+        (";+sip.instance", "Bad Contact +sip.instance"),
+        (';+sip.instance=""', "Bad Contact +sip.instance"),
+        (';+sip.instance="<>"', "Bad Contact +sip.instance"),
+        (f";+sip.instance={INSTANCE};reg-id=0", "Bad Contact reg-id"),
+        (f";+sip.instance={INSTANCE};reg-id=abc", "Bad Contact reg-id"),
+        (f";+sip.instance={INSTANCE};reg-id=2147483648", "Bad Contact reg-id"),
+        (f";+sip.instance={INSTANCE};reg-id", "Bad Contact reg-id"),
+        (f';+sip.instance="<urn:uuid:{"a" * 2100}>"', "Contact Too Long"),
+    ],
+)
+def test_a_bad_instance_or_reg_id_is_a_bad_request(params: str, reason: str) -> None:
+    store = BindingStore()
+    out = reg(store, f"Contact: <sip:alice@10.0.0.2>{params}")
+    assert (out.status, out.reason) == (400, reason)
+    assert len(store) == 0
+
+
+def test_the_user_agent_is_kept_and_a_long_one_cut() -> None:
+    store = BindingStore()
+    out = reg(store, "Contact: <sip:alice@10.0.0.2>", "User-Agent: " + "u" * 3000)
+    assert out.status == 200
+    assert store.all(AOR)[0].user_agent == "u" * MAX_FIELD_LENGTH
+    out = reg(store, "Contact: <sip:alice@10.0.0.3>", cseq=2)
+    assert {b.contact: b.user_agent for b in store.all(AOR)} == {
+        "sip:alice@10.0.0.2": "u" * MAX_FIELD_LENGTH,
+        "sip:alice@10.0.0.3": "",
+    }
+    for b in store.all(AOR):
+        assert Binding.from_wire(b.to_wire()) == b
 
 
 # ------------------------------------------------------------------------ the * contact
@@ -758,3 +986,101 @@ def test_what_the_registrar_stores_can_be_replicated(
     # And the stored contact is the same URI as registered.
     for b in store.all(AOR):
         assert contact_key(parse_uri(b.contact)) == b.key
+
+
+# ------------------------------------------------------------------- retransmissions at the proxy
+
+
+class _Cluster:
+    """Three sans-IO proxies wired by hand (as in test_sip_proxy.Net): n1 is no owner, n2 and
+    n3 own every address-of-record; a `Replicate` is applied to its peers with `store.merge`
+    at once, and sends between nodes are delivered until something leaves the cluster."""
+
+    PHONE = ("10.0.0.2", 5060)
+
+    def __init__(self) -> None:
+        ports = {"n1": 5071, "n2": 5072, "n3": 5073}
+        self.peers = {n: Peer(n, "127.0.0.1", p) for n, p in ports.items()}
+        self.live = dict(self.peers)
+        self.nodes = {
+            n: Proxy(
+                ProxySettings(n, p.host, p.port, frozenset({"example.com"}), policy=POLICY),
+                owners=lambda aor, k: [self.live[x] for x in ("n2", "n3") if x in self.live][:k],
+                peers=lambda: self.live,
+            )
+            for n, p in self.peers.items()
+        }
+
+    def send(self, node: str, data: bytes) -> list[bytes]:
+        """Deliver `data` from the phone to `node`; what came back to the phone."""
+        out: list[bytes] = []
+        queue = [(node, data, self.PHONE)]
+        while queue:
+            name, payload, frm = queue.pop(0)
+            proxy = self.nodes[name]
+            for action in proxy.handle(payload, Source("udp", *frm), NOW):
+                if isinstance(action, Replicate):
+                    for peer in action.peers:
+                        self.nodes[peer].store.merge(action.changes, NOW)
+                    action = action.response
+                target = next(
+                    (
+                        n
+                        for n, p in self.live.items()
+                        if (p.host, p.port) == (action.host, action.port)
+                    ),
+                    None,
+                )
+                if target is None:
+                    out.append(action.data)
+                else:
+                    queue.append((target, action.data, (proxy.settings.host, proxy.settings.port)))
+        return out
+
+
+def _register_bytes(contact: str, *, call_id: str = "reg-1", cseq: int = 7) -> bytes:
+    return "\r\n".join(
+        [
+            "REGISTER sip:example.com SIP/2.0",
+            "Via: SIP/2.0/UDP 10.0.0.2:5060;branch=z9hG4bK-retx;rport",
+            "From: <sip:alice@example.com>;tag=a1",
+            "To: <sip:alice@example.com>",
+            f"Call-ID: {call_id}",
+            f"CSeq: {cseq} REGISTER",
+            "Max-Forwards: 70",
+            f"Contact: {contact}",
+            "Expires: 600",
+            "Content-Length: 0",
+            "",
+            "",
+        ]
+    ).encode()
+
+
+@pytest.mark.parametrize("where", ["second owner", "entry after the first owner died"])
+def test_a_retransmission_landing_where_the_binding_is_but_not_the_transaction_is_200(
+    where: str,
+) -> None:
+    """The REGISTER was applied on owner n2 and replicated to n3; its retransmission reaches
+    n3, which holds the binding but never saw the transaction (the phone's edge failed over,
+    or n2 died and n1 now routes to n3). It is answered 200 with the binding, and nothing
+    changes: no new version, nothing to replicate."""
+    cluster = _Cluster()
+    data = _register_bytes("<sip:alice@10.0.0.2:5060>")
+    (first,) = cluster.send("n1", data)
+    response = parse_message(first)
+    assert response.status == 200  # type: ignore[union-attr]
+    held = snapshot(cluster.nodes["n3"].store)
+    assert held == snapshot(cluster.nodes["n2"].store) and len(held) == 1
+    if where == "second owner":
+        answers = cluster.send("n3", data)
+    else:
+        del cluster.live["n2"]
+        answers = cluster.send("n1", data)
+    (again,) = answers
+    response = parse_message(again)
+    assert isinstance(response, Response)
+    assert (response.status, response.reason) == (200, "OK")
+    assert response.get_all("contact") == ["<sip:alice@10.0.0.2:5060>;expires=600"]
+    assert snapshot(cluster.nodes["n3"].store) == held
+    assert cluster.nodes["n3"].stats["registers"] == 1

@@ -42,6 +42,13 @@ SUBSCRIBER_KEY = "!subscriber"
 SUBSCRIBER_LIFETIME = 10 * 365 * 86_400.0
 SUBSCRIBER_TOMBSTONE = 30 * 86_400.0
 
+# The wire form of a binding (`Binding.to_wire`) only grows: the first 11 fields, then from
+# WIRE_FIELDS_2 on the instance, reg-id and User-Agent. A reader takes more fields than it
+# knows (a later version's) and ignores them, up to MAX_WIRE_FIELDS.
+WIRE_FIELDS = 11
+WIRE_FIELDS_2 = 14
+MAX_WIRE_FIELDS = 64
+
 # Anti-entropy digests cover this many buckets of address-of-record space.
 DIGEST_BUCKETS = 64
 
@@ -65,6 +72,13 @@ class Binding:
     stamp: float  # wall-clock seconds of the write: the version
     origin: str  # the node that made the write: breaks ties between equal stamps
     removed: bool = False
+    # RFC 5626 §6 / RFC 5627: the device this contact belongs to. `instance` is the
+    # +sip.instance value as written ('"<urn:uuid:...>"'), `reg_id` its reg-id (0: none); a
+    # binding with an instance is keyed by them rather than by its URI, and a forking proxy
+    # makes one branch per instance.
+    instance: str = ""
+    reg_id: int = 0
+    user_agent: str = ""  # the REGISTER's User-Agent (cut to MAX_FIELD_LENGTH)
 
     @property
     def version(self) -> tuple[float, str, int]:
@@ -74,7 +88,10 @@ class Binding:
         return not self.removed and self.expires_at > now
 
     def to_wire(self) -> list[object]:
-        return [
+        """The replication (and journal) form: 11 fields, or 14 when the binding names an
+        instance, a reg-id or a User-Agent. Nodes older than those fields accept exactly 11,
+        so a binding without them keeps the form they read."""
+        wire: list[object] = [
             self.aor,
             self.contact,
             self.key,
@@ -87,14 +104,28 @@ class Binding:
             self.origin,
             self.removed,
         ]
+        if self.instance or self.reg_id or self.user_agent:
+            wire += [self.instance, self.reg_id, self.user_agent]
+        return wire
 
     @classmethod
     def from_wire(cls, item: object) -> Binding:
-        """ValueError unless `item` is exactly what `to_wire` makes."""
-        if not isinstance(item, list) or len(item) != 11:
-            raise ValueError("a binding is a list of 11 fields")
-        aor, contact, key, expires_at, q, call_id, cseq, source, stamp, origin, removed = item
-        for text in (aor, contact, key, call_id, source, origin):
+        """ValueError unless `item` is what `to_wire` makes: 11 fields, or 14 and more (the
+        fields after the 14th are a later version's, and are ignored), each checked."""
+        if not isinstance(item, list) or not (
+            len(item) == WIRE_FIELDS or WIRE_FIELDS_2 <= len(item) <= MAX_WIRE_FIELDS
+        ):
+            raise ValueError(
+                f"a binding is a list of {WIRE_FIELDS} or {WIRE_FIELDS_2} to "
+                f"{MAX_WIRE_FIELDS} fields"
+            )
+        aor, contact, key, expires_at, q, call_id, cseq, source, stamp, origin, removed = item[
+            :WIRE_FIELDS
+        ]
+        instance, reg_id, user_agent = (
+            item[WIRE_FIELDS:WIRE_FIELDS_2] if len(item) >= WIRE_FIELDS_2 else ("", 0, "")
+        )
+        for text in (aor, contact, key, call_id, source, origin, instance, user_agent):
             if not isinstance(text, str) or len(text) > MAX_FIELD_LENGTH:
                 raise ValueError("binding text fields must be strings of at most 2048 chars")
         for number in (expires_at, q, stamp):
@@ -112,6 +143,8 @@ class Binding:
             raise ValueError("binding removed flag must be a boolean")
         if not 0.0 <= float(q) <= 1.0:
             raise ValueError("binding q must be within 0..1")
+        if not isinstance(reg_id, int) or isinstance(reg_id, bool) or not 0 <= reg_id < 2**31:
+            raise ValueError("binding reg-id must be an integer 0 to 2**31 - 1")
         return cls(
             aor,
             contact,
@@ -124,6 +157,9 @@ class Binding:
             float(stamp),
             origin,
             removed,
+            instance,
+            reg_id,
+            user_agent,
         )
 
     def digest(self) -> int:

@@ -5,8 +5,19 @@ to answer and which binding versions changed (for the replicas). One request is 
 nothing: every check runs before the store is touched.
 
 What the dispatcher has already done before calling here: validation (§8.2: Require,
-Max-Forwards, methods), the Request-URI domain check (step 1) and finding the
-address-of-record's owners. Authentication (steps 3 and 4) is not here yet.
+Max-Forwards, methods), the Request-URI domain check (step 1), finding the address-of-record's
+owners and authentication (steps 3 and 4).
+
+Two rules phones rely on beyond the contact list itself:
+
+- Order (step 7) holds over every record of the AOR from the request's Call-ID, tombstones
+  included: an older CSeq is refused (500), and an equal one asking for what is held is the
+  same request again (a retransmission that reached a node holding the binding but not the
+  transaction: the other owner, a stand-in, an owner after a failover), answered 200 with
+  nothing changed.
+- A contact with `+sip.instance` (and `reg-id`) is bound by device rather than by URI
+  (RFC 5626 §6, RFC 5627): a new contact of the same instance and reg-id replaces the old one,
+  and the 200 gives both parameters back.
 """
 
 from __future__ import annotations
@@ -25,6 +36,8 @@ __all__ = [
     "RegistrarPolicy",
     "aor_of",
     "contact_key",
+    "contact_value",
+    "instance_key",
     "register",
     "split_aor",
 ]
@@ -75,6 +88,12 @@ def contact_key(uri: Uri) -> str:
     user = uri.user or ""
     port = uri.port if uri.port is not None else ""
     return f"{uri.scheme.lower()}:{user}@{uri.host.lower()}:{port};{params}"
+
+
+# How far the expiry a retransmission asks for may be from the binding its first copy made:
+# a client retransmits a REGISTER for 64*T1 = 32 s (Timer F, RFC 3261 §17.1.2.2), and the
+# copy may be compared on another owner, whose clock is a few seconds off.
+RETRANSMISSION_WINDOW = 40.0
 
 
 class _Reject(Exception):
@@ -154,29 +173,38 @@ def _register(
         raise _Reject(400, "Bad Contact")  # a Contact header with no value in it
 
     if values:
+        # §10.3 step 7, over every record of the AOR from this Call-ID (a UA registers all
+        # its contacts under one Call-ID, §10.2.4), tombstones included: a CSeq below the
+        # highest one seen is out of order; an equal one is the same request again, or out of
+        # order if it asks for something else.
+        same_call = [b for b in store.contacts(aor) if b.call_id == call_id]
+        top = max((b.cseq for b in same_call), default=-1)
+        if cseq < top:
+            raise _Reject(500, "Out Of Order CSeq")
+        last = [b for b in same_call if b.cseq == top]
         if any(v.strip() == "*" for v in values):
             # §10.3 step 6: "*" only alone and only with Expires: 0.
             if len(values) != 1 or header_expires != 0:
                 raise _Reject(400, "Wildcard Contact Needs Expires 0 And No Other Contact")
-            for held in store.contacts(aor):
-                if held.removed:
-                    continue
-                if held.call_id == call_id and cseq <= held.cseq:
+            if cseq == top:
+                if not all(b.removed for b in last):
                     raise _Reject(500, "Out Of Order CSeq")
-                changes.append(_tombstone(held, now, policy, origin, call_id, cseq))
+                return _ok(store, aor, now, [])  # the removal again: already done
+            changes = [
+                _tombstone(held, now, policy, origin, call_id, cseq)
+                for held in store.contacts(aor)
+                if not held.removed
+            ]
         else:
+            wanted = _wanted(request, values, header_expires, policy)
+            if cseq == top:
+                if not _same_request(wanted, last, store, aor, now):
+                    raise _Reject(500, "Out Of Order CSeq")
+                return _ok(store, aor, now, [])  # a retransmission: already applied
+            # Kept for the operator (`swimthor location`); too long is cut, not refused.
+            user_agent = (request.get("user-agent") or "")[:MAX_FIELD_LENGTH]
             changes = _contacts(
-                request,
-                store,
-                aor,
-                values,
-                header_expires,
-                now,
-                policy,
-                origin,
-                source,
-                call_id,
-                cseq,
+                wanted, store, aor, now, policy, origin, source, call_id, cseq, user_agent
             )
 
     held_keys = {b.key for b in store.all(aor)}  # the subscriber counts for the store's size
@@ -187,17 +215,27 @@ def _register(
         raise _Reject(503, "Registrar Full", [("retry-after", "60")])
 
     # All checks passed: apply every change, then answer with the current bindings.
-    final = [b for b in changes if store.put(b)]
-    headers = [
-        (
-            "contact",
-            f"<{b.contact}>;expires={max(0, int(b.expires_at - now + 0.5))}"
-            + (f";q={_q_text(b.q)}" if b.q != 1.0 else ""),
-        )
-        for b in store.lookup(aor, now)
-    ]
+    return _ok(store, aor, now, [b for b in changes if store.put(b)])
+
+
+def _ok(store: BindingStore, aor: str, now: float, changes: list[Binding]) -> RegisterOutcome:
+    """200 with every current binding of `aor` (§10.3 step 8), with what changed."""
+    headers = [("contact", contact_value(b, now)) for b in store.lookup(aor, now)]
     headers.append(("date", _http_date(int(now))))
-    return RegisterOutcome(200, "OK", headers, final)
+    return RegisterOutcome(200, "OK", headers, changes)
+
+
+def contact_value(binding: Binding, now: float) -> str:
+    """A binding as a 200 lists it: its URI, the seconds it has left, its q, and the device's
+    +sip.instance and reg-id as registered (RFC 5626 §6)."""
+    value = f"<{binding.contact}>;expires={max(0, int(binding.expires_at - now + 0.5))}"
+    if binding.q != 1.0:
+        value += f";q={_q_text(binding.q)}"
+    if binding.instance:
+        value += f";+sip.instance={binding.instance}"
+        if binding.reg_id:
+            value += f";reg-id={binding.reg_id}"
+    return value
 
 
 @functools.lru_cache(maxsize=4)
@@ -210,21 +248,23 @@ def _q_text(q: float) -> str:
     return f"{q:.3f}".rstrip("0").rstrip(".") if q not in (0.0, 1.0) else str(int(q))
 
 
-def _contacts(
-    request: Request,
-    store: BindingStore,
-    aor: str,
-    values: list[str],
-    header_expires: int | None,
-    now: float,
-    policy: RegistrarPolicy,
-    origin: str,
-    source: str,
-    call_id: str,
-    cseq: int,
-) -> list[Binding]:
-    held = {b.key: b for b in store.contacts(aor)}
-    changes: dict[str, Binding] = {}
+@dataclass(frozen=True, slots=True)
+class _Wanted:
+    """One Contact of a REGISTER, read and checked: what it asks the binding of `key` to be."""
+
+    key: str
+    contact: str
+    expires: int
+    q: float
+    instance: str
+    reg_id: int
+
+
+def _wanted(
+    request: Request, values: list[str], header_expires: int | None, policy: RegistrarPolicy
+) -> list[_Wanted]:
+    """Every Contact of the request, in order, each fully checked (all before any change)."""
+    out = []
     for value in values:
         try:
             address = parse_address(value)
@@ -254,24 +294,128 @@ def _contacts(
                 raise _Reject(400, "Bad Contact q") from None
             if not 0.0 <= q <= 1.0:
                 raise _Reject(400, "Bad Contact q")
-        key = contact_key(uri)
         contact = str(uri)
-        if len(contact) > MAX_FIELD_LENGTH or len(key) > MAX_FIELD_LENGTH:
+        instance, reg_id = _device(params)
+        key = instance_key(instance, reg_id) if instance else contact_key(uri)
+        if (
+            len(contact) > MAX_FIELD_LENGTH
+            or len(key) > MAX_FIELD_LENGTH
+            or len(instance) > MAX_FIELD_LENGTH
+        ):
             raise _Reject(400, "Contact Too Long")
+        out.append(_Wanted(key, contact, expires, q, instance, reg_id))
+    return out
+
+
+def _device(params: dict[str, str | None]) -> tuple[str, int]:
+    """(+sip.instance as written, reg-id or 0) of a Contact's parameters. A reg-id without an
+    instance is ignored: such a contact is bound by RFC 3261's rules (RFC 5626 §6)."""
+    if "+sip.instance" not in params:
+        return "", 0
+    instance = params["+sip.instance"] or ""
+    if not _instance_id(instance):
+        raise _Reject(400, "Bad Contact +sip.instance")
+    if "reg-id" not in params:
+        return instance, 0
+    text = params["reg-id"] or ""
+    # reg-id = 1*DIGIT, 1 to 2**31 - 1 (RFC 5626 §12)
+    if not (text.isascii() and text.isdigit()) or len(text) > 10 or not 0 < int(text) < 2**31:
+        raise _Reject(400, "Bad Contact reg-id")
+    return instance, int(text)
+
+
+def _instance_id(instance: str) -> str:
+    """The instance-id in comparable form: quotes and angle brackets off, a URN's `urn:` and
+    namespace in lower case, and a UUID all in lower case (RFC 4122 §3). Empty if none."""
+    text = instance.strip()
+    if len(text) >= 2 and text[0] == text[-1] == '"':
+        text = text[1:-1].strip()
+    if len(text) >= 2 and text[0] == "<" and text[-1] == ">":
+        text = text[1:-1].strip()
+    scheme, sep, rest = text.partition(":")
+    if sep and scheme.lower() == "urn":
+        nid, sep2, nss = rest.partition(":")
+        nid = nid.lower()
+        text = f"urn:{nid}{sep2}{nss.lower() if nid == 'uuid' else nss}"
+    return text
+
+
+def instance_key(instance: str, reg_id: int = 0) -> str:
+    """The binding key of a device's contact (RFC 5626 §6, RFC 5627): its instance-id and
+    reg-id, so a new contact of the same device and flow replaces the old one. No contact key
+    (`contact_key`, always a `scheme:` of sip, sips or tel) can take this form."""
+    key = f"instance:{_instance_id(instance)}"
+    return f"{key};reg-id={reg_id}" if reg_id else key
+
+
+def _same_request(
+    wanted: list[_Wanted], last: list[Binding], store: BindingStore, aor: str, now: float
+) -> bool:
+    """Whether a REGISTER with the Call-ID and CSeq of the records `last` asks for what they
+    hold: the same contacts, q and expiry (the time left within what a retransmission can
+    lag), the removed ones removed. Then it is that request again (a retransmission reaching a
+    node that holds the binding but not the transaction)."""
+    final = {w.key: w for w in wanted}  # the same contact twice: the last one counts
+    if not last or any(b.key not in final for b in last):
+        return False
+    held = {b.key: b for b in store.contacts(aor)}
+    call_id, cseq = last[0].call_id, last[0].cseq
+    for key, w in final.items():
+        b = held.get(key)
+        if w.expires == 0:
+            if b is not None and not b.removed:
+                return False
+            continue
+        if (
+            b is None
+            or b.removed
+            or (b.call_id, b.cseq) != (call_id, cseq)
+            or b.contact != w.contact
+            or b.q != w.q
+            or abs(now + w.expires - b.expires_at) > RETRANSMISSION_WINDOW
+        ):
+            return False
+    return True
+
+
+def _contacts(
+    wanted: list[_Wanted],
+    store: BindingStore,
+    aor: str,
+    now: float,
+    policy: RegistrarPolicy,
+    origin: str,
+    source: str,
+    call_id: str,
+    cseq: int,
+    user_agent: str,
+) -> list[Binding]:
+    held = {b.key: b for b in store.contacts(aor)}
+    changes: dict[str, Binding] = {}
+    for w in wanted:
+        key = w.key
         current = held.get(key)
-        if current is not None and current.call_id == call_id and cseq <= current.cseq:
-            # Same Call-ID and a CSeq not higher: out of order (§10.3 step 7). An equal CSeq
-            # is a retransmission the transaction layer answers before we get here.
-            raise _Reject(500, "Out Of Order CSeq")
         # The same contact twice in one request: the last one says what happens to it.
         changes.pop(key, None)
-        if expires == 0:
+        if w.expires == 0:
             if current is not None and not current.removed:
                 changes[key] = _tombstone(current, now, policy, origin, call_id, cseq)
             continue
         stamp = _stamp(current, now, origin, cseq)
         changes[key] = Binding(
-            aor, contact, key, now + expires, q, call_id, cseq, source, stamp, origin
+            aor,
+            w.contact,
+            key,
+            now + w.expires,
+            w.q,
+            call_id,
+            cseq,
+            source,
+            stamp,
+            origin,
+            instance=w.instance,
+            reg_id=w.reg_id,
+            user_agent=user_agent,
         )
     live_before = {k for k, b in held.items() if b.live(now)}
     live_after = set(live_before)
