@@ -431,6 +431,108 @@ def test_size_limits() -> None:
     assert parse_error(raw(start=start)).reason == "Start Line Too Long"
 
 
+LONG = "y" * MAX_HEADER_LENGTH
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        (f"X-Long: {LONG}",),
+        (f"User-Agent: {LONG}", "Contact: <sip:alice@10.0.0.2>"),
+        (
+            f"X-Long: {LONG[: MAX_HEADER_LENGTH // 2]}",
+            f" {LONG[: MAX_HEADER_LENGTH // 2]}",
+            " more",
+        ),
+        (f"X-Long: {LONG}", " folded on", "Contact: <sip:alice@10.0.0.2>"),
+        (f"Contact: <sip:{LONG}@10.0.0.2>",),
+        (f"x-lOnG  : {LONG}", f"X-Other: {LONG}"),
+    ],
+)
+def test_a_header_line_too_long_is_answered_400_when_the_via_is_usable(
+    headers: tuple[str, ...],
+) -> None:
+    e = parse_error(raw(*headers))
+    assert (e.reason, e.respondable, e.status) == ("Header Too Long", True, 400)
+    e = parse_error(raw(*headers), datagram=False)
+    assert (e.reason, e.respondable, e.status) == ("Header Too Long", True, 400)
+
+
+@pytest.mark.parametrize("name", ["Via", "v", "From", "To", "t", "Call-ID", "i", "CSeq"])
+def test_a_header_line_too_long_that_an_answer_copies_is_dropped(name: str) -> None:
+    # The answer would have to copy it (or route by it): no answer.
+    e = parse_error(raw(f"{name}: {LONG}"))
+    assert (e.reason, e.respondable) == ("Header Too Long", False)
+    # Nor when the Via that is too long is a second one, or a folded one.
+    if name in ("Via", "v"):
+        e = parse_error(raw(f"Via: {VIA}", f"Via: {LONG}"))
+        assert (e.reason, e.respondable) == ("Header Too Long", False)
+        e = parse_error(raw(f"Via: {VIA}", f" , {LONG}"))
+        assert (e.reason, e.respondable) == ("Header Too Long", False)
+
+
+def test_a_header_line_too_long_is_dropped_when_nothing_else_can_be_answered() -> None:
+    # No header name to go by.
+    e = parse_error(raw(f"X Long: {LONG}"))
+    assert (e.reason, e.respondable) == ("Header Too Long", False)
+    e = parse_error(raw(LONG + "y"))
+    assert (e.reason, e.respondable) == ("Header Too Long", False)
+    # A response is never answered.
+    e = parse_error(response_raw(f"X-Long: {LONG}"))
+    assert (e.reason, e.respondable) == ("Header Too Long", False)
+    # A request that also lacks what an answer needs gets the reason for that.
+    e = parse_error(raw(f"X-Long: {LONG}", drop=("call-id",)))
+    assert (e.reason, e.respondable) == ("Missing Call-ID", True)
+    e = parse_error(raw(f"X-Long: {LONG}", drop=("via",)))
+    assert (e.reason, e.respondable) == ("Missing Via", False)
+
+
+def test_a_request_too_large_is_answered_513_when_its_headers_are_readable() -> None:
+    body = b"x" * MAX_MESSAGE_SIZE
+    e = parse_error(raw(body=body))
+    assert (e.reason, e.respondable, e.status) == ("Message Too Large", True, 513)
+    e = parse_error(raw(body=body), datagram=False)
+    assert (e.reason, e.respondable, e.status) == ("Message Too Large", True, 513)
+    # Headers that are readable enough to answer, but wrong too: still 513.
+    e = parse_error(raw(f"X-Long: {LONG}", body=body))
+    assert (e.reason, e.respondable, e.status) == ("Message Too Large", True, 513)
+    # Not for a response, nor for headers that cannot be answered or do not end in time.
+    for data in (
+        response_raw(body=body),
+        raw(f"Via: {LONG}", body=body),
+        raw(drop=("via",), body=body),
+        b"INVITE sip:a@b SIP/2.0\r\n" + b"X: y\r\n" * 20_000,
+    ):
+        e = parse_error(data)
+        assert (e.reason, e.respondable) == ("Message Too Large", False)
+
+
+def test_the_proxy_answers_a_header_too_long_and_a_message_too_large() -> None:
+    from swimthor.sip import Proxy, ProxySettings, Send, Source
+
+    proxy = Proxy(
+        ProxySettings("n1", "127.0.0.1", 5071, frozenset({"example.com"})),
+        owners=lambda aor, n: [],
+        peers=dict,
+    )
+    source = Source("udp", "10.0.0.1", 5060)
+    for data, status, reason in (
+        (raw(f"User-Agent: {LONG}"), 400, "Header Too Long"),
+        (raw(body=b"x" * MAX_MESSAGE_SIZE), 513, "Message Too Large"),
+    ):
+        (send,) = proxy.handle(data, source, 1000.0)
+        assert isinstance(send, Send)
+        assert (send.transport, send.host, send.port) == ("udp", "10.0.0.1", 5060)
+        answer = parse_message(send.data)
+        assert isinstance(answer, Response)
+        assert (answer.status, answer.reason) == (status, reason)
+        assert answer.get("call-id") == "call-1@10.0.0.1"
+        assert answer.vias[0].branch == "z9hG4bKabc"
+        assert len(send.data) < 1000  # the long line is not sent back
+    # One it cannot answer is dropped, as before.
+    assert proxy.handle(raw(f"Via: {LONG}"), source, 1000.0) == []
+
+
 def test_header_count_limit() -> None:
     base = len(DEFAULTS) + 1  # with Content-Length
     ok = [f"X-H{i}: {i}" for i in range(MAX_HEADERS - base)]

@@ -460,18 +460,46 @@ def _digits(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
+# Headers a response copies from its request (§8.2.6.2): a request whose line of one of these
+# is too long to read cannot be answered.
+_COPIED = frozenset(("via", "from", "to", "call-id", "cseq"))
+
+
 def parse_message(data: bytes, *, datagram: bool = True) -> Request | Response:
     """Parse one whole message. Over UDP (`datagram`) Content-Length may shorten the body and
     a body longer than it is cut (RFC 3261 §18.3); a longer Content-Length than the datagram
-    holds is an error. Stream framing is the server's job; pass the exact message here."""
+    holds is an error. Stream framing is the server's job; pass the exact message here.
+
+    A request too large (513) or with a header line over MAX_HEADER_LENGTH (400) is
+    respondable when what an answer copies (Via, From, To, Call-ID, CSeq) is readable."""
     if len(data) > MAX_MESSAGE_SIZE:
-        raise SipParseError("Message Too Large")
+        raise _too_large(data)
+    return _parse(data, datagram)
+
+
+def _too_large(data: bytes) -> SipParseError:
+    """The error for a message over MAX_MESSAGE_SIZE: 513 if its headers alone (within the
+    size bound) make a request that can be answered, else a drop."""
+    end = data.find(b"\r\n\r\n", 0, MAX_MESSAGE_SIZE - 3)
+    if end >= 0:
+        try:
+            respondable = isinstance(_parse(data[: end + 4], True, body=False), Request)
+        except SipParseError as e:
+            respondable = e.respondable  # something else is wrong too, but it can be answered
+        if respondable:
+            return SipParseError("Message Too Large", respondable=True, status=513)
+    return SipParseError("Message Too Large")
+
+
+def _parse(data: bytes, datagram: bool, *, body: bool = True) -> Request | Response:
+    """`parse_message` within the size bound; `body=False`: the headers only (no
+    Content-Length check)."""
     end = data.find(b"\r\n\r\n")
     if end < 0:
         # Lines end in CRLF (RFC 3261 §7); bare LF line ends are not accepted.
         raise SipParseError("No End Of Headers")
     head = data[:end]
-    body = data[end + 4 :]
+    content = data[end + 4 :]
     try:
         text = head.decode("utf-8")
     except UnicodeDecodeError:
@@ -500,19 +528,35 @@ def parse_message(data: bytes, *, datagram: bool = True) -> Request | Response:
 
     headers: list[tuple[str, str]] = []
     names: list[str] = []
+    # Header lines over MAX_HEADER_LENGTH are left out, by name, and the request is refused
+    # once the rest says whether it can be answered.
+    too_long: set[str] = set()
+    skipping = False  # the line before was too long: its folded continuations go with it
     for line in lines[1:]:
         if not line:
             raise SipParseError("Empty Header Line", respondable=False)
         if line[0] in " \t":  # folded continuation (RFC 3261 §7.3.1)
+            if skipping:
+                continue
             if not headers:
                 raise SipParseError("Bad Header Folding")
             key, value = headers[-1]
             headers[-1] = (key, f"{value} {line.strip()}".strip())
             if len(headers[-1][1]) > MAX_HEADER_LENGTH:
-                raise SipParseError("Header Too Long")
+                too_long.add(key)
+                headers.pop()
+                names.pop()
+                skipping = True
             continue
+        skipping = False
         if len(line) > MAX_HEADER_LENGTH:
-            raise SipParseError("Header Too Long")
+            name, sep, _ = line[: MAX_HEADER_LENGTH + 1].partition(":")
+            known = _header_name(name) if sep else None
+            if known is None:
+                raise SipParseError("Header Too Long")  # not even a header name to go by
+            too_long.add(known[0])
+            skipping = True
+            continue
         name, sep, value = line.partition(":")
         known = _NAME_CACHE.get(name) if sep else None
         if known is None:
@@ -531,25 +575,31 @@ def parse_message(data: bytes, *, datagram: bool = True) -> Request | Response:
         method, uri_text = bits[0], bits[1]
         if not _token(method):
             raise SipParseError("Bad Method")
-        message = Request(method, uri_text, headers, names, body)
+        message = Request(method, uri_text, headers, names, content)
     else:
         if not _digits(bits[1]) or len(bits[1]) != 3 or not 100 <= int(bits[1]) <= 699:
             raise SipParseError("Bad Status Code")
         status = int(bits[1])
-        message = Response(status, bits[2], headers, names, body)
+        message = Response(status, bits[2], headers, names, content)
 
+    if too_long and (not is_request or too_long & _COPIED):
+        raise SipParseError("Header Too Long")
     # From here on a request is answerable if its Via, From, To, Call-ID and CSeq are usable.
     _check_mandatory(message)
+    if too_long:
+        raise SipParseError("Header Too Long", respondable=True, status=400)
+    if not body:
+        return message
     length_text = message.get("content-length")
     if length_text is not None:
         if not _digits(length_text):
             raise SipParseError("Bad Content-Length", respondable=is_request)
         length = int(length_text)
-        if length > len(body):
+        if length > len(content):
             raise SipParseError("Content-Length Larger Than Body", respondable=is_request)
-        if datagram and length < len(body):
-            message.body = body[:length]
-        elif not datagram and length != len(body):
+        if datagram and length < len(content):
+            message.body = content[:length]
+        elif not datagram and length != len(content):
             raise SipParseError("Bad Content-Length", respondable=is_request)
     elif not datagram:
         raise SipParseError("Missing Content-Length", respondable=is_request)
