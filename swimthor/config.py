@@ -243,6 +243,11 @@ class SipConfig:
     # The challenges offered, in order of preference (RFC 8760): SHA-256 first. Clients that
     # read only the first challenge and know only MD5 (sipp 3.6, older phones) need MD5 first.
     auth_algorithms: list[str] = field(default_factory=lambda: ["SHA-256", "MD5"])
+    # Forking (RFC 3261 §16.6): a call rings every device of the AOR; devices of equal q ring
+    # together, lower q only after the higher group failed or rang this long with no answer
+    # (Kamailio's serial forking uses fr_inv_timer for this; 30 s is about six rings). The
+    # last group rings until timer C (§16.6 step 11: more than 3 minutes).
+    fork_timeout: float = 30.0
 
 
 _SIP_KEYS: dict[str, type | tuple[type, ...]] = {
@@ -263,6 +268,7 @@ _SIP_KEYS: dict[str, type | tuple[type, ...]] = {
     "rate_burst": (int, float),
     "rate_exempt": list,
     "auth": bool,
+    "fork_timeout": (int, float),
     "auth_algorithms": list,
 }
 
@@ -280,7 +286,13 @@ def check_sip(cfg: SipConfig) -> None:
         raise ConfigError("sip: need 1 <= min_expires <= default_expires <= max_expires")
     if cfg.max_contacts < 1:
         raise ConfigError("sip: max_contacts must be >= 1")
-    for name in ("replication_timeout", "repair_interval", "tcp_idle", "tcp_message_time"):
+    for name in (
+        "replication_timeout",
+        "repair_interval",
+        "tcp_idle",
+        "tcp_message_time",
+        "fork_timeout",
+    ):
         if not getattr(cfg, name) > 0:
             raise ConfigError(f"sip: {name} must be > 0")
     if cfg.max_connections < 1:

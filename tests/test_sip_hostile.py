@@ -40,6 +40,8 @@ from sip_helpers import (
 )
 
 from swimthor.sip import SipTransportConfig, parse_message
+from swimthor.sip._message import _parse_via
+from swimthor.sip._proxy import BRANCH_PREFIX
 
 LIMIT = 10  # seconds, for every test
 
@@ -208,17 +210,19 @@ async def test_ack_with_a_parse_error_is_never_answered() -> None:
 # ====================================================================== size bounds
 
 
-async def test_header_longer_than_8k_is_dropped() -> None:
-    """The header loop stops at the long line before the Via is read, so the request is not
-    respondable: dropped, not answered."""
+async def test_header_longer_than_8k_is_answered_400_when_the_via_is_readable() -> None:
+    """Issue 14: a header line over the limit gets 400, not a silent drop, when what an
+    answer copies (Via, From, To, Call-ID, CSeq) can be read."""
     with trio.fail_after(LIMIT):
         async with sip_node() as node, UdpClient(node) as client:
             headers = [*request_headers("OPTIONS", client.addr), ("Subject", "x" * 8_300)]
             data = build(f"OPTIONS sip:{DOMAIN} SIP/2.0", headers)
             before = _stats(node)
-            assert await answer_to(client, data) is None
+            reply = await answer_to(client, data)
+            assert reply is not None and reply.status == 400, reply
             delta = _delta(before, node)
-            assert (delta.get("parse_errors"), delta.get("dropped")) == (1, 1)
+            assert delta.get("parse_errors") == 1 and not delta.get("dropped")
+            _assert_response_to(reply, data)
             await assert_serving(node)
 
 
@@ -633,7 +637,7 @@ async def test_request_that_already_passed_here_gets_482() -> None:
             data = _invite(client, unique("bob"))
             parsed = parse_message(data)
             loop = node.proxy._loop_hash(parsed)  # type: ignore[arg-type]
-            ours = f"SIP/2.0/UDP {hostport(*node.addr)};branch=z9hG4bK-st-0123456789abcdef.{loop}"
+            ours = f"SIP/2.0/UDP {hostport(*node.addr)};branch=z9hG4bK-st-0123456789abcdef.{loop}.0"
             data = data.replace(b"\r\nMax-Forwards", f"\r\nVia: {ours}\r\nMax-Forwards".encode())
             reply = await answer_to(client, data)
             assert reply is not None
@@ -874,13 +878,21 @@ async def test_response_for_a_foreign_transaction_is_dropped() -> None:
                 response("SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bK-st-aa.bb", to_victim),
                 response(f"SIP/2.0/UDP {me};branch=z9hG4bK-st-aa.bb"),  # ours, no next hop
                 response(f"SIP/2.0/UDP {me};branch=z9hG4bK-foreign", to_victim),
+                # Ours in form, but made up: no MAC of ours for that next hop. Relaying it
+                # would send the victim a response it never asked for.
+                response(f"SIP/2.0/UDP {me};branch=z9hG4bK-st-aa.bb.0123456789ab", to_victim),
+                response(f"SIP/2.0/UDP {me};branch=z9hG4bK-sf-aa.bb.0123456789ab", to_victim),
+                response(f"SIP/2.0/UDP {me};branch=z9hG4bK-st-aa.bb", to_victim),
             ]
             before = _stats(node)
             for data in forged:
                 assert await answer_to(client, data) is None
             delta = _delta(before, node)
-            assert (delta.get("responses"), delta.get("dropped")) == (4, 4)
-            control = response(f"SIP/2.0/UDP {me};branch=z9hG4bK-st-cc.dd", to_victim)
+            assert (delta.get("responses"), delta.get("dropped")) == (7, 7)
+            assert delta.get("bad_branch") == 4
+            # A branch the node really made for the victim's hop is relayed there.
+            real = node.proxy._branch(BRANCH_PREFIX, "cc", "dd", _parse_via(to_victim))
+            control = response(f"SIP/2.0/UDP {me};branch={real}", to_victim)
             await client.send(control)
             relayed = await victim.reply()
             assert relayed.get("call-id") == read_reply(control).get("call-id")

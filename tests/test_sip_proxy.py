@@ -132,8 +132,14 @@ def test_invite_goes_entry_node_to_owner_to_contact_with_one_record_route() -> N
     net = Net()
     register_bob(net)
     out = net.run("n1", msg("INVITE", "sip:bob@example.com"), PHONE_A)
-    assert len(out) == 1 and (out[0].host, out[0].port) == PHONE_B
-    invite = parse_message(out[0].data)
+    # The owner answers 100 Trying at once (§16.2), relayed back by the entry node, and
+    # forwards the INVITE to bob's one binding.
+    by_address = {(o.host, o.port): o for o in out}
+    assert len(out) == 2 and set(by_address) == {PHONE_A, PHONE_B}
+    trying = parse_message(by_address[PHONE_A].data)
+    assert isinstance(trying, Response) and trying.status == 100
+    assert [f"{v.host}:{v.port}" for v in trying.vias] == ["127.0.0.1:5081"]
+    invite = parse_message(by_address[PHONE_B].data)
     assert isinstance(invite, Request)
     assert invite.uri_text == "sip:bob@127.0.0.1:5080"
     assert invite.get_all("record-route") == ["<sip:127.0.0.1:5071;lr>"]
@@ -148,24 +154,37 @@ def test_invite_goes_entry_node_to_owner_to_contact_with_one_record_route() -> N
 
 
 def test_retransmission_and_cancel_take_the_same_branches() -> None:
+    """The stateless entry node gives an INVITE, its retransmission and its CANCEL one branch
+    (§16.11), so the owner's server transaction sees them as one transaction."""
     net = Net()
     register_bob(net)
-    first = parse_message(net.run("n1", msg("INVITE", "sip:bob@example.com"), PHONE_A)[0].data)
-    again = parse_message(net.run("n1", msg("INVITE", "sip:bob@example.com"), PHONE_A)[0].data)
-    cancel = parse_message(net.run("n1", msg("CANCEL", "sip:bob@example.com"), PHONE_A)[0].data)
-    assert [v.branch for v in first.vias] == [v.branch for v in again.vias]
-    assert [v.branch for v in first.vias] == [v.branch for v in cancel.vias]
-    assert all(b.startswith(BRANCH_PREFIX) for b in [v.branch or "" for v in first.vias][:2])
-    other = parse_message(
-        net.run(
-            "n1",
-            msg(
-                "INVITE", "sip:bob@example.com", via="SIP/2.0/UDP 127.0.0.1:5081;branch=z9hG4bK-zz"
-            ),
-            PHONE_A,
-        )[0].data
+
+    def via_of(data: bytes) -> str:
+        (send,) = net.handle("n1", data, PHONE_A)
+        assert isinstance(send, Send) and (send.host, send.port) == ("127.0.0.1", 5072)
+        forwarded = parse_message(send.data)
+        return forwarded.vias[0].branch or ""
+
+    first = via_of(msg("INVITE", "sip:bob@example.com"))
+    assert first.startswith(BRANCH_PREFIX)
+    assert via_of(msg("INVITE", "sip:bob@example.com")) == first
+    assert via_of(msg("CANCEL", "sip:bob@example.com")) == first
+    other = via_of(
+        msg("INVITE", "sip:bob@example.com", via="SIP/2.0/UDP 127.0.0.1:5081;branch=z9hG4bK-zz")
     )
-    assert other.vias[0].branch != first.vias[0].branch
+    assert other != first
+
+
+def test_owner_absorbs_a_retransmitted_invite() -> None:
+    net = Net()
+    register_bob(net)
+    out = net.run("n1", msg("INVITE", "sip:bob@example.com"), PHONE_A)
+    assert sorted((o.host, o.port) for o in out) == [PHONE_B, PHONE_A]
+    # The caller retransmits: the owner's server transaction gives the 100 again and does
+    # not ring bob twice.
+    again = net.run("n1", msg("INVITE", "sip:bob@example.com"), PHONE_A)
+    assert [(o.host, o.port) for o in again] == [PHONE_A]
+    assert parse_message(again[0].data).status == 100  # type: ignore[union-attr]
 
 
 def test_owner_with_no_binding_answers_480_and_ack_is_never_answered() -> None:
@@ -269,15 +288,19 @@ def test_responses_follow_the_via_chain_and_foreign_ones_are_dropped() -> None:
     assert net.run("n2", foreign, PHONE_B) == []
 
 
-def test_options_to_the_node_is_answered_and_unknown_method_is_405() -> None:
+def test_options_to_the_node_is_answered_and_an_unknown_method_is_forwarded() -> None:
     net = Net()
     out = net.run("n1", msg("OPTIONS", "sip:127.0.0.1:5071"), PHONE_A)
     response = parse_message(out[0].data)
     assert isinstance(response, Response) and response.status == 200
     assert "REGISTER" in (response.get("allow") or "")
+    # RFC 3261 §16: a proxy forwards a method it does not know like any other.
+    register_bob(net)
     out = net.run("n1", msg("FOO", "sip:bob@example.com"), PHONE_A)
-    response = parse_message(out[0].data)
-    assert isinstance(response, Response) and response.status == 405 and response.get("allow")
+    assert [(o.host, o.port) for o in out] == [PHONE_B]
+    request = parse_message(out[0].data)
+    assert isinstance(request, Request) and request.method == "FOO"
+    assert request.uri_text == "sip:bob@127.0.0.1:5080"
 
 
 def test_register_for_a_foreign_domain_is_404() -> None:
@@ -331,8 +354,10 @@ def test_stand_ins_skip_this_node_and_the_owners_already_written() -> None:
 def test_the_fast_response_path_gives_what_the_full_parser_gives(joined: bool) -> None:
     net = Net()
     register_bob(net)
-    invite = parse_message(net.run("n1", msg("INVITE", "sip:bob@example.com"), PHONE_A)[0].data)
+    (to_owner,) = net.handle("n1", msg("INVITE", "sip:bob@example.com"), PHONE_A)
+    invite = parse_message(to_owner.data)  # type: ignore[union-attr]
     assert isinstance(invite, Request)
+    # A response on its way back through the stateless entry node n1: its Via, the phone's.
     via_lines = (
         [f"Via: {', '.join(v.text for v in invite.vias)}"]
         if joined
@@ -351,16 +376,20 @@ def test_the_fast_response_path_gives_what_the_full_parser_gives(joined: bool) -
             "",
         ]
     ).encode()
-    n2 = net.nodes["n2"]
-    fast = n2._relay_fast(ok)
+    n1 = net.nodes["n1"]
+    fast = n1._relay_fast(ok)
     assert fast is not None
-    full = n2._response(parse_message(ok))  # type: ignore[arg-type]
+    full = n1._response(parse_message(ok))  # type: ignore[arg-type]
     assert [(s.host, s.port) for s in fast] == [(s.host, s.port) for s in full]  # type: ignore[union-attr]
     fast_msg, full_msg = parse_message(fast[0].data), parse_message(full[0].data)  # type: ignore[union-attr]
     assert [v.text for v in fast_msg.vias] == [v.text for v in full_msg.vias]
     assert fast_msg.get("call-id") == "call-1" and fast_msg.status == 200  # type: ignore[union-attr]
     # Not ours: the fast path declines and the full parser decides.
     assert net.nodes["n3"]._relay_fast(ok) is None
+    # Ours, but re-addressed to another next hop: the branch's MAC does not match it.
+    moved = ok.replace(b"127.0.0.1:5081", b"127.0.0.1:5999").replace(b"rport=5081", b"rport=5999")
+    assert n1._relay_fast(moved) is None
+    assert n1._response(parse_message(moved)) == []  # type: ignore[arg-type]
 
 
 def test_the_fast_response_path_never_relays_past_a_foreign_top_via() -> None:

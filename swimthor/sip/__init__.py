@@ -1,9 +1,10 @@
 """The SIP front-end: parsing, registrar, one-hop stateless proxy, replicated bindings, and the
 trio UDP/TCP server. See docs/sip.md."""
 
+from ._actions import Send, Source
 from ._bindings import Binding, BindingStore
 from ._message import Request, Response, SipParseError, parse_message
-from ._proxy import Peer, Proxy, ProxySettings, Replicate, Send, Source, make_response
+from ._proxy import Peer, Proxy, ProxySettings, Replicate, make_response
 from ._registrar import RegisterOutcome, RegistrarPolicy, aor_of, register
 from ._server import SipServer, SipTransportConfig
 

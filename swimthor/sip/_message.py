@@ -654,3 +654,27 @@ def _check_mandatory(message: Request | Response) -> None:
 
 
 _COUNTED = frozenset((*MANDATORY, "content-length"))
+
+
+def replace_first_value(message: Request | Response, name: str, value: str) -> None:
+    """Replace the first value of the first `name` header line (values may be comma-joined)."""
+    for i, (key, line) in enumerate(message.headers):
+        if key == name:
+            values = split_values(line)
+            values[0] = value
+            message.headers[i] = (key, ", ".join(values))
+            message._cache.clear()
+            return
+
+
+def pop_first_value(message: Request | Response, name: str) -> None:
+    for i, (key, line) in enumerate(message.headers):
+        if key == name:
+            values = split_values(line)
+            if len(values) > 1:
+                message.headers[i] = (key, ", ".join(values[1:]))
+            else:
+                del message.headers[i]
+                del message.names[i]
+            message._cache.clear()
+            return

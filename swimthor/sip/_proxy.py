@@ -26,13 +26,18 @@ second half hashes the fields that change on a spiral and not on a loop (§16.3 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import ipaddress
+import itertools
+import os
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from ._actions import Send, Source
 from ._auth import Credentials, Verifier, challenges, parse_credentials
 from ._bindings import Binding, BindingStore
+from ._fork import Forks, Target
 from ._message import (
     MAX_MESSAGE_SIZE,
     Request,
@@ -43,13 +48,17 @@ from ._message import (
     parse_address,
     parse_message,
     parse_uri,
+    pop_first_value,
+    replace_first_value,
 )
 from ._registrar import RegistrarPolicy, aor_of, register, split_aor
+from ._transaction import TimerSettings, client_key, server_key
 from ._txn import PENDING, ResponseCache, transaction_key
 
 __all__ = [
     "ALLOWED_METHODS",
     "BRANCH_PREFIX",
+    "STATEFUL_PREFIX",
     "Peer",
     "Proxy",
     "ProxySettings",
@@ -59,7 +68,12 @@ __all__ = [
     "make_response",
 ]
 
+# Our Via branches: "st" when forwarded statelessly (the entry node), "sf" when a client
+# transaction of ours sent it (the owner's branches). Both end in a MAC under the cluster key of
+# the branch and the hop a response to it goes back to, so a response to a branch no node of
+# ours made (or one re-addressed to another hop) is dropped rather than relayed anywhere.
 BRANCH_PREFIX = "z9hG4bK-st-"
+STATEFUL_PREFIX = "z9hG4bK-sf-"
 ALLOWED_METHODS = (
     "INVITE",
     "ACK",
@@ -80,28 +94,6 @@ _ALLOWED = frozenset(ALLOWED_METHODS)
 _DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
 SUPPORTED_EXTENSIONS: frozenset[str] = frozenset()  # none yet: every Require/Proxy-Require is 420
 DEFAULT_MAX_FORWARDS = 70
-
-
-@dataclass(frozen=True, slots=True)
-class Source:
-    """Where a message came from: transport ("udp"/"tcp"), address, and for TCP the
-    connection id the answer must go back on."""
-
-    transport: str
-    host: str
-    port: int
-    conn: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Send:
-    """Send `data` to host:port over `transport`; `conn` reuses a TCP connection if open."""
-
-    transport: str
-    host: str
-    port: int
-    data: bytes
-    conn: int | None = None
 
 
 @dataclass(slots=True)
@@ -161,6 +153,11 @@ class ProxySettings:
     # whose caller is one of our domains, must carry a subscriber's credentials.
     auth: bool = False
     auth_algorithms: tuple[str, ...] = ("SHA-256", "MD5")
+    # Forking at the owner (§16.6-16.7): how long a q group rings before the next is tried,
+    # and the transaction timers (T1, T2, T4, timer C).
+    fork_timeout: float = 30.0
+    timers: TimerSettings = field(default_factory=TimerSettings)
+    max_forks: int = 50_000
 
 
 def _h(*parts: str, size: int = 8) -> str:
@@ -209,8 +206,24 @@ class Proxy:
         peers: Callable[[], dict[str, Peer]],
         store: BindingStore | None = None,
         peer_at: Callable[[str, int], Peer | None] | None = None,
+        branch_keys: Callable[[], list[bytes]] | None = None,
     ) -> None:
         self.settings = settings
+        # The keys our branch MACs are made with (the first) and checked with (any): the
+        # cluster keyring's, so a rotation keeps branches in flight valid; without one, a
+        # secret of this process (only the node that made a branch checks it).
+        secret = [os.urandom(32)]
+        self._branch_keys = branch_keys or (lambda: secret)
+        self._branch_serial = itertools.count(int.from_bytes(os.urandom(4), "big"))
+        self.forks = Forks(
+            self._build_branch,
+            self._build_answer,
+            timers=settings.timers,
+            fork_timeout=settings.fork_timeout,
+            max_forks=settings.max_forks,
+        )
+        # The monotonic time of the message being handled (transaction timers run on it).
+        self._mono = 0.0
         self._owners = owners  # aor, n -> live owners, first first
         self._peers = peers  # name -> Peer, the live sip members (us included)
         # (host, port) -> the live member whose SIP address that is; a scan of peers() if the
@@ -236,6 +249,7 @@ class Proxy:
             "challenged": 0,
             "auth_failed": 0,
             "authenticated": 0,
+            "bad_branch": 0,
         }
         # For the metrics: requests by method (unknown ones as "other"), and the answers
         # this node made by status code (relayed responses are counted in `stats`).
@@ -250,7 +264,12 @@ class Proxy:
 
     # ---------------------------------------------------------------- entry point
 
-    def handle(self, data: bytes, source: Source, now: float) -> list[Action]:
+    def handle(
+        self, data: bytes, source: Source, now: float, mono: float | None = None
+    ) -> list[Action]:
+        """`now` is wall-clock time (binding expiry and versions), `mono` a monotonic clock
+        for the transaction timers (the same as `now` when not given)."""
+        self._mono = now if mono is None else mono
         if not data.strip(b"\r\n"):
             return []  # keep-alive (RFC 5626 §3.5.1 CRLF): nothing to do
         if data.startswith(b"SIP/2.0 ") and source.transport == "udp":
@@ -275,6 +294,81 @@ class Proxy:
             return self._request(message, source, now)
         except SipParseError as e:
             return self._reply(message, source, now, 400, e.reason)
+
+    # ---------------------------------------------------------------- timers, transport
+
+    def next_timer(self) -> float | None:
+        """When (monotonic) `handle_timer` wants to run next; None: no timer pending."""
+        return self.forks.next_deadline()
+
+    def handle_timer(self, mono: float) -> list[Send]:
+        self._mono = mono
+        return self.forks.on_timer(mono)
+
+    def transport_error(self, txn: tuple[str, str], mono: float) -> list[Send]:
+        """The transport could not deliver what a client transaction sent (connection
+        refused, ICMP port unreachable): the branch fails now, as a 503 (§8.1.3.1)."""
+        self._mono = mono
+        return self.forks.transport_error(txn, mono)
+
+    def unreachable(self, data: bytes, mono: float) -> list[Send]:
+        """A datagram we sent came back undeliverable (the kernel's error queue gives back
+        its first bytes): find the branch in its top Via and fail that transaction."""
+        found = _OUR_BRANCH.search(data, 0, 2048)
+        method = data.split(b" ", 1)[0]
+        if found is None or not method.isalpha():
+            return []
+        try:
+            key = client_key(found.group(1).decode("ascii"), method.decode("ascii"))
+        except UnicodeDecodeError:
+            return []
+        return self.transport_error(key, mono)
+
+    # ---------------------------------------------------------------- branches
+
+    def _mac(self, ident: str, loop: str, hop: tuple[str, int], key: bytes) -> str:
+        text = f"{ident}.{loop}|{hop[0].lower()}|{hop[1]}".encode()
+        return hashlib.blake2b(text, key=key[:64], digest_size=6, person=b"sip-branch").hexdigest()
+
+    def _branch(self, prefix: str, ident: str, loop: str, upstream: ViaHop) -> str:
+        """A branch of ours for a request whose responses go back to `upstream` (the Via
+        below ours): `<prefix><ident>.<loop hash>.<MAC>`."""
+        mac = self._mac(ident, loop, upstream.response_target(), self._branch_keys()[0])
+        return f"{prefix}{ident}.{loop}.{mac}"
+
+    def _branch_ok(self, branch: str, upstream: ViaHop) -> bool:
+        """Did a node of ours (with our keys) make `branch` for responses to `upstream`?"""
+        parts = branch[len(BRANCH_PREFIX) :].split(".")
+        if len(parts) != 3:
+            return False
+        ident, loop, mac = parts
+        hop = upstream.response_target()
+        return any(
+            hmac.compare_digest(mac, self._mac(ident, loop, hop, key))
+            for key in self._branch_keys()
+        )
+
+    def _build_branch(
+        self, base: Request, target: Target, loop: str
+    ) -> tuple[Request, Send] | None:
+        """The request of one fork branch (§16.6): a copy of `base` (Max-Forwards already
+        decremented, Record-Route added) for `target`, with our Via on top."""
+        request = Request(base.method, target.uri, list(base.headers), list(base.names), base.body)
+        transport = "tcp" if target.transport == "tcp" else "udp"
+        ident = _h(self.settings.name, str(next(self._branch_serial)), size=8)
+        branch = self._branch(STATEFUL_PREFIX, ident, loop, base.vias[0])
+        request.prepend("via", f"SIP/2.0/{transport.upper()} {self._sent_by};branch={branch}")
+        data = request.to_bytes()
+        if len(data) > MAX_MESSAGE_SIZE:
+            return None
+        self.stats["forwarded"] += 1
+        return request, Send(transport, target.host.strip("[]"), target.port, data)
+
+    def _build_answer(self, request: Request, status: int, reason: str) -> bytes:
+        self.answers_by_code[status] = self.answers_by_code.get(status, 0) + 1
+        return make_response(
+            request, status, reason, to_tag=self._tag(request), server=self.settings.server_header
+        ).to_bytes()
 
     # ---------------------------------------------------------------- helpers
 
@@ -417,6 +511,10 @@ class Proxy:
         if line_end >= end or data[line_end + 2 : line_end + 3] in (b" ", b"\t"):
             return None  # the last header, or folded
         line = data[at + 7 : line_end]
+        ours = line.split(b",", 1)[0]
+        branch = ours[len(self._via_prefix) - len(BRANCH_PREFIX) :].rstrip(b" \t")
+        if b";" in branch or b"=" in branch:
+            return None  # parameters after the branch: not the Via we wrote
         if b"," in line:
             # Several hops on one line (as sipp's UAS writes them): drop the first value.
             _first, _, rest = line.partition(b",")
@@ -438,6 +536,12 @@ class Proxy:
             return None
         if hop.transport != "UDP":
             return None
+        try:
+            mine = self._branch_ok(branch.decode("ascii"), hop)
+        except UnicodeDecodeError:
+            mine = False
+        if not mine:
+            return None  # the full path drops it and counts it
         host, port = hop.response_target()
         self.stats["responses"] += 1
         self.stats["forwarded"] += 1
@@ -446,9 +550,19 @@ class Proxy:
     def _response(self, response: Response) -> list[Action]:
         vias = response.vias
         top = vias[0]
-        if not (top.branch or "").startswith(BRANCH_PREFIX):
+        branch = top.branch or ""
+        if not branch.startswith((BRANCH_PREFIX, STATEFUL_PREFIX)):
             self.stats["dropped"] += 1
             return []  # not from a request any node of ours forwarded (§16.11: drop)
+        if branch.startswith(STATEFUL_PREFIX) and f"{top.host}:{top.port}".lower() == self._me:
+            # §16.7 step 1: a response to one of our client transactions goes to its context.
+            handled = self.forks.response(
+                response, client_key(branch, response.cseq[1]), self._mono
+            )
+            if handled is not None:
+                self.stats["forwarded"] += 1
+                return list(handled)
+            # No transaction (it ended: a late 2xx retransmission): on statelessly, below.
         if f"{top.host}:{top.port}".lower() != self._me:
             # A response meant for another node of the cluster. Compliant UAs send responses
             # where the Via says, but some (sipp's UAS among them) send every response of a
@@ -459,11 +573,14 @@ class Proxy:
                 return [Send("udp", peer.host, peer.port, response.to_bytes())]
             self.stats["dropped"] += 1
             return []
-        if len(vias) < 2:
+        if len(vias) < 2 or not self._branch_ok(branch, vias[1]):
+            # No next hop, or a branch no node of ours made for that hop: a forged response
+            # (relaying it would reflect it to whatever address its next Via names).
             self.stats["dropped"] += 1
-            return []  # it was for us as a client; we send no requests of our own
+            self.stats["bad_branch"] += 1
+            return []
         # Pop our Via: the first value of the first Via line.
-        _pop_first_value(response, "via")
+        pop_first_value(response, "via")
         nxt = vias[1]
         host, port = nxt.response_target()
         transport = "tcp" if nxt.transport == "TCP" else "udp"
@@ -484,6 +601,18 @@ class Proxy:
                 if cached == PENDING:
                     return []
                 return [self._resend(cached, request, source)]
+        if self.forks.servers:
+            # A request of a transaction we proxy statefully: a retransmission or the ACK of
+            # a non-2xx final (absorbed there, §17.2.1), or the caller's CANCEL (§16.10).
+            skey = server_key(request)
+            fork = self.forks.server_for(skey)
+            if fork is not None:
+                return list(self.forks.retransmission(fork, request, self._mono))
+            if request.method == "CANCEL":
+                fork = self.forks.server_for((*skey[:-1], "INVITE"))
+                if fork is not None:
+                    answer = self._reply(request, source, now, 200, "OK")
+                    return answer + list(self.forks.cancel(fork, self._mono))
 
         method = request.method
         # §16.3 / §8.2.1-8.2.2 checks, in the order the RFC lists them.
@@ -502,15 +631,8 @@ class Proxy:
             if not (mf_text.isascii() and mf_text.isdigit()) or len(mf_text) > 3:
                 return self._reply(request, source, now, 400, "Bad Max-Forwards")
             max_forwards = int(mf_text)
-        if method not in _ALLOWED:
-            return self._reply(
-                request,
-                source,
-                now,
-                405,
-                "Method Not Allowed",
-                [("allow", ", ".join(ALLOWED_METHODS))],
-            )
+        # A method we do not know is routed like any other (§16: a proxy need not understand
+        # a method to forward it); only REGISTER and OPTIONS to us are ours to answer.
         if method not in ("ACK", "CANCEL"):
             refused = self._bad_extension(request, "proxy-require", source, now)
             if refused is not None:
@@ -527,8 +649,9 @@ class Proxy:
         # Via of ours is present, or we forward), most requests are answered here.
         loop = _LoopHash(request)
         for via in request.vias:
-            if f"{via.host}:{via.port}".lower() == self._me and (via.branch or "").endswith(
-                "." + loop.value()
+            if (
+                f"{via.host}:{via.port}".lower() == self._me
+                and _branch_loop(via.branch) == loop.value()
             ):
                 return self._reply(request, source, now, 482, "Loop Detected")
 
@@ -595,6 +718,16 @@ class Proxy:
                         200,
                         "OK",
                         [("allow", ", ".join(ALLOWED_METHODS)), ("accept", "application/sdp")],
+                    )
+                if method not in _ALLOWED:
+                    # Addressed to us (the domain, no user): ours to answer as a UAS (§8.2.1).
+                    return self._reply(
+                        request,
+                        source,
+                        now,
+                        405,
+                        "Method Not Allowed",
+                        [("allow", ", ".join(ALLOWED_METHODS))],
                     )
                 return self._reply(request, source, now, 404, "Not Found")
             aor = aor_of(uri)
@@ -863,28 +996,91 @@ class Proxy:
                 if request.method == "ACK":
                     return []
                 return self._reply(request, source, now, 480, "Temporarily Unavailable")
-            target = bindings[0]
-            try:
-                contact = parse_uri(target.contact)
-            except ValueError:
-                return self._reply(request, source, now, 480, "Temporarily Unavailable")
-            request.uri_text = target.contact
-            return self._forward(
-                request,
-                source,
-                now,
-                contact.host,
-                contact.port,
-                _transport(contact),
-                max_forwards,
-                add_rr=entry,
-                loop=loop,
-            )
+            if request.method == "ACK":
+                # The ACK of a 2xx with no route set (end to end): to the best binding.
+                target = bindings[0]
+                try:
+                    contact = parse_uri(target.contact)
+                except ValueError:
+                    return []
+                request.uri_text = target.contact
+                return self._forward(
+                    request,
+                    source,
+                    now,
+                    contact.host,
+                    contact.port,
+                    _transport(contact),
+                    max_forwards,
+                    add_rr=False,
+                    loop=loop,
+                )
+            if request.method == "CANCEL":
+                # No transaction of ours to cancel (§16.10 would forward it statelessly, but
+                # our branches are our own: no device could match it).
+                return self._reply(request, source, now, 481, "Call/Transaction Does Not Exist")
+            return self._fork(request, source, now, bindings, max_forwards, add_rr=entry, loop=loop)
         if not owners:
             return self._no_owner(request, source, now)
         head = owners[0]
         return self._forward(
             request, source, now, head.host, head.port, "udp", max_forwards, add_rr=entry, loop=loop
+        )
+
+    def _fork(
+        self,
+        request: Request,
+        source: Source,
+        now: float,
+        bindings: list[Binding],
+        max_forwards: int,
+        *,
+        add_rr: bool,
+        loop: _LoopHash,
+    ) -> list[Action]:
+        """Proxy statefully to every device of the AOR (§16.5-16.7): one target per
+        `+sip.instance` (else per contact), in groups of equal q, highest first."""
+        if max_forwards <= 0:
+            return self._reply(request, source, now, 483, "Too Many Hops")
+        if self.forks.full:
+            return self._reply(
+                request, source, now, 503, "Service Unavailable", [("retry-after", "1")]
+            )
+        groups: list[list[Target]] = []
+        seen: set[str] = set()
+        last_q: float | None = None
+        for binding in bindings:  # highest q first, then the most recently refreshed
+            device = getattr(binding, "instance", "") or binding.key
+            if device in seen:
+                continue
+            seen.add(device)
+            try:
+                contact = parse_uri(binding.contact)
+            except ValueError:
+                continue
+            target = Target(
+                binding.contact,
+                _transport(contact),
+                contact.host,
+                contact.port or (5061 if contact.scheme == "sips" else 5060),
+                binding.q,
+                device,
+            )
+            if last_q is None or binding.q != last_q:
+                groups.append([])
+                last_q = binding.q
+            groups[-1].append(target)
+        if not groups:
+            return self._reply(request, source, now, 480, "Temporarily Unavailable")
+        request.set("max-forwards", str(max_forwards - 1))
+        if add_rr and request.method in _DIALOG_CREATING and request.to_tag is None:
+            request.prepend("record-route", self._rr_tcp if source.transport == "tcp" else self._rr)
+        respond = self._to_via(make_response(request, 100, "Trying"), request, source)
+        respond_to = Send(respond.transport, respond.host, respond.port, b"", respond.conn)
+        return list(
+            self.forks.start(
+                server_key(request), request, respond_to, groups, self._mono, loop.value()
+            )
         )
 
     def _forward(
@@ -914,10 +1110,8 @@ class Proxy:
             size=8,
         )
         out_transport = "tcp" if transport == "tcp" else "udp"
-        via = (
-            f"SIP/2.0/{out_transport.upper()} {self._sent_by}"
-            f";branch={BRANCH_PREFIX}{stateless}.{loop.value()}"
-        )
+        branch = self._branch(BRANCH_PREFIX, stateless, loop.value(), top)
+        via = f"SIP/2.0/{out_transport.upper()} {self._sent_by};branch={branch}"
         request.prepend("via", via)
         data = request.to_bytes()
         if len(data) > MAX_MESSAGE_SIZE:
@@ -943,7 +1137,7 @@ def _stamp_received(request: Request, source: Source) -> None:
     if "received" not in top.params and (rport_empty or top.host.strip("[]") != source.host):
         text += f";received={source.host}"
     if text != top.text:
-        _replace_first_value(request, "via", text)
+        replace_first_value(request, "via", text)
 
 
 class _LoopHash:
@@ -956,7 +1150,9 @@ class _LoopHash:
         self._parts = (
             request.uri_text,
             request.from_tag or "",
-            request.to_tag or "",
+            # The ACK of a non-2xx final carries the answer's To tag, but must take the
+            # INVITE's branch (§16.11, §17.2.3): the tag is left out for it.
+            "" if request.method == "ACK" else (request.to_tag or ""),
             request.call_id,
             str(request.cseq[0]),
             ",".join(request.get_all("route")),
@@ -969,8 +1165,19 @@ class _LoopHash:
         return self._value
 
 
+# The branch of our Via at the top of a request we sent (as the kernel hands it back).
+_OUR_BRANCH = re.compile(rb";branch=(z9hG4bK-s[tf]-[0-9a-f]+\.[0-9a-f]+\.[0-9a-f]+)")
+
 # A Via header line in any spelling (RFC 3261 §7.3.1: case-insensitive, compact "v").
 _ANY_VIA = re.compile(rb"\r\n(?:via|v)[ \t]*:", re.IGNORECASE)
+
+
+def _branch_loop(branch: str | None) -> str | None:
+    """The loop hash in a branch of ours (the middle of `<id>.<loop>.<mac>`)."""
+    if not branch or not branch.startswith(("z9hG4bK-st-", "z9hG4bK-sf-")):
+        return None
+    parts = branch.split(".")
+    return parts[1] if len(parts) == 3 else None
 
 
 def _response_port(top: ViaHop, source: Source) -> int:
@@ -1003,34 +1210,6 @@ def _uri_host(host: str) -> str:
 def _set_rport(via_text: str, port: int) -> str:
     parts = via_text.split(";")
     return ";".join(f"rport={port}" if p.strip().lower() == "rport" else p for p in parts)
-
-
-def _replace_first_value(message: Request | Response, name: str, value: str) -> None:
-    """Replace the first value of the first `name` header line (values may be comma-joined)."""
-    from ._message import split_values
-
-    for i, (key, line) in enumerate(message.headers):
-        if key == name:
-            values = split_values(line)
-            values[0] = value
-            message.headers[i] = (key, ", ".join(values))
-            message._cache.clear()
-            return
-
-
-def _pop_first_value(message: Request | Response, name: str) -> None:
-    from ._message import split_values
-
-    for i, (key, line) in enumerate(message.headers):
-        if key == name:
-            values = split_values(line)
-            if len(values) > 1:
-                message.headers[i] = (key, ", ".join(values[1:]))
-            else:
-                del message.headers[i]
-                del message.names[i]
-            message._cache.clear()
-            return
 
 
 def _credentials(record: Binding) -> Credentials | None:

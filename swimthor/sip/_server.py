@@ -14,9 +14,11 @@ the response goes out when they confirm (or the failure response when they do no
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import itertools
+import math
 import socket as stdsocket
 import struct
 import time
@@ -36,8 +38,9 @@ from ..sockets import (
     is_ip,
     serve_listener,
 )
+from ._actions import Send, Source
 from ._message import MAX_MESSAGE_SIZE
-from ._proxy import Action, FetchCredentials, Proxy, Replicate, Send, Source
+from ._proxy import Action, FetchCredentials, Proxy, Replicate
 
 __all__ = ["SipServer", "SipTransportConfig"]
 
@@ -47,6 +50,10 @@ RECV_SIZE = 65_536
 # Kernel receive timestamps of datagrams (SO_TIMESTAMP: a struct timeval in the ancillary data).
 _TIMEVAL = struct.Struct("@ll")
 _ANC_SIZE = stdsocket.CMSG_SPACE(_TIMEVAL.size)
+# Linux socket options (not all in Python's socket module): queue ICMP errors on the socket.
+_IP_RECVERR = 11
+_SOL_IPV6 = 41
+_IPV6_RECVERR = 25
 # Datagrams handled per wake-up of the UDP loop before yielding to other tasks.
 RECV_BURST = 64
 
@@ -138,7 +145,10 @@ class SipServer(FrontEndServer):
             "credential_fetches": 0,
             "credential_fetch_failures": 0,
             "fetch_overload": 0,
+            "udp_unreachable": 0,
         }
+        self._timer_wake = trio.Event()
+        self._sleeping_until = math.inf
 
     # ------------------------------------------------------------ lifecycle
 
@@ -146,6 +156,77 @@ class SipServer(FrontEndServer):
         self._nursery = nursery
         self._udp_std = udp
         self._udp = trio.socket.from_stdlib_socket(udp)
+        # ICMP errors for what we send (port unreachable: a phone that is gone) are queued on
+        # the socket's error queue, so a branch to a dead contact fails at once, not at timer B.
+        for level, option in ((stdsocket.SOL_IP, _IP_RECVERR), (_SOL_IPV6, _IPV6_RECVERR)):
+            with contextlib.suppress(OSError):
+                udp.setsockopt(level, option, 1)
+        self._timer_wake = trio.Event()
+        nursery.start_soon(self._timer_loop)
+
+    # ------------------------------------------------------------ transaction timers
+
+    async def _timer_loop(self) -> None:
+        """Run the proxy's transaction timers (retransmissions, timeouts, fork groups) on
+        trio's clock: sleep until the next deadline, or until a message moved it earlier."""
+        while True:
+            deadline = self.proxy.next_timer()
+            self._sleeping_until = math.inf if deadline is None else deadline
+            with trio.move_on_at(self._sleeping_until):
+                await self._timer_wake.wait()
+            self._timer_wake = trio.Event()
+            now = trio.current_time()
+            try:
+                sends = self.proxy.handle_timer(now)
+            except Exception:
+                self.stats["handler_errors"] += 1
+                log.exception("sip timer raised")
+                continue
+            for send in sends:
+                self._send_now(send)
+
+    def _timers_moved(self) -> None:
+        """After handling a message: wake the timer loop if a deadline is now earlier."""
+        deadline = self.proxy.next_timer()
+        if deadline is not None and deadline < self._sleeping_until:
+            self._sleeping_until = deadline
+            self._timer_wake.set()
+
+    def _transport_error(self, send: Send) -> None:
+        """`send` could not be delivered: fail its client transaction (if it has one)."""
+        self.stats["send_errors"] += 1
+        if send.txn is None:
+            return
+        try:
+            sends = self.proxy.transport_error(send.txn, trio.current_time())
+        except Exception:
+            self.stats["handler_errors"] += 1
+            log.exception("sip transport error handling raised")
+            return
+        for out in sends:
+            self._send_now(out)
+        self._timers_moved()
+
+    def _drain_errors(self, sock: stdsocket.socket) -> None:
+        """Read the socket's error queue (IP_RECVERR): each entry gives back the first bytes
+        of a datagram of ours that could not be delivered."""
+        for _ in range(RECV_BURST):
+            try:
+                data, _anc, _flags, _addr = sock.recvmsg(2048, 512, stdsocket.MSG_ERRQUEUE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            self.stats["udp_unreachable"] += 1
+            try:
+                sends = self.proxy.unreachable(data, trio.current_time())
+            except Exception:
+                self.stats["handler_errors"] += 1
+                log.exception("sip unreachable handling raised")
+                continue
+            for out in sends:
+                self._send_now(out)
+        self._timers_moved()
 
     def _stopped(self) -> None:
         self._nursery = None
@@ -177,6 +258,7 @@ class SipServer(FrontEndServer):
                     break
                 except OSError as e:
                     if e.errno in TRANSIENT_RECV_ERRNOS:
+                        self._drain_errors(sock)
                         continue
                     if e.errno == errno.EBADF:
                         return
@@ -196,7 +278,9 @@ class SipServer(FrontEndServer):
                     continue
                 started = perf_counter()
                 try:
-                    actions = handle(data, Source("udp", addr[0], addr[1]), now)
+                    actions = handle(
+                        data, Source("udp", addr[0], addr[1]), now, trio.current_time()
+                    )
                 except Exception:
                     stats["handler_errors"] += 1
                     log.exception("sip handler raised", source=f"{addr[0]}:{addr[1]}")
@@ -210,6 +294,7 @@ class SipServer(FrontEndServer):
                     else:
                         self._start_fetch(action)
                 handling.observe(perf_counter() - started)
+            self._timers_moved()
             await trio.lowlevel.checkpoint()
 
     def _stale(self, anc: list[tuple[int, int, bytes]], data: bytes) -> bool:
@@ -235,12 +320,13 @@ class SipServer(FrontEndServer):
             except BlockingIOError:
                 pass
             except OSError:
-                self.stats["send_errors"] += 1
+                self._transport_error(send)
                 return
         if self._nursery is not None:
             self._nursery.start_soon(self._send, send)
 
     async def _execute(self, actions: list[Action]) -> None:
+        self._timers_moved()
         for action in actions:
             if isinstance(action, Send):
                 await self._send(action)
@@ -279,7 +365,7 @@ class SipServer(FrontEndServer):
             return
         self.proxy.remember_credentials(action.aor, found, now)
         try:
-            actions = self.proxy.handle(action.data, action.source, now)
+            actions = self.proxy.handle(action.data, action.source, now, trio.current_time())
         except Exception:
             self.stats["handler_errors"] += 1
             log.exception("sip handler raised", source=f"{action.source.host}")
@@ -303,8 +389,10 @@ class SipServer(FrontEndServer):
         try:
             await udp.sendto(send.data, (host, send.port))
             self.stats["udp_sent"] += 1
-        except (OSError, trio.ClosedResourceError):
+        except trio.ClosedResourceError:
             self.stats["send_errors"] += 1
+        except OSError:
+            self._transport_error(send)
 
     async def _resolve_and_send(self, send: Send) -> None:
         now = time.monotonic()
@@ -319,9 +407,11 @@ class SipServer(FrontEndServer):
                     )
             except (OSError, trio.TooSlowError):
                 self.stats["unresolved"] += 1
+                self._transport_error(send)
                 return
             if not infos:
                 self.stats["unresolved"] += 1
+                self._transport_error(send)
                 return
             address = str(infos[0][4][0])
             self._dns[send.host.lower()] = (now + self.config.dns_cache_time, address)
@@ -486,7 +576,7 @@ class SipServer(FrontEndServer):
             return
         try:
             actions = self.proxy.handle(
-                data, Source("tcp", conn.peer[0], conn.peer[1], conn.id), now
+                data, Source("tcp", conn.peer[0], conn.peer[1], conn.id), now, trio.current_time()
             )
         except Exception:
             self.stats["handler_errors"] += 1
@@ -505,13 +595,13 @@ class SipServer(FrontEndServer):
                 # Via's response target is what the caller already put in host/port.
                 pass
             if len(self._conns) >= self.config.max_connections:
-                self.stats["send_errors"] += 1
+                self._transport_error(send)
                 return
             try:
                 with trio.fail_after(self.config.connect_timeout):
                     stream = await trio.open_tcp_stream(send.host, send.port)
             except (OSError, trio.TooSlowError):
-                self.stats["send_errors"] += 1
+                self._transport_error(send)
                 return
             conn = self._register(stream, (send.host, send.port))
             if self._nursery is not None:
@@ -521,7 +611,7 @@ class SipServer(FrontEndServer):
                 await conn.stream.send_all(send.data)
             self.stats["tcp_sent"] += 1
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            self.stats["send_errors"] += 1
+            self._transport_error(send)
 
 
 _BAD = object()
