@@ -278,7 +278,7 @@ def test_the_caller_cancels_while_both_ring() -> None:
 def test_a_cancel_before_any_device_rang_is_answered_at_once_and_sent_when_it_rings() -> None:
     c = two_devices()
     c.deliver(msg("INVITE"), CALLER)
-    (desk,), (soft,) = c.requests(DESK), c.requests(SOFT)
+    (desk,), (_soft,) = c.requests(DESK), c.requests(SOFT)
     c.take(CALLER)
     c.deliver(msg("CANCEL"), CALLER)
     # §9.1: no CANCEL before a provisional; the caller is not kept waiting for one.
@@ -359,7 +359,7 @@ def test_a_failed_group_makes_room_for_the_next_at_once() -> None:
 def test_a_silent_device_times_out_as_408_and_the_next_group_answers() -> None:
     c = two_devices(fork_timeout=100.0, q_soft="0.5")
     c.deliver(msg("INVITE"), CALLER)
-    (desk,) = c.requests(DESK)
+    assert [r.method for r in c.requests(DESK)] == ["INVITE"]
     c.take(CALLER)
     c.advance(31.9)
     retransmitted = c.requests(DESK)
@@ -409,7 +409,7 @@ def test_when_no_device_can_be_reached_the_caller_gets_a_final_answer() -> None:
     c = Cluster()
     register(c, DESK, "00000000-0000-0000-0000-00000000desk")
     c.deliver(msg("INVITE"), CALLER)
-    (desk,) = c.requests(DESK)
+    assert [r.method for r in c.requests(DESK)] == ["INVITE"]
     c.take(CALLER)
     (sent,) = [s for s in c.nodes["n2"].forks.clients]
     c.route("n2", c.nodes["n2"].transport_error(sent, c.now))
@@ -436,6 +436,7 @@ def test_transactions_end_and_are_forgotten() -> None:
     c.reply(DESK, answer(desk, 486, "Busy Here", "desk"))
     c.reply(SOFT, answer(soft, 486, "Busy Here", "soft"))
     trying, busy = c.take(CALLER)
+    assert isinstance(trying, Response) and trying.status == 100
     assert isinstance(busy, Response) and busy.status == 486
     c.deliver(msg("ACK", to=f"<sip:bob@example.com>;tag={busy.to_tag}"), CALLER)
     owner = c.nodes["n2"].forks

@@ -4,6 +4,8 @@ unreliable and reliable transports. No sockets, no clock: `now` is a number we m
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from swimthor.sip._message import Request, Response, parse_message
@@ -70,9 +72,8 @@ def response(status: int, method: str = "INVITE", to_tag: str | None = "b1") -> 
 
 def client(method: str = "INVITE", reliable: bool = False, now: float = 0.0) -> ClientTransaction:
     req = request(method)
-    return ClientTransaction(
-        client_key("z9hG4bK-sf-abc.def.123", method), req, req.to_bytes(), reliable=reliable, now=now
-    )
+    key = client_key("z9hG4bK-sf-abc.def.123", method)
+    return ClientTransaction(key, req, req.to_bytes(), reliable=reliable, now=now)
 
 
 def transmits(outputs: list[object]) -> list[bytes]:
@@ -179,7 +180,7 @@ def test_non_invite_client_timer_e_doubles_to_t2_and_timer_f_ends_it() -> None:
     # E: 0.5, then 1, 2, 4, 4, 4 ... (capped at T2); F at 32.
     sent = run_timers(txn, 31.9)
     assert sent[:5] == [0.5, 1.5, 3.5, 7.5, 11.5]
-    assert all(b - a == 4.0 for a, b in zip(sent[3:], sent[4:], strict=False))
+    assert all(b - a == 4.0 for a, b in itertools.pairwise(sent[3:]))
     assert txn.on_timer(32.0) == [TimedOut(), Ended()]
 
 
