@@ -173,7 +173,7 @@ class Forks:
         *,
         timers: TimerSettings | None = None,
         fork_timeout: float = 30.0,
-        max_forks: int = 50_000,
+        max_forks: int = 200_000,
     ) -> None:
         self._build_branch = build_branch
         self._build_answer = build_answer
@@ -417,8 +417,19 @@ class Forks:
                     branch.done = True
                     fork.finals.append((status, None))
                     self._settle(fork, now, out)
-            elif isinstance(o, Ended) and self.clients.get(txn.key, (None,))[0] is txn:
-                del self.clients[txn.key]
+            elif isinstance(o, Ended):
+                if self.clients.get(txn.key, (None,))[0] is txn:
+                    del self.clients[txn.key]
+                # Once answered, a branch whose transactions have all ended is only memory
+                # (its server transaction lingers 32 s to absorb retransmissions).
+                if (
+                    fork.answered
+                    and branch.done
+                    and branch.txn.key not in self.clients
+                    and (branch.txn.key[0], "CANCEL") not in self.clients
+                    and branch in fork.branches
+                ):
+                    fork.branches.remove(branch)
         self._schedule(txn)
         self._schedule(fork)
 

@@ -157,7 +157,9 @@ class ProxySettings:
     # and the transaction timers (T1, T2, T4, timer C).
     fork_timeout: float = 30.0
     timers: TimerSettings = field(default_factory=TimerSettings)
-    max_forks: int = 50_000
+    # Stateful contexts held at once (each lingers 64*T1 after its answer, §17.2.1): at
+    # 2,000 calls/s that is 64,000; more get 503.
+    max_forks: int = 200_000
 
 
 def _h(*parts: str, size: int = 8) -> str:
@@ -1043,6 +1045,7 @@ class Proxy:
         if max_forwards <= 0:
             return self._reply(request, source, now, 483, "Too Many Hops")
         if self.forks.full:
+            self.forks.stats["fork_full"] += 1
             return self._reply(
                 request, source, now, 503, "Service Unavailable", [("retry-after", "1")]
             )
