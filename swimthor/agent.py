@@ -193,6 +193,7 @@ class Agent:
             "events": self._cmd_events,
             "subscriber.set": self._cmd_subscriber_set,
             "subscriber.list": self._cmd_subscriber_list,
+            "location": self._cmd_location,
         }
 
     # ------------------------------------------------------------ properties
@@ -572,6 +573,19 @@ class Agent:
         if args:
             raise ControlError("subscriber.list takes no arguments")
         return await self._sip_or_error().list_subscribers()
+
+    async def _cmd_location(self, args: dict[str, Any]) -> Any:
+        """The bindings of an AOR as its owners hold them: {"aor"} (`swimthor location`)."""
+        unknown = set(args) - {"aor"}
+        if unknown:
+            raise ControlError(f"unknown argument(s): {', '.join(sorted(unknown))}")
+        aor = args.get("aor")
+        if not isinstance(aor, str):
+            raise ControlError('"aor" must be a string')
+        try:
+            return await self._sip_or_error().location(aor)
+        except ValueError as e:
+            raise ControlError(str(e)) from None
 
     async def _cmd_leave(self, args: dict[str, Any]) -> Any:
         await self._leave()

@@ -1,9 +1,10 @@
 """The `swimthor` command line: run an agent, and ask a running one about its cluster.
 
 One subcommand per operator action, the way serf does it: `join` runs an agent in the
-foreground; `members`, `status`, `leave` and `keys` talk to the local agent over its control
-socket (or, for `members` and `status`, ask any member over its gossip port with `--via`);
-`keygen` prints a new cluster key; `demo` runs a small cluster on loopback with a live view.
+foreground; `members`, `status`, `leave`, `keys`, `subscriber` and `location` talk to the
+local agent over its control socket (or, for `members`, `status`, `route` and `location`, ask
+any member over its gossip port with `--via`); `keygen` prints a new cluster key; `demo` runs
+a small cluster on loopback with a live view.
 
 Output is aligned columns for people and `--format json` for scripts. Every error is exactly
 one line on stderr starting "swimthor: error: ". Exit status: 0 done, 1 the command failed,
@@ -393,6 +394,18 @@ def build_parser() -> argparse.ArgumentParser:
     sl = sbsub.add_parser("list", help="every subscriber of the cluster")
     sl.add_argument("--format", choices=("text", "json"), default="text")
     _add_client_options(sl, via=False)
+
+    lc = sub.add_parser(
+        "location",
+        help="the SIP bindings of an address-of-record, as each of its owners holds them",
+        description="The bindings (registered contacts) of AOR: contact, q, seconds left, "
+        "Call-ID and CSeq, +sip.instance and reg-id, source, the node that applied it, the "
+        "User-Agent, and which of the AOR's owners hold its newest version. Each owner is "
+        "asked; one that does not answer is named.",
+    )
+    lc.add_argument("aor", metavar="AOR", help="an address-of-record, e.g. sip:alice@example.com")
+    lc.add_argument("--format", choices=("text", "json"), default="text")
+    _add_client_options(lc, via=True)
 
     k = sub.add_parser("keys", help="list or rotate the cluster keys through the local agent")
     ksub = k.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
@@ -923,6 +936,43 @@ def format_status_json(status: Mapping[str, Any]) -> str:
     return json.dumps(status, indent=2) + "\n"
 
 
+def format_location_text(reply: Mapping[str, Any]) -> str:
+    """`swimthor location`: a line naming the AOR and its owners (and those that did not
+    answer), then one line per binding. ON lists the owners holding its newest version, and
+    marks one holding an older copy `:older`, one holding none `:missing`."""
+    owners = [str(o) for o in reply.get("owners") or ()]
+    head = f"{_text(reply.get('aor'))}  owners: {', '.join(owners) or 'none'}"
+    unanswered = [str(o) for o in reply.get("unanswered") or ()]
+    if unanswered:
+        head += f"  (no answer from {', '.join(unanswered)})"
+    bindings = [b for b in reply.get("bindings") or () if isinstance(b, Mapping)]
+    if not bindings:
+        return head + "\nno bindings\n"
+    rows = [["CONTACT", "Q", "EXPIRES", "CALL-ID", "CSEQ", "INSTANCE", "REG-ID", "SOURCE",
+             "ORIGIN", "ON", "USER-AGENT"]]  # fmt: skip
+    for b in bindings:
+        q = b.get("q")
+        on = [str(n) for n in b.get("on") or ()]
+        on += [f"{n}:older" for n in b.get("older") or ()]
+        on += [f"{n}:missing" for n in b.get("missing") or ()]
+        rows.append(
+            [
+                _text(b.get("contact")),
+                f"{q:g}" if isinstance(q, int | float) else _text(q),
+                _text(b.get("expires")),
+                _text(b.get("call_id")),
+                _text(b.get("cseq")),
+                _text(str(b.get("instance") or "").strip('"')),
+                _text(b.get("reg_id") or None),
+                _text(b.get("source")),
+                _text(b.get("origin")),
+                ",".join(on) or "-",
+                _text(b.get("user_agent")),
+            ]
+        )
+    return head + "\n" + _columns(rows)
+
+
 def format_keys_text(reply: Mapping[str, Any]) -> str:
     """One key id a line, the primary first and marked."""
     primary = reply.get("primary")
@@ -1225,6 +1275,43 @@ def _cmd_subscriber(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_aor_arg(text: str) -> None:
+    """UsageError unless `text` is a SIP or SIPS URI with a user part (the agent then checks
+    that its domain is one it serves)."""
+    from swimthor.sip._grammar import parse_uri
+    from swimthor.sip._registrar import aor_of
+
+    try:
+        uri = parse_uri(text.strip())
+    except ValueError:
+        raise UsageError(f"not a SIP address-of-record: {text!r}") from None
+    if aor_of(uri) is None:
+        raise UsageError(f"an address-of-record needs a user part, e.g. sip:alice@{uri.host}")
+
+
+def _cmd_location(args: argparse.Namespace) -> int:
+    _check_aor_arg(args.aor)
+    if getattr(args, "via", None) is not None:
+        import trio
+
+        from swimthor.sip._replication import LocateError, locate_via
+
+        keyring = client_keyring(args)
+        try:
+            reply = trio.run(locate_via, args.via, args.aor, keyring, args.label, args.timeout)
+        except LocateError as e:
+            raise CommandError(str(e)) from None
+    else:
+        reply = _control_call(args, "location", {"aor": args.aor})
+    if not isinstance(reply, dict) or not isinstance(reply.get("bindings"), list):
+        raise CommandError("the agent sent an unexpected location reply")
+    if args.format == "json":
+        sys.stdout.write(json.dumps(reply, indent=2) + "\n")
+    else:
+        sys.stdout.write(format_location_text(reply))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from swimthor.demo import run_demo
 
@@ -1367,6 +1454,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "keygen": _cmd_keygen,
     "keys": _cmd_keys,
     "subscriber": _cmd_subscriber,
+    "location": _cmd_location,
     "monitor": _cmd_monitor,
     "demo": _cmd_demo,
     "simulate": _cmd_simulate,

@@ -7,13 +7,23 @@ edits, with an epoch counter and the owners of every past epoch, like `RoutingTa
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import pytest
 import trio
 
 from swimthor.membership._keyring import Keyring
 from swimthor.membership.runtime import read_frame
 from swimthor.routing import EpochUnavailable
-from swimthor.sip._bindings import Binding, BindingStore
-from swimthor.sip._replication import Replicator
+from swimthor.sip._bindings import Binding, BindingStore, subscriber_record
+from swimthor.sip._replication import (
+    MAX_LOCATED,
+    LocateError,
+    Replicator,
+    _Link,
+    _location_records,
+    locate_via,
+)
 
 NOW = 2_000_000_000.0
 KEY = Keyring([b"k" * 32])
@@ -82,7 +92,10 @@ class Cluster:
                 node.stats["refused"] += 1
                 await stream.aclose()
                 return
-            await serve(stream)
+            try:
+                await serve(stream)
+            finally:
+                await trio.aclose_forcefully(stream)  # as the gossip listener does
 
         async with trio.open_nursery() as nursery:
             while True:
@@ -240,3 +253,111 @@ async def test_a_stray_copy_goes_to_its_owners_and_is_dropped() -> None:
             nursery.cancel_scope.cancel()
     assert len(n3.store) == 0
     assert len(n1.store) == 25 and len(n2.store) == 25
+
+
+# ---------------------------------------------------------------- `swimthor location`
+
+
+async def test_fetch_location_asks_each_owner_and_names_those_that_do_not_answer() -> None:
+    c = Cluster(["n1", "n2", "n3", "n4"], ["n1", "n2"], keyring=KEY)
+    aor = "sip:alice@example.com"
+    held = binding(aor, "sip:alice@10.0.0.2")
+    tomb = replace(binding(aor, "sip:alice@10.0.0.3"), removed=True)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await c.start(nursery)
+            for b in (held, tomb, subscriber_record(aor, "secret", stamp=NOW, origin="n2")):
+                c.nodes["n2"].store.put(b)
+            c.nodes["n3"].store.put(binding("sip:bob@example.com"))
+            c.addrs.pop("n4")  # not in the directory
+            found, silent = await c.nodes["n1"].fetch_location(aor, ["n2", "n3", "n4"])
+            # Tombstones come too (versions are compared); the subscriber record never does.
+            assert sorted(found["n2"], key=lambda b: b.contact) == [held, tomb]
+            assert found["n3"] == []
+            assert silent == ["n4"]
+            nursery.cancel_scope.cancel()
+
+
+async def test_fetch_location_gives_up_on_a_silent_owner_in_time() -> None:
+    c = Cluster(["n1", "n2"], ["n1", "n2"])
+    c.nodes["n1"].timeout = 0.2
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await c.start(nursery)
+            # Something that takes connections on n2's address and never answers.
+            listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+            c.addrs["n2"] = ("127.0.0.1", listeners[0].socket.getsockname()[1])
+            accepted: list[trio.SocketStream] = []
+
+            async def hold() -> None:
+                while True:
+                    accepted.append(await listeners[0].accept())
+
+            nursery.start_soon(hold)
+            assert await c.nodes["n1"].fetch_location("sip:a@example.com", ["n2"]) == ({}, ["n2"])
+            assert accepted  # it was asked
+            nursery.cancel_scope.cancel()
+
+
+def test_a_location_reply_is_checked() -> None:
+    aor = "sip:alice@example.com"
+    good = binding(aor).to_wire()
+    assert _location_records(["loc", [good]], aor) == [binding(aor)]
+    assert _location_records(["loc", []], aor) == []
+    for reply in (
+        None,
+        ["loc"],
+        ["sub", [good]],
+        ["loc", good],  # not a list of bindings
+        ["loc", [good[:10]]],
+        ["loc", [binding("sip:bob@example.com").to_wire()]],  # another AOR
+        ["loc", [subscriber_record(aor, "secret", stamp=NOW, origin="n1").to_wire()]],
+        ["loc", [good] * (MAX_LOCATED + 1)],
+        ["loc", [good], "more"],
+    ):
+        assert _location_records(reply, aor) is None, reply
+
+
+async def test_a_bad_loc_request_closes_the_connection() -> None:
+    c = Cluster(["n1", "n2"], ["n1", "n2"])
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await c.start(nursery)
+            n1 = c.nodes["n1"]
+            for body in (None, 7, ["sip:a@example.com"], "x" * 3000):
+                link = n1._links.setdefault("n2", _Link("n2"))
+                assert await n1._request(link, "loc", body) is None
+            assert c.nodes["n2"].stats["bad_frames"] == 4
+            nursery.cancel_scope.cancel()
+
+
+async def test_locate_via_asks_a_member_over_its_gossip_port() -> None:
+    c = Cluster(["n1", "n2"], ["n1", "n2"])
+    asked: list[str] = []
+
+    async def locate(aor: str) -> dict[str, object]:
+        asked.append(aor)
+        if aor == "bad":
+            raise ValueError("bad is not a SIP address-of-record")
+        return {"aor": aor, "bindings": []}
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await c.start(nursery)
+            c.nodes["n1"].locate = locate
+            where = c.addrs["n1"]
+            reply = await locate_via(where, "sip:a@example.com", KEY, "test", 5.0)
+            assert reply == {"aor": "sip:a@example.com", "bindings": []}
+            with pytest.raises(LocateError, match="bad is not a SIP address-of-record"):
+                await locate_via(where, "bad", KEY, "test", 5.0)
+            with pytest.raises(LocateError, match="serves no SIP"):
+                await locate_via(c.addrs["n2"], "sip:a@example.com", KEY, "test", 5.0)
+            # Another key or label: the member does not take the hello.
+            other = Keyring([b"o" * 32])
+            for keyring, label in ((other, "test"), (KEY, "other"), (None, "test")):
+                with pytest.raises(LocateError, match="closed without a reply"):
+                    await locate_via(where, "sip:a@example.com", keyring, label, 5.0)
+            assert asked == ["sip:a@example.com", "bad"]
+            nursery.cancel_scope.cancel()
+    with pytest.raises(LocateError, match=r"no answer from 127\.0\.0\.1:1"):
+        await locate_via(("127.0.0.1", 1), "sip:a@example.com", KEY, "test", 5.0)

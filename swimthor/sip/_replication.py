@@ -13,7 +13,14 @@ Messages (CBOR arrays):
 - ``["put", seq, [binding...]]`` → ``["ack", seq, stored]``: store if newer (merge rule);
 - ``["digest", seq, {bucket: xor}]`` → ``["diff", seq, [bucket...], [binding...]]``:
   anti-entropy over the addresses-of-record both ends own; the asker merges the answer and
-  puts back its own bindings of the buckets that differed.
+  puts back its own bindings of the buckets that differed;
+- ``["sub", seq, aor]`` → ``["sub", seq, binding | null]`` and ``["subs", seq, null]`` →
+  ``["subs", seq, [aor...]]``: a subscriber record, every subscriber held;
+- ``["loc", seq, aor]`` → ``["loc", seq, [binding...]]``: the contact records (tombstones
+  too, never the subscriber record) held for one AOR, for `swimthor location`;
+- ``["locate", seq, aor]`` → ``["locate", seq, {...}]``: the whole `swimthor location` answer
+  as this node gathers it from the AOR's owners (what `swimthor location --via` asks; the
+  `{"error": text}` form when it cannot).
 
 Three jobs use it:
 
@@ -33,20 +40,22 @@ from __future__ import annotations
 import itertools
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import cbor2
 import structlog
 import trio
 
+from ..config import format_hostport
 from ..membership._keyring import Keyring, SealError, unwrap_plain, wrap_plain
 from ..membership._member import Addr
 from ..membership.runtime import FrameError, encode_frame, read_frame
 from ..routing import EpochUnavailable
+from ..sockets import reason
 from ._bindings import MAX_FIELD_LENGTH, SUBSCRIBER_KEY, Binding, BindingStore, aor_bucket
 
-__all__ = ["MAX_FRAME", "Replicator"]
+__all__ = ["MAX_FRAME", "LocateError", "Replicator", "locate_via"]
 
 log = structlog.get_logger("swimthor.sip.replication")
 
@@ -54,6 +63,8 @@ PROTOCOL = 1
 MAX_FRAME = 8 << 20  # a put or diff carries at most this many bytes
 MAX_BATCH = 2_000  # bindings per put frame
 MAX_LISTED = 100_000  # subscriber AORs one node reports to `subscriber list`
+MAX_LOCATED = 1_000  # contact records one node reports for one AOR (`swimthor location`)
+CLIENT_NAME = "swimthor-cli"  # the hello of `swimthor location --via`
 _LABEL_SUFFIX = "/sip-replica"
 
 
@@ -117,6 +128,9 @@ class Replicator:
         self._links: dict[str, _Link] = {}
         self._seq = itertools.count(1)
         self._nursery: trio.Nursery | None = None
+        # `swimthor location --via`: the service's gathering of an AOR's bindings from its
+        # owners (set by SipService); None answers "locate" with an error.
+        self.locate: Callable[[str], Awaitable[dict[str, Any]]] | None = None
         self._epoch_moved = trio.Event()
         self._handoff_epoch = 0
         self.stats: dict[str, int] = {
@@ -348,7 +362,8 @@ class Replicator:
                     frame = await read_frame(stream, MAX_FRAME + 64)
                     try:
                         message = self._open(frame)
-                        if message and message[0] == "digest":
+                        if message and message[0] in ("digest", "locate"):
+                            # Both take a while (a walk, a round trip to other owners).
                             nursery.start_soon(answer_later, message)
                             continue
                         answer = await self._answer(message, peer)
@@ -395,6 +410,22 @@ class Replicator:
             # Every subscriber held here (`swimthor subscriber list` asks every member).
             held = sorted({r.aor for r in self.store.subscribers(now)})
             return ["subs", seq, held[:MAX_LISTED]]
+        if kind == "loc":
+            # One AOR's contact records as held here (`swimthor location` asks each owner).
+            # Never the subscriber record: that is credentials.
+            if not isinstance(body, str) or len(body) > MAX_FIELD_LENGTH:
+                raise ValueError("loc carries an address-of-record")
+            records = self.store.contacts(body)[:MAX_LOCATED]
+            return ["loc", seq, [b.to_wire() for b in records]]
+        if kind == "locate":
+            if not isinstance(body, str) or len(body) > MAX_FIELD_LENGTH:
+                raise ValueError("locate carries an address-of-record")
+            if self.locate is None:
+                return ["locate", seq, {"error": "this node serves no SIP"}]
+            try:
+                return ["locate", seq, await self.locate(body)]
+            except ValueError as e:
+                return ["locate", seq, {"error": str(e)}]
         raise ValueError(f"unknown request {kind!r}")
 
     async def fetch_subscriber(self, aor: str, peers: list[str]) -> Binding | bool | None:
@@ -436,6 +467,32 @@ class Replicator:
             for peer in peers:
                 nursery.start_soon(ask, peer)
         return found, silent
+
+    async def fetch_location(
+        self, aor: str, peers: list[str]
+    ) -> tuple[dict[str, list[Binding]], list[str]]:
+        """The contact records of `aor` that each of `peers` holds (asked at once, each
+        bounded by `timeout`); and the peers that did not answer (or answered nonsense)."""
+        found: dict[str, list[Binding]] = {}
+        silent: list[str] = []
+
+        async def ask(peer: str) -> None:
+            link = self._links.get(peer)
+            if link is None:
+                link = self._links[peer] = _Link(peer)
+            reply = await self._request(link, "loc", aor)
+            records = _location_records(reply, aor)
+            if records is None:
+                if reply is not None:
+                    self.stats["bad_frames"] += 1
+                silent.append(peer)
+            else:
+                found[peer] = records
+
+        async with trio.open_nursery() as nursery:
+            for peer in dict.fromkeys(peers):
+                nursery.start_soon(ask, peer)
+        return found, sorted(silent)
 
     # ------------------------------------------------------------ ownership
 
@@ -620,3 +677,72 @@ class Replicator:
         while True:
             await trio.sleep(1.0)
             self.store.expire(self._clock())
+
+
+def _location_records(reply: list[Any] | None, aor: str) -> list[Binding] | None:
+    """The records of a "loc" reply, each checked; None unless it is a good answer for
+    `aor` (a record of another AOR, or the subscriber record, makes it a bad one)."""
+    if reply is None or len(reply) != 2 or reply[0] != "loc" or not isinstance(reply[1], list):
+        return None
+    if len(reply[1]) > MAX_LOCATED:
+        return None
+    try:
+        records = [Binding.from_wire(item) for item in reply[1]]
+    except ValueError:
+        return None
+    if any(r.aor != aor or r.key == SUBSCRIBER_KEY for r in records):
+        return None
+    return records
+
+
+# ---------------------------------------------------------------- `swimthor location --via`
+
+
+class LocateError(Exception):
+    """`locate_via` failed; the message is one line for the operator."""
+
+
+async def locate_via(
+    addr: Addr, aor: str, keyring: Keyring | None, label: str, timeout: float
+) -> dict[str, Any]:
+    """Ask the member at `addr` (its gossip port) for `swimthor location AOR` over the
+    replication channel: a hello, one "locate" request, its reply. The member gathers the
+    answer from the AOR's owners. LocateError with one line on any failure."""
+    where = format_hostport(addr)
+    channel = label + _LABEL_SUFFIX
+
+    def seal(message: list[Any]) -> bytes:
+        data = cbor2.dumps(message)
+        sealed = keyring.seal(data, channel) if keyring is not None else wrap_plain(channel, data)
+        return encode_frame(sealed)
+
+    with trio.move_on_after(timeout) as scope:
+        try:
+            stream = await trio.open_tcp_stream(addr[0], addr[1])
+        except OSError as e:
+            raise LocateError(f"no answer from {where}: {reason(e)}") from None
+        async with stream:
+            try:
+                await stream.send_all(seal(["hello", PROTOCOL, CLIENT_NAME]))
+                await stream.send_all(seal(["locate", 1, aor]))
+                frame = await read_frame(stream, MAX_FRAME + 64)
+            except (FrameError, OSError, trio.BrokenResourceError):
+                # Closed on us (or reset, with our request unread): the gossip listener
+                # found no service for our hello.
+                raise LocateError(
+                    f"no answer from {where}: the connection closed without a reply (a "
+                    "member without the sip role, or the wrong key or label?)"
+                ) from None
+    if scope.cancelled_caught:
+        raise LocateError(f"no answer from {where} within {timeout:g} s")
+    try:
+        data = keyring.open(frame, channel) if keyring is not None else unwrap_plain(channel, frame)
+        reply = _decode(data)
+    except (SealError, ValueError) as e:
+        raise LocateError(f"the reply from {where} could not be read: {e}") from None
+    if len(reply) != 3 or reply[:2] != ["locate", 1] or not isinstance(reply[2], dict):
+        raise LocateError(f"{where} sent an unexpected reply")
+    answer: dict[str, Any] = reply[2]
+    if "error" in answer:
+        raise LocateError(str(answer["error"]))
+    return answer

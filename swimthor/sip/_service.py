@@ -24,7 +24,7 @@ from ..membership._member import Addr, Member, State
 from ..ratelimit import RateLimit, SourceLimiter
 from ..routing import RoutingTable
 from ._auth import Credentials, NonceMinter, Verifier, random_secret
-from ._bindings import SUBSCRIBER_KEY, BindingStore, subscriber_record
+from ._bindings import SUBSCRIBER_KEY, Binding, BindingStore, subscriber_record
 from ._grammar import parse_uri
 from ._proxy import Peer, Proxy, ProxySettings
 from ._registrar import RegistrarPolicy, aor_of, split_aor
@@ -32,7 +32,7 @@ from ._replication import Replicator
 from ._server import SipServer, SipTransportConfig
 from ._subscribers import JOURNAL_FILE, SubscriberJournal
 
-__all__ = ["SIP_TAG", "SipService"]
+__all__ = ["SIP_TAG", "SipService", "location_reply"]
 
 log = structlog.get_logger("swimthor.sip")
 
@@ -128,6 +128,7 @@ class SipService:
         )
         self.server.replicate = self.replicator.replicate_each
         self.server.fetch = self.replicator.fetch_subscriber
+        self.replicator.locate = self.location  # `swimthor location --via`
         return advertised
 
     def _nonce_secrets(self) -> list[bytes]:
@@ -211,6 +212,26 @@ class SipService:
         others = [n for n in self._peers if n != self.name]
         theirs, silent = await self.replicator.list_subscribers(others)
         return {"subscribers": sorted(found | theirs), "unanswered": sorted(silent)}
+
+    # ------------------------------------------------------------ location
+
+    async def location(self, aor: str) -> dict[str, Any]:
+        """`swimthor location AOR`: the AOR's live bindings as its owners hold them, each
+        with the owners that hold its newest version. Each owner is asked at once over the
+        replication channel (this node reads its own store); one that does not answer in
+        `replication_timeout` is listed as unanswered. ValueError for a bad AOR."""
+        canonical = self._subscriber_aor(aor)
+        assert self.replicator is not None
+        owners = self.owner_names(canonical)
+        copies: dict[str, list[Binding]] = {}
+        if self.name in owners:
+            copies[self.name] = self.store.contacts(canonical)
+        theirs, silent = await self.replicator.fetch_location(
+            canonical, [n for n in owners if n != self.name]
+        )
+        copies.update(theirs)
+        now = self._clock()
+        return location_reply(canonical, owners, copies, silent, now, asked=self.name)
 
     @property
     def advertised(self) -> tuple[str, int]:
@@ -328,3 +349,67 @@ class SipService:
             "transport": dict(self.server.stats),
             "replication": dict(self.replicator.stats),
         }
+
+
+def location_reply(
+    aor: str,
+    owners: list[str],
+    copies: dict[str, list[Binding]],
+    unanswered: list[str],
+    now: float,
+    *,
+    asked: str,
+) -> dict[str, Any]:
+    """What `swimthor location` shows, from what each owner that answered holds (`copies`:
+    owner -> its contact records of `aor`). Per binding key, the newest version any owner
+    holds; listed when it is live, with the owners holding that version (`on`), an older
+    one (`older`) or none (`missing`). Highest q first, then the most recently written."""
+    # The owners in rank order (a node asked that is not an owner any more after them).
+    order = [o for o in owners if o in copies] + sorted(o for o in copies if o not in owners)
+    newest: dict[str, Binding] = {}
+    for records in copies.values():
+        for b in records:
+            held = newest.get(b.key)
+            if held is None or b.version > held.version:
+                newest[b.key] = b
+    bindings = []
+    for b in sorted(newest.values(), key=lambda b: (-b.q, -b.stamp)):
+        if not b.live(now):
+            continue  # removed (a tombstone is the newest) or expired
+        on, older, missing = [], [], []
+        for owner in order:
+            mine = next((c for c in copies[owner] if c.key == b.key), None)
+            if mine is None:
+                missing.append(owner)
+            elif mine.version == b.version:
+                on.append(owner)
+            else:
+                older.append(owner)
+        bindings.append(
+            {
+                "contact": b.contact,
+                "q": b.q,
+                "expires": max(0, int(b.expires_at - now + 0.5)),
+                "expires_at": b.expires_at,
+                "call_id": b.call_id,
+                "cseq": b.cseq,
+                "instance": b.instance,
+                "reg_id": b.reg_id,
+                "user_agent": b.user_agent,
+                "source": b.source,
+                "origin": b.origin,
+                "stamp": b.stamp,
+                "on": on,
+                "older": older,
+                "missing": missing,
+            }
+        )
+    return {
+        "aor": aor,
+        "asked": asked,
+        "owners": owners,
+        "answered": order,
+        "unanswered": [o for o in owners if o in unanswered]
+        + sorted(o for o in unanswered if o not in owners),
+        "bindings": bindings,
+    }
