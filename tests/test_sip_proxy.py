@@ -408,3 +408,23 @@ def test_the_fast_response_path_never_relays_past_a_foreign_top_via() -> None:
     n2 = net.nodes["n2"]
     assert n2._relay_fast(forged) is None
     assert n2.handle(forged, Source("udp", "127.0.0.1", 5080), NOW) == []
+
+
+def test_an_owner_our_datagrams_bounce_off_is_tried_last_for_a_while() -> None:
+    """The entry node's INVITE to bob's first owner comes back as ICMP port unreachable (the
+    owner died, not declared yet): the caller's retransmission goes to the other owner, which
+    holds the same bindings, instead of into the void until SWIM declares the failure."""
+    net = Net()
+    register_bob(net)
+    n1 = net.nodes["n1"]
+    (first,) = n1.handle(msg("INVITE", "sip:bob@example.com"), Source("udp", *PHONE_A), NOW)
+    assert isinstance(first, Send) and first.port == 5072  # n2, the first owner
+    assert n1.unreachable(first.data[:520], 10.0, (first.host, first.port)) == []
+    (again,) = n1.handle(msg("INVITE", "sip:bob@example.com"), Source("udp", *PHONE_A), NOW, 10.5)
+    assert isinstance(again, Send) and again.port == 5073  # n3
+    # A few seconds later n2 is tried first again (it may have been restarted).
+    (later,) = n1.handle(msg("INVITE", "sip:bob@example.com"), Source("udp", *PHONE_A), NOW, 16.0)
+    assert isinstance(later, Send) and later.port == 5072
+    # A datagram that bounced off a phone, not a node, changes no routing.
+    assert n1.unreachable(first.data[:520], 20.0, PHONE_B) == []
+    assert n1._unreachable == {}

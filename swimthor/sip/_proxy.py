@@ -94,6 +94,9 @@ _ALLOWED = frozenset(ALLOWED_METHODS)
 _DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
 SUPPORTED_EXTENSIONS: frozenset[str] = frozenset()  # none yet: every Require/Proxy-Require is 420
 DEFAULT_MAX_FORWARDS = 70
+# Seconds a node our datagrams bounced off is tried after the AOR's other owners: about the
+# time SWIM takes to declare it (local profile ~1 s, LAN ~5 s).
+UNREACHABLE_HOLD = 5.0
 
 
 @dataclass(slots=True)
@@ -226,6 +229,8 @@ class Proxy:
         )
         # The monotonic time of the message being handled (transaction timers run on it).
         self._mono = 0.0
+        # Nodes our datagrams bounced off (ICMP unreachable): name -> until when (monotonic).
+        self._unreachable: dict[str, float] = {}
         self._owners = owners  # aor, n -> live owners, first first
         self._peers = peers  # name -> Peer, the live sip members (us included)
         # (host, port) -> the live member whose SIP address that is; a scan of peers() if the
@@ -313,9 +318,20 @@ class Proxy:
         self._mono = mono
         return self.forks.transport_error(txn, mono)
 
-    def unreachable(self, data: bytes, mono: float) -> list[Send]:
-        """A datagram we sent came back undeliverable (the kernel's error queue gives back
-        its first bytes): find the branch in its top Via and fail that transaction."""
+    def unreachable(
+        self, data: bytes, mono: float, dest: tuple[str, int] | None = None
+    ) -> list[Send]:
+        """A datagram we sent to `dest` came back undeliverable (the kernel's error queue
+        gives back its first bytes): fail the client transaction named by the branch in its
+        top Via. If `dest` is a node of ours (dead, not yet declared), requests go to the
+        AOR's other owners first for a few seconds: the caller's next retransmission then
+        reaches one that answers instead of waiting for the failure to be declared."""
+        if dest is not None:
+            peer = self._peer_at(dest[0], dest[1])
+            if peer is not None and peer.name != self.settings.name:
+                if len(self._unreachable) >= 1024:
+                    self._unreachable.clear()
+                self._unreachable[peer.name] = mono + UNREACHABLE_HOLD
         found = _OUR_BRANCH.search(data, 0, 2048)
         method = data.split(b" ", 1)[0]
         if found is None or not method.isalpha():
@@ -325,6 +341,19 @@ class Proxy:
         except UnicodeDecodeError:
             return []
         return self.transport_error(key, mono)
+
+    def _reachable_first(self, owners: list[Peer]) -> list[Peer]:
+        """Owners in rank order, those our datagrams bounced off lately last."""
+        if not self._unreachable:
+            return owners
+        now = self._mono
+        held = self._unreachable
+        for name, until in list(held.items()):
+            if until <= now:
+                del held[name]
+        if not held or not any(p.name in held for p in owners):
+            return owners
+        return sorted(owners, key=lambda p: p.name in held)
 
     # ---------------------------------------------------------------- branches
 
@@ -805,7 +834,7 @@ class Proxy:
         aor = aor_of(to_uri)
         if aor is None or to_uri.host.lower().rstrip(".") not in self.settings.domains:
             return self._reply(request, source, now, 404, "Not Found")
-        owners = self._owners(aor, self.settings.replicas)
+        owners = self._reachable_first(self._owners(aor, self.settings.replicas))
         names = [p.name for p in owners]
         if self.settings.name not in names and not from_peer:
             if not owners:
@@ -989,7 +1018,7 @@ class Proxy:
         loop: _LoopHash,
         from_peer: bool,
     ) -> list[Action]:
-        owners = self._owners(aor, self.settings.replicas)
+        owners = self._reachable_first(self._owners(aor, self.settings.replicas))
         names = [p.name for p in owners]
         entry = not from_peer
         if self.settings.name in names or from_peer:

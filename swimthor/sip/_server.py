@@ -212,14 +212,15 @@ class SipServer(FrontEndServer):
         of a datagram of ours that could not be delivered."""
         for _ in range(RECV_BURST):
             try:
-                data, _anc, _flags, _addr = sock.recvmsg(2048, 512, stdsocket.MSG_ERRQUEUE)
+                data, _anc, _flags, addr = sock.recvmsg(2048, 512, stdsocket.MSG_ERRQUEUE)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
                 return
             self.stats["udp_unreachable"] += 1
             try:
-                sends = self.proxy.unreachable(data, trio.current_time())
+                dest = (str(addr[0]), int(addr[1])) if addr else None
+                sends = self.proxy.unreachable(data, trio.current_time(), dest)
             except Exception:
                 self.stats["handler_errors"] += 1
                 log.exception("sip unreachable handling raised")
