@@ -127,6 +127,16 @@ def _rate_arg(text: str) -> float:
     return value
 
 
+def _seconds_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 86_400 or value != value:
+        raise argparse.ArgumentTypeError(f"a time is a number of seconds > 0, not {text!r}")
+    return value
+
+
 def _replicas_arg(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 16:
         raise argparse.ArgumentTypeError(f"replicas must be a whole number 1..16, not {text!r}")
@@ -264,6 +274,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--sip-auth-algorithms",
         metavar="LIST",
         help='digest challenges in order of preference (default "SHA-256,MD5")',
+    )
+    j.add_argument(
+        "--sip-fork-timeout",
+        type=_seconds_arg,
+        metavar="SECONDS",
+        help="how long devices of one q ring before those of the next lower q are tried "
+        "(default 30)",
     )
     j.add_argument(
         "--sip-rate-limit",
@@ -549,6 +566,7 @@ def _apply_sip_flags(cfg: AgentConfig, args: argparse.Namespace) -> None:
             ("--sip-rate-limit", args.sip_rate_limit),
             ("--sip-auth", args.sip_auth),
             ("--sip-auth-algorithms", args.sip_auth_algorithms),
+            ("--sip-fork-timeout", args.sip_fork_timeout),
         )
         if value is not None
     ]
@@ -571,6 +589,8 @@ def _apply_sip_flags(cfg: AgentConfig, args: argparse.Namespace) -> None:
     if args.sip_rate_limit is not None:
         sip.rate_limit = args.sip_rate_limit
         sip.rate_burst = max(sip.rate_burst, 3 * args.sip_rate_limit)
+    if args.sip_fork_timeout is not None:
+        sip.fork_timeout = args.sip_fork_timeout
     _check_sip(sip)
     cfg.sip = sip
 

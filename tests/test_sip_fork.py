@@ -10,7 +10,12 @@ the caller enters at n1, which is not an owner, so every case crosses two hops.
 from __future__ import annotations
 
 from collections import defaultdict
+from pathlib import Path
 
+import pytest
+
+from swimthor.cli import build_agent_config, build_parser, main
+from swimthor.config import ConfigError
 from swimthor.sip import Peer, Proxy, ProxySettings, Replicate, Send, Source, parse_message
 from swimthor.sip._message import Request, Response
 from swimthor.sip._transaction import TimerSettings
@@ -448,3 +453,39 @@ def test_transactions_end_and_are_forgotten() -> None:
         "forks_active": 0,
     }
     assert c.nodes["n2"].next_timer() is None
+
+
+# ====================================================================== configuration
+
+
+def test_fork_timeout_from_the_flag_and_the_toml_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sip = ["--role", "sip", "--domain", "example.com", "--insecure"]
+    args = build_parser().parse_args(["join", *sip, "--sip-fork-timeout", "2.5"])
+    cfg = build_agent_config(args)
+    assert cfg.sip is not None and cfg.sip.fork_timeout == 2.5
+    default = build_agent_config(build_parser().parse_args(["join", *sip]))
+    assert default.sip is not None and default.sip.fork_timeout == 30.0
+    with pytest.raises(ConfigError, match="--sip-fork-timeout need --role sip"):
+        build_agent_config(build_parser().parse_args(["join", "--sip-fork-timeout", "2"]))
+    path = tmp_path / "c.toml"
+    path.write_text('roles = ["sip"]\n[sip]\ndomains = ["example.com"]\nfork_timeout = 4\n')
+    cfg = build_agent_config(build_parser().parse_args(["join", "--config", str(path)]))
+    assert cfg.sip is not None and cfg.sip.fork_timeout == 4.0
+    path.write_text('roles = ["sip"]\n[sip]\ndomains = ["example.com"]\nfork_timeout = 0\n')
+    code = main(["join", "--config", str(path)])
+    err = capsys.readouterr().err
+    assert code == 2, err  # a configuration error, as a bad flag
+    assert "fork_timeout must be > 0" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "nan", "soon", "1e9"])
+def test_a_bad_fork_timeout_flag_is_one_error_line(
+    bad: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["join", "--role", "sip", "--domain", "example.com", "--sip-fork-timeout", bad])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("swimthor: error: ") and len(err.splitlines()) == 1
+    assert "a time is a number of seconds > 0" in err

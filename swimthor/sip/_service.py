@@ -106,8 +106,16 @@ class SipService:
             ),
             auth=self.config.auth,
             auth_algorithms=tuple(self.config.auth_algorithms),
+            fork_timeout=self.config.fork_timeout,
         )
-        self.proxy = Proxy(settings, self.owners, self.peers, self.store, self.peer_at)
+        self.proxy = Proxy(
+            settings,
+            self.owners,
+            self.peers,
+            self.store,
+            self.peer_at,
+            branch_keys=self._nonce_secrets,
+        )
         self.proxy.verifier = Verifier(NonceMinter(self._nonce_secrets, clock=self._clock))
         self._load_subscribers()
         self.server.proxy = self.proxy
@@ -132,8 +140,9 @@ class SipService:
         return advertised
 
     def _nonce_secrets(self) -> list[bytes]:
-        """What nonces are made and checked with: the cluster keyring's keys (every node makes
-        nonces the others accept), or without one a secret of this process."""
+        """What nonces and Via branch MACs are made and checked with: the cluster keyring's
+        keys (every node makes nonces the others accept, a rotation keeps what is in flight
+        valid), or without one a secret of this process."""
         ring = self._keyring()
         return list(ring.keys) if ring is not None else [self._nonce_secret]
 
@@ -340,6 +349,8 @@ class SipService:
             "subscribers": self.store.subscriber_records,
             "aors": self.store.aor_count(),
             "proxy": dict(self.proxy.stats),
+            # The owner's stateful proxy: transactions held now, forks and branches so far.
+            "transactions": self.proxy.forks.counts() | self.proxy.forks.stats,
             "requests_by_method": dict(self.proxy.requests_by_method),
             "latency": {
                 "handling": self.server.latency_handling.snapshot(),
