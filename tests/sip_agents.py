@@ -71,7 +71,9 @@ class Node:
         seed: int | None,
         dns: bool = False,
         auth: bool = False,
+        extra: list[str] | None = None,
     ) -> None:
+        """`extra`: more `swimthor join` flags, put before the seed address."""
         self.name = name
         self.port = _free_port()
         self.sip_port = _free_port()
@@ -98,6 +100,7 @@ class Node:
             # sipp 3.6 reads only the first challenge and knows only MD5.
             at = self.argv.index("--sip-auth")
             self.argv[at : at + 2] = ["--sip-auth", "on", "--sip-auth-algorithms", "MD5,SHA-256"]
+        self.argv += extra or []
         if seed is not None:
             self.argv.append(f"127.0.0.1:{seed}")
         self.p: subprocess.Popen[bytes] | None = None
@@ -149,18 +152,20 @@ def wait_until(cond: Callable[[], bool], timeout: float, what: str) -> None:
 
 @contextlib.contextmanager
 def cluster_of(
-    tmp_path: Path, n: int, dns: bool = False, auth: bool = False
+    tmp_path: Path, n: int, dns: bool = False, auth: bool = False, extra: list[str] | None = None
 ) -> Iterator[dict[str, Node]]:
-    """n SIP agents n0..n{n-1} (local profile, sealed; each with a DNS front-end if `dns`)
-    converged; killed by PID at the end."""
+    """n SIP agents n0..n{n-1} (local profile, sealed; each with a DNS front-end if `dns`, and
+    the `extra` join flags) converged; killed by PID at the end."""
     key_file = tmp_path / "cluster.key"
     key_file.write_text(Keyring.encode_key(Keyring.generate()) + "\n")
     key_file.chmod(0o600)
-    first = Node(tmp_path, "n0", key_file, None, dns, auth)
+    first = Node(tmp_path, "n0", key_file, None, dns, auth, extra)
     nodes = [first]
     try:
         first.start()  # first: the others join through the port it really got
-        nodes += [Node(tmp_path, f"n{i}", key_file, first.port, dns, auth) for i in range(1, n)]
+        nodes += [
+            Node(tmp_path, f"n{i}", key_file, first.port, dns, auth, extra) for i in range(1, n)
+        ]
         for node in nodes[1:]:
             node.start()
         wait_until(
