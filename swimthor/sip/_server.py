@@ -313,16 +313,23 @@ class SipServer(FrontEndServer):
     def _send_now(self, send: Send) -> None:
         """Send a datagram from this task if the kernel takes it at once; anything else
         (TCP, a name to resolve, a full socket buffer) goes to a task of its own."""
-        if send.transport == "udp" and self._udp_std is not None and is_ip(send.host):
-            try:
-                self._udp_std.sendto(send.data, (send.host, send.port))
-                self.stats["udp_sent"] += 1
-                return
-            except BlockingIOError:
-                pass
-            except OSError:
-                self._transport_error(send)
-                return
+        udp = self._udp_std
+        if send.transport == "udp" and udp is not None and is_ip(send.host):
+            for attempt in range(2):
+                try:
+                    udp.sendto(send.data, (send.host, send.port))
+                    self.stats["udp_sent"] += 1
+                    return
+                except BlockingIOError:
+                    break
+                except OSError:
+                    # With IP_RECVERR an ICMP error for an EARLIER datagram (to another
+                    # address) is reported by this call: read the error queue, which blames
+                    # the right branch, then try once more; only a second failure is ours.
+                    self._drain_errors(udp)
+                    if attempt:
+                        self._transport_error(send)
+                        return
         if self._nursery is not None:
             self._nursery.start_soon(self._send, send)
 
@@ -385,15 +392,21 @@ class SipServer(FrontEndServer):
                 self._nursery.start_soon(self._send_tcp, send)
             return
         udp = self._udp
-        if udp is None:
+        if udp is None or self._udp_std is None:
             return
-        try:
-            await udp.sendto(send.data, (host, send.port))
-            self.stats["udp_sent"] += 1
-        except trio.ClosedResourceError:
-            self.stats["send_errors"] += 1
-        except OSError:
-            self._transport_error(send)
+        for attempt in range(2):
+            try:
+                await udp.sendto(send.data, (host, send.port))
+                self.stats["udp_sent"] += 1
+                return
+            except trio.ClosedResourceError:
+                self.stats["send_errors"] += 1
+                return
+            except OSError:
+                self._drain_errors(self._udp_std)  # maybe an earlier datagram's ICMP error
+                if attempt:
+                    self._transport_error(send)
+                    return
 
     async def _resolve_and_send(self, send: Send) -> None:
         now = time.monotonic()
