@@ -27,8 +27,6 @@ from typing import Any
 import pytest
 from sip_agents import DOMAIN, Node, cluster_of
 
-from swimthor.cli import build_parser
-
 PHONE = Path(__file__).parent / "pjsua_phone.py"
 BOB = f"sip:bob@{DOMAIN}"
 INSTANCE_A = "urn:uuid:6f1c8e52-0f4e-4b8a-9a51-00000000000a"
@@ -41,22 +39,6 @@ pytestmark = [
         reason="pjsua2 not installed (pip install pjsua2-python, in the test extras)",
     ),
 ]
-
-
-def _has_fork_timeout() -> bool:
-    """Whether `swimthor join` takes --sip-fork-timeout yet."""
-    _, unknown = build_parser().parse_known_args(["join", "--sip-fork-timeout", "2"])
-    return not unknown
-
-
-HAS_FORK_TIMEOUT = _has_fork_timeout()
-# The q-group cases need a short fork timeout; until the flag is there they are expected to
-# fail (at once), so that a suite run stays green. With the flag they must pass.
-needs_fork_timeout = pytest.mark.xfail(
-    not HAS_FORK_TIMEOUT,
-    reason="swimthor join has no --sip-fork-timeout yet",
-    strict=False,
-)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -196,8 +178,6 @@ class Phones:
 def bob_cluster(tmp_path: Path, extra: list[str] | None = None) -> Iterator[Phones]:
     """Three agents; yields the phones of a test, all talking to the node that does not own
     Bob's address-of-record."""
-    if extra and not HAS_FORK_TIMEOUT:  # agents would refuse it: fail now, not in 30 s
-        pytest.fail(f"swimthor join has no --sip-fork-timeout: cannot start with {extra}")
     with cluster_of(tmp_path, 3, extra=extra) as nodes:
         owners = nodes["n0"].owners(BOB)
         assert len(owners) == 2, owners
@@ -315,7 +295,6 @@ def test_caller_cancel_reaches_every_branch(tmp_path: Path) -> None:
         _never(caller, "confirmed")
 
 
-@needs_fork_timeout
 def test_q_groups_in_sequence(tmp_path: Path) -> None:
     """(c) q=1.0 rings forever, q=0.5 answers: with --sip-fork-timeout 2 the first group is
     cancelled after about 2 s, only then is the q=0.5 device rung, and it gets the call."""
@@ -340,12 +319,6 @@ def test_q_groups_in_sequence(tmp_path: Path) -> None:
         assert len(high.seen("incoming")) == len(low.seen("incoming")) == 1
 
 
-@pytest.mark.xfail(
-    reason="swimthor bug: the ICMP port unreachable of the INVITE to the dead contact makes "
-    "the next sendto() on the UDP socket (IP_RECVERR) raise ECONNREFUSED, and the server "
-    "fails the live device's branch with it (_server._send_now): the caller gets 500",
-    strict=False,
-)
 def test_dead_contact_does_not_stop_the_call(tmp_path: Path) -> None:
     """(d) One device registers and is then killed (nothing listens on its port any more);
     the other answers: the call completes, with one answer."""
@@ -368,7 +341,6 @@ def test_dead_contact_does_not_stop_the_call(tmp_path: Path) -> None:
         assert confirmed["t"] - caller.seen("calling")[0]["t"] < 8, confirmed
 
 
-@needs_fork_timeout
 def test_dead_contact_fails_at_once(tmp_path: Path) -> None:
     """(d, stricter) The dead contact is alone in the first q group: its branch fails (503)
     at once, so the q=0.5 device rings well before the 10 s fork timeout and answers."""
