@@ -231,6 +231,8 @@ def test_both_devices_ring_and_the_one_that_answers_wins_the_other_is_cancelled(
     (cancel,) = c.requests(SOFT)
     assert cancel.method == "CANCEL" and cancel.vias[0].branch == soft.vias[0].branch
     assert cancel.cseq == (1, "CANCEL") and cancel.uri_text == soft.uri_text
+    # RFC 3326: the phone shows no missed call.
+    assert cancel.get("reason") == 'SIP;cause=200;text="Call completed elsewhere"'
     c.reply(SOFT, answer(cancel, 200, "OK", "soft"))
     c.reply(SOFT, answer(soft, 487, "Request Terminated", "soft"))
     # The owner ACKs the 487 hop by hop; the caller hears nothing of it.
@@ -265,7 +267,7 @@ def test_the_caller_cancels_while_both_ring() -> None:
     assert statuses(c.take(CALLER)) == [200]  # the CANCEL's own answer, from the owner
     for device, request, tag in ((DESK, desk, "desk"), (SOFT, soft, "soft")):
         (cancel,) = c.requests(device)
-        assert cancel.method == "CANCEL"
+        assert cancel.method == "CANCEL" and cancel.get("reason") is None
         c.reply(device, answer(cancel, 200, "OK", tag))
         c.reply(device, answer(request, 487, "Request Terminated", tag))
     got = c.take(CALLER)

@@ -51,7 +51,10 @@ from ._transaction import (
     cancel_for,
 )
 
-__all__ = ["Branch", "Fork", "Forks", "Target"]
+__all__ = ["ANSWERED_ELSEWHERE", "Branch", "Fork", "Forks", "Target"]
+
+# The Reason of the CANCEL that stops the other devices once one answered (RFC 3326).
+ANSWERED_ELSEWHERE = 'SIP;cause=200;text="Call completed elsewhere"'
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +80,7 @@ class Branch:
     """One forwarded copy of the request (§16.6) and what became of it."""
 
     __slots__ = (
+        "cancel_reason",
         "cancel_sent",
         "cancel_wanted",
         "done",
@@ -101,6 +105,7 @@ class Branch:
         self.provisional = False
         self.cancel_wanted = False  # cancel as soon as a provisional allows it (§9.1)
         self.cancel_sent = False
+        self.cancel_reason: str | None = None  # RFC 3326 Reason of our CANCEL, if any
         self.timer_c_at: float | None = None
 
 
@@ -458,6 +463,8 @@ class Forks:
             self._forward(fork, response, now, out)
             if first and fork.server.invite:
                 for other in fork.pending:
+                    # RFC 3326: so the other phones do not show a missed call.
+                    other.cancel_reason = ANSWERED_ELSEWHERE
                     self._give_up(other, 487, now, out)
             return
         if branch.done:
@@ -491,7 +498,7 @@ class Forks:
             return
         branch.cancel_sent = True
         self.stats["cancels_sent"] += 1
-        cancel = cancel_for(branch.request)
+        cancel = cancel_for(branch.request, branch.cancel_reason)
         data = cancel.to_bytes()
         key = (branch.txn.key[0], "CANCEL")
         txn = ClientTransaction(

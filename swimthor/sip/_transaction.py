@@ -174,9 +174,10 @@ def ack_for(request: Request, response: Response) -> bytes:
     return Request("ACK", request.uri_text, headers, names, b"").to_bytes()
 
 
-def cancel_for(request: Request) -> Request:
+def cancel_for(request: Request, reason: str | None = None) -> Request:
     """The CANCEL of a request we sent (§9.1): the same Request-URI, top Via (so the same
-    branch), From, To, Call-ID, CSeq number and Route; method CANCEL; no body."""
+    branch), From, To, Call-ID, CSeq number and Route; method CANCEL; no body. `reason`, a
+    Reason header value (RFC 3326), says why."""
     headers: list[tuple[str, str]] = []
     names: list[str] = []
     top_done = False
@@ -192,6 +193,9 @@ def cancel_for(request: Request) -> Request:
             continue
         headers.append((key, value))
         names.append(name)
+    if reason:
+        headers.append(("reason", reason))
+        names.append("Reason")
     return Request("CANCEL", request.uri_text, headers, names, b"")
 
 
