@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from sip_agents import DOMAIN, Node, _free_port, cluster_of, swimthor, wait_until
-from test_sip_sipp import SCENARIOS, Sipp
+from sipp_helpers import SCENARIOS, Sipp
 
 pytestmark = [
     pytest.mark.slow,

@@ -9,7 +9,6 @@ not installed (`make test` installs it as root).
 
 from __future__ import annotations
 
-import csv
 import shutil
 import signal
 import subprocess
@@ -20,75 +19,18 @@ from pathlib import Path
 
 import pytest
 from sip_agents import DOMAIN, Node, _free_port, cluster_of, wait_until
+from sipp_helpers import SCENARIOS, Sipp
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(shutil.which("sipp") is None, reason="sipp (Debian sip-tester) missing"),
 ]
 
-SCENARIOS = Path(__file__).parent.parent / "swimthor" / "sip" / "scenarios"
-
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[dict[str, Node]]:
     with cluster_of(tmp_path, 3) as nodes:
         yield nodes
-
-
-class Sipp:
-    """sipp processes of one test, killed by PID at the end."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def users(self, name: str, users: list[str]) -> Path:
-        path = self.tmp / name
-        path.write_text("SEQUENTIAL\n" + "".join(f"{u}\n" for u in users))
-        return path
-
-    def run(self, *args: str, timeout: float = 60) -> dict[str, int]:
-        """Run sipp to its end; return the final statistics it wrote."""
-        stat = self.tmp / f"stat-{time.monotonic_ns()}.csv"
-        argv = ["sipp", *args, "-nostdin", "-trace_stat", "-stf", str(stat), "-fd", "1"]
-        p = subprocess.Popen(argv, cwd=self.tmp, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        self.procs.append(p)
-        try:
-            p.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-            raise AssertionError(f"sipp {args} did not finish in {timeout} s") from None
-        return _last_stats(stat) | {"exit": p.returncode}
-
-    def background(self, *args: str) -> subprocess.Popen[bytes]:
-        p = subprocess.Popen(
-            ["sipp", *args, "-nostdin"],
-            cwd=self.tmp,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        self.procs.append(p)
-        return p
-
-    def close(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-
-
-def _last_stats(path: Path) -> dict[str, int]:
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f, delimiter=";"))
-    head, last = rows[0], rows[-1]
-    wanted = {
-        "created": "TotalCallCreated",
-        "ok": "SuccessfulCall(C)",
-        "failed": "FailedCall(C)",
-        "retrans": "Retransmissions(C)",
-    }
-    return {k: int(last[head.index(v)]) for k, v in wanted.items()}
 
 
 @pytest.fixture
