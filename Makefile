@@ -50,7 +50,7 @@ bench: $(BENCH_STAMP)
 bench-quick: $(BENCH_STAMP)
 	$(BIN)/python bench/suite.py --quick
 
-## bench-sip: REGISTER and call ladders for swimthor and Kamailio, and a node killed under load
+## bench-sip: REGISTER, call and forked-call ladders for swimthor and Kamailio (tm), calls against the last stateless release, and a node killed under REGISTER and under call load
 bench-sip: $(STAMP) debs
 	$(BIN)/python -m bench.sip.bench
 

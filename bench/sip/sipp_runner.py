@@ -58,6 +58,7 @@ def _scenarios() -> Path:
 
 SCENARIOS = _scenarios()
 KAMAILIO_CFG = HERE / "kamailio.cfg"
+KAMAILIO_TM_CFG = HERE / "kamailio_tm.cfg"  # transaction-stateful, forks to every contact
 
 SIPP = shutil.which("sipp") or "/usr/bin/sipp"
 KAMAILIO = shutil.which("kamailio") or "/usr/sbin/kamailio"
@@ -414,6 +415,7 @@ class Step:
     passed: bool
     why: str
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. the UAS's own counters
+    note: str = ""  # a second line for the step's log (not in its row)
 
     def row(self) -> dict[str, Any]:
         r = self.result
@@ -484,9 +486,11 @@ def step_rate(
     after_step: Callable[[Step], None] | None = None,
     log: Callable[[str], None] | None = print,
     workdir: Path | str | None = None,
+    step_timeout: float | None = None,
 ) -> StepRateResult:
     """sipp at each rate in turn (`make_args(rate)` + `-r RATE -m RATE*duration`), stopping at
-    the first step that fails `judge`. Each step is bounded by 2 x its duration + 5 s.
+    the first step that fails `judge`. Each step is bounded by `step_timeout` (default 2 x its
+    duration + 5 s; sipp is killed 5 s after that if it has not ended).
     `before_step(rate)` runs before each step and `after_step(step)` after it (it may fail
     the step: set `passed` and `why`, and add to `extra`); sipp's files go to `workdir` if
     given (kept, for a look at a failed step), else to a temporary directory."""
@@ -500,7 +504,8 @@ def step_rate(
         if not _has(args, "-l"):
             # open calls at most: a few seconds' worth, under sipp's open-files limit (20000)
             args += ["-l", str(min(15000, max(1000, rate * 3)))]
-        result = run_sipp(args, timeout=2 * duration_per_step + 5, workdir=workdir)
+        timeout = step_timeout if step_timeout is not None else 2 * duration_per_step + 5
+        result = run_sipp(args, timeout=timeout, workdir=workdir)
         ok, why = judge(result, rate, calls, limit_fraction, min_rate_fraction)
         step = Step(rate, calls, result, ok, why)
         if after_step is not None:
@@ -516,6 +521,8 @@ def step_rate(
                 f"  achieved {row['achieved_rate']:>8.1f}/s  rt p50<={row['rt_p50_ms_le']}ms"
                 f" p99<={row['rt_p99_ms_le']}ms  {'PASS' if ok else 'FAIL: ' + why}"
             )
+            if step.note:
+                log("    " + step.note)
             if not ok and result.errors and not result.created:
                 log("    " + result.errors.strip().replace("\n", "\n    ")[-600:])
         if not ok:
@@ -647,8 +654,40 @@ def register_args(
     ]  # fmt: skip
 
 
-def uas_args(port: int) -> list[str]:
-    return ["-sf", str(SCENARIOS / "uas.xml"), *sipp_base_args(port)]
+def uas_args(port: int, scenario: str = "uas.xml") -> list[str]:
+    return ["-sf", str(SCENARIOS / scenario), *sipp_base_args(port)]
+
+
+def register_device_args(
+    target: str, users_csv: Path, domain: str, local_port: int, q: str, instance: str
+) -> list[str]:
+    """register_device.xml from local_port: a Contact with q and +sip.instance (one device of
+    a user that has several)."""
+    return [
+        target, "-sf", str(SCENARIOS / "register_device.xml"), "-inf", str(users_csv),
+        "-key", "domain", domain, "-key", "q", q, "-key", "instance", instance,
+        *sipp_base_args(local_port),
+    ]  # fmt: skip
+
+
+def read_counts(path: Path) -> dict[str, int]:
+    """The last row of a sipp -trace_counts file (`<scenario>_<pid>_counts.csv`): per
+    scenario element, how many messages it received, sent, retransmitted, timed out, ...,
+    e.g. {"3_CANCEL_Recv": 60, "3_CANCEL_Retrans": 0, ...}; {} if there is none."""
+    rows = parse_stat_rows(path) if path.exists() else []
+    if not rows:
+        return {}
+    out = {}
+    for k, v in rows[-1].items():
+        with contextlib.suppress(ValueError):
+            out[k] = int(v)
+    return out
+
+
+def counted(counts: dict[str, int], message: str, what: str) -> int:
+    """The sum over the scenario's elements for `message` (a method or a status code) and
+    `what` ("Recv", "Retrans", "Sent", "Timeout", "Unexp") of a `read_counts` row."""
+    return sum(v for k, v in counts.items() if k.split("_", 1)[-1] == f"{message}_{what}")
 
 
 def uac_args(
@@ -694,18 +733,31 @@ def uas(
 
 
 class StepUas:
-    """A fresh uas.xml for every step of a call ladder, on the port the callee is registered
-    with: a UAS that has carried the previous steps (their calls in timewait, thousands of
-    dead-call records) is not the same generator at the next rate. `finish` adds the UAS's
-    counters to the step's row and fails the step when more than `limit_fraction` of its
-    calls did not end successfully at the UAS as well."""
+    """A fresh uas.xml (or `scenario`) for every step of a call ladder, on the port the callee
+    is registered with: a UAS that has carried the previous steps (their calls in timewait,
+    thousands of dead-call records) is not the same generator at the next rate. `finish` adds
+    the UAS's counters to the step's row (as `{label}_successful`, ...) and fails the step
+    when more than `limit_fraction` of its calls did not end successfully at the UAS as well.
+    With `counts`, sipp also counts each message of the scenario (-trace_counts), and
+    `counts_of_last` holds the last step's final row of them (see `read_counts`)."""
 
-    def __init__(self, workdir: Path, port: int, max_s: float, limit_fraction: float) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        port: int,
+        max_s: float,
+        limit_fraction: float,
+        scenario: str = "uas.xml",
+        label: str = "uas",
+        counts: bool = False,
+    ) -> None:
         self.workdir, self.port, self.max_s = workdir, port, max_s
         self.limit_fraction = limit_fraction
+        self.scenario, self.label, self.counts = scenario, label, counts
         self.proc: subprocess.Popen[Any] | None = None
         self.files: tuple[Path, Path] | None = None
         self.n = 0
+        self.counts_of_last: dict[str, int] = {}
 
     def __enter__(self) -> StepUas:
         return self
@@ -726,8 +778,9 @@ class StepUas:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
+        args = uas_args(self.port, self.scenario) + (["-trace_counts"] if self.counts else [])
         self.proc, stf, err = start_sipp(
-            uas_args(self.port), self.workdir, name=f"uas-{self.port}-{self.n}", timeout=self.max_s
+            args, self.workdir, name=f"{self.label}-{self.port}-{self.n}", timeout=self.max_s
         )
         self.files = (stf, err)
         time.sleep(0.3)
@@ -741,23 +794,30 @@ class StepUas:
         self.proc = self.files = None
         if proc.poll() is None:
             time.sleep(0.2)  # the last BYE's 200
-        return finish_sipp(proc, stf, err, 5, stop=proc.poll() is None)
+        result = finish_sipp(proc, stf, err, 5, stop=proc.poll() is None)
+        if self.counts:
+            stem = Path(self.scenario).stem
+            self.counts_of_last = read_counts(self.workdir / f"{stem}_{proc.pid}_counts.csv")
+        return result
 
     def finish(self, step: Step) -> None:
         u = self.stop()
         if u is None:
             return
+        label = self.label
         step.extra.update(
-            uas_created=u.created,
-            uas_successful=u.successful,
-            uas_failed=u.failed,
-            uas_retransmissions=u.retransmissions,
-            uas_open=u.current,
+            {
+                f"{label}_created": u.created,
+                f"{label}_successful": u.successful,
+                f"{label}_failed": u.failed,
+                f"{label}_retransmissions": u.retransmissions,
+                f"{label}_open": u.current,
+            }
         )
         missing = max(0, step.calls - u.successful)
         if step.passed and missing > self.limit_fraction * step.calls:
             step.passed = False
-            step.why = f"uas: {u.successful}/{step.calls} successful, {u.failed} failed"
+            step.why = f"{label}: {u.successful}/{step.calls} successful, {u.failed} failed"
 
 
 # ---------------------------------------------------------------------------------------
