@@ -428,3 +428,23 @@ def test_an_owner_our_datagrams_bounce_off_is_tried_last_for_a_while() -> None:
     # A datagram that bounced off a phone, not a node, changes no routing.
     assert n1.unreachable(first.data[:520], 20.0, PHONE_B) == []
     assert n1._unreachable == {}
+
+
+def test_an_owner_with_no_binding_yet_asks_the_other_owner() -> None:
+    """n1 has just become one of bob's owners (a co-owner died) and the handoff has not
+    reached it: a call entering there goes on to the owner that holds bob's binding, not
+    480 from an empty store (seen as lost calls when a node was killed under call load)."""
+    net = Net()
+    register_bob(net)  # held by n2 and n3
+    net.owners["sip:bob@example.com"] = ["n1", "n2"]  # n3 died; n1 moved up
+    del net.live["n3"]
+    out = net.run("n1", msg("INVITE", "sip:bob@example.com"), PHONE_A)
+    assert sorted((o.host, o.port) for o in out) == [PHONE_B, PHONE_A]
+    invite = parse_message(next(o for o in out if (o.host, o.port) == PHONE_B).data)
+    assert isinstance(invite, Request) and invite.get_all("record-route") == [
+        "<sip:127.0.0.1:5071;lr>"
+    ]
+    # Nobody has carol: the other owner answers 480, once, and nothing loops.
+    net.owners["sip:carol@example.com"] = ["n1", "n2"]
+    out = net.run("n1", msg("INVITE", "sip:carol@example.com", call_id="c2"), PHONE_A)
+    assert [parse_message(o.data).status for o in out] == [480]  # type: ignore[union-attr]

@@ -1023,6 +1023,23 @@ class Proxy:
         entry = not from_peer
         if self.settings.name in names or from_peer:
             bindings = self.store.lookup(aor, now)
+            others = [p for p in owners if p.name != self.settings.name]
+            if not bindings and not from_peer and others:
+                # We hold nothing for the AOR, but we may have become its owner a moment
+                # ago (a co-owner died) and the handoff has not reached us yet: the other
+                # owner decides (it answers 480 itself if it has nothing either).
+                head = others[0]
+                return self._forward(
+                    request,
+                    source,
+                    now,
+                    head.host,
+                    head.port,
+                    "udp",
+                    max_forwards,
+                    add_rr=entry,
+                    loop=loop,
+                )
             if not bindings:
                 if request.method == "ACK":
                     return []
