@@ -491,3 +491,33 @@ def test_a_bad_fork_timeout_flag_is_one_error_line(
     assert code == 2, err
     assert err.startswith("swimthor: error: ") and len(err.splitlines()) == 1
     assert "a time is a number of seconds > 0" in err
+
+
+def test_the_fast_branch_response_path_forwards_what_the_full_path_forwards() -> None:
+    """A device's 180 and 200 in the common shape skip the full parse at the owner: the
+    bytes that go up must be the ones the parsed path sends."""
+    sent: dict[str, list[bytes]] = {}
+    for fast in (True, False):
+        c = two_devices()
+        if not fast:
+            for proxy in c.nodes.values():
+                proxy._branch_response_fast = lambda data: None  # type: ignore[method-assign]
+        c.deliver(msg("INVITE"), CALLER)
+        c.take(CALLER)
+        (desk,), _ = c.requests(DESK), c.requests(SOFT)
+        # As sipp writes them: every Via on one line.
+        joined = (
+            answer(desk, 180, "Ringing", "desk")
+            .replace(b"\r\nVia: ", b", ")
+            .replace(b"Ringing, ", b"Ringing\r\nVia: ", 1)
+        )
+        c.reply(DESK, joined)
+        c.reply(DESK, answer(desk, 200, "OK", "desk"))
+        sent["fast" if fast else "full"] = [m.to_bytes() for m in c.take(CALLER)]
+    assert len(sent["fast"]) == 2
+    for a, b in zip(sent["fast"], sent["full"], strict=True):
+        left, right = parse_message(a), parse_message(b)
+        assert isinstance(left, Response) and isinstance(right, Response)
+        assert left.status == right.status
+        assert [v.text for v in left.vias] == [v.text for v in right.vias]
+        assert [v.port for v in left.vias] == [5081]

@@ -42,6 +42,7 @@ from ._transaction import (
     Deliver,
     Ended,
     Output,
+    ResponseBytes,
     ServerTransaction,
     State,
     TimedOut,
@@ -373,7 +374,9 @@ class Forks:
         self._client_outputs(txn, branch, txn.start(), now, out)
         return True
 
-    def response(self, response: Response, key: tuple[str, str], now: float) -> list[Send] | None:
+    def response(
+        self, response: Response | ResponseBytes, key: tuple[str, str], now: float
+    ) -> list[Send] | None:
         """A response to one of our branches (or to a CANCEL we sent); None when no client
         transaction of ours has that key (the caller then treats it statelessly)."""
         found = self.clients.get(key)
@@ -439,7 +442,12 @@ class Forks:
         self._schedule(fork)
 
     def _branch_response(
-        self, fork: Fork, branch: Branch, response: Response, now: float, out: list[Send]
+        self,
+        fork: Fork,
+        branch: Branch,
+        response: Response | ResponseBytes,
+        now: float,
+        out: list[Send],
     ) -> None:
         status = response.status
         if status < 200:
@@ -546,13 +554,17 @@ class Forks:
         self.stats["responses_forwarded"] += 1
         self._respond(fork, status, data, now, out)
 
-    def _forward(self, fork: Fork, response: Response, now: float, out: list[Send]) -> None:
+    def _forward(
+        self, fork: Fork, response: Response | ResponseBytes, now: float, out: list[Send]
+    ) -> None:
         self.stats["responses_forwarded"] += 1
         self._respond(fork, response.status, self._without_our_via(response), now, out)
 
     @staticmethod
-    def _without_our_via(response: Response) -> bytes:
+    def _without_our_via(response: Response | ResponseBytes) -> bytes:
         """§16.7 step 3: the response with our (topmost) Via removed."""
+        if isinstance(response, ResponseBytes):
+            return response.stripped
         copy = Response(
             response.status, response.reason, list(response.headers), list(response.names), b""
         )

@@ -52,7 +52,7 @@ from ._message import (
     replace_first_value,
 )
 from ._registrar import RegistrarPolicy, aor_of, register, split_aor
-from ._transaction import TimerSettings, client_key, server_key
+from ._transaction import ResponseBytes, TimerSettings, client_key, server_key
 from ._txn import PENDING, ResponseCache, transaction_key
 
 __all__ = [
@@ -266,6 +266,7 @@ class Proxy:
         # Our sent-by and Record-Route, formatted once (an IPv6 host in brackets).
         self._sent_by = f"{_uri_host(settings.host)}:{settings.port}"
         self._via_prefix = f"SIP/2.0/UDP {self._sent_by};branch={BRANCH_PREFIX}".encode()
+        self._via_prefix_sf = f"SIP/2.0/UDP {self._sent_by};branch={STATEFUL_PREFIX}".encode()
         self._rr = f"<sip:{self._sent_by};lr>"
         self._rr_tcp = f"<sip:{self._sent_by};transport=tcp;lr>"
 
@@ -281,6 +282,8 @@ class Proxy:
             return []  # keep-alive (RFC 5626 §3.5.1 CRLF): nothing to do
         if data.startswith(b"SIP/2.0 ") and source.transport == "udp":
             relayed = self._relay_fast(data)
+            if relayed is None and self.forks.clients:
+                relayed = self._branch_response_fast(data)
             if relayed is not None:
                 return relayed
         try:
@@ -577,6 +580,54 @@ class Proxy:
         self.stats["responses"] += 1
         self.stats["forwarded"] += 1
         return [Send("udp", host, port, out)]
+
+    def _branch_response_fast(self, data: bytes) -> list[Action] | None:
+        """A device's provisional or 2xx answer to one of our branches, in the common shape
+        (our Via alone at the top, one CSeq line), handed to its client transaction without
+        a full parse: status, branch and CSeq method are read from the bytes and our Via is
+        cut out of them. Anything else, or no such transaction, is None: the full path."""
+        if len(data) > MAX_MESSAGE_SIZE or not data[8:11].isdigit() or data[11:12] != b" ":
+            return None
+        status = int(data[8:11])
+        if not 100 <= status < 300:
+            return None  # a non-2xx final needs its To for the ACK: parsed in full
+        end = data.find(b"\r\n\r\n")
+        if end < 0 or b"\r\n " in data[:end] or b"\r\n\t" in data[:end]:
+            return None
+        at = data.find(b"\r\nVia: ", 0, end)
+        if at < 0 or not data.startswith(self._via_prefix_sf, at + 7):
+            return None
+        if _ANY_VIA.search(data, 0, at) is not None:
+            return None
+        line_end = data.find(b"\r\n", at + 7)
+        if line_end >= end or data[line_end + 2 : line_end + 3] in (b" ", b"\t"):
+            return None
+        line = data[at + 7 : line_end]
+        ours, comma, rest = line.partition(b",")
+        branch = ours[len(self._via_prefix_sf) - len(STATEFUL_PREFIX) :].rstrip(b" \t")
+        if not branch or b";" in branch or b"=" in branch:
+            return None
+        if comma:
+            if b'"' in line or not rest.strip():
+                return None
+            stripped = data[: at + 7] + rest.lstrip() + data[line_end:]
+        elif data.startswith(b"\r\nVia: ", line_end):
+            stripped = data[:at] + data[line_end:]
+        else:
+            return None  # no hop under ours
+        cseq = _CSEQ_LINE.search(data, 0, end + 2)
+        if cseq is None or data.count(b"\r\nCSeq:", 0, end) != 1:
+            return None
+        try:
+            key = client_key(branch.decode("ascii"), cseq.group(1).decode("ascii"))
+        except UnicodeDecodeError:
+            return None
+        handled = self.forks.response(ResponseBytes(status, stripped), key, self._mono)
+        if handled is None:
+            return None
+        self.stats["responses"] += 1
+        self.stats["forwarded"] += 1
+        return list(handled)
 
     def _response(self, response: Response) -> list[Action]:
         vias = response.vias
@@ -1216,6 +1267,9 @@ class _LoopHash:
 
 # The branch of our Via at the top of a request we sent (as the kernel hands it back).
 _OUR_BRANCH = re.compile(rb";branch=(z9hG4bK-s[tf]-[0-9a-f]+\.[0-9a-f]+\.[0-9a-f]+)")
+
+# The CSeq line of a response in its common spelling: the method is group 1.
+_CSEQ_LINE = re.compile(rb"\r\nCSeq:[ \t]*\d{1,10}[ \t]+([A-Za-z]{1,32})[ \t]*\r\n")
 
 # A Via header line in any spelling (RFC 3261 §7.3.1: case-insensitive, compact "v").
 _ANY_VIA = re.compile(rb"\r\n(?:via|v)[ \t]*:", re.IGNORECASE)

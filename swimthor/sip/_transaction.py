@@ -38,6 +38,7 @@ __all__ = [
     "Deliver",
     "Ended",
     "Output",
+    "ResponseBytes",
     "ServerTransaction",
     "State",
     "TimedOut",
@@ -82,6 +83,15 @@ class State(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
+class ResponseBytes:
+    """A provisional or 2xx response read without a full parse (the proxy's fast path): its
+    status and its bytes with our Via already removed, ready to forward."""
+
+    status: int
+    stripped: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Transmit:
     """Send these bytes to the transaction's peer."""
 
@@ -92,7 +102,7 @@ class Transmit:
 class Deliver:
     """A response for the transaction user (the proxy core)."""
 
-    response: Response
+    response: Response | ResponseBytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,7 +264,7 @@ class ClientTransaction:
     def start(self) -> list[Output]:
         return [Transmit(self.data)]
 
-    def receive(self, response: Response, now: float) -> list[Output]:
+    def receive(self, response: Response | ResponseBytes, now: float) -> list[Output]:
         status = response.status
         state = self.state
         if state is State.TERMINATED:
@@ -277,7 +287,9 @@ class ClientTransaction:
             return [Deliver(response)]
         return []  # Completed: a retransmitted final, absorbed
 
-    def _receive_invite(self, response: Response, status: int, now: float) -> list[Output]:
+    def _receive_invite(
+        self, response: Response | ResponseBytes, status: int, now: float
+    ) -> list[Output]:
         state = self.state
         if status < 200:
             if state in (State.CALLING, State.PROCEEDING):
@@ -298,6 +310,7 @@ class ClientTransaction:
                 self.last_status = status
                 return [Deliver(response), Ended()]
             return []
+        assert isinstance(response, Response), "a non-2xx final is always parsed"
         ack = ack_for(self.request, response)
         if state in (State.CALLING, State.PROCEEDING):
             self.state = State.COMPLETED
