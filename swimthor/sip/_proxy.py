@@ -1175,8 +1175,11 @@ class Proxy:
         request.set("max-forwards", str(max_forwards - 1))
         if add_rr and request.method in _DIALOG_CREATING and request.to_tag is None:
             request.prepend("record-route", self._rr_tcp if source.transport == "tcp" else self._rr)
-        respond = self._to_via(make_response(request, 100, "Trying"), request, source)
-        respond_to = Send(respond.transport, respond.host, respond.port, b"", respond.conn)
+        # Where the responses go, as `_to_via` sends ours (the source, never the Via's host).
+        if source.transport == "tcp":
+            respond_to = Send("tcp", source.host, source.port, b"", source.conn)
+        else:
+            respond_to = Send("udp", source.host, _response_port(request.vias[0], source), b"")
         return list(
             self.forks.start(
                 server_key(request), request, respond_to, groups, self._mono, loop.value()
