@@ -391,7 +391,7 @@ class ServerTransaction:
         timers: TimerSettings | None = None,
     ) -> None:
         self.key = key
-        self.request = request
+        self.request: Request | None = request  # the owner may drop it once answered
         self.reliable = reliable
         self.timers = timers or TimerSettings()
         self.invite = request.method == "INVITE"
