@@ -569,9 +569,7 @@ class Forks:
         fork.server.request = None
         clients = self.clients
         fork.branches = [
-            b
-            for b in fork.branches
-            if b.txn.key in clients or (b.txn.key[0], "CANCEL") in clients
+            b for b in fork.branches if b.txn.key in clients or (b.txn.key[0], "CANCEL") in clients
         ]
 
     def _forward(
