@@ -151,17 +151,12 @@ def server_key(request: Request) -> tuple[str, ...]:
     )
 
 
-def _copy(request: Request, keep: tuple[str, ...]) -> list[tuple[str, str, str]]:
-    out = []
-    for (key, value), name in zip(request.headers, request.names, strict=True):
-        if key in keep:
-            out.append((key, value, name))
-    return out
-
-
-def ack_for(request: Request, response: Response) -> bytes:
-    """The ACK a client transaction sends for a non-2xx final response (§17.1.1.3): the
-    request's Request-URI, top Via, From, Call-ID, CSeq number and Route, the response's To."""
+def _derived(
+    request: Request, method: str, keep: tuple[str, ...], to: str | None = None
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """The headers of a request we make from one we sent (its ACK or CANCEL): the top Via
+    only, the `keep` headers as they were, CSeq with the same number and `method`, and To
+    replaced by `to` when given."""
     headers: list[tuple[str, str]] = []
     names: list[str] = []
     top_done = False
@@ -171,16 +166,24 @@ def ack_for(request: Request, response: Response) -> bytes:
                 continue
             top_done = True
             value = value.split(",", 1)[0].strip() if '"' not in value else value
-        elif key == "to":
-            value = response.get("to") or value
         elif key == "cseq":
-            value = f"{request.cseq[0]} ACK"
-        elif key == "max-forwards":
-            value = "70"
-        elif key not in ("from", "call-id", "route"):
+            value = f"{request.cseq[0]} {method}"
+        elif key == "to" and to is not None:
+            value = to
+        elif key not in keep:
             continue
         headers.append((key, value))
         names.append(name)
+    return headers, names
+
+
+def ack_for(request: Request, response: Response) -> bytes:
+    """The ACK a client transaction sends for a non-2xx final response (§17.1.1.3): the
+    request's Request-URI, top Via, From, Call-ID, CSeq number and Route, the response's To."""
+    to = response.get("to") or request.get("to") or ""
+    headers, names = _derived(request, "ACK", ("from", "call-id", "route"), to)
+    headers.append(("max-forwards", "70"))
+    names.append("Max-Forwards")
     return Request("ACK", request.uri_text, headers, names, b"").to_bytes()
 
 
@@ -188,21 +191,7 @@ def cancel_for(request: Request, reason: str | None = None) -> Request:
     """The CANCEL of a request we sent (§9.1): the same Request-URI, top Via (so the same
     branch), From, To, Call-ID, CSeq number and Route; method CANCEL; no body. `reason`, a
     Reason header value (RFC 3326), says why."""
-    headers: list[tuple[str, str]] = []
-    names: list[str] = []
-    top_done = False
-    for (key, value), name in zip(request.headers, request.names, strict=True):
-        if key == "via":
-            if top_done:
-                continue
-            top_done = True
-            value = value.split(",", 1)[0].strip() if '"' not in value else value
-        elif key == "cseq":
-            value = f"{request.cseq[0]} CANCEL"
-        elif key not in ("from", "to", "call-id", "route", "max-forwards"):
-            continue
-        headers.append((key, value))
-        names.append(name)
+    headers, names = _derived(request, "CANCEL", ("from", "to", "call-id", "route", "max-forwards"))
     if reason:
         headers.append(("reason", reason))
         names.append("Reason")
