@@ -521,3 +521,25 @@ def test_the_fast_branch_response_path_forwards_what_the_full_path_forwards() ->
         assert left.status == right.status
         assert [v.text for v in left.vias] == [v.text for v in right.vias]
         assert [v.port for v in left.vias] == [5081]
+
+
+def test_answered_calls_leave_no_timer_entries_behind() -> None:
+    """Each branch schedules timer C (181 s); an answer moves the deadline long before. The
+    stale entries must not pile up under steady load (they would keep every context alive
+    for 181 s instead of the 32 s of timer L)."""
+    c = Cluster()
+    register(c, DESK, "00000000-0000-0000-0000-00000000desk")
+    owner = c.nodes["n2"].forks
+    for i in range(6000):
+        c.advance(i * 0.01)  # 100 calls a second
+        via = f"SIP/2.0/UDP 127.0.0.1:5081;branch=z9hG4bK-h{i};rport"
+        c.deliver(msg("INVITE", call_id=f"h{i}", via=via), CALLER)
+        (desk,) = c.requests(DESK)
+        c.reply(DESK, answer(desk, 200, "OK", "desk"))
+        c.take(CALLER)
+        held = len(owner.servers) + len(owner.clients)
+        # (a few more than the compaction threshold: entries pushed after its last check)
+        assert len(owner._heap) <= 2 * held + 1100, (i, len(owner._heap), held)
+    c.advance(100.0)  # timer L of every call
+    assert owner.counts()["server_transactions"] == 0
+    assert c.nodes["n2"].next_timer() is None

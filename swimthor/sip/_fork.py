@@ -232,7 +232,13 @@ class Forks:
         when = obj.deadline
         if when is not None and obj.scheduled != when:
             obj.scheduled = when
-            heapq.heappush(self._heap, (when, next(self._seq), obj))
+            heap = self._heap
+            heapq.heappush(heap, (when, next(self._seq), obj))
+            if len(heap) > 2 * (len(self.servers) + len(self.clients)) + 1024:
+                # Entries whose object moved its deadline (a branch answered long before
+                # timer C) would keep it alive until their time: drop them now and then.
+                self._heap = [e for e in heap if e[2].scheduled == e[0]]
+                heapq.heapify(self._heap)
         elif when is None:
             obj.scheduled = None
 
@@ -333,6 +339,9 @@ class Forks:
                     del self.servers[server.key]
                 if fork is not None:
                     fork.group_deadline = None
+                    # No Fork <-> Branch cycle left behind: reference counting frees both
+                    # once the last branch transaction ends, no garbage collector pass.
+                    fork.branches = []
         self._schedule(server)
 
     # ---------------------------------------------------------------- branches
