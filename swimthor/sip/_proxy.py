@@ -890,18 +890,7 @@ class Proxy:
         if self.settings.name not in names and not from_peer:
             if not owners:
                 return self._no_owner(request, source, now)
-            head = owners[0]
-            return self._forward(
-                request,
-                source,
-                now,
-                head.host,
-                head.port,
-                "udp",
-                max_forwards,
-                add_rr=False,
-                loop=loop,
-            )
+            return self._to_node(request, source, now, owners[0], max_forwards, False, loop)
         if self.settings.auth:
             refused = self._authenticate(request, source, now, aor, proxy=False)
             if refused is not None:
@@ -1079,18 +1068,7 @@ class Proxy:
                 # We hold nothing for the AOR, but we may have become its owner a moment
                 # ago (a co-owner died) and the handoff has not reached us yet: the other
                 # owner decides (it answers 480 itself if it has nothing either).
-                head = others[0]
-                return self._forward(
-                    request,
-                    source,
-                    now,
-                    head.host,
-                    head.port,
-                    "udp",
-                    max_forwards,
-                    add_rr=entry,
-                    loop=loop,
-                )
+                return self._to_node(request, source, now, others[0], max_forwards, entry, loop)
             if not bindings:
                 if request.method == "ACK":
                     return []
@@ -1121,10 +1099,7 @@ class Proxy:
             return self._fork(request, source, now, bindings, max_forwards, add_rr=entry, loop=loop)
         if not owners:
             return self._no_owner(request, source, now)
-        head = owners[0]
-        return self._forward(
-            request, source, now, head.host, head.port, "udp", max_forwards, add_rr=entry, loop=loop
-        )
+        return self._to_node(request, source, now, owners[0], max_forwards, entry, loop)
 
     def _fork(
         self,
@@ -1184,6 +1159,29 @@ class Proxy:
             self.forks.start(
                 server_key(request), request, respond_to, groups, self._mono, loop.value()
             )
+        )
+
+    def _to_node(
+        self,
+        request: Request,
+        source: Source,
+        now: float,
+        peer: Peer,
+        max_forwards: int,
+        add_rr: bool,
+        loop: _LoopHash,
+    ) -> list[Action]:
+        """Forward statelessly, in one hop, to another node of the cluster (nodes talk UDP)."""
+        return self._forward(
+            request,
+            source,
+            now,
+            peer.host,
+            peer.port,
+            "udp",
+            max_forwards,
+            add_rr=add_rr,
+            loop=loop,
         )
 
     def _forward(
