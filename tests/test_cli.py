@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import structlog
 import trio
-from agent_helpers import agent_config
+from agent_helpers import agent_config, cli_in_thread
 
 from swimthor import cli
 from swimthor.cli import (
@@ -615,10 +615,7 @@ async def test_members_status_via_and_leave_against_an_agent(
     agent = agent_mod.Agent(agent_config(tmp_path, "solo"), keyring=None, handle_signals=False)
     path = str(tmp_path / "solo.sock")
 
-    async def cli(*argv: str) -> tuple[int, str, str]:
-        code = await trio.to_thread.run_sync(main, list(argv))
-        out, err = capsys.readouterr()
-        return code, out, err
+    cli = cli_in_thread(capsys)
 
     # capture_logs keeps the agent's log lines out of the stdout under test, and restores
     # structlog's configuration afterwards.

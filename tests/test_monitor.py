@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import structlog
 import trio
-from agent_helpers import agent_config
+from agent_helpers import agent_config, cli_in_thread
 
 from swimthor.agent import Agent
-from swimthor.cli import format_event, main
+from swimthor.cli import format_event
 from swimthor.config import AgentConfig
 
 
@@ -24,10 +24,7 @@ async def test_monitor_shows_joins_failures_and_routing_changes(
 ) -> None:
     a = Agent(config(tmp_path, "a", []), keyring=None, handle_signals=False)
 
-    async def cli(*argv: str) -> tuple[int, str, str]:
-        code = await trio.to_thread.run_sync(main, list(argv))
-        out, err = capsys.readouterr()
-        return code, out, err
+    cli = cli_in_thread(capsys)
 
     with trio.fail_after(30), structlog.testing.capture_logs():
         async with trio.open_nursery() as nursery:

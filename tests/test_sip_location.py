@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import structlog
 import trio
-from agent_helpers import agent_config
+from agent_helpers import agent_config, cli_in_thread
 
 from swimthor.agent import Agent
 from swimthor.cli import format_location_text, main
@@ -155,10 +155,7 @@ async def test_location_shows_a_binding_on_both_owners(
 ) -> None:
     a = Agent(sip_config(tmp_path, "a", []), keyring=None, handle_signals=False)
 
-    async def cli(*argv: str) -> tuple[int, str, str]:
-        code = await trio.to_thread.run_sync(main, list(argv))
-        out, err = capsys.readouterr()
-        return code, out, err
+    cli = cli_in_thread(capsys)
 
     with trio.fail_after(30), structlog.testing.capture_logs():
         async with trio.open_nursery() as nursery:
