@@ -71,8 +71,8 @@ class Target:
 
 
 # (request as received, target, loop hash) -> (the branch's request, our Via on top; where it
-# goes), or None when it cannot be sent (too large)
-BuildBranch = Callable[[Request, Target, str], "tuple[Request, Send] | None"]
+# goes; the branch parameter of that Via), or None when it cannot be sent (too large)
+BuildBranch = Callable[[Request, Target, str], "tuple[Request, Send, str] | None"]
 # (request as received, status, reason) -> a response we make ourselves (our To tag)
 BuildAnswer = Callable[[Request, int, str], bytes]
 
@@ -366,8 +366,7 @@ class Forks:
         built = self._build_branch(fork.request, target, fork.loop)
         if built is None:
             return False
-        request, send = built
-        branch_param = request.vias[0].branch or ""
+        request, send, branch_param = built
         key = (branch_param, request.method)
         txn = ClientTransaction(
             key,

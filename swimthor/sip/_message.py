@@ -238,6 +238,10 @@ def _parse_via(text: str) -> ViaHop:
     return ViaHop(via.transport.upper(), via.host, via.port, params, text)
 
 
+# The cache entry parsed from a header, where its key is not the header's own name.
+_DERIVED = {"via": "vias"}
+
+
 class SipMessage:
     """Headers as (lower-case name, value) pairs in order, a body, and parsed fields cached."""
 
@@ -286,31 +290,47 @@ class SipMessage:
         found = self._index().get(name)
         return len(found) if found else 0
 
+    def edited(self, name: str) -> None:
+        """Forget what was parsed from `name` headers (and the index): call after changing
+        them. What was parsed from other headers stays valid."""
+        cache = self._cache
+        cache.pop("", None)
+        cache.pop(_DERIVED.get(name, name), None)
+
     def remove(self, name: str) -> None:
-        keep = [i for i, (key, _) in enumerate(self.headers) if key != name]
-        self.headers = [self.headers[i] for i in keep]
-        self.names = [self.names[i] for i in keep]
-        self._cache.clear()
+        headers = self.headers
+        if any(key == name for key, _ in headers):
+            keep = [i for i, (key, _) in enumerate(headers) if key != name]
+            self.headers = [headers[i] for i in keep]
+            self.names = [self.names[i] for i in keep]
+            self.edited(name)
 
     def set(self, name: str, value: str) -> None:
         """Replace every `name` header with one, at the position of the first."""
-        for i, (key, _) in enumerate(self.headers):
+        headers = self.headers
+        for i, (key, _) in enumerate(headers):
             if key == name:
-                self.remove(name)
-                self.headers.insert(i, (name, value))
-                self.names.insert(i, DISPLAY_NAMES.get(name, name))
+                if any(key == name for key, _ in headers[i + 1 :]):
+                    self.remove(name)
+                    headers = self.headers
+                    headers.insert(i, (name, value))
+                    self.names.insert(i, DISPLAY_NAMES.get(name, name))
+                else:  # the common case, one line: replaced where it is
+                    headers[i] = (name, value)
+                    self.names[i] = DISPLAY_NAMES.get(name, name)
+                self.edited(name)
                 return
         self.append(name, value)
 
     def prepend(self, name: str, value: str) -> None:
         self.headers.insert(0, (name, value))
         self.names.insert(0, DISPLAY_NAMES.get(name, name))
-        self._cache.clear()
+        self.edited(name)
 
     def append(self, name: str, value: str) -> None:
         self.headers.append((name, value))
         self.names.append(DISPLAY_NAMES.get(name, name))
-        self._cache.clear()
+        self.edited(name)
 
     def set_values(self, name: str, values: list[str]) -> None:
         """Replace every `name` header with one line per value (nothing if empty)."""
@@ -320,7 +340,7 @@ class SipMessage:
         for offset, value in enumerate(values):
             self.headers.insert(at + offset, (name, value))
             self.names.insert(at + offset, DISPLAY_NAMES.get(name, name))
-        self._cache.clear()
+        self.edited(name)
 
     # ---------------------------------------------------------------- parsed fields
 
@@ -403,6 +423,19 @@ class Request(SipMessage):
         super().__init__(headers, names, body)
         self.method = method
         self.uri_text = uri_text
+
+    def copy(self, uri_text: str | None = None) -> Request:
+        """The same request (to `uri_text`, if given), to edit apart from this one; what was
+        parsed from its headers comes along."""
+        copy = Request(
+            self.method,
+            self.uri_text if uri_text is None else uri_text,
+            list(self.headers),
+            list(self.names),
+            self.body,
+        )
+        copy._cache = dict(self._cache)
+        return copy
 
     @property
     def uri(self) -> Uri:
@@ -663,7 +696,7 @@ def replace_first_value(message: Request | Response, name: str, value: str) -> N
             values = split_values(line)
             values[0] = value
             message.headers[i] = (key, ", ".join(values))
-            message._cache.clear()
+            message.edited(name)
             return
 
 
@@ -676,5 +709,5 @@ def pop_first_value(message: Request | Response, name: str) -> None:
             else:
                 del message.headers[i]
                 del message.names[i]
-            message._cache.clear()
+            message.edited(name)
             return

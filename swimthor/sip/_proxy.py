@@ -39,6 +39,7 @@ from ._auth import Credentials, Verifier, challenges, parse_credentials
 from ._bindings import Binding, BindingStore
 from ._fork import Forks, Target
 from ._message import (
+    DISPLAY_NAMES,
     MAX_MESSAGE_SIZE,
     Request,
     Response,
@@ -181,24 +182,49 @@ def make_response(
     """A response to `request` as a UAS builds it (§8.2.6): Via, From, To, Call-ID and CSeq
     copied, a To tag added unless the request had one or the status is 100."""
     out: list[tuple[str, str]] = []
+    names: list[str] = []
     for key, value in request.headers:
-        if key in ("via", "from", "call-id", "cseq"):
+        if key in _COPIED_TO_RESPONSE:
+            if key == "to" and to_tag and status != 100:
+                try:
+                    tagged = request.to_tag is not None
+                except ValueError:  # a To we could not read (the 400 says so): copy it as is
+                    tagged = True
+                if not tagged:
+                    value = f"{value};tag={to_tag}"
             out.append((key, value))
-        elif key == "to":
-            try:
-                tagged = request.to_tag is not None
-            except ValueError:  # a To we could not read (the 400 says so): copy it as it is
-                tagged = True
-            if to_tag and status != 100 and not tagged:
-                value = f"{value};tag={to_tag}"
-            out.append((key, value))
-    out.extend(headers)
+            names.append(DISPLAY_NAMES.get(key, key))
+    for key, value in headers:
+        out.append((key, value))
+        names.append(DISPLAY_NAMES.get(key, key))
     if server:
         out.append(("server", server))
-    from ._message import DISPLAY_NAMES
+        names.append("Server")
+    response = Response(status, reason, out, names, b"")
+    # What it copied parses as the request's did: share those fields instead of parsing again.
+    cache = request._cache
+    for key in ("vias", "cseq", "from"):
+        if key in cache:
+            response._cache[key] = cache[key]
+    return response
 
-    names = [DISPLAY_NAMES.get(k, k) for k, _ in out]
-    return Response(status, reason, out, names, b"")
+
+_COPIED_TO_RESPONSE = frozenset(("via", "from", "to", "call-id", "cseq"))
+_COPIED_TO_TRYING = _COPIED_TO_RESPONSE | {"timestamp"}
+
+
+def trying_bytes(request: Request, server: str | None = None) -> bytes:
+    """The 100 (Trying) for `request`, as bytes: what `make_response` would build (no To tag)
+    and the request's Timestamp (§8.2.6.1), written straight out, since every INVITE the
+    owner proxies gets one."""
+    parts = ["SIP/2.0 100 Trying"]
+    for key, value in request.headers:
+        if key in _COPIED_TO_TRYING:
+            parts.append(f"{DISPLAY_NAMES.get(key, key)}: {value}")
+    if server:
+        parts.append(f"Server: {server}")
+    parts.append("Content-Length: 0\r\n\r\n")
+    return "\r\n".join(parts).encode()
 
 
 class Proxy:
@@ -219,7 +245,10 @@ class Proxy:
         # secret of this process (only the node that made a branch checks it).
         secret = [os.urandom(32)]
         self._branch_keys = branch_keys or (lambda: secret)
+        # Our stateful branches: a prefix of this process's own, then a serial number.
         self._branch_serial = itertools.count(int.from_bytes(os.urandom(4), "big"))
+        self._branch_ident = _h(settings.name, os.urandom(8).hex(), size=4)
+        self._keyed: dict[bytes, hashlib.blake2b] = {}
         self.forks = Forks(
             self._build_branch,
             self._build_answer,
@@ -361,8 +390,16 @@ class Proxy:
     # ---------------------------------------------------------------- branches
 
     def _mac(self, ident: str, loop: str, hop: tuple[str, int], key: bytes) -> str:
-        text = f"{ident}.{loop}|{hop[0].lower()}|{hop[1]}".encode()
-        return hashlib.blake2b(text, key=key[:64], digest_size=6, person=b"sip-branch").hexdigest()
+        keyed = self._keyed.get(key)
+        if keyed is None:
+            # Keyed once, copied per branch: a copy costs half of keying anew.
+            keyed = hashlib.blake2b(key=key[:64], digest_size=6, person=b"sip-branch")
+            if len(self._keyed) >= 16:
+                self._keyed.clear()  # keys rotated out (the keyring holds a handful)
+            self._keyed[key] = keyed
+        mac = keyed.copy()
+        mac.update(f"{ident}.{loop}|{hop[0].lower()}|{hop[1]}".encode())
+        return mac.hexdigest()
 
     def _branch(self, prefix: str, ident: str, loop: str, upstream: ViaHop) -> str:
         """A branch of ours for a request whose responses go back to `upstream` (the Via
@@ -384,22 +421,24 @@ class Proxy:
 
     def _build_branch(
         self, base: Request, target: Target, loop: str
-    ) -> tuple[Request, Send] | None:
+    ) -> tuple[Request, Send, str] | None:
         """The request of one fork branch (§16.6): a copy of `base` (Max-Forwards already
-        decremented, Record-Route added) for `target`, with our Via on top."""
-        request = Request(base.method, target.uri, list(base.headers), list(base.names), base.body)
+        decremented, Record-Route added) for `target`, with our Via on top; and its branch."""
+        request = base.copy(target.uri)
         transport = "tcp" if target.transport == "tcp" else "udp"
-        ident = _h(self.settings.name, str(next(self._branch_serial)), size=8)
+        ident = f"{self._branch_ident}{next(self._branch_serial) & 0xFFFFFFFF:08x}"
         branch = self._branch(STATEFUL_PREFIX, ident, loop, base.vias[0])
         request.prepend("via", f"SIP/2.0/{transport.upper()} {self._sent_by};branch={branch}")
         data = request.to_bytes()
         if len(data) > MAX_MESSAGE_SIZE:
             return None
         self.stats["forwarded"] += 1
-        return request, Send(transport, target.host.strip("[]"), target.port, data)
+        return request, Send(transport, target.host.strip("[]"), target.port, data), branch
 
     def _build_answer(self, request: Request, status: int, reason: str) -> bytes:
         self.answers_by_code[status] = self.answers_by_code.get(status, 0) + 1
+        if status == 100:
+            return trying_bytes(request, self.settings.server_header)
         return make_response(
             request, status, reason, to_tag=self._tag(request), server=self.settings.server_header
         ).to_bytes()
@@ -766,7 +805,7 @@ class Proxy:
                 return self._reply(request, source, now, 400, "Bad Route")
             if self._ours(first.host, first.port):
                 routes.pop(0)
-                request.set_values("route", routes)
+                pop_first_value(request, "route")
                 record_routed = True
 
         if routes:

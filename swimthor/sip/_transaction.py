@@ -126,6 +126,16 @@ Output = Transmit | Deliver | TimedOut | TransportFailed | Ended
 _ENDED: list[Output] = [Ended()]
 
 
+def _earliest(a: float | None, b: float | None, c: float | None) -> float | None:
+    """The earliest of the timers that are set (a timer at 0 counts as not set)."""
+    best = a or None
+    if b and (best is None or b < best):
+        best = b
+    if c and (best is None or c < best):
+        best = c
+    return best
+
+
 def client_key(branch: str, method: str) -> tuple[str, str]:
     """§17.1.3: the branch we put in our Via and the CSeq method (an ACK has none of its own)."""
     return (branch, "INVITE" if method == "ACK" else method)
@@ -247,8 +257,7 @@ class ClientTransaction:
 
     @property
     def deadline(self) -> float | None:
-        times = [t for t in (self._retransmit_at, self._timeout_at, self._wait_until) if t]
-        return min(times) if times else None
+        return _earliest(self._retransmit_at, self._timeout_at, self._wait_until)
 
     def start(self) -> list[Output]:
         return [Transmit(self.data)]
@@ -395,8 +404,7 @@ class ServerTransaction:
 
     @property
     def deadline(self) -> float | None:
-        times = [t for t in (self._retransmit_at, self._timeout_at, self._wait_until) if t]
-        return min(times) if times else None
+        return _earliest(self._retransmit_at, self._timeout_at, self._wait_until)
 
     @property
     def final_sent(self) -> bool:
