@@ -56,6 +56,10 @@ _SOL_IPV6 = 41
 _IPV6_RECVERR = 25
 # Datagrams handled per wake-up of the UDP loop before yielding to other tasks.
 RECV_BURST = 64
+# The transaction timers run at most this often: each run takes every timer then due. One
+# run per deadline meant a wake-up per call at 1,000 calls/s (each answered INVITE's timer L
+# ends 32 s later); RFC 3261's timers are 500 ms and up, so 10 ms late changes nothing.
+TIMER_TICK = 0.01
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +145,7 @@ class SipServer(FrontEndServer):
             "replication_overload": 0,
             "unresolved": 0,
             "udp_stale_dropped": 0,
+            "timer_runs": 0,  # runs of the transaction timers (at most one per TIMER_TICK)
             "rate_limited": 0,
             "credential_fetches": 0,
             "credential_fetch_failures": 0,
@@ -149,6 +154,7 @@ class SipServer(FrontEndServer):
         }
         self._timer_wake = trio.Event()
         self._sleeping_until = math.inf
+        self._timers_ran = -math.inf  # trio time of the last timer run
 
     # ------------------------------------------------------------ lifecycle
 
@@ -171,11 +177,14 @@ class SipServer(FrontEndServer):
         trio's clock: sleep until the next deadline, or until a message moved it earlier."""
         while True:
             deadline = self.proxy.next_timer()
-            self._sleeping_until = math.inf if deadline is None else deadline
+            self._sleeping_until = (
+                math.inf if deadline is None else max(deadline, self._timers_ran + TIMER_TICK)
+            )
             with trio.move_on_at(self._sleeping_until):
                 await self._timer_wake.wait()
             self._timer_wake = trio.Event()
-            now = trio.current_time()
+            now = self._timers_ran = trio.current_time()
+            self.stats["timer_runs"] += 1
             try:
                 sends = self.proxy.handle_timer(now)
             except Exception:
@@ -189,8 +198,10 @@ class SipServer(FrontEndServer):
         """After handling a message: wake the timer loop if a deadline is now earlier."""
         deadline = self.proxy.next_timer()
         if deadline is not None and deadline < self._sleeping_until:
-            self._sleeping_until = deadline
-            self._timer_wake.set()
+            wake_at = max(deadline, self._timers_ran + TIMER_TICK)
+            if wake_at < self._sleeping_until:
+                self._sleeping_until = wake_at
+                self._timer_wake.set()
 
     def _transport_error(self, send: Send) -> None:
         """`send` could not be delivered: fail its client transaction (if it has one)."""
