@@ -501,7 +501,7 @@ def test_the_fast_branch_response_path_forwards_what_the_full_path_forwards() ->
         c = two_devices()
         if not fast:
             for proxy in c.nodes.values():
-                proxy._branch_response_fast = lambda data: None  # type: ignore[method-assign]
+                proxy._branch_response_fast = lambda *args: None  # type: ignore[method-assign]
         c.deliver(msg("INVITE"), CALLER)
         c.take(CALLER)
         (desk,), _ = c.requests(DESK), c.requests(SOFT)

@@ -245,33 +245,34 @@ _DERIVED = {"via": "vias"}
 class SipMessage:
     """Headers as (lower-case name, value) pairs in order, a body, and parsed fields cached."""
 
-    __slots__ = ("_cache", "body", "headers", "names")
+    __slots__ = ("_cache", "_idx", "body", "headers", "names")
 
     def __init__(self, headers: list[tuple[str, str]], names: list[str], body: bytes) -> None:
         self.headers = headers
         self.names = names  # the name to write back for each header, same index
         self.body = body
-        self._cache: dict[str, object] = {}
+        self._cache: dict[str, object] = {}  # fields parsed from headers, by header
+        self._idx: dict[str, list[str]] | None = None
 
     # ---------------------------------------------------------------- raw access
 
     def _index(self) -> dict[str, list[str]]:
-        """Header lines by name, built once (every edit below clears the cache)."""
-        cached = self._cache.get("")
-        if cached is not None:
-            return cached  # type: ignore[return-value]
-        index: dict[str, list[str]] = {}
+        """Header lines by name, built once (every edit below drops it)."""
+        index = self._idx
+        if index is not None:
+            return index
+        index = {}
         for key, value in self.headers:
             found = index.get(key)
             if found is None:
                 index[key] = [value]
             else:
                 found.append(value)
-        self._cache[""] = index
+        self._idx = index
         return index
 
     def get(self, name: str) -> str | None:
-        found = self._index().get(name)
+        found = (self._idx or self._index()).get(name)
         return found[0] if found else None
 
     def get_all(self, name: str) -> list[str]:
@@ -293,9 +294,8 @@ class SipMessage:
     def edited(self, name: str) -> None:
         """Forget what was parsed from `name` headers (and the index): call after changing
         them. What was parsed from other headers stays valid."""
-        cache = self._cache
-        cache.pop("", None)
-        cache.pop(_DERIVED.get(name, name), None)
+        self._idx = None
+        self._cache.pop(_DERIVED.get(name, name), None)
 
     def remove(self, name: str) -> None:
         headers = self.headers
@@ -398,15 +398,15 @@ class SipMessage:
         raise NotImplementedError
 
     def to_bytes(self) -> bytes:
-        parts = [self.start_line()]
-        for (key, value), name in zip(self.headers, self.names, strict=True):
-            if key == "content-length":
-                continue
-            parts.append(f"{name}: {value}")
-        parts.append(f"Content-Length: {len(self.body)}")
-        parts.append("")
-        parts.append("")
-        return "\r\n".join(parts).encode() + self.body
+        head = "".join(
+            [
+                f"{name}: {value}\r\n"
+                for (key, value), name in zip(self.headers, self.names, strict=True)
+                if key != "content-length"
+            ]
+        )
+        body = self.body
+        return f"{self.start_line()}\r\n{head}Content-Length: {len(body)}\r\n\r\n".encode() + body
 
 
 class Request(SipMessage):
@@ -564,6 +564,76 @@ def _parse(data: bytes, datagram: bool, *, body: bool = True) -> Request | Respo
     # Header lines over MAX_HEADER_LENGTH are left out, by name, and the request is refused
     # once the rest says whether it can be answered.
     too_long: set[str] = set()
+    if not _plain_headers(text, lines, headers, names):
+        headers, names = _headers(lines, too_long)
+
+    message: Request | Response
+
+    if is_request:
+        method, uri_text = bits[0], bits[1]
+        if not _token(method):
+            raise SipParseError("Bad Method")
+        message = Request(method, uri_text, headers, names, content)
+    else:
+        if not _digits(bits[1]) or len(bits[1]) != 3 or not 100 <= int(bits[1]) <= 699:
+            raise SipParseError("Bad Status Code")
+        status = int(bits[1])
+        message = Response(status, bits[2], headers, names, content)
+
+    if too_long and (not is_request or too_long & _COPIED):
+        raise SipParseError("Header Too Long")
+    # From here on a request is answerable if its Via, From, To, Call-ID and CSeq are usable.
+    _check_mandatory(message)
+    if too_long:
+        raise SipParseError("Header Too Long", respondable=True, status=400)
+    if not body:
+        return message
+    length_text = message.get("content-length")
+    if length_text is not None:
+        if not _digits(length_text):
+            raise SipParseError("Bad Content-Length", respondable=is_request)
+        length = int(length_text)
+        if length > len(content):
+            raise SipParseError("Content-Length Larger Than Body", respondable=is_request)
+        if datagram and length < len(content):
+            message.body = content[:length]
+        elif not datagram and length != len(content):
+            raise SipParseError("Bad Content-Length", respondable=is_request)
+    elif not datagram:
+        raise SipParseError("Missing Content-Length", respondable=is_request)
+    return message
+
+
+def _plain_headers(
+    text: str, lines: list[str], headers: list[tuple[str, str]], names: list[str]
+) -> bool:
+    """The header lines of the common message, read in one tight loop: no folding, no line
+    over MAX_HEADER_LENGTH, every name one we have seen. False (with nothing kept) as soon
+    as anything else turns up: `_headers` then reads them, and says what is wrong."""
+    if "\r\n " in text or "\r\n\t" in text or len(lines) > MAX_HEADERS + 1:
+        return False
+    if len(text) > MAX_HEADER_LENGTH and max(map(len, lines)) > MAX_HEADER_LENGTH:
+        return False
+    cached = _NAME_CACHE.get
+    add_header = headers.append
+    add_name = names.append
+    for i in range(1, len(lines)):
+        name, sep, value = lines[i].partition(":")
+        known = cached(name)
+        if known is None or not sep:
+            headers.clear()
+            names.clear()
+            return False
+        add_header((known[0], value.strip()))
+        add_name(known[1])
+    return True
+
+
+def _headers(lines: list[str], too_long: set[str]) -> tuple[list[tuple[str, str]], list[str]]:
+    """Every header line after the start line, unfolded, as (canonical name, value) and the
+    names to write back. Lines over MAX_HEADER_LENGTH are left out and named in `too_long`."""
+    headers: list[tuple[str, str]] = []
+    names: list[str] = []
     skipping = False  # the line before was too long: its folded continuations go with it
     for line in lines[1:]:
         if not line:
@@ -602,41 +672,7 @@ def _parse(data: bytes, datagram: bool, *, body: bool = True) -> Request | Respo
         names.append(known[1])
         if len(headers) > MAX_HEADERS:
             raise SipParseError("Too Many Headers")
-
-    message: Request | Response
-    if is_request:
-        method, uri_text = bits[0], bits[1]
-        if not _token(method):
-            raise SipParseError("Bad Method")
-        message = Request(method, uri_text, headers, names, content)
-    else:
-        if not _digits(bits[1]) or len(bits[1]) != 3 or not 100 <= int(bits[1]) <= 699:
-            raise SipParseError("Bad Status Code")
-        status = int(bits[1])
-        message = Response(status, bits[2], headers, names, content)
-
-    if too_long and (not is_request or too_long & _COPIED):
-        raise SipParseError("Header Too Long")
-    # From here on a request is answerable if its Via, From, To, Call-ID and CSeq are usable.
-    _check_mandatory(message)
-    if too_long:
-        raise SipParseError("Header Too Long", respondable=True, status=400)
-    if not body:
-        return message
-    length_text = message.get("content-length")
-    if length_text is not None:
-        if not _digits(length_text):
-            raise SipParseError("Bad Content-Length", respondable=is_request)
-        length = int(length_text)
-        if length > len(content):
-            raise SipParseError("Content-Length Larger Than Body", respondable=is_request)
-        if datagram and length < len(content):
-            message.body = content[:length]
-        elif not datagram and length != len(content):
-            raise SipParseError("Bad Content-Length", respondable=is_request)
-    elif not datagram:
-        raise SipParseError("Missing Content-Length", respondable=is_request)
-    return message
+    return headers, names
 
 
 def _check_mandatory(message: Request | Response) -> None:

@@ -75,6 +75,7 @@ __all__ = [
 # ours made (or one re-addressed to another hop) is dropped rather than relayed anywhere.
 BRANCH_PREFIX = "z9hG4bK-st-"
 STATEFUL_PREFIX = "z9hG4bK-sf-"
+assert len(BRANCH_PREFIX) == len(STATEFUL_PREFIX)  # one cut for both (`_cut_our_via`)
 ALLOWED_METHODS = (
     "INVITE",
     "ACK",
@@ -310,11 +311,13 @@ class Proxy:
         if not data.strip(b"\r\n"):
             return []  # keep-alive (RFC 5626 §3.5.1 CRLF): nothing to do
         if data.startswith(b"SIP/2.0 ") and source.transport == "udp":
-            relayed = self._relay_fast(data)
-            if relayed is None and self.forks.clients:
-                relayed = self._branch_response_fast(data)
-            if relayed is not None:
-                return relayed
+            found = self._top_via_line(data)
+            if found is not None:
+                relayed = self._relay_fast(data, found)
+                if relayed is None and self.forks.clients:
+                    relayed = self._branch_response_fast(data, found)
+                if relayed is not None:
+                    return relayed
         try:
             message = parse_message(data, datagram=source.transport == "udp")
         except SipParseError as e:
@@ -562,105 +565,102 @@ class Proxy:
 
     # ---------------------------------------------------------------- responses
 
-    def _relay_fast(self, data: bytes) -> list[Action] | None:
-        """The common response on its way back, without a full parse: a well-formed status
-        line, our Via alone on the first Via line, the next hop alone on the next Via line.
-        Our line is cut out and the rest goes on byte for byte (§16.7 step 3, §16.11).
-        Anything else (compact or folded Vias, several values on a line, TCP, not ours) is
-        None, and the full parser decides."""
+    def _top_via_line(self, data: bytes) -> tuple[int, int, int] | None:
+        """Where a response's top Via line is, if the response has the common shape both fast
+        paths need: a well-formed status line, no folded line, a `Via: ` line with no Via in
+        another spelling above it and a header line after it. (start of the line's CRLF, end
+        of the line, end of the headers), or None: the full parser decides."""
         if len(data) > MAX_MESSAGE_SIZE or not data[8:11].isdigit() or data[11:12] != b" ":
             return None
         end = data.find(b"\r\n\r\n")
-        if end < 0:
-            return None
-        if b"\r\n " in data[:end] or b"\r\n\t" in data[:end]:
+        if end < 0 or data.find(b"\r\n ", 0, end) >= 0 or data.find(b"\r\n\t", 0, end) >= 0:
             return None  # a folded line (a Via continued on the next one): the parser unfolds
         at = data.find(b"\r\nVia: ", 0, end)
-        if at < 0 or not data.startswith(self._via_prefix, at + 7):
-            return None
-        if _ANY_VIA.search(data, 0, at) is not None:
-            return None  # a Via line (compact, other case) above it: ours is not the top one
+        if at < 0 or _ANY_VIA.search(data, 0, at) is not None:
+            return None  # a Via line (compact, other case) above it: not the top one
         line_end = data.find(b"\r\n", at + 7)
-        if line_end >= end or data[line_end + 2 : line_end + 3] in (b" ", b"\t"):
-            return None  # the last header, or folded
+        if line_end >= end:
+            return None  # the last header: no hop under ours
+        return at, line_end, end
+
+    def _cut_our_via(
+        self, data: bytes, at: int, line_end: int, prefix: bytes
+    ) -> tuple[str, bytes, bytes] | None:
+        """Our Via (written with `prefix`) cut out of the top Via line at `at`: (our branch,
+        the response without it, the next hop's Via value), or None if that line is not one
+        we wrote or no hop follows."""
         line = data[at + 7 : line_end]
-        ours = line.split(b",", 1)[0]
-        branch = ours[len(self._via_prefix) - len(BRANCH_PREFIX) :].rstrip(b" \t")
-        if b";" in branch or b"=" in branch:
+        ours, comma, rest = line.partition(b",")
+        branch = ours[len(prefix) - len(BRANCH_PREFIX) :].rstrip(b" \t")
+        if not branch or b";" in branch or b"=" in branch:
             return None  # parameters after the branch: not the Via we wrote
-        if b"," in line:
+        if comma:
             # Several hops on one line (as sipp's UAS writes them): drop the first value.
-            _first, _, rest = line.partition(b",")
             if b'"' in line or not rest.strip():
                 return None
             nxt = rest.split(b",", 1)[0].strip()
-            out = data[: at + 7] + rest.lstrip() + data[line_end:]
-        else:
-            if not data.startswith(b"\r\nVia: ", line_end):
-                return None
+            stripped = data[: at + 7] + rest.lstrip() + data[line_end:]
+        elif data.startswith(b"\r\nVia: ", line_end):
             next_end = data.find(b"\r\n", line_end + 7)
             nxt = data[line_end + 7 : next_end]
             if b"," in nxt:
                 nxt = nxt.split(b",", 1)[0].strip()
-            out = data[:at] + data[line_end:]
+            stripped = data[:at] + data[line_end:]
+        else:
+            return None  # no hop under ours
+        try:
+            return branch.decode("ascii"), stripped, nxt
+        except UnicodeDecodeError:
+            return None
+
+    def _relay_fast(
+        self, data: bytes, found: tuple[int, int, int] | None = None
+    ) -> list[Action] | None:
+        """The common response on its way back, without a full parse: our stateless Via alone
+        on the top Via line (`_top_via_line`), the next hop after it. Our Via is cut out and the
+        rest goes on byte for byte (§16.7 step 3, §16.11). Anything else is None, and the full
+        parser decides."""
+        found = found or self._top_via_line(data)
+        if found is None or not data.startswith(self._via_prefix, found[0] + 7):
+            return None
+        cut = self._cut_our_via(data, found[0], found[1], self._via_prefix)
+        if cut is None:
+            return None
+        branch, out, nxt = cut
         try:
             hop = _parse_via(nxt.decode("utf-8"))
         except (UnicodeDecodeError, ValueError):
             return None
-        if hop.transport != "UDP":
-            return None
-        try:
-            mine = self._branch_ok(branch.decode("ascii"), hop)
-        except UnicodeDecodeError:
-            mine = False
-        if not mine:
-            return None  # the full path drops it and counts it
+        if hop.transport != "UDP" or not self._branch_ok(branch, hop):
+            return None  # the full path drops a forged one and counts it
         host, port = hop.response_target()
         self.stats["responses"] += 1
         self.stats["forwarded"] += 1
         return [Send("udp", host, port, out)]
 
-    def _branch_response_fast(self, data: bytes) -> list[Action] | None:
+    def _branch_response_fast(
+        self, data: bytes, found: tuple[int, int, int] | None = None
+    ) -> list[Action] | None:
         """A device's provisional or 2xx answer to one of our branches, in the common shape
-        (our Via alone at the top, one CSeq line), handed to its client transaction without
-        a full parse: status, branch and CSeq method are read from the bytes and our Via is
-        cut out of them. Anything else, or no such transaction, is None: the full path."""
-        if len(data) > MAX_MESSAGE_SIZE or not data[8:11].isdigit() or data[11:12] != b" ":
+        (our stateful Via alone at the top, one CSeq line), handed to its client transaction
+        without a full parse: status, branch and CSeq method are read from the bytes and our
+        Via is cut out of them. Anything else, or no such transaction, is None: the full
+        path."""
+        found = found or self._top_via_line(data)
+        if found is None or not data.startswith(self._via_prefix_sf, found[0] + 7):
             return None
         status = int(data[8:11])
         if not 100 <= status < 300:
             return None  # a non-2xx final needs its To for the ACK: parsed in full
-        end = data.find(b"\r\n\r\n")
-        if end < 0 or b"\r\n " in data[:end] or b"\r\n\t" in data[:end]:
+        cut = self._cut_our_via(data, found[0], found[1], self._via_prefix_sf)
+        if cut is None:
             return None
-        at = data.find(b"\r\nVia: ", 0, end)
-        if at < 0 or not data.startswith(self._via_prefix_sf, at + 7):
-            return None
-        if _ANY_VIA.search(data, 0, at) is not None:
-            return None
-        line_end = data.find(b"\r\n", at + 7)
-        if line_end >= end or data[line_end + 2 : line_end + 3] in (b" ", b"\t"):
-            return None
-        line = data[at + 7 : line_end]
-        ours, comma, rest = line.partition(b",")
-        branch = ours[len(self._via_prefix_sf) - len(STATEFUL_PREFIX) :].rstrip(b" \t")
-        if not branch or b";" in branch or b"=" in branch:
-            return None
-        if comma:
-            if b'"' in line or not rest.strip():
-                return None
-            stripped = data[: at + 7] + rest.lstrip() + data[line_end:]
-        elif data.startswith(b"\r\nVia: ", line_end):
-            stripped = data[:at] + data[line_end:]
-        else:
-            return None  # no hop under ours
+        branch, stripped, _nxt = cut
+        end = found[2]
         cseq = _CSEQ_LINE.search(data, 0, end + 2)
         if cseq is None or data.count(b"\r\nCSeq:", 0, end) != 1:
             return None
-        try:
-            key = client_key(branch.decode("ascii"), cseq.group(1).decode("ascii"))
-        except UnicodeDecodeError:
-            return None
+        key = client_key(branch, cseq.group(1).decode("ascii"))
         handled = self.forks.response(ResponseBytes(status, stripped), key, self._mono)
         if handled is None:
             return None
