@@ -251,6 +251,7 @@ def test_invite_server_2xx_accepted_absorbs_retransmissions_and_passes_more_2xx(
     txn.respond(180, b"180", 0.0)
     assert txn.respond(200, b"200a", 1.0) == [Transmit(b"200a")]
     assert txn.state is State.ACCEPTED
+    assert txn.last is None  # nothing to answer a retransmission with: not kept for 32 s
     assert txn.receive_request(txn.request, 2.0) == []  # RFC 6026: absorbed
     assert txn.respond(200, b"200b", 3.0) == [Transmit(b"200b")]  # another branch's 2xx
     assert txn.respond(486, b"486", 3.0) == []  # no non-2xx after a 2xx

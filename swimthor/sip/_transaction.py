@@ -445,6 +445,9 @@ class ServerTransaction:
             if status < 300:
                 self.state = State.ACCEPTED
                 self._wait_until = now + self.timers.timeout  # timer L
+                # Accepted absorbs a retransmitted INVITE without answering it: the 2xx is
+                # not kept for the 32 s (tens of thousands of them under call load).
+                self.last = None
                 return [Transmit(data)]
             self.state = State.COMPLETED
             if not self.reliable:
