@@ -33,7 +33,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ._actions import Send
 from ._message import Request, Response, pop_first_value
@@ -58,9 +58,9 @@ __all__ = ["ANSWERED_ELSEWHERE", "Branch", "Fork", "Forks", "Target"]
 ANSWERED_ELSEWHERE = 'SIP;cause=200;text="Call completed elsewhere"'
 
 
-@dataclass(frozen=True, slots=True)
-class Target:
-    """One device to ring: the Request-URI of its branch and where the request goes."""
+class Target(NamedTuple):
+    """One device to ring: the Request-URI of its branch and where the request goes. (A
+    named tuple: one is made per device per call.)"""
 
     uri: str
     transport: str

@@ -250,6 +250,7 @@ class Proxy:
         self._branch_serial = itertools.count(int.from_bytes(os.urandom(4), "big"))
         self._branch_ident = _h(settings.name, os.urandom(8).hex(), size=4)
         self._keyed: dict[bytes, hashlib.blake2b] = {}
+        self._server_key: tuple[Request | None, tuple[str, ...]] = (None, ())
         self.forks = Forks(
             self._build_branch,
             self._build_answer,
@@ -437,6 +438,14 @@ class Proxy:
             return None
         self.stats["forwarded"] += 1
         return request, Send(transport, target.host.strip("[]"), target.port, data), branch
+
+    def _key_of(self, request: Request) -> tuple[str, ...]:
+        """`server_key(request)`, as `_request` found it when it looked for a transaction (an
+        RFC 3261 key depends only on the top Via, which nothing edits after that)."""
+        seen, key = self._server_key
+        if seen is request and key[0] != "2543":
+            return key
+        return server_key(request)
 
     def _build_answer(self, request: Request, status: int, reason: str) -> bytes:
         self.answers_by_code[status] = self.answers_by_code.get(status, 0) + 1
@@ -726,6 +735,7 @@ class Proxy:
             # A request of a transaction we proxy statefully: a retransmission or the ACK of
             # a non-2xx final (absorbed there, §17.2.1), or the caller's CANCEL (§16.10).
             skey = server_key(request)
+            self._server_key = (request, skey)  # for _fork: this request's Via stays as it is
             fork = self.forks.server_for(skey)
             if fork is not None:
                 return list(self.forks.retransmission(fork, request, self._mono))
@@ -1196,7 +1206,7 @@ class Proxy:
             respond_to = Send("udp", source.host, _response_port(request.vias[0], source), b"")
         return list(
             self.forks.start(
-                server_key(request), request, respond_to, groups, self._mono, loop.value()
+                self._key_of(request), request, respond_to, groups, self._mono, loop.value()
             )
         )
 
