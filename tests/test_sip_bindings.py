@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from swimthor.sip._bindings import (
     DIGEST_BUCKETS,
     MAX_FIELD_LENGTH,
+    MAX_PATH,
     Binding,
     BindingStore,
     aor_bucket,
@@ -406,6 +407,7 @@ _binding = st.builds(
     instance=st.just("") | _text,
     reg_id=st.just(0) | st.integers(0, 2**31 - 1),
     user_agent=st.just("") | _text,
+    path=st.just(()) | st.lists(_text.filter(bool), min_size=1, max_size=3).map(tuple),
 )
 
 
@@ -414,12 +416,16 @@ def test_wire_round_trip(b: Binding) -> None:
     wire = b.to_wire()
     assert isinstance(wire, list)
     # The 11-field form (what nodes before instance, reg-id and User-Agent read) whenever
-    # those are empty; the 14-field form otherwise.
-    assert len(wire) == (14 if (b.instance or b.reg_id or b.user_agent) else 11)
+    # those are empty; the 14-field form when only they are set; 15 with a Path.
+    if b.path:
+        assert len(wire) == 15
+    else:
+        assert len(wire) == (14 if (b.instance or b.reg_id or b.user_agent) else 11)
     assert Binding.from_wire(wire) == b
     assert Binding.from_wire(list(wire)).version == b.version
-    # A later version's fields after the 14th are ignored.
-    longer = [*b.to_wire(), *([] if len(wire) == 14 else ["", 0, ""]), "future", [1, 2], None]
+    # A later version's fields after the 15th are ignored.
+    padding = {11: ["", 0, "", []], 14: [[]], 15: []}[len(wire)]
+    longer = [*b.to_wire(), *padding, "future", [1, 2], None]
     assert Binding.from_wire(longer) == b
 
 
@@ -437,7 +443,12 @@ def test_the_two_wire_forms() -> None:
     assert Binding.from_wire([*plain.to_wire(), "", 0, ""]) == plain
     # Through CBOR, as replication sends it.
     assert Binding.from_wire(cbor2.loads(cbor2.dumps(wire))) == device
-    assert Binding.from_wire(cbor2.loads(cbor2.dumps([*wire, {"x": 1}]))) == device
+    assert Binding.from_wire(cbor2.loads(cbor2.dumps([*wire, [], {"x": 1}]))) == device
+    # The 15th field is the Path: written only when there is one.
+    routed = replace(device, path=("<sip:tok@10.0.0.1:5060;lr;ob>",))
+    assert routed.to_wire() == [*wire, ["<sip:tok@10.0.0.1:5060;lr;ob>"]]
+    assert Binding.from_wire(cbor2.loads(cbor2.dumps(routed.to_wire()))) == routed
+    assert len(replace(plain, path=("<sip:e;lr>",)).to_wire()) == 15
 
 
 def test_from_wire_takes_integral_numbers_as_floats() -> None:
@@ -548,7 +559,12 @@ def test_from_wire_limits_of_the_longer_form() -> None:
     assert at(12, 2**31 - 1).reg_id == 2**31 - 1
     assert at(12, 0).reg_id == 0
     assert at(13, "u" * MAX_FIELD_LENGTH).user_agent == "u" * MAX_FIELD_LENGTH
-    assert Binding.from_wire([*GOOD_14, *([None] * 50)]).user_agent == "Phone/1.0"
+    assert Binding.from_wire([*GOOD_14, [], *([None] * 49)]).user_agent == "Phone/1.0"
+    hop = "<sip:t@10.0.0.1;lr>"
+    assert Binding.from_wire([*GOOD_14, [hop] * MAX_PATH]).path == (hop,) * MAX_PATH
+    for bad in ([hop] * (MAX_PATH + 1), [""], [1], hop, None, ["x" * (MAX_FIELD_LENGTH + 1)]):
+        with pytest.raises(ValueError):
+            Binding.from_wire([*GOOD_14, bad])
 
 
 def test_subscriber_journal_round_trips(tmp_path: Path) -> None:
@@ -566,7 +582,7 @@ def test_subscriber_journal_round_trips(tmp_path: Path) -> None:
     assert [len(json.loads(line)) for line in lines] == [11, 11]
     assert sorted(SubscriberJournal(journal.path).load(), key=lambda r: r.aor) == [alice, gone]
     # A line a later version wrote, with more fields, still loads; a torn one is skipped.
-    later = [*replace(alice, stamp=102.0).to_wire(), "", 0, "", "future"]
+    later = [*replace(alice, stamp=102.0).to_wire(), "", 0, "", [], "future"]
     with open(journal.path, "a") as f:
         f.write(json.dumps(later) + "\n" + '["sip:carol@exa')
     reread = SubscriberJournal(journal.path)

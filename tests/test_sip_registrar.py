@@ -336,7 +336,7 @@ def test_a_register_without_contact_is_a_query() -> None:
     # A query on an address-of-record with nothing bound lists nothing.
     out = reg(BindingStore())
     assert (out.status, listed(out), out.changes) == (200, {}, [])
-    assert [k for k, _ in out.headers] == ["date"]
+    assert [k for k, _ in out.headers] == ["date", "supported"]
 
 
 def test_a_query_is_not_held_to_cseq_order() -> None:

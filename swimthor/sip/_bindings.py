@@ -47,7 +47,11 @@ SUBSCRIBER_TOMBSTONE = 30 * 86_400.0
 # knows (a later version's) and ignores them, up to MAX_WIRE_FIELDS.
 WIRE_FIELDS = 11
 WIRE_FIELDS_2 = 14
+# The 15th field: the binding's Path (RFC 3327), a list of strings; readers of 14 ignore it.
+WIRE_FIELDS_3 = 15
 MAX_WIRE_FIELDS = 64
+MAX_PATH = 8  # Path values kept for one binding (each hop that adds one is a proxy of ours or
+# the phone's outbound proxy: a handful at most)
 
 # Anti-entropy digests cover this many buckets of address-of-record space.
 DIGEST_BUCKETS = 64
@@ -79,6 +83,10 @@ class Binding:
     instance: str = ""
     reg_id: int = 0
     user_agent: str = ""  # the REGISTER's User-Agent (cut to MAX_FIELD_LENGTH)
+    # RFC 3327: the Path values of the REGISTER, top first. A call to this binding is sent to
+    # the first (the edge holding the phone's flow, its URI carrying the flow token) with them
+    # all as its Route set.
+    path: tuple[str, ...] = ()
 
     @property
     def version(self) -> tuple[float, str, int]:
@@ -89,7 +97,8 @@ class Binding:
 
     def to_wire(self) -> list[object]:
         """The replication (and journal) form: 11 fields, or 14 when the binding names an
-        instance, a reg-id or a User-Agent. Nodes older than those fields accept exactly 11,
+        instance, a reg-id or a User-Agent, 15 with a Path. Nodes older than those fields accept
+        exactly 11 (or 14, and ignore the Path),
         so a binding without them keeps the form they read."""
         wire: list[object] = [
             self.aor,
@@ -104,8 +113,10 @@ class Binding:
             self.origin,
             self.removed,
         ]
-        if self.instance or self.reg_id or self.user_agent:
+        if self.instance or self.reg_id or self.user_agent or self.path:
             wire += [self.instance, self.reg_id, self.user_agent]
+        if self.path:
+            wire.append(list(self.path))
         return wire
 
     @classmethod
@@ -125,6 +136,13 @@ class Binding:
         instance, reg_id, user_agent = (
             item[WIRE_FIELDS:WIRE_FIELDS_2] if len(item) >= WIRE_FIELDS_2 else ("", 0, "")
         )
+        path = item[WIRE_FIELDS_2] if len(item) >= WIRE_FIELDS_3 else []
+        if (
+            not isinstance(path, list)
+            or len(path) > MAX_PATH
+            or not all(isinstance(p, str) and 0 < len(p) <= MAX_FIELD_LENGTH for p in path)
+        ):
+            raise ValueError(f"a binding's path is a list of at most {MAX_PATH} strings")
         for text in (aor, contact, key, call_id, source, origin, instance, user_agent):
             if not isinstance(text, str) or len(text) > MAX_FIELD_LENGTH:
                 raise ValueError("binding text fields must be strings of at most 2048 chars")
@@ -160,6 +178,7 @@ class Binding:
             instance,
             reg_id,
             user_agent,
+            tuple(path),
         )
 
     def digest(self) -> int:

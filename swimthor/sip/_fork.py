@@ -68,6 +68,11 @@ class Target(NamedTuple):
     port: int
     q: float = 1.0
     instance: str = ""
+    # RFC 3327: the binding's Path left to follow (the branch's Route set), and when we are
+    # the device's edge ourselves, the connection of its flow.
+    route: tuple[str, ...] = ()
+    conn: int | None = None
+    record_route: str = ""  # ours, with the flow token, when we send onto the device's flow
 
 
 # (request as received, target, loop hash) -> (the branch's request, our Via on top; where it

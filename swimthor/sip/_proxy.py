@@ -25,6 +25,7 @@ second half hashes the fields that change on a spiral and not on a loop (§16.3 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -37,6 +38,7 @@ from dataclasses import dataclass, field
 from ._actions import Send, Source
 from ._auth import Credentials, Verifier, challenges, parse_credentials
 from ._bindings import Binding, BindingStore
+from ._flow import Flow, decode_token, flow_of, make_token
 from ._fork import Forks, Target
 from ._message import (
     DISPLAY_NAMES,
@@ -94,7 +96,8 @@ ALLOWED_METHODS = (
 )
 _ALLOWED = frozenset(ALLOWED_METHODS)
 _DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
-SUPPORTED_EXTENSIONS: frozenset[str] = frozenset()  # none yet: every Require/Proxy-Require is 420
+# Option tags a Require may name (anything else: 420): Path (RFC 3327) and outbound (RFC 5626).
+SUPPORTED_EXTENSIONS: frozenset[str] = frozenset(("path", "outbound"))
 DEFAULT_MAX_FORWARDS = 70
 # Seconds a node our datagrams bounced off is tried after the AOR's other owners: about the
 # time SWIM takes to declare it (local profile ~1 s, LAN ~5 s).
@@ -239,8 +242,11 @@ class Proxy:
         store: BindingStore | None = None,
         peer_at: Callable[[str, int], Peer | None] | None = None,
         branch_keys: Callable[[], list[bytes]] | None = None,
+        flow_alive: Callable[[int], bool] | None = None,
     ) -> None:
         self.settings = settings
+        # Whether the transport still has the stream connection of that id (a phone's flow).
+        self._flow_alive = flow_alive or (lambda conn: True)
         # The keys our branch MACs are made with (the first) and checked with (any): the
         # cluster keyring's, so a rotation keeps branches in flight valid; without one, a
         # secret of this process (only the node that made a branch checks it).
@@ -288,6 +294,12 @@ class Proxy:
             "auth_failed": 0,
             "authenticated": 0,
             "bad_branch": 0,
+            # Flows (RFC 5626) at the edge: Paths we added to REGISTERs, requests sent onto a
+            # phone's flow, and those refused: a token not ours (403), a flow gone (430).
+            "paths_added": 0,
+            "to_flows": 0,
+            "bad_flow_tokens": 0,
+            "flows_gone": 0,
         }
         # For the metrics: requests by method (unknown ones as "other"), and the answers
         # this node made by status code (relayed responses are counted in `stats`).
@@ -433,11 +445,21 @@ class Proxy:
         ident = f"{self._branch_ident}{next(self._branch_serial) & 0xFFFFFFFF:08x}"
         branch = self._branch(STATEFUL_PREFIX, ident, loop, base.vias[0])
         request.prepend("via", f"SIP/2.0/{transport.upper()} {self._sent_by};branch={branch}")
+        if target.route:
+            # The binding's Path as the Route set (RFC 3327 §5.3), ahead of any Route left.
+            request.set_values("route", [*target.route, *request.get_all("route")])
+        if target.record_route and request.method in _DIALOG_CREATING and request.to_tag is None:
+            # We are the device's edge: the dialog must come back through us, to its flow (in
+            # place of the plain Record-Route we may have added as the entry).
+            if request.get("record-route") in (self._rr, self._rr_tcp):
+                pop_first_value(request, "record-route")
+            request.prepend("record-route", target.record_route)
         data = request.to_bytes()
         if len(data) > MAX_MESSAGE_SIZE:
             return None
         self.stats["forwarded"] += 1
-        return request, Send(transport, target.host.strip("[]"), target.port, data), branch
+        send = Send(transport, target.host.strip("[]"), target.port, data, target.conn)
+        return request, send, branch
 
     def _key_of(self, request: Request) -> tuple[str, ...]:
         """`server_key(request)`, as `_request` found it when it looked for a transaction (an
@@ -808,6 +830,7 @@ class Proxy:
             request.set_values("route", routes)
             uri = request.uri
             record_routed = True  # our Record-Route, used by a strict router (§16.4)
+        flow_token: str | None = None
         if routes:
             try:
                 first = parse_address(routes[0]).uri
@@ -817,6 +840,11 @@ class Proxy:
                 routes.pop(0)
                 pop_first_value(request, "route")
                 record_routed = True
+                flow_token = first.user  # our Path or Record-Route toward a phone's flow
+        if flow_token is not None:
+            sent = self._to_flow(request, source, now, flow_token, max_forwards, loop)
+            if sent is not None:
+                return sent
 
         if routes:
             if not (record_routed or from_peer):
@@ -936,6 +964,12 @@ class Proxy:
             return self._reply(request, source, now, 404, "Not Found")
         owners = self._reachable_first(self._owners(aor, self.settings.replicas))
         names = [p.name for p in owners]
+        if not from_peer and self._needs_flow(request, source):
+            # We are the phone's edge: calls to it must come back through us, onto the flow it
+            # registered over (RFC 5626 §5.2). Our Path is the first the registrar sees.
+            token = make_token(flow_of(source), self._branch_keys()[0])
+            request.prepend("path", f"<sip:{token}@{self._sent_by};lr;ob>")
+            self.stats["paths_added"] += 1
         if self.settings.name not in names and not from_peer:
             if not owners:
                 return self._no_owner(request, source, now)
@@ -1173,6 +1207,7 @@ class Proxy:
         groups: list[list[Target]] = []
         seen: set[str] = set()
         last_q: float | None = None
+        flows_gone = 0
         for binding in bindings:  # highest q first, then the most recently refreshed
             device = getattr(binding, "instance", "") or binding.key
             if device in seen:
@@ -1182,19 +1217,28 @@ class Proxy:
                 contact = parse_uri(binding.contact)
             except ValueError:
                 continue
-            target = Target(
-                binding.contact,
-                _transport(contact),
-                contact.host,
-                contact.port or (5061 if contact.scheme == "sips" else 5060),
-                binding.q,
-                device,
-            )
+            if binding.path:
+                target = self._path_target(binding, device)
+                if target is None:
+                    flows_gone += 1
+                    continue
+            else:
+                target = Target(
+                    binding.contact,
+                    _transport(contact),
+                    contact.host,
+                    contact.port or (5061 if contact.scheme == "sips" else 5060),
+                    binding.q,
+                    device,
+                )
             if last_q is None or binding.q != last_q:
                 groups.append([])
                 last_q = binding.q
             groups[-1].append(target)
         if not groups:
+            if flows_gone:
+                # RFC 5626 §5.3: every device is reachable only over a flow that is gone.
+                return self._reply(request, source, now, 430, "Flow Failed")
             return self._reply(request, source, now, 480, "Temporarily Unavailable")
         request.set("max-forwards", str(max_forwards - 1))
         if add_rr and request.method in _DIALOG_CREATING and request.to_tag is None:
@@ -1209,6 +1253,120 @@ class Proxy:
                 self._key_of(request), request, respond_to, groups, self._mono, loop.value()
             )
         )
+
+    def _to_flow(
+        self,
+        request: Request,
+        source: Source,
+        now: float,
+        token: str,
+        max_forwards: int,
+        loop: _LoopHash,
+    ) -> list[Action] | None:
+        """A request routed to us by a URI of ours with a flow token (the Path the owner
+        followed, or our Record-Route in a dialog): onto that flow (RFC 5626 §5.3), with our
+        Record-Route (the token in it) on a dialog-creating request so the rest of the dialog
+        comes back here. None when it came over that very flow (the phone's own request: on
+        by the next Route). 403 for a token we did not make, 430 for a flow that is gone."""
+        flow = decode_token(token, self._branch_keys())
+        if flow is None:
+            self.stats["bad_flow_tokens"] += 1
+            if request.method == "ACK":
+                return []
+            return self._reply(request, source, now, 403, "Forbidden")
+        if (flow.transport, flow.host, flow.port) == (source.transport, source.host, source.port):
+            return None
+        if flow.stream and flow.conn is not None and not self._flow_alive(flow.conn):
+            self.stats["flows_gone"] += 1
+            if request.method == "ACK":
+                return []
+            return self._reply(request, source, now, 430, "Flow Failed")
+        self.stats["to_flows"] += 1
+        rr = None
+        if request.method in _DIALOG_CREATING and request.to_tag is None:
+            rr = f"<sip:{token}@{self._sent_by};lr;ob>"
+        return self._forward(
+            request,
+            source,
+            now,
+            flow.host,
+            flow.port,
+            flow.transport,
+            max_forwards,
+            add_rr=False,
+            loop=loop,
+            conn=flow.conn,
+            record_route=rr,
+        )
+
+    def _needs_flow(self, request: Request, source: Source) -> bool:
+        """Whether a phone can only be reached over the flow its REGISTER came on: a stream
+        (its connection), a UA asking for outbound (RFC 5626: a Contact with reg-id), or one
+        behind NAT, by the tests Kamailio's nathelper makes: the top Via names another address
+        or port than the packet came from, or a Contact names a private address the packet
+        did not come from. (A Contact that is merely elsewhere is a third-party registration:
+        it is reached where it says.)"""
+        if source.transport != "udp":
+            return True
+        top = request.vias[0]
+        if top.host.strip("[]") != source.host or (top.port or 5060) != source.port:
+            return True
+        for value in request.get_all("contact"):
+            try:
+                address = parse_address(value)
+            except ValueError:
+                continue  # the registrar refuses it
+            if "reg-id" in {k.lower() for k in address.parameters}:
+                return True
+            host = address.uri.host.strip("[]")
+            if host != source.host and _private(host):
+                return True
+        return False
+
+    def _path_target(self, binding: Binding, device: str) -> Target | None:
+        """Where a branch to a binding with a Path goes (RFC 3327): to its first hop, with the
+        Path as the Route set; when that hop is us (we are the device's edge), straight onto
+        the flow its token names. None when that flow is gone (or the token is not ours)."""
+        try:
+            first = parse_address(binding.path[0]).uri
+        except ValueError:
+            return None
+        if not self._ours(first.host, first.port):
+            return Target(
+                binding.contact,
+                _transport(first),
+                first.host,
+                first.port or 5060,
+                binding.q,
+                device,
+                route=binding.path,
+            )
+        flow = self._flow_of_token(first.user)
+        if flow is None:
+            return None
+        return Target(
+            binding.contact,
+            flow.transport,
+            flow.host,
+            flow.port,
+            binding.q,
+            device,
+            route=binding.path[1:],
+            conn=flow.conn,
+            record_route=f"<sip:{first.user}@{self._sent_by};lr;ob>",
+        )
+
+    def _flow_of_token(self, token: str | None) -> Flow | None:
+        """The flow a token of ours names, if it is still there: a stream flow whose
+        connection closed is gone (a datagram flow is only known gone by its keepalives)."""
+        flow = decode_token(token or "", self._branch_keys())
+        if flow is None:
+            self.stats["bad_flow_tokens"] += 1
+            return None
+        if flow.stream and flow.conn is not None and not self._flow_alive(flow.conn):
+            self.stats["flows_gone"] += 1
+            return None
+        return flow
 
     def _to_node(
         self,
@@ -1245,13 +1403,18 @@ class Proxy:
         *,
         add_rr: bool,
         loop: _LoopHash,
+        conn: int | None = None,
+        record_route: str | None = None,
     ) -> list[Action]:
-        """§16.6 steps 3-8 for one target, then send (stateless, §16.11)."""
+        """§16.6 steps 3-8 for one target, then send (stateless, §16.11). `record_route`: our
+        Record-Route value to add instead of the plain one; `conn`: the stream to send on."""
         if max_forwards <= 0:
             return self._reply(request, source, now, 483, "Too Many Hops")
         top = request.vias[0]
         request.set("max-forwards", str(max_forwards - 1))
-        if add_rr and request.method in _DIALOG_CREATING and request.to_tag is None:
+        if record_route is not None:
+            request.prepend("record-route", record_route)
+        elif add_rr and request.method in _DIALOG_CREATING and request.to_tag is None:
             request.prepend("record-route", self._rr_tcp if source.transport == "tcp" else self._rr)
         stateless = _h(
             top.branch or f"{request.call_id}|{request.from_tag}|{request.cseq[0]}",
@@ -1268,7 +1431,27 @@ class Proxy:
             return self._reply(request, source, now, 513, "Message Too Large")
         self.stats["forwarded"] += 1
         host = host.strip("[]")
-        return [Send(out_transport, host, port or 5060, data)]
+        return [Send(out_transport, host, port or 5060, data, conn)]
+
+
+@functools.lru_cache(maxsize=4096)
+def _private(host: str) -> bool:
+    """An IP literal in a range only reachable behind some NAT: RFC 1918, RFC 6598 (carrier
+    NAT), link-local, unique-local (what nathelper's private-Contact test looks for)."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return any(ip in net for net in _BEHIND_NAT if net.version == ip.version)
+
+
+_BEHIND_NAT = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16",
+        "fc00::/7", "fe80::/10",
+    )
+)  # fmt: skip
 
 
 def _stamp_received(request: Request, source: Source) -> None:

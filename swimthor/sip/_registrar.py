@@ -27,7 +27,7 @@ import functools
 import math
 from dataclasses import dataclass, field, replace
 
-from ._bindings import MAX_FIELD_LENGTH, Binding, BindingStore
+from ._bindings import MAX_FIELD_LENGTH, MAX_PATH, Binding, BindingStore
 from ._grammar import Uri
 from ._message import Request, parse_address
 
@@ -51,6 +51,9 @@ class RegistrarPolicy:
     min_expires: int = 60
     max_expires: int = 7200
     max_contacts: int = 10  # per address-of-record
+    # RFC 5626 §4.4.1: the keepalive interval a 200 asks of a UA that registered a flow (its
+    # NAT binding must not time out; 30 s keeps most alive).
+    flow_timer: int = 30
 
 
 @dataclass(slots=True)
@@ -122,9 +125,33 @@ def register(
     source: str,
 ) -> RegisterOutcome:
     try:
-        return _register(request, store, aor, now, policy, origin, source)
+        outcome = _register(request, store, aor, now, policy, origin, source)
     except _Reject as r:
         return r.outcome
+    if outcome.status == 200:
+        outcome.headers.extend(_extensions(request, policy))
+    return outcome
+
+
+def _extensions(request: Request, policy: RegistrarPolicy) -> list[tuple[str, str]]:
+    """What a 200 to a REGISTER says of Path and outbound: the Path values back, in order, to
+    a UA that supports path (RFC 3327 §5.3); `Require: outbound` and a Flow-Timer for a UA
+    that registered a flow (a Contact with +sip.instance and reg-id, RFC 5626 §6)."""
+    out: list[tuple[str, str]] = [("supported", "path, outbound")]
+    supported = {o.lower() for o in request.get_all("supported")}
+    if "path" in supported:
+        out += [("path", value) for value in request.get_all("path")]
+    flows = False
+    for value in request.get_all("contact"):
+        try:
+            params = {k.lower() for k in parse_address(value).parameters}
+        except ValueError:
+            continue
+        if "reg-id" in params and "+sip.instance" in params:
+            flows = True
+    if flows and "outbound" in supported:
+        out += [("require", "outbound"), ("flow-timer", str(policy.flow_timer))]
+    return out
 
 
 def _stamp(held: Binding | None, now: float, origin: str, cseq: int) -> float:
@@ -204,8 +231,9 @@ def _register(
             # Kept for the operator (`swimthor location`); too long is cut, not refused.
             user_agent = (request.get("user-agent") or "")[:MAX_FIELD_LENGTH]
             changes = _contacts(
-                wanted, store, aor, now, policy, origin, source, call_id, cseq, user_agent
-            )
+                wanted, store, aor, now, policy, origin, source, call_id, cseq, user_agent,
+                _path(request),
+            )  # fmt: skip
 
     held_keys = {b.key for b in store.all(aor)}  # the subscriber counts for the store's size
     new = sum(1 for b in changes if b.key not in held_keys)
@@ -216,6 +244,24 @@ def _register(
 
     # All checks passed: apply every change, then answer with the current bindings.
     return _ok(store, aor, now, [b for b in changes if store.put(b)])
+
+
+def _path(request: Request) -> tuple[str, ...]:
+    """The REGISTER's Path values (RFC 3327), top first, each a name-addr; stored with every
+    binding the request writes."""
+    values = request.get_all("path")
+    if len(values) > MAX_PATH:
+        raise _Reject(400, "Too Many Path Values")
+    for value in values:
+        if len(value) > MAX_FIELD_LENGTH:
+            raise _Reject(400, "Path Too Long")
+        try:
+            uri = parse_address(value).uri
+        except ValueError:
+            raise _Reject(400, "Bad Path") from None
+        if uri.scheme not in ("sip", "sips") or not uri.host:
+            raise _Reject(400, "Bad Path")
+    return tuple(values)
 
 
 def _ok(store: BindingStore, aor: str, now: float, changes: list[Binding]) -> RegisterOutcome:
@@ -389,6 +435,7 @@ def _contacts(
     call_id: str,
     cseq: int,
     user_agent: str,
+    path: tuple[str, ...] = (),
 ) -> list[Binding]:
     held = {b.key: b for b in store.contacts(aor)}
     changes: dict[str, Binding] = {}
@@ -416,6 +463,7 @@ def _contacts(
             instance=w.instance,
             reg_id=w.reg_id,
             user_agent=user_agent,
+            path=path,
         )
     live_before = {k for k, b in held.items() if b.live(now)}
     live_after = set(live_before)

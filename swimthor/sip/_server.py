@@ -609,6 +609,10 @@ class SipServer(FrontEndServer):
             return
         await self._execute(actions)
 
+    def has_connection(self, conn_id: int) -> bool:
+        """Whether the stream connection of that id is still open (a phone's flow)."""
+        return conn_id in self._conns
+
     async def _send_tcp(self, send: Send) -> None:
         conn = self._conns.get(send.conn) if send.conn is not None else None
         if conn is None:

@@ -115,6 +115,7 @@ class SipService:
             self.store,
             self.peer_at,
             branch_keys=self._nonce_secrets,
+            flow_alive=self.server.has_connection,
         )
         self.proxy.verifier = Verifier(NonceMinter(self._nonce_secrets, clock=self._clock))
         self._load_subscribers()

@@ -1,0 +1,270 @@
+"""Flows at the edge (RFC 5626, RFC 3327), sans-IO: a phone behind NAT registers through a node
+that does not own its AOR (its *edge*, n1); that node adds a Path whose URI carries a MACed
+flow token; the owners keep the Path with the binding; a call to the phone goes from the owner
+to the edge, and the edge sends it on the phone's own flow (the NAT's public address), with a
+Record-Route that brings the rest of the dialog back the same way.
+
+The three nodes and the scripted endpoints are those of test_sip_fork's `Cluster`: bob's owners
+are n2 and n3. The phone's packets come from NAT_PUBLIC; its Via and Contact name NAT_PRIVATE.
+"""
+
+from __future__ import annotations
+
+import pytest
+from test_sip_fork import CALLER, NODES, Cluster, answer, msg, statuses
+
+from swimthor.sip import Binding, Request, Response, Source, parse_message
+from swimthor.sip._flow import Flow, decode_token, make_token
+
+NAT_PUBLIC = ("127.0.0.1", 40000)  # where the NAT sends the phone's packets from
+NAT_PRIVATE = ("10.0.0.5", 5060)  # what the phone believes its address is
+BOB = "sip:bob@example.com"
+
+
+def nat_register(
+    c: Cluster, to: str = "n1", extra: tuple[str, ...] = (), cseq: int = 1
+) -> Response:
+    host, port = NAT_PRIVATE
+    data = msg(
+        "REGISTER",
+        "sip:example.com",
+        *extra,
+        contact=f"<sip:bob@{host}:{port}>",
+        via=f"SIP/2.0/UDP {host}:{port};branch=z9hG4bK-nat-{cseq};rport",
+        call_id="nat-reg",
+        cseq=cseq,
+    )
+    c.deliver(data, NAT_PUBLIC, to)
+    (ok,) = c.take(NAT_PUBLIC)
+    assert isinstance(ok, Response)
+    return ok
+
+
+def held(c: Cluster, node: str) -> list[Binding]:
+    return c.nodes[node].store.lookup(BOB, c.nodes[node]._mono + 1_000_000.0)
+
+
+def test_flow_tokens_round_trip_and_refuse_what_we_did_not_make() -> None:
+    key = b"k" * 32
+    for flow in (Flow("udp", "192.0.2.7", 4321), Flow("tcp", "2001:db8::1", 5060, 17)):
+        token = make_token(flow, key)
+        assert decode_token(token, [b"old" * 11, key]) == flow  # any key of the ring
+        assert decode_token(token, [b"x" * 32]) is None
+        # One character changed anywhere: not ours.
+        for i in range(len(token)):
+            flipped = token[:i] + ("A" if token[i] != "A" else "B") + token[i + 1 :]
+            assert decode_token(flipped, [key]) is None
+    for junk in ("", "!!!", "a" * 500, make_token(Flow("udp", "h", 1), key)[:8]):
+        assert decode_token(junk, [key]) is None
+
+
+def test_the_edge_adds_a_path_with_the_phones_flow_and_the_owners_keep_it() -> None:
+    c = Cluster()
+    ok = nat_register(c, extra=("Supported: path",))
+    assert ok.status == 200
+    (binding,) = held(c, "n2")
+    assert held(c, "n3") == [binding]  # replicated with its Path
+    (path,) = binding.path
+    assert path.endswith("@127.0.0.1:5071;lr;ob>")  # the edge, n1
+    token = path.removeprefix("<sip:").split("@")[0]
+    assert decode_token(token, c.nodes["n1"]._branch_keys()) == Flow("udp", *NAT_PUBLIC)
+    # RFC 3327 §5.3: the Path goes back to a UA that supports path; and what we support.
+    assert ok.get_all("path") == [path]
+    assert "path" in (ok.get("supported") or "")
+    assert c.nodes["n1"].stats["paths_added"] == 1
+
+
+def test_a_phone_that_is_not_behind_nat_gets_no_path() -> None:
+    c = Cluster()
+    data = msg(
+        "REGISTER",
+        "sip:example.com",
+        contact="<sip:bob@127.0.0.1:40000>",
+        via="SIP/2.0/UDP 127.0.0.1:40000;branch=z9hG4bK-plain;rport",
+        call_id="plain",
+    )
+    c.deliver(data, NAT_PUBLIC)
+    (ok,) = c.take(NAT_PUBLIC)
+    assert isinstance(ok, Response) and ok.status == 200
+    assert ok.get_all("path") == []
+    (binding,) = held(c, "n2")
+    assert binding.path == ()
+
+
+def test_a_third_party_registration_of_a_public_contact_gets_no_path() -> None:
+    c = Cluster()
+    data = msg(
+        "REGISTER",
+        "sip:example.com",
+        contact="<sip:bob@192.0.2.10:5060>",  # elsewhere, but not behind a NAT
+        via="SIP/2.0/UDP 127.0.0.1:40000;branch=z9hG4bK-3rd;rport",
+        call_id="third",
+    )
+    c.deliver(data, NAT_PUBLIC)
+    c.take(NAT_PUBLIC)
+    (binding,) = held(c, "n2")
+    assert binding.path == ()
+
+
+def test_an_outbound_ua_gets_require_outbound_and_a_flow_timer() -> None:
+    c = Cluster()
+    host, port = NAT_PRIVATE
+    data = msg(
+        "REGISTER",
+        "sip:example.com",
+        "Supported: path, outbound",
+        contact=f'<sip:bob@{host}:{port}>;reg-id=1;+sip.instance="<urn:uuid:0000-0001>"',
+        via=f"SIP/2.0/UDP {host}:{port};branch=z9hG4bK-ob;rport",
+        call_id="ob",
+    )
+    c.deliver(data, NAT_PUBLIC)
+    (ok,) = c.take(NAT_PUBLIC)
+    assert isinstance(ok, Response) and ok.status == 200, ok.start_line()
+    assert ok.get("require") == "outbound"
+    assert ok.get("flow-timer") == "30"
+    assert len(ok.get_all("path")) == 1
+
+
+def call_to_nat_phone(c: Cluster, entry: str = "n3") -> tuple[list[Response], bytes]:
+    """The caller calls bob through `entry`; the phone rings and answers. The 200 the caller
+    got, and the INVITE the phone got."""
+    c.deliver(msg("INVITE"), CALLER, entry)
+    assert 100 in statuses(c.take(CALLER))
+    (invite,) = c.requests(NAT_PUBLIC)
+    c.reply(NAT_PUBLIC, answer(invite, 180, "Ringing", "phone"))
+    c.reply(NAT_PUBLIC, answer(invite, 200, "OK", "phone"))
+    got = [m for m in c.take(CALLER) if isinstance(m, Response)]
+    return got, invite.to_bytes()
+
+
+def test_a_call_reaches_the_phone_over_its_flow_through_its_edge() -> None:
+    c = Cluster()
+    nat_register(c)
+    got, raw = call_to_nat_phone(c)
+    invite = parse_message(raw)
+    assert isinstance(invite, Request)
+    # Sent to the NAT's public address (the flow), not to the private Contact; through n1.
+    assert invite.uri_text == "sip:bob@10.0.0.5:5060"
+    assert [v.port for v in invite.vias] == [5071, 5073, 5081]  # edge, owner (the entry), caller
+    (rr,) = invite.get_all("record-route")[:1]
+    assert rr.endswith("@127.0.0.1:5071;lr;ob>")  # the edge, with the flow token
+    assert [r.status for r in got] == [180, 200]
+    assert c.nodes["n1"].stats["to_flows"] == 1
+
+
+def _in_dialog(method: str, routes: list[str], cseq: int, to_tag: str = "phone") -> bytes:
+    return msg(
+        method,
+        "sip:bob@10.0.0.5:5060",
+        *[f"Route: {r}" for r in routes],
+        via=f"SIP/2.0/UDP 127.0.0.1:5081;branch=z9hG4bK-{method.lower()}-{cseq};rport",
+        to=f"<sip:bob@example.com>;tag={to_tag}",
+        cseq=cseq,
+    )
+
+
+def test_ack_and_bye_from_the_caller_follow_the_record_route_onto_the_flow() -> None:
+    c = Cluster()
+    nat_register(c)
+    _got, raw = call_to_nat_phone(c)
+    # The phone's 200 copies the Record-Route it got; the caller reverses it (§12.1.2).
+    routes = list(reversed(parse_message(raw).get_all("record-route")))
+    assert any("@127.0.0.1:5071;lr;ob>" in r for r in routes)
+    first = routes[0]
+    entry = next(n for n, p in NODES.items() if f"{p.host}:{p.port}" in first)
+    c.deliver(_in_dialog("ACK", routes, 1), CALLER, entry)
+    (ack,) = c.requests(NAT_PUBLIC)
+    assert ack.method == "ACK"
+    c.deliver(_in_dialog("BYE", routes, 2), CALLER, entry)
+    (bye,) = c.requests(NAT_PUBLIC)
+    assert bye.method == "BYE"
+
+
+def test_bye_from_the_phone_goes_out_by_the_next_route_not_back_to_it() -> None:
+    c = Cluster()
+    nat_register(c)
+    _got, raw = call_to_nat_phone(c)
+    invite = parse_message(raw)
+    # The callee's route set is the Record-Route as it got it (§12.1.1), the edge first.
+    routes = invite.get_all("record-route")
+    host, port = NAT_PRIVATE
+    bye = msg(
+        "BYE",
+        "sip:alice@127.0.0.1:5081",
+        *[f"Route: {r}" for r in routes],
+        via=f"SIP/2.0/UDP {host}:{port};branch=z9hG4bK-pbye;rport",
+        to="<sip:alice@example.com>;tag=a",
+        call_id="call-1",
+        cseq=1,
+    )
+    c.deliver(bye, NAT_PUBLIC, "n1")  # over the flow, to its edge
+    (out,) = c.requests(CALLER)
+    assert out.method == "BYE"
+    assert c.take(NAT_PUBLIC) == []
+
+
+def test_the_owner_that_is_the_edge_sends_onto_the_flow_itself() -> None:
+    c = Cluster()
+    nat_register(c, to="n2")  # n2 owns bob and is the phone's edge
+    (binding,) = held(c, "n3")
+    assert "@127.0.0.1:5072;lr;ob>" in binding.path[0]
+    got, raw = call_to_nat_phone(c, entry="n1")
+    invite = parse_message(raw)
+    assert invite.get_all("route") == []  # n2 followed its own Path: nothing left of it
+    rr = invite.get_all("record-route")
+    assert rr[0].endswith("@127.0.0.1:5072;lr;ob>")  # so the dialog comes back to n2
+    assert [r.status for r in got] == [180, 200]
+
+
+def test_a_forged_flow_token_gets_403_and_nothing_is_sent() -> None:
+    c = Cluster()
+    forged = make_token(Flow("udp", "192.0.2.99", 9), b"not-the-cluster-key" * 2)
+    data = _in_dialog("INVITE", [f"<sip:{forged}@127.0.0.1:5071;lr;ob>"], 1, to_tag="x")
+    c.deliver(data, CALLER, "n1")
+    assert statuses(c.take(CALLER)) == [403]
+    assert c.take(("192.0.2.99", 9)) == []
+    assert c.nodes["n1"].stats["bad_flow_tokens"] == 1
+
+
+def test_a_stream_flow_that_closed_gets_430_flow_failed() -> None:
+    c = Cluster()
+    edge = c.nodes["n1"]
+    host, port = NAT_PRIVATE
+    data = msg(
+        "REGISTER",
+        "sip:example.com",
+        contact=f"<sip:bob@{host}:{port};transport=tcp>",
+        via=f"SIP/2.0/TCP {host}:{port};branch=z9hG4bK-tcp",
+        call_id="tcp-reg",
+    )
+    queue: list[tuple[str, bytes, tuple[str, int]]] = []
+    for action in edge.handle(data, Source("tcp", *NAT_PUBLIC, 7), 1_000_000.0, 0.0):
+        c._route("n1", action, queue)
+    c._run(queue)
+    c.take(NAT_PUBLIC)
+    (binding,) = held(c, "n2")
+    assert binding.path  # a stream is a flow: always through its edge
+    edge._flow_alive = lambda conn: conn != 7
+    c.deliver(msg("INVITE"), CALLER, "n3")
+    assert 430 in statuses(c.take(CALLER))
+    assert edge.stats["flows_gone"] == 1
+
+
+@pytest.mark.parametrize("value", ["<sip:edge;lr>", "<http://x>", "garbage<<"])
+def test_a_register_with_a_bad_path_is_refused(value: str) -> None:
+    c = Cluster()
+    data = msg(
+        "REGISTER",
+        "sip:example.com",
+        f"Path: {value}",
+        contact="<sip:bob@127.0.0.1:40000>",
+        via="SIP/2.0/UDP 127.0.0.1:40000;branch=z9hG4bK-bad;rport",
+        call_id="bad-path",
+    )
+    c.deliver(data, NAT_PUBLIC)
+    (reply,) = c.take(NAT_PUBLIC)
+    assert isinstance(reply, Response)
+    if value == "<sip:edge;lr>":
+        assert reply.status == 200  # a host name is a fine Path
+    else:
+        assert reply.status == 400
