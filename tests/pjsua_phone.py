@@ -1,13 +1,15 @@
 """One SIP device or caller made of pjsua2 (PJSIP's own Python binding), run as a subprocess.
 
 pjsua2 keeps one global endpoint per process and its own timers, so each device runs in a
-process of its own, away from pytest. It speaks only to 127.0.0.1, runs headless (the null
+process of its own, away from pytest. It binds 127.0.0.1 (or --bind ADDR, inside a network
+namespace behind NAT), runs headless (the null
 audio device) and reports what happens as one JSON object per line on stdout, each with
 `event` and `t` (time.monotonic(), comparable between processes on one host):
 
     device  registered {port, contact, bindings, code, expires}  register_failed {code, reason}
             incoming {call_id, from, to}   ringing / answered / rejected {call_id[, code]}
-            confirmed / media {call_id}    cancelled {call_id, code, reason}: 487, unconfirmed
+            confirmed / media / hanging_up {call_id}
+            cancelled {call_id, code, reason}: 487, unconfirmed
             disconnected {call_id, code, reason, confirmed}
     caller  calling {call_id}   progress {code}   confirmed {code}   media   cancelling
             result {code, last_code, reason, confirmed, answers_2xx}: code is the first final
@@ -147,7 +149,7 @@ class Phone:
         cfg.logConfig.msgLogging = True
         self.ep.libInit(cfg)
         tc = pj.TransportConfig()
-        tc.boundAddress = "127.0.0.1"
+        tc.boundAddress = args.bind
         tc.port = args.port
         tid = self.ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, tc)
         self.port = int(self.ep.transportGetInfo(tid).localName.rpartition(":")[2])
@@ -166,7 +168,7 @@ class Phone:
         nat.udpKaIntervalSec = 0
         nat.iceEnabled = False
         media = acfg.mediaConfig.transportConfig
-        media.boundAddress = "127.0.0.1"  # RTP on loopback only
+        media.boundAddress = self.args.bind  # RTP on our one address only
         media.port = 0
         return acfg
 
@@ -234,6 +236,8 @@ class DeviceCall(pj.Call):  # type: ignore[misc]
         if ci.state == pj.PJSIP_INV_STATE_CONFIRMED and not self.confirmed:
             self.confirmed = True
             emit("confirmed", call_id=self.sip_call_id)
+            if self.device.args.device_hangup_after is not None:
+                self.device.after(self.device.args.device_hangup_after, self.hang_up)
         elif ci.state == pj.PJSIP_INV_STATE_DISCONNECTED and not self.over:
             self.over = True
             code, reason = int(ci.lastStatusCode), ci.lastReason
@@ -256,6 +260,12 @@ class DeviceCall(pj.Call):  # type: ignore[misc]
         if active and not self.media_seen:
             self.media_seen = True
             emit("media", call_id=self.sip_call_id)
+
+    def hang_up(self) -> None:
+        """The device ends the call itself (its BYE)."""
+        if not self.over:
+            emit("hanging_up", call_id=self.sip_call_id)
+            self.hangup(pj.CallOpParam())
 
 
 class DeviceAccount(pj.Account):  # type: ignore[misc]
@@ -302,7 +312,7 @@ class Device(Phone):
                 emit(
                     "registered",
                     port=self.port,
-                    contact=_contact_of(contacts, self.port),
+                    contact=_contact_of(contacts, self.args.bind, self.port),
                     bindings=len(contacts),
                     code=code,
                     expires=int(prm.expiration),
@@ -472,9 +482,9 @@ def _contacts(response: str) -> list[str]:
     return found
 
 
-def _contact_of(contacts: list[str], port: int) -> str | None:
+def _contact_of(contacts: list[str], host: str, port: int) -> str | None:
     """Our own binding among them."""
-    return next((c for c in contacts if f"127.0.0.1:{port}>" in c), None)
+    return next((c for c in contacts if f"{host}:{port}" in c), None)
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -485,6 +495,14 @@ def parse(argv: list[str]) -> argparse.Namespace:
     device.add_argument("--instance", default=None, metavar="URN", help="+sip.instance")
     device.add_argument("--q", default="1.0")
     device.add_argument("--expires", type=int, default=300)
+    device.add_argument(
+        "--hangup-after",
+        dest="device_hangup_after",
+        type=int,
+        default=None,
+        metavar="MS",
+        help="hang up an answered call itself, MS after it is confirmed",
+    )
     how = device.add_mutually_exclusive_group(required=True)
     how.add_argument("--answer-after", type=int, metavar="MS")
     how.add_argument("--ring-forever", action="store_true", help="ring until cancelled")
@@ -501,6 +519,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
         p.add_argument("--user", required=True)
         p.add_argument("--domain", required=True)
         p.add_argument("--port", type=int, default=0)
+        p.add_argument("--bind", default="127.0.0.1", metavar="ADDR", help="our SIP/RTP address")
         p.add_argument("--lifetime", type=float, default=60.0, metavar="SECONDS")
         p.add_argument("--log-file", default=None)
         p.add_argument("--log-level", type=int, default=5)

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,14 +58,15 @@ def pjsua2_loads() -> None:
 class Phone:
     """One pjsua_phone.py process and the events it printed so far."""
 
-    def __init__(self, name: str, argv: list[str], tmp: Path) -> None:
+    def __init__(self, name: str, argv: list[str], tmp: Path, prefix: Sequence[str] = ()) -> None:
+        """`prefix`: what to run it under (`ip netns exec NS` for a phone behind a NAT)."""
         self.name = name
         self.log = tmp / f"{name}.pjsua.log"
         self.events: list[dict[str, Any]] = []
         self.cond = threading.Condition()  # (an RLock: seen() may be called holding it)
         self.eof = False
         self.p = subprocess.Popen(
-            [sys.executable, str(PHONE), *argv, "--log-file", str(self.log)],
+            [*prefix, sys.executable, str(PHONE), *argv, "--log-file", str(self.log)],
             stdin=subprocess.PIPE,  # the phone exits when this closes (we die: it dies)
             stdout=subprocess.PIPE,
             stderr=open(tmp / f"{name}.stderr", "wb"),  # noqa: SIM115 (the child holds it)

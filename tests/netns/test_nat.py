@@ -1,0 +1,154 @@
+"""A real phone behind a real NAT (issue 15): pjsua2 in a network namespace of its own, behind a
+router namespace that masquerades it onto the hosts' bridge with nftables. The phone's Via and
+Contact name its private address (192.168.77.2), which no host can route to; the masquerade
+lets in only answers from the address and port the phone sent to. So a call reaches the phone
+only if it goes through the node it registered at (its edge), over the flow it registered on.
+
+Three `swimthor join` hosts (tests/netns/hosts.py). The phone registers through h0; the caller
+(pjsua2 too, in h2's namespace) calls through h1. Needs root, `ip`, `nft` and pjsua2; skips
+with the reason otherwise. Every namespace and process made here is removed, pass or fail.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from hosts import DOMAIN, SIP_PORT, Hosts, netns, unavailable
+from test_sip_fork_pjsua import Phone
+
+pytestmark = [pytest.mark.slow, pytest.mark.netns]
+
+_REASON = unavailable() or (
+    None if importlib.util.find_spec("pjsua2") else "pjsua2 not installed (the test extras)"
+)
+_counter = itertools.count()
+BOB = f"sip:bob@{DOMAIN}"
+PUBLIC = f"{netns.SUBNET}.60"  # the router's address on the hosts' bridge
+LAN = "192.168.77"  # the phone's side of the NAT: no host has a route to it
+
+
+class Nat:
+    """A router namespace on the hosts' bridge, masquerading a phone namespace behind it."""
+
+    def __init__(self, net: object) -> None:
+        self.hub = net.hub  # type: ignore[attr-defined]
+        prefix = net.prefix  # type: ignore[attr-defined]
+        self.router = f"{prefix}nat"
+        self.phone = f"{prefix}phone"
+
+    def __enter__(self) -> Nat:
+        try:
+            self._create()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def _create(self) -> None:
+        sh = netns.sh
+        r, p = self.router, self.phone
+        sh("ip", "netns", "add", r)
+        sh("ip", "netns", "add", p)
+        sh("ip", "-n", self.hub, "link", "add", "vnat", "type", "veth", "peer", "name", "eth0",
+           "netns", r)  # fmt: skip
+        sh("ip", "-n", self.hub, "link", "set", "vnat", "master", "br0", "up")
+        sh("ip", "-n", r, "addr", "add", f"{PUBLIC}/24", "dev", "eth0")
+        sh("ip", "-n", r, "link", "set", "eth0", "up")
+        sh("ip", "-n", r, "link", "set", "lo", "up")
+        sh("ip", "-n", r, "link", "add", "lan0", "type", "veth", "peer", "name", "eth0", "netns", p)
+        sh("ip", "-n", r, "addr", "add", f"{LAN}.1/24", "dev", "lan0")
+        sh("ip", "-n", r, "link", "set", "lan0", "up")
+        sh("ip", "-n", p, "addr", "add", f"{LAN}.2/24", "dev", "eth0")
+        sh("ip", "-n", p, "link", "set", "eth0", "up")
+        sh("ip", "-n", p, "link", "set", "lo", "up")
+        sh("ip", "-n", p, "route", "add", "default", "via", f"{LAN}.1")
+        sh("ip", "netns", "exec", r, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
+        script = (
+            "add table ip stbnat\n"
+            "add chain ip stbnat post { type nat hook postrouting priority 100; }\n"
+            'add rule ip stbnat post oifname "eth0" counter masquerade\n'
+        )
+        sh("ip", "netns", "exec", r, netns.which("nft") or "nft", "-f", "-", input=script)
+
+    def __exit__(self, *exc: object) -> None:
+        left = netns.remove_namespaces([self.phone, self.router])
+        assert left == [], f"namespaces left behind: {left}"
+
+    def masqueraded(self) -> int:
+        """Packets the router's masquerade rule has rewritten."""
+        out = netns.sh("ip", "netns", "exec", self.router, netns.which("nft") or "nft",
+                       "list", "chain", "ip", "stbnat", "post")  # fmt: skip
+        for word, nxt in itertools.pairwise(out.split()):
+            if word == "packets":
+                return int(nxt)
+        return 0
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[tuple[Hosts, Nat]]:
+    if _REASON:
+        pytest.skip(_REASON)
+    hosts = Hosts(tmp_path, ["dc1", "dc1", "dc1"], tag=f"n{os.getpid():x}{next(_counter)}")
+    with hosts:
+        hosts.start_all()
+        with Nat(hosts.net) as nat:
+            yield hosts, nat
+
+
+@pytest.mark.parametrize("hangs_up", ["caller", "phone"])
+def test_a_phone_behind_nat_registers_through_one_node_and_is_called_through_another(
+    cluster: tuple[Hosts, Nat], tmp_path: Path, hangs_up: str
+) -> None:
+    """Registered through h0, called through h1, answered; then a BYE from the caller, or
+    from the phone behind its NAT, ends it on both sides."""
+    hosts, nat = cluster
+    edge, entry = hosts.hosts[0], hosts.hosts[1]
+    phone_ns = ["ip", "netns", "exec", nat.phone]
+    phone_hangup = ["--hangup-after", "300"] if hangs_up == "phone" else []
+    bob = Phone(
+        "bob",
+        ["device", "--bind", f"{LAN}.2", "--registrar", f"{edge.addr}:{SIP_PORT}",
+         "--user", "bob", "--domain", DOMAIN, "--answer-after", "300", "--lifetime", "60",
+         *phone_hangup],
+        tmp_path,
+        prefix=phone_ns,
+    )  # fmt: skip
+    alice: Phone | None = None
+    try:
+        registered = bob.wait_for("registered", 30)
+        assert registered["code"] == 200, registered
+        assert f"{LAN}.2" in (registered.get("contact") or ""), registered  # its private address
+        assert nat.masqueraded() > 0  # its packets did go through the NAT
+        alice = Phone(
+            "alice",
+            ["call", BOB, "--bind", hosts.hosts[2].addr, "--port", "5070",
+             "--proxy", f"{entry.addr}:{SIP_PORT}", "--user", "alice", "--domain", DOMAIN,
+             "--hangup-after", "500" if hangs_up == "caller" else "20000",
+             "--lifetime", "60"],
+            tmp_path,
+            prefix=hosts.prefix(2),
+        )  # fmt: skip
+        incoming = bob.wait_for("incoming", 30)
+        call_id = incoming["call_id"]
+        bob.wait_for("confirmed", 10)  # the ACK reached it, through the NAT
+        result = alice.wait_for("result", 40)
+        assert result["code"] == 200 and result["confirmed"], result
+        if hangs_up == "caller":
+            bob.wait_received("BYE", 10, call_id)  # alice's BYE, through the NAT
+        else:
+            alice.wait_received("BYE", 10)  # bob's, out through its edge
+        over = bob.wait_for("disconnected", 10, call_id=call_id)
+        assert over["confirmed"] and over["code"] == 200, over
+    finally:
+        bob.kill()
+        if alice is not None:
+            alice.kill()
