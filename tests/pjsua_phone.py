@@ -151,7 +151,8 @@ class Phone:
         tc = pj.TransportConfig()
         tc.boundAddress = args.bind
         tc.port = args.port
-        tid = self.ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, tc)
+        kind = pj.PJSIP_TRANSPORT_TCP if args.transport == "tcp" else pj.PJSIP_TRANSPORT_UDP
+        tid = self.ep.transportCreate(kind, tc)
         self.port = int(self.ep.transportGetInfo(tid).localName.rpartition(":")[2])
         self.ep.audDevManager().setNullDev()
         self.ep.libStart()
@@ -159,7 +160,9 @@ class Phone:
     def account_config(self, user: str, domain: str, proxy: str) -> pj.AccountConfig:
         acfg = pj.AccountConfig()
         acfg.idUri = f"sip:{user}@{domain}"
-        acfg.sipConfig.proxies.append(f"sip:{proxy};lr")  # every request goes to that node
+        # Every request goes to that node (over TCP: on the one connection pjsua keeps to it).
+        via_tcp = ";transport=tcp" if self.args.transport == "tcp" else ""
+        acfg.sipConfig.proxies.append(f"sip:{proxy};lr{via_tcp}")
         nat = acfg.natConfig
         nat.sipOutboundUse = 0
         nat.contactRewriteUse = 0
@@ -483,8 +486,10 @@ def _contacts(response: str) -> list[str]:
 
 
 def _contact_of(contacts: list[str], host: str, port: int) -> str | None:
-    """Our own binding among them."""
-    return next((c for c in contacts if f"{host}:{port}" in c), None)
+    """Our own binding among them (over TCP pjsua's Contact names the port it published,
+    which need not be the one the transport reports: then the one with our address)."""
+    exact = next((c for c in contacts if f"{host}:{port}" in c), None)
+    return exact or next((c for c in contacts if f"@{host}:" in c), None)
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -520,6 +525,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
         p.add_argument("--domain", required=True)
         p.add_argument("--port", type=int, default=0)
         p.add_argument("--bind", default="127.0.0.1", metavar="ADDR", help="our SIP/RTP address")
+        p.add_argument("--transport", choices=("udp", "tcp"), default="udp")
         p.add_argument("--lifetime", type=float, default=60.0, metavar="SECONDS")
         p.add_argument("--log-file", default=None)
         p.add_argument("--log-level", type=int, default=5)

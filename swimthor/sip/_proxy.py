@@ -1284,7 +1284,7 @@ class Proxy:
         self.stats["to_flows"] += 1
         rr = None
         if request.method in _DIALOG_CREATING and request.to_tag is None:
-            rr = f"<sip:{token}@{self._sent_by};lr;ob>"
+            rr = self._flow_rr(token, flow)
         return self._forward(
             request,
             source,
@@ -1353,8 +1353,14 @@ class Proxy:
             device,
             route=binding.path[1:],
             conn=flow.conn,
-            record_route=f"<sip:{first.user}@{self._sent_by};lr;ob>",
+            record_route=self._flow_rr(first.user or "", flow),
         )
+
+    def _flow_rr(self, token: str, flow: Flow) -> str:
+        """Our Record-Route toward a phone's flow: the token, and for a stream its transport,
+        so the phone sends its in-dialog requests to us on that connection, not by UDP."""
+        transport = ";transport=tcp" if flow.transport == "tcp" else ""
+        return f"<sip:{token}@{self._sent_by}{transport};lr;ob>"
 
     def _flow_of_token(self, token: str | None) -> Flow | None:
         """The flow a token of ours names, if it is still there: a stream flow whose

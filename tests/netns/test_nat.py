@@ -104,12 +104,17 @@ def cluster(tmp_path: Path) -> Iterator[tuple[Hosts, Nat]]:
             yield hosts, nat
 
 
-@pytest.mark.parametrize("hangs_up", ["caller", "phone"])
+@pytest.mark.parametrize(
+    ("transport", "hangs_up"),
+    [("udp", "caller"), ("udp", "phone"), ("tcp", "caller"), ("tcp", "phone")],
+)
 def test_a_phone_behind_nat_registers_through_one_node_and_is_called_through_another(
-    cluster: tuple[Hosts, Nat], tmp_path: Path, hangs_up: str
+    cluster: tuple[Hosts, Nat], tmp_path: Path, transport: str, hangs_up: str
 ) -> None:
-    """Registered through h0, called through h1, answered; then a BYE from the caller, or
-    from the phone behind its NAT, ends it on both sides."""
+    """Registered through h0 over `transport`, called through h1, answered; then a BYE from
+    the caller, or from the phone behind its NAT, ends it on both sides. Over TCP the phone
+    is reachable only on the connection it opened to h0 (its TCP listener is behind the NAT
+    too)."""
     hosts, nat = cluster
     edge, entry = hosts.hosts[0], hosts.hosts[1]
     phone_ns = ["ip", "netns", "exec", nat.phone]
@@ -118,7 +123,7 @@ def test_a_phone_behind_nat_registers_through_one_node_and_is_called_through_ano
         "bob",
         ["device", "--bind", f"{LAN}.2", "--registrar", f"{edge.addr}:{SIP_PORT}",
          "--user", "bob", "--domain", DOMAIN, "--answer-after", "300", "--lifetime", "60",
-         *phone_hangup],
+         "--transport", transport, *phone_hangup],
         tmp_path,
         prefix=phone_ns,
     )  # fmt: skip
