@@ -268,3 +268,52 @@ def test_a_register_with_a_bad_path_is_refused(value: str) -> None:
         assert reply.status == 200  # a host name is a fine Path
     else:
         assert reply.status == 400
+
+
+def _one_keyring(c: Cluster) -> None:
+    """The nodes share the cluster's keys (as with a keyring): each can check the others'
+    flow tokens."""
+    for proxy in c.nodes.values():
+        proxy._branch_keys = lambda: [b"cluster-key" * 3]  # type: ignore[method-assign]
+
+
+def _edge_dead_for(c: Cluster, node: str, edge: str = "n1") -> None:
+    """`node` sees `edge` gone from the membership (no live member at its address)."""
+    gone = (NODES[edge].host, NODES[edge].port)
+    c.nodes[node]._peer_at = lambda h, p: (  # type: ignore[method-assign]
+        None
+        if (h, p) == gone
+        else next((x for x in NODES.values() if (x.host, x.port) == (h, p)), None)
+    )
+
+
+def test_a_call_to_a_phone_whose_edge_died_gets_430_at_once() -> None:
+    c = Cluster()
+    _one_keyring(c)
+    nat_register(c)  # through n1
+    _edge_dead_for(c, "n3")
+    c.deliver(msg("INVITE"), CALLER, "n3")
+    assert statuses(c.take(CALLER))[-1] == 430  # no timer ran: at once
+    assert c.nodes["n1"].stats["to_flows"] == 0  # nothing went to the dead edge
+    assert c.nodes["n3"].stats["flows_gone"] == 1
+
+
+def test_with_its_edge_dead_the_call_goes_to_the_users_other_device_at_once() -> None:
+    c = Cluster()
+    _one_keyring(c)
+    nat_register(c)  # the NAT'd device, through n1
+    desk = ("127.0.0.1", 5090)
+    other = msg(
+        "REGISTER",
+        "sip:example.com",
+        contact=f'<sip:bob@{desk[0]}:{desk[1]}>;+sip.instance="<urn:uuid:desk>"',
+        via=f"SIP/2.0/UDP {desk[0]}:{desk[1]};branch=z9hG4bK-desk;rport",
+        call_id="desk-reg",
+    )
+    c.deliver(other, desk, "n3")
+    c.take(desk)
+    _edge_dead_for(c, "n3")
+    c.deliver(msg("INVITE"), CALLER, "n3")
+    (invite,) = c.requests(desk)  # the desk phone rings; the dead edge gets nothing
+    assert invite.method == "INVITE"
+    assert c.nodes["n1"].stats["to_flows"] == 0

@@ -1332,6 +1332,14 @@ class Proxy:
         except ValueError:
             return None
         if not self._ours(first.host, first.port):
+            if (
+                self._peer_at(first.host.strip("[]").lower(), first.port or 5060) is None
+                and decode_token(first.user or "", self._branch_keys()) is not None
+            ):
+                # A flow token of the cluster's, at an address no live member has: the edge
+                # that held the flow is gone, and the flow with it (RFC 5626 §5.3: 430).
+                self.stats["flows_gone"] += 1
+                return None
             return Target(
                 binding.contact,
                 _transport(first),
