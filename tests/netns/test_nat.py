@@ -23,7 +23,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from hosts import DOMAIN, SIP_PORT, Hosts, netns, unavailable
-from test_sip_fork_pjsua import Phone
+from test_sip_fork_pjsua import INSTANCE_A, INSTANCE_B, Phone
 
 pytestmark = [pytest.mark.slow, pytest.mark.netns]
 
@@ -32,18 +32,21 @@ _REASON = unavailable() or (
 )
 _counter = itertools.count()
 BOB = f"sip:bob@{DOMAIN}"
-PUBLIC = f"{netns.SUBNET}.60"  # the router's address on the hosts' bridge
-LAN = "192.168.77"  # the phone's side of the NAT: no host has a route to it
 
 
 class Nat:
-    """A router namespace on the hosts' bridge, masquerading a phone namespace behind it."""
+    """A router namespace on the hosts' bridge, masquerading a phone namespace behind it.
+    NAT number `n` has the public address .60+n on the bridge and the LAN 192.168.77+n."""
 
-    def __init__(self, net: object) -> None:
+    def __init__(self, net: object, n: int = 0) -> None:
         self.hub = net.hub  # type: ignore[attr-defined]
         prefix = net.prefix  # type: ignore[attr-defined]
-        self.router = f"{prefix}nat"
-        self.phone = f"{prefix}phone"
+        self.n = n
+        self.router = f"{prefix}nat{n}"
+        self.phone = f"{prefix}phone{n}"
+        self.public = f"{netns.SUBNET}.{60 + n}"
+        self.lan = f"192.168.{77 + n}"
+        self.address = f"{self.lan}.2"  # the phone's
 
     def __enter__(self) -> Nat:
         try:
@@ -58,19 +61,20 @@ class Nat:
         r, p = self.router, self.phone
         sh("ip", "netns", "add", r)
         sh("ip", "netns", "add", p)
-        sh("ip", "-n", self.hub, "link", "add", "vnat", "type", "veth", "peer", "name", "eth0",
+        vnat = f"vnat{self.n}"
+        sh("ip", "-n", self.hub, "link", "add", vnat, "type", "veth", "peer", "name", "eth0",
            "netns", r)  # fmt: skip
-        sh("ip", "-n", self.hub, "link", "set", "vnat", "master", "br0", "up")
-        sh("ip", "-n", r, "addr", "add", f"{PUBLIC}/24", "dev", "eth0")
+        sh("ip", "-n", self.hub, "link", "set", vnat, "master", "br0", "up")
+        sh("ip", "-n", r, "addr", "add", f"{self.public}/24", "dev", "eth0")
         sh("ip", "-n", r, "link", "set", "eth0", "up")
         sh("ip", "-n", r, "link", "set", "lo", "up")
         sh("ip", "-n", r, "link", "add", "lan0", "type", "veth", "peer", "name", "eth0", "netns", p)
-        sh("ip", "-n", r, "addr", "add", f"{LAN}.1/24", "dev", "lan0")
+        sh("ip", "-n", r, "addr", "add", f"{self.lan}.1/24", "dev", "lan0")
         sh("ip", "-n", r, "link", "set", "lan0", "up")
-        sh("ip", "-n", p, "addr", "add", f"{LAN}.2/24", "dev", "eth0")
+        sh("ip", "-n", p, "addr", "add", f"{self.address}/24", "dev", "eth0")
         sh("ip", "-n", p, "link", "set", "eth0", "up")
         sh("ip", "-n", p, "link", "set", "lo", "up")
-        sh("ip", "-n", p, "route", "add", "default", "via", f"{LAN}.1")
+        sh("ip", "-n", p, "route", "add", "default", "via", f"{self.lan}.1")
         sh("ip", "netns", "exec", r, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
         script = (
             "add table ip stbnat\n"
@@ -121,7 +125,7 @@ def test_a_phone_behind_nat_registers_through_one_node_and_is_called_through_ano
     phone_hangup = ["--hangup-after", "300"] if hangs_up == "phone" else []
     bob = Phone(
         "bob",
-        ["device", "--bind", f"{LAN}.2", "--registrar", f"{edge.addr}:{SIP_PORT}",
+        ["device", "--bind", nat.address, "--registrar", f"{edge.addr}:{SIP_PORT}",
          "--user", "bob", "--domain", DOMAIN, "--answer-after", "300", "--lifetime", "60",
          "--transport", transport, *phone_hangup],
         tmp_path,
@@ -131,7 +135,7 @@ def test_a_phone_behind_nat_registers_through_one_node_and_is_called_through_ano
     try:
         registered = bob.wait_for("registered", 30)
         assert registered["code"] == 200, registered
-        assert f"{LAN}.2" in (registered.get("contact") or ""), registered  # its private address
+        assert nat.address in (registered.get("contact") or ""), registered  # its private one
         assert nat.masqueraded() > 0  # its packets did go through the NAT
         alice = Phone(
             "alice",
@@ -157,3 +161,54 @@ def test_a_phone_behind_nat_registers_through_one_node_and_is_called_through_ano
         bob.kill()
         if alice is not None:
             alice.kill()
+
+
+def test_two_devices_behind_two_nats_registered_through_two_nodes_both_ring(
+    cluster: tuple[Hosts, Nat], tmp_path: Path
+) -> None:
+    """Bob's desk phone behind one NAT registers through h0, his soft phone behind another
+    through h2 (distinct +sip.instance); alice calls through h1. Both ring, each over its own
+    flow through its own edge; the desk phone answers, the soft phone gets the CANCEL."""
+    hosts, first = cluster
+    with Nat(hosts.net, 1) as second:
+        desk = Phone(
+            "desk",
+            ["device", "--bind", first.address, "--registrar", f"{hosts.hosts[0].addr}:{SIP_PORT}",
+             "--user", "bob", "--domain", DOMAIN, "--instance", INSTANCE_A,
+             "--answer-after", "1000", "--lifetime", "60"],
+            tmp_path,
+            prefix=["ip", "netns", "exec", first.phone],
+        )  # fmt: skip
+        soft = Phone(
+            "soft",
+            ["device", "--bind", second.address, "--registrar", f"{hosts.hosts[2].addr}:{SIP_PORT}",
+             "--user", "bob", "--domain", DOMAIN, "--instance", INSTANCE_B,
+             "--ring-forever", "--lifetime", "60"],
+            tmp_path,
+            prefix=["ip", "netns", "exec", second.phone],
+        )  # fmt: skip
+        alice: Phone | None = None
+        try:
+            for device in (desk, soft):
+                event = device.wait_for("registered", 30)
+                assert event["code"] == 200, event
+            assert first.masqueraded() > 0 and second.masqueraded() > 0
+            alice = Phone(
+                "alice",
+                ["call", BOB, "--bind", hosts.hosts[2].addr, "--port", "5070",
+                 "--proxy", f"{hosts.hosts[1].addr}:{SIP_PORT}", "--user", "alice",
+                 "--domain", DOMAIN, "--hangup-after", "500", "--lifetime", "60"],
+                tmp_path,
+                prefix=hosts.prefix(2),
+            )  # fmt: skip
+            rang_desk = desk.wait_for("incoming", 30)
+            soft.wait_for("incoming", 30)  # both ring
+            result = alice.wait_for("result", 40)
+            assert result["code"] == 200 and result["confirmed"], result
+            assert result["answers_2xx"] == 1, result
+            cancelled = soft.wait_for("cancelled", 20)
+            assert cancelled["code"] == 487, cancelled
+            desk.wait_received("BYE", 10, rang_desk["call_id"])
+        finally:
+            for phone in (desk, soft, *([alice] if alice else [])):
+                phone.kill()
