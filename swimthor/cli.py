@@ -256,6 +256,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"SIP UDP+TCP for --role sip (default 0.0.0.0:{DEFAULT_SIP_PORT})",
     )
     j.add_argument(
+        "--sip-advertise",
+        metavar="HOST",
+        help="the address phones and other nodes reach this node's SIP at (default: the --sip "
+        "address when it is not 0.0.0.0, else the gossip advertise address)",
+    )
+    j.add_argument(
         "--domain", action="append", metavar="DOMAIN", help="a SIP domain served (repeatable)"
     )
     j.add_argument(
@@ -561,6 +567,7 @@ def _apply_sip_flags(cfg: AgentConfig, args: argparse.Namespace) -> None:
         flag
         for flag, value in (
             ("--sip", args.sip),
+            ("--sip-advertise", args.sip_advertise),
             ("--domain", args.domain),
             ("--sip-replicas", args.sip_replicas),
             ("--sip-rate-limit", args.sip_rate_limit),
@@ -578,6 +585,8 @@ def _apply_sip_flags(cfg: AgentConfig, args: argparse.Namespace) -> None:
     sip = cfg.sip if cfg.sip is not None else SipConfig()
     if args.sip is not None:
         sip.bind = args.sip
+    if args.sip_advertise is not None:
+        sip.advertise_host = args.sip_advertise.strip().strip("[]")
     if args.domain is not None:
         sip.domains = [d.lower().rstrip(".") for d in args.domain]
     if args.sip_replicas is not None:

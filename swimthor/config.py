@@ -286,6 +286,18 @@ def check_sip(cfg: SipConfig) -> None:
         raise ConfigError("sip: need 1 <= min_expires <= default_expires <= max_expires")
     if cfg.max_contacts < 1:
         raise ConfigError("sip: max_contacts must be >= 1")
+    if cfg.advertise_host is not None:
+        host = cfg.advertise_host
+        if (
+            not host
+            or host in ("0.0.0.0", "::")
+            or any(c.isspace() or c in "@;/<>[]," for c in host)
+            or (host.count(":") == 1)
+        ):
+            raise ConfigError(
+                f"sip: bad advertise host {host!r} (a host name or an IP address that "
+                "phones and other nodes can reach, without a port)"
+            )
     for name in (
         "replication_timeout",
         "repair_interval",

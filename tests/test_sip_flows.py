@@ -317,3 +317,48 @@ def test_with_its_edge_dead_the_call_goes_to_the_users_other_device_at_once() ->
     (invite,) = c.requests(desk)  # the desk phone rings; the dead edge gets nothing
     assert invite.method == "INVITE"
     assert c.nodes["n1"].stats["to_flows"] == 0
+
+
+# ---------------------------------------------------------------- the address we advertise
+
+
+def test_sip_advertise_from_the_flag_and_what_a_bad_one_says(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from swimthor.cli import build_agent_config, build_parser, main
+
+    sip = ["--role", "sip", "--domain", "example.com", "--insecure"]
+    cfg = build_agent_config(
+        build_parser().parse_args(["join", *sip, "--sip-advertise", "sip1.example.net"])
+    )
+    assert cfg.sip is not None and cfg.sip.advertise_host == "sip1.example.net"
+    cfg = build_agent_config(
+        build_parser().parse_args(["join", *sip, "--sip-advertise", "[2001:db8::5]"])
+    )
+    assert cfg.sip is not None and cfg.sip.advertise_host == "2001:db8::5"
+    for bad in ("0.0.0.0", "host:5060", "a b", ""):
+        code = main(["join", *sip, "--sip-advertise", bad])
+        err = capsys.readouterr().err
+        assert code == 2, (bad, err)
+        assert "advertise" in err and len(err.splitlines()) == 1, err
+
+
+def test_the_sip_address_defaults_to_the_one_sip_is_bound_to() -> None:
+    """A node whose SIP is bound to one address announces that one, not its gossip one."""
+    from swimthor.config import SipConfig
+    from swimthor.routing import RoutingTable
+    from swimthor.sip._service import SipService
+
+    def advertised(config: SipConfig) -> str:
+        svc = SipService(
+            config, name="n1", advertise_host="192.0.2.1", routing=RoutingTable(roles=None),
+            keyring=lambda: None, label="",
+        )  # fmt: skip
+        host, _port = svc.open()
+        svc.server.close()
+        return host
+
+    assert advertised(SipConfig(bind=("127.0.0.1", 0), domains=["example.com"])) == "127.0.0.1"
+    assert advertised(SipConfig(bind=("0.0.0.0", 0), domains=["example.com"])) == "192.0.2.1"
+    configured = SipConfig(bind=("127.0.0.1", 0), domains=["example.com"], advertise_host="sip.x")
+    assert advertised(configured) == "sip.x"

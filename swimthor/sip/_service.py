@@ -80,7 +80,11 @@ class SipService:
                 trusted=self._is_member_host,
             ),
         )
-        self._advertise_host = config.advertise_host or advertise_host
+        # Where phones and nodes reach our SIP: as configured, else the address SIP is bound
+        # to when that is one address, else the gossip advertise address.
+        bound_host = config.bind[0]
+        specific = bound_host not in ("0.0.0.0", "::", "")
+        self._advertise_host = config.advertise_host or (bound_host if specific else advertise_host)
         self._clock = clock
         self._rng = rng
         self.proxy: Proxy | None = None
