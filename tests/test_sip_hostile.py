@@ -728,7 +728,8 @@ async def test_idle_tcp_connection_closed_after_tcp_idle() -> None:
 
 
 async def test_crlf_keepalives_keep_a_tcp_connection_open() -> None:
-    """RFC 5626 §3.5.1: CRLFCRLF pings reset the idle timer and do not start a message."""
+    """RFC 5626 §3.5.1: CRLFCRLF pings reset the idle timer, do not start a message, and
+    are each answered with a CRLF pong (§4.4.1)."""
     config = SipTransportConfig(tcp_idle=0.4, tcp_message_time=0.3)
     with trio.fail_after(LIMIT):
         async with sip_node(config) as node:
@@ -736,6 +737,7 @@ async def test_crlf_keepalives_keep_a_tcp_connection_open() -> None:
             async with stream:
                 for _ in range(6):
                     await stream.send_all(b"\r\n\r\n")
+                    assert await stream.receive_some(16) == b"\r\n"
                     await trio.sleep(0.15)
                 local = stream.socket.getsockname()
                 await stream.send_all(register((local[0], local[1]), transport="TCP"))

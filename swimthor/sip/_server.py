@@ -41,6 +41,7 @@ from ..sockets import (
 from ._actions import Send, Source
 from ._message import MAX_MESSAGE_SIZE
 from ._proxy import Action, FetchCredentials, Proxy, Replicate
+from ._stun import is_stun, stun_binding_response
 
 __all__ = ["SipServer", "SipTransportConfig"]
 
@@ -146,6 +147,11 @@ class SipServer(FrontEndServer):
             "unresolved": 0,
             "udp_stale_dropped": 0,
             "timer_runs": 0,  # runs of the transaction timers (at most one per TIMER_TICK)
+            # Keepalives (RFC 5626 §4.4): STUN bindings answered on UDP (and what was not a
+            # binding request), CRLF pings answered with a pong on TCP.
+            "stun_bindings": 0,
+            "stun_dropped": 0,
+            "tcp_pongs": 0,
             "rate_limited": 0,
             "credential_fetches": 0,
             "credential_fetch_failures": 0,
@@ -288,6 +294,10 @@ class SipServer(FrontEndServer):
                     # served. Working on both is how an overloaded server collapses.
                     stats["udp_stale_dropped"] += 1
                     continue
+                if data[:1] < b"@" and is_stun(data):
+                    # A phone's STUN keepalive (RFC 5626 §4.4.2): what address we see it at.
+                    self._stun(sock, data, addr)
+                    continue
                 started = perf_counter()
                 try:
                     actions = handle(
@@ -308,6 +318,15 @@ class SipServer(FrontEndServer):
                 handling.observe(perf_counter() - started)
             self._timers_moved()
             await trio.lowlevel.checkpoint()
+
+    def _stun(self, sock: stdsocket.socket, data: bytes, addr: tuple[str, int]) -> None:
+        reply = stun_binding_response(data, addr[0], addr[1], "swimthor")
+        if reply is None:
+            self.stats["stun_dropped"] += 1
+            return
+        self.stats["stun_bindings"] += 1
+        with contextlib.suppress(OSError):  # a full buffer: the phone asks again
+            sock.sendto(reply, addr[:2])
 
     def _stale(self, anc: list[tuple[int, int, bytes]], data: bytes) -> bool:
         """A request (not an ACK, not a response) that the kernel received more than
@@ -566,6 +585,8 @@ class SipServer(FrontEndServer):
                     buf += chunk
                     took = False
                     while True:
+                        if buf[:4] == b"\r\n\r\n":
+                            await self._pong(conn, buf)
                         framed = _take_message(buf)
                         if framed is None:
                             break
@@ -593,6 +614,15 @@ class SipServer(FrontEndServer):
         finally:
             self._unregister(conn)
             await trio.aclose_forcefully(conn.stream)
+
+    async def _pong(self, conn: _Conn, buf: bytearray) -> None:
+        """RFC 5626 §4.4.1: a double CRLF between messages is a ping; answer one CRLF (one
+        pong however many pings came together)."""
+        while buf[:4] == b"\r\n\r\n":
+            del buf[:4]
+        self.stats["tcp_pongs"] += 1
+        async with conn.send_lock:
+            await conn.stream.send_all(b"\r\n")
 
     async def _handle_tcp(self, data: bytes, conn: _Conn) -> None:
         now = self._clock()
