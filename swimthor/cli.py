@@ -978,7 +978,7 @@ def format_location_text(reply: Mapping[str, Any]) -> str:
     if not bindings:
         return head + "\nno bindings\n"
     rows = [["CONTACT", "Q", "EXPIRES", "CALL-ID", "CSEQ", "INSTANCE", "REG-ID", "SOURCE",
-             "ORIGIN", "ON", "USER-AGENT"]]  # fmt: skip
+             "EDGE", "ORIGIN", "ON", "USER-AGENT"]]  # fmt: skip
     for b in bindings:
         q = b.get("q")
         on = [str(n) for n in b.get("on") or ()]
@@ -994,6 +994,7 @@ def format_location_text(reply: Mapping[str, Any]) -> str:
                 _text(str(b.get("instance") or "").strip('"')),
                 _text(b.get("reg_id") or None),
                 _text(b.get("source")),
+                _text(b.get("edge") or None),
                 _text(b.get("origin")),
                 ",".join(on) or "-",
                 _text(b.get("user_agent")),

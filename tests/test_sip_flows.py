@@ -19,6 +19,7 @@ from swimthor.sip._flow import Flow, decode_token, make_token
 NAT_PUBLIC = ("127.0.0.1", 40000)  # where the NAT sends the phone's packets from
 NAT_PRIVATE = ("10.0.0.5", 5060)  # what the phone believes its address is
 BOB = "sip:bob@example.com"
+NOW_WALL = 1_000_000.0  # the Cluster's wall clock, as it hands the nodes `now`
 
 
 def nat_register(
@@ -41,7 +42,7 @@ def nat_register(
 
 
 def held(c: Cluster, node: str) -> list[Binding]:
-    return c.nodes[node].store.lookup(BOB, c.nodes[node]._mono + 1_000_000.0)
+    return c.nodes[node].store.lookup(BOB, c.nodes[node]._mono + NOW_WALL)
 
 
 def test_flow_tokens_round_trip_and_refuse_what_we_did_not_make() -> None:
@@ -362,3 +363,18 @@ def test_the_sip_address_defaults_to_the_one_sip_is_bound_to() -> None:
     assert advertised(SipConfig(bind=("0.0.0.0", 0), domains=["example.com"])) == "192.0.2.1"
     configured = SipConfig(bind=("127.0.0.1", 0), domains=["example.com"], advertise_host="sip.x")
     assert advertised(configured) == "sip.x"
+
+
+def test_location_names_the_edge_of_a_binding_with_a_path() -> None:
+    from swimthor.cli import format_location_text
+    from swimthor.sip._service import location_reply
+
+    c = Cluster()
+    nat_register(c)
+    now = c.nodes["n2"]._mono + NOW_WALL
+    copies = {n: c.nodes[n].store.contacts(BOB) for n in ("n2", "n3")}
+    reply = location_reply(BOB, ["n2", "n3"], copies, [], now, asked="n2")
+    (b,) = reply["bindings"]
+    assert b["edge"] == "127.0.0.1:5071" and len(b["path"]) == 1
+    header, row = format_location_text(reply).splitlines()[1:]
+    assert row.split()[header.split().index("EDGE")] == "127.0.0.1:5071"

@@ -26,6 +26,7 @@ from ..routing import RoutingTable
 from ._auth import Credentials, NonceMinter, Verifier, random_secret
 from ._bindings import SUBSCRIBER_KEY, Binding, BindingStore, subscriber_record
 from ._grammar import parse_uri
+from ._message import parse_address
 from ._proxy import Peer, Proxy, ProxySettings
 from ._registrar import RegistrarPolicy, aor_of, split_aor
 from ._replication import Replicator
@@ -367,6 +368,17 @@ class SipService:
         }
 
 
+def _edge_of(path: tuple[str, ...]) -> str:
+    """host:port of a binding's first Path hop ("" without a Path)."""
+    if not path:
+        return ""
+    try:
+        uri = parse_address(path[0]).uri
+    except ValueError:
+        return "?"
+    return format_hostport((uri.host, uri.port or 5060))
+
+
 def location_reply(
     aor: str,
     owners: list[str],
@@ -415,6 +427,10 @@ def location_reply(
                 "source": b.source,
                 "origin": b.origin,
                 "stamp": b.stamp,
+                # RFC 3327: calls go through the first Path hop, the phone's edge (the node
+                # holding its flow), when it has one.
+                "path": list(b.path),
+                "edge": _edge_of(b.path),
                 "on": on,
                 "older": older,
                 "missing": missing,
