@@ -378,3 +378,15 @@ def test_location_names_the_edge_of_a_binding_with_a_path() -> None:
     assert b["edge"] == "127.0.0.1:5071" and len(b["path"]) == 1
     header, row = format_location_text(reply).splitlines()[1:]
     assert row.split()[header.split().index("EDGE")] == "127.0.0.1:5071"
+
+
+def test_without_shared_keys_a_dead_edge_is_known_from_the_membership() -> None:
+    """With --insecure the owner cannot read another node's token; that the Path's first hop
+    is a member that failed is enough."""
+    c = Cluster()
+    nat_register(c)  # through n1; each node has keys of its own
+    _edge_dead_for(c, "n3")
+    c.nodes["n3"]._gone_at = lambda h, p: (h, p) == ("127.0.0.1", 5071)  # type: ignore[method-assign]
+    c.deliver(msg("INVITE"), CALLER, "n3")
+    assert statuses(c.take(CALLER))[-1] == 430
+    assert c.nodes["n1"].stats["to_flows"] == 0

@@ -61,3 +61,15 @@ def test_a_suspected_owner_is_asked_last() -> None:
     assert ranked[-1] == "n2" and len(ranked) == 2  # still an owner, asked last
     svc.member_changed(member("n2", 2, State.ALIVE), live=True)
     assert svc.owners(aor, 2)[0].name == "n2"
+
+
+def test_the_sip_address_of_a_member_that_died_is_known_gone_until_it_is_back() -> None:
+    """An owner uses this to see that a Path's edge is gone (430 at once, issue 15)."""
+    members = [member("n1", 1), member("n2", 2)]
+    svc = service(members)
+    assert not svc.member_gone_at("127.0.0.1", 5002)
+    svc.member_changed(member("n2", 2, State.DEAD), live=False)
+    assert svc.member_gone_at("127.0.0.1", 5002)
+    assert not svc.member_gone_at("127.0.0.1", 5009)  # never a member's: not known gone
+    svc.member_changed(member("n2", 2), live=True)
+    assert not svc.member_gone_at("127.0.0.1", 5002)

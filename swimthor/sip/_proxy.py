@@ -243,8 +243,11 @@ class Proxy:
         peer_at: Callable[[str, int], Peer | None] | None = None,
         branch_keys: Callable[[], list[bytes]] | None = None,
         flow_alive: Callable[[int], bool] | None = None,
+        gone_at: Callable[[str, int], bool] | None = None,
     ) -> None:
         self.settings = settings
+        # Whether host:port is where a member that failed or left had its SIP.
+        self._gone_at = gone_at or (lambda host, port: False)
         # Whether the transport still has the stream connection of that id (a phone's flow).
         self._flow_alive = flow_alive or (lambda conn: True)
         # The keys our branch MACs are made with (the first) and checked with (any): the
@@ -1332,12 +1335,14 @@ class Proxy:
         except ValueError:
             return None
         if not self._ours(first.host, first.port):
-            if (
-                self._peer_at(first.host.strip("[]").lower(), first.port or 5060) is None
+            host, port = first.host.strip("[]").lower(), first.port or 5060
+            if self._gone_at(host, port) or (
+                self._peer_at(host, port) is None
                 and decode_token(first.user or "", self._branch_keys()) is not None
             ):
-                # A flow token of the cluster's, at an address no live member has: the edge
-                # that held the flow is gone, and the flow with it (RFC 5626 §5.3: 430).
+                # The first hop is a member that failed or left, or no live member has the
+                # address of a flow token of the cluster's: the edge that held the phone's
+                # flow is gone, and the flow with it (RFC 5626 §5.3: 430).
                 self.stats["flows_gone"] += 1
                 return None
             return Target(

@@ -61,6 +61,7 @@ class SipService:
         self._peers: dict[str, Peer] = {}
         self._peer_index: dict[tuple[str, int], Peer] = {}
         self._suspects: set[str] = set()
+        self._gone: dict[tuple[str, int], str] = {}  # SIP address -> a member no longer live
         self._gossip: dict[str, Addr] = {}
         self._member_hosts: set[str] | None = None  # built on demand, dropped on changes
         self.store = BindingStore()
@@ -121,6 +122,7 @@ class SipService:
             self.peer_at,
             branch_keys=self._nonce_secrets,
             flow_alive=self.server.has_connection,
+            gone_at=self.member_gone_at,
         )
         self.proxy.verifier = Verifier(NonceMinter(self._nonce_secrets, clock=self._clock))
         self._load_subscribers()
@@ -261,6 +263,11 @@ class SipService:
     def peer_at(self, host: str, port: int) -> Peer | None:
         return self._peer_index.get((host.lower(), port))
 
+    def member_gone_at(self, host: str, port: int) -> bool:
+        """Whether host:port is the SIP address of a member that failed or left (and no live
+        member has it now)."""
+        return (host.lower(), port) in self._gone and (host.lower(), port) not in self._peer_index
+
     def _is_member_host(self, host: str) -> bool:
         """Whether `host` is where a member's SIP or gossip lives (never rate-limited)."""
         hosts = self._member_hosts
@@ -314,6 +321,12 @@ class SipService:
         old = self._peers.pop(m.name, None)
         if old is not None and self._peer_index.get((old.host.lower(), old.port)) is old:
             del self._peer_index[(old.host.lower(), old.port)]
+        if old is not None and not live:
+            # Where a member's SIP was, now that it is gone: a Path naming it leads to a
+            # flow that died with it (bounded: members come and go over months).
+            if len(self._gone) >= 4096:
+                self._gone.clear()
+            self._gone[(old.host.lower(), old.port)] = m.name
         if not live or ROLE not in m.roles or not text:
             return
         try:
@@ -322,6 +335,7 @@ class SipService:
             return
         peer = self._peers[m.name] = Peer(m.name, host, port)
         self._peer_index[(host.lower(), port)] = peer
+        self._gone.pop((host.lower(), port), None)
 
     def routing_changed(self) -> None:
         if self.replicator is not None:

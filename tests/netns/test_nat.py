@@ -22,7 +22,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from hosts import DOMAIN, SIP_PORT, Hosts, netns, unavailable
+from hosts import DOMAIN, SIP_PORT, Hosts, netns, unavailable, wait_until
 from test_sip_fork_pjsua import INSTANCE_A, INSTANCE_B, Phone
 
 pytestmark = [pytest.mark.slow, pytest.mark.netns]
@@ -32,6 +32,7 @@ _REASON = unavailable() or (
 )
 _counter = itertools.count()
 BOB = f"sip:bob@{DOMAIN}"
+DETECT = 20.0  # generous: the local profile declares a crash in about a second
 
 
 class Nat:
@@ -212,3 +213,60 @@ def test_two_devices_behind_two_nats_registered_through_two_nodes_both_ring(
         finally:
             for phone in (desk, soft, *([alice] if alice else [])):
                 phone.kill()
+
+
+def test_the_edge_dies_the_call_is_refused_at_once_and_after_re_registering_it_reaches_the_phone(
+    cluster: tuple[Hosts, Nat], tmp_path: Path
+) -> None:
+    """The phone's edge (h0) is killed -9: its flow died with it. A call to the phone gets a
+    final answer at once (430 Flow Failed: the owner sees the Path's first hop is a member
+    that failed), not after timer B. The phone re-registers through another node (as RFC 5626
+    failover would: here a fresh pjsua2 process, through h2) and is called again through h1."""
+    hosts, nat = cluster
+    phone_ns = ["ip", "netns", "exec", nat.phone]
+
+    def phone(name: str, via: int) -> Phone:
+        return Phone(
+            name,
+            ["device", "--bind", nat.address, "--registrar", f"{hosts.hosts[via].addr}:{SIP_PORT}",
+             "--user", "bob", "--domain", DOMAIN, "--answer-after", "200", "--lifetime", "90"],
+            tmp_path,
+            prefix=phone_ns,
+        )  # fmt: skip
+
+    def call(name: str) -> Phone:
+        return Phone(
+            name,
+            ["call", BOB, "--bind", hosts.hosts[2].addr, "--port", "5070",
+             "--proxy", f"{hosts.hosts[1].addr}:{SIP_PORT}", "--user", "alice", "--domain", DOMAIN,
+             "--hangup-after", "300", "--lifetime", "60"],
+            tmp_path,
+            prefix=hosts.prefix(2),
+        )  # fmt: skip
+
+    first = phone("bob-via-h0", 0)
+    phones = [first]
+    try:
+        assert first.wait_for("registered", 30)["code"] == 200
+        hosts.kill(0)
+        wait_until(
+            lambda: hosts.sees(1, {"h0": "dead"}) and hosts.sees(2, {"h0": "dead"}),
+            DETECT,
+            "h1 and h2 to declare h0 dead",
+        )
+        refused = call("alice-1")
+        phones.append(refused)
+        result = refused.wait_for("result", 20)
+        assert result["code"] == 430, result  # Flow Failed, and at once: no timer B (32 s)
+        refused.kill()
+        again = phone("bob-via-h2", 2)
+        phones.append(again)
+        assert again.wait_for("registered", 30)["code"] == 200
+        answered = call("alice-2")
+        phones.append(answered)
+        result = answered.wait_for("result", 40)
+        assert result["code"] == 200 and result["confirmed"], result
+        again.wait_for("confirmed", 10)
+    finally:
+        for p in phones:
+            p.kill()
