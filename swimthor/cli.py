@@ -95,6 +95,16 @@ def _sip_hostport_arg(text: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _keepalive_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not (value == 0 or 1 <= value <= 3600):
+        raise argparse.ArgumentTypeError("a keepalive interval is 0 (off) or 1 to 3600 seconds")
+    return value
+
+
 def _metrics_hostport_arg(text: str) -> tuple[str, int]:
     try:
         return parse_hostport(text, DEFAULT_METRICS_PORT)
@@ -287,6 +297,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long devices of one q ring before those of the next lower q are tried "
         "(default 30)",
+    )
+    j.add_argument(
+        "--sip-keepalive",
+        type=_keepalive_arg,
+        metavar="SECONDS",
+        help="how often the edge pings each phone behind NAT on UDP with OPTIONS, 0 for never "
+        "(default 30; 3 unanswered in a row remove its binding)",
     )
     j.add_argument(
         "--sip-rate-limit",
@@ -574,6 +591,7 @@ def _apply_sip_flags(cfg: AgentConfig, args: argparse.Namespace) -> None:
             ("--sip-auth", args.sip_auth),
             ("--sip-auth-algorithms", args.sip_auth_algorithms),
             ("--sip-fork-timeout", args.sip_fork_timeout),
+            ("--sip-keepalive", args.sip_keepalive),
         )
         if value is not None
     ]
@@ -600,6 +618,8 @@ def _apply_sip_flags(cfg: AgentConfig, args: argparse.Namespace) -> None:
         sip.rate_burst = max(sip.rate_burst, 3 * args.sip_rate_limit)
     if args.sip_fork_timeout is not None:
         sip.fork_timeout = args.sip_fork_timeout
+    if args.sip_keepalive is not None:
+        sip.keepalive_interval = args.sip_keepalive
     _check_sip(sip)
     cfg.sip = sip
 

@@ -248,6 +248,10 @@ class SipConfig:
     # (Kamailio's serial forking uses fr_inv_timer for this; 30 s is about six rings). The
     # last group rings until timer C (§16.6 step 11: more than 3 minutes).
     fork_timeout: float = 30.0
+    # The edge pings each phone behind NAT on UDP it holds the flow of with OPTIONS this
+    # often (0: never), and after this many unanswered in a row has its binding removed.
+    keepalive_interval: float = 30.0
+    keepalive_misses: int = 3
 
 
 _SIP_KEYS: dict[str, type | tuple[type, ...]] = {
@@ -270,6 +274,8 @@ _SIP_KEYS: dict[str, type | tuple[type, ...]] = {
     "auth": bool,
     "fork_timeout": (int, float),
     "auth_algorithms": list,
+    "keepalive_interval": (int, float),
+    "keepalive_misses": int,
 }
 
 
@@ -309,6 +315,11 @@ def check_sip(cfg: SipConfig) -> None:
             raise ConfigError(f"sip: {name} must be > 0")
     if cfg.max_connections < 1:
         raise ConfigError("sip: max_connections must be >= 1")
+    interval = cfg.keepalive_interval
+    if not (interval == 0 or 1 <= interval <= 3600) or interval != interval:
+        raise ConfigError("sip: keepalive_interval must be 0 (off) or 1 to 3600 seconds")
+    if not 1 <= cfg.keepalive_misses <= 100:
+        raise ConfigError("sip: keepalive_misses must be within 1..100")
     _check_rate("sip", cfg.rate_limit, cfg.rate_burst, cfg.rate_exempt)
     algorithms = cfg.auth_algorithms
     if (

@@ -10,6 +10,8 @@ are n2 and n3. The phone's packets come from NAT_PUBLIC; its Via and Contact nam
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from test_sip_fork import CALLER, NODES, Cluster, answer, msg, statuses
 
@@ -390,3 +392,88 @@ def test_without_shared_keys_a_dead_edge_is_known_from_the_membership() -> None:
     c.deliver(msg("INVITE"), CALLER, "n3")
     assert statuses(c.take(CALLER))[-1] == 430
     assert c.nodes["n1"].stats["to_flows"] == 0
+
+
+# ---------------------------------------------------------------- keepalives from the edge
+
+
+def options_to(c: Cluster, who: tuple[str, int]) -> list[Request]:
+    return [m for m in c.requests(who) if m.method == "OPTIONS"]
+
+
+def test_only_the_edge_pings_a_natd_phone_and_an_answer_keeps_it_bound() -> None:
+    c = Cluster()
+    nat_register(c)  # through n1, its edge
+    for t in (30.0, 60.0, 90.0, 120.0, 150.0):
+        c.advance(t)
+        (ping,) = options_to(c, NAT_PUBLIC)  # one ping an interval, and only one node's
+        assert ping.vias[0].port == 5071 and ping.uri_text == "sip:bob@10.0.0.5:5060"
+        c.reply(NAT_PUBLIC, answer(ping, 200, "OK", "phone"))
+    assert [c.nodes[n].pinger.stats["pings"] for n in ("n1", "n2", "n3")] == [5, 0, 0]
+    assert c.nodes["n1"].pinger.stats["answers"] == 5
+    assert held(c, "n2") and held(c, "n3")  # still bound
+
+
+def test_a_phone_that_stops_answering_is_removed_from_both_owners() -> None:
+    c = Cluster()
+    nat_register(c)
+    assert held(c, "n2") and held(c, "n3")
+    for t in (30.0, 60.0, 90.0):
+        c.advance(t)
+        assert len(options_to(c, NAT_PUBLIC)) == 1  # pinged, never answered
+    c.advance(120.0)  # the third miss: the edge asks the owners to remove it
+    assert options_to(c, NAT_PUBLIC) == []
+    assert held(c, "n2") == [] and held(c, "n3") == []
+    assert c.nodes["n1"].pinger.stats["lost"] == 1
+    c.advance(300.0)
+    assert options_to(c, NAT_PUBLIC) == []  # and it is no longer pinged
+
+
+def test_a_removal_ends_the_pings_and_nobody_outside_can_claim_a_node_removal() -> None:
+    c = Cluster()
+    nat_register(c)
+    host, port = NAT_PRIVATE
+    seen: list[bytes] = []
+    owner = c.nodes["n2"]
+    original = owner.handle
+
+    def spy(data: bytes, *rest: object) -> list[object]:
+        seen.append(data)
+        return original(data, *rest)  # type: ignore[arg-type]
+
+    owner.handle = spy  # type: ignore[method-assign]
+    data = msg(
+        "REGISTER",
+        "sip:example.com",
+        "Expires: 0",
+        "Swimthor-Flow-Lost: 10.0.0.5:5060",
+        contact=f"<sip:bob@{host}:{port}>",
+        via=f"SIP/2.0/UDP {host}:{port};branch=z9hG4bK-nat-off;rport",
+        call_id="nat-reg",
+        cseq=2,
+    )
+    c.deliver(data, NAT_PUBLIC, "n1")
+    c.take(NAT_PUBLIC)
+    assert held(c, "n2") == []
+    assert seen and all(b"Swimthor-Flow-Lost" not in d for d in seen)  # stripped at the edge
+    c.advance(30.0)
+    assert options_to(c, NAT_PUBLIC) == []
+
+
+def test_keepalive_settings_from_the_flag_and_the_toml_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from swimthor.cli import build_agent_config, build_parser, main
+
+    sip = ["--role", "sip", "--domain", "example.com", "--insecure"]
+    for text, want in (("15", 15.0), ("0", 0.0)):
+        cfg = build_agent_config(build_parser().parse_args(["join", *sip, "--sip-keepalive", text]))
+        assert cfg.sip is not None and cfg.sip.keepalive_interval == want
+    for bad in ("soon", "-1", "0.5", "nan", "4000"):
+        assert main(["join", *sip, "--sip-keepalive", bad]) == 2
+        err = capsys.readouterr().err
+        assert "keepalive interval" in err and len(err.splitlines()) == 1, err
+    path = tmp_path / "c.toml"
+    path.write_text('roles = ["sip"]\n[sip]\ndomains = ["example.com"]\nkeepalive_misses = 0\n')
+    assert main(["join", "--config", str(path)]) == 2
+    assert "keepalive_misses" in capsys.readouterr().err

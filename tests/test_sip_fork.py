@@ -110,7 +110,7 @@ class Cluster:
             when, name = min(due)
             self.now = when
             queue: list[tuple[str, bytes, tuple[str, int]]] = []
-            for action in self.nodes[name].handle_timer(when):
+            for action in self.nodes[name].handle_timer(when, NOW + when):
                 self._route(name, action, queue)
             self._run(queue)
         self.now = to

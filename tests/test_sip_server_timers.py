@@ -23,7 +23,7 @@ class Timers:
     def next_timer(self) -> float | None:
         return self.deadlines[0] if self.deadlines else None
 
-    def handle_timer(self, now: float) -> list[object]:
+    def handle_timer(self, now: float, wall: float = 0.0) -> list[object]:
         self.runs.append(now)
         while self.deadlines and self.deadlines[0] <= now:
             self.late.append(now - self.deadlines.pop(0))

@@ -40,6 +40,7 @@ from ._auth import Credentials, Verifier, challenges, parse_credentials
 from ._bindings import Binding, BindingStore
 from ._flow import Flow, decode_token, flow_of, make_token
 from ._fork import Forks, Target
+from ._keepalive import PING_PREFIX, Pinger, Watched
 from ._message import (
     DISPLAY_NAMES,
     MAX_MESSAGE_SIZE,
@@ -75,6 +76,9 @@ __all__ = [
 # transaction of ours sent it (the owner's branches). Both end in a MAC under the cluster key of
 # the branch and the hop a response to it goes back to, so a response to a branch no node of
 # ours made (or one re-addressed to another hop) is dropped rather than relayed anywhere.
+# The header that marks a node's own removal of a binding whose phone stopped answering its
+# keepalives: taken without a challenge from a node, stripped from anyone else's REGISTER.
+FLOW_LOST_HEADER = "Swimthor-Flow-Lost"
 BRANCH_PREFIX = "z9hG4bK-st-"
 STATEFUL_PREFIX = "z9hG4bK-sf-"
 assert len(BRANCH_PREFIX) == len(STATEFUL_PREFIX)  # one cut for both (`_cut_our_via`)
@@ -168,6 +172,10 @@ class ProxySettings:
     # Stateful contexts held at once (each lingers 64*T1 after its answer, §17.2.1): at
     # 2,000 calls/s that is 64,000; more get 503.
     max_forks: int = 200_000
+    # The edge's OPTIONS pings to the NAT'd UDP phones it holds flows for (0: none), and how
+    # many missed in a row make it ask the owners to remove the binding.
+    keepalive_interval: float = 30.0
+    keepalive_misses: int = 3
 
 
 def _h(*parts: str, size: int = 8) -> str:
@@ -260,6 +268,8 @@ class Proxy:
         self._branch_ident = _h(settings.name, os.urandom(8).hex(), size=4)
         self._keyed: dict[bytes, hashlib.blake2b] = {}
         self._server_key: tuple[Request | None, tuple[str, ...]] = (None, ())
+        self.pinger = Pinger(settings.keepalive_interval, settings.keepalive_misses)
+        self._ping_tag = _h(settings.name, os.urandom(8).hex(), size=6)
         self.forks = Forks(
             self._build_branch,
             self._build_answer,
@@ -357,11 +367,62 @@ class Proxy:
 
     def next_timer(self) -> float | None:
         """When (monotonic) `handle_timer` wants to run next; None: no timer pending."""
-        return self.forks.next_deadline()
+        forks = self.forks.next_deadline()
+        pings = self.pinger.next_deadline() if self.pinger.flows else None
+        if pings is None or (forks is not None and forks < pings):
+            return forks
+        return pings
 
-    def handle_timer(self, mono: float) -> list[Send]:
+    def handle_timer(self, mono: float, now: float | None = None) -> list[Action]:
+        """The transaction timers due at `mono`, and the edge's keepalive pings; `now` is the
+        wall clock, for the removal of a binding whose phone stopped answering."""
         self._mono = mono
-        return self.forks.on_timer(mono)
+        out: list[Action] = list(self.forks.on_timer(mono))
+        if self.pinger.flows:
+            pings, lost = self.pinger.due(mono)
+            for watched, branch in pings:
+                out.append(self._ping(watched, branch))
+            for watched in lost:
+                out += self._flow_lost(watched, mono if now is None else now)
+        return out
+
+    def _ping(self, w: Watched, branch: str) -> Send:
+        """OPTIONS to a phone over its flow: any answer says it (and its NAT mapping) is
+        there."""
+        data = (
+            f"OPTIONS {w.contact} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {self._sent_by};branch={branch}\r\n"
+            "Max-Forwards: 70\r\n"
+            f"From: <sip:keepalive@{self._sent_by}>;tag={self._ping_tag}\r\n"
+            f"To: <{w.contact}>\r\n"
+            f"Call-ID: {branch}@{self._sent_by}\r\n"
+            "CSeq: 1 OPTIONS\r\n"
+            f"User-Agent: {self.settings.server_header}\r\n"
+            "Content-Length: 0\r\n\r\n"
+        ).encode()
+        return Send("udp", w.flow.host, w.flow.port, data)
+
+    def _flow_lost(self, w: Watched, now: float) -> list[Action]:
+        """A phone missed its pings: remove its binding, as a REGISTER with Expires 0 from
+        us (marked, so the owner takes it without a challenge: only a node can send it), on
+        to the owners and replicated like any other."""
+        branch = f"{PING_PREFIX}lost-{_h(w.aor, w.contact, str(w.cseq), size=6)}"
+        domain = w.aor.partition("@")[2] or self._sent_by
+        data = (
+            f"REGISTER sip:{domain} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {self._sent_by};branch={branch}\r\n"
+            "Max-Forwards: 70\r\n"
+            f"From: <{w.aor}>;tag={self._ping_tag}\r\n"
+            f"To: <{w.aor}>\r\n"
+            f"Call-ID: {w.call_id}\r\n"
+            f"CSeq: {w.cseq + 1} REGISTER\r\n"
+            f"Contact: <{w.contact}>;expires=0\r\n"
+            f"{FLOW_LOST_HEADER}: {w.flow.host}:{w.flow.port}\r\n"
+            "Content-Length: 0\r\n\r\n"
+        ).encode()
+        me = Source("udp", self.settings.host, self.settings.port)
+        return [a for a in self.handle(data, me, now, self._mono) if not isinstance(a, Send)
+                or (a.host, a.port) != (self.settings.host, self.settings.port)]  # fmt: skip
 
     def transport_error(self, txn: tuple[str, str], mono: float) -> list[Send]:
         """The transport could not deliver what a client transaction sent (connection
@@ -706,6 +767,9 @@ class Proxy:
         vias = response.vias
         top = vias[0]
         branch = top.branch or ""
+        if branch.startswith(PING_PREFIX) and f"{top.host}:{top.port}".lower() == self._me:
+            self.pinger.answered(branch)  # a phone answered our ping (or the owner our removal)
+            return []
         if not branch.startswith((BRANCH_PREFIX, STATEFUL_PREFIX)):
             self.stats["dropped"] += 1
             return []  # not from a request any node of ours forwarded (§16.11: drop)
@@ -967,17 +1031,26 @@ class Proxy:
             return self._reply(request, source, now, 404, "Not Found")
         owners = self._reachable_first(self._owners(aor, self.settings.replicas))
         names = [p.name for p in owners]
-        if not from_peer and self._needs_flow(request, source):
+        ours = (source.host, source.port) == (self.settings.host, self.settings.port)
+        trusted_removal = False
+        if request.count(FLOW_LOST_HEADER.lower()):
+            if from_peer or ours:
+                trusted_removal = True  # a node's removal of a phone that stopped answering
+            else:
+                request.remove(FLOW_LOST_HEADER.lower())  # nobody outside may claim that
+        if not from_peer and not ours and self._needs_flow(request, source):
             # We are the phone's edge: calls to it must come back through us, onto the flow it
             # registered over (RFC 5626 §5.2). Our Path is the first the registrar sees.
             token = make_token(flow_of(source), self._branch_keys()[0])
             request.prepend("path", f"<sip:{token}@{self._sent_by};lr;ob>")
             self.stats["paths_added"] += 1
+            if source.transport == "udp" and self.settings.keepalive_interval > 0:
+                self._watch(request, source, aor)
         if self.settings.name not in names and not from_peer:
             if not owners:
                 return self._no_owner(request, source, now)
             return self._to_node(request, source, now, owners[0], max_forwards, False, loop)
-        if self.settings.auth:
+        if self.settings.auth and not trusted_removal:
             refused = self._authenticate(request, source, now, aor, proxy=False)
             if refused is not None:
                 return refused
@@ -1301,6 +1374,32 @@ class Proxy:
             conn=flow.conn,
             record_route=rr,
         )
+
+    def _watch(self, request: Request, source: Source, aor: str) -> None:
+        """We are this NAT'd UDP phone's edge: ping it for as long as it asks to be
+        registered (or stop, for a removal)."""
+        header = request.get("expires")
+        for value in request.get_all("contact"):
+            try:
+                address = parse_address(value)
+            except ValueError:
+                continue
+            params = {k.lower(): v for k, v in address.parameters.items()}
+            text = params.get("expires") or header or str(self.settings.policy.default_expires)
+            seconds = int(text) if text.isascii() and text.isdigit() else 0
+            if seconds == 0:
+                self.pinger.forget(source.host, source.port)
+                continue
+            seconds = min(seconds, self.settings.policy.max_expires)
+            watched = Watched(
+                flow_of(source),
+                aor,
+                str(address.uri),
+                request.call_id,
+                request.cseq[0],
+                self._mono + seconds,
+            )
+            self.pinger.watch(watched, self._mono)
 
     def _needs_flow(self, request: Request, source: Source) -> bool:
         """Whether a phone can only be reached over the flow its REGISTER came on: a stream

@@ -192,13 +192,17 @@ class SipServer(FrontEndServer):
             now = self._timers_ran = trio.current_time()
             self.stats["timer_runs"] += 1
             try:
-                sends = self.proxy.handle_timer(now)
+                actions = self.proxy.handle_timer(now, self._clock())
             except Exception:
                 self.stats["handler_errors"] += 1
                 log.exception("sip timer raised")
                 continue
-            for send in sends:
-                self._send_now(send)
+            for action in actions:
+                if isinstance(action, Send):
+                    self._send_now(action)
+                elif isinstance(action, Replicate):
+                    action.received = time.perf_counter()
+                    self._start_replication(action)  # a keepalive's removal, at an owner
 
     def _timers_moved(self) -> None:
         """After handling a message: wake the timer loop if a deadline is now earlier."""

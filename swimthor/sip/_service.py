@@ -113,6 +113,8 @@ class SipService:
             auth=self.config.auth,
             auth_algorithms=tuple(self.config.auth_algorithms),
             fork_timeout=self.config.fork_timeout,
+            keepalive_interval=self.config.keepalive_interval,
+            keepalive_misses=self.config.keepalive_misses,
         )
         self.proxy = Proxy(
             settings,
@@ -371,6 +373,8 @@ class SipService:
             "proxy": dict(self.proxy.stats),
             # The owner's stateful proxy: transactions held now, forks and branches so far.
             "transactions": self.proxy.forks.counts() | self.proxy.forks.stats,
+            # The edge's OPTIONS pings to the NAT'd UDP phones it holds flows for.
+            "keepalive": dict(self.proxy.pinger.stats),
             "requests_by_method": dict(self.proxy.requests_by_method),
             "latency": {
                 "handling": self.server.latency_handling.snapshot(),
