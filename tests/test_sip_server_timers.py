@@ -3,6 +3,9 @@ TIMER_TICK (one wake-up per expiring transaction meant a thousand a second under
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 import trio
 
 from swimthor.sip import SipServer
@@ -30,18 +33,25 @@ class Timers:
         return []
 
 
-async def test_deadlines_close_together_share_one_run(autojump_clock: trio.abc.Clock) -> None:
-    start = trio.current_time()
-    timers = Timers([start + 1.0 + 0.001 * i for i in range(50)])  # 50 in 49 ms
+@asynccontextmanager
+async def serving(timers: Timers) -> AsyncIterator[SipServer]:
+    """A SIP server whose proxy is `timers`, serving until the block ends."""
     server = SipServer(proxy=timers, bind=("127.0.0.1", 0))  # type: ignore[arg-type]
     server.open()
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(server.serve)
-            await trio.sleep(2.0)
+            yield server
             nursery.cancel_scope.cancel()
     finally:
         server.close()
+
+
+async def test_deadlines_close_together_share_one_run(autojump_clock: trio.abc.Clock) -> None:
+    start = trio.current_time()
+    timers = Timers([start + 1.0 + 0.001 * i for i in range(50)])  # 50 in 49 ms
+    async with serving(timers) as server:
+        await trio.sleep(2.0)
     assert timers.deadlines == []  # every one fired
     assert max(timers.late) <= TIMER_TICK + 1e-9  # none later than one tick
     assert len(timers.runs) <= 49 / (TIMER_TICK * 1000) + 2  # not one run per deadline
@@ -54,17 +64,10 @@ async def test_an_earlier_deadline_wakes_the_loop(autojump_clock: trio.abc.Clock
     """A message that adds a deadline before the one the loop sleeps for wakes it."""
     start = trio.current_time()
     timers = Timers([start + 100.0])
-    server = SipServer(proxy=timers, bind=("127.0.0.1", 0))  # type: ignore[arg-type]
-    server.open()
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.serve)
-            await trio.sleep(1.0)
-            timers.deadlines.insert(0, trio.current_time() + 0.5)
-            server._timers_moved()
-            await trio.sleep(1.0)
-            assert timers.deadlines == [start + 100.0]  # the 0.5 s one fired, not this one
-            assert len(timers.late) == 1 and timers.late[0] <= TIMER_TICK + 1e-9
-            nursery.cancel_scope.cancel()
-    finally:
-        server.close()
+    async with serving(timers) as server:
+        await trio.sleep(1.0)
+        timers.deadlines.insert(0, trio.current_time() + 0.5)
+        server._timers_moved()
+        await trio.sleep(1.0)
+        assert timers.deadlines == [start + 100.0]  # the 0.5 s one fired, not this one
+        assert len(timers.late) == 1 and timers.late[0] <= TIMER_TICK + 1e-9
