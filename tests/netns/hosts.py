@@ -98,9 +98,17 @@ class Host:
 
 class Hosts:
     def __init__(
-        self, tmp: Path, dcs: Sequence[str], *, tag: str | None = None, profile: str = "local"
+        self,
+        tmp: Path,
+        dcs: Sequence[str],
+        *,
+        tag: str | None = None,
+        profile: str = "local",
+        extra: Sequence[str] = (),
     ) -> None:
+        """`extra`: more `swimthor join` flags for every agent."""
         self.tmp = tmp
+        self.extra = list(extra)
         self.net = netns.Netns(len(dcs), tag or f"t{os.getpid():x}")
         self.profile = profile
         self.hosts = [Host(i, f"h{i}", dc, self.net.addrs[i], tmp) for i, dc in enumerate(dcs)]
@@ -143,6 +151,7 @@ class Hosts:
             "--data-dir", str(h.data),
             "--log-format", "json",
         ]  # fmt: skip
+        argv += self.extra
         if seed is not None and seed != i:
             argv.append(f"{self.hosts[seed].addr}:{GOSSIP_PORT}")
         with open(h.log, "ab") as log:
@@ -210,6 +219,14 @@ class Hosts:
         from swimthor.control import call
 
         return {m["name"]: m for m in call(self.hosts[i].sock, "members", timeout=2.0)}
+
+    def status(self, i: int) -> dict[str, Any]:
+        """Host i's `swimthor status` (the JSON form)."""
+        from swimthor.control import call
+
+        reply = call(self.hosts[i].sock, "status", timeout=2.0)
+        assert isinstance(reply, dict)
+        return reply
 
     def states(self, i: int) -> dict[str, str]:
         return {name: str(m["state"]) for name, m in self.members(i).items()}

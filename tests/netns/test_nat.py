@@ -98,15 +98,26 @@ class Nat:
         return 0
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[tuple[Hosts, Nat]]:
+def _cluster(tmp_path: Path, extra: list[str]) -> Iterator[tuple[Hosts, Nat]]:
     if _REASON:
         pytest.skip(_REASON)
-    hosts = Hosts(tmp_path, ["dc1", "dc1", "dc1"], tag=f"n{os.getpid():x}{next(_counter)}")
+    tag = f"n{os.getpid():x}{next(_counter)}"
+    hosts = Hosts(tmp_path, ["dc1", "dc1", "dc1"], tag=tag, extra=extra)
     with hosts:
         hosts.start_all()
         with Nat(hosts.net) as nat:
             yield hosts, nat
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[tuple[Hosts, Nat]]:
+    yield from _cluster(tmp_path, [])
+
+
+@pytest.fixture
+def pinging(tmp_path: Path) -> Iterator[tuple[Hosts, Nat]]:
+    """The same, with the edges pinging NAT'd phones every second."""
+    yield from _cluster(tmp_path, ["--sip-keepalive", "1"])
 
 
 @pytest.mark.parametrize(
@@ -270,3 +281,45 @@ def test_the_edge_dies_the_call_is_refused_at_once_and_after_re_registering_it_r
     finally:
         for p in phones:
             p.kill()
+
+
+def test_only_the_edge_pings_the_phone_and_a_phone_that_vanishes_is_unbound(
+    pinging: tuple[Hosts, Nat], tmp_path: Path
+) -> None:
+    """With --sip-keepalive 1: the phone's edge (h0) pings it with OPTIONS and pjsua2 answers;
+    no other node pings it. Then the phone is killed: after three unanswered pings its binding
+    is gone from both owners (and so from `swimthor location`)."""
+    hosts, nat = pinging
+    bob = Phone(
+        "bob",
+        ["device", "--bind", nat.address, "--registrar", f"{hosts.hosts[0].addr}:{SIP_PORT}",
+         "--user", "bob", "--domain", DOMAIN, "--answer-after", "200", "--lifetime", "90"],
+        tmp_path,
+        prefix=["ip", "netns", "exec", nat.phone],
+    )  # fmt: skip
+    try:
+        assert bob.wait_for("registered", 30)["code"] == 200
+
+        def keepalive(i: int) -> dict[str, int]:
+            return dict(hosts.status(i)["sip"]["keepalive"])
+
+        wait_until(lambda: keepalive(0)["answers"] >= 3, 20, "h0 to have 3 pings answered")
+        assert [keepalive(i)["pings"] for i in (1, 2)] == [0, 0]  # one pinger: the edge
+        assert bob.received("OPTIONS")
+
+        def bindings() -> list[dict[str, object]]:
+            """bob's live bindings as his owners hold them (`swimthor location`, asked of h1)."""
+            from swimthor.control import call
+
+            reply = call(hosts.hosts[1].sock, "location", {"aor": BOB}, timeout=5.0)
+            assert isinstance(reply, dict) and not reply["unanswered"], reply
+            return list(reply["bindings"])
+
+        (held,) = bindings()
+        assert held["edge"] == f"{hosts.hosts[0].addr}:{SIP_PORT}"
+        assert sorted(held["on"]) == sorted(hosts.owners(1, BOB))  # type: ignore[arg-type]
+        bob.kill()  # gone without a word: no un-REGISTER
+        wait_until(lambda: keepalive(0)["lost"] == 1, 20, "h0 to give the phone up")
+        wait_until(lambda: bindings() == [], 20, "both owners to drop the binding")
+    finally:
+        bob.kill()
