@@ -477,3 +477,17 @@ def test_keepalive_settings_from_the_flag_and_the_toml_table(
     path.write_text('roles = ["sip"]\n[sip]\ndomains = ["example.com"]\nkeepalive_misses = 0\n')
     assert main(["join", "--config", str(path)]) == 2
     assert "keepalive_misses" in capsys.readouterr().err
+
+
+def test_a_route_of_ours_with_a_user_part_but_no_ob_is_just_routed_on() -> None:
+    """Only our flow URIs carry `ob`: a UA's preloaded `<sip:outbound@node;lr>` is no token."""
+    c = Cluster()
+    data = msg(
+        "MESSAGE",
+        "sip:alice@127.0.0.1:5081",
+        "Route: <sip:outbound@127.0.0.1:5071;lr>",
+        via="SIP/2.0/UDP 127.0.0.1:5081;branch=z9hG4bK-pre;rport",
+    )
+    c.deliver(data, CALLER, "n1")
+    assert 403 not in statuses(c.take(CALLER))
+    assert c.nodes["n1"].stats["bad_flow_tokens"] == 0

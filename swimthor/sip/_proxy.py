@@ -907,7 +907,10 @@ class Proxy:
                 routes.pop(0)
                 pop_first_value(request, "route")
                 record_routed = True
-                flow_token = first.user  # our Path or Record-Route toward a phone's flow
+                if first.user and "ob" in first.parameters:
+                    # Our Path or Record-Route toward a phone's flow (we always mark those
+                    # `ob`); a user part in a plain Route of ours is just routed on.
+                    flow_token = first.user
         if flow_token is not None:
             sent = self._to_flow(request, source, now, flow_token, max_forwards, loop)
             if sent is not None:
