@@ -94,7 +94,7 @@ class Sipp:
         while listening and not run.listening(port):
             if time.monotonic() > deadline:
                 raise AssertionError(f"sipp {name} did not bind UDP {port} in 10 s: {run.log()}")
-            time.sleep(0.02)  # polling the condition (sipp's port in /proc/net/udp), bounded
+            time.sleep(0.02)  # waits on the condition (sipp's port in /proc/net/udp), bounded
         return run
 
     def close(self) -> None:

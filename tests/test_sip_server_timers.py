@@ -51,7 +51,7 @@ async def test_deadlines_close_together_share_one_run(autojump_clock: trio.abc.C
     start = trio.current_time()
     timers = Timers([start + 1.0 + 0.001 * i for i in range(50)])  # 50 in 49 ms
     async with serving(timers) as server:
-        await trio.sleep(2.0)
+        await trio.sleep(2.0)  # autojump clock: virtual time passes, the test waits for nothing
     assert timers.deadlines == []  # every one fired
     assert max(timers.late) <= TIMER_TICK + 1e-9  # none later than one tick
     assert len(timers.runs) <= 49 / (TIMER_TICK * 1000) + 2  # not one run per deadline
@@ -65,9 +65,9 @@ async def test_an_earlier_deadline_wakes_the_loop(autojump_clock: trio.abc.Clock
     start = trio.current_time()
     timers = Timers([start + 100.0])
     async with serving(timers) as server:
-        await trio.sleep(1.0)
+        await trio.sleep(1.0)  # autojump clock: virtual time passes, the test waits for nothing
         timers.deadlines.insert(0, trio.current_time() + 0.5)
         server._timers_moved()
-        await trio.sleep(1.0)
+        await trio.sleep(1.0)  # autojump clock: virtual time passes, the test waits for nothing
         assert timers.deadlines == [start + 100.0]  # the 0.5 s one fired, not this one
         assert len(timers.late) == 1 and timers.late[0] <= TIMER_TICK + 1e-9
