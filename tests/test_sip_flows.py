@@ -491,3 +491,25 @@ def test_a_route_of_ours_with_a_user_part_but_no_ob_is_just_routed_on() -> None:
     c.deliver(data, CALLER, "n1")
     assert 403 not in statuses(c.take(CALLER))
     assert c.nodes["n1"].stats["bad_flow_tokens"] == 0
+
+
+def test_a_silent_outbound_device_is_removed_by_its_instance() -> None:
+    """A device registered with +sip.instance and reg-id is bound by them: the edge's removal
+    names them, or it would miss the binding."""
+    c = Cluster()
+    host, port = NAT_PRIVATE
+    data = msg(
+        "REGISTER",
+        "sip:example.com",
+        "Supported: path, outbound",
+        contact=f'<sip:bob@{host}:{port}>;reg-id=1;+sip.instance="<urn:uuid:0000-0002>"',
+        via=f"SIP/2.0/UDP {host}:{port};branch=z9hG4bK-ob2;rport",
+        call_id="ob2",
+    )
+    c.deliver(data, NAT_PUBLIC)
+    c.take(NAT_PUBLIC)
+    (binding,) = held(c, "n2")
+    assert binding.instance and binding.reg_id == 1
+    for t in (30.0, 60.0, 90.0, 120.0):
+        c.advance(t)
+    assert held(c, "n2") == [] and held(c, "n3") == []

@@ -30,6 +30,7 @@ class Watched:
     call_id: str
     cseq: int
     until: float  # monotonic: the registration's end; no pings after it
+    device: str = ""  # the Contact's +sip.instance and reg-id, as written (its binding's key)
     misses: int = 0
     waiting: str | None = None  # the branch of the ping not answered yet
     due: float = 0.0

@@ -416,7 +416,7 @@ class Proxy:
             f"To: <{w.aor}>\r\n"
             f"Call-ID: {w.call_id}\r\n"
             f"CSeq: {w.cseq + 1} REGISTER\r\n"
-            f"Contact: <{w.contact}>;expires=0\r\n"
+            f"Contact: <{w.contact}>{w.device};expires=0\r\n"
             f"{FLOW_LOST_HEADER}: {w.flow.host}:{w.flow.port}\r\n"
             "Content-Length: 0\r\n\r\n"
         ).encode()
@@ -1394,6 +1394,13 @@ class Proxy:
                 self.pinger.forget(source.host, source.port)
                 continue
             seconds = min(seconds, self.settings.policy.max_expires)
+            # A device (RFC 5626 §6) is bound by its instance and reg-id, not its URI: the
+            # removal must name them too.
+            device = "".join(
+                f";{k}={v}" if v is not None else f";{k}"
+                for k, v in address.parameters.items()
+                if k.lower() in ("+sip.instance", "reg-id")
+            )
             watched = Watched(
                 flow_of(source),
                 aor,
@@ -1401,6 +1408,7 @@ class Proxy:
                 request.call_id,
                 request.cseq[0],
                 self._mono + seconds,
+                device,
             )
             self.pinger.watch(watched, self._mono)
 
