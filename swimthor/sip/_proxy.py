@@ -1355,8 +1355,7 @@ class Proxy:
             return self._reply(request, source, now, 403, "Forbidden")
         if (flow.transport, flow.host, flow.port) == (source.transport, source.host, source.port):
             return None
-        if flow.stream and flow.conn is not None and not self._flow_alive(flow.conn):
-            self.stats["flows_gone"] += 1
+        if self._flow_gone(flow):
             if request.method == "ACK":
                 return []
             return self._reply(request, source, now, 430, "Flow Failed")
@@ -1492,10 +1491,15 @@ class Proxy:
         if flow is None:
             self.stats["bad_flow_tokens"] += 1
             return None
+        return None if self._flow_gone(flow) else flow
+
+    def _flow_gone(self, flow: Flow) -> bool:
+        """A stream flow whose connection closed is gone (counted); a datagram flow is only
+        known gone by its keepalives."""
         if flow.stream and flow.conn is not None and not self._flow_alive(flow.conn):
             self.stats["flows_gone"] += 1
-            return None
-        return flow
+            return True
+        return False
 
     def _to_node(
         self,
@@ -1639,7 +1643,7 @@ _ANY_VIA = re.compile(rb"\r\n(?:via|v)[ \t]*:", re.IGNORECASE)
 
 def _branch_loop(branch: str | None) -> str | None:
     """The loop hash in a branch of ours (the middle of `<id>.<loop>.<mac>`)."""
-    if not branch or not branch.startswith(("z9hG4bK-st-", "z9hG4bK-sf-")):
+    if not branch or not branch.startswith((BRANCH_PREFIX, STATEFUL_PREFIX)):
         return None
     parts = branch.split(".")
     return parts[1] if len(parts) == 3 else None

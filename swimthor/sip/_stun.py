@@ -27,13 +27,12 @@ _HEADER = struct.Struct("!HHI12s")
 
 def is_stun(data: bytes) -> bool:
     """Whether a datagram is a STUN message (RFC 5389 §6, and §7.3's checks)."""
-    return (
-        len(data) >= 20
-        and data[0] < 0x40  # the two most significant bits are zero
-        and struct.unpack_from("!I", data, 4)[0] == MAGIC_COOKIE
-        and struct.unpack_from("!H", data, 2)[0] % 4 == 0
-        and struct.unpack_from("!H", data, 2)[0] == len(data) - 20
-    )
+    if len(data) < 20 or data[0] >= 0x40:  # the two most significant bits are zero
+        return False
+    length: int
+    cookie: int
+    _kind, length, cookie = struct.unpack_from("!HHI", data)
+    return cookie == MAGIC_COOKIE and length % 4 == 0 and length == len(data) - 20
 
 
 def stun_binding_response(data: bytes, host: str, port: int, software: str = "") -> bytes | None:
