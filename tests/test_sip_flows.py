@@ -22,17 +22,20 @@ NAT_PUBLIC = ("127.0.0.1", 40000)  # where the NAT sends the phone's packets fro
 NAT_PRIVATE = ("10.0.0.5", 5060)  # what the phone believes its address is
 BOB = "sip:bob@example.com"
 NOW_WALL = 1_000_000.0  # the Cluster's wall clock, as it hands the nodes `now`
+OUTBOUND_DEVICE = ';reg-id=1;+sip.instance="<urn:uuid:0000-0001>"'  # an RFC 5626 UA's Contact
 
 
 def nat_register(
-    c: Cluster, to: str = "n1", extra: tuple[str, ...] = (), cseq: int = 1
+    c: Cluster, to: str = "n1", extra: tuple[str, ...] = (), cseq: int = 1, device: str = ""
 ) -> Response:
+    """bob's phone behind NAT registers through `to`; `device`: Contact parameters after the
+    URI (an outbound UA's reg-id and +sip.instance)."""
     host, port = NAT_PRIVATE
     data = msg(
         "REGISTER",
         "sip:example.com",
         *extra,
-        contact=f"<sip:bob@{host}:{port}>",
+        contact=f"<sip:bob@{host}:{port}>{device}",
         via=f"SIP/2.0/UDP {host}:{port};branch=z9hG4bK-nat-{cseq};rport",
         call_id="nat-reg",
         cseq=cseq,
@@ -111,18 +114,8 @@ def test_a_third_party_registration_of_a_public_contact_gets_no_path() -> None:
 
 def test_an_outbound_ua_gets_require_outbound_and_a_flow_timer() -> None:
     c = Cluster()
-    host, port = NAT_PRIVATE
-    data = msg(
-        "REGISTER",
-        "sip:example.com",
-        "Supported: path, outbound",
-        contact=f'<sip:bob@{host}:{port}>;reg-id=1;+sip.instance="<urn:uuid:0000-0001>"',
-        via=f"SIP/2.0/UDP {host}:{port};branch=z9hG4bK-ob;rport",
-        call_id="ob",
-    )
-    c.deliver(data, NAT_PUBLIC)
-    (ok,) = c.take(NAT_PUBLIC)
-    assert isinstance(ok, Response) and ok.status == 200, ok.start_line()
+    ok = nat_register(c, extra=("Supported: path, outbound",), device=OUTBOUND_DEVICE)
+    assert ok.status == 200, ok.start_line()
     assert ok.get("require") == "outbound"
     assert ok.get("flow-timer") == "30"
     assert len(ok.get_all("path")) == 1
@@ -497,17 +490,7 @@ def test_a_silent_outbound_device_is_removed_by_its_instance() -> None:
     """A device registered with +sip.instance and reg-id is bound by them: the edge's removal
     names them, or it would miss the binding."""
     c = Cluster()
-    host, port = NAT_PRIVATE
-    data = msg(
-        "REGISTER",
-        "sip:example.com",
-        "Supported: path, outbound",
-        contact=f'<sip:bob@{host}:{port}>;reg-id=1;+sip.instance="<urn:uuid:0000-0002>"',
-        via=f"SIP/2.0/UDP {host}:{port};branch=z9hG4bK-ob2;rport",
-        call_id="ob2",
-    )
-    c.deliver(data, NAT_PUBLIC)
-    c.take(NAT_PUBLIC)
+    nat_register(c, extra=("Supported: path, outbound",), device=OUTBOUND_DEVICE)
     (binding,) = held(c, "n2")
     assert binding.instance and binding.reg_id == 1
     for t in (30.0, 60.0, 90.0, 120.0):
