@@ -79,6 +79,7 @@ __all__ = [
 # The header that marks a node's own removal of a binding whose phone stopped answering its
 # keepalives: taken without a challenge from a node, stripped from anyone else's REGISTER.
 FLOW_LOST_HEADER = "Swimthor-Flow-Lost"
+_FLOW_LOST = FLOW_LOST_HEADER.lower()  # as the parser keys it
 BRANCH_PREFIX = "z9hG4bK-st-"
 STATEFUL_PREFIX = "z9hG4bK-sf-"
 assert len(BRANCH_PREFIX) == len(STATEFUL_PREFIX)  # one cut for both (`_cut_our_via`)
@@ -1036,11 +1037,11 @@ class Proxy:
         names = [p.name for p in owners]
         ours = (source.host, source.port) == (self.settings.host, self.settings.port)
         trusted_removal = False
-        if request.count(FLOW_LOST_HEADER.lower()):
+        if request.count(_FLOW_LOST):
             if from_peer or ours:
                 trusted_removal = True  # a node's removal of a phone that stopped answering
             else:
-                request.remove(FLOW_LOST_HEADER.lower())  # nobody outside may claim that
+                request.remove(_FLOW_LOST)  # nobody outside may claim that
         if not from_peer and not ours and self._needs_flow(request, source):
             # We are the phone's edge: calls to it must come back through us, onto the flow it
             # registered over (RFC 5626 §5.2). Our Path is the first the registrar sees.

@@ -144,11 +144,10 @@ def _extensions(request: Request, policy: RegistrarPolicy) -> list[tuple[str, st
     flows = False
     for value in request.get_all("contact"):
         try:
-            params = {k.lower() for k in parse_address(value).parameters}
-        except ValueError:
-            continue
-        if "reg-id" in params and "+sip.instance" in params:
-            flows = True
+            params = {k.lower(): v for k, v in parse_address(value).parameters.items()}
+            flows = flows or _device(params)[1] != 0  # a reg-id counts with an instance only
+        except (ValueError, _Reject):
+            continue  # "*", or (refused before a 200) not a device
     if flows and "outbound" in supported:
         out += [("require", "outbound"), ("flow-timer", str(policy.flow_timer))]
     return out
