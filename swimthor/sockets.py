@@ -15,6 +15,7 @@ import os
 import socket as stdsocket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import structlog
 import trio
@@ -30,6 +31,7 @@ __all__ = [
     "BoundSockets",
     "FrontEndServer",
     "bind_front_end",
+    "bind_listener",
     "bind_sockets",
     "family_of",
     "is_ip",
@@ -112,6 +114,9 @@ def reason(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
+_Bound = TypeVar("_Bound")
+
+
 @dataclass(slots=True)
 class BoundSockets:
     """A UDP socket and a TCP listening socket bound to one host:port (non-blocking)."""
@@ -125,10 +130,9 @@ class BoundSockets:
         self.tcp.close()
 
 
-def _bind_one(host: str, port: int, backlog: int) -> BoundSockets:
+def _listen(host: str, port: int, backlog: int) -> stdsocket.socket:
     family = family_of(host)
     tcp = stdsocket.socket(family, stdsocket.SOCK_STREAM)
-    udp: stdsocket.socket | None = None
     try:
         tcp.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_REUSEADDR, 1)
         if family == stdsocket.AF_INET6:
@@ -136,6 +140,17 @@ def _bind_one(host: str, port: int, backlog: int) -> BoundSockets:
         tcp.bind((host, port))
         tcp.listen(backlog)
         tcp.setblocking(False)
+    except BaseException:
+        tcp.close()
+        raise
+    return tcp
+
+
+def _bind_one(host: str, port: int, backlog: int) -> BoundSockets:
+    family = family_of(host)
+    tcp = _listen(host, port, backlog)
+    udp: stdsocket.socket | None = None
+    try:
         port = tcp.getsockname()[1]
         udp = stdsocket.socket(family, stdsocket.SOCK_DGRAM)
         if family == stdsocket.AF_INET6:
@@ -157,6 +172,15 @@ def bind_sockets(bind: Addr, backlog: int = 128) -> BoundSockets:
     `host` is an IP address, or a name resolved once here (its first address). Raises
     BindError with a one-line message.
     """
+    return _bind(bind, lambda host, port: _bind_one(host, port, backlog))
+
+
+def bind_listener(bind: Addr, backlog: int = 128) -> stdsocket.socket:
+    """Bind a TCP listener alone (SIP over TLS or WebSocket), as `bind_sockets` does."""
+    return _bind(bind, lambda host, port: _listen(host, port, backlog))
+
+
+def _bind(bind: Addr, one: Callable[[str, int], _Bound]) -> _Bound:
     host, port = bind
     where = format_hostport(bind)
     if not is_ip(host):
@@ -168,7 +192,7 @@ def bind_sockets(bind: Addr, backlog: int = 128) -> BoundSockets:
     attempts = BIND_ATTEMPTS if port == 0 else 1
     for attempt in range(attempts):
         try:
-            return _bind_one(host, port, backlog)
+            return one(host, port)
         except OSError as e:
             if e.errno == errno.EADDRINUSE:
                 if attempt + 1 < attempts:

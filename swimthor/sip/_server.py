@@ -20,6 +20,7 @@ import functools
 import itertools
 import math
 import socket as stdsocket
+import ssl
 import struct
 import time
 from collections.abc import Awaitable, Callable
@@ -35,15 +36,23 @@ from ..sockets import (
     SO_TIMESTAMP,
     TRANSIENT_RECV_ERRNOS,
     FrontEndServer,
+    bind_listener,
     is_ip,
     serve_listener,
 )
 from ._actions import Send, Source
 from ._message import MAX_MESSAGE_SIZE
 from ._proxy import Action, FetchCredentials, Proxy, Replicate
+from ._streams import (
+    STREAM_TRANSPORTS,
+    BadStream,
+    StreamFramer,
+    WsFramer,
+    client_tls_context,
+)
 from ._stun import is_stun, stun_binding_response
 
-__all__ = ["SipServer", "SipTransportConfig"]
+__all__ = ["SipServer", "SipTransportConfig", "StreamListen"]
 
 log = structlog.get_logger("swimthor.sip")
 
@@ -68,6 +77,9 @@ class SipTransportConfig:
     max_connections: int = 1024
     tcp_idle: float = 300.0  # seconds without a byte before a TCP connection is closed
     tcp_message_time: float = 10.0  # seconds to finish a message once it has started
+    # Seconds a new TLS or WebSocket connection has to finish its handshake (TLS, then the
+    # HTTP upgrade): a client that opens connections and stalls is cut off by then.
+    handshake_time: float = 5.0
     connect_timeout: float = 2.0
     max_pending_replications: int = 20_000
     max_pending_fetches: int = 1_000
@@ -82,13 +94,32 @@ ReplicateFn = Callable[[list[Any], list[str]], Awaitable[set[str]]]
 FetchFn = Callable[[str, list[str]], Awaitable[Any]]
 
 
-class _Conn:
-    __slots__ = ("id", "peer", "send_lock", "stream")
+@dataclass(frozen=True, slots=True)
+class StreamListen:
+    """A listener for one more stream transport: "tls", "ws" or "wss" (TLS and WSS with
+    `ssl`, the server context) on `bind`; the "tcp" one shares the UDP port."""
 
-    def __init__(self, cid: int, stream: trio.SocketStream, peer: tuple[str, int]) -> None:
+    transport: str
+    bind: tuple[str, int]
+    ssl: ssl.SSLContext | None = None
+
+
+class _Conn:
+    __slots__ = ("framer", "id", "peer", "send_lock", "stream", "transport")
+
+    def __init__(
+        self,
+        cid: int,
+        stream: trio.abc.Stream,
+        peer: tuple[str, int],
+        transport: str,
+        framer: StreamFramer | WsFramer,
+    ) -> None:
         self.id = cid
         self.stream = stream
         self.peer = peer
+        self.transport = transport
+        self.framer = framer
         self.send_lock = trio.Lock()
 
 
@@ -106,8 +137,18 @@ class SipServer(FrontEndServer):
         config: SipTransportConfig | None = None,
         clock: Callable[[], float] = time.time,
         limiter: SourceLimiter | None = None,
+        streams: tuple[StreamListen, ...] = (),
+        tls_ca: str | None = None,
     ) -> None:
         super().__init__(bind, limiter)
+        # More stream listeners (TLS, WebSocket), each bound by open(): transport -> address.
+        self.streams = streams
+        self.stream_bound: dict[str, tuple[str, int]] = {}
+        self._stream_socks: dict[str, stdsocket.socket] = {}
+        # What the TLS connections we open check the peer's certificate against.
+        self.tls_ca = tls_ca
+        self._client_ctx: ssl.SSLContext | None = None
+        self._handshaking = 0  # connections accepted whose TLS or upgrade is not done yet
         self.proxy = proxy
         self.config = config or SipTransportConfig()
         self.replicate = replicate
@@ -131,13 +172,32 @@ class SipServer(FrontEndServer):
         self.stats: dict[str, int] = {
             "udp_received": 0,
             "udp_sent": 0,
-            "tcp_received": 0,
-            "tcp_sent": 0,
-            "tcp_accepted": 0,
-            "tcp_refused": 0,
-            "tcp_closed_idle": 0,
-            "tcp_closed_slow": 0,
-            "tcp_bad_frames": 0,
+            # Per stream transport (tcp, tls, ws, wss): messages in and out, connections
+            # accepted and refused (max_connections), closed idle, closed in the middle of a
+            # message (slowloris), closed for bad framing, CRLF pings answered.
+            **{
+                f"{t}_{what}": 0
+                for t in STREAM_TRANSPORTS
+                for what in (
+                    "received",
+                    "sent",
+                    "accepted",
+                    "refused",
+                    "closed_idle",
+                    "closed_slow",
+                    "bad_frames",
+                    "pongs",
+                )
+            },
+            # TLS and WebSocket handshakes: failed TLS (garbage, bad certificates), too slow
+            # (handshake_time), upgrades refused (no "sip" subprotocol, not an upgrade), and
+            # WebSocket connections closed for a frame that broke RFC 6455 or was too big.
+            "tls_handshake_failed": 0,
+            "tls_closed_slow_handshake": 0,
+            "ws_closed_slow_handshake": 0,
+            "wss_closed_slow_handshake": 0,
+            "ws_rejected": 0,
+            "ws_closed_by_frame": 0,
             "send_errors": 0,
             "handler_errors": 0,
             "replications": 0,
@@ -151,7 +211,6 @@ class SipServer(FrontEndServer):
             # binding request), CRLF pings answered with a pong on TCP.
             "stun_bindings": 0,
             "stun_dropped": 0,
-            "tcp_pongs": 0,
             "rate_limited": 0,
             "credential_fetches": 0,
             "credential_fetch_failures": 0,
@@ -164,7 +223,33 @@ class SipServer(FrontEndServer):
 
     # ------------------------------------------------------------ lifecycle
 
+    def open(self) -> tuple[str, int]:
+        """Bind UDP and TCP (as every front-end), then each stream listener (TLS, WebSocket)
+        in `stream_bound`; BindError naming the one that failed."""
+        bound = super().open()
+        try:
+            for spec in self.streams:
+                if spec.transport not in self._stream_socks:
+                    sock = bind_listener(spec.bind, self.backlog)
+                    self._stream_socks[spec.transport] = sock
+                    name = sock.getsockname()
+                    self.stream_bound[spec.transport] = (spec.bind[0], name[1])
+        except BaseException:
+            self.close()
+            raise
+        return bound
+
+    def close(self) -> None:
+        super().close()
+        for sock in self._stream_socks.values():
+            sock.close()
+        self._stream_socks.clear()
+
     def _serving(self, nursery: trio.Nursery, udp: stdsocket.socket) -> None:
+        for spec in self.streams:
+            sock = self._stream_socks[spec.transport]
+            listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+            nursery.start_soon(self._accept_stream, listener, spec)
         self._nursery = nursery
         self._udp_std = udp
         self._udp = trio.socket.from_stdlib_socket(udp)
@@ -421,9 +506,9 @@ class SipServer(FrontEndServer):
             if self._nursery is not None:
                 self._nursery.start_soon(self._resolve_and_send, send)
             return
-        if send.transport == "tcp":
+        if send.transport != "udp":
             if self._nursery is not None:
-                self._nursery.start_soon(self._send_tcp, send)
+                self._nursery.start_soon(self._send_stream, send)
             return
         udp = self._udp
         if udp is None or self._udp_std is None:
@@ -543,25 +628,85 @@ class SipServer(FrontEndServer):
         if ok and action.received:
             self.latency_register.observe(time.perf_counter() - action.received)
 
-    # ------------------------------------------------------------ TCP
+    # ------------------------------------------------------------ streams: TCP, TLS, WebSocket
 
     async def _accept_loop(self, listener: trio.SocketListener) -> None:
+        await self._accept_stream(listener, StreamListen("tcp", self.bind))
+
+    async def _accept_stream(self, listener: trio.SocketListener, spec: StreamListen) -> None:
+        stats = self.stats
+        transport = spec.transport
+
         def admit(stream: trio.SocketStream) -> Callable[[], Awaitable[None]] | None:
-            if len(self._conns) >= self.config.max_connections:
-                self.stats["tcp_refused"] += 1
+            if len(self._conns) + self._handshaking >= self.config.max_connections:
+                stats[f"{transport}_refused"] += 1
                 return None
             try:
                 peer = stream.socket.getpeername()
             except OSError:
                 return None
-            self.stats["tcp_accepted"] += 1
-            conn = self._register(stream, (peer[0], peer[1]))
-            return functools.partial(self._read_conn, conn)
+            stats[f"{transport}_accepted"] += 1
+            if spec.ssl is None and transport == "tcp":
+                conn = self._register(stream, (peer[0], peer[1]), transport, StreamFramer())
+                return functools.partial(self._read_conn, conn)
+            self._handshaking += 1
+            return functools.partial(self._handshake, stream, (peer[0], peer[1]), spec)
 
-        await serve_listener(listener, admit, what="sip")
+        await serve_listener(listener, admit, what=f"sip {transport}")
 
-    def _register(self, stream: trio.SocketStream, peer: tuple[str, int]) -> _Conn:
-        conn = _Conn(next(self._ids), stream, peer)
+    async def _handshake(
+        self, raw: trio.SocketStream, peer: tuple[str, int], spec: StreamListen
+    ) -> None:
+        """TLS, then for WebSocket the HTTP upgrade, each bounded in time (a client that
+        opens connections and says nothing holds one of max_connections that long); then the
+        connection is read like any other."""
+        stats = self.stats
+        transport = spec.transport
+        stream: trio.abc.Stream = raw
+        framer: StreamFramer | WsFramer = StreamFramer()
+        conn: _Conn | None = None
+        try:
+            with trio.move_on_after(self.config.handshake_time) as scope:
+                if spec.ssl is not None:
+                    ssl_stream = trio.SSLStream(raw, spec.ssl, server_side=True)
+                    stream = ssl_stream
+                    try:
+                        await ssl_stream.do_handshake()
+                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                        stats["tls_handshake_failed"] += 1
+                        return
+                if transport in ("ws", "wss"):
+                    framer = WsFramer()
+                    while not framer.open:
+                        chunk = await stream.receive_some(RECV_SIZE)
+                        if not chunk:
+                            return
+                        _, reply = framer.feed(chunk)
+                        if reply:
+                            await stream.send_all(reply)
+                        if framer.closed:
+                            stats["ws_rejected"] += 1
+                            return
+            if scope.cancelled_caught:
+                stats[f"{transport}_closed_slow_handshake"] += 1
+                return
+            conn = self._register(stream, peer, transport, framer)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            return
+        finally:
+            self._handshaking -= 1
+            if conn is None:
+                await trio.aclose_forcefully(stream)
+        await self._read_conn(conn)
+
+    def _register(
+        self,
+        stream: trio.abc.Stream,
+        peer: tuple[str, int],
+        transport: str,
+        framer: StreamFramer | WsFramer,
+    ) -> _Conn:
+        conn = _Conn(next(self._ids), stream, peer, transport, framer)
         self._conns[conn.id] = conn
         self._by_peer[peer] = conn.id
         return conn
@@ -572,9 +717,11 @@ class SipServer(FrontEndServer):
             del self._by_peer[conn.peer]
 
     async def _read_conn(self, conn: _Conn) -> None:
-        buf = bytearray()
         started: float | None = None
         cfg = self.config
+        stats = self.stats
+        transport = conn.transport
+        framer = conn.framer
         try:
             while True:
                 deadline = trio.current_time() + cfg.tcp_idle
@@ -586,32 +733,32 @@ class SipServer(FrontEndServer):
                         return
                     if started is None:
                         started = trio.current_time()
-                    buf += chunk
-                    took = False
-                    while True:
-                        if buf[:4] == b"\r\n\r\n":
-                            await self._pong(conn, buf)
-                        framed = _take_message(buf)
-                        if framed is None:
-                            break
-                        if framed is _BAD:
-                            self.stats["tcp_bad_frames"] += 1
-                            return
-                        assert isinstance(framed, bytes)
-                        self.stats["tcp_received"] += 1
-                        took = True
-                        await self._handle_tcp(framed, conn)
-                    if not buf.strip(b"\r\n"):
-                        buf.clear()
+                    try:
+                        messages, reply = framer.feed(chunk)
+                    except BadStream:
+                        stats[f"{transport}_bad_frames"] += 1
+                        return
+                    if reply:
+                        if isinstance(framer, StreamFramer):
+                            stats[f"{transport}_pongs"] += 1
+                        async with conn.send_lock:
+                            await conn.stream.send_all(reply)
+                    for message in messages:
+                        stats[f"{transport}_received"] += 1
+                        await self._handle_stream(message, conn)
+                    if isinstance(framer, WsFramer) and framer.closed:
+                        stats["ws_closed_by_frame"] += 1
+                        return
+                    if not framer.partial:
                         started = None
-                    elif took:
+                    elif messages:
                         started = trio.current_time()  # the next message started now
                     continue
                 # The deadline passed.
                 if started is not None:
-                    self.stats["tcp_closed_slow"] += 1
+                    stats[f"{transport}_closed_slow"] += 1
                 else:
-                    self.stats["tcp_closed_idle"] += 1
+                    stats[f"{transport}_closed_idle"] += 1
                 return
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             return
@@ -619,23 +766,17 @@ class SipServer(FrontEndServer):
             self._unregister(conn)
             await trio.aclose_forcefully(conn.stream)
 
-    async def _pong(self, conn: _Conn, buf: bytearray) -> None:
-        """RFC 5626 §4.4.1: a double CRLF between messages is a ping; answer one CRLF (one
-        pong however many pings came together)."""
-        while buf[:4] == b"\r\n\r\n":
-            del buf[:4]
-        self.stats["tcp_pongs"] += 1
-        async with conn.send_lock:
-            await conn.stream.send_all(b"\r\n")
-
-    async def _handle_tcp(self, data: bytes, conn: _Conn) -> None:
+    async def _handle_stream(self, data: bytes, conn: _Conn) -> None:
         now = self._clock()
         if self.limiter.enabled and not self.limiter.allow(conn.peer[0], now):
             self.stats["rate_limited"] += 1
             return
         try:
             actions = self.proxy.handle(
-                data, Source("tcp", conn.peer[0], conn.peer[1], conn.id), now, trio.current_time()
+                data,
+                Source(conn.transport, conn.peer[0], conn.peer[1], conn.id),
+                now,
+                trio.current_time(),
             )
         except Exception:
             self.stats["handler_errors"] += 1
@@ -647,79 +788,51 @@ class SipServer(FrontEndServer):
         """Whether the stream connection of that id is still open (a phone's flow)."""
         return conn_id in self._conns
 
-    async def _send_tcp(self, send: Send) -> None:
+    def connections(self) -> dict[str, int]:
+        """Open stream connections by transport (each a phone's flow or a node's link)."""
+        out = dict.fromkeys(STREAM_TRANSPORTS, 0)
+        for conn in self._conns.values():
+            out[conn.transport] += 1
+        return out
+
+    async def _send_stream(self, send: Send) -> None:
         conn = self._conns.get(send.conn) if send.conn is not None else None
         if conn is None:
             cid = self._by_peer.get((send.host, send.port))
             conn = self._conns.get(cid) if cid is not None else None
         if conn is None:
-            if send.conn is not None:
-                # A reply whose connection is gone: §18.2.2 says open one to the sent-by;
-                # Via's response target is what the caller already put in host/port.
-                pass
-            if len(self._conns) >= self.config.max_connections:
+            # A reply whose connection is gone (§18.2.2: open one to the sent-by, which the
+            # caller put in host/port), or a request to a target with no open connection.
+            if send.transport not in ("tcp", "tls"):
+                # WebSocket clients are never connected to: their flow is all there is.
+                self._transport_error(send)
+                return
+            if len(self._conns) + self._handshaking >= self.config.max_connections:
                 self._transport_error(send)
                 return
             try:
                 with trio.fail_after(self.config.connect_timeout):
-                    stream = await trio.open_tcp_stream(send.host, send.port)
-            except (OSError, trio.TooSlowError):
+                    stream: trio.abc.Stream = await trio.open_tcp_stream(send.host, send.port)
+                    if send.transport == "tls":
+                        ssl_stream = trio.SSLStream(
+                            stream, self._client_tls(), server_hostname=send.host
+                        )
+                        stream = ssl_stream
+                        await ssl_stream.do_handshake()
+            except (OSError, trio.TooSlowError, trio.BrokenResourceError):
                 self._transport_error(send)
                 return
-            conn = self._register(stream, (send.host, send.port))
+            conn = self._register(stream, (send.host, send.port), send.transport, StreamFramer())
             if self._nursery is not None:
                 self._nursery.start_soon(self._read_conn, conn)
         try:
             async with conn.send_lock:
-                await conn.stream.send_all(send.data)
-            self.stats["tcp_sent"] += 1
+                await conn.stream.send_all(conn.framer.frame(send.data))
+            self.stats[f"{conn.transport}_sent"] += 1
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             self._transport_error(send)
 
-
-_BAD = object()
-
-
-def _take_message(buf: bytearray) -> bytes | object | None:
-    """Cut one whole message off the front of `buf`: bytes, None (need more) or _BAD."""
-    # Leading CRLFs are keep-alives (RFC 5626 §3.5.1); drop them.
-    start = 0
-    while buf[start : start + 2] == b"\r\n":
-        start += 2
-    if start:
-        del buf[:start]
-    end = buf.find(b"\r\n\r\n")
-    if end < 0:
-        if len(buf) > MAX_MESSAGE_SIZE:
-            return _BAD
-        return None
-    head = bytes(buf[:end])
-    length: int | None = None
-    for line in head.split(b"\r\n")[1:]:
-        if line[:1] in (b" ", b"\t"):
-            continue  # a folded continuation of the line before: never a header of its own
-        name, sep, value = line.partition(b":")
-        if not sep:
-            continue
-        key = name.rstrip(b" \t").lower()
-        if key in (b"content-length", b"l"):
-            value = value.strip(b" \t")
-            if length is not None or not value.isdigit() or len(value) > 6:
-                # A second length, or one that is not 1*DIGIT: no way to know where this
-                # message ends, so nothing after it on this connection can be trusted.
-                return _BAD
-            length = int(value)
-        elif key.strip().lower() in (b"content-length", b"l"):
-            return _BAD  # a length header under odd whitespace (VT, FF ...): refuse to guess
-    if length is None:
-        # RFC 3261 §18.3: Content-Length is mandatory on streams. Pass the message on so the
-        # parser answers it (400); what follows is framed from after its blank line.
-        length = 0
-    if length < 0 or end + 4 + length > MAX_MESSAGE_SIZE:
-        return _BAD
-    total = end + 4 + length
-    if len(buf) < total:
-        return None
-    message = bytes(buf[:total])
-    del buf[:total]
-    return message
+    def _client_tls(self) -> ssl.SSLContext:
+        if self._client_ctx is None:
+            self._client_ctx = client_tls_context(self.tls_ca)
+        return self._client_ctx

@@ -1,0 +1,251 @@
+"""Framing of the SIP stream transports, sans-IO: bytes in, SIP messages and bytes to send out.
+
+- TCP and TLS (RFC 3261 §18.3): messages framed by Content-Length, a double CRLF between them
+  a keepalive ping answered with one CRLF (RFC 5626 §4.4.1).
+- WebSocket (RFC 7118, on RFC 6455 as `wsproto` frames it): the HTTP upgrade must offer the
+  subprotocol ``sip``; each WebSocket message is one SIP message, text (UTF-8) or binary; pings
+  are answered, a close is echoed; a frame that breaks RFC 6455 (a client frame not masked, a
+  bad opcode, invalid UTF-8 in a text frame) or a message over the size bound closes the
+  connection with the status RFC 6455 gives for it.
+
+The TLS contexts of the server and of the connections we open are made here too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+from dataclasses import dataclass
+
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Ping,
+    RejectConnection,
+    Request,
+    TextMessage,
+)
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError
+
+from ._message import MAX_MESSAGE_SIZE
+
+__all__ = [
+    "STREAM_TRANSPORTS",
+    "TLS_VERIFY",
+    "StreamFramer",
+    "WsFramer",
+    "client_tls_context",
+    "server_tls_context",
+]
+
+# The connection-oriented transports, by their lower-case names (a Via says them in capitals).
+STREAM_TRANSPORTS = frozenset(("tcp", "tls", "ws", "wss"))
+TLS_VERIFY = ("none", "optional", "required")
+WS_SUBPROTOCOL = "sip"  # RFC 7118 §4.1
+_CLOSE_TOO_BIG = 1009  # RFC 6455 §7.4.1
+
+
+class BadStream(Exception):
+    """What came on the connection cannot be framed: close it."""
+
+
+class StreamFramer:
+    """TCP and TLS: messages framed by Content-Length, CRLF keepalives."""
+
+    __slots__ = ("buf", "partial")
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.partial = False  # a message has begun and is not complete yet
+
+    def feed(self, chunk: bytes | bytearray) -> tuple[list[bytes], bytes]:
+        """The whole messages `chunk` completes, and what to answer now (a pong). BadStream
+        when the framing cannot be trusted any more."""
+        buf = self.buf
+        buf += chunk
+        out: list[bytes] = []
+        reply = b""
+        while True:
+            if buf[:4] == b"\r\n\r\n":
+                # RFC 5626 §4.4.1: a double CRLF between messages is a ping; answer one CRLF
+                # (one pong however many pings came together).
+                while buf[:4] == b"\r\n\r\n":
+                    del buf[:4]
+                reply = b"\r\n"
+            framed = take_message(buf)
+            if framed is None:
+                break
+            if framed is _BAD:
+                raise BadStream("bad framing")
+            assert isinstance(framed, bytes)
+            out.append(framed)
+        if not buf.strip(b"\r\n"):
+            buf.clear()
+        self.partial = bool(buf)
+        return out, reply
+
+    def frame(self, data: bytes) -> bytes:
+        return data
+
+
+class WsFramer:
+    """One WebSocket connection, server side (RFC 7118): the upgrade, then SIP messages."""
+
+    __slots__ = ("_parts", "_size", "closed", "open", "partial", "rejected", "ws")
+
+    def __init__(self) -> None:
+        self.ws = WSConnection(ConnectionType.SERVER)
+        self.open = False  # the upgrade was accepted
+        self.closed = False  # nothing more will be read: close the connection
+        self.rejected = False  # the upgrade was refused (no "sip" subprotocol, not GET ...)
+        self.partial = False
+        self._parts: list[bytes | bytearray | str] = []
+        self._size = 0
+
+    def feed(self, chunk: bytes | bytearray) -> tuple[list[bytes], bytes]:
+        """The SIP messages `chunk` completes and the bytes to send back (the upgrade's
+        answer, pongs, a close). After a close (`closed`), send what is returned and close."""
+        out: list[bytes] = []
+        reply = bytearray()
+        try:
+            self.ws.receive_data(bytes(chunk))
+            for event in self.ws.events():
+                if isinstance(event, Request):
+                    offered = [p.strip().lower() for p in event.subprotocols]
+                    if WS_SUBPROTOCOL in offered:
+                        reply += self.ws.send(AcceptConnection(subprotocol=WS_SUBPROTOCOL))
+                        self.open = True
+                    else:
+                        reply += self.ws.send(
+                            RejectConnection(
+                                status_code=400,
+                                headers=[(b"content-length", b"0")],
+                                has_body=False,
+                            )
+                        )
+                        self.rejected = self.closed = True
+                        break
+                elif isinstance(event, TextMessage | BytesMessage):
+                    self._size += len(event.data)
+                    if self._size > MAX_MESSAGE_SIZE:
+                        reply += self.ws.send(
+                            CloseConnection(code=_CLOSE_TOO_BIG, reason="message too big")
+                        )
+                        self.closed = True
+                        break
+                    self._parts.append(event.data)
+                    if event.message_finished:
+                        out.append(self._message())
+                elif isinstance(event, Ping):
+                    reply += self.ws.send(event.response())
+                elif isinstance(event, CloseConnection):
+                    # The peer's close, or wsproto's for a frame that broke RFC 6455.
+                    with contextlib.suppress(LocalProtocolError):  # cannot echo: just close
+                        reply += self.ws.send(event.response())
+                    self.closed = True
+                    break
+        except RemoteProtocolError as e:
+            # A broken HTTP upgrade: wsproto has the answer (400) ready in some cases.
+            if e.event_hint is not None:
+                with contextlib.suppress(LocalProtocolError):
+                    reply += self.ws.send(e.event_hint)
+            self.rejected = self.closed = True
+        self.partial = bool(self._parts)
+        return out, bytes(reply)
+
+    def _message(self) -> bytes:
+        parts, self._parts, self._size = self._parts, [], 0
+        return b"".join(p.encode("utf-8") if isinstance(p, str) else p for p in parts)
+
+    def frame(self, data: bytes) -> bytes:
+        """One SIP message as one WebSocket message: text when it is UTF-8 (RFC 7118 §5.1:
+        what browsers' SIP stacks expect), else binary."""
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            return self.ws.send(BytesMessage(data=data))
+        return self.ws.send(TextMessage(data=text))
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    cert: str
+    key: str
+    ca: str | None = None
+    verify_client: str = "none"  # TLS_VERIFY
+
+
+def server_tls_context(files: TlsFiles) -> ssl.SSLContext:
+    """The server side: our certificate chain, TLS 1.2 at least, and client certificates
+    asked for (`optional`: checked when sent) or demanded (`required`) against `ca`. An
+    unreadable or mismatched file is an OSError or ssl.SSLError naming it."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(files.cert, files.key)
+    if files.verify_client != "none":
+        if files.ca:
+            ctx.load_verify_locations(files.ca)
+        else:
+            ctx.load_default_certs(ssl.Purpose.CLIENT_AUTH)
+        ctx.verify_mode = (
+            ssl.CERT_REQUIRED if files.verify_client == "required" else ssl.CERT_OPTIONAL
+        )
+    return ctx
+
+
+def client_tls_context(ca: str | None = None) -> ssl.SSLContext:
+    """For TLS connections we open (a `sips:` or `transport=tls` target with no flow): the
+    peer's certificate checked against `ca`, else the system's roots, and its name."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
+_BAD = object()
+
+
+def take_message(buf: bytearray) -> bytes | object | None:
+    """Cut one whole message off the front of `buf`: bytes, None (need more) or _BAD."""
+    # Leading CRLFs are keep-alives (RFC 5626 §3.5.1); drop them.
+    start = 0
+    while buf[start : start + 2] == b"\r\n":
+        start += 2
+    if start:
+        del buf[:start]
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        if len(buf) > MAX_MESSAGE_SIZE:
+            return _BAD
+        return None
+    head = bytes(buf[:end])
+    length: int | None = None
+    for line in head.split(b"\r\n")[1:]:
+        if line[:1] in (b" ", b"\t"):
+            continue  # a folded continuation of the line before: never a header of its own
+        name, sep, value = line.partition(b":")
+        if not sep:
+            continue
+        key = name.rstrip(b" \t").lower()
+        if key in (b"content-length", b"l"):
+            value = value.strip(b" \t")
+            if length is not None or not value.isdigit() or len(value) > 6:
+                # A second length, or one that is not 1*DIGIT: no way to know where this
+                # message ends, so nothing after it on this connection can be trusted.
+                return _BAD
+            length = int(value)
+        elif key.strip().lower() in (b"content-length", b"l"):
+            return _BAD  # a length header under odd whitespace (VT, FF ...): refuse to guess
+    if length is None:
+        # RFC 3261 §18.3: Content-Length is mandatory on streams. Pass the message on so the
+        # parser answers it (400); what follows is framed from after its blank line.
+        length = 0
+    if length < 0 or end + 4 + length > MAX_MESSAGE_SIZE:
+        return _BAD
+    total = end + 4 + length
+    if len(buf) < total:
+        return None
+    message = bytes(buf[:total])
+    del buf[:total]
+    return message
