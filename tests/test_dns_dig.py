@@ -1,5 +1,6 @@
 """The DNS front-end against a real client: `dig` (Debian bind9-dnsutils) asking a live
-three-node cluster of real agent processes, before and after one is killed -9."""
+three-node cluster of real agent processes, before and after one is killed -9; and the TLS and
+WebSocket records a member's tags give."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from pathlib import Path
 
 import pytest
 from sip_agents import DOMAIN, Node, cluster_of, wait_until
+
+from swimthor.dns._service import SIPS_TAG, WSS_TAG
 
 pytestmark = pytest.mark.skipif(
     shutil.which("dig") is None, reason="dig is not installed (apt-get install bind9-dnsutils)"
@@ -128,3 +131,29 @@ def test_dig_over_tcp_with_pipelined_keepalive_and_case_echo(tmp_path: Path) -> 
         mixed = dig_full(n0, "_SIP._Udp.Example.COM", "SRV")
         assert "_SIP._Udp.Example.COM.\t\tIN\tSRV" in mixed
         assert "status: NOERROR" in mixed and "ANSWER: 1" in mixed
+
+
+def test_dig_follows_naptr_to_tls_and_secure_websocket_srv_from_member_tags(
+    tmp_path: Path,
+) -> None:
+    # The member announces TLS and secure WebSocket (the agent's own tags, given here as
+    # --tag: DNS reads them, nothing listens there) but no plain WebSocket.
+    extra = ["--tag", f"{SIPS_TAG}=127.0.0.1:15061", "--tag", f"{WSS_TAG}=127.0.0.1:15443"]
+    with cluster_of(tmp_path, 1, dns=True, extra=extra) as nodes:
+        n0 = nodes["n0"]
+        target = f"n0.node.{DOMAIN}."
+        naptr = dig(n0, DOMAIN, "NAPTR")
+        assert sorted(naptr) == [
+            f'10 10 "s" "SIP+D2U" "" _sip._udp.{DOMAIN}.',
+            f'10 20 "s" "SIP+D2T" "" _sip._tcp.{DOMAIN}.',
+            f'10 30 "s" "SIPS+D2T" "" _sips._tcp.{DOMAIN}.',
+            f'10 50 "s" "SIPS+D2W" "" _sips._ws.{DOMAIN}.',
+        ]
+        assert dig(n0, f"_sips._tcp.{DOMAIN}", "SRV") == [f"10 100 15061 {target}"]
+        assert dig(n0, f"_sips._ws.{DOMAIN}", "SRV", "+tcp") == [f"10 100 15443 {target}"]
+        assert dig(n0, target, "A") == ["127.0.0.1"]
+        # No member offers plain WebSocket: the name exists without records.
+        nodata = dig_full(n0, f"_sip._ws.{DOMAIN}", "SRV")
+        assert "status: NOERROR" in nodata and "ANSWER: 0" in nodata
+        # Per user: the AOR's owner, at its TLS port.
+        assert dig(n0, f"_sips._tcp.alice.{DOMAIN}.aor.{DOMAIN}", "SRV") == [f"10 0 15061 {target}"]

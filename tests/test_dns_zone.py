@@ -8,6 +8,9 @@ import pytest
 from dnslib import QTYPE, RCODE, DNSRecord
 
 from swimthor.dns import MAX_UDP, Node, Zone, user_label
+from swimthor.dns._service import SIPS_TAG, WS_TAG, WSS_TAG, _node
+from swimthor.membership import State
+from swimthor.membership._member import Member
 from swimthor.routing import RoutingTable
 
 ZONE = "example.com"
@@ -155,8 +158,10 @@ def test_unknown_name_is_nxdomain_with_soa_and_empty_non_terminals_are_nodata() 
     assert nx.header.rcode == RCODE.NXDOMAIN and nx.header.aa == 1
     assert [QTYPE[rr.rtype] for rr in nx.auth] == ["SOA"]
     assert ask(zone, "n9.node.example.com", "A").header.rcode == RCODE.NXDOMAIN
-    assert ask(zone, "_sips._tcp.example.com", "SRV").header.rcode == RCODE.NXDOMAIN
-    for ent in ("node.example.com", "_udp.example.com", "_tcp.example.com", "aor.example.com"):
+    assert ask(zone, "_sip._sctp.example.com", "SRV").header.rcode == RCODE.NXDOMAIN
+    assert ask(zone, "_sips._udp.example.com", "SRV").header.rcode == RCODE.NXDOMAIN
+    ents = ("node", "_udp", "_tcp", "_ws", "aor")
+    for ent in (f"{label}.example.com" for label in ents):
         r = ask(zone, ent, "A")
         assert r.header.rcode == RCODE.NOERROR and not r.rr and r.auth, ent
 
@@ -242,9 +247,6 @@ def test_user_labels_with_capitals_and_dots_round_trip() -> None:
 
 
 def test_per_user_names_agree_with_the_routing_table() -> None:
-    from swimthor.membership import State
-    from swimthor.membership._member import Member
-
     routing = RoutingTable()
     members = [
         Member(f"n{i}", ("127.0.0.1", 7000 + i), "dc1", ("sip",), 1.0, {}, 1, State.ALIVE, 0.0)
@@ -430,3 +432,219 @@ def test_cached_answers_patch_id_and_rd_per_query() -> None:
     b = ask(zone, "_sip._udp.example.com", "SRV", rd=False)
     assert a.header.rd == 1 and b.header.rd == 0
     assert zone.stats["built"] == 1
+
+
+# ---------------------------------------------------------------- TLS and WebSocket
+
+
+def edge_nodes() -> list[Node]:
+    """n1 offers TLS; n2 TLS, WebSocket and secure WebSocket; n3 UDP/TCP only; n4 is suspected
+    and offers secure WebSocket; n5 offers only TLS (no UDP/TCP port)."""
+    return [
+        Node("n1", "10.0.0.1", "dc1", 1.0, False, 5060, True, tls_port=5061),
+        Node("n2", "10.0.0.2", "dc2", 2.0, False, 5062, True, 5063, 8080, 8443),
+        Node("n3", "fd00::3", "dc1", 1.0, False, 5064, False),
+        Node("n4", "10.0.0.4", "dc1", 1.0, True, 5065, False, wss_port=443),
+        Node("n5", "10.0.0.5", "dc1", 0.0, False, None, False, tls_port=5071),
+    ]
+
+
+def srv_set(r: DNSRecord) -> list[tuple[int, int, int, str]]:
+    return sorted(
+        (rr.rdata.priority, rr.rdata.weight, rr.rdata.port, str(rr.rdata.target)) for rr in r.rr
+    )
+
+
+def test_naptr_lists_tls_and_websocket_after_udp_and_tcp_only_when_offered() -> None:
+    zone = make_zone()
+    zone.update(edge_nodes())
+    r = ask(zone, "example.com", "NAPTR", tcp=True)
+    naptr = sorted(
+        (rr.rdata.order, rr.rdata.preference, rr.rdata.service, str(rr.rdata.replacement))
+        for rr in r.rr
+    )
+    assert naptr == [
+        (10, 10, b"SIP+D2U", "_sip._udp.example.com."),
+        (10, 20, b"SIP+D2T", "_sip._tcp.example.com."),
+        (10, 30, b"SIPS+D2T", "_sips._tcp.example.com."),
+        (10, 40, b"SIP+D2W", "_sip._ws.example.com."),
+        (10, 50, b"SIPS+D2W", "_sips._ws.example.com."),
+    ]
+    assert all(rr.rdata.flags == b"s" and rr.rdata.regexp == b"" for rr in r.rr)
+    # Every SRV set comes along: 4 + 4 (UDP, TCP) + 3 (TLS) + 1 (WS) + 2 (WSS), with glue.
+    srv = [(str(rr.rname), rr.rdata.port) for rr in r.ar if rr.rtype == QTYPE.SRV]
+    assert len(srv) == 14
+    assert sorted(port for name, port in srv if name == "_sips._tcp.example.com.") == [
+        5061,
+        5063,
+        5071,
+    ]
+    assert [port for name, port in srv if name == "_sip._ws.example.com."] == [8080]
+    assert {str(rr.rname) for rr in r.ar if rr.rtype in (QTYPE.A, QTYPE.AAAA)} == {
+        f"n{i}.node.example.com." for i in range(1, 6)
+    }
+    # A TLS-only member is one of the zone's SIP addresses.
+    assert "10.0.0.5" in rdatas(ask(zone, "example.com", "A"))
+    raw = zone.respond(bytes(DNSRecord.question("example.com", "NAPTR").pack()), tcp=True)
+    assert raw is not None and b"\x05_sips\x03_ws\x07example\x03com\x00" in raw  # uncompressed
+
+    # Only secure WebSocket left: its NAPTR stays, TLS and WS go, UDP and TCP stay.
+    zone.update([Node("n1", "10.0.0.1", sip_port=5060, wss_port=443)])
+    services = [rr.rdata.service for rr in ask(zone, "example.com", "NAPTR", edns=1232).rr]
+    assert sorted(services) == [b"SIP+D2T", b"SIP+D2U", b"SIPS+D2W"]
+
+
+def test_tls_and_websocket_srv_list_only_the_members_offering_them() -> None:
+    zone = make_zone()
+    zone.update(edge_nodes())
+    # Same priorities as _sip._udp: local dc 10, other dc 20, suspected or weight 0 last.
+    tls = ask(zone, "_sips._tcp.example.com", "SRV", edns=1232)
+    assert tls.header.aa == 1 and tls.header.rcode == RCODE.NOERROR
+    assert srv_set(tls) == [
+        (10, 100, 5061, "n1.node.example.com."),
+        (20, 200, 5063, "n2.node.example.com."),
+        (30, 0, 5071, "n5.node.example.com."),
+    ]
+    assert {str(rr.rname) for rr in tls.ar if rr.rtype == QTYPE.A} == {
+        "n1.node.example.com.",
+        "n2.node.example.com.",
+        "n5.node.example.com.",
+    }
+    assert srv_set(ask(zone, "_sip._ws.example.com", "SRV")) == [
+        (20, 200, 8080, "n2.node.example.com.")
+    ]
+    assert srv_set(ask(zone, "_sips._ws.example.com", "SRV")) == [
+        (20, 200, 8443, "n2.node.example.com."),
+        (30, 100, 443, "n4.node.example.com."),
+    ]
+    # The member without a UDP/TCP port is not in those sets.
+    udp = {str(rr.rdata.target) for rr in ask(zone, "_sip._udp.example.com", "SRV", tcp=True).rr}
+    assert udp == {f"n{i}.node.example.com." for i in range(1, 5)}
+    # Nobody offering a transport: the name exists without records (as _sip._udp does).
+    zone.update(nodes())
+    for name in ("_sips._tcp", "_sip._ws", "_sips._ws"):
+        r = ask(zone, f"{name}.example.com", "SRV")
+        assert r.header.rcode == RCODE.NOERROR and not r.rr, name
+        assert [QTYPE[rr.rtype] for rr in r.auth] == ["SOA"], name
+
+
+def test_per_user_tls_and_websocket_srv_list_the_owners_offering_them() -> None:
+    zone = Zone(ZONE, me="n1", dc="dc1", owners=lambda aor: ["n3", "n2", "n4", "n1"])
+    zone.update(edge_nodes())
+    user = "alice.example.com.aor.example.com"
+
+    def owners(prefix: str) -> list[tuple[int, str, int]]:
+        r = ask(zone, f"{prefix}.{user}", "SRV", edns=1232)
+        assert r.header.rcode == RCODE.NOERROR
+        return [(rr.rdata.priority, str(rr.rdata.target), rr.rdata.port) for rr in r.rr]
+
+    # n3 has no TLS and is left out; the others keep their rank order.
+    assert owners("_sips._tcp") == [
+        (10, "n2.node.example.com.", 5063),
+        (20, "n1.node.example.com.", 5061),
+    ]
+    assert owners("_sip._ws") == [(10, "n2.node.example.com.", 8080)]
+    # n4 is suspected: after the healthy owners, as in _sip._udp.
+    assert owners("_sips._ws") == [
+        (10, "n2.node.example.com.", 8443),
+        (20, "n4.node.example.com.", 443),
+    ]
+    assert [t for _, t, _ in owners("_sip._udp")] == [
+        "n3.node.example.com.",
+        "n2.node.example.com.",
+        "n1.node.example.com.",
+        "n4.node.example.com.",
+    ]
+    # Not a transport (SIPS over UDP): exists, as every name under aor, without records.
+    assert owners("_sips._udp") == []
+
+
+def test_a_member_host_dns_cannot_write_is_left_out_not_a_crash() -> None:
+    zone = Zone(ZONE, me="n1")
+    zone.update(
+        [
+            Node("n1", "10.0.0.1", sip_port=5060, tls_port=5061, dns=True),
+            Node("bad", "x" * 300, sip_port=5060, tls_port=5061, dns=True),
+        ]
+    )
+    for name in ("_sip._udp", "_sips._tcp"):
+        r = ask(zone, f"{name}.example.com", "SRV")
+        assert [str(rr.rdata.target) for rr in r.rr] == ["n1.node.example.com."], name
+    assert rdatas(ask(zone, "example.com", "NS")) == ["n1.node.example.com."]
+    assert ask(zone, "bad.node.example.com", "A").header.rcode == RCODE.NOERROR
+    assert zone.stats["servfail"] == 0
+
+
+def member(tags: dict[str, str], roles: tuple[str, ...] = ("sip",)) -> Member:
+    return Member("m1", ("10.9.9.9", 7946), "dc1", roles, 1.0, tags, 1, State.ALIVE, 0.0)
+
+
+def test_member_tags_give_the_node_its_tls_and_websocket_ports() -> None:
+    tags = {
+        "sip": "10.0.0.1:5060",
+        SIPS_TAG: "10.0.0.1:5071",
+        WS_TAG: "10.0.0.1:8080",
+        WSS_TAG: "10.0.0.1:8443",
+    }
+    node = _node(member(tags))
+    assert (node.host, node.sip_port, node.tls_port, node.ws_port, node.wss_port) == (
+        "10.0.0.1",
+        5060,
+        5071,
+        8080,
+        8443,
+    )
+    # No port: the transport's default (5061 for TLS, RFC 7118's 80 and 443 for WebSocket).
+    node = _node(member({"sip": "10.0.0.1", SIPS_TAG: "10.0.0.1", WSS_TAG: "10.0.0.1"}))
+    assert (node.sip_port, node.tls_port, node.ws_port, node.wss_port) == (5060, 5061, None, 443)
+    v6 = _node(member({"sip": "[fd00::1]:5060", SIPS_TAG: "[FD00:0::1]:5061"}))
+    assert (v6.host, v6.tls_port) == ("fd00::1", 5061)
+    # Only a secure WebSocket: the member is addressed by it.
+    only = _node(member({WSS_TAG: "10.0.0.7:443"}))
+    assert (only.host, only.sip_port, only.wss_port, only.offers_sip) == (
+        "10.0.0.7",
+        None,
+        443,
+        True,
+    )
+    # A member without the sip role offers none of them.
+    plain = _node(member(tags, roles=()))
+    assert (plain.sip_port, plain.tls_port, plain.ws_port, plain.wss_port) == (None,) * 4
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        "garbage:port",
+        "10.0.0.1:0",
+        "10.0.0.1:99999",
+        "10.0.0.1:-1",
+        "10.0.0.1:5061:1",
+        "[10.0.0.1:5061",
+        "not a host:5061",
+        "x" * 300 + ":5061",
+        "h\u00e9te:5061",
+        "10.0.0.2:5061",  # another host than the member's address
+        ":5061",  # no host
+    ],
+)
+def test_a_bad_transport_tag_is_ignored(value: str) -> None:
+    node = _node(member({"sip": "10.0.0.1:5060", SIPS_TAG: value, WS_TAG: value, WSS_TAG: value}))
+    assert (node.host, node.sip_port) == ("10.0.0.1", 5060)
+    assert (node.tls_port, node.ws_port, node.wss_port) == (None, None, None)
+    # And the zone built from it answers, with only UDP/TCP.
+    zone = Zone(ZONE, me="m1")
+    zone.update([node])
+    services = [rr.rdata.service for rr in ask(zone, "example.com", "NAPTR").rr]
+    assert sorted(services) == [b"SIP+D2T", b"SIP+D2U"]
+
+
+@pytest.mark.parametrize("value", ["10.0.0.1:0", "10.0.0.1:99999", "x" * 300, "a b:5060", "::"])
+def test_a_bad_sip_tag_leaves_the_member_out_of_sip(value: str) -> None:
+    node = _node(member({"sip": value, SIPS_TAG: "10.9.9.9:5061"}))
+    # The bad sip tag is ignored; the TLS tag at the gossip host still counts.
+    assert node.sip_port is None or value == "::"
+    zone = Zone(ZONE, me="m1")
+    zone.update([node])
+    assert ask(zone, "example.com", "NAPTR").header.rcode == RCODE.NOERROR

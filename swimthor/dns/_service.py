@@ -5,10 +5,19 @@ An agent with `--dns` announces its DNS address in the member tag ``dns`` (``hos
 every live member with that tag is a name server of the zone (NS). SRV and apex A/AAAA list the
 live members with the role ``sip`` and a ``sip`` tag; a member's own A/AAAA is the host of its
 ``sip`` tag, else of its ``dns`` tag, else its gossip address.
+
+A ``sip`` member also announces the other SIP transports it offers, each ``host:port`` like
+``sip``: ``sips`` (SIP over TLS, port 5061 when none is given), ``ws`` (SIP over WebSocket,
+RFC 7118, port 80) and ``wss`` (secure WebSocket, port 443). The zone publishes them under
+``_sips._tcp``, ``_sip._ws`` and ``_sips._ws``. A tag that does not parse (port 0 or above
+65535, a host that is no IP address or DNS name) is ignored, as is one whose host is not the
+member's address: the SRV target is the member's one name.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from typing import Any
 
 import structlog
@@ -21,14 +30,23 @@ from ..routing import RoutingTable
 from ._server import DnsServer, DnsTransportConfig
 from ._zone import Node, Zone
 
-__all__ = ["DNS_TAG", "DnsService"]
+__all__ = ["DNS_TAG", "SIPS_TAG", "SIP_TAG", "WSS_TAG", "WS_TAG", "DnsService"]
 
 log = structlog.get_logger("swimthor.dns")
 
 DNS_TAG = "dns"
 _RCODES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
 SIP_TAG = "sip"
+SIPS_TAG = "sips"  # SIP over TLS
+WS_TAG = "ws"  # SIP over WebSocket (RFC 7118)
+WSS_TAG = "wss"  # SIP over secure WebSocket (RFC 7118)
 SIP_ROLE = "sip"
+# The ports a tag without one means: RFC 3261 §19.1.2 (5060, and 5061 for TLS); WebSocket's
+# own (RFC 6455 §3: 80 for ws, 443 for wss).
+_DEFAULT_PORTS = {SIP_TAG: 5060, SIPS_TAG: 5061, WS_TAG: 80, WSS_TAG: 443}
+_LABEL = r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?"
+# A host name as a tag may give it: labels of letters, digits, "-" and "_", 253 octets at most.
+_HOST_NAME = re.compile(rf"(?=.{{1,253}}\.?$)({_LABEL}\.)*{_LABEL}\.?", re.IGNORECASE | re.ASCII)
 
 
 class DnsService:
@@ -132,18 +150,51 @@ class DnsService:
 
 
 def _hostport(text: str | None, default_port: int) -> tuple[str, int] | None:
-    if not text:
+    """A tag's ``host:port``, None when it is missing or malformed: a port outside 1..65535,
+    a host that is neither an IP address nor a DNS name (a tag is any string a member sent)."""
+    if not text or not isinstance(text, str):
         return None
     try:
-        return parse_hostport(text, default_port)
+        host, port = parse_hostport(text, default_port)
     except ValueError:
         return None
+    if not 0 < port <= 65_535:
+        return None
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        if not _HOST_NAME.fullmatch(host):
+            return None
+    else:
+        if ip.is_unspecified or ip.is_multicast:
+            return None  # nothing a client can connect to (":5060" reads as 0.0.0.0)
+    return host, port
+
+
+def _same_host(a: str, b: str) -> bool:
+    try:
+        return ipaddress.ip_address(a) == ipaddress.ip_address(b)
+    except ValueError:
+        return a.rstrip(".").lower() == b.rstrip(".").lower()
 
 
 def _node(m: Member) -> Node:
-    sip = _hostport(m.tags.get(SIP_TAG), 5060) if SIP_ROLE in m.roles else None
+    sip_member = SIP_ROLE in m.roles
+    front = {
+        tag: _hostport(m.tags.get(tag), port) if sip_member else None
+        for tag, port in _DEFAULT_PORTS.items()
+    }
+    sip = front[SIP_TAG]
     dns = _hostport(m.tags.get(DNS_TAG), 53)
-    host = sip[0] if sip else dns[0] if dns else str(m.addr[0])
+    first = next((a for a in (sip, front[SIPS_TAG], front[WSS_TAG], front[WS_TAG]) if a), None)
+    host = first[0] if first else dns[0] if dns else str(m.addr[0])
+
+    def port(tag: str) -> int | None:
+        # The zone has one name per member: a transport at another host is not published
+        # (its SRV record would send clients to the wrong address).
+        addr = front[tag]
+        return addr[1] if addr is not None and _same_host(addr[0], host) else None
+
     return Node(
         name=m.name,
         host=host,
@@ -152,4 +203,7 @@ def _node(m: Member) -> Node:
         suspect=m.state == State.SUSPECT,
         sip_port=sip[1] if sip else None,
         dns=dns is not None,
+        tls_port=port(SIPS_TAG),
+        ws_port=port(WS_TAG),
+        wss_port=port(WSS_TAG),
     )

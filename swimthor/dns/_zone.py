@@ -4,23 +4,29 @@
 answer nothing). Names, for the zone `example.com` (RFC 3263 discovery, then the cluster's own
 names):
 
-- ``example.com``: SOA; NS (every live member with a DNS front-end); NAPTR ``SIP+D2U`` →
-  ``_sip._udp.example.com`` and ``SIP+D2T`` → ``_sip._tcp.example.com`` (with those SRV sets
-  and their addresses in the additional section); A/AAAA of the live ``sip`` members.
+- ``example.com``: SOA; NS (every live member with a DNS front-end); NAPTR, one record per
+  transport that at least one live SIP member offers (see `TRANSPORTS`): ``SIP+D2U`` →
+  ``_sip._udp.example.com``, ``SIP+D2T`` → ``_sip._tcp``, ``SIPS+D2T`` → ``_sips._tcp``,
+  ``SIP+D2W`` → ``_sip._ws``, ``SIPS+D2W`` → ``_sips._ws`` (with those SRV sets and their
+  addresses in the additional section); A/AAAA of the live SIP members.
 - ``_sip._udp.example.com``, ``_sip._tcp.example.com``: SRV, one per live ``sip`` member, port
   its SIP port, target ``<member>.node.example.com``. Members in the answering node's
   datacenter at priority 10, the others at 20; suspected and zero-weight members at 30, so a
   client tries them last. Weights are 100 times the member weights.
+- ``_sips._tcp.example.com`` (TLS), ``_sip._ws.example.com`` (WebSocket),
+  ``_sips._ws.example.com`` (secure WebSocket): the same, over the members offering that
+  transport, with its port (NODATA while none does).
 - ``<member>.node.example.com``: the member's A or AAAA.
-- ``_sip._udp.<user>.<domain>.aor.example.com`` (and ``_sip._tcp``): the owners of the
-  address-of-record ``sip:<user>@<domain>`` in rank order, at priorities 10, 20, ... (an owner
-  under suspicion goes after the others, as the SIP proxy does). ``<user>`` is one label, so a
+- ``_sip._udp.<user>.<domain>.aor.example.com`` (and ``_sip._tcp``, ``_sips._tcp``,
+  ``_sip._ws``, ``_sips._ws``): the owners of the address-of-record ``sip:<user>@<domain>``
+  that offer that transport, in rank order, at priorities 10, 20, ... (an owner under
+  suspicion goes after the others, as the SIP proxy does). ``<user>`` is one label, so a
   user with dots or other characters can be written with DNS escapes (``a\\.b``). DNS names are
   case-insensitive; a user part with capitals (SIP user parts are case-sensitive) is written
   ``b32-<base32 of the UTF-8, no padding>``.
 
 Every other name in the zone is NXDOMAIN, except the empty non-terminals (``node``, ``_udp``,
-``_tcp``, ``aor`` and every name under ``aor``), which exist without data (RFC 8020).
+``_tcp``, ``_ws``, ``aor`` and every name under ``aor``), which exist without data (RFC 8020).
 
 Answers are authoritative (AA set, RA clear); NXDOMAIN and NODATA carry the SOA; names outside
 the zone are REFUSED; ANY over UDP gets RFC 8482's one HINFO (every rrset over TCP); EDNS0 is
@@ -62,7 +68,7 @@ from ._query import (
     parse_query,
 )
 
-__all__ = ["DEFAULT_TTL", "MAX_UDP", "Node", "Zone", "user_label"]
+__all__ = ["DEFAULT_TTL", "MAX_UDP", "TRANSPORTS", "Node", "Transport", "Zone", "user_label"]
 
 log = structlog.get_logger("swimthor.dns")
 
@@ -102,8 +108,10 @@ class Node:
     """A live member as the zone sees it.
 
     ``host``: the address its A/AAAA record gives (an IP literal; a host name is used as an
-    SRV target as it is). ``sip_port``: its SIP port, None if it has no SIP front-end.
-    ``dns``: whether it has a DNS front-end (and so is a name server of the zone)."""
+    SRV target as it is). ``sip_port``: its SIP port (UDP and TCP), None if it has no SIP
+    front-end. ``dns``: whether it has a DNS front-end (and so is a name server of the zone).
+    ``tls_port``, ``ws_port``, ``wss_port``: its SIP over TLS, WebSocket and secure WebSocket
+    ports at the same host, None for a transport it does not offer."""
 
     name: str
     host: str
@@ -112,6 +120,51 @@ class Node:
     suspect: bool = False
     sip_port: int | None = None
     dns: bool = False
+    tls_port: int | None = None
+    ws_port: int | None = None
+    wss_port: int | None = None
+
+    @property
+    def offers_sip(self) -> bool:
+        """Whether it offers SIP over any transport."""
+        return any(t.port(self) is not None for t in TRANSPORTS)
+
+
+@dataclass(frozen=True, slots=True)
+class Transport:
+    """One way to reach the SIP members: its NAPTR service and preference, the SRV owner
+    (relative to the zone, and the per-user prefix) and which port of a `Node` it uses."""
+
+    service: bytes
+    preference: int
+    srv: tuple[bytes, bytes]
+    port: Callable[[Node], int | None]
+
+
+# The NAPTR services and SRV names, as RFC 3263 and RFC 7118 give them:
+# - RFC 3263 §4.1 and its IANA registry ("SIP NAPTR Resource Record Services Field"): SIP+D2U
+#   (UDP), SIP+D2T (TCP), SIPS+D2T (TLS over TCP); the SRV service is "_sip" for SIP and
+#   "_sips" for SIPS, with the transport's protocol label, so TLS is _sips._tcp (its own
+#   example: NAPTR "SIPS+D2T" -> _sips._tcp.example.com). "SIPS+D2U" SHOULD NOT be published.
+# - RFC 7118 adds SIP+D2W and SIPS+D2W to that registry, both with the protocol "WS". No SRV
+#   owner name for WebSocket is registered (baresip's maintainers looked for one and found none,
+#   baresip/re#133); following RFC 3263's pattern (SIPS+D2T -> _sips._tcp) we publish _sip._ws
+#   and _sips._ws, which some stacks query directly (SIPSorcery's constants, say; others try
+#   _sips._wss). A client following our NAPTR takes the name from its replacement field,
+#   whatever it would have guessed.
+# - Order and preference: RFC 3263 §4.1 says SIPS records SHOULD come first (a lower order).
+#   All five share order 10 here and the new ones come after UDP (10) and TCP (20) by
+#   preference, so existing clients resolving a sip: URI keep choosing UDP; a client resolving
+#   a sips: URI discards the non-SIPS records (RFC 3263 §4.1) and finds TLS or WSS anyway.
+TRANSPORTS: tuple[Transport, ...] = (
+    Transport(b"SIP+D2U", 10, (b"_sip", b"_udp"), lambda n: n.sip_port),
+    Transport(b"SIP+D2T", 20, (b"_sip", b"_tcp"), lambda n: n.sip_port),
+    Transport(b"SIPS+D2T", 30, (b"_sips", b"_tcp"), lambda n: n.tls_port),
+    Transport(b"SIP+D2W", 40, (b"_sip", b"_ws"), lambda n: n.ws_port),
+    Transport(b"SIPS+D2W", 50, (b"_sips", b"_ws"), lambda n: n.wss_port),
+)
+_BY_SRV: dict[tuple[bytes, ...], Transport] = {t.srv: t for t in TRANSPORTS}
+_SRV_PARENTS = {t.srv[1:] for t in TRANSPORTS}  # _udp, _tcp, _ws: empty non-terminals
 
 
 def user_label(user: str) -> str:
@@ -229,7 +282,10 @@ class Zone:
             address = self._address_record(node.host, DNSLabel((*labels, *node_suffix)))
             target = DNSLabel((*labels, *node_suffix)) if address is not None else None
             if target is None:
-                target = DNSLabel(node.host.rstrip(".").lower() or ".")
+                try:
+                    target = DNSLabel(node.host.rstrip(".").lower() or ".")
+                except Exception:
+                    continue  # not a name DNS can write: the member gets no records
             self._targets[name] = _Target(target, address)
         self.routing_changed()
 
@@ -462,10 +518,11 @@ class Zone:
     def _lookup(self, rel: tuple[bytes, ...], qname: DNSLabel) -> _RRsets | None:
         if not rel:
             return self._apex()
-        if rel in ((b"_sip", b"_udp"), (b"_sip", b"_tcp")):
-            records, extra = self._srv_all(qname)
+        transport = _BY_SRV.get(rel) if len(rel) == 2 else None
+        if transport is not None:
+            records, extra = self._srv_all(qname, transport)
             return {QTYPE.SRV: (records, extra)}
-        if rel in ((b"_udp",), (b"_tcp",), (b"node",), (b"aor",)):
+        if rel in _SRV_PARENTS or rel in ((b"node",), (b"aor",)):
             return {}
         if rel[-1] == b"aor":
             return self._per_user(rel[:-1], qname)
@@ -473,7 +530,8 @@ class Zone:
             node_labels = rel[:-1]
             name = self._by_label.get(node_labels)
             if name is not None:
-                address = self._targets[name].address
+                target = self._targets.get(name)
+                address = target.address if target is not None else None
                 return {address.rtype: ([address], [])} if address is not None else {}
             if node_labels in self._ents:
                 return {}
@@ -492,8 +550,10 @@ class Zone:
         return out
 
     def _apex(self) -> _RRsets:
-        sip = [n for n in self._nodes.values() if n.sip_port is not None]
-        servers = self._live_first([n for n in self._nodes.values() if n.dns])
+        sip = [n for n in self._nodes.values() if n.offers_sip and n.name in self._targets]
+        servers = self._live_first(
+            [n for n in self._nodes.values() if n.dns and n.name in self._targets]
+        )
         rrsets: Zone._RRsets = {QTYPE.SOA: ([self._soa()], [])}
         if servers:
             ns = [
@@ -509,19 +569,21 @@ class Zone:
         if sip:
             naptr = []
             extra: list[RR] = []
-            for preference, (service, proto) in enumerate(
-                ((b"SIP+D2U", b"_udp"), (b"SIP+D2T", b"_tcp")), start=1
-            ):
-                replacement = DNSLabel((b"_sip", proto, *self._origin_labels))
+            for transport in TRANSPORTS:
+                if not any(transport.port(n) is not None for n in sip):
+                    continue  # a service no live member offers is not listed
+                replacement = DNSLabel((*transport.srv, *self._origin_labels))
                 naptr.append(
                     RR(
                         self.origin,
                         QTYPE.NAPTR,
                         ttl=self.ttl,
-                        rdata=_NAPTR(10, 10 * preference, b"s", service, b"", replacement),
+                        rdata=_NAPTR(
+                            10, transport.preference, b"s", transport.service, b"", replacement
+                        ),
                     )
                 )
-                records, glue = self._srv_all(replacement)
+                records, glue = self._srv_all(replacement, transport)
                 extra += records + glue
             rrsets[QTYPE.NAPTR] = (naptr, extra)
             seen: set[str] = set()
@@ -533,11 +595,17 @@ class Zone:
                 rrsets.setdefault(rr.rtype, ([], []))[0].append(apex)
         return rrsets
 
-    def _srv_all(self, owner: DNSLabel) -> tuple[list[RR], list[RR]]:
+    def _offering(self, transport: Transport) -> list[Node]:
+        """The members offering `transport` that have a name to point at."""
+        return [
+            n
+            for n in self._nodes.values()
+            if transport.port(n) is not None and n.name in self._targets
+        ]
+
+    def _srv_all(self, owner: DNSLabel, transport: Transport) -> tuple[list[RR], list[RR]]:
         records = []
-        nodes = sorted(
-            (n for n in self._nodes.values() if n.sip_port is not None), key=lambda n: n.name
-        )
+        nodes = sorted(self._offering(transport), key=lambda n: n.name)
         for node in nodes:
             if node.suspect or not node.weight > 0:
                 priority = PRIORITY_LAST
@@ -546,24 +614,28 @@ class Zone:
             else:
                 priority = PRIORITY_REMOTE
             weight = max(0, min(65_535, round(node.weight * 100))) if node.weight > 0 else 0
-            records.append(self._srv(owner, priority, weight, node))
+            records.append(self._srv(owner, priority, weight, node, transport))
         records.sort(key=lambda rr: rr.rdata.priority)
         return records, self._addresses(nodes)
 
-    def _srv(self, owner: DNSLabel, priority: int, weight: int, node: Node) -> RR:
-        """The SRV record at `owner` pointing at `node`'s SIP port and DNS name."""
-        assert node.sip_port is not None
+    def _srv(
+        self, owner: DNSLabel, priority: int, weight: int, node: Node, transport: Transport
+    ) -> RR:
+        """The SRV record at `owner` pointing at `node`'s port for `transport` and DNS name."""
+        port = transport.port(node)
+        assert port is not None
         return RR(
             owner,
             QTYPE.SRV,
             ttl=self.ttl,
-            rdata=dnslib.SRV(priority, weight, node.sip_port, self._targets[node.name].label),
+            rdata=dnslib.SRV(priority, weight, port, self._targets[node.name].label),
         )
 
     def _per_user(self, rel: tuple[bytes, ...], qname: DNSLabel) -> _RRsets:
         """Every name under ``aor`` exists (each is a per-user name or an ancestor of one);
         the SRV form answers with the owners."""
-        if len(rel) < 4 or rel[0] != b"_sip" or rel[1] not in (b"_udp", b"_tcp"):
+        transport = _BY_SRV.get(rel[:2]) if len(rel) >= 4 else None
+        if transport is None:
             return {}
         user = _decode_user(rel[2])
         try:
@@ -572,11 +644,16 @@ class Zone:
             return {}
         if not user or not domain:
             return {}
+        # An owner lacking the transport is left out, and the others keep their rank order.
         owners = [
             self._nodes[name]
             for name in self._owners(f"sip:{user}@{domain}")
-            if name in self._nodes and self._nodes[name].sip_port is not None
+            if name in self._nodes
+            and name in self._targets
+            and transport.port(self._nodes[name]) is not None
         ]
         owners.sort(key=lambda n: n.suspect)  # stable: rank order among the healthy
-        records = [self._srv(qname, 10 * rank, 0, n) for rank, n in enumerate(owners, start=1)]
+        records = [
+            self._srv(qname, 10 * rank, 0, n, transport) for rank, n in enumerate(owners, start=1)
+        ]
         return {QTYPE.SRV: (records, self._addresses(owners))} if records else {}
