@@ -32,7 +32,7 @@ import ipaddress
 import itertools
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from ._actions import Send, Source
@@ -56,6 +56,7 @@ from ._message import (
     replace_first_value,
 )
 from ._registrar import RegistrarPolicy, aor_of, register, split_aor
+from ._streams import STREAM_TRANSPORTS
 from ._transaction import ResponseBytes, TimerSettings, client_key, server_key
 from ._txn import PENDING, ResponseCache, transaction_key
 
@@ -177,6 +178,9 @@ class ProxySettings:
     # many missed in a row make it ask the owners to remove the binding.
     keepalive_interval: float = 30.0
     keepalive_misses: int = 3
+    # Where phones reach our other stream transports: "tls", "ws", "wss" -> (host, port)
+    # (UDP and TCP share host:port above).
+    listen: Mapping[str, tuple[str, int]] = field(default_factory=dict)
 
 
 def _h(*parts: str, size: int = 8) -> str:
@@ -319,13 +323,21 @@ class Proxy:
         # this node made by status code (relayed responses are counted in `stats`).
         self.requests_by_method: dict[str, int] = {}
         self.answers_by_code: dict[int, int] = {}
-        self._me = f"{settings.host}:{settings.port}".lower()
+        # Our SIP addresses as a Via's host:port says them: UDP/TCP, and TLS/WebSocket.
+        self._mes = frozenset(
+            f"{h}:{p}".lower()
+            for h, p in [(settings.host, settings.port), *settings.listen.values()]
+        )
+        self._ports = frozenset([settings.port, *(p for _h, p in settings.listen.values())])
         # Our sent-by and Record-Route, formatted once (an IPv6 host in brackets).
         self._sent_by = f"{_uri_host(settings.host)}:{settings.port}"
+        # The sent-by of each transport (what our Via and Record-Route name for it).
+        self._sent_by_of = {"udp": self._sent_by, "tcp": self._sent_by} | {
+            t: f"{_uri_host(h)}:{p}" for t, (h, p) in settings.listen.items()
+        }
         self._via_prefix = f"SIP/2.0/UDP {self._sent_by};branch={BRANCH_PREFIX}".encode()
         self._via_prefix_sf = f"SIP/2.0/UDP {self._sent_by};branch={STATEFUL_PREFIX}".encode()
         self._rr = f"<sip:{self._sent_by};lr>"
-        self._rr_tcp = f"<sip:{self._sent_by};transport=tcp;lr>"
 
     # ---------------------------------------------------------------- entry point
 
@@ -506,19 +518,25 @@ class Proxy:
         """The request of one fork branch (§16.6): a copy of `base` (Max-Forwards already
         decremented, Record-Route added) for `target`, with our Via on top; and its branch."""
         request = base.copy(target.uri)
-        transport = "tcp" if target.transport == "tcp" else "udp"
+        transport = _out_transport(target.transport)
         ident = f"{self._branch_ident}{next(self._branch_serial) & 0xFFFFFFFF:08x}"
         branch = self._branch(STATEFUL_PREFIX, ident, loop, base.vias[0])
-        request.prepend("via", f"SIP/2.0/{transport.upper()} {self._sent_by};branch={branch}")
+        request.prepend("via", f"{self._via_of(transport)};branch={branch}")
         if target.route:
             # The binding's Path as the Route set (RFC 3327 §5.3), ahead of any Route left.
             request.set_values("route", [*target.route, *request.get_all("route")])
-        if target.record_route and request.method in _DIALOG_CREATING and request.to_tag is None:
-            # We are the device's edge: the dialog must come back through us, to its flow (in
-            # place of the plain Record-Route we may have added as the entry).
-            if request.get("record-route") in (self._rr, self._rr_tcp):
-                pop_first_value(request, "record-route")
-            request.prepend("record-route", target.record_route)
+        if request.method in _DIALOG_CREATING and request.to_tag is None:
+            top = request.get("record-route")
+            if target.record_route:
+                # We are the device's edge: the dialog must come back through us, to its flow
+                # (in place of a plain entry of ours for the same transport).
+                if top == self._rr_entry(transport):
+                    pop_first_value(request, "record-route")
+                request.prepend("record-route", target.record_route)
+            elif top is not None and top != self._rr_entry(transport) and self._our_rr(top):
+                # We Record-Routed the leg the request came in on, and the leg toward the
+                # device is over another transport: our entry for it on top (RFC 5658).
+                request.prepend("record-route", self._rr_entry(transport))
         data = request.to_bytes()
         if len(data) > MAX_MESSAGE_SIZE:
             return None
@@ -591,8 +609,8 @@ class Proxy:
         the rport if asked for (RFC 3581) or else the sent-by port (§18.2.2). Never to a host
         the sender merely names in its Via: that would reflect our answers anywhere."""
         data = response.to_bytes()
-        if source.transport == "tcp":
-            return Send("tcp", source.host, source.port, data, source.conn)
+        if source.transport != "udp":
+            return Send(source.transport, source.host, source.port, data, source.conn)
         return Send("udp", source.host, _response_port(request.vias[0], source), data)
 
     def _reply(
@@ -644,13 +662,57 @@ class Proxy:
         peer = self._other_node_at(top.host, top.port)
         if peer is None or source.host != peer.host:
             return False
-        return source.transport == "tcp" or source.port == peer.port
+        return source.transport != "udp" or source.port == peer.port
 
-    def _ours(self, host: str, port: int | None) -> bool:
-        """Is host[:port] this node's SIP address (a Route or Request-URI meant for us)?"""
+    def _ours(self, host: str, port: int | None, scheme: str = "sip") -> bool:
+        """Is host[:port] one of this node's SIP addresses (a Route or Request-URI meant for
+        us), on any of our transports?"""
         host = host.strip("[]").lower()
         me_host = self.settings.host.strip("[]").lower()
-        return host == me_host and (port or 5060) == self.settings.port
+        return host == me_host and (port or (5061 if scheme == "sips" else 5060)) in self._ports
+
+    def _via_of(self, transport: str) -> str:
+        """Our Via for a request sent over `transport`, up to its branch."""
+        return f"SIP/2.0/{transport.upper()} {self._sent_by_of.get(transport, self._sent_by)}"
+
+    def _rr_entry(self, transport: str, token: str | None = None) -> str:
+        """Our Record-Route for the leg of a dialog over `transport`: the address of ours a
+        peer on that leg reaches us at, and a flow token (`ob`) when that peer is a phone we
+        hold the flow of (RFC 5626 §5.3: its in-dialog requests come back over it)."""
+        user = f"{token}@" if token else ""
+        where = self._sent_by_of.get(transport, self._sent_by)
+        param = "" if transport == "udp" else f";transport={transport}"
+        return f"<sip:{user}{where}{param};lr{';ob' if token else ''}>"
+
+    def _our_rr(self, value: str) -> bool:
+        """Is this Record-Route (or Route) value one of ours?"""
+        try:
+            uri = parse_address(value).uri
+        except ValueError:
+            return False
+        return self._ours(uri.host, uri.port, uri.scheme)
+
+    def _in_rr(self, request: Request, source: Source) -> str:
+        """Our Record-Route for the leg a dialog-creating request came in on: with a token
+        of its flow when it came from a phone that can only be reached over it (a stream, or
+        behind NAT), so the callee's requests come back to the caller the same way."""
+        token = None
+        if (
+            not self._is_peer(source, request)
+            and (source.host, source.port) != (self.settings.host, self.settings.port)
+            and self._needs_flow(request, source)
+        ):
+            token = make_token(flow_of(source), self._branch_keys()[0])
+        return self._rr_entry(source.transport, token)
+
+    def _add_rr(self, request: Request, source: Source, out: str | None) -> None:
+        """Record-Route a dialog-creating request: our entry for the leg it came in on, and
+        when the leg it goes out on differs (another transport, or a phone's flow), one for
+        that leg on top (RFC 5658)."""
+        entry = self._in_rr(request, source)
+        request.prepend("record-route", entry)
+        if out is not None and out != entry:
+            request.prepend("record-route", out)
 
     def _served(self, host: str, port: int | None) -> bool:
         """Is the host a domain we serve, or one of the cluster's SIP addresses?"""
@@ -768,13 +830,13 @@ class Proxy:
         vias = response.vias
         top = vias[0]
         branch = top.branch or ""
-        if branch.startswith(PING_PREFIX) and f"{top.host}:{top.port}".lower() == self._me:
+        if branch.startswith(PING_PREFIX) and f"{top.host}:{top.port}".lower() in self._mes:
             self.pinger.answered(branch)  # a phone answered our ping (or the owner our removal)
             return []
         if not branch.startswith((BRANCH_PREFIX, STATEFUL_PREFIX)):
             self.stats["dropped"] += 1
             return []  # not from a request any node of ours forwarded (§16.11: drop)
-        if branch.startswith(STATEFUL_PREFIX) and f"{top.host}:{top.port}".lower() == self._me:
+        if branch.startswith(STATEFUL_PREFIX) and f"{top.host}:{top.port}".lower() in self._mes:
             # §16.7 step 1: a response to one of our client transactions goes to its context.
             handled = self.forks.response(
                 response, client_key(branch, response.cseq[1]), self._mono
@@ -783,7 +845,7 @@ class Proxy:
                 self.stats["forwarded"] += 1
                 return list(handled)
             # No transaction (it ended: a late 2xx retransmission): on statelessly, below.
-        if f"{top.host}:{top.port}".lower() != self._me:
+        if f"{top.host}:{top.port}".lower() not in self._mes:
             # A response meant for another node of the cluster. Compliant UAs send responses
             # where the Via says, but some (sipp's UAS among them) send every response of a
             # dialog to where its first request came from. Hand it to that node unchanged.
@@ -803,9 +865,11 @@ class Proxy:
         pop_first_value(response, "via")
         nxt = vias[1]
         host, port = nxt.response_target()
-        transport = "tcp" if nxt.transport == "TCP" else "udp"
-        if "rport" in nxt.params and not nxt.params.get("rport"):
-            pass  # no rport value recorded: sent-by port stands
+        # Over a stream the Via's received/rport (which we stamped) is the connection's peer:
+        # the transport sends it on that connection.
+        transport = nxt.transport.lower()
+        if transport not in STREAM_TRANSPORTS:
+            transport = "udp"
         self.stats["forwarded"] += 1
         return [Send(transport, host, port, response.to_bytes())]
 
@@ -871,7 +935,7 @@ class Proxy:
         loop = _LoopHash(request)
         for via in request.vias:
             if (
-                f"{via.host}:{via.port}".lower() == self._me
+                f"{via.host}:{via.port}".lower() in self._mes
                 and _branch_loop(via.branch) == loop.value()
             ):
                 return self._reply(request, source, now, 482, "Loop Detected")
@@ -898,22 +962,27 @@ class Proxy:
             request.set_values("route", routes)
             uri = request.uri
             record_routed = True  # our Record-Route, used by a strict router (§16.4)
-        flow_token: str | None = None
-        if routes:
+        # Every Route of ours on top goes: one, or two where we Record-Routed a dialog twice
+        # (RFC 5658: one entry for each leg, when their transports differ).
+        flow_tokens: list[str] = []
+        while routes:
             try:
                 first = parse_address(routes[0]).uri
             except ValueError:
                 return self._reply(request, source, now, 400, "Bad Route")
-            if self._ours(first.host, first.port):
-                routes.pop(0)
-                pop_first_value(request, "route")
-                record_routed = True
-                if first.user and "ob" in first.parameters:
-                    # Our Path or Record-Route toward a phone's flow (we always mark those
-                    # `ob`); a user part in a plain Route of ours is just routed on.
-                    flow_token = first.user
-        if flow_token is not None:
-            sent = self._to_flow(request, source, now, flow_token, max_forwards, loop)
+            if not self._ours(first.host, first.port, first.scheme):
+                break
+            routes.pop(0)
+            pop_first_value(request, "route")
+            record_routed = True
+            if first.user and "ob" in first.parameters:
+                # Our Path or Record-Route toward a phone's flow (we always mark those `ob`);
+                # a user part in a plain Route of ours is just routed on.
+                flow_tokens.append(first.user)
+        for token in flow_tokens:
+            # A dialog between two phones at this edge has a token for each: the request goes
+            # onto the flow it did not come from.
+            sent = self._to_flow(request, source, now, token, max_forwards, loop)
             if sent is not None:
                 return sent
 
@@ -985,8 +1054,8 @@ class Proxy:
         return self._reply(request, source, now, 403, "Relaying Denied")
 
     def _resend(self, cached: bytes, request: Request, source: Source) -> Send:
-        if source.transport == "tcp":
-            return Send("tcp", source.host, source.port, cached, source.conn)
+        if source.transport != "udp":
+            return Send(source.transport, source.host, source.port, cached, source.conn)
         return Send("udp", source.host, _response_port(request.vias[0], source), cached)
 
     def _bad_extension(
@@ -1322,10 +1391,10 @@ class Proxy:
             return self._reply(request, source, now, 480, "Temporarily Unavailable")
         request.set("max-forwards", str(max_forwards - 1))
         if add_rr and request.method in _DIALOG_CREATING and request.to_tag is None:
-            request.prepend("record-route", self._rr_tcp if source.transport == "tcp" else self._rr)
+            self._add_rr(request, source, None)  # each branch adds its own leg's entry
         # Where the responses go, as `_to_via` sends ours (the source, never the Via's host).
-        if source.transport == "tcp":
-            respond_to = Send("tcp", source.host, source.port, b"", source.conn)
+        if source.transport != "udp":
+            respond_to = Send(source.transport, source.host, source.port, b"", source.conn)
         else:
             respond_to = Send("udp", source.host, _response_port(request.vias[0], source), b"")
         return list(
@@ -1482,8 +1551,7 @@ class Proxy:
     def _flow_rr(self, token: str, flow: Flow) -> str:
         """Our Record-Route toward a phone's flow: the token, and for a stream its transport,
         so the phone sends its in-dialog requests to us on that connection, not by UDP."""
-        transport = ";transport=tcp" if flow.transport == "tcp" else ""
-        return f"<sip:{token}@{self._sent_by}{transport};lr;ob>"
+        return self._rr_entry(flow.transport, token)
 
     def _flow_of_token(self, token: str | None) -> Flow | None:
         """The flow a token of ours names, if it is still there: a stream flow whose
@@ -1546,19 +1614,19 @@ class Proxy:
             return self._reply(request, source, now, 483, "Too Many Hops")
         top = request.vias[0]
         request.set("max-forwards", str(max_forwards - 1))
+        out_transport = _out_transport(transport)
         if record_route is not None:
-            request.prepend("record-route", record_route)
+            self._add_rr(request, source, record_route)
         elif add_rr and request.method in _DIALOG_CREATING and request.to_tag is None:
-            request.prepend("record-route", self._rr_tcp if source.transport == "tcp" else self._rr)
+            self._add_rr(request, source, self._rr_entry(out_transport))
         stateless = _h(
             top.branch or f"{request.call_id}|{request.from_tag}|{request.cseq[0]}",
             f"{top.host}:{top.port}",
             self.settings.name,
             size=8,
         )
-        out_transport = "tcp" if transport == "tcp" else "udp"
         branch = self._branch(BRANCH_PREFIX, stateless, loop.value(), top)
-        via = f"SIP/2.0/{out_transport.upper()} {self._sent_by};branch={branch}"
+        via = f"{self._via_of(out_transport)};branch={branch}"
         request.prepend("via", via)
         data = request.to_bytes()
         if len(data) > MAX_MESSAGE_SIZE:
@@ -1598,7 +1666,7 @@ def _stamp_received(request: Request, source: Source) -> None:
     rport_empty = "rport" in top.params and not top.params.get("rport")
     if rport_empty:
         text = _set_rport(text, source.port)
-    elif source.transport == "tcp" and "rport" not in top.params:
+    elif source.transport != "udp" and "rport" not in top.params:
         text += f";rport={source.port}"
         rport_empty = True
     if "received" not in top.params and (rport_empty or top.host.strip("[]") != source.host):
@@ -1662,10 +1730,20 @@ def _response_port(top: ViaHop, source: Source) -> int:
     return 5061 if top.transport == "TLS" else 5060
 
 
+def _out_transport(transport: str) -> str:
+    """The transport a request goes out on for a target's `transport` parameter: ours if we
+    have it, else UDP (unknown values such as SCTP)."""
+    return transport if transport in STREAM_TRANSPORTS else "udp"
+
+
 def _transport(uri: object) -> str:
+    """A URI's transport: its parameter, else TLS for a `sips:` URI (RFC 3261 §26.2), UDP
+    for a `sip:` one."""
     params = getattr(uri, "parameters", {})
     value = params.get("transport") if params else None
-    return (value or "udp").lower()
+    if not value:
+        return "tls" if getattr(uri, "scheme", "sip") == "sips" else "udp"
+    return str(value).lower()
 
 
 def _uri_host(host: str) -> str:
