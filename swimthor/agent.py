@@ -253,6 +253,7 @@ class Agent:
                     data_dir=cfg.data_dir,
                 )
                 tags[SIP_TAG] = format_hostport(_bind_front_end("SIP", cfg.sip.bind, self.sip.open))
+                tags.update(self.sip.stream_tags())
             if cfg.dns is not None:
                 self.dns = DnsService(
                     cfg.dns,

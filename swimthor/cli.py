@@ -34,7 +34,11 @@ from swimthor.config import (
     DEFAULT_DNS_PORT,
     DEFAULT_METRICS_PORT,
     DEFAULT_SIP_PORT,
+    DEFAULT_SIPS_PORT,
+    DEFAULT_WS_PORT,
+    DEFAULT_WSS_PORT,
     PROFILES,
+    TLS_VERIFY_CLIENT,
     AgentConfig,
     ConfigError,
     DnsConfig,
@@ -93,6 +97,16 @@ def _sip_hostport_arg(text: str) -> tuple[str, int]:
         return parse_hostport(text, DEFAULT_SIP_PORT)
     except ConfigError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _stream_hostport_arg(default: int) -> Callable[[str], tuple[str, int]]:
+    def parse(text: str) -> tuple[str, int]:
+        try:
+            return parse_hostport(text, default)
+        except ConfigError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    return parse
 
 
 def _keepalive_arg(text: str) -> float:
@@ -270,6 +284,40 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST",
         help="the address phones and other nodes reach this node's SIP at (default: the --sip "
         "address when it is not 0.0.0.0, else the gossip advertise address)",
+    )
+    j.add_argument(
+        "--sip-tls",
+        metavar="HOST:PORT",
+        type=_stream_hostport_arg(DEFAULT_SIPS_PORT),
+        help=f"SIP over TLS here (port default {DEFAULT_SIPS_PORT}); needs --sip-tls-cert and "
+        "--sip-tls-key",
+    )
+    j.add_argument(
+        "--sip-ws",
+        metavar="HOST:PORT",
+        type=_stream_hostport_arg(DEFAULT_WS_PORT),
+        help=f"SIP over WebSocket (RFC 7118) here (port default {DEFAULT_WS_PORT})",
+    )
+    j.add_argument(
+        "--sip-wss",
+        metavar="HOST:PORT",
+        type=_stream_hostport_arg(DEFAULT_WSS_PORT),
+        help=f"SIP over secure WebSocket here (port default {DEFAULT_WSS_PORT}); needs the "
+        "TLS certificate and key",
+    )
+    j.add_argument("--sip-tls-cert", metavar="FILE", help="PEM certificate chain for TLS and WSS")
+    j.add_argument("--sip-tls-key", metavar="FILE", help="PEM private key of --sip-tls-cert")
+    j.add_argument(
+        "--sip-tls-ca",
+        metavar="FILE",
+        help="PEM CA certificates that client certificates (and servers we connect to over "
+        "TLS) are checked against (default: the system's)",
+    )
+    j.add_argument(
+        "--sip-tls-verify-client",
+        choices=TLS_VERIFY_CLIENT,
+        help="ask phones for a TLS certificate: none, optional (checked when sent) or "
+        "required (default none)",
     )
     j.add_argument(
         "--domain", action="append", metavar="DOMAIN", help="a SIP domain served (repeatable)"
@@ -585,6 +633,13 @@ def _apply_sip_flags(cfg: AgentConfig, args: argparse.Namespace) -> None:
         for flag, value in (
             ("--sip", args.sip),
             ("--sip-advertise", args.sip_advertise),
+            ("--sip-tls", args.sip_tls),
+            ("--sip-ws", args.sip_ws),
+            ("--sip-wss", args.sip_wss),
+            ("--sip-tls-cert", args.sip_tls_cert),
+            ("--sip-tls-key", args.sip_tls_key),
+            ("--sip-tls-ca", args.sip_tls_ca),
+            ("--sip-tls-verify-client", args.sip_tls_verify_client),
             ("--domain", args.domain),
             ("--sip-replicas", args.sip_replicas),
             ("--sip-rate-limit", args.sip_rate_limit),
@@ -605,6 +660,14 @@ def _apply_sip_flags(cfg: AgentConfig, args: argparse.Namespace) -> None:
         sip.bind = args.sip
     if args.sip_advertise is not None:
         sip.advertise_host = args.sip_advertise.strip().strip("[]")
+    for name in ("tls", "ws", "wss"):
+        value = getattr(args, f"sip_{name}")
+        if value is not None:
+            setattr(sip, f"{name}_bind", value)
+    for name in ("tls_cert", "tls_key", "tls_ca", "tls_verify_client"):
+        value = getattr(args, f"sip_{name}")
+        if value is not None:
+            setattr(sip, name, value)
     if args.domain is not None:
         sip.domains = [d.lower().rstrip(".") for d in args.domain]
     if args.sip_replicas is not None:

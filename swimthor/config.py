@@ -199,6 +199,10 @@ class ConfigError(ValueError):
 
 
 DEFAULT_SIP_PORT = 5060
+DEFAULT_SIPS_PORT = 5061  # RFC 3261 §26.2: SIP over TLS
+DEFAULT_WS_PORT = 80  # RFC 6455 §3: ws and wss URIs' defaults
+DEFAULT_WSS_PORT = 443
+TLS_VERIFY_CLIENT = ("none", "optional", "required")
 
 
 @dataclass(slots=True)
@@ -252,6 +256,20 @@ class SipConfig:
     # often (0: never), and after this many unanswered in a row has its binding removed.
     keepalive_interval: float = 30.0
     keepalive_misses: int = 3
+    # SIP over TLS (RFC 3261 §26, `sips:`) and over WebSocket (RFC 7118: ws, and wss on
+    # TLS), each on a TCP port of its own; None: not offered. TLS and WSS present `tls_cert`
+    # (PEM, the chain) with `tls_key`; `tls_verify_client` asks phones for a certificate
+    # ("optional": checked when sent) or demands one ("required"), checked against `tls_ca`
+    # (else the system's roots), which also checks the servers we connect to over TLS.
+    tls_bind: tuple[str, int] | None = None
+    ws_bind: tuple[str, int] | None = None
+    wss_bind: tuple[str, int] | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_ca: str | None = None
+    tls_verify_client: str = "none"
+    # Seconds a new TLS or WebSocket connection has to finish its handshakes.
+    handshake_time: float = 5.0
 
 
 _SIP_KEYS: dict[str, type | tuple[type, ...]] = {
@@ -276,6 +294,14 @@ _SIP_KEYS: dict[str, type | tuple[type, ...]] = {
     "auth_algorithms": list,
     "keepalive_interval": (int, float),
     "keepalive_misses": int,
+    "tls_bind": str,
+    "ws_bind": str,
+    "wss_bind": str,
+    "tls_cert": str,
+    "tls_key": str,
+    "tls_ca": str,
+    "tls_verify_client": str,
+    "handshake_time": (int, float),
 }
 
 
@@ -310,6 +336,7 @@ def check_sip(cfg: SipConfig) -> None:
         "tcp_idle",
         "tcp_message_time",
         "fork_timeout",
+        "handshake_time",
     ):
         if not getattr(cfg, name) > 0:
             raise ConfigError(f"sip: {name} must be > 0")
@@ -321,6 +348,7 @@ def check_sip(cfg: SipConfig) -> None:
     if not 1 <= cfg.keepalive_misses <= 100:
         raise ConfigError("sip: keepalive_misses must be within 1..100")
     _check_rate("sip", cfg.rate_limit, cfg.rate_burst, cfg.rate_exempt)
+    _check_sip_streams(cfg)
     algorithms = cfg.auth_algorithms
     if (
         not algorithms
@@ -328,6 +356,59 @@ def check_sip(cfg: SipConfig) -> None:
         or not all(a in ("SHA-256", "MD5") for a in algorithms)
     ):
         raise ConfigError('sip: auth_algorithms is a list of "SHA-256" and/or "MD5", no repeats')
+
+
+def _check_sip_streams(cfg: SipConfig) -> None:
+    """TLS and WebSocket: distinct ports, and for TLS and WSS a certificate and key that
+    load together (read here, so a bad file stops the agent at start with its name)."""
+    binds = [("--sip", cfg.bind)] + [
+        (flag, bind)
+        for flag, bind in (
+            ("--sip-tls", cfg.tls_bind),
+            ("--sip-ws", cfg.ws_bind),
+            ("--sip-wss", cfg.wss_bind),
+        )
+        if bind is not None
+    ]
+    ports = [bind[1] for _flag, bind in binds if bind[1] != 0]
+    if len(ports) != len(set(ports)):
+        raise ConfigError(
+            "sip: "
+            + ", ".join(f"{flag} {format_hostport(b)}" for flag, b in binds)
+            + ": each transport needs a port of its own"
+        )
+    if cfg.tls_verify_client not in TLS_VERIFY_CLIENT:
+        raise ConfigError(
+            f"sip: tls_verify_client is one of {', '.join(TLS_VERIFY_CLIENT)}, "
+            f"not {cfg.tls_verify_client!r}"
+        )
+    if cfg.tls_bind is None and cfg.wss_bind is None:
+        return
+    if not cfg.tls_cert or not cfg.tls_key:
+        raise ConfigError(
+            "sip: TLS and WSS need a certificate and its key (--sip-tls-cert, --sip-tls-key)"
+        )
+    import ssl
+
+    try:
+        tls_context(cfg)
+    except (OSError, ssl.SSLError, ValueError) as e:
+        detail = getattr(e, "strerror", None) or getattr(e, "reason", None) or str(e)
+        raise ConfigError(
+            f"sip: cannot use certificate {cfg.tls_cert} with key {cfg.tls_key}"
+            + (f" and CA {cfg.tls_ca}" if cfg.tls_ca else "")
+            + f": {detail}"
+        ) from None
+
+
+def tls_context(cfg: SipConfig) -> Any:
+    """The server's TLS context for `cfg` (an ssl.SSLContext), from its files."""
+    from .sip import TlsFiles, server_tls_context
+
+    assert cfg.tls_cert is not None and cfg.tls_key is not None
+    return server_tls_context(
+        TlsFiles(cfg.tls_cert, cfg.tls_key, cfg.tls_ca, cfg.tls_verify_client)
+    )
 
 
 def _check_rate(what: str, rate: float, burst: float, exempt: list[str]) -> None:
@@ -626,11 +707,20 @@ def apply_toml(cfg: AgentConfig, data: dict[str, Any]) -> None:
             setattr(cfg, key, value)
 
 
+_STREAM_BIND_PORTS = {
+    "tls_bind": DEFAULT_SIPS_PORT,
+    "ws_bind": DEFAULT_WS_PORT,
+    "wss_bind": DEFAULT_WSS_PORT,
+}
+
+
 def sip_from_toml(table: dict[str, object], base: SipConfig | None) -> SipConfig:
     sip = dataclasses.replace(base) if base is not None else SipConfig()
     for key, value in _checked_table(table, _SIP_KEYS, "sip"):
         if key == "bind" and isinstance(value, str):
             sip.bind = parse_hostport(value, DEFAULT_SIP_PORT)
+        elif key in _STREAM_BIND_PORTS and isinstance(value, str):
+            setattr(sip, key, parse_hostport(value, _STREAM_BIND_PORTS[key]))
         elif key == "domains" and isinstance(value, list):
             if not all(isinstance(d, str) for d in value):
                 raise ConfigError("[sip]: 'domains' must be a list of strings")

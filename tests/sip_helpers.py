@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import trio
 
 from swimthor.ratelimit import SourceLimiter
-from swimthor.sip import Peer, Proxy, ProxySettings, SipServer, SipTransportConfig
+from swimthor.sip import Peer, Proxy, ProxySettings, SipServer, SipTransportConfig, StreamListen
 
 DOMAIN = "example.com"
 _serial = itertools.count(1)
@@ -46,13 +46,19 @@ async def sip_node(
     config: SipTransportConfig | None = None,
     host: str = "127.0.0.1",
     limiter: SourceLimiter | None = None,
+    streams: tuple[StreamListen, ...] = (),
 ) -> AsyncIterator[Node]:
-    """One node serving UDP and TCP on a kernel-chosen port; it owns every AOR itself, so a
-    REGISTER is applied locally and answered at once."""
-    server = SipServer(proxy=None, bind=(host, 0), config=config, limiter=limiter)  # type: ignore[arg-type]
+    """One node serving UDP and TCP on a kernel-chosen port (and `streams`: TLS, WebSocket,
+    each on one of its own); it owns every AOR itself, so a REGISTER is applied locally and
+    answered at once."""
+    server = SipServer(  # type: ignore[arg-type]
+        proxy=None, bind=(host, 0), config=config, limiter=limiter, streams=streams
+    )
     _, port = server.open()
     me = Peer("n1", host, port)
-    settings = ProxySettings("n1", host, port, frozenset({DOMAIN}))
+    settings = ProxySettings(
+        "n1", host, port, frozenset({DOMAIN}), listen=dict(server.stream_bound)
+    )
     proxy = Proxy(settings, owners=lambda aor, n: [me], peers=lambda: {"n1": me})
     server.proxy = proxy
     try:

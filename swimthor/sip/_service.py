@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 import trio
 
-from ..config import SipConfig, format_hostport, parse_hostport
+from ..config import SipConfig, format_hostport, parse_hostport, tls_context
 from ..membership._keyring import Keyring
 from ..membership._member import Addr, Member, State
 from ..ratelimit import RateLimit, SourceLimiter
@@ -30,14 +30,17 @@ from ._message import parse_address
 from ._proxy import Peer, Proxy, ProxySettings
 from ._registrar import RegistrarPolicy, aor_of, split_aor
 from ._replication import Replicator
-from ._server import SipServer, SipTransportConfig
+from ._server import SipServer, SipTransportConfig, StreamListen
 from ._subscribers import JOURNAL_FILE, SubscriberJournal
 
-__all__ = ["SIP_TAG", "SipService", "location_reply"]
+__all__ = ["SIP_TAG", "STREAM_TAGS", "SipService", "location_reply"]
 
 log = structlog.get_logger("swimthor.sip")
 
 SIP_TAG = "sip"
+# The member tags that announce the other transports ("host:port"), for the DNS front-end's
+# NAPTR and SRV records: SIP over TLS, over WebSocket, over secure WebSocket.
+STREAM_TAGS = {"tls": "sips", "ws": "ws", "wss": "wss"}
 ROLE = "sip"
 
 
@@ -68,6 +71,15 @@ class SipService:
         # Subscribers survive restarts: journaled in the data directory (none: memory only).
         self.journal = SubscriberJournal(os.path.join(data_dir, JOURNAL_FILE)) if data_dir else None
         self._nonce_secret = random_secret()
+        streams = []
+        if config.tls_bind is not None or config.wss_bind is not None:
+            tls = tls_context(config)
+            if config.tls_bind is not None:
+                streams.append(StreamListen("tls", config.tls_bind, tls))
+            if config.wss_bind is not None:
+                streams.append(StreamListen("wss", config.wss_bind, tls))
+        if config.ws_bind is not None:
+            streams.append(StreamListen("ws", config.ws_bind))
         self.server = SipServer(
             None,  # type: ignore[arg-type]  # set below, once the port is known
             config.bind,
@@ -75,7 +87,10 @@ class SipService:
                 max_connections=config.max_connections,
                 tcp_idle=config.tcp_idle,
                 tcp_message_time=config.tcp_message_time,
+                handshake_time=config.handshake_time,
             ),
+            streams=tuple(streams),
+            tls_ca=config.tls_ca,
             clock=clock,
             limiter=SourceLimiter(
                 RateLimit(config.rate_limit, config.rate_burst, tuple(config.rate_exempt)),
@@ -115,6 +130,10 @@ class SipService:
             fork_timeout=self.config.fork_timeout,
             keepalive_interval=self.config.keepalive_interval,
             keepalive_misses=self.config.keepalive_misses,
+            listen={
+                transport: (self._advertise_host, port)
+                for transport, (_host, port) in self.server.stream_bound.items()
+            },
         )
         self.proxy = Proxy(
             settings,
@@ -148,6 +167,13 @@ class SipService:
         self.server.fetch = self.replicator.fetch_subscriber
         self.replicator.locate = self.location  # `swimthor location --via`
         return advertised
+
+    def stream_tags(self) -> dict[str, str]:
+        """The member tags announcing our TLS and WebSocket addresses (after `open`)."""
+        return {
+            STREAM_TAGS[transport]: format_hostport((self._advertise_host, port))
+            for transport, (_host, port) in self.server.stream_bound.items()
+        }
 
     def _nonce_secrets(self) -> list[bytes]:
         """What nonces and Via branch MACs are made and checked with: the cluster keyring's

@@ -35,6 +35,7 @@ __all__ = [
     "STREAM_TRANSPORTS",
     "TLS_VERIFY",
     "StreamFramer",
+    "TlsFiles",
     "WsFramer",
     "client_tls_context",
     "server_tls_context",
