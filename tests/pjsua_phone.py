@@ -151,8 +151,17 @@ class Phone:
         tc = pj.TransportConfig()
         tc.boundAddress = args.bind
         tc.port = args.port
-        kind = pj.PJSIP_TRANSPORT_TCP if args.transport == "tcp" else pj.PJSIP_TRANSPORT_UDP
-        tid = self.ep.transportCreate(kind, tc)
+        kinds = {
+            "udp": pj.PJSIP_TRANSPORT_UDP,
+            "tcp": pj.PJSIP_TRANSPORT_TCP,
+            "tls": pj.PJSIP_TRANSPORT_TLS,
+        }
+        if args.transport == "tls":
+            # The node's certificate is checked against --ca, and its name (an IP SAN).
+            tc.tlsConfig.CaListFile = args.ca or ""
+            tc.tlsConfig.verifyServer = bool(args.ca)
+            tc.tlsConfig.method = pj.PJSIP_TLSV1_2_METHOD
+        tid = self.ep.transportCreate(kinds[args.transport], tc)
         self.port = int(self.ep.transportGetInfo(tid).localName.rpartition(":")[2])
         self.ep.audDevManager().setNullDev()
         self.ep.libStart()
@@ -160,9 +169,10 @@ class Phone:
     def account_config(self, user: str, domain: str, proxy: str) -> pj.AccountConfig:
         acfg = pj.AccountConfig()
         acfg.idUri = f"sip:{user}@{domain}"
-        # Every request goes to that node (over TCP: on the one connection pjsua keeps to it).
-        via_tcp = ";transport=tcp" if self.args.transport == "tcp" else ""
-        acfg.sipConfig.proxies.append(f"sip:{proxy};lr{via_tcp}")
+        # Every request goes to that node (over TCP or TLS: on the one connection pjsua keeps
+        # to it).
+        via = "" if self.args.transport == "udp" else f";transport={self.args.transport}"
+        acfg.sipConfig.proxies.append(f"sip:{proxy};lr{via}")
         nat = acfg.natConfig
         nat.sipOutboundUse = 0
         nat.contactRewriteUse = 0
@@ -525,7 +535,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
         p.add_argument("--domain", required=True)
         p.add_argument("--port", type=int, default=0)
         p.add_argument("--bind", default="127.0.0.1", metavar="ADDR", help="our SIP/RTP address")
-        p.add_argument("--transport", choices=("udp", "tcp"), default="udp")
+        p.add_argument("--transport", choices=("udp", "tcp", "tls"), default="udp")
+        p.add_argument("--ca", metavar="FILE", help="over TLS: check the node's certificate")
         p.add_argument("--lifetime", type=float, default=60.0, metavar="SECONDS")
         p.add_argument("--log-file", default=None)
         p.add_argument("--log-level", type=int, default=5)

@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from hosts import DOMAIN, SIP_PORT, Hosts, netns, unavailable, wait_until
 from test_sip_fork_pjsua import INSTANCE_A, INSTANCE_B, Phone
+from tls_certs import make_pki
 
 pytestmark = [pytest.mark.slow, pytest.mark.netns]
 
@@ -33,6 +34,7 @@ _REASON = unavailable() or (
 _counter = itertools.count()
 BOB = f"sip:bob@{DOMAIN}"
 DETECT = 20.0  # generous: the local profile declares a crash in about a second
+SIPS_PORT = 5061
 
 
 class Nat:
@@ -103,6 +105,10 @@ def _cluster(tmp_path: Path, extra: list[str]) -> Iterator[tuple[Hosts, Nat]]:
         pytest.skip(_REASON)
     tag = f"n{os.getpid():x}{next(_counter)}"
     hosts = Hosts(tmp_path, ["dc1", "dc1", "dc1"], tag=tag, extra=extra)
+    # Every node offers SIP over TLS too, with a certificate for the hosts' addresses.
+    pki = make_pki(tmp_path / "pki", tuple(h.addr for h in hosts.hosts))
+    hosts.extra += ["--sip-tls", f"0.0.0.0:{SIPS_PORT}", "--sip-tls-cert", str(pki.cert),
+                    "--sip-tls-key", str(pki.key)]  # fmt: skip
     with hosts:
         hosts.start_all()
         with Nat(hosts.net) as nat:
@@ -122,22 +128,32 @@ def pinging(tmp_path: Path) -> Iterator[tuple[Hosts, Nat]]:
 
 @pytest.mark.parametrize(
     ("transport", "hangs_up"),
-    [("udp", "caller"), ("udp", "phone"), ("tcp", "caller"), ("tcp", "phone")],
+    [
+        ("udp", "caller"),
+        ("udp", "phone"),
+        ("tcp", "caller"),
+        ("tcp", "phone"),
+        ("tls", "caller"),
+        ("tls", "phone"),
+    ],
 )
 def test_a_phone_behind_nat_registers_through_one_node_and_is_called_through_another(
     cluster: tuple[Hosts, Nat], tmp_path: Path, transport: str, hangs_up: str
 ) -> None:
     """Registered through h0 over `transport`, called through h1, answered; then a BYE from
-    the caller, or from the phone behind its NAT, ends it on both sides. Over TCP the phone
-    is reachable only on the connection it opened to h0 (its TCP listener is behind the NAT
-    too)."""
+    the caller, or from the phone behind its NAT, ends it on both sides. Over TCP and TLS the
+    phone is reachable only on the connection it opened to h0 (its listener is behind the
+    NAT too); over TLS it checks h0's certificate."""
     hosts, nat = cluster
     edge, entry = hosts.hosts[0], hosts.hosts[1]
     phone_ns = ["ip", "netns", "exec", nat.phone]
     phone_hangup = ["--hangup-after", "300"] if hangs_up == "phone" else []
+    port = SIPS_PORT if transport == "tls" else SIP_PORT
+    if transport == "tls":
+        phone_hangup += ["--ca", str(tmp_path / "pki" / "ca.pem")]
     bob = Phone(
         "bob",
-        ["device", "--bind", nat.address, "--registrar", f"{edge.addr}:{SIP_PORT}",
+        ["device", "--bind", nat.address, "--registrar", f"{edge.addr}:{port}",
          "--user", "bob", "--domain", DOMAIN, "--answer-after", "300", "--lifetime", "60",
          "--transport", transport, *phone_hangup],
         tmp_path,
