@@ -315,6 +315,66 @@ def test_with_its_edge_dead_the_call_goes_to_the_users_other_device_at_once() ->
     assert c.nodes["n1"].stats["to_flows"] == 0
 
 
+def _outbound_flow(
+    c: Cluster, edge: str, reg_id: int, source: tuple[str, int], conn: int | None = None
+) -> None:
+    """bob's one outbound device (one +sip.instance) registers flow `reg_id` through `edge`,
+    from `source` (UDP, or TCP connection `conn`)."""
+    host, port = NAT_PRIVATE
+    transport = "TCP" if conn is not None else "UDP"
+    data = msg(
+        "REGISTER",
+        "sip:example.com",
+        "Supported: path, outbound",
+        contact=f'<sip:bob@{host}:{port};ob>;reg-id={reg_id};+sip.instance="<urn:uuid:two-flows>"',
+        via=f"SIP/2.0/{transport} {host}:{port};branch=z9hG4bK-flow{reg_id};rport",
+        call_id=f"flow-{reg_id}",
+    )
+    frm = Source("tcp" if conn is not None else "udp", *source, conn)
+    queue: list[tuple[str, bytes, tuple[str, int]]] = []
+    for action in c.nodes[edge].handle(data, frm, NOW_WALL + c.now, c.now):
+        c._route(edge, action, queue)
+    c._run(queue)
+    (ok,) = c.take(source)
+    assert isinstance(ok, Response) and ok.status == 200, ok
+
+
+def test_a_device_with_two_flows_is_called_on_the_second_when_the_first_edge_died() -> None:
+    """RFC 5626 §5.3 with two edges: the first flow's edge failed (the owner knows it from
+    the membership), so the branch goes to the other flow at once."""
+    c = Cluster()
+    _one_keyring(c)
+    other = ("127.0.0.1", 40001)
+    _outbound_flow(c, "n3", 2, other)
+    c.advance(1.0)
+    _outbound_flow(c, "n1", 1, NAT_PUBLIC)  # the newer: tried first
+    assert len(held(c, "n2")) == 2  # one binding per flow
+    _edge_dead_for(c, "n2")
+    c.deliver(msg("INVITE"), CALLER, "n2")
+    (invite,) = c.requests(other)  # through n3, on the second flow
+    assert invite.method == "INVITE"
+    assert c.take(NAT_PUBLIC) == [] and c.nodes["n1"].stats["to_flows"] == 0
+
+
+def test_a_flow_that_failed_at_its_edge_is_retried_on_the_devices_other_flow() -> None:
+    """The edge is up but the phone's TCP connection there closed: 430 from the edge, and
+    the owner tries the device's other flow, through the other edge, in the same call."""
+    c = Cluster()
+    _one_keyring(c)
+    other = ("127.0.0.1", 40001)
+    _outbound_flow(c, "n3", 2, other, conn=8)
+    c.advance(1.0)
+    _outbound_flow(c, "n1", 1, NAT_PUBLIC, conn=7)  # the newer: tried first
+    c.nodes["n1"]._flow_alive = lambda conn: conn != 7  # type: ignore[method-assign]
+    c.deliver(msg("INVITE"), CALLER, "n2")
+    (invite,) = c.requests(other)
+    assert invite.method == "INVITE"
+    assert c.nodes["n2"].forks.stats["flow_retries"] == 1
+    assert 430 not in statuses(c.take(CALLER))  # the caller never saw the failed flow
+    c.reply(other, answer(invite, 200, "OK", "phone"))
+    assert 200 in statuses(c.take(CALLER))
+
+
 # ---------------------------------------------------------------- the address we advertise
 
 

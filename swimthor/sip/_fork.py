@@ -73,6 +73,8 @@ class Target(NamedTuple):
     route: tuple[str, ...] = ()
     conn: int | None = None
     record_route: str = ""  # ours, with the flow token, when we send onto the device's flow
+    # The device's other flows (RFC 5626 §5.3), each tried in turn when this one answers 430.
+    alternates: tuple[Target, ...] = ()
 
 
 # (request as received, target, loop hash) -> (the branch's request, our Via on top; where it
@@ -204,6 +206,7 @@ class Forks:
             "cancels_sent": 0,
             "branch_timeouts": 0,
             "branch_transport_errors": 0,
+            "flow_retries": 0,  # branches tried again on another flow of the device (430)
             "fork_full": 0,
             "responses_forwarded": 0,
             "retransmissions_absorbed": 0,
@@ -496,6 +499,13 @@ class Forks:
         if branch.done:
             return
         branch.done = True
+        alternates = branch.target.alternates
+        if status == 430 and alternates and not (fork.cancelled or fork.six):
+            # RFC 5626 §5.3: that flow is gone; the device may have another (a second edge).
+            self.stats["flow_retries"] += 1
+            nxt = alternates[0]._replace(alternates=alternates[1:])
+            if self._open_branch(fork, nxt, now, out):
+                return
         fork.finals.append((status, self._without_our_via(response)))
         if status >= 600:
             fork.six = True

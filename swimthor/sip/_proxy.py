@@ -1353,15 +1353,13 @@ class Proxy:
             return self._reply(
                 request, source, now, 503, "Service Unavailable", [("retry-after", "1")]
             )
-        groups: list[list[Target]] = []
-        seen: set[str] = set()
-        last_q: float | None = None
+        # One target per device, the first binding that can be reached (highest q, then the
+        # most recently refreshed); its other flows (RFC 5626: another reg-id, through
+        # another edge) are its alternates, tried in turn on a 430 (§5.3).
+        targets: dict[str, list[Target]] = {}
         flows_gone = 0
-        for binding in bindings:  # highest q first, then the most recently refreshed
+        for binding in bindings:
             device = getattr(binding, "instance", "") or binding.key
-            if device in seen:
-                continue
-            seen.add(device)
             try:
                 contact = parse_uri(binding.contact)
             except ValueError:
@@ -1380,10 +1378,17 @@ class Proxy:
                     binding.q,
                     device,
                 )
-            if last_q is None or binding.q != last_q:
+            targets.setdefault(device, []).append(target)
+        groups: list[list[Target]] = []
+        last_q: float | None = None
+        for found in targets.values():
+            first = found[0]
+            if len(found) > 1:
+                first = first._replace(alternates=tuple(found[1:]))
+            if last_q is None or first.q != last_q:
                 groups.append([])
-                last_q = binding.q
-            groups[-1].append(target)
+                last_q = first.q
+            groups[-1].append(first)
         if not groups:
             if flows_gone:
                 # RFC 5626 §5.3: every device is reachable only over a flow that is gone.
