@@ -416,6 +416,7 @@ class Agent:
             if self.sip is not None and self.sip.proxy is not None:
                 load["sip_requests"] = self.sip.proxy.stats["requests"]
                 load["bindings"] = len(self.sip.store)
+                load["flows"] = sum(self.sip.flows().values())
             if self.dns is not None:
                 load["dns_queries"] = self.dns.zone.stats["queries"]
             self.core.local_load = tuple(sorted(load.items()))

@@ -973,6 +973,24 @@ def format_status_text(status: Mapping[str, Any]) -> str:
         if sip.get("subscribers") is not None:
             held += f", {_text(sip.get('subscribers'))} subscribers"
         lines.append(held + " held here")
+        flows = sip.get("flows")
+        if isinstance(flows, Mapping):
+            lines.append(
+                "            flows: "
+                + "  ".join(
+                    f"{t} {_text(flows.get(t))}" for t in ("udp", "tcp", "tls", "ws", "wss")
+                )
+            )
+        kept = sip.get("keepalive")
+        if isinstance(kept, Mapping):
+            lines.append(
+                f"            keepalives: udp pings {_text(kept.get('udp_pings'))} answered "
+                f"{_text(kept.get('udp_answers'))} lost {_text(kept.get('udp_lost'))}, stun "
+                f"{_text(kept.get('udp_stun'))}; pongs "
+                + "  ".join(
+                    f"{t} {_text(kept.get(f'{t}_pongs'))}" for t in ("tcp", "tls", "ws", "wss")
+                )
+            )
     dns = status.get("dns")
     if isinstance(dns, Mapping):
         servers = dns.get("servers")
@@ -1015,7 +1033,7 @@ def format_cluster_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     """Every member on one line: where it is, its state, health, whether its view matches
     ours, and the load it reports (from its gossiped summary)."""
     table = [["MEMBER", "DC", "STATE", "ROLES", "HEALTH", "VIEW", "SIP REQ", "BINDINGS",
-              "DNS Q", "UP"]]  # fmt: skip
+              "FLOWS", "DNS Q", "UP"]]  # fmt: skip
     for row in rows:
         load = row.get("load") if isinstance(row.get("load"), Mapping) else None
         up = load.get("uptime") if load else None
@@ -1033,6 +1051,7 @@ def format_cluster_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
                 str(row.get("view", "?")),
                 n("sip_requests"),
                 n("bindings"),
+                n("flows"),
                 n("dns_queries"),
                 _age(up) if isinstance(up, int) else "-",
             ]

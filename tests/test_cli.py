@@ -454,8 +454,21 @@ def test_status_text_shows_the_sip_front_end() -> None:
         "proxy": {"registers": 1300, "forwarded": 77},
         "transport": {"udp_received": 1500},
         "replication": {"puts_sent": 40},
+        "flows": {"udp": 30, "tcp": 4, "tls": 12, "ws": 0, "wss": 7},
+        "keepalive": {
+            "udp_pings": 90,
+            "udp_answers": 88,
+            "udp_lost": 1,
+            "udp_stun": 5,
+            "tcp_pongs": 2,
+            "tls_pongs": 9,
+            "ws_pongs": 0,
+            "wss_pongs": 3,
+        },
     }
     text = format_status_text(status)
+    assert "flows: udp 30  tcp 4  tls 12  ws 0  wss 7" in text
+    assert "keepalives: udp pings 90 answered 88 lost 1, stun 5; pongs tcp 2  tls 9" in text
     assert "sip:        10.0.0.1:5060  domains example.com  R=2" in text
     assert "1204 bindings of 1200 addresses-of-record, 900 subscribers held here" in text
     assert "sip proxy:" in text and "registers=1300" in text and "puts_sent=40" in text

@@ -276,6 +276,10 @@ async def test_a_websocket_phone_registers_and_is_called_on_its_websocket(
         assert reply.status == 200, reply.start
         assert reply.get("contact") and ".invalid" in (reply.get("contact") or "")
         assert node.server.connections()[transport] == 1
+        # RFC 5626 §4.4.1 keepalive as SIP.js sends it over WebSocket: a CRLF pong.
+        await client.send(b"\r\n\r\n")
+        assert await client.receive() == b"\r\n"
+        assert node.server.stats[f"{transport}_pongs"] == 1
         with trio.socket.socket(type=trio.socket.SOCK_DGRAM) as caller:
             await caller.bind(("127.0.0.1", 0))
             await caller.sendto(invite(user, caller.getsockname()), node.addr)

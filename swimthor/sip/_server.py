@@ -744,6 +744,14 @@ class SipServer(FrontEndServer):
                         async with conn.send_lock:
                             await conn.stream.send_all(reply)
                     for message in messages:
+                        if not message.strip(b"\r\n"):
+                            # A WebSocket message of CRLFs: a keepalive (RFC 5626 §4.4.1 as
+                            # SIP.js and JsSIP send it over WebSocket); a ping gets a pong.
+                            if len(message) >= 4:
+                                stats[f"{transport}_pongs"] += 1
+                                async with conn.send_lock:
+                                    await conn.stream.send_all(framer.frame(b"\r\n"))
+                            continue
                         stats[f"{transport}_received"] += 1
                         await self._handle_stream(message, conn)
                     if isinstance(framer, WsFramer) and framer.closed:

@@ -168,6 +168,23 @@ class SipService:
         self.replicator.locate = self.location  # `swimthor location --via`
         return advertised
 
+    def flows(self) -> dict[str, int]:
+        """Flows held here by transport: the NAT'd UDP phones we ping, and the open TCP,
+        TLS and WebSocket connections."""
+        assert self.proxy is not None
+        return {"udp": len(self.proxy.pinger.flows)} | self.server.connections()
+
+    def keepalives(self) -> dict[str, int]:
+        """Keepalives by transport: OPTIONS pings to UDP flows (sent, answered, flows lost),
+        STUN bindings answered on UDP, CRLF pongs on the streams."""
+        assert self.proxy is not None
+        stats = self.server.stats
+        return (
+            {f"udp_{k}": v for k, v in self.proxy.pinger.stats.items() if k != "watched"}
+            | {"udp_stun": stats["stun_bindings"]}
+            | {f"{t}_pongs": stats[f"{t}_pongs"] for t in ("tcp", "tls", "ws", "wss")}
+        )
+
     def stream_tags(self) -> dict[str, str]:
         """The member tags announcing our TLS and WebSocket addresses (after `open`)."""
         return {
@@ -399,8 +416,11 @@ class SipService:
             "proxy": dict(self.proxy.stats),
             # The owner's stateful proxy: transactions held now, forks and branches so far.
             "transactions": self.proxy.forks.counts() | self.proxy.forks.stats,
-            # The edge's OPTIONS pings to the NAT'd UDP phones it holds flows for.
-            "keepalive": dict(self.proxy.pinger.stats),
+            # The phones' flows this node is the edge for: NAT'd UDP phones it pings, and
+            # open connections by transport; the keepalives on each (our OPTIONS pings to
+            # the UDP ones, the STUN bindings and CRLF pongs we answered).
+            "flows": self.flows(),
+            "keepalive": self.keepalives(),
             "requests_by_method": dict(self.proxy.requests_by_method),
             "latency": {
                 "handling": self.server.latency_handling.snapshot(),

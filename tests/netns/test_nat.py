@@ -319,8 +319,9 @@ def test_only_the_edge_pings_the_phone_and_a_phone_that_vanishes_is_unbound(
         def keepalive(i: int) -> dict[str, int]:
             return dict(hosts.status(i)["sip"]["keepalive"])
 
-        wait_until(lambda: keepalive(0)["answers"] >= 3, 20, "h0 to have 3 pings answered")
-        assert [keepalive(i)["pings"] for i in (1, 2)] == [0, 0]  # one pinger: the edge
+        wait_until(lambda: keepalive(0)["udp_answers"] >= 3, 20, "h0 to have 3 pings answered")
+        assert [keepalive(i)["udp_pings"] for i in (1, 2)] == [0, 0]  # one pinger: the edge
+        assert [hosts.status(i)["sip"]["flows"]["udp"] for i in (0, 1, 2)] == [1, 0, 0]
         assert bob.received("OPTIONS")
 
         def bindings() -> list[dict[str, object]]:
@@ -335,7 +336,7 @@ def test_only_the_edge_pings_the_phone_and_a_phone_that_vanishes_is_unbound(
         assert held["edge"] == f"{hosts.hosts[0].addr}:{SIP_PORT}"
         assert sorted(held["on"]) == sorted(hosts.owners(1, BOB))  # type: ignore[arg-type]
         bob.kill()  # gone without a word: no un-REGISTER
-        wait_until(lambda: keepalive(0)["lost"] == 1, 20, "h0 to give the phone up")
+        wait_until(lambda: keepalive(0)["udp_lost"] == 1, 20, "h0 to give the phone up")
         wait_until(lambda: bindings() == [], 20, "both owners to drop the binding")
     finally:
         bob.kill()
