@@ -1080,7 +1080,7 @@ def format_location_text(reply: Mapping[str, Any]) -> str:
     if not bindings:
         return head + "\nno bindings\n"
     rows = [["CONTACT", "Q", "EXPIRES", "CALL-ID", "CSEQ", "INSTANCE", "REG-ID", "SOURCE",
-             "EDGE", "ORIGIN", "ON", "USER-AGENT"]]  # fmt: skip
+             "EDGE", "FLOW", "ORIGIN", "ON", "USER-AGENT"]]  # fmt: skip
     for b in bindings:
         q = b.get("q")
         on = [str(n) for n in b.get("on") or ()]
@@ -1097,6 +1097,7 @@ def format_location_text(reply: Mapping[str, Any]) -> str:
                 _text(b.get("reg_id") or None),
                 _text(b.get("source")),
                 _text(b.get("edge") or None),
+                _text(b.get("flow") or b.get("transport") or None),
                 _text(b.get("origin")),
                 ",".join(on) or "-",
                 _text(b.get("user_agent")),

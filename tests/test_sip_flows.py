@@ -428,11 +428,17 @@ def test_location_names_the_edge_of_a_binding_with_a_path() -> None:
     nat_register(c)
     now = c.nodes["n2"]._mono + NOW_WALL
     copies = {n: c.nodes[n].store.contacts(BOB) for n in ("n2", "n3")}
-    reply = location_reply(BOB, ["n2", "n3"], copies, [], now, asked="n2")
+    keys = c.nodes["n1"]._branch_keys()
+    reply = location_reply(BOB, ["n2", "n3"], copies, [], now, asked="n2", keys=keys)
     (b,) = reply["bindings"]
     assert b["edge"] == "127.0.0.1:5071" and len(b["path"]) == 1
+    assert (b["flow"], b["transport"]) == ("udp:127.0.0.1:40000", "udp")
     header, row = format_location_text(reply).splitlines()[1:]
     assert row.split()[header.split().index("EDGE")] == "127.0.0.1:5071"
+    assert "udp:127.0.0.1:40000" in row
+    # Without the cluster's keys the token cannot be read: the flow is unknown, not made up.
+    (blind,) = location_reply(BOB, ["n2", "n3"], copies, [], now, asked="n2")["bindings"]
+    assert blind["flow"] == "?"
 
 
 def test_without_shared_keys_a_dead_edge_is_known_from_the_membership() -> None:

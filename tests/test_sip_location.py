@@ -89,13 +89,15 @@ def test_the_text_is_one_line_per_binding_in_aligned_columns() -> None:
     assert lines[0] == f"{AOR}  owners: n1, n2"
     header, one, two = lines[1:]
     assert header.split() == ["CONTACT", "Q", "EXPIRES", "CALL-ID", "CSEQ", "INSTANCE",
-                              "REG-ID", "SOURCE", "EDGE", "ORIGIN", "ON", "USER-AGENT"]  # fmt: skip
-    assert one.split()[:11] == ["sip:alice@10.0.0.2:5060", "1", "600", "c1", "7", "-", "-",
-                                "udp:10.0.0.2:5060", "-", "n1", "n1,n2"]  # fmt: skip
+                              "REG-ID", "SOURCE", "EDGE", "FLOW", "ORIGIN", "ON",
+                              "USER-AGENT"]  # fmt: skip
+    assert one.split()[:12] == ["sip:alice@10.0.0.2:5060", "1", "600", "c1", "7", "-", "-",
+                                "udp:10.0.0.2:5060", "-", "udp", "n1", "n1,n2"]  # fmt: skip
     assert one.endswith("Phone/1.0 (build 7)")  # the last column: spaces are fine there
     assert two.split() == ["sip:alice@192.0.2.9:40000", "0.5", "600", "c1", "7",
                            "<urn:uuid:00000000-0000-1000-8000-aabbccddeeff>", "1",
-                           "udp:10.0.0.2:5060", "-", "n1", "n1,n2:missing", "-"]  # fmt: skip
+                           "udp:10.0.0.2:5060", "-", "udp", "n1", "n1,n2:missing",
+                           "-"]  # fmt: skip
     # Aligned: every column starts where its heading does.
     for word in ("Q", "EXPIRES", "INSTANCE", "ON", "USER-AGENT"):
         at = header.index(f"  {word} ") + 2 if word != "USER-AGENT" else header.index(word)
@@ -109,7 +111,7 @@ def test_the_text_names_owners_that_did_not_answer_and_says_when_nothing_is_boun
                            NOW, asked="n1")  # fmt: skip
     text = format_location_text(reply)
     assert text.splitlines()[0] == f"{AOR}  owners: n1, n2, n3  (no answer from n3)"
-    assert text.splitlines()[2].split()[10] == "n1,n2:older"
+    assert text.splitlines()[2].split()[11] == "n1,n2:older"
     assert format_location_text(location_reply(AOR, [], {}, [], NOW, asked="n1")) == (
         f"{AOR}  owners: none\nno bindings\n"
     )
@@ -206,7 +208,7 @@ async def test_location_shows_a_binding_on_both_owners(
             assert (code, err) == (0, "")
             lines = out.splitlines()
             assert lines[0].startswith(f"{AOR}  owners: ")
-            assert lines[2].split()[10] == ",".join(owners)
+            assert lines[2].split()[11] == ",".join(owners)
             assert lines[2].endswith("LocPhone/2.1 (test)")
             via = f"{b.bound_addr[0]}:{b.bound_addr[1]}"  # type: ignore[index]
             code, out, err = await cli("location", AOR, "--via", via, "--insecure",

@@ -25,6 +25,7 @@ from ..ratelimit import RateLimit, SourceLimiter
 from ..routing import RoutingTable
 from ._auth import Credentials, NonceMinter, Verifier, random_secret
 from ._bindings import SUBSCRIBER_KEY, Binding, BindingStore, subscriber_record
+from ._flow import decode_token
 from ._grammar import parse_uri
 from ._message import parse_address
 from ._proxy import Peer, Proxy, ProxySettings
@@ -293,7 +294,9 @@ class SipService:
         )
         copies.update(theirs)
         now = self._clock()
-        return location_reply(canonical, owners, copies, silent, now, asked=self.name)
+        return location_reply(
+            canonical, owners, copies, silent, now, asked=self.name, keys=self._nonce_secrets()
+        )
 
     @property
     def advertised(self) -> tuple[str, int]:
@@ -443,6 +446,33 @@ def _edge_of(path: tuple[str, ...]) -> str:
     return format_hostport((uri.host, uri.port or 5060))
 
 
+def _flow_text(path: tuple[str, ...], keys: list[bytes]) -> str:
+    """The flow a binding's Path token names, "transport:host:port" ("" without a Path,
+    "?" for a token the cluster's keys do not open)."""
+    if not path:
+        return ""
+    try:
+        uri = parse_address(path[0]).uri
+    except ValueError:
+        return "?"
+    flow = decode_token(uri.user or "", keys)
+    if flow is None:
+        return "?"
+    return f"{flow.transport}:{format_hostport((flow.host, flow.port))}"
+
+
+def _transport_of(binding: Binding, flow: str) -> str:
+    """How the phone is reached: its flow's transport, else its Contact's."""
+    if flow and flow != "?":
+        return flow.split(":", 1)[0]
+    try:
+        uri = parse_uri(binding.contact)
+    except ValueError:
+        return "?"
+    value = uri.parameters.get("transport")
+    return str(value).lower() if value else ("tls" if uri.scheme == "sips" else "udp")
+
+
 def location_reply(
     aor: str,
     owners: list[str],
@@ -451,6 +481,7 @@ def location_reply(
     now: float,
     *,
     asked: str,
+    keys: list[bytes] | None = None,
 ) -> dict[str, Any]:
     """What `swimthor location` shows, from what each owner that answered holds (`copies`:
     owner -> its contact records of `aor`). Per binding key, the newest version any owner
@@ -477,6 +508,7 @@ def location_reply(
                 on.append(owner)
             else:
                 older.append(owner)
+        flow = _flow_text(b.path, keys or [])
         bindings.append(
             {
                 "contact": b.contact,
@@ -495,6 +527,10 @@ def location_reply(
                 # holding its flow), when it has one.
                 "path": list(b.path),
                 "edge": _edge_of(b.path),
+                # The phone's flow at that edge, from the Path's token, and the transport it
+                # is reached over.
+                "flow": flow,
+                "transport": _transport_of(b, flow),
                 "on": on,
                 "older": older,
                 "missing": missing,
