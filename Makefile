@@ -5,8 +5,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 BENCH_STAMP := $(VENV)/.bench-installed
+# SIP.js and ws for the WebSocket phone (tests/wsphone), from its package-lock.json.
+WSPHONE := tests/wsphone
+NPM_STAMP := $(WSPHONE)/node_modules/.installed
 
-.PHONY: run test lint typecheck pytest debs clean bench bench-quick bench-sip bench-dns fuzz
+.PHONY: run test lint typecheck pytest debs npm clean bench bench-quick bench-sip bench-dns fuzz
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,10 +22,19 @@ run: $(STAMP)
 	$(BIN)/swimthor demo
 
 ## test: Debian tools the tests drive, then lint, type checks and the whole suite
-test: $(STAMP) debs lint typecheck pytest
+test: $(STAMP) debs npm lint typecheck pytest
 
 debs:
 	bash scripts/install-debs.sh
+
+# Without npm the SIP.js test skips; with it, a failed install fails the run.
+npm:
+	@if command -v npm >/dev/null 2>&1; then $(MAKE) --no-print-directory $(NPM_STAMP); \
+	else echo "npm: not found; tests/test_sip_wss_sipjs.py will skip" >&2; fi
+
+$(NPM_STAMP): $(WSPHONE)/package.json $(WSPHONE)/package-lock.json
+	npm ci --prefix $(WSPHONE) --no-audit --no-fund
+	touch $@
 
 lint: $(STAMP)
 	$(BIN)/ruff check swimthor tests bench
@@ -59,4 +71,4 @@ bench-dns: $(STAMP) debs
 	$(BIN)/python -m bench.dns.bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(WSPHONE)/node_modules
