@@ -41,6 +41,11 @@ And for the owner's transaction-stateful forking proxy (issue 14):
    entry is the node that owns nothing of bob's, so the node killed (-9, a third of the way
    into 200 calls/s for 20 s) is bob's second owner; his first owner, which the entry sends
    every INVITE to, stays up. Failed and unfinished calls are counted (target 0).
+8. **natkill: the same two, with phones behind NAT (issue 15).** The users' REGISTERs name
+   127.0.0.2 in Via and Contact while coming from 127.0.0.1 (regload's nat_host,
+   register_nat.xml), so the node they reach is their edge: it holds the flow and adds a
+   Path, and calls come back through it. The node killed is never an edge: node3 for the
+   registrations, bob's second owner for the calls (target 0 lost in both).
 
 Figures go to stdout, bench/results/sip.json and bench/results/SIP.md. A case not run this
 time keeps its figures from the previous sip.json, under "earlier" (and in a section of
@@ -96,6 +101,9 @@ DOMAIN = "example.com"
 KAMAILIO_SHM_MB = 1024
 LIMIT = 0.005  # a step passes with at most this fraction of calls retransmitted or failed
 BASELINE = "528fcdd"  # the last commit before the owner's stateful proxy (issue 14)
+# What a phone behind NAT believes its address is, in bench NAT cases (loopback: nothing
+# is ever sent anywhere else; a call that went there instead of the flow reaches nobody).
+NAT_HOST = "127.0.0.2"
 # bob's two devices in the forked ladder: distinct instances, equal q
 DEVICE_A = "urn:uuid:00000000-0000-4000-8000-00000000000a"
 DEVICE_B = "urn:uuid:00000000-0000-4000-8000-00000000000b"
@@ -247,9 +255,13 @@ def call_ladder(
         )
 
 
-def kill_under_load(nodes: list[Node], rate: int, seconds: float) -> dict[str, Any]:
+def kill_under_load(
+    nodes: list[Node], rate: int, seconds: float, nat: bool = False
+) -> dict[str, Any]:
     """Register rate*seconds users through node1 and node2; kill node3 a third of the way in;
-    then query every acknowledged user through the survivors."""
+    then query every acknowledged user through the survivors. `nat`: the users are phones
+    behind NAT (regload's nat_host), so node1 and node2 are their edges and hold their
+    flows, and node3, killed, is never an edge."""
     victim = nodes[2]
     survivors = [("127.0.0.1", n.sip) for n in nodes[:2]]
     names = [f"k{i}" for i in range(int(rate * seconds))]
@@ -262,7 +274,7 @@ def kill_under_load(nodes: list[Node], rate: int, seconds: float) -> dict[str, A
 
     start = time.monotonic()
     threading.Thread(target=killer, daemon=True).start()
-    result = regload.load(survivors, names, DOMAIN, rate)
+    result = regload.load(survivors, names, DOMAIN, rate, nat_host=NAT_HOST if nat else None)
     # Wait until both survivors see the victim dead and have moved its keys: the handoff
     # runs right after the routing epoch moves; give it detection time plus a margin.
     deadline = time.monotonic() + 60
@@ -276,8 +288,16 @@ def kill_under_load(nodes: list[Node], rate: int, seconds: float) -> dict[str, A
         time.sleep(0.5)
     time.sleep(3)
     missing, q = regload.query(survivors, result.acknowledged, DOMAIN)
-    holders = {n.name: n.status()["sip"]["bindings"] for n in nodes[:2]}
+    views = [n.status()["sip"] for n in nodes[:2]]
+    holders = {n.name: v["bindings"] for n, v in zip(nodes[:2], views, strict=True)}
+    paths = {
+        n.name: v["proxy"].get("paths_added", 0) for n, v in zip(nodes[:2], views, strict=True)
+    }
     return {
+        "nat": nat,
+        # Paths the edges added (one per REGISTER of a phone behind NAT, retransmissions
+        # included): every registration went through an edge that survived.
+        "paths_added": paths,
         "rate": rate,
         "seconds": seconds,
         "users": len(names),
@@ -558,11 +578,15 @@ def stateful_vs_baseline(
     return out
 
 
-def calls_under_kill(nodes: list[Node], wd: Path, rate: int, seconds: float) -> dict[str, Any]:
+def calls_under_kill(
+    nodes: list[Node], wd: Path, rate: int, seconds: float, nat: bool = False
+) -> dict[str, Any]:
     """`rate` calls/s for `seconds` to bob (one device) through the node that owns nothing of
     his; his second owner is killed -9 a third of the way in. With three nodes and R = 2 the
     entry is the only non-owner, so the victim is the second owner and the first owner (that
-    the entry forwards to) stays up. Counts the calls that failed or never ended."""
+    the entry forwards to) stays up. Counts the calls that failed or never ended. `nat`: bob
+    is behind NAT (register_nat.xml) and registered through the entry, his edge: every call
+    goes entry -> first owner -> back to the entry (his Path) -> onto his flow."""
     bob = f"sip:bob@{DOMAIN}"
     owners = nodes[0].owners(bob)
     entry = next(n for n in nodes if n.name not in owners)
@@ -576,7 +600,8 @@ def calls_under_kill(nodes: list[Node], wd: Path, rate: int, seconds: float) -> 
     wd = wd / f"callkill-{time.monotonic_ns()}"
     wd.mkdir(parents=True)
     uas_port = free_udp_port()
-    r = register_callee(entry.target, wd, "bob", DOMAIN, uas_port)
+    scenario = "register_nat.xml" if nat else "register.xml"
+    r = register_callee(entry.target, wd, "bob", DOMAIN, uas_port, scenario=scenario)
     if r.successful != 1:
         raise RuntimeError(f"bob could not register: {r.errors[-500:]}")
     csvf = write_users_csv(wd / "callers.csv", users(100_000, "caller"))
@@ -620,7 +645,9 @@ def calls_under_kill(nodes: list[Node], wd: Path, rate: int, seconds: float) -> 
         "entry": entry.name,
         "first_owner": first.name,
         "killed": victim.name,
-        "killed_is": "bob's second owner",
+        "killed_is": "bob's second owner" + (", not his edge" if nat else ""),
+        "nat": nat,
+        "edge": entry.name if nat else None,
         "killed_after_s": round(kill_t - start, 2) if kill_t else None,
         "created": uac.created,
         "successful": uac.successful,
@@ -729,7 +756,7 @@ RATES = {
         "500,1000,1500,2000,3000,4000,5000",
     ),
 }
-CASES = ("register", "calls", "kill", "forked", "stateful", "callkill")
+CASES = ("register", "calls", "kill", "forked", "stateful", "callkill", "natkill")
 # what each case writes into sip.json
 CASE_KEYS = {
     "register": ("swimthor_register", "kamailio_register"),
@@ -738,6 +765,7 @@ CASE_KEYS = {
     "forked": ("swimthor_forked", "kamailio_forked"),
     "stateful": ("stateful",),
     "callkill": ("callkill",),
+    "natkill": ("natkill", "natcallkill"),
 }
 
 
@@ -840,6 +868,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"  {json.dumps({k: v for k, v in ck.items() if k != 'survivors'})}")
                 out["callkill"] = ck
 
+        def natkill() -> None:
+            # Phones behind NAT: each edge holds its phones' flows; the node killed is not
+            # an edge (issue 15: 0 registrations and 0 calls lost).
+            with cluster(wd / "c5") as nodes:
+                print(
+                    f"registrations lost, phones behind NAT: {args.kill_rate} REGISTER/s for"
+                    f" {kill_s:g} s through node1+node2 (their edges), node3 killed -9"
+                )
+                out["natkill"] = kill_under_load(nodes, args.kill_rate, kill_s, nat=True)
+                print(f"  {json.dumps(out['natkill'])}")
+            with cluster(wd / "c6") as nodes:
+                print(
+                    f"calls lost, bob behind NAT: {args.callkill_rate} calls/s for"
+                    f" {callkill_s:g} s, a node that is not his edge killed -9 at a third"
+                )
+                ck = calls_under_kill(nodes, wd, args.callkill_rate, callkill_s, nat=True)
+                print(f"  {json.dumps({k: v for k, v in ck.items() if k != 'survivors'})}")
+                out["natcallkill"] = ck
+
         def kamailio_register() -> None:
             # A fresh Kamailio for each ladder, with room for every user of the ladder in its
             # shared memory (at 256 MB its usrloc filled up after about 60,000 contacts).
@@ -860,6 +907,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ("forked", "forked" in what, forked),
             ("stateful", "stateful" in what, stateful),
             ("callkill", "callkill" in what, callkill),
+            ("natkill", "natkill" in what, natkill),
             ("kamailio_register", kam and "register" in what, kamailio_register),
             ("kamailio_calls", kam and "calls" in what, kamailio_calls),
         ]
@@ -919,6 +967,10 @@ def summarize(out: dict[str, Any]) -> dict[str, Any]:
         }
     if "callkill" in out:
         s |= {"calls_lost_on_kill": out["callkill"]["lost"]}
+    if "natkill" in out:
+        s |= {"nat_registrations_lost": out["natkill"]["lost"]}
+    if "natcallkill" in out:
+        s |= {"nat_calls_lost_on_kill": out["natcallkill"]["lost"]}
     return s
 
 
@@ -1029,15 +1081,27 @@ def markdown(out: dict[str, Any]) -> str:
             f" nodes, the third killed -9 at {k['killed_after_s']} s | {k['lost']} of"
             f" {k['acknowledged']:,} acknowledged | | 0: {verdict(k['lost'] == 0)} |"
         )
-    if "callkill" in out:
-        c = out["callkill"]
+    if "natkill" in out:
+        k = out["natkill"]
+        md.append(
+            f"| registrations lost, phones behind NAT: {k['rate']:,} REGISTER/s for"
+            f" {k['seconds']:g} s through two nodes (their edges:"
+            f" {sum(k['paths_added'].values()):,} Paths added), the third killed -9 at"
+            f" {k['killed_after_s']} s | {k['lost']} of {k['acknowledged']:,} acknowledged"
+            f" | | 0: {verdict(k['lost'] == 0)} |"
+        )
+    for key in ("callkill", "natcallkill"):
+        if key not in out:
+            continue
+        c = out[key]
         why = ", ".join(
             f"{v['count']} answered {code} from {v['first_s']:+.2f} s to {v['last_s']:+.2f} s"
             " after the kill"
             for code, v in (c.get("failures") or {}).get("unexpected_responses", {}).items()
         )
         md.append(
-            f"| calls lost: {c['rate']:,} calls/s for {c['seconds']:g} s through {c['entry']},"
+            f"| calls lost{', bob behind NAT' if c.get('nat') else ''}: {c['rate']:,} calls/s"
+            f" for {c['seconds']:g} s through {c['entry']},"
             f" {c['killed']} ({c['killed_is']}; {c['first_owner']}, the first, stays up) killed"
             f" -9 at {c['killed_after_s']} s | {c['lost']} of {c['created']:,} ({c['failed']}"
             f" failed, {c['open']} unfinished; {c['retransmissions']} retransmissions"

@@ -36,11 +36,21 @@ class LoadResult:
     elapsed_s: float = 0.0
 
 
-def _register(user: str, domain: str, local: tuple[str, int], seq: int, contact: bool) -> bytes:
+def _register(
+    user: str,
+    domain: str,
+    local: tuple[str, int],
+    seq: int,
+    contact: bool,
+    nat_host: str | None = None,
+) -> bytes:
+    """`nat_host`: the address the phone believes it has, behind a NAT (Via and Contact name
+    it, the packets come from `local`): the edge holds its flow and adds a Path."""
     branch = f"z9hG4bK-rl-{user}-{seq}-{os.urandom(3).hex()}"
+    host = nat_host or local[0]
     lines = [
         f"REGISTER sip:{domain} SIP/2.0",
-        f"Via: SIP/2.0/UDP {local[0]}:{local[1]};branch={branch};rport",
+        f"Via: SIP/2.0/UDP {host}:{local[1]};branch={branch};rport",
         f"From: <sip:{user}@{domain}>;tag={user}-rl",
         f"To: <sip:{user}@{domain}>",
         f"Call-ID: {user}-{'q' if not contact else 'r'}-{RUN}@regload",
@@ -48,7 +58,7 @@ def _register(user: str, domain: str, local: tuple[str, int], seq: int, contact:
         "Max-Forwards: 70",
     ]
     if contact:
-        lines += [f"Contact: <sip:{user}@{local[0]}:{local[1]}>", "Expires: 3600"]
+        lines += [f"Contact: <sip:{user}@{host}:{local[1]}>", "Expires: 3600"]
     lines += ["Content-Length: 0", "", ""]
     return "\r\n".join(lines).encode()
 
@@ -144,8 +154,10 @@ def load(
     domain: str,
     rate: float,
     deadline_s: float = 300.0,
+    nat_host: str | None = None,
 ) -> LoadResult:
-    """Register every user once at `rate`/s; which ones were acknowledged."""
+    """Register every user once at `rate`/s; which ones were acknowledged. `nat_host`: as
+    phones behind NAT that believe they are at that address (`_register`)."""
     result = LoadResult()
 
     def final(user: str, status: int, _data: bytes) -> None:
@@ -155,8 +167,8 @@ def load(
             result.refused[user] = status
 
     _run(
-        targets, lambda u, local: _register(u, domain, local, 1, True), users, rate, final,
-        result, deadline_s,
+        targets, lambda u, local: _register(u, domain, local, 1, True, nat_host), users, rate,
+        final, result, deadline_s,
     )  # fmt: skip
     return result
 

@@ -703,12 +703,18 @@ def uac_args(
 
 
 def register_callee(
-    target: str, workdir: Path, callee: str, domain: str, port: int, timeout: float = 10.0
+    target: str,
+    workdir: Path,
+    callee: str,
+    domain: str,
+    port: int,
+    timeout: float = 10.0,
+    scenario: str = "register.xml",
 ) -> SippResult:
-    """Bind callee to 127.0.0.1:port: register.xml sent from that port, which is free again
-    once this sipp has exited, so the UAS can bind it next."""
+    """Bind callee to 127.0.0.1:port: register.xml (or `scenario`) sent from that port, which
+    is free again once this sipp has exited, so the UAS can bind it next."""
     csvf = write_users_csv(workdir / f"{callee}.csv", [callee])
-    return run_sipp([*register_args(target, csvf, domain, port), "-m", "1"], timeout)
+    return run_sipp([*register_args(target, csvf, domain, port, scenario), "-m", "1"], timeout)
 
 
 @contextlib.contextmanager
