@@ -305,6 +305,13 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"SIP over secure WebSocket here (port default {DEFAULT_WSS_PORT}); needs the "
         "TLS certificate and key",
     )
+    j.add_argument(
+        "--sip-ws-origin",
+        action="append",
+        metavar="ORIGIN",
+        help="a web origin (https://app.example.com) whose pages may open a WebSocket to us "
+        "(repeatable; default: any)",
+    )
     j.add_argument("--sip-tls-cert", metavar="FILE", help="PEM certificate chain for TLS and WSS")
     j.add_argument("--sip-tls-key", metavar="FILE", help="PEM private key of --sip-tls-cert")
     j.add_argument(
@@ -636,6 +643,7 @@ def _apply_sip_flags(cfg: AgentConfig, args: argparse.Namespace) -> None:
             ("--sip-tls", args.sip_tls),
             ("--sip-ws", args.sip_ws),
             ("--sip-wss", args.sip_wss),
+            ("--sip-ws-origin", args.sip_ws_origin),
             ("--sip-tls-cert", args.sip_tls_cert),
             ("--sip-tls-key", args.sip_tls_key),
             ("--sip-tls-ca", args.sip_tls_ca),
@@ -664,6 +672,8 @@ def _apply_sip_flags(cfg: AgentConfig, args: argparse.Namespace) -> None:
         value = getattr(args, f"sip_{name}")
         if value is not None:
             setattr(sip, f"{name}_bind", value)
+    if args.sip_ws_origin is not None:
+        sip.ws_origins = list(args.sip_ws_origin)
     for name in ("tls_cert", "tls_key", "tls_ca", "tls_verify_client"):
         value = getattr(args, f"sip_{name}")
         if value is not None:

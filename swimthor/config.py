@@ -270,6 +270,10 @@ class SipConfig:
     tls_verify_client: str = "none"
     # Seconds a new TLS or WebSocket connection has to finish its handshakes.
     handshake_time: float = 5.0
+    # The web origins ("https://app.example.com") whose pages may open a WebSocket to us;
+    # empty: any. Browsers send Origin with every upgrade: with a list, another site's page
+    # cannot use its visitors' browsers to talk SIP to the cluster (RFC 6455 §10.2).
+    ws_origins: list[str] = field(default_factory=list)
 
 
 _SIP_KEYS: dict[str, type | tuple[type, ...]] = {
@@ -302,6 +306,7 @@ _SIP_KEYS: dict[str, type | tuple[type, ...]] = {
     "tls_ca": str,
     "tls_verify_client": str,
     "handshake_time": (int, float),
+    "ws_origins": list,
 }
 
 
@@ -377,6 +382,16 @@ def _check_sip_streams(cfg: SipConfig) -> None:
             + ", ".join(f"{flag} {format_hostport(b)}" for flag, b in binds)
             + ": each transport needs a port of its own"
         )
+    for origin in cfg.ws_origins:
+        if (
+            not isinstance(origin, str)
+            or "://" not in origin
+            or any(c.isspace() or c in ',<>"' for c in origin)
+        ):
+            raise ConfigError(
+                f"sip: bad WebSocket origin {origin!r} (scheme://host[:port], as browsers "
+                "send it, e.g. https://app.example.com)"
+            )
     if cfg.tls_verify_client not in TLS_VERIFY_CLIENT:
         raise ConfigError(
             f"sip: tls_verify_client is one of {', '.join(TLS_VERIFY_CLIENT)}, "

@@ -424,3 +424,106 @@ async def test_udp_caller_and_tls_phone_bye_from_the_phone_reaches_the_caller(
                         if not got.is_response and got.method == "BYE":
                             break
                 assert got.get("route") is None  # every Route of ours consumed
+
+
+async def test_websocket_origins_outside_the_list_are_refused(pki: Pki) -> None:
+    ctx = server_tls_context(TlsFiles(str(pki.cert), str(pki.key)))
+    origins = frozenset({"https://app.example.com"})
+    streams = (
+        StreamListen("ws", ("127.0.0.1", 0), None, origins),
+        StreamListen("wss", ("127.0.0.1", 0), ctx, origins),
+    )
+    async with sip_node(streams=streams) as node:
+
+        async def upgrade(origin: str | None) -> AcceptConnection | RejectConnection:
+            raw = await trio.open_tcp_stream(*node.server.stream_bound["ws"])
+            client = WsClient(raw)
+            headers = [(b"origin", origin.encode())] if origin else []
+            await raw.send_all(
+                client.ws.send(
+                    Request(
+                        host="127.0.0.1", target="/", subprotocols=["sip"], extra_headers=headers
+                    )
+                )
+            )
+            while True:
+                for event in await client._events():
+                    if isinstance(event, AcceptConnection | RejectConnection):
+                        await trio.aclose_forcefully(raw)
+                        return event
+
+        for origin in ("https://evil.example", None, "https://app.example.com.evil.example"):
+            refused = await upgrade(origin)
+            assert isinstance(refused, RejectConnection) and refused.status_code == 403, origin
+        for origin in ("https://app.example.com", "HTTPS://APP.EXAMPLE.COM/"):
+            assert isinstance(await upgrade(origin), AcceptConnection), origin
+        assert node.server.stats["ws_rejected"] == 3
+
+
+def _join(*flags: str) -> list[str]:
+    return ["join", "--role", "sip", "--domain", "example.com", "--insecure", *flags]
+
+
+def test_tls_and_websocket_flags_and_what_bad_ones_say(
+    pki: Pki, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from swimthor.cli import build_agent_config, build_parser, main
+
+    cfg = build_agent_config(
+        build_parser().parse_args(
+            _join(
+                "--sip-tls", "0.0.0.0", "--sip-wss", "0.0.0.0:8443", "--sip-ws", "[::]:8080",
+                "--sip-tls-cert", str(pki.cert), "--sip-tls-key", str(pki.key),
+                "--sip-tls-ca", str(pki.ca), "--sip-tls-verify-client", "optional",
+                "--sip-ws-origin", "https://app.example.com",
+            )
+        )
+    )  # fmt: skip
+    sip = cfg.sip
+    assert sip is not None
+    assert (sip.tls_bind, sip.wss_bind, sip.ws_bind) == (
+        ("0.0.0.0", 5061),
+        ("0.0.0.0", 8443),
+        ("::", 8080),
+    )
+    assert (sip.tls_verify_client, sip.ws_origins) == ("optional", ["https://app.example.com"])
+    missing = str(tmp_path / "nope.pem")
+    cases = [
+        (["--sip-tls", "0.0.0.0"], "certificate and its key"),
+        (["--sip-wss", "0.0.0.0", "--sip-tls-cert", missing, "--sip-tls-key", str(pki.key)],
+         "nope.pem"),
+        (["--sip-tls", "0.0.0.0", "--sip-tls-cert", str(pki.cert), "--sip-tls-key",
+          str(pki.client_key)], "cannot use certificate"),
+        (["--sip-ws", "0.0.0.0:5060"], "a port of its own"),
+        (["--sip-ws", "0.0.0.0:8080", "--sip-ws-origin", "app.example.com"], "origin"),
+        (["--sip-tls", "0.0.0.0:99999"], "port"),
+    ]  # fmt: skip
+    for flags, says in cases:
+        code = main(_join(*flags))
+        err = capsys.readouterr().err
+        assert code == 2, (flags, err)
+        assert says in err and len(err.strip().splitlines()) == 1, (flags, err)
+
+
+def test_tls_and_websocket_from_the_toml_table(pki: Pki, tmp_path: Path) -> None:
+    from swimthor.config import ConfigError, SipConfig, check_sip, sip_from_toml
+
+    table = {
+        "domains": ["example.com"],
+        "tls_bind": "0.0.0.0",
+        "ws_bind": "127.0.0.1:8080",
+        "tls_cert": str(pki.cert),
+        "tls_key": str(pki.key),
+        "tls_verify_client": "required",
+        "tls_ca": str(pki.ca),
+        "handshake_time": 2,
+        "ws_origins": ["https://app.example.com"],
+    }
+    sip = sip_from_toml(table, SipConfig())
+    check_sip(sip)
+    assert sip.tls_bind == ("0.0.0.0", 5061) and sip.ws_bind == ("127.0.0.1", 8080)
+    assert sip.handshake_time == 2
+    with pytest.raises(ConfigError, match="tls_verify_client"):
+        check_sip(sip_from_toml({**table, "tls_verify_client": "maybe"}, SipConfig()))
+    with pytest.raises(ConfigError):
+        sip_from_toml({**table, "tls_bind": 5061}, SipConfig())  # not a string

@@ -102,6 +102,8 @@ class StreamListen:
     transport: str
     bind: tuple[str, int]
     ssl: ssl.SSLContext | None = None
+    # WebSocket: the web origins allowed to open one (None: any).
+    origins: frozenset[str] | None = None
 
 
 class _Conn:
@@ -676,7 +678,7 @@ class SipServer(FrontEndServer):
                         stats["tls_handshake_failed"] += 1
                         return
                 if transport in ("ws", "wss"):
-                    framer = WsFramer()
+                    framer = WsFramer(spec.origins)
                     while not framer.open:
                         chunk = await stream.receive_some(RECV_SIZE)
                         if not chunk:

@@ -73,14 +73,19 @@ class SipService:
         self.journal = SubscriberJournal(os.path.join(data_dir, JOURNAL_FILE)) if data_dir else None
         self._nonce_secret = random_secret()
         streams = []
+        origins = (
+            frozenset(o.lower().rstrip("/") for o in config.ws_origins)
+            if config.ws_origins
+            else None
+        )
         if config.tls_bind is not None or config.wss_bind is not None:
             tls = tls_context(config)
             if config.tls_bind is not None:
                 streams.append(StreamListen("tls", config.tls_bind, tls))
             if config.wss_bind is not None:
-                streams.append(StreamListen("wss", config.wss_bind, tls))
+                streams.append(StreamListen("wss", config.wss_bind, tls, origins))
         if config.ws_bind is not None:
-            streams.append(StreamListen("ws", config.ws_bind))
+            streams.append(StreamListen("ws", config.ws_bind, None, origins))
         self.server = SipServer(
             None,  # type: ignore[arg-type]  # set below, once the port is known
             config.bind,

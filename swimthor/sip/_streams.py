@@ -94,10 +94,14 @@ class StreamFramer:
 class WsFramer:
     """One WebSocket connection, server side (RFC 7118): the upgrade, then SIP messages."""
 
-    __slots__ = ("_parts", "_size", "closed", "open", "partial", "rejected", "ws")
+    __slots__ = ("_origins", "_parts", "_size", "closed", "open", "partial", "rejected", "ws")
 
-    def __init__(self) -> None:
+    def __init__(self, origins: frozenset[str] | None = None) -> None:
         self.ws = WSConnection(ConnectionType.SERVER)
+        # The web origins whose pages may open a WebSocket to us (None: any). Browsers send
+        # Origin with every upgrade; checking it is the server's defence against another
+        # site's page using a visitor's browser to talk SIP to us (RFC 6455 §10.2).
+        self._origins = origins
         self.open = False  # the upgrade was accepted
         self.closed = False  # nothing more will be read: close the connection
         self.rejected = False  # the upgrade was refused (no "sip" subprotocol, not GET ...)
@@ -115,6 +119,16 @@ class WsFramer:
             for event in self.ws.events():
                 if isinstance(event, Request):
                     offered = [p.strip().lower() for p in event.subprotocols]
+                    if self._origins is not None and _origin(event) not in self._origins:
+                        reply += self.ws.send(
+                            RejectConnection(
+                                status_code=403,
+                                headers=[(b"content-length", b"0")],
+                                has_body=False,
+                            )
+                        )
+                        self.rejected = self.closed = True
+                        break
                     if WS_SUBPROTOCOL in offered:
                         reply += self.ws.send(AcceptConnection(subprotocol=WS_SUBPROTOCOL))
                         self.open = True
@@ -168,6 +182,13 @@ class WsFramer:
         except UnicodeDecodeError:
             return self.ws.send(BytesMessage(data=data))
         return self.ws.send(TextMessage(data=text))
+
+
+def _origin(request: Request) -> str:
+    for name, value in request.extra_headers:
+        if bytes(name).lower() == b"origin":
+            return bytes(value).decode("latin-1").strip().lower().rstrip("/")
+    return ""
 
 
 @dataclass(frozen=True, slots=True)
