@@ -3,7 +3,7 @@ its edge with an OPTIONS every interval, and what that costs each node.
 
     python -m bench.sip.keepalive                                 # 100,000 contacts, 30 s
     python -m bench.sip.keepalive --contacts 200 --interval 1 --windows 3
-    python -m bench.sip.keepalive --json bench/results/sip_keepalive.json
+    python -m bench.sip.keepalive --ref HEAD --py-spy 10 --json bench/results/sip_keepalive.json
 
 Target: "100,000 NAT'd UDP contacts pinged every 30 s by their edges at <= 10% of a core per
 node".
@@ -74,7 +74,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .bench import DOMAIN, Node, checkout_id
+from .bench import DOMAIN, Node, _env, _runs_from, checkout_id, worktree
 from .sipp_runner import free_udp_port
 
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux; not in Python 3.11's socket module
@@ -106,16 +106,18 @@ def contact_uri(i: int) -> str:
     return f"sip:ka{i}@{private_host(i)}:5060"
 
 
-def register_message(i: int, port: int, expires: int) -> bytes:
+def register_message(i: int, port: int, expires: int, attempt: int = 1) -> bytes:
+    """Phone i's REGISTER; a later `attempt` is a new transaction (branch, CSeq) of the same
+    registration (Call-ID)."""
     host = phone_host(i)
     return (
         f"REGISTER sip:{DOMAIN} SIP/2.0\r\n"
-        f"Via: SIP/2.0/UDP {host}:{port};branch=z9hG4bK-kb-{RUN}-{i};rport\r\n"
+        f"Via: SIP/2.0/UDP {host}:{port};branch=z9hG4bK-kb-{RUN}-{i}-{attempt};rport\r\n"
         "Max-Forwards: 70\r\n"
         f"From: <sip:ka{i}@{DOMAIN}>;tag=kb{i}\r\n"
         f"To: <sip:ka{i}@{DOMAIN}>\r\n"
         f"Call-ID: ka{i}-{RUN}@keepalive.bench\r\n"
-        "CSeq: 1 REGISTER\r\n"
+        f"CSeq: {attempt} REGISTER\r\n"
         f"Contact: <{contact_uri(i)}>\r\n"
         f"Expires: {expires}\r\n"
         "User-Agent: swimthor-keepalive-bench\r\n"
@@ -149,6 +151,7 @@ class Registration:
     acknowledged: int = 0
     refused: Counter[int] = field(default_factory=Counter)
     timed_out: int = 0
+    second_pass: int = 0  # contacts not answered the first time, registered again once
     seconds: float = 0.0
 
 
@@ -282,45 +285,53 @@ class Phones:
     # ------------------------------------------------------------ registering
 
     def register(
-        self, targets: Sequence[tuple[str, int]], rate: float, expires: int, deadline_s: float
+        self,
+        targets: Sequence[tuple[str, int]],
+        rate: float,
+        expires: int,
+        deadline_s: float,
+        which: Sequence[int] | None = None,
+        attempt: int = 1,
     ) -> Registration:
-        """Each contact once through its edge at `rate`/s, retransmitted per T1 until a final
-        answer or timer F; returns when all are answered (or after `deadline_s`)."""
+        """Each contact of `which` (default all) once through its edge at `rate`/s,
+        retransmitted per T1 until a final answer or timer F; returns when all are answered
+        (or after `deadline_s`). `timed_out` is set to those still unanswered."""
         reg = self.registration
+        todo = list(range(self.n)) if which is None else list(which)
         retry: list[tuple[float, float, float, int]] = []  # (when, interval, first sent, i)
         start = time.monotonic()
         nxt = 0
-        while nxt < self.n or retry:
+        while nxt < len(todo) or retry:
             now = time.monotonic()
             if now - start > deadline_s:
                 break
-            due = min(self.n, int((now - start) * rate) + 1)
+            due = min(len(todo), int((now - start) * rate) + 1)
             while nxt < due:
-                self._send_register(nxt, targets, expires)
+                i = todo[nxt]
+                self._send_register(i, targets, expires, attempt)
                 reg.sent += 1
-                heapq.heappush(retry, (now + T1, T1, now, nxt))
+                heapq.heappush(retry, (now + T1, T1, now, i))
                 nxt += 1
             while retry and (retry[0][0] <= now or self.state[retry[0][3]]):
                 _, interval, first, i = heapq.heappop(retry)
-                if self.state[i]:
-                    continue
-                if now - first > TIMER_F:
-                    reg.timed_out += 1
-                    continue
-                self._send_register(i, targets, expires)
+                if self.state[i] or now - first > TIMER_F:
+                    continue  # answered, or timer F: given up
+                self._send_register(i, targets, expires, attempt)
                 reg.retransmissions += 1
                 interval = min(2 * interval, T2)
                 heapq.heappush(retry, (now + interval, interval, first, i))
             wake = retry[0][0] if retry else now + 0.05
-            if nxt < self.n:
+            if nxt < len(todo):
                 wake = min(wake, start + (nxt + 1) / rate)
             self.pump(min(max(wake, now + 0.0005), now + 0.05))
-        reg.timed_out += sum(1 for _, _, _, i in retry if not self.state[i])
-        reg.seconds = time.monotonic() - start
+        reg.timed_out = sum(1 for i in range(self.n) if not self.state[i])
+        reg.seconds += time.monotonic() - start
         return reg
 
-    def _send_register(self, i: int, targets: Sequence[tuple[str, int]], expires: int) -> None:
-        data = register_message(i, self.port, expires)
+    def _send_register(
+        self, i: int, targets: Sequence[tuple[str, int]], expires: int, attempt: int
+    ) -> None:
+        data = register_message(i, self.port, expires, attempt)
         anc = [(socket.IPPROTO_IP, IP_PKTINFO, PKTINFO.pack(0, self._packed[i], bytes(4)))]
         with contextlib.suppress(OSError):
             self.sock.sendmsg([data], anc, 0, targets[self.edge[i]])
@@ -333,9 +344,12 @@ def statuses(nodes: Sequence[Node], phones: Phones, timeout: float = 30.0) -> li
     """Every node's `swimthor status`, asked all at once while the phones go on answering
     pings (a ping not answered before the next counts as missed)."""
     argv = [sys.executable, "-m", "swimthor", "status", "--format", "json", "--control"]
+    env, cwd = _env(nodes[0].code if nodes else None)
     procs = [
         subprocess.Popen(
             [*argv, node.control],
+            env=env,
+            cwd=cwd,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
@@ -378,11 +392,13 @@ def machine_busy() -> tuple[int, int]:
 
 @contextlib.contextmanager
 def keepalive_cluster(
-    tmp: Path, n: int, interval: float, exclude: Sequence[int] = ()
+    tmp: Path, n: int, interval: float, exclude: Sequence[int] = (), code: Path | None = None
 ) -> Iterator[list[Node]]:
-    """n `swimthor join` processes with --role sip and --sip-keepalive on loopback, each in a
-    session of its own (Ctrl-C reaches only us); SIGKILLed by PID on exit."""
+    """n `swimthor join` processes with --role sip and --sip-keepalive on loopback (from the
+    checkout `code`, or this one), each in a session of its own (Ctrl-C reaches only us);
+    SIGKILLed by PID on exit."""
     tmp.mkdir(parents=True, exist_ok=True)
+    env, cwd = _env(code)
     taken = list(exclude)
     nodes = []
     for i in range(n):
@@ -390,7 +406,7 @@ def keepalive_cluster(
         taken.append(gossip)
         sip = free_udp_port(exclude=taken)
         taken.append(sip)
-        nodes.append(Node(f"node{i + 1}", gossip, sip, str(tmp / f"node{i + 1}.sock")))
+        nodes.append(Node(f"node{i + 1}", gossip, sip, str(tmp / f"node{i + 1}.sock"), code=code))
     try:
         for i, node in enumerate(nodes):
             argv = [
@@ -410,7 +426,12 @@ def keepalive_cluster(
                 argv.append(f"127.0.0.1:{nodes[0].gossip}")
             with open(tmp / f"{node.name}.log", "ab") as log:
                 node.proc = subprocess.Popen(
-                    argv, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True
+                    argv,
+                    stdout=subprocess.DEVNULL,
+                    stderr=log,
+                    start_new_session=True,
+                    env=env,
+                    cwd=cwd,
                 )
         deadline = time.monotonic() + 30
         while True:
@@ -523,6 +544,20 @@ def _sip(status: dict[str, Any]) -> dict[str, Any]:
     return dict(status.get("sip", {}))
 
 
+def _keepalive(sip: dict[str, Any]) -> dict[str, int]:
+    """pings, answers, lost, watched: from `sip.keepalive` (and `sip.flows.udp`, in the
+    status that counts keepalives by transport)."""
+    k = dict(sip.get("keepalive", {}))
+    if "udp_pings" in k:
+        return {
+            "pings": k.get("udp_pings", 0),
+            "answers": k.get("udp_answers", 0),
+            "lost": k.get("udp_lost", 0),
+            "watched": dict(sip.get("flows", {})).get("udp", 0),
+        }
+    return k
+
+
 def node_rows(
     cluster: list[Node],
     phones: Phones,
@@ -538,7 +573,7 @@ def node_rows(
             acked[phones.edge[i]] += 1
     for j, node in enumerate(cluster):
         s0, s1 = _sip(before[j]), _sip(after[j])
-        k0, k1 = dict(s0.get("keepalive", {})), dict(s1.get("keepalive", {}))
+        k0, k1 = _keepalive(s0), _keepalive(s1)
         sent = k1.get("pings", 0) - k0.get("pings", 0)
         answered = k1.get("answers", 0) - k0.get("answers", 0)
         got = sum(1 for t in phones.ping_times_by_node[j] if win["start"] <= t < win["end"])
@@ -559,7 +594,8 @@ def node_rows(
                 "paths_added": dict(s1.get("proxy", {})).get("paths_added"),
                 "cpu_percent": win["cpu_percent"][j],
                 "status_after": {
-                    "keepalive": k1,
+                    "keepalive": s1.get("keepalive"),
+                    "flows": s1.get("flows"),
                     "transport": {
                         k: transport.get(k)
                         for k in ("udp_received", "udp_stale_dropped", "rate_limited")
@@ -579,10 +615,15 @@ def register_phase(
     say(f"  registering {phones.n:,} contacts at {rate:g}/s, round robin over the nodes")
     targets = [("127.0.0.1", node.sip) for node in cluster]
     reg = phones.register(targets, rate, expires, deadline_s=phones.n / rate * 2 + 60)
+    again = [i for i in range(phones.n) if not phones.state[i]]
+    if again:
+        # A phone whose REGISTER timed out registers again (a new transaction): once.
+        reg.second_pass = len(again)
+        phones.register(targets, rate, expires, len(again) / rate + 40, again, attempt=2)
     say(
         f"    {reg.acknowledged:,} acknowledged in {reg.seconds:.1f} s (sent {reg.sent:,}, "
         f"retransmissions {reg.retransmissions:,}, refused {dict(reg.refused)}, "
-        f"timed out {reg.timed_out:,})"
+        f"second pass {reg.second_pass:,}, still unanswered {reg.timed_out:,})"
     )
     phones.pump(time.monotonic() + 2.0)  # the last replications settle
     return reg
@@ -594,7 +635,8 @@ def _registration(reg: Registration) -> dict[str, Any]:
         "retransmissions": reg.retransmissions,
         "acknowledged": reg.acknowledged,
         "refused": {str(k): v for k, v in reg.refused.items()},
-        "timed_out": reg.timed_out,
+        "second_pass": reg.second_pass,
+        "unanswered": reg.timed_out,
         "seconds": round(reg.seconds, 1),
     }
 
@@ -626,6 +668,7 @@ def run(
     tolerance: float = 0.1,
     profile_s: float = 0.0,
     baseline: bool = True,
+    ref: str | None = None,
     out: Any = None,
 ) -> dict[str, Any]:
     """The whole measurement; prints as it goes and returns the figures (see the module's
@@ -661,7 +704,15 @@ def run(
         f"keepalive bench: {nodes} nodes, {contacts:,} NAT'd UDP contacts, interval {interval:g}"
         f" s, windows of {span:g} s ({windows} intervals); load average {os.getloadavg()[0]:.2f}"
     )
-    with tempfile.TemporaryDirectory(prefix="swimthor-keepalive-") as tmpdir:
+    with contextlib.ExitStack() as stack:
+        tmpdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="swimthor-keepalive-"))
+        code: Path | None = None
+        if ref is not None:
+            # Both clusters run one commit, whatever happens to this checkout meanwhile.
+            code, sha = stack.enter_context(worktree(ref))
+            _runs_from(code)
+            result["commit"] = f"{sha[:7]} ({ref}, from a git worktree)"
+            say(f"nodes run {ref} = {sha[:10]} from a git worktree")
         # Phase 1: keepalives off. An idle window (gossip's own cost), then, with the same
         # contacts registered as NAT'd (the edges add their Paths: only the pings are
         # missing), a window of what holding and replicating the bindings costs.
@@ -669,7 +720,7 @@ def run(
         phones = Phones(contacts)
         try:
             with keepalive_cluster(
-                Path(tmpdir) / "off", nodes, 0, exclude=[phones.port]
+                Path(tmpdir) / "off", nodes, 0, exclude=[phones.port], code=code
             ) as cluster:
                 _cluster_up(cluster, phones, started, say)
                 idle, _, _ = window(cluster, phones, span)
@@ -700,7 +751,7 @@ def run(
         phones = Phones(contacts)
         try:
             with keepalive_cluster(
-                Path(tmpdir) / "on", nodes, interval, exclude=[phones.port]
+                Path(tmpdir) / "on", nodes, interval, exclude=[phones.port], code=code
             ) as cluster:
                 _cluster_up(cluster, phones, phases, say)
                 reg = register_phase(phones, cluster, rate, expires, say)
@@ -718,6 +769,13 @@ def run(
                         say("  " + line)
         finally:
             phones.close()
+        if ref is None and checkout_id() != result["commit"]:
+            # The nodes ran this checkout as it was when each started: say it moved.
+            result["commit_at_end"] = checkout_id()
+            say(
+                f"this checkout moved during the run: {result['commit']} -> "
+                f"{result['commit_at_end']} (--ref pins one commit)"
+            )
     result["seconds"] = round(time.monotonic() - started, 1)
     return result
 
@@ -912,6 +970,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="skip the window with the contacts registered and keepalives off",
     )
+    p.add_argument(
+        "--ref",
+        help="run the nodes from a git worktree of this commit (default: this checkout as it "
+        "is, each node as it is when it starts)",
+    )
     p.add_argument("--json", type=Path, help="write the figures here")
     p.add_argument(
         "--py-spy",
@@ -946,6 +1009,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.tolerance,
             args.py_spy,
             not args.no_baseline,
+            args.ref,
         )
     finally:
         signal.signal(signal.SIGTERM, previous)
