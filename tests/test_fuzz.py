@@ -31,6 +31,13 @@ refuses the input the documented way, and that nothing else escapes:
    connections at once; each is answered with one JSON line (an error unless it was a valid
    request), and a valid request is answered afterwards.
 
+6. stream framing (`sip._streams`): `StreamFramer` (TCP, TLS) and `WsFramer` (WebSocket,
+   RFC 7118) fed arbitrary bytes, and valid streams (SIP messages with CRLF pings; a client's
+   upgrade and masked frames made by wsproto) mutated byte by byte, in chunks of any size.
+   The stream framer returns whole messages or raises `BadStream`; the WebSocket framer never
+   raises, hands out no message before the upgrade or after it closed, and no message bigger
+   than a SIP message may be. Chunking never changes what comes out of a valid stream.
+
 Running: `make test` runs every target with a few hundred examples (about 15 s in all).
 `make fuzz` sets ``HYPOTHESIS_PROFILE=fuzz`` (see `conftest.py`), which gives each target
 thousands to tens of thousands of fresh random examples (about 8 minutes); by hand::
@@ -64,6 +71,8 @@ import pytest
 import trio
 from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import Request as WsRequest
 
 from swimthor.config import profile
 from swimthor.control import MAX_REQUEST, serve_control
@@ -100,8 +109,9 @@ from swimthor.membership._messages import (
     encode_stream,
 )
 from swimthor.sip import Peer, Proxy, ProxySettings, Replicate, Send, Source
-from swimthor.sip._message import Request, Response, SipParseError, parse_message
+from swimthor.sip._message import MAX_MESSAGE_SIZE, Request, Response, SipParseError, parse_message
 from swimthor.sip._proxy import BRANCH_PREFIX
+from swimthor.sip._streams import BadStream, StreamFramer, WsFramer
 
 # ---------------------------------------------------------------- budgets
 
@@ -1379,6 +1389,118 @@ async def control_session(path: str, requests: list[tuple[bytes, str]]) -> None:
 def test_control_protocol_survives_hostile_requests(requests: list[tuple[bytes, str]]) -> None:
     with tempfile.TemporaryDirectory(prefix="stfz-") as d:
         trio.run(control_session, os.path.join(d, "c.sock"), requests)
+
+
+# ================================================================ 6. stream framing
+
+_SIP = (
+    b"REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/TCP h;branch=z9hG4bK1\r\n"
+    b"Content-Length: 5\r\n\r\nhello"
+)
+
+
+@st.composite
+def sip_streams(draw: st.DrawFn) -> bytes:
+    parts = draw(st.lists(st.sampled_from([_SIP, b"\r\n\r\n", b"\r\n"]), max_size=6))
+    return b"".join(parts)
+
+
+@st.composite
+def ws_streams(draw: st.DrawFn) -> bytes:
+    client = WSConnection(ConnectionType.CLIENT)
+    out = client.send(WsRequest(host="h", target="/", subprotocols=draw(
+        st.sampled_from([["sip"], ["chat"], [], ["SIP", "x"]]))))  # fmt: skip
+    # No server answers this client, so wsproto would not frame data for it: its frame
+    # layer alone makes the client's (masked) frames.
+    proto = _client_frames()
+    for kind in draw(
+        st.lists(st.sampled_from(["text", "bytes", "ping", "crlf", "split"]), max_size=5)
+    ):
+        if kind == "text":
+            out += proto.send_data(_SIP.decode(), True)
+        elif kind == "bytes":
+            out += proto.send_data(_SIP, True)
+        elif kind == "ping":
+            out += proto.ping(b"hi")
+        elif kind == "crlf":
+            out += proto.send_data("\r\n\r\n", True)
+        else:
+            out += proto.send_data(_SIP[:20].decode(), False) + proto.send_data(
+                _SIP[20:].decode(), True
+            )
+    return out  # fmt: skip
+
+
+def _client_frames() -> Any:
+    from wsproto.frame_protocol import FrameProtocol
+
+    return FrameProtocol(client=True, extensions=[])
+
+
+def _chunks(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
+    return [data[a:b] for a, b in itertools.pairwise(points)]
+
+
+def feed_stream(data: bytes, cuts: list[int]) -> list[bytes] | None:
+    """What a StreamFramer hands out for `data` cut at `cuts`; None once it refused it."""
+    framer = StreamFramer()
+    got: list[bytes] = []
+    for chunk in _chunks(data, cuts):
+        try:
+            messages, reply = framer.feed(chunk)
+        except BadStream:
+            return None
+        assert reply in (b"", b"\r\n")
+        for m in messages:
+            assert len(m) <= MAX_MESSAGE_SIZE
+        got += messages
+    return got
+
+
+def feed_ws(data: bytes, cuts: list[int]) -> list[bytes]:
+    framer = WsFramer()
+    got: list[bytes] = []
+    for chunk in _chunks(data, cuts):
+        if framer.closed:
+            break
+        messages, reply = framer.feed(chunk)
+        assert isinstance(reply, bytes)
+        if messages:
+            assert framer.open, "a message before the upgrade"
+        for m in messages:
+            assert len(m) <= MAX_MESSAGE_SIZE
+        got += messages
+    return got
+
+
+cut_lists = st.lists(st.integers(0, 4000), max_size=6)
+
+
+@budget(300, 0.2)
+@given(data=st.binary(max_size=600) | mutated_bytes(sip_streams()), cuts=cut_lists)
+def test_stream_framer_takes_any_bytes(data: bytes, cuts: list[int]) -> None:
+    with time_limit("StreamFramer.feed"):
+        feed_stream(data, cuts)
+
+
+@budget(200, 0.1)
+@given(data=sip_streams(), cuts=cut_lists)
+def test_stream_framing_does_not_depend_on_chunking(data: bytes, cuts: list[int]) -> None:
+    assert feed_stream(data, cuts) == feed_stream(data, [])
+
+
+@budget(300, 0.2)
+@given(data=st.binary(max_size=600) | mutated_bytes(ws_streams()), cuts=cut_lists)
+def test_websocket_framer_takes_any_bytes(data: bytes, cuts: list[int]) -> None:
+    with time_limit("WsFramer.feed"):
+        feed_ws(data, cuts)
+
+
+@budget(200, 0.1)
+@given(data=ws_streams(), cuts=cut_lists)
+def test_websocket_framing_does_not_depend_on_chunking(data: bytes, cuts: list[int]) -> None:
+    assert feed_ws(data, cuts) == feed_ws(data, [])
 
 
 # ================================================================ regressions

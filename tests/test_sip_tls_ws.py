@@ -527,3 +527,56 @@ def test_tls_and_websocket_from_the_toml_table(pki: Pki, tmp_path: Path) -> None
         check_sip(sip_from_toml({**table, "tls_verify_client": "maybe"}, SipConfig()))
     with pytest.raises(ConfigError):
         sip_from_toml({**table, "tls_bind": 5061}, SipConfig())  # not a string
+
+
+# ------------------------------------------------------------------ what the fuzz targets found
+
+
+def _upgrade_bytes(subprotocols: list[str]) -> bytes:
+    return WSConnection(ConnectionType.CLIENT).send(
+        Request(host="h", target="/", subprotocols=subprotocols)
+    )
+
+
+def test_regression_a_ping_split_across_reads_is_still_a_ping() -> None:
+    from swimthor.sip._streams import StreamFramer
+
+    message = register(("127.0.0.1", 5999), transport="TCP")
+    whole = StreamFramer().feed(message + b"\r\n\r\n" + message)[0]
+    framer = StreamFramer()
+    got, _ = framer.feed(message + b"\r")  # the ping's first byte ends this read
+    more, pong = framer.feed(b"\n\r\n" + message)
+    assert got + more == whole and len(whole) == 2 and pong == b"\r\n"
+
+
+def test_regression_the_subprotocol_is_answered_as_the_client_spelled_it() -> None:
+    from swimthor.sip._streams import WsFramer
+
+    framer = WsFramer()
+    _, reply = framer.feed(_upgrade_bytes(["SIP"]))
+    assert framer.open and b"Sec-WebSocket-Protocol: SIP\r\n" in reply
+
+
+def test_regression_a_non_ascii_upgrade_header_is_a_400_not_an_exception() -> None:
+    from swimthor.sip._streams import WsFramer
+
+    framer = WsFramer()
+    request = _upgrade_bytes(["sip"]).replace(b": sip\r\n", b": \x80\r\n")
+    _, reply = framer.feed(request)
+    assert framer.closed and not framer.open and reply.startswith(b"HTTP/1.1 400")
+
+
+def test_regression_frames_in_the_same_read_as_the_upgrade_are_not_lost() -> None:
+    from wsproto.frame_protocol import FrameProtocol
+
+    from swimthor.sip._streams import WsFramer
+
+    message = ws_register(unique("web"))
+    frames = FrameProtocol(client=True, extensions=[]).send_data(message.decode(), True)
+    framer = WsFramer()
+    got, _ = framer.feed(_upgrade_bytes(["sip"]) + frames)
+    assert got == [message]
+    # An upgrade request that never ends is refused once it is too big to be one.
+    endless = WsFramer()
+    got, reply = endless.feed(b"GET / HTTP/1.1\r\n" + b"X-Pad: " + b"a" * 20_000)
+    assert got == [] and endless.closed and reply.startswith(b"HTTP/1.1 431")

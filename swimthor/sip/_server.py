@@ -683,7 +683,14 @@ class SipServer(FrontEndServer):
                         chunk = await stream.receive_some(RECV_SIZE)
                         if not chunk:
                             return
-                        _, reply = framer.feed(chunk)
+                        try:
+                            _, reply = framer.feed(chunk)
+                        except Exception:
+                            # A bug of ours or the library's: this connection goes, the node
+                            # stays up.
+                            log.exception("sip websocket upgrade raised", peer=f"{peer}")
+                            stats["ws_rejected"] += 1
+                            return
                         if reply:
                             await stream.send_all(reply)
                         if framer.closed:
@@ -738,6 +745,10 @@ class SipServer(FrontEndServer):
                     try:
                         messages, reply = framer.feed(chunk)
                     except BadStream:
+                        stats[f"{transport}_bad_frames"] += 1
+                        return
+                    except Exception:
+                        log.exception("sip stream framing raised", peer=f"{conn.peer}")
                         stats[f"{transport}_bad_frames"] += 1
                         return
                     if reply:

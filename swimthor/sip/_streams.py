@@ -14,6 +14,7 @@ The TLS contexts of the server and of the connections we open are made here too.
 from __future__ import annotations
 
 import contextlib
+import re
 import ssl
 from dataclasses import dataclass
 
@@ -46,6 +47,25 @@ STREAM_TRANSPORTS = frozenset(("tcp", "tls", "ws", "wss"))
 TLS_VERIFY = ("none", "optional", "required")
 WS_SUBPROTOCOL = "sip"  # RFC 7118 §4.1
 _CLOSE_TOO_BIG = 1009  # RFC 6455 §7.4.1
+# The end of an HTTP request head (as h11 reads it: bare LFs too), and the most an upgrade
+# request may take before it is refused (h11's own bound is 16 KiB).
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
+MAX_UPGRADE = 16_384
+_TOO_LARGE = b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\n\r\n"
+_BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n"
+_REQUEST_LINE = re.compile(rb"[A-Z]+ [!-~]+ HTTP/\d\.\d")
+_PRINTABLE = re.compile(rb"[ -~]*")
+_PING = b"\r\n\r\n"  # RFC 5626 §4.4.1: a keepalive ping on a stream (the pong is one CRLF)
+
+
+def _not_http(pre: bytearray) -> bool:
+    """Whether the start of an upgrade request cannot be HTTP: its request line has bytes no
+    request line has, or is complete and not `METHOD TARGET HTTP/x.y`."""
+    line_end = pre.find(b"\n")
+    first = bytes(pre if line_end < 0 else pre[:line_end]).rstrip(b"\r")
+    if not _PRINTABLE.fullmatch(first):
+        return True
+    return line_end >= 0 and not _REQUEST_LINE.fullmatch(first)
 
 
 class BadStream(Exception):
@@ -63,18 +83,34 @@ class StreamFramer:
 
     def feed(self, chunk: bytes | bytearray) -> tuple[list[bytes], bytes]:
         """The whole messages `chunk` completes, and what to answer now (a pong). BadStream
-        when the framing cannot be trusted any more."""
+        when the framing cannot be trusted any more. How the bytes came in chunks changes
+        nothing of what comes out."""
         buf = self.buf
         buf += chunk
         out: list[bytes] = []
         reply = b""
         while True:
-            if buf[:4] == b"\r\n\r\n":
-                # RFC 5626 §4.4.1: a double CRLF between messages is a ping; answer one CRLF
-                # (one pong however many pings came together).
-                while buf[:4] == b"\r\n\r\n":
-                    del buf[:4]
-                reply = b"\r\n"
+            # CRLFs before a start line are ignored (RFC 3261 §7.5), except that a double
+            # CRLF among them is a ping, answered with one CRLF (RFC 5626 §4.4.1; one pong
+            # however many pings came together).
+            lead = len(buf) - len(buf.lstrip(b"\r\n"))
+            if lead:
+                if _PING in buf[:lead]:
+                    reply = b"\r\n"
+                    cut = buf.rfind(_PING, 0, lead) + 4
+                else:
+                    cut = 0
+                if lead == len(buf):
+                    # Nothing but CRLFs so far: keep the end that may still become a ping
+                    # with what comes next ("\r", "\r\n" or "\r\n\r").
+                    rest = bytes(buf[cut:])
+                    buf.clear()
+                    for size in (3, 2, 1):
+                        if len(rest) >= size and _PING.startswith(rest[-size:]):
+                            buf += rest[-size:]
+                            break
+                    break
+                del buf[:lead]
             framed = take_message(buf)
             if framed is None:
                 break
@@ -82,9 +118,7 @@ class StreamFramer:
                 raise BadStream("bad framing")
             assert isinstance(framed, bytes)
             out.append(framed)
-        if not buf.strip(b"\r\n"):
-            buf.clear()
-        self.partial = bool(buf)
+        self.partial = bool(buf.strip(b"\r\n"))
         return out, reply
 
     def frame(self, data: bytes) -> bytes:
@@ -94,7 +128,17 @@ class StreamFramer:
 class WsFramer:
     """One WebSocket connection, server side (RFC 7118): the upgrade, then SIP messages."""
 
-    __slots__ = ("_origins", "_parts", "_size", "closed", "open", "partial", "rejected", "ws")
+    __slots__ = (
+        "_origins",
+        "_parts",
+        "_pre",
+        "_size",
+        "closed",
+        "open",
+        "partial",
+        "rejected",
+        "ws",
+    )
 
     def __init__(self, origins: frozenset[str] | None = None) -> None:
         self.ws = WSConnection(ConnectionType.SERVER)
@@ -108,17 +152,44 @@ class WsFramer:
         self.partial = False
         self._parts: list[bytes | bytearray | str] = []
         self._size = 0
+        self._pre = bytearray()  # the upgrade request, until its blank line is in
 
     def feed(self, chunk: bytes | bytearray) -> tuple[list[bytes], bytes]:
         """The SIP messages `chunk` completes and the bytes to send back (the upgrade's
         answer, pongs, a close). After a close (`closed`), send what is returned and close."""
+        if self.open or self.closed:
+            return self._feed(bytes(chunk))
+        # Until the upgrade is accepted wsproto is given the request alone: what follows
+        # its blank line in the same read would be dropped by its handshake (a client must
+        # wait for our 101 before it sends frames, RFC 6455 §4.1, but need not be trusted to).
+        self._pre += chunk
+        end = _HEAD_END.search(self._pre)
+        if end is None:
+            if len(self._pre) > MAX_UPGRADE:
+                self.rejected = self.closed = True
+                return [], _TOO_LARGE
+            if _not_http(self._pre):
+                self.rejected = self.closed = True  # TLS to a ws port, garbage: at once
+                return [], _BAD_REQUEST
+            return [], b""
+        head, rest = bytes(self._pre[: end.end()]), bytes(self._pre[end.end() :])
+        self._pre.clear()
+        out, reply = self._feed(head)
+        if rest and self.open and not self.closed:
+            more, more_reply = self._feed(rest)
+            out += more
+            reply += more_reply
+        return out, reply
+
+    def _feed(self, chunk: bytes) -> tuple[list[bytes], bytes]:
         out: list[bytes] = []
         reply = bytearray()
         try:
-            self.ws.receive_data(bytes(chunk))
+            self.ws.receive_data(chunk)
             for event in self.ws.events():
                 if isinstance(event, Request):
-                    offered = [p.strip().lower() for p in event.subprotocols]
+                    # The token as the client spelled it: the answer must name one it offered.
+                    offered = {p.strip().lower(): p for p in event.subprotocols}
                     if self._origins is not None and _origin(event) not in self._origins:
                         reply += self.ws.send(
                             RejectConnection(
@@ -130,7 +201,7 @@ class WsFramer:
                         self.rejected = self.closed = True
                         break
                     if WS_SUBPROTOCOL in offered:
-                        reply += self.ws.send(AcceptConnection(subprotocol=WS_SUBPROTOCOL))
+                        reply += self.ws.send(AcceptConnection(subprotocol=offered[WS_SUBPROTOCOL]))
                         self.open = True
                     else:
                         reply += self.ws.send(
@@ -161,6 +232,20 @@ class WsFramer:
                         reply += self.ws.send(event.response())
                     self.closed = True
                     break
+        except LocalProtocolError:
+            # Something we were about to send that wsproto will not: nothing sane to say.
+            self.rejected = self.closed = True
+        except ValueError:
+            # wsproto reads some upgrade headers as ASCII and lets the error out (a byte over
+            # 0x7f in Sec-WebSocket-Protocol, say): a broken upgrade like any other.
+            if not self.open:
+                with contextlib.suppress(LocalProtocolError):
+                    reply += self.ws.send(
+                        RejectConnection(
+                            status_code=400, headers=[(b"content-length", b"0")], has_body=False
+                        )
+                    )
+            self.rejected = self.closed = True
         except RemoteProtocolError as e:
             # A broken HTTP upgrade: wsproto has the answer (400) ready in some cases.
             if e.event_hint is not None:
