@@ -23,7 +23,7 @@ import socket as stdsocket
 import ssl
 import struct
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,8 +106,36 @@ class StreamListen:
     origins: frozenset[str] | None = None
 
 
+# A connection whose writer has this much queued (a peer that does not read) is closed.
+MAX_OUTBOX = 4 << 20
+# Seconds a closing connection's writer has to send what is still queued.
+FLUSH_TIME = 1.0
+
+
+@contextlib.contextmanager
+def _no_limit() -> Iterator[None]:
+    yield
+
+
 class _Conn:
-    __slots__ = ("framer", "id", "peer", "send_lock", "stream", "transport")
+    """One stream connection: what reads it (`framer`) and its outbox. Everything sent on it
+    goes through the outbox, which one writer task drains: what is queued while a write is
+    in progress goes out together in the next one (one TLS record and one system call for a
+    burst of answers), and nothing waits on a slow peer but that writer."""
+
+    __slots__ = (
+        "closed",
+        "framer",
+        "id",
+        "outbox",
+        "peer",
+        "queued",
+        "scope",
+        "stream",
+        "transport",
+        "wake",
+        "written",
+    )
 
     def __init__(
         self,
@@ -122,7 +150,12 @@ class _Conn:
         self.peer = peer
         self.transport = transport
         self.framer = framer
-        self.send_lock = trio.Lock()
+        self.outbox: list[tuple[bytes, Send | None]] = []
+        self.queued = 0  # bytes in the outbox
+        self.wake = trio.Event()
+        self.closed = False  # no more is sent: the reader ended, or the writer failed
+        self.written = trio.Event()  # the writer is done (flushed what it could)
+        self.scope = trio.CancelScope()  # the reader's: cancelled when the writer fails
 
 
 class SipServer(FrontEndServer):
@@ -509,7 +542,10 @@ class SipServer(FrontEndServer):
                 self._nursery.start_soon(self._resolve_and_send, send)
             return
         if send.transport != "udp":
-            if self._nursery is not None:
+            conn = self._conn_for(send)
+            if conn is not None:
+                self._queue(conn, send.data, send)
+            elif self._nursery is not None:
                 self._nursery.start_soon(self._send_stream, send)
             return
         udp = self._udp
@@ -718,7 +754,71 @@ class SipServer(FrontEndServer):
         conn = _Conn(next(self._ids), stream, peer, transport, framer)
         self._conns[conn.id] = conn
         self._by_peer[peer] = conn.id
+        if self._nursery is not None:
+            self._nursery.start_soon(self._write_loop, conn)
         return conn
+
+    def _queue(
+        self, conn: _Conn, data: bytes, send: Send | None = None, *, framed: bool = False
+    ) -> None:
+        """Hand `data` to the connection's writer (framed for it here unless `framed`);
+        `send` is failed (transport_error) if it cannot be written."""
+        if conn.closed:
+            if send is not None:
+                self._transport_error(send)
+            return
+        out = data if framed else conn.framer.frame(data)
+        conn.outbox.append((out, send))
+        conn.queued += len(out)
+        if conn.queued > MAX_OUTBOX:
+            # The peer does not read what we send: give it up rather than hold it all.
+            self.stats[f"{conn.transport}_closed_slow"] += 1
+            self._fail(conn)
+            return
+        conn.wake.set()
+
+    def _fail(self, conn: _Conn) -> None:
+        """Give the connection up now: what is queued fails, the reader is cancelled (and
+        closes it)."""
+        conn.closed = True
+        self._unregister(conn)
+        for _data, send in conn.outbox:
+            if send is not None:
+                self._transport_error(send)
+        conn.outbox, conn.queued = [], 0
+        conn.wake.set()
+        conn.scope.cancel()
+
+    async def _write_loop(self, conn: _Conn) -> None:
+        """Write what is queued, a batch at a time, until the connection is closed (then
+        flush what is left, briefly) or a write fails."""
+        key = f"{conn.transport}_sent"
+        try:
+            while True:
+                await conn.wake.wait()
+                conn.wake = trio.Event()
+                if not conn.outbox:
+                    if conn.closed:
+                        return
+                    continue
+                batch, conn.outbox, conn.queued = conn.outbox, [], 0
+                data = batch[0][0] if len(batch) == 1 else b"".join(d for d, _s in batch)
+                try:
+                    with trio.move_on_after(FLUSH_TIME) if conn.closed else _no_limit():
+                        await conn.stream.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    for _data, send in batch:
+                        if send is not None:
+                            self._transport_error(send)
+                    self._fail(conn)
+                    return
+                self.stats[key] += sum(1 for _d, send in batch if send is not None)
+                if conn.closed and not conn.outbox:
+                    return
+                if conn.outbox:
+                    conn.wake.set()
+        finally:
+            conn.written.set()
 
     def _unregister(self, conn: _Conn) -> None:
         self._conns.pop(conn.id, None)
@@ -726,66 +826,74 @@ class SipServer(FrontEndServer):
             del self._by_peer[conn.peer]
 
     async def _read_conn(self, conn: _Conn) -> None:
+        """Read the connection until it ends, then close it (after its writer flushed)."""
+        try:
+            with conn.scope:
+                await self._reading(conn)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+        finally:
+            # What is queued goes out first (a WebSocket close, the last answers), briefly.
+            self._unregister(conn)
+            conn.closed = True
+            conn.wake.set()
+            with trio.move_on_after(FLUSH_TIME + 0.5):
+                await conn.written.wait()
+            await trio.aclose_forcefully(conn.stream)
+
+    async def _reading(self, conn: _Conn) -> None:
         started: float | None = None
         cfg = self.config
         stats = self.stats
         transport = conn.transport
         framer = conn.framer
-        try:
-            while True:
-                deadline = trio.current_time() + cfg.tcp_idle
-                if started is not None:
-                    deadline = min(deadline, started + cfg.tcp_message_time)
-                with trio.move_on_at(deadline):
-                    chunk = await conn.stream.receive_some(RECV_SIZE)
-                    if not chunk:
-                        return
-                    if started is None:
-                        started = trio.current_time()
-                    try:
-                        messages, reply = framer.feed(chunk)
-                    except BadStream:
-                        stats[f"{transport}_bad_frames"] += 1
-                        return
-                    except Exception:
-                        log.exception("sip stream framing raised", peer=f"{conn.peer}")
-                        stats[f"{transport}_bad_frames"] += 1
-                        return
-                    if reply:
-                        if isinstance(framer, StreamFramer):
+        while True:
+            deadline = trio.current_time() + cfg.tcp_idle
+            if started is not None:
+                deadline = min(deadline, started + cfg.tcp_message_time)
+            with trio.move_on_at(deadline):
+                chunk = await conn.stream.receive_some(RECV_SIZE)
+                if not chunk:
+                    return
+                if started is None:
+                    started = trio.current_time()
+                try:
+                    messages, reply = framer.feed(chunk)
+                except BadStream:
+                    stats[f"{transport}_bad_frames"] += 1
+                    return
+                except Exception:
+                    log.exception("sip stream framing raised", peer=f"{conn.peer}")
+                    stats[f"{transport}_bad_frames"] += 1
+                    return
+                if reply:
+                    if isinstance(framer, StreamFramer):
+                        stats[f"{transport}_pongs"] += 1
+                    self._queue(conn, reply, framed=True)
+                for message in messages:
+                    if not message.strip(b"\r\n"):
+                        # A WebSocket message of CRLFs: a keepalive (RFC 5626 §4.4.1 as
+                        # SIP.js and JsSIP send it over WebSocket); a ping gets a pong.
+                        if len(message) >= 4:
                             stats[f"{transport}_pongs"] += 1
-                        async with conn.send_lock:
-                            await conn.stream.send_all(reply)
-                    for message in messages:
-                        if not message.strip(b"\r\n"):
-                            # A WebSocket message of CRLFs: a keepalive (RFC 5626 §4.4.1 as
-                            # SIP.js and JsSIP send it over WebSocket); a ping gets a pong.
-                            if len(message) >= 4:
-                                stats[f"{transport}_pongs"] += 1
-                                async with conn.send_lock:
-                                    await conn.stream.send_all(framer.frame(b"\r\n"))
-                            continue
-                        stats[f"{transport}_received"] += 1
-                        await self._handle_stream(message, conn)
-                    if isinstance(framer, WsFramer) and framer.closed:
-                        stats["ws_closed_by_frame"] += 1
-                        return
-                    if not framer.partial:
-                        started = None
-                    elif messages:
-                        started = trio.current_time()  # the next message started now
-                    continue
-                # The deadline passed.
-                if started is not None:
-                    stats[f"{transport}_closed_slow"] += 1
-                else:
-                    stats[f"{transport}_closed_idle"] += 1
-                return
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                            self._queue(conn, b"\r\n")
+                        continue
+                    stats[f"{transport}_received"] += 1
+                    await self._handle_stream(message, conn)
+                if isinstance(framer, WsFramer) and framer.closed:
+                    stats["ws_closed_by_frame"] += 1
+                    return
+                if not framer.partial:
+                    started = None
+                elif messages:
+                    started = trio.current_time()  # the next message started now
+                continue
+            # The deadline passed.
+            if started is not None:
+                stats[f"{transport}_closed_slow"] += 1
+            else:
+                stats[f"{transport}_closed_idle"] += 1
             return
-        finally:
-            self._unregister(conn)
-            await trio.aclose_forcefully(conn.stream)
 
     async def _handle_stream(self, data: bytes, conn: _Conn) -> None:
         now = self._clock()
@@ -816,11 +924,16 @@ class SipServer(FrontEndServer):
             out[conn.transport] += 1
         return out
 
-    async def _send_stream(self, send: Send) -> None:
+    def _conn_for(self, send: Send) -> _Conn | None:
+        """The open connection `send` goes on: its own, else one to its address."""
         conn = self._conns.get(send.conn) if send.conn is not None else None
         if conn is None:
             cid = self._by_peer.get((send.host, send.port))
             conn = self._conns.get(cid) if cid is not None else None
+        return conn
+
+    async def _send_stream(self, send: Send) -> None:
+        conn = self._conn_for(send)
         if conn is None:
             # A reply whose connection is gone (§18.2.2: open one to the sent-by, which the
             # caller put in host/port), or a request to a target with no open connection.
@@ -846,12 +959,7 @@ class SipServer(FrontEndServer):
             conn = self._register(stream, (send.host, send.port), send.transport, StreamFramer())
             if self._nursery is not None:
                 self._nursery.start_soon(self._read_conn, conn)
-        try:
-            async with conn.send_lock:
-                await conn.stream.send_all(conn.framer.frame(send.data))
-            self.stats[f"{conn.transport}_sent"] += 1
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            self._transport_error(send)
+        self._queue(conn, send.data, send)
 
     def _client_tls(self) -> ssl.SSLContext:
         if self._client_ctx is None:
