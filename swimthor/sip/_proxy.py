@@ -337,6 +337,8 @@ class Proxy:
         }
         self._via_prefix = f"SIP/2.0/UDP {self._sent_by};branch={BRANCH_PREFIX}".encode()
         self._via_prefix_sf = f"SIP/2.0/UDP {self._sent_by};branch={STATEFUL_PREFIX}".encode()
+        self._via_prefix_ping = f"SIP/2.0/UDP {self._sent_by};branch={PING_PREFIX}".encode()
+        self._ping_branch_at = len(self._via_prefix_ping) - len(PING_PREFIX)
         self._rr = f"<sip:{self._sent_by};lr>"
 
     # ---------------------------------------------------------------- entry point
@@ -352,6 +354,14 @@ class Proxy:
         if data.startswith(b"SIP/2.0 ") and source.transport == "udp":
             found = self._top_via_line(data)
             if found is not None:
+                if data.startswith(self._via_prefix_ping, found[0] + 7):
+                    # A phone's answer to our keepalive (one per NAT'd phone and interval):
+                    # its branch is all we need, not a parse.
+                    branch = data[found[0] + 7 + self._ping_branch_at : found[1]]
+                    branch = branch.split(b";", 1)[0].split(b",", 1)[0].strip()
+                    if self.pinger.answered(branch.decode("ascii", "replace")):
+                        self.stats["responses"] += 1
+                        return []
                 relayed = self._relay_fast(data, found)
                 if relayed is None and self.forks.clients:
                     relayed = self._branch_response_fast(data, found)

@@ -39,6 +39,8 @@ __all__ = ["SIP_TAG", "STREAM_TAGS", "SipService", "location_reply"]
 log = structlog.get_logger("swimthor.sip")
 
 SIP_TAG = "sip"
+# AORs whose owner names are kept per epoch (about 150 bytes each beyond the AOR itself).
+OWNER_NAMES_CACHED = 2_000_000
 # The member tags that announce the other transports ("host:port"), for the DNS front-end's
 # NAPTR and SRV records: SIP over TLS, over WebSocket, over secure WebSocket.
 STREAM_TAGS = {"tls": "sips", "ws": "ws", "wss": "wss"}
@@ -68,6 +70,9 @@ class SipService:
         self._gone: dict[tuple[str, int], str] = {}  # SIP address -> a member no longer live
         self._gossip: dict[str, Addr] = {}
         self._member_hosts: set[str] | None = None  # built on demand, dropped on changes
+        # owner_names' answers for the current routing epoch.
+        self._names: dict[str, tuple[str, ...]] = {}
+        self._names_epoch = -1
         self.store = BindingStore()
         # Subscribers survive restarts: journaled in the data directory (none: memory only).
         self.journal = SubscriberJournal(os.path.join(data_dir, JOURNAL_FILE)) if data_dir else None
@@ -331,7 +336,20 @@ class SipService:
         return host in hosts
 
     def owner_names(self, aor: str) -> list[str]:
-        return [r.name for r in self.routing.owners(aor, self.config.replicas, ROLE)]
+        """The AOR's owners (names, first first) in the current routing epoch. Anti-entropy
+        asks this of every AOR held here several times a round (to sweep, to pick the AORs
+        shared with each co-owner, to answer their digests), far more AORs than the routing
+        table's LRU keeps, so the answers are kept here for the whole epoch."""
+        epoch = self.routing.epoch
+        if epoch != self._names_epoch:
+            self._names = {}
+            self._names_epoch = epoch
+        names = self._names.get(aor)
+        if names is None:
+            names = tuple(r.name for r in self.routing.owners(aor, self.config.replicas, ROLE))
+            if len(self._names) < OWNER_NAMES_CACHED:
+                self._names[aor] = names
+        return list(names)
 
     def owner_names_at(self, epoch: int, aor: str) -> list[str]:
         return [r.name for r in self.routing.owners_at(epoch, aor, self.config.replicas, ROLE)]
