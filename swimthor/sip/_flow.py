@@ -55,7 +55,24 @@ def _mac(payload: bytes, key: bytes) -> bytes:
 
 
 def make_token(flow: Flow, key: bytes) -> str:
-    """The flow as a token for the user part of a SIP URI (base64url is unreserved there)."""
+    """The flow as a token for the user part of a SIP URI (base64url is unreserved there).
+    The same flow and key make the same token: each phone's refreshes reuse it."""
+    cache_key = (flow, key)
+    token = _made.get(cache_key)
+    if token is None:
+        token = _make_token(flow, key)
+        if len(_made) >= _MADE_MAX:
+            _made.clear()
+        _made[cache_key] = token
+    return token
+
+
+# Tokens made lately, by (flow, key): a phone's REGISTER refreshes come over the same flow.
+_made: dict[tuple[Flow, bytes], str] = {}
+_MADE_MAX = 100_000
+
+
+def _make_token(flow: Flow, key: bytes) -> str:
     conn = "" if flow.conn is None else str(flow.conn)
     payload = f"{flow.transport} {flow.host} {flow.port} {conn}".encode()
     raw = _mac(payload, key) + payload

@@ -732,7 +732,11 @@ def replace_first_value(message: Request | Response, name: str, value: str) -> N
             values = split_values(line)
             values[0] = value
             message.headers[i] = (key, ", ".join(values))
+            vias = message._cache.get("vias") if name == "via" else None
             message.edited(name)
+            if vias is not None:
+                # The top Via changed (received, rport): the hops under it parse as before.
+                message._cache["vias"] = [_parse_via(value), *vias[1:]]  # type: ignore[index]
             return
 
 
