@@ -473,6 +473,32 @@ def test_only_the_edge_pings_a_natd_phone_and_an_answer_keeps_it_bound() -> None
     assert held(c, "n2") and held(c, "n3")  # still bound
 
 
+def test_a_register_its_owners_refuse_makes_no_flow_to_ping() -> None:
+    """The edge watches a flow only once the owners accept its REGISTER (their 2xx passes
+    back through it). Else anybody could send a REGISTER naming someone's contact from an
+    address that never answers, and the edge would, three pings later, remove that binding
+    itself, as a node, without a challenge."""
+    c = Cluster()
+    edge = c.nodes["n1"]
+    host, port = NAT_PRIVATE
+    data = msg(
+        "REGISTER",
+        "sip:example.com",
+        contact=f"<sip:bob@{host}:{port}>;expires=5",  # under min_expires: 423
+        via=f"SIP/2.0/UDP {host}:{port};branch=z9hG4bK-brief;rport",
+        call_id="brief",
+    )
+    c.deliver(data, NAT_PUBLIC, "n1")
+    (refused,) = c.take(NAT_PUBLIC)
+    assert isinstance(refused, Response) and refused.status == 423
+    assert edge.stats["paths_added"] == 1  # it was forwarded as the phone's edge
+    assert edge.pinger.flows == {} and edge.pinger.expected == {}
+    c.advance(200.0)
+    assert options_to(c, NAT_PUBLIC) == [] and edge.pinger.stats["pings"] == 0
+    nat_register(c)  # accepted: watched from its 200 on
+    assert list(edge.pinger.flows) == [NAT_PUBLIC] and edge.pinger.expected == {}
+
+
 def test_a_phone_that_stops_answering_is_removed_from_both_owners() -> None:
     c = Cluster()
     nat_register(c)

@@ -18,6 +18,13 @@ from ._flow import Flow
 __all__ = ["PING_PREFIX", "Pinger", "Watched"]
 
 PING_PREFIX = "z9hG4bK-ka-"  # the branch of our pings: answers to them end here
+# How long a REGISTER the edge forwarded may take to be answered (timer F, 64*T1) before its
+# flow is no longer expected to be watched.
+EXPECT_TIME = 32.0
+
+# What a REGISTER asks of the pinger once its owners accept it: watch a flow, or (a removal,
+# Expires 0) forget the flow at that address.
+Plan = list["Watched | tuple[str, int]"]
 
 
 @dataclass(slots=True)
@@ -48,6 +55,35 @@ class Pinger:
         self._seq = itertools.count()
         self._serial = itertools.count(1)
         self.stats = {"pings": 0, "answers": 0, "lost": 0, "watched": 0}
+        # REGISTERs the edge forwarded to their owners, by the branch of our Via: what to
+        # watch once a 2xx comes back through us (a REGISTER refused, or not authenticated,
+        # must not make its source a flow whose silence removes the binding it named).
+        self.expected: dict[str, tuple[float, Plan]] = {}
+
+    def expect(self, branch: str, plan: Plan, now: float) -> None:
+        """Carry out `plan` if the REGISTER sent with `branch` is accepted (`settled`)."""
+        expected = self.expected
+        if len(expected) >= self.max_flows:
+            for old in [b for b, (until, _p) in expected.items() if until < now]:
+                del expected[old]
+            if len(expected) >= self.max_flows:
+                del expected[next(iter(expected))]  # the oldest
+        expected[branch] = (now + EXPECT_TIME, plan)
+
+    def settled(self, branch: str, status: int, now: float) -> None:
+        """A final answer to a REGISTER we forwarded went back through us."""
+        if status < 200:
+            return
+        found = self.expected.pop(branch, None)
+        if found is not None and status < 300 and found[0] >= now:
+            self.apply(found[1], now)
+
+    def apply(self, plan: Plan, now: float) -> None:
+        for item in plan:
+            if isinstance(item, Watched):
+                self.watch(item, now)
+            else:
+                self.forget(*item)
 
     def watch(self, w: Watched, now: float) -> None:
         """Ping this flow from `now + interval` on, until its registration ends."""

@@ -40,7 +40,7 @@ from ._auth import Credentials, Verifier, challenges, parse_credentials
 from ._bindings import Binding, BindingStore
 from ._flow import Flow, decode_token, flow_of, make_token
 from ._fork import Forks, Target
-from ._keepalive import PING_PREFIX, Pinger, Watched
+from ._keepalive import PING_PREFIX, Pinger, Plan, Watched
 from ._message import (
     DISPLAY_NAMES,
     MAX_MESSAGE_SIZE,
@@ -804,6 +804,8 @@ class Proxy:
         host, port = hop.response_target()
         self.stats["responses"] += 1
         self.stats["forwarded"] += 1
+        if self.pinger.expected:
+            self.pinger.settled(branch, int(data[8:11]), self._mono)
         return [Send("udp", host, port, out)]
 
     def _branch_response_fast(
@@ -871,6 +873,8 @@ class Proxy:
             self.stats["dropped"] += 1
             self.stats["bad_branch"] += 1
             return []
+        if self.pinger.expected:
+            self.pinger.settled(branch, response.status, self._mono)
         # Pop our Via: the first value of the first Via line.
         pop_first_value(response, "via")
         nxt = vias[1]
@@ -1116,6 +1120,7 @@ class Proxy:
         names = [p.name for p in owners]
         ours = (source.host, source.port) == (self.settings.host, self.settings.port)
         trusted_removal = False
+        plan: Plan = []
         if request.count(_FLOW_LOST):
             if from_peer or ours:
                 trusted_removal = True  # a node's removal of a phone that stopped answering
@@ -1128,11 +1133,17 @@ class Proxy:
             request.prepend("path", f"<sip:{token}@{self._sent_by};lr;ob>")
             self.stats["paths_added"] += 1
             if source.transport == "udp" and self.settings.keepalive_interval > 0:
-                self._watch(request, source, aor)
+                # Pinged once its owners accept it: at once if we are one, else when their
+                # 2xx comes back through us.
+                plan = self._watch_plan(request, source, aor)
         if self.settings.name not in names and not from_peer:
             if not owners:
                 return self._no_owner(request, source, now)
-            return self._to_node(request, source, now, owners[0], max_forwards, False, loop)
+            out = self._to_node(request, source, now, owners[0], max_forwards, False, loop)
+            branch = request.vias[0].branch or ""
+            if plan and branch.startswith(BRANCH_PREFIX):
+                self.pinger.expect(branch, plan, self._mono)
+            return out
         if self.settings.auth and not trusted_removal:
             refused = self._authenticate(request, source, now, aor, proxy=False)
             if refused is not None:
@@ -1148,6 +1159,8 @@ class Proxy:
             origin=self.settings.name,
             source=where,
         )
+        if outcome.status == 200 and plan:
+            self.pinger.apply(plan, self._mono)
         if outcome.status != 200 or not outcome.changes:
             return self._reply(
                 request, source, now, outcome.status, outcome.reason, outcome.headers
@@ -1462,9 +1475,10 @@ class Proxy:
             record_route=rr,
         )
 
-    def _watch(self, request: Request, source: Source, aor: str) -> None:
-        """We are this NAT'd UDP phone's edge: ping it for as long as it asks to be
-        registered (or stop, for a removal)."""
+    def _watch_plan(self, request: Request, source: Source, aor: str) -> Plan:
+        """We are this NAT'd UDP phone's edge: what to do once the REGISTER is accepted,
+        ping it for as long as it asks to be registered (or stop, for a removal)."""
+        plan: Plan = []
         header = request.get("expires")
         for value in request.get_all("contact"):
             try:
@@ -1475,7 +1489,7 @@ class Proxy:
             text = params.get("expires") or header or str(self.settings.policy.default_expires)
             seconds = int(text) if text.isascii() and text.isdigit() else 0
             if seconds == 0:
-                self.pinger.forget(source.host, source.port)
+                plan.append((source.host, source.port))
                 continue
             seconds = min(seconds, self.settings.policy.max_expires)
             # A device (RFC 5626 §6) is bound by its instance and reg-id, not its URI: the
@@ -1494,7 +1508,8 @@ class Proxy:
                 self._mono + seconds,
                 device,
             )
-            self.pinger.watch(watched, self._mono)
+            plan.append(watched)
+        return plan
 
     def _needs_flow(self, request: Request, source: Source) -> bool:
         """Whether a phone can only be reached over the flow its REGISTER came on: a stream
