@@ -13,11 +13,12 @@ removed would have expired, so an older copy arriving late cannot bring it back.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import heapq
 import math
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 __all__ = [
     "MAX_FIELD_LENGTH",
@@ -57,6 +58,7 @@ MAX_PATH = 8  # Path values kept for one binding (each hop that adds one is a pr
 DIGEST_BUCKETS = 64
 
 
+@functools.lru_cache(maxsize=1 << 18)
 def aor_bucket(aor: str) -> int:
     return hashlib.blake2b(aor.encode(), digest_size=2).digest()[0] % DIGEST_BUCKETS
 
@@ -87,6 +89,9 @@ class Binding:
     # the first (the edge holding the phone's flow, its URI carrying the flow token) with them
     # all as its Route set.
     path: tuple[str, ...] = ()
+    # `digest()`, made on first use (anti-entropy asks for it every round): not part of the
+    # binding's value.
+    _digest: int = field(default=-1, init=False, compare=False, repr=False)
 
     @property
     def version(self) -> tuple[float, str, int]:
@@ -183,8 +188,12 @@ class Binding:
 
     def digest(self) -> int:
         """A 64-bit fingerprint of this version, for anti-entropy digests."""
-        text = f"{self.aor}\0{self.key}\0{self.stamp!r}\0{self.origin}\0{int(self.removed)}"
-        return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+        found = self._digest
+        if found < 0:
+            text = f"{self.aor}\0{self.key}\0{self.stamp!r}\0{self.origin}\0{int(self.removed)}"
+            found = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+            object.__setattr__(self, "_digest", found)
+        return found
 
 
 class BindingStore:
