@@ -731,9 +731,15 @@ def replace_first_value(message: Request | Response, name: str, value: str) -> N
         if key == name:
             values = split_values(line)
             values[0] = value
-            message.headers[i] = (key, ", ".join(values))
+            joined = ", ".join(values)
+            message.headers[i] = (key, joined)
             vias = message._cache.get("vias") if name == "via" else None
+            index = message._idx
             message.edited(name)
+            if index is not None:
+                # The first line of `name` is the one that changed: the index stays good.
+                index[name][0] = joined
+                message._idx = index
             if vias is not None:
                 # The top Via changed (received, rport): the hops under it parse as before.
                 message._cache["vias"] = [_parse_via(value), *vias[1:]]  # type: ignore[index]

@@ -1707,26 +1707,33 @@ def _stamp_received(request: Request, source: Source) -> None:
 
 class _LoopHash:
     """§16.3 step 4 / §16.6 step 8: a hash of the fields that change on a spiral and not on
-    a loop, taken from the request as received and computed at most once, when needed."""
+    a loop, taken from the request as received and computed at most once, when needed. What
+    processing may change before then (the Request-URI, the Route set) is kept at once;
+    tags, Call-ID and CSeq stay as they are, and are read only if the hash is asked for
+    (most requests are answered here: a REGISTER never needs it)."""
 
-    __slots__ = ("_parts", "_value")
+    __slots__ = ("_request", "_routes", "_uri", "_value")
 
     def __init__(self, request: Request) -> None:
-        self._parts = (
-            request.uri_text,
-            request.from_tag or "",
-            # The ACK of a non-2xx final carries the answer's To tag, but must take the
-            # INVITE's branch (§16.11, §17.2.3): the tag is left out for it.
-            "" if request.method == "ACK" else (request.to_tag or ""),
-            request.call_id,
-            str(request.cseq[0]),
-            ",".join(request.get_all("route")),
-        )
+        self._request = request
+        self._uri = request.uri_text
+        self._routes = request.get_all("route")
         self._value: str | None = None
 
     def value(self) -> str:
         if self._value is None:
-            self._value = _h(*self._parts, size=4)
+            request = self._request
+            self._value = _h(
+                self._uri,
+                request.from_tag or "",
+                # The ACK of a non-2xx final carries the answer's To tag, but must take the
+                # INVITE's branch (§16.11, §17.2.3): the tag is left out for it.
+                "" if request.method == "ACK" else (request.to_tag or ""),
+                request.call_id,
+                str(request.cseq[0]),
+                ",".join(self._routes),
+                size=4,
+            )
         return self._value
 
 
