@@ -45,6 +45,8 @@ class Watched:
     waiting: str | None = None  # the branch of the ping not answered yet
     due: float = 0.0
     sent: int = field(default=0)
+    # The ping's bytes around its branch (twice in it), made at the first ping.
+    template: tuple[bytes, bytes, bytes] | None = None
 
 
 class Pinger:

@@ -412,18 +412,25 @@ class Proxy:
     def _ping(self, w: Watched, branch: str) -> Send:
         """OPTIONS to a phone over its flow: any answer says it (and its NAT mapping) is
         there."""
-        data = (
-            f"OPTIONS {w.contact} SIP/2.0\r\n"
-            f"Via: SIP/2.0/UDP {self._sent_by};branch={branch}\r\n"
-            "Max-Forwards: 70\r\n"
-            f"From: <sip:keepalive@{self._sent_by}>;tag={self._ping_tag}\r\n"
-            f"To: <{w.contact}>\r\n"
-            f"Call-ID: {branch}@{self._sent_by}\r\n"
-            "CSeq: 1 OPTIONS\r\n"
-            f"User-Agent: {self.settings.server_header}\r\n"
-            "Content-Length: 0\r\n\r\n"
-        ).encode()
-        return Send("udp", w.flow.host, w.flow.port, data)
+        parts = w.template
+        if parts is None:
+            parts = w.template = (
+                f"OPTIONS {w.contact} SIP/2.0\r\nVia: SIP/2.0/UDP {self._sent_by};branch=".encode(),
+                (
+                    "\r\nMax-Forwards: 70\r\n"
+                    f"From: <sip:keepalive@{self._sent_by}>;tag={self._ping_tag}\r\n"
+                    f"To: <{w.contact}>\r\n"
+                    "Call-ID: "
+                ).encode(),
+                (
+                    f"@{self._sent_by}\r\n"
+                    "CSeq: 1 OPTIONS\r\n"
+                    f"User-Agent: {self.settings.server_header}\r\n"
+                    "Content-Length: 0\r\n\r\n"
+                ).encode(),
+            )
+        b = branch.encode()
+        return Send("udp", w.flow.host, w.flow.port, parts[0] + b + parts[1] + b + parts[2])
 
     def _flow_lost(self, w: Watched, now: float) -> list[Action]:
         """A phone missed its pings: remove its binding, as a REGISTER with Expires 0 from
