@@ -12,6 +12,7 @@ import errno
 import functools
 import ipaddress
 import os
+import re
 import socket as stdsocket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -81,11 +82,21 @@ class BindError(OSError):
         self.errno = err
 
 
-@functools.lru_cache(maxsize=4096)
-@functools.lru_cache(maxsize=8192)
 def is_ip(host: str) -> bool:
-    """Whether `host` is an IP address literal (cached: the same few hosts recur, and every
-    datagram sent asks; parsing one costs about 4 us)."""
+    """Whether `host` is an IP address literal. Every datagram sent asks, to tens of
+    thousands of phones' addresses (an edge's keepalives): IPv4 by one regular expression
+    (what `ipaddress` takes: no leading zeros), IPv6 by `ipaddress`, cached."""
+    if _IPV4.fullmatch(host):
+        return True
+    return ":" in host and _is_ipv6(host)
+
+
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}", re.ASCII)
+
+
+@functools.lru_cache(maxsize=8192)
+def _is_ipv6(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
     except ValueError:
