@@ -15,16 +15,15 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import json
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+from phone_events import EventProcess
 from sip_agents import DOMAIN, Node, cluster_of
 
 PHONE = Path(__file__).parent / "pjsua_phone.py"
@@ -55,67 +54,16 @@ def pjsua2_loads() -> None:
         pytest.skip(f"pjsua2 cannot be imported: {r.stderr.strip().splitlines()[-1:]}")
 
 
-class Phone:
+class Phone(EventProcess):
     """One pjsua_phone.py process and the events it printed so far."""
+
+    what_log = "pjsua log"
 
     def __init__(self, name: str, argv: list[str], tmp: Path, prefix: Sequence[str] = ()) -> None:
         """`prefix`: what to run it under (`ip netns exec NS` for a phone behind a NAT)."""
-        self.name = name
-        self.log = tmp / f"{name}.pjsua.log"
-        self.events: list[dict[str, Any]] = []
-        self.cond = threading.Condition()  # (an RLock: seen() may be called holding it)
-        self.eof = False
-        self.p = subprocess.Popen(
-            [*prefix, sys.executable, str(PHONE), *argv, "--log-file", str(self.log)],
-            stdin=subprocess.PIPE,  # the phone exits when this closes (we die: it dies)
-            stdout=subprocess.PIPE,
-            stderr=open(tmp / f"{name}.stderr", "wb"),  # noqa: SIM115 (the child holds it)
-        )
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        assert self.p.stdout is not None
-        for raw in self.p.stdout:
-            line = raw.decode(errors="replace").strip()
-            if not line.startswith("{"):
-                continue
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            with self.cond:
-                self.events.append(event)
-                self.cond.notify_all()
-        with self.cond:
-            self.eof = True
-            self.cond.notify_all()
-
-    def seen(self, event: str, **match: Any) -> list[dict[str, Any]]:
-        with self.cond:
-            return [
-                e
-                for e in self.events
-                if e["event"] == event and all(e.get(k) == v for k, v in match.items())
-            ]
-
-    def wait_for(self, event: str, timeout: float, **match: Any) -> dict[str, Any]:
-        """The first `event` (with the `match` fields) this phone printed, waiting at most
-        `timeout` seconds for it."""
-        end = time.monotonic() + timeout
-        with self.cond:
-            while True:
-                found = self.seen(event, **match)
-                if found:
-                    return found[0]
-                left = end - time.monotonic()
-                if left <= 0 or self.eof:
-                    break
-                self.cond.wait(left)
-        raise AssertionError(
-            f"{self.name}: no {event} {match or ''} within {timeout} s; it printed:\n"
-            + "\n".join(json.dumps(e) for e in self.events if e["event"] != "rx")
-            + f"\n(pjsua log, every SIP message: {self.log})"
+        log = tmp / f"{name}.pjsua.log"
+        super().__init__(
+            name, [*prefix, sys.executable, str(PHONE), *argv, "--log-file", str(log)], tmp, log
         )
 
     def received(self, method: str, call_id: str | None = None) -> list[dict[str, Any]]:
@@ -136,12 +84,6 @@ class Phone:
                 if left <= 0 or self.eof:
                     raise AssertionError(f"{self.name} got no {method} within {timeout} s")
                 self.cond.wait(left)
-
-    def kill(self) -> None:
-        if self.p.poll() is None:
-            self.p.kill()
-        self.p.wait(10)
-        self.reader.join(5)
 
 
 class Phones:

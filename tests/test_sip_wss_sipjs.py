@@ -27,13 +27,13 @@ import json
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from phone_events import EventProcess
 from sip_agents import DOMAIN, Node, swimthor, wait_until
 from tls_certs import Pki, make_pki
 
@@ -81,68 +81,8 @@ def _need_pjsua2() -> None:
         pytest.skip("pjsua2 not installed (pip install pjsua2-python, in the test extras)")
 
 
-class Proc:
+class Proc(EventProcess):
     """One phone process (SIP.js or pjsua2) and the JSON events it printed so far."""
-
-    def __init__(self, name: str, argv: list[str], tmp: Path, log: Path, cwd: Path) -> None:
-        self.name = name
-        self.log = log
-        self.events: list[dict[str, Any]] = []
-        self.cond = threading.Condition()
-        self.eof = False
-        self.p = subprocess.Popen(
-            argv,
-            cwd=cwd,
-            stdin=subprocess.PIPE,  # the phone exits when this closes (we die: it dies)
-            stdout=subprocess.PIPE,
-            stderr=open(tmp / f"{name}.stderr", "wb"),  # noqa: SIM115 (the child holds it)
-        )
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        assert self.p.stdout is not None
-        for raw in self.p.stdout:
-            line = raw.decode(errors="replace").strip()
-            if not line.startswith("{"):
-                continue
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            with self.cond:
-                self.events.append(event)
-                self.cond.notify_all()
-        with self.cond:
-            self.eof = True
-            self.cond.notify_all()
-
-    def seen(self, event: str, **match: Any) -> list[dict[str, Any]]:
-        with self.cond:
-            return [
-                e
-                for e in self.events
-                if e["event"] == event and all(e.get(k) == v for k, v in match.items())
-            ]
-
-    def wait_for(self, event: str, timeout: float, **match: Any) -> dict[str, Any]:
-        """The first `event` (with the `match` fields) this phone printed, waiting at most
-        `timeout` seconds for it."""
-        end = time.monotonic() + timeout
-        with self.cond:
-            while True:
-                found = self.seen(event, **match)
-                if found:
-                    return found[0]
-                left = end - time.monotonic()
-                if left <= 0 or self.eof:
-                    break
-                self.cond.wait(left)
-        raise AssertionError(
-            f"{self.name}: no {event} {match or ''} within {timeout} s; it printed:\n"
-            + "\n".join(json.dumps(e) for e in self.events if e["event"] != "rx")
-            + f"\n(its log, every SIP message: {self.log})"
-        )
 
     def rx(self, start: str, call_id: str, cseq_method: str | None = None) -> list[dict[str, Any]]:
         """The messages received so far whose first line starts with `start` (`BYE `,
@@ -169,12 +109,6 @@ class Proc:
                     )
                 self.cond.wait(left)
             return self.rx(start, call_id, cseq_method)[0]
-
-    def kill(self) -> None:
-        if self.p.poll() is None:
-            self.p.kill()
-        self.p.wait(10)
-        self.reader.join(5)
 
 
 class WssNode(Node):
