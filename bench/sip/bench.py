@@ -158,6 +158,29 @@ class Node:
             self.proc.wait(10)
 
 
+def join_argv(
+    node: Node, tmp: Path, seed: Node | None, *extra: str, profile: str = "lan"
+) -> list[str]:
+    """`swimthor join` for a bench node on loopback: role sip, auth off (like for like with
+    Kamailio, which has none), JSON logs at warning, joining through `seed`; then `extra`."""
+    argv = [
+        sys.executable, "-m", "swimthor", "join",
+        "--name", node.name,
+        "--bind", f"127.0.0.1:{node.gossip}",
+        "--profile", profile,
+        "--insecure",
+        "--control", node.control,
+        "--data-dir", str(tmp / node.name),
+        "--log-format", "json", "--log-level", "warning",
+        "--role", "sip", "--sip", node.target, "--domain", DOMAIN,
+        "--sip-auth", "off",
+        *extra,
+    ]  # fmt: skip
+    if seed is not None:
+        argv.append(f"127.0.0.1:{seed.gossip}")
+    return argv
+
+
 @contextlib.contextmanager
 def cluster(
     tmp: Path, n: int = 3, profile: str = "lan", code: Path | None = None
@@ -174,20 +197,7 @@ def cluster(
         node.sip = free_udp_port(exclude=[x.gossip for x in nodes] + [x.sip for x in nodes])
     try:
         for i, node in enumerate(nodes):
-            argv = [
-                sys.executable, "-m", "swimthor", "join",
-                "--name", node.name,
-                "--bind", f"127.0.0.1:{node.gossip}",
-                "--profile", profile,
-                "--insecure",
-                "--control", node.control,
-                "--data-dir", str(tmp / node.name),
-                "--log-format", "json", "--log-level", "warning",
-                "--role", "sip", "--sip", node.target, "--domain", DOMAIN,
-                "--sip-auth", "off",  # like for like with Kamailio (no auth there)
-            ]  # fmt: skip
-            if i:
-                argv.append(f"127.0.0.1:{nodes[0].gossip}")
+            argv = join_argv(node, tmp, nodes[0] if i else None, profile=profile)
             with open(tmp / f"{node.name}.log", "ab") as log:
                 node.proc = subprocess.Popen(
                     argv, stdout=subprocess.DEVNULL, stderr=log, env=env, cwd=cwd

@@ -74,7 +74,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .bench import DOMAIN, Node, _env, _runs_from, checkout_id, worktree
+from .bench import DOMAIN, Node, _env, _runs_from, checkout_id, join_argv, worktree
 from .sipp_runner import free_udp_port
 
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux; not in Python 3.11's socket module
@@ -409,21 +409,7 @@ def keepalive_cluster(
         nodes.append(Node(f"node{i + 1}", gossip, sip, str(tmp / f"node{i + 1}.sock"), code=code))
     try:
         for i, node in enumerate(nodes):
-            argv = [
-                sys.executable, "-m", "swimthor", "join",
-                "--name", node.name,
-                "--bind", f"127.0.0.1:{node.gossip}",
-                "--profile", "lan",
-                "--insecure",
-                "--control", node.control,
-                "--data-dir", str(tmp / node.name),
-                "--log-format", "json", "--log-level", "warning",
-                "--role", "sip", "--sip", node.target, "--domain", DOMAIN,
-                "--sip-auth", "off",
-                "--sip-keepalive", f"{interval:g}",
-            ]  # fmt: skip
-            if i:
-                argv.append(f"127.0.0.1:{nodes[0].gossip}")
+            argv = join_argv(node, tmp, nodes[0] if i else None, "--sip-keepalive", f"{interval:g}")
             with open(tmp / f"{node.name}.log", "ab") as log:
                 node.proc = subprocess.Popen(
                     argv,

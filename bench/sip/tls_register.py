@@ -59,7 +59,15 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from .bench import DOMAIN, KAMAILIO_SHM_MB, RESULTS, Node, checkout_id, ensure_kamailio
+from .bench import (
+    DOMAIN,
+    KAMAILIO_SHM_MB,
+    RESULTS,
+    Node,
+    checkout_id,
+    ensure_kamailio,
+    join_argv,
+)
 from .sipp_runner import KAMAILIO, _stop, free_udp_port, sip_options_probe
 
 HERE = Path(__file__).resolve().parent
@@ -750,23 +758,12 @@ def swimthor_tls(tmp: Path, cert: Path, key: Path, cafile: str, n: int = 1) -> I
         )
     try:
         for i, node in enumerate(nodes):
-            argv = [
-                sys.executable, "-m", "swimthor", "join",
-                "--name", node.name,
-                "--bind", f"127.0.0.1:{node.gossip}",
-                "--profile", "lan",
-                "--insecure",
-                "--control", node.control,
-                "--data-dir", str(tmp / node.name),
-                "--log-format", "json", "--log-level", "warning",
-                "--role", "sip", "--sip", node.target, "--domain", DOMAIN,
+            argv = join_argv(
+                node, tmp, nodes[0] if i else None,
                 "--sip-tls", f"127.0.0.1:{node.tls}",
                 "--sip-tls-cert", str(cert), "--sip-tls-key", str(key),
-                "--sip-auth", "off",  # like for like with Kamailio (no auth there)
                 "--sip-rate-limit", "0",  # the client is many phones behind one address
-            ]  # fmt: skip
-            if i:
-                argv.append(f"127.0.0.1:{nodes[0].gossip}")
+            )  # fmt: skip
             with open(tmp / f"{node.name}.log", "ab") as log:
                 node.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log)
         deadline = time.monotonic() + 30

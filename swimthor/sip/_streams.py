@@ -191,27 +191,13 @@ class WsFramer:
                     # The token as the client spelled it: the answer must name one it offered.
                     offered = {p.strip().lower(): p for p in event.subprotocols}
                     if self._origins is not None and _origin(event) not in self._origins:
-                        reply += self.ws.send(
-                            RejectConnection(
-                                status_code=403,
-                                headers=[(b"content-length", b"0")],
-                                has_body=False,
-                            )
-                        )
-                        self.rejected = self.closed = True
+                        reply += self._reject(403)
                         break
                     if WS_SUBPROTOCOL in offered:
                         reply += self.ws.send(AcceptConnection(subprotocol=offered[WS_SUBPROTOCOL]))
                         self.open = True
                     else:
-                        reply += self.ws.send(
-                            RejectConnection(
-                                status_code=400,
-                                headers=[(b"content-length", b"0")],
-                                has_body=False,
-                            )
-                        )
-                        self.rejected = self.closed = True
+                        reply += self._reject(400)
                         break
                 elif isinstance(event, TextMessage | BytesMessage):
                     self._size += len(event.data)
@@ -239,12 +225,7 @@ class WsFramer:
             # wsproto reads some upgrade headers as ASCII and lets the error out (a byte over
             # 0x7f in Sec-WebSocket-Protocol, say): a broken upgrade like any other.
             if not self.open:
-                with contextlib.suppress(LocalProtocolError):
-                    reply += self.ws.send(
-                        RejectConnection(
-                            status_code=400, headers=[(b"content-length", b"0")], has_body=False
-                        )
-                    )
+                reply += self._reject(400)
             self.rejected = self.closed = True
         except RemoteProtocolError as e:
             # A broken HTTP upgrade: wsproto has the answer (400) ready in some cases.
@@ -254,6 +235,17 @@ class WsFramer:
             self.rejected = self.closed = True
         self.partial = bool(self._parts)
         return out, bytes(reply)
+
+    def _reject(self, status: int) -> bytes:
+        """Refuse the upgrade with `status` (and close once it is sent)."""
+        self.rejected = self.closed = True
+        with contextlib.suppress(LocalProtocolError):
+            return self.ws.send(
+                RejectConnection(
+                    status_code=status, headers=[(b"content-length", b"0")], has_body=False
+                )
+            )
+        return b""
 
     def _message(self) -> bytes:
         parts, self._parts, self._size = self._parts, [], 0
