@@ -458,30 +458,21 @@ class SipService:
         }
 
 
-def _edge_of(path: tuple[str, ...]) -> str:
-    """host:port of a binding's first Path hop ("" without a Path)."""
+def _edge_and_flow(path: tuple[str, ...], keys: list[bytes]) -> tuple[str, str]:
+    """A binding's edge (host:port of its first Path hop) and the flow that hop's token
+    names ("transport:host:port"): "" without a Path, "?" for what cannot be read (a flow
+    token the cluster's keys do not open)."""
     if not path:
-        return ""
+        return "", ""
     try:
         uri = parse_address(path[0]).uri
     except ValueError:
-        return "?"
-    return format_hostport((uri.host, uri.port or 5060))
-
-
-def _flow_text(path: tuple[str, ...], keys: list[bytes]) -> str:
-    """The flow a binding's Path token names, "transport:host:port" ("" without a Path,
-    "?" for a token the cluster's keys do not open)."""
-    if not path:
-        return ""
-    try:
-        uri = parse_address(path[0]).uri
-    except ValueError:
-        return "?"
+        return "?", "?"
+    edge = format_hostport((uri.host, uri.port or 5060))
     flow = decode_token(uri.user or "", keys)
     if flow is None:
-        return "?"
-    return f"{flow.transport}:{format_hostport((flow.host, flow.port))}"
+        return edge, "?"
+    return edge, f"{flow.transport}:{format_hostport((flow.host, flow.port))}"
 
 
 def _transport_of(binding: Binding, flow: str) -> str:
@@ -531,7 +522,7 @@ def location_reply(
                 on.append(owner)
             else:
                 older.append(owner)
-        flow = _flow_text(b.path, keys or [])
+        edge, flow = _edge_and_flow(b.path, keys or [])
         bindings.append(
             {
                 "contact": b.contact,
@@ -549,7 +540,7 @@ def location_reply(
                 # RFC 3327: calls go through the first Path hop, the phone's edge (the node
                 # holding its flow), when it has one.
                 "path": list(b.path),
-                "edge": _edge_of(b.path),
+                "edge": edge,
                 # The phone's flow at that edge, from the Path's token, and the transport it
                 # is reached over.
                 "flow": flow,
