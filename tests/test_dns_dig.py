@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 from sip_agents import DOMAIN, Node, cluster_of, wait_until
+from tls_certs import make_pki
 
+from swimthor.demo import free_ports
 from swimthor.dns._service import SIPS_TAG, WSS_TAG
 
 pytestmark = pytest.mark.skipif(
@@ -157,3 +159,48 @@ def test_dig_follows_naptr_to_tls_and_secure_websocket_srv_from_member_tags(
         assert "status: NOERROR" in nodata and "ANSWER: 0" in nodata
         # Per user: the AOR's owner, at its TLS port.
         assert dig(n0, f"_sips._tcp.alice.{DOMAIN}.aor.{DOMAIN}", "SRV") == [f"10 0 15061 {target}"]
+
+
+def test_an_agent_with_tls_and_websocket_announces_them_and_dig_finds_them(
+    tmp_path: Path,
+) -> None:
+    """The same records, from the agent's own --sip-tls and --sip-ws (the tags it publishes
+    itself), at the ports it really serves them on: a TLS client registers there."""
+    import socket
+    import ssl
+
+    pki = make_pki(tmp_path / "pki")
+    tls_port, ws_port = free_ports(2)
+    extra = [
+        "--sip-tls", f"127.0.0.1:{tls_port}", "--sip-ws", f"127.0.0.1:{ws_port}",
+        "--sip-tls-cert", str(pki.cert), "--sip-tls-key", str(pki.key),
+    ]  # fmt: skip
+    with cluster_of(tmp_path, 1, dns=True, extra=extra) as nodes:
+        n0 = nodes["n0"]
+        target = f"n0.node.{DOMAIN}."
+        naptr = dig(n0, DOMAIN, "NAPTR")
+        assert f'10 30 "s" "SIPS+D2T" "" _sips._tcp.{DOMAIN}.' in naptr
+        assert f'10 40 "s" "SIP+D2W" "" _sip._ws.{DOMAIN}.' in naptr
+        assert dig(n0, f"_sips._tcp.{DOMAIN}", "SRV") == [f"10 100 {tls_port} {target}"]
+        assert dig(n0, f"_sip._ws.{DOMAIN}", "SRV") == [f"10 100 {ws_port} {target}"]
+        ctx = ssl.create_default_context(cafile=str(pki.ca))
+        raw = socket.create_connection(("127.0.0.1", tls_port), timeout=10)
+        with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            local = tls.getsockname()
+            tls.sendall(
+                (
+                    f"REGISTER sip:{DOMAIN} SIP/2.0\r\n"
+                    f"Via: SIP/2.0/TLS 127.0.0.1:{local[1]};branch=z9hG4bK-dig-tls\r\n"
+                    "Max-Forwards: 70\r\n"
+                    f"From: <sip:alice@{DOMAIN}>;tag=a1\r\nTo: <sip:alice@{DOMAIN}>\r\n"
+                    "Call-ID: dig-tls@x\r\nCSeq: 1 REGISTER\r\n"
+                    f"Contact: <sip:alice@127.0.0.1:{local[1]};transport=tls>\r\n"
+                    "Expires: 60\r\nContent-Length: 0\r\n\r\n"
+                ).encode()
+            )
+            answer = b""
+            while b"\r\n\r\n" not in answer:
+                chunk = tls.recv(65536)
+                assert chunk, "closed before the answer"
+                answer += chunk
+        assert answer.startswith(b"SIP/2.0 200 "), answer[:200]
