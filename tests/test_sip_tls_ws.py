@@ -580,3 +580,30 @@ def test_regression_frames_in_the_same_read_as_the_upgrade_are_not_lost() -> Non
     endless = WsFramer()
     got, reply = endless.feed(b"GET / HTTP/1.1\r\n" + b"X-Pad: " + b"a" * 20_000)
     assert got == [] and endless.closed and reply.startswith(b"HTTP/1.1 431")
+
+
+async def test_our_tls_stream_as_a_client_checks_the_server_and_carries_sip(pki: Pki) -> None:
+    """TlsStream, the server's TLS layer, in its client role (connections a node opens to a
+    TLS target): the server's certificate is checked, then SIP goes both ways on it."""
+    from swimthor.sip._server import TlsStream
+
+    async with node_with(pki) as node:
+        where = node.server.stream_bound["tls"]
+        raw = await trio.open_tcp_stream(*where)
+        wrong = TlsStream(
+            raw,
+            ssl.create_default_context(cafile=str(pki.other_ca)),
+            server_side=False,
+            server_hostname="127.0.0.1",
+        )
+        with pytest.raises(trio.BrokenResourceError):
+            await wrong.do_handshake()
+        await trio.aclose_forcefully(wrong)
+        raw = await trio.open_tcp_stream(*where)
+        stream = TlsStream(raw, _client_ctx(pki), server_side=False, server_hostname="127.0.0.1")
+        await stream.do_handshake()
+        buf = bytearray()
+        for _ in range(3):  # several messages on one connection
+            await stream.send_all(register(("127.0.0.1", 5999), transport="TLS"))
+            assert (await read_tcp_message(stream, buf)).status == 200  # type: ignore[arg-type]
+        await stream.aclose()
