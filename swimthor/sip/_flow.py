@@ -21,12 +21,13 @@ import hmac
 from typing import NamedTuple
 
 from ._actions import Source
+from ._streams import STREAM_TRANSPORTS
 
 __all__ = ["Flow", "decode_token", "flow_of", "make_token"]
 
 _MAC_SIZE = 10
 _PERSON = b"sip-flow"
-_TRANSPORTS = frozenset(("udp", "tcp", "tls", "ws", "wss"))
+_TRANSPORTS = STREAM_TRANSPORTS | {"udp"}
 # A token is short; anything much longer is not one of ours (and is not worth hashing).
 MAX_TOKEN_LENGTH = 160
 

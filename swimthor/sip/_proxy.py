@@ -719,8 +719,12 @@ class Proxy:
             and (source.host, source.port) != (self.settings.host, self.settings.port)
             and self._needs_flow(request, source)
         ):
-            token = make_token(flow_of(source), self._branch_keys()[0])
+            token = self._token_of(source)
         return self._rr_entry(source.transport, token)
+
+    def _token_of(self, source: Source) -> str:
+        """The flow token of the flow a request came over, under our current key."""
+        return make_token(flow_of(source), self._branch_keys()[0])
 
     def _add_rr(self, request: Request, source: Source, out: str | None) -> None:
         """Record-Route a dialog-creating request: our entry for the leg it came in on, and
@@ -888,9 +892,7 @@ class Proxy:
         host, port = nxt.response_target()
         # Over a stream the Via's received/rport (which we stamped) is the connection's peer:
         # the transport sends it on that connection.
-        transport = nxt.transport.lower()
-        if transport not in STREAM_TRANSPORTS:
-            transport = "udp"
+        transport = _out_transport(nxt.transport.lower())
         self.stats["forwarded"] += 1
         return [Send(transport, host, port, response.to_bytes())]
 
@@ -1136,8 +1138,8 @@ class Proxy:
         if not from_peer and not ours and self._needs_flow(request, source):
             # We are the phone's edge: calls to it must come back through us, onto the flow it
             # registered over (RFC 5626 §5.2). Our Path is the first the registrar sees.
-            token = make_token(flow_of(source), self._branch_keys()[0])
-            request.prepend("path", f"<sip:{token}@{self._sent_by};lr;ob>")
+            # (Owners and other nodes reach us by UDP: the Path names that address.)
+            request.prepend("path", self._rr_entry("udp", self._token_of(source)))
             self.stats["paths_added"] += 1
             if source.transport == "udp" and self.settings.keepalive_interval > 0:
                 # Pinged once its owners accept it: at once if we are one, else when their
@@ -1467,7 +1469,7 @@ class Proxy:
         self.stats["to_flows"] += 1
         rr = None
         if request.method in _DIALOG_CREATING and request.to_tag is None:
-            rr = self._flow_rr(token, flow)
+            rr = self._rr_entry(flow.transport, token)
         return self._forward(
             request,
             source,
@@ -1582,13 +1584,8 @@ class Proxy:
             device,
             route=binding.path[1:],
             conn=flow.conn,
-            record_route=self._flow_rr(first.user or "", flow),
+            record_route=self._rr_entry(flow.transport, first.user),
         )
-
-    def _flow_rr(self, token: str, flow: Flow) -> str:
-        """Our Record-Route toward a phone's flow: the token, and for a stream its transport,
-        so the phone sends its in-dialog requests to us on that connection, not by UDP."""
-        return self._rr_entry(flow.transport, token)
 
     def _flow_of_token(self, token: str | None) -> Flow | None:
         """The flow a token of ours names, if it is still there: a stream flow whose

@@ -23,7 +23,7 @@ import socket as stdsocket
 import ssl
 import struct
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -194,11 +194,6 @@ class StreamListen:
 MAX_OUTBOX = 4 << 20
 # Seconds a closing connection's writer has to send what is still queued.
 FLUSH_TIME = 1.0
-
-
-@contextlib.contextmanager
-def _no_limit() -> Iterator[None]:
-    yield
 
 
 class _Conn:
@@ -888,7 +883,7 @@ class SipServer(FrontEndServer):
                 batch, conn.outbox, conn.queued = conn.outbox, [], 0
                 data = batch[0][0] if len(batch) == 1 else b"".join(d for d, _s in batch)
                 try:
-                    with trio.move_on_after(FLUSH_TIME) if conn.closed else _no_limit():
+                    with trio.move_on_after(FLUSH_TIME if conn.closed else math.inf):
                         await conn.stream.send_all(data)
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                     for _data, send in batch:
@@ -1028,17 +1023,19 @@ class SipServer(FrontEndServer):
             if len(self._conns) + self._handshaking >= self.config.max_connections:
                 self._transport_error(send)
                 return
+            raw: trio.SocketStream | None = None
             try:
                 with trio.fail_after(self.config.connect_timeout):
-                    stream: trio.abc.Stream = await trio.open_tcp_stream(send.host, send.port)
+                    raw = await trio.open_tcp_stream(send.host, send.port)
+                    stream: trio.abc.Stream = raw
                     if send.transport == "tls":
-                        assert isinstance(stream, trio.SocketStream)
-                        ssl_stream = TlsStream(
-                            stream, self._client_tls(), server_side=False, server_hostname=send.host
+                        stream = TlsStream(
+                            raw, self._client_tls(), server_side=False, server_hostname=send.host
                         )
-                        stream = ssl_stream
-                        await ssl_stream.do_handshake()
+                        await stream.do_handshake()
             except (OSError, trio.TooSlowError, trio.BrokenResourceError):
+                if raw is not None:
+                    await trio.aclose_forcefully(raw)  # connected, but the handshake failed
                 self._transport_error(send)
                 return
             conn = self._register(stream, (send.host, send.port), send.transport, StreamFramer())

@@ -34,7 +34,6 @@ from ._message import MAX_MESSAGE_SIZE
 
 __all__ = [
     "STREAM_TRANSPORTS",
-    "TLS_VERIFY",
     "StreamFramer",
     "TlsFiles",
     "WsFramer",
@@ -44,7 +43,6 @@ __all__ = [
 
 # The connection-oriented transports, by their lower-case names (a Via says them in capitals).
 STREAM_TRANSPORTS = frozenset(("tcp", "tls", "ws", "wss"))
-TLS_VERIFY = ("none", "optional", "required")
 WS_SUBPROTOCOL = "sip"  # RFC 7118 §4.1
 _CLOSE_TOO_BIG = 1009  # RFC 6455 §7.4.1
 # The end of an HTTP request head (as h11 reads it: bare LFs too), and the most an upgrade
@@ -136,7 +134,6 @@ class WsFramer:
         "closed",
         "open",
         "partial",
-        "rejected",
         "ws",
     )
 
@@ -148,9 +145,8 @@ class WsFramer:
         self._origins = origins
         self.open = False  # the upgrade was accepted
         self.closed = False  # nothing more will be read: close the connection
-        self.rejected = False  # the upgrade was refused (no "sip" subprotocol, not GET ...)
         self.partial = False
-        self._parts: list[bytes | bytearray | str] = []
+        self._parts: list[bytes] = []  # the message so far, as UTF-8 (what the bound counts)
         self._size = 0
         self._pre = bytearray()  # the upgrade request, until its blank line is in
 
@@ -166,10 +162,10 @@ class WsFramer:
         end = _HEAD_END.search(self._pre)
         if end is None:
             if len(self._pre) > MAX_UPGRADE:
-                self.rejected = self.closed = True
+                self.closed = True
                 return [], _TOO_LARGE
             if _not_http(self._pre):
-                self.rejected = self.closed = True  # TLS to a ws port, garbage: at once
+                self.closed = True  # TLS to a ws port, garbage: at once
                 return [], _BAD_REQUEST
             return [], b""
         head, rest = bytes(self._pre[: end.end()]), bytes(self._pre[end.end() :])
@@ -200,14 +196,15 @@ class WsFramer:
                         reply += self._reject(400)
                         break
                 elif isinstance(event, TextMessage | BytesMessage):
-                    self._size += len(event.data)
+                    data = event.data.encode() if isinstance(event.data, str) else event.data
+                    self._size += len(data)
                     if self._size > MAX_MESSAGE_SIZE:
                         reply += self.ws.send(
                             CloseConnection(code=_CLOSE_TOO_BIG, reason="message too big")
                         )
                         self.closed = True
                         break
-                    self._parts.append(event.data)
+                    self._parts.append(bytes(data))
                     if event.message_finished:
                         out.append(self._message())
                 elif isinstance(event, Ping):
@@ -220,25 +217,25 @@ class WsFramer:
                     break
         except LocalProtocolError:
             # Something we were about to send that wsproto will not: nothing sane to say.
-            self.rejected = self.closed = True
+            self.closed = True
         except ValueError:
             # wsproto reads some upgrade headers as ASCII and lets the error out (a byte over
             # 0x7f in Sec-WebSocket-Protocol, say): a broken upgrade like any other.
             if not self.open:
                 reply += self._reject(400)
-            self.rejected = self.closed = True
+            self.closed = True
         except RemoteProtocolError as e:
             # A broken HTTP upgrade: wsproto has the answer (400) ready in some cases.
             if e.event_hint is not None:
                 with contextlib.suppress(LocalProtocolError):
                     reply += self.ws.send(e.event_hint)
-            self.rejected = self.closed = True
+            self.closed = True
         self.partial = bool(self._parts)
         return out, bytes(reply)
 
     def _reject(self, status: int) -> bytes:
         """Refuse the upgrade with `status` (and close once it is sent)."""
-        self.rejected = self.closed = True
+        self.closed = True
         with contextlib.suppress(LocalProtocolError):
             return self.ws.send(
                 RejectConnection(
@@ -249,7 +246,7 @@ class WsFramer:
 
     def _message(self) -> bytes:
         parts, self._parts, self._size = self._parts, [], 0
-        return b"".join(p.encode("utf-8") if isinstance(p, str) else p for p in parts)
+        return b"".join(parts)
 
     def frame(self, data: bytes) -> bytes:
         """One SIP message as one WebSocket message: text when it is UTF-8 (RFC 7118 §5.1:
@@ -273,7 +270,7 @@ class TlsFiles:
     cert: str
     key: str
     ca: str | None = None
-    verify_client: str = "none"  # TLS_VERIFY
+    verify_client: str = "none"  # "optional" or "required" (config.TLS_VERIFY_CLIENT)
 
 
 def server_tls_context(files: TlsFiles) -> ssl.SSLContext:
@@ -306,13 +303,8 @@ _BAD = object()
 
 
 def take_message(buf: bytearray) -> bytes | object | None:
-    """Cut one whole message off the front of `buf`: bytes, None (need more) or _BAD."""
-    # Leading CRLFs are keep-alives (RFC 5626 §3.5.1); drop them.
-    start = 0
-    while buf[start : start + 2] == b"\r\n":
-        start += 2
-    if start:
-        del buf[:start]
+    """Cut one whole message off the front of `buf` (which StreamFramer.feed has rid of the
+    CRLFs before it): bytes, None (need more) or _BAD."""
     end = buf.find(b"\r\n\r\n")
     if end < 0:
         if len(buf) > MAX_MESSAGE_SIZE:
