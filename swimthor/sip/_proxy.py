@@ -1022,7 +1022,7 @@ class Proxy:
                 now,
                 nxt.host,
                 nxt.port,
-                _transport(nxt),
+                uri_transport(nxt),
                 max_forwards,
                 add_rr=False,
                 loop=loop,
@@ -1069,7 +1069,7 @@ class Proxy:
                 now,
                 uri.host,
                 uri.port,
-                _transport(uri),
+                uri_transport(uri),
                 max_forwards,
                 add_rr=False,
                 loop=loop,
@@ -1351,7 +1351,7 @@ class Proxy:
                     now,
                     contact.host,
                     contact.port,
-                    _transport(contact),
+                    uri_transport(contact),
                     max_forwards,
                     add_rr=False,
                     loop=loop,
@@ -1404,7 +1404,7 @@ class Proxy:
             else:
                 target = Target(
                     binding.contact,
-                    _transport(contact),
+                    uri_transport(contact),
                     contact.host,
                     contact.port or (5061 if contact.scheme == "sips" else 5060),
                     binding.q,
@@ -1565,7 +1565,7 @@ class Proxy:
                 return None
             return Target(
                 binding.contact,
-                _transport(first),
+                uri_transport(first),
                 first.host,
                 first.port or 5060,
                 binding.q,
@@ -1777,7 +1777,7 @@ def _out_transport(transport: str) -> str:
     return transport if transport in STREAM_TRANSPORTS else "udp"
 
 
-def _transport(uri: object) -> str:
+def uri_transport(uri: object) -> str:
     """A URI's transport: its parameter, else TLS for a `sips:` URI (RFC 3261 §26.2), UDP
     for a `sip:` one."""
     params = getattr(uri, "parameters", {})

@@ -28,7 +28,7 @@ from ._bindings import SUBSCRIBER_KEY, Binding, BindingStore, subscriber_record
 from ._flow import decode_token
 from ._grammar import parse_uri
 from ._message import parse_address
-from ._proxy import Peer, Proxy, ProxySettings
+from ._proxy import Peer, Proxy, ProxySettings, uri_transport
 from ._registrar import RegistrarPolicy, aor_of, split_aor
 from ._replication import Replicator
 from ._server import SipServer, SipTransportConfig, StreamListen
@@ -480,11 +480,9 @@ def _transport_of(binding: Binding, flow: str) -> str:
     if flow and flow != "?":
         return flow.split(":", 1)[0]
     try:
-        uri = parse_uri(binding.contact)
+        return uri_transport(parse_uri(binding.contact))
     except ValueError:
         return "?"
-    value = uri.parameters.get("transport")
-    return str(value).lower() if value else ("tls" if uri.scheme == "sips" else "udp")
 
 
 def location_reply(
