@@ -67,10 +67,10 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from . import regload
 from .sipp_runner import (
@@ -181,6 +181,64 @@ def join_argv(
     return argv
 
 
+_N = TypeVar("_N", bound=Node)
+
+
+def launch(
+    nodes: Sequence[_N],
+    tmp: Path,
+    extra: Callable[[_N], Sequence[str]] = lambda node: (),
+    *,
+    profile: str = "lan",
+    code: Path | None = None,
+    new_session: bool = False,
+) -> None:
+    """Start `nodes` (`join_argv`, then `extra(node)`), the first as the seed of the others,
+    each logging to tmp/NAME.log; `new_session`: Ctrl-C reaches only the bench."""
+    env, cwd = _env(code)
+    for i, node in enumerate(nodes):
+        argv = join_argv(node, tmp, nodes[0] if i else None, *extra(node), profile=profile)
+        with open(tmp / f"{node.name}.log", "ab") as log:
+            node.proc = subprocess.Popen(
+                argv,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                env=env,
+                cwd=cwd,
+                start_new_session=new_session,
+            )
+
+
+def converge(nodes: Sequence[Node], tmp: Path, timeout: float = 30.0) -> None:
+    """Wait until every node sees all of them alive; RuntimeError (with the log's tail) when
+    one exits, or after `timeout` seconds."""
+    n = len(nodes)
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(
+            RuntimeError, KeyError, json.JSONDecodeError, subprocess.TimeoutExpired
+        ):
+            if all(x.status()["counts"]["alive"] == n for x in nodes):
+                return
+        for x in nodes:
+            if x.proc is not None and x.proc.poll() is not None:
+                tail = (tmp / f"{x.name}.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"{x.name} exited with {x.proc.returncode}: {tail}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the cluster of {n} did not converge in {timeout:g} s")
+        time.sleep(0.3)
+
+
+def stop(nodes: Sequence[Node]) -> None:
+    """SIGKILL every node still running, by PID, and reap it."""
+    for node in nodes:
+        if node.proc is not None:
+            if node.proc.poll() is None:
+                node.proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                node.proc.wait(10)
+
+
 @contextlib.contextmanager
 def cluster(
     tmp: Path, n: int = 3, profile: str = "lan", code: Path | None = None
@@ -188,7 +246,6 @@ def cluster(
     """n `swimthor join` processes with --role sip on loopback (from the checkout `code`, or
     this one); killed by PID on exit."""
     tmp.mkdir(parents=True, exist_ok=True)
-    env, cwd = _env(code)
     nodes = [
         Node(f"node{i + 1}", free_udp_port(), 0, str(tmp / f"node{i + 1}.sock"), code=code)
         for i in range(n)
@@ -196,28 +253,11 @@ def cluster(
     for node in nodes:
         node.sip = free_udp_port(exclude=[x.gossip for x in nodes] + [x.sip for x in nodes])
     try:
-        for i, node in enumerate(nodes):
-            argv = join_argv(node, tmp, nodes[0] if i else None, profile=profile)
-            with open(tmp / f"{node.name}.log", "ab") as log:
-                node.proc = subprocess.Popen(
-                    argv, stdout=subprocess.DEVNULL, stderr=log, env=env, cwd=cwd
-                )
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if all(x.status()["counts"]["alive"] == n for x in nodes):
-                    break
-            except (RuntimeError, KeyError, json.JSONDecodeError, subprocess.TimeoutExpired):
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the cluster did not converge in 30 s")
-            time.sleep(0.3)
+        launch(nodes, tmp, profile=profile, code=code)
+        converge(nodes, tmp)
         yield nodes
     finally:
-        for node in nodes:
-            if node.proc is not None and node.proc.poll() is None:
-                node.proc.kill()
-                node.proc.wait()
+        stop(nodes)
 
 
 def register_ladder(

@@ -74,7 +74,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .bench import DOMAIN, Node, _env, _runs_from, checkout_id, join_argv, worktree
+from .bench import DOMAIN, Node, _env, _runs_from, checkout_id, converge, launch, stop, worktree
 from .sipp_runner import free_udp_port
 
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux; not in Python 3.11's socket module
@@ -398,7 +398,6 @@ def keepalive_cluster(
     checkout `code`, or this one), each in a session of its own (Ctrl-C reaches only us);
     SIGKILLed by PID on exit."""
     tmp.mkdir(parents=True, exist_ok=True)
-    env, cwd = _env(code)
     taken = list(exclude)
     nodes = []
     for i in range(n):
@@ -408,37 +407,17 @@ def keepalive_cluster(
         taken.append(sip)
         nodes.append(Node(f"node{i + 1}", gossip, sip, str(tmp / f"node{i + 1}.sock"), code=code))
     try:
-        for i, node in enumerate(nodes):
-            argv = join_argv(node, tmp, nodes[0] if i else None, "--sip-keepalive", f"{interval:g}")
-            with open(tmp / f"{node.name}.log", "ab") as log:
-                node.proc = subprocess.Popen(
-                    argv,
-                    stdout=subprocess.DEVNULL,
-                    stderr=log,
-                    start_new_session=True,
-                    env=env,
-                    cwd=cwd,
-                )
-        deadline = time.monotonic() + 30
-        while True:
-            with contextlib.suppress(
-                RuntimeError, KeyError, json.JSONDecodeError, subprocess.TimeoutExpired
-            ):
-                if all(x.status()["counts"]["alive"] == n for x in nodes):
-                    break
-            if any(x.proc is not None and x.proc.poll() is not None for x in nodes):
-                raise RuntimeError(f"a node exited; logs in {tmp}")
-            if time.monotonic() > deadline:
-                raise RuntimeError("the cluster did not converge in 30 s")
-            time.sleep(0.3)
+        launch(
+            nodes,
+            tmp,
+            lambda node: ("--sip-keepalive", f"{interval:g}"),
+            code=code,
+            new_session=True,
+        )
+        converge(nodes, tmp)
         yield nodes
     finally:
-        for node in nodes:
-            if node.proc is not None:
-                if node.proc.poll() is None:
-                    node.proc.kill()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    node.proc.wait(10)
+        stop(nodes)
 
 
 # ---------------------------------------------------------------- measuring

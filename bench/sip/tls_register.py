@@ -65,8 +65,10 @@ from .bench import (
     RESULTS,
     Node,
     checkout_id,
+    converge,
     ensure_kamailio,
-    join_argv,
+    launch,
+    stop,
 )
 from .sipp_runner import KAMAILIO, _stop, free_udp_port, sip_options_probe
 
@@ -757,29 +759,16 @@ def swimthor_tls(tmp: Path, cert: Path, key: Path, cafile: str, n: int = 1) -> I
             )
         )
     try:
-        for i, node in enumerate(nodes):
-            argv = join_argv(
-                node, tmp, nodes[0] if i else None,
+        launch(
+            nodes,
+            tmp,
+            lambda node: (
                 "--sip-tls", f"127.0.0.1:{node.tls}",
                 "--sip-tls-cert", str(cert), "--sip-tls-key", str(key),
                 "--sip-rate-limit", "0",  # the client is many phones behind one address
-            )  # fmt: skip
-            with open(tmp / f"{node.name}.log", "ab") as log:
-                node.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log)
-        deadline = time.monotonic() + 30
-        while True:
-            with contextlib.suppress(
-                RuntimeError, KeyError, json.JSONDecodeError, subprocess.TimeoutExpired
-            ):
-                if all(x.status()["counts"]["alive"] == n for x in nodes):
-                    break
-            for x in nodes:
-                if x.proc is not None and x.proc.poll() is not None:
-                    tail = (tmp / f"{x.name}.log").read_text(errors="replace")[-2000:]
-                    raise RuntimeError(f"{x.name} exited with {x.proc.returncode}: {tail}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the cluster of {n} did not converge in 30 s")
-            time.sleep(0.3)
+            ),
+        )  # fmt: skip
+        converge(nodes, tmp)
         target = ("127.0.0.1", nodes[0].tls)
         _wait_tls(target, cafile, lambda: tmp / "node1.log")
         yield Server(
@@ -792,10 +781,7 @@ def swimthor_tls(tmp: Path, cert: Path, key: Path, cafile: str, n: int = 1) -> I
             tmp / "node1.log",
         )
     finally:
-        for node in nodes:
-            if node.proc is not None and node.proc.poll() is None:
-                node.proc.kill()
-                node.proc.wait(10)
+        stop(nodes)
 
 
 def _wait_tls(target: tuple[str, int], cafile: str, log: Any, timeout: float = 15.0) -> None:
