@@ -765,21 +765,25 @@ def ensure_kamailio() -> bool:
         print("kamailio is not installed and we are not root: the reference runs are skipped")
         return False
     print("installing kamailio for the reference runs (apt-get)")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    done = subprocess.run(
-        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "kamailio"],
-        env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    if done.returncode != 0:
-        subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, timeout=600)
-        done = subprocess.run(
-            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "kamailio"],
-            env=env, capture_output=True, text=True, timeout=600,
-        )  # fmt: skip
+    done = apt_install("kamailio")
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         subprocess.run(
             ["systemctl", "disable", "--now", "kamailio"], capture_output=True, timeout=30
         )
+    return done
+
+
+def apt_install(package: str) -> bool:
+    """`apt-get install` one Debian package (once more after `apt-get update` if the package
+    lists were stale); whether it worked. Root only: the caller checks."""
+    import os
+
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    cmd = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", package]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, timeout=600)
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     return done.returncode == 0
 
 

@@ -64,6 +64,7 @@ from .bench import (
     KAMAILIO_SHM_MB,
     RESULTS,
     Node,
+    apt_install,
     checkout_id,
     converge,
     ensure_kamailio,
@@ -817,12 +818,7 @@ def ensure_kamailio_tls() -> bool:
         print("kamailio-tls-modules is not installed and we are not root: Kamailio is skipped")
         return False
     print("installing kamailio-tls-modules for the reference run (apt-get)")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    cmd = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "kamailio-tls-modules"]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    if done.returncode != 0:
-        subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, timeout=600)
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    apt_install("kamailio-tls-modules")
     return kamailio_tls_module() is not None
 
 
