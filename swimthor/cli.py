@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from swimthor.config import (
     DEFAULT_DNS_PORT,
+    DEFAULT_GOSSIP_PORT,
     DEFAULT_METRICS_PORT,
     DEFAULT_SIP_PORT,
     DEFAULT_SIPS_PORT,
@@ -85,28 +86,22 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
-def _hostport_arg(text: str) -> tuple[str, int]:
-    try:
-        return parse_hostport(text)
-    except ConfigError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+def _hostport_type(default_port: int = DEFAULT_GOSSIP_PORT) -> Callable[[str], tuple[str, int]]:
+    """An argparse type for HOST:PORT, `default_port` when the port is left out."""
 
-
-def _sip_hostport_arg(text: str) -> tuple[str, int]:
-    try:
-        return parse_hostport(text, DEFAULT_SIP_PORT)
-    except ConfigError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _stream_hostport_arg(default: int) -> Callable[[str], tuple[str, int]]:
     def parse(text: str) -> tuple[str, int]:
         try:
-            return parse_hostport(text, default)
+            return parse_hostport(text, default_port)
         except ConfigError as e:
             raise argparse.ArgumentTypeError(str(e)) from None
 
     return parse
+
+
+_hostport_arg = _hostport_type()
+_sip_hostport_arg = _hostport_type(DEFAULT_SIP_PORT)
+_metrics_hostport_arg = _hostport_type(DEFAULT_METRICS_PORT)
+_dns_hostport_arg = _hostport_type(DEFAULT_DNS_PORT)
 
 
 def _keepalive_arg(text: str) -> float:
@@ -117,20 +112,6 @@ def _keepalive_arg(text: str) -> float:
     if not (value == 0 or 1 <= value <= 3600):
         raise argparse.ArgumentTypeError("a keepalive interval is 0 (off) or 1 to 3600 seconds")
     return value
-
-
-def _metrics_hostport_arg(text: str) -> tuple[str, int]:
-    try:
-        return parse_hostport(text, DEFAULT_METRICS_PORT)
-    except ConfigError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _dns_hostport_arg(text: str) -> tuple[str, int]:
-    try:
-        return parse_hostport(text, DEFAULT_DNS_PORT)
-    except ConfigError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _ttl_arg(text: str) -> int:
@@ -288,20 +269,20 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument(
         "--sip-tls",
         metavar="HOST:PORT",
-        type=_stream_hostport_arg(DEFAULT_SIPS_PORT),
+        type=_hostport_type(DEFAULT_SIPS_PORT),
         help=f"SIP over TLS here (port default {DEFAULT_SIPS_PORT}); needs --sip-tls-cert and "
         "--sip-tls-key",
     )
     j.add_argument(
         "--sip-ws",
         metavar="HOST:PORT",
-        type=_stream_hostport_arg(DEFAULT_WS_PORT),
+        type=_hostport_type(DEFAULT_WS_PORT),
         help=f"SIP over WebSocket (RFC 7118) here (port default {DEFAULT_WS_PORT})",
     )
     j.add_argument(
         "--sip-wss",
         metavar="HOST:PORT",
-        type=_stream_hostport_arg(DEFAULT_WSS_PORT),
+        type=_hostport_type(DEFAULT_WSS_PORT),
         help=f"SIP over secure WebSocket here (port default {DEFAULT_WSS_PORT}); needs the "
         "TLS certificate and key",
     )
