@@ -23,7 +23,15 @@ from typing import Any
 import structlog
 import trio
 
-from ..config import DnsConfig, format_hostport, parse_hostport
+from ..config import (
+    DEFAULT_SIP_PORT,
+    DEFAULT_SIPS_PORT,
+    DEFAULT_WS_PORT,
+    DEFAULT_WSS_PORT,
+    DnsConfig,
+    format_hostport,
+    parse_hostport,
+)
 from ..membership._member import Member, State
 from ..ratelimit import RateLimit, SourceLimiter
 from ..routing import RoutingTable
@@ -43,7 +51,12 @@ WSS_TAG = "wss"  # SIP over secure WebSocket (RFC 7118)
 SIP_ROLE = "sip"
 # The ports a tag without one means: RFC 3261 §19.1.2 (5060, and 5061 for TLS); WebSocket's
 # own (RFC 6455 §3: 80 for ws, 443 for wss).
-_DEFAULT_PORTS = {SIP_TAG: 5060, SIPS_TAG: 5061, WS_TAG: 80, WSS_TAG: 443}
+_DEFAULT_PORTS = {
+    SIP_TAG: DEFAULT_SIP_PORT,
+    SIPS_TAG: DEFAULT_SIPS_PORT,
+    WS_TAG: DEFAULT_WS_PORT,
+    WSS_TAG: DEFAULT_WSS_PORT,
+}
 _LABEL = r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?"
 # A host name as a tag may give it: labels of letters, digits, "-" and "_", 253 octets at most.
 _HOST_NAME = re.compile(rf"(?=.{{1,253}}\.?$)({_LABEL}\.)*{_LABEL}\.?", re.IGNORECASE | re.ASCII)
