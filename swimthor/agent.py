@@ -33,6 +33,7 @@ from . import log as swimlog
 from .config import AgentConfig, format_hostport
 from .control import ControlError, default_control_path, open_control_socket, serve_control
 from .dns._service import DNS_TAG, DnsService
+from .keyring import Keyring, KeyringFileError
 from .membership._core import Membership
 from .membership._events import (
     Event,
@@ -49,7 +50,6 @@ from .membership._events import (
     NameConflict,
     Rejected,
 )
-from .membership._keyring import Keyring, KeyringFileError
 from .membership._member import Addr, Member
 from .membership.runtime import MembershipRuntime
 from .metrics import MetricsServer

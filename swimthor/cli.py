@@ -53,7 +53,7 @@ from swimthor.config import (
 )
 from swimthor.config import check_dns as _check_dns
 from swimthor.config import check_sip as _check_sip
-from swimthor.membership._keyring import Keyring, KeyringFileError
+from swimthor.keyring import Keyring, KeyringFileError
 
 if TYPE_CHECKING:
     from swimthor.agent import Agent

@@ -27,7 +27,7 @@ from typing import Any, TextIO
 import trio
 
 from swimthor.config import AgentConfig, DnsConfig, SipConfig, format_hostport
-from swimthor.membership._keyring import Keyring
+from swimthor.keyring import Keyring
 
 HOST = "127.0.0.1"
 CHAOS_LINES = 8  # chaos lines shown under the table

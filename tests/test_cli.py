@@ -38,7 +38,7 @@ from swimthor.cli import (
     resolve_keyring,
 )
 from swimthor.config import AgentConfig
-from swimthor.membership._keyring import Keyring
+from swimthor.keyring import Keyring
 
 NOW = 1_700_000_000.0
 

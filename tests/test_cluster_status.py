@@ -78,7 +78,7 @@ async def test_status_shows_a_suspected_member_and_one_whose_view_differs(tmp_pa
     import json
 
     from swimthor.cli import format_status_json
-    from swimthor.membership._keyring import wrap_plain
+    from swimthor.keyring import wrap_plain
     from swimthor.membership._messages import Suspect
 
     a = Agent(config(tmp_path, "a", []), keyring=None, handle_signals=False)

@@ -24,7 +24,7 @@ from swimthor import control
 from swimthor.agent import Agent
 from swimthor.config import AgentConfig
 from swimthor.control import ControlError, call, default_control_path, serve_control
-from swimthor.membership._keyring import Keyring
+from swimthor.keyring import Keyring
 from swimthor.membership._member import State
 
 

@@ -13,6 +13,7 @@ import pytest
 from corenet import CoreNet, keyring
 
 from swimthor.config import profile, replace
+from swimthor.keyring import Keyring, unwrap_plain, wrap_plain
 from swimthor.membership import (
     MemberFailed,
     MemberJoined,
@@ -25,7 +26,6 @@ from swimthor.membership import (
     State,
 )
 from swimthor.membership._core import _Pending
-from swimthor.membership._keyring import Keyring, unwrap_plain, wrap_plain
 from swimthor.membership._lifeguard import (
     expected_confirmations,
     remaining_suspicion_time,

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from swimthor.config import profile
+from swimthor.keyring import wrap_plain
 from swimthor.membership import Membership, State
-from swimthor.membership._keyring import wrap_plain
 from swimthor.membership._messages import Alive, Dead, Suspect, encode_message, encode_packet
 
 NAMES = ["x0", "x1", "x2"]

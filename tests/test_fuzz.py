@@ -76,8 +76,8 @@ from wsproto.events import Request as WsRequest
 
 from swimthor.config import profile
 from swimthor.control import MAX_REQUEST, serve_control
+from swimthor.keyring import unwrap_plain, wrap_plain
 from swimthor.membership import Addr, Keyring, Membership, State, StreamRequest
-from swimthor.membership._keyring import unwrap_plain, wrap_plain
 from swimthor.membership._messages import (
     ALIVE,
     MAX_DATAGRAM,

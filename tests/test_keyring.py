@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from swimthor.membership._keyring import (
+from swimthor.keyring import (
     SEAL_OVERHEAD,
     Keyring,
     KeyringFileError,

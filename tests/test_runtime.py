@@ -20,9 +20,9 @@ import pytest
 import trio
 
 from swimthor.config import PROFILES, MembershipConfig, replace
+from swimthor.keyring import Keyring
 from swimthor.membership._core import Membership, QueryError
 from swimthor.membership._events import Event, MemberJoined
-from swimthor.membership._keyring import Keyring
 from swimthor.membership._member import State
 from swimthor.membership.runtime import (
     BindError,

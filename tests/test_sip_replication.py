@@ -12,7 +12,7 @@ from dataclasses import replace
 import pytest
 import trio
 
-from swimthor.membership._keyring import Keyring
+from swimthor.keyring import Keyring
 from swimthor.membership.runtime import read_frame
 from swimthor.routing import EpochUnavailable
 from swimthor.sip._bindings import Binding, BindingStore, subscriber_record

@@ -3,6 +3,7 @@
 The protocol core (`Membership`) is sans-IO; `runtime.MembershipRuntime` drives it with trio.
 """
 
+from ..keyring import Keyring, KeyringFileError, SealError
 from ._core import Membership, QueryError, StreamRequest, member_json
 from ._events import (
     Event,
@@ -19,7 +20,6 @@ from ._events import (
     NameConflict,
     Rejected,
 )
-from ._keyring import Keyring, KeyringFileError, SealError
 from ._member import Addr, Member, State
 from ._query import key_op_frame, query_frame, read_key_op_reply, read_query_reply
 

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import MembershipConfig
+from ..keyring import SEAL_OVERHEAD, Keyring, SealError, unwrap_plain, wrap_plain
 from ._broadcast import TransmitLimitedQueue
 from ._events import (
     Event,
@@ -51,7 +52,6 @@ from ._events import (
     NameConflict,
     Rejected,
 )
-from ._keyring import SEAL_OVERHEAD, Keyring, SealError, unwrap_plain, wrap_plain
 from ._lifeguard import Awareness, Suspicion, expected_confirmations, suspicion_timeouts
 from ._member import Addr, Member, State
 from ._messages import (

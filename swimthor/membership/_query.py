@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..keyring import Keyring, SealError, unwrap_plain, wrap_plain
 from ._core import QueryError
-from ._keyring import Keyring, SealError, unwrap_plain, wrap_plain
 from ._messages import (
     DecodeError,
     KeyOp,

@@ -25,6 +25,7 @@ import structlog
 import trio
 
 from ..config import MembershipConfig, format_hostport
+from ..keyring import Keyring
 from ..sockets import (
     TRANSIENT_RECV_ERRNOS,
     BindError,
@@ -36,7 +37,6 @@ from ..sockets import (
 )
 from ._core import Membership, QueryError, StreamRequest
 from ._events import Event
-from ._keyring import Keyring
 from ._member import Addr, State
 from ._query import key_op_frame, query_frame, read_key_op_reply, read_query_reply
 

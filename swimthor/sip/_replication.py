@@ -48,7 +48,7 @@ import structlog
 import trio
 
 from ..config import format_hostport
-from ..membership._keyring import Keyring, SealError, unwrap_plain, wrap_plain
+from ..keyring import Keyring, SealError, unwrap_plain, wrap_plain
 from ..membership._member import Addr
 from ..membership.runtime import FrameError, encode_frame, read_frame
 from ..routing import EpochUnavailable

@@ -19,7 +19,7 @@ import structlog
 import trio
 
 from ..config import SipConfig, format_hostport, parse_hostport, tls_context
-from ..membership._keyring import Keyring
+from ..keyring import Keyring
 from ..membership._member import Addr, Member, State
 from ..ratelimit import RateLimit, SourceLimiter
 from ..routing import RoutingTable

@@ -1,4 +1,5 @@
-"""The cluster keyring: seals gossip packets and stream frames with ChaCha20-Poly1305.
+"""The cluster keyring: seals gossip packets, SIP replication and stream frames with
+ChaCha20-Poly1305. Its own module (not membership's) because every package that seals uses it.
 
 The primary key seals; every installed key may open, so a cluster rotates keys without a
 flag day (install the new key everywhere, `use` it everywhere, then `remove` the old one).
