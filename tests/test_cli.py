@@ -22,7 +22,8 @@ import structlog
 import trio
 from agent_helpers import agent_config, cli_in_thread
 
-from swimthor import cli
+from swimthor import cli, control
+from swimthor.agent import Agent
 from swimthor.cli import (
     UsageError,
     build_agent_config,
@@ -560,7 +561,6 @@ async def test_demo_table_formatting() -> None:
 async def test_keys_and_members_through_a_control_server(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    control = pytest.importorskip("swimthor.control")
     seen: list[tuple[str, dict[str, Any]]] = []
 
     async def handler(cmd: str, args: dict[str, Any]) -> Any:
@@ -624,8 +624,7 @@ async def test_keys_and_members_through_a_control_server(
 async def test_members_status_via_and_leave_against_an_agent(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    agent_mod = pytest.importorskip("swimthor.agent")
-    agent = agent_mod.Agent(agent_config(tmp_path, "solo"), keyring=None, handle_signals=False)
+    agent = Agent(agent_config(tmp_path, "solo"), keyring=None, handle_signals=False)
     path = str(tmp_path / "solo.sock")
 
     cli = cli_in_thread(capsys)
@@ -689,10 +688,9 @@ async def test_members_status_via_and_leave_against_an_agent(
 def test_join_on_a_port_in_use_is_one_line_exit_1(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pytest.importorskip("swimthor.agent")
     import socket
 
-    monkeypatch.setattr(cli, "_configure_logging", lambda cfg: None)  # keep structlog global
+    monkeypatch.setattr(cli._join, "_configure_logging", lambda cfg: None)  # keep structlog global
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen(1)

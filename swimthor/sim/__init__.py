@@ -10,6 +10,7 @@ slow, lossy, flip-flop). One seed gives one trace, bit for bit.
     result.to_json()["detection"]
 """
 
+from ._cli import run_profiled, scenario_from_args
 from ._engine import Simulator, run
 from ._metrics import SimResult, summary
 from ._scenario import (
@@ -35,5 +36,7 @@ __all__ = [
     "parse_override",
     "parse_seconds",
     "run",
+    "run_profiled",
+    "scenario_from_args",
     "summary",
 ]
