@@ -36,9 +36,8 @@ import json
 import math
 import os
 import tempfile
-import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +56,21 @@ REPLAY_WINDOW = 30.0
 REPLAY_CACHE = 200_000
 MAX_LABEL = 255
 _AD_PREFIX = b"swimthor/1 "
+
+__all__ = [
+    "KEY_SIZE",
+    "NONCE_SIZE",
+    "REPLAY_WINDOW",
+    "SEAL_OVERHEAD",
+    "Keyring",
+    "KeyringFileError",
+    "SealError",
+    "new_nonce",
+    "open_frame",
+    "seal_frame",
+    "unwrap_plain",
+    "wrap_plain",
+]
 
 
 class SealError(Exception):
@@ -102,6 +116,29 @@ def unwrap_plain(label: str, data: bytes) -> bytes:
     return bytes(data[2 + data[1] :])
 
 
+def new_nonce() -> bytes:
+    """A fresh random nonce for `Keyring.seal`: the drivers' source (the sans-IO cores are
+    given theirs, so that the simulator's is seeded)."""
+    return os.urandom(NONCE_SIZE)
+
+
+def seal_frame(
+    keyring: Keyring | None, data: bytes, label: str, wall_now: float, nonce: bytes
+) -> bytes:
+    """`data` sealed by `keyring`, or wrapped in plaintext when the cluster runs without one
+    (`--insecure`)."""
+    if keyring is None:
+        return wrap_plain(label, data)
+    return keyring.seal(data, label, wall_now, nonce)
+
+
+def open_frame(keyring: Keyring | None, data: bytes, label: str, wall_now: float) -> bytes:
+    """What `seal_frame` sealed or wrapped; SealError when it does not open."""
+    if keyring is None:
+        return unwrap_plain(label, data)
+    return keyring.open(data, label, wall_now)
+
+
 def _check_key(key: bytes) -> bytes:
     if not isinstance(key, bytes | bytearray):
         raise TypeError(f"a key is bytes, not {type(key).__name__}")
@@ -118,14 +155,13 @@ class Keyring:
         keys: Sequence[bytes],
         primary: bytes | None = None,
         *,
-        nonce_source: Callable[[int], bytes] = os.urandom,
-        clock: Callable[[], float] = time.time,
         replay_window: float = REPLAY_WINDOW,
         replay_cache: int = REPLAY_CACHE,
     ) -> None:
-        """`primary` defaults to ``keys[0]`` and is installed if `keys` lacks it.
-        `nonce_source(n)` returns n nonce bytes (random by default; fixed in tests); `clock`
-        is the wall clock that stamps and checks envelopes."""
+        """`primary` defaults to ``keys[0]`` and is installed if `keys` lacks it. A keyring
+        reads no clock and makes no randomness: `seal` and `open` are given the wall clock, and
+        `seal` its nonce, by the caller (the sans-IO core passes its own; `new_nonce` is the
+        drivers' source)."""
         checked = [_check_key(k) for k in keys]
         if primary is not None:
             checked.insert(0, _check_key(primary))
@@ -137,8 +173,6 @@ class Keyring:
             if k not in self._ciphers:
                 self._ciphers[k] = ChaCha20Poly1305(k)
         self._primary = checked[0]
-        self._nonce_source = nonce_source
-        self._clock = clock
         self.replay_window = replay_window
         self._replay_cache = replay_cache
         self._seen: set[bytes] = set()
@@ -161,21 +195,21 @@ class Keyring:
 
     # ------------------------------------------------------------ sealing
 
-    def seal(self, data: bytes, label: str) -> bytes:
-        """`data` sealed under the primary key, stamped with our clock:
+    def seal(self, data: bytes, label: str, wall_now: float, nonce: bytes) -> bytes:
+        """`data` sealed under the primary key with `nonce` (NONCE_SIZE bytes, never used
+        twice: `new_nonce`), stamped with the wall clock `wall_now` (seconds):
         ``0x02 || nonce || ciphertext+tag``."""
         ad = _AD_PREFIX + _label_bytes(label)
-        nonce = self._nonce_source(NONCE_SIZE)
         if len(nonce) != NONCE_SIZE:
-            raise ValueError(f"nonce source gave {len(nonce)} bytes, not {NONCE_SIZE}")
-        stamp = max(0, int(self._clock() * 1000)).to_bytes(STAMP_SIZE, "big")
+            raise ValueError(f"a nonce is {NONCE_SIZE} bytes, not {len(nonce)}")
+        stamp = max(0, int(wall_now * 1000)).to_bytes(STAMP_SIZE, "big")
         sealed = self._ciphers[self._primary].encrypt(nonce, stamp + data, ad)
         return b"".join([bytes([SEALED]), nonce, sealed])
 
-    def open(self, data: bytes, label: str) -> bytes:
+    def open(self, data: bytes, label: str, wall_now: float) -> bytes:
         """The plaintext of a sealed envelope: the primary is tried first, then every other
         installed key. SealError when the envelope is wrong, no key opens it, or it is stale
-        or a replay (the reason says which)."""
+        (against the wall clock `wall_now`, seconds) or a replay (the reason says which)."""
         ad = _AD_PREFIX + _label_bytes(label)
         if not data:
             raise SealError("truncated")
@@ -194,12 +228,11 @@ class Keyring:
                 plain = self._ciphers[key].decrypt(nonce, body, ad)
             except InvalidTag:
                 continue
-            self._check_replay(nonce, int.from_bytes(plain[:STAMP_SIZE], "big") / 1000)
+            self._check_replay(nonce, int.from_bytes(plain[:STAMP_SIZE], "big") / 1000, wall_now)
             return plain[STAMP_SIZE:]
         raise SealError("no key opens it")
 
-    def _check_replay(self, nonce: bytes, stamp: float) -> None:
-        now = self._clock()
+    def _check_replay(self, nonce: bytes, stamp: float, now: float) -> None:
         skew = now - stamp
         if abs(skew) > self.replay_window:
             what = "stale" if skew > 0 else "stamped in the future"

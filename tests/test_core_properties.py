@@ -38,7 +38,7 @@ def _message(kind: str, name: str, inc: int, origin: str) -> bytes:
 
 
 def _sync(a: Membership, b: Membership, now: float) -> None:
-    a._open_push_pull(b.local.addr, join=False, kind="sync")
+    a._open_push_pull(b.local.addr, join=False, kind="sync", now=now)
     for req in a.streams_to_open(now):
         reply = b.handle_stream(req.payload, a.local.addr, now)
         a.stream_response(req.id, reply, now)

@@ -76,7 +76,7 @@ from wsproto.events import Request as WsRequest
 
 from swimthor.config import profile
 from swimthor.control import MAX_REQUEST, serve_control
-from swimthor.keyring import unwrap_plain, wrap_plain
+from swimthor.keyring import new_nonce, unwrap_plain, wrap_plain
 from swimthor.membership import Addr, Keyring, Membership, State, StreamRequest
 from swimthor.membership._messages import (
     ALIVE,
@@ -480,8 +480,12 @@ LOCAL = profile("local")
 WALL = 1_800_000_000.0
 
 
+def new_nonce_bytes(n: int) -> bytes:
+    return new_nonce()[:n]
+
+
 class Clock:
-    """Virtual time for a core and the wall clock of its keyring."""
+    """Virtual time for a core; its wall clock is WALL later (the core's `wall_offset`)."""
 
     def __init__(self) -> None:
         self.now = 0.0
@@ -490,7 +494,11 @@ class Clock:
         return WALL + self.now
 
 
-def new_core(label: str = "", keyring: Keyring | None = None) -> Membership:
+def new_core(
+    label: str = "",
+    keyring: Keyring | None = None,
+    nonce_source: Callable[[int], bytes] = new_nonce_bytes,
+) -> Membership:
     return Membership(
         name=ME,
         addr=MY_ADDR,
@@ -499,6 +507,8 @@ def new_core(label: str = "", keyring: Keyring | None = None) -> Membership:
         now=0.0,
         label=label,
         keyring=keyring,
+        wall_offset=WALL,
+        nonce_source=nonce_source,
     )
 
 
@@ -544,8 +554,8 @@ def open_own(core: Membership, data: bytes) -> bytes:
         return unwrap_plain(core.label, data)
     # Open with a copy of the keys and no replay state (the core's keyring would refuse its
     # own fresh nonces only if it saw them again, which it does not).
-    twin = Keyring(core.keyring.keys, clock=lambda: WALL + 1e9, replay_window=math.inf)
-    return twin.open(data, core.label)
+    twin = Keyring(core.keyring.keys, replay_window=math.inf)
+    return twin.open(data, core.label, WALL + 1e9)
 
 
 def check_core(core: Membership, now: float) -> None:
@@ -710,21 +720,21 @@ def test_core_sealed_survives_hostile_input(inputs: list[tuple[str, bytes, bool]
     def nonce(n: int) -> bytes:
         return next(nonces).to_bytes(n, "big")
 
-    core = new_core(keyring=Keyring([KEY], clock=clock.wall, nonce_source=nonce))
+    core = new_core(keyring=Keyring([KEY]), nonce_source=nonce)
     sender_nonces = itertools.count(1 << 64)
-    sender = Keyring(
-        [KEY, OTHER_KEY],
-        clock=clock.wall,
-        nonce_source=lambda n: next(sender_nonces).to_bytes(n, "big"),
-    )
+    sender = Keyring([KEY, OTHER_KEY])
+
+    def sealed(data: bytes) -> bytes:
+        return sender.seal(data, "", clock.wall(), next(sender_nonces).to_bytes(12, "big"))
+
     check_core(core, clock.now)
     for kind, data, advance in inputs:
         if kind == "raw":
             core.receive_datagram(data, ("10.0.0.2", 7000), clock.now)
         elif kind == "sealed":
-            core.receive_datagram(sender.seal(data, ""), ("10.0.0.2", 7000), clock.now)
+            core.receive_datagram(sealed(data), ("10.0.0.2", 7000), clock.now)
         else:
-            reply = core.handle_stream(sender.seal(data, ""), ("10.0.0.2", 7000), clock.now)
+            reply = core.handle_stream(sealed(data), ("10.0.0.2", 7000), clock.now)
             if reply is not None:
                 readable_stream(core, reply, "a stream reply")
         if advance:

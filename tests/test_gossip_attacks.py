@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from corenet import CoreNet
 
+from swimthor.keyring import new_nonce
 from swimthor.membership import Event, Keyring, Membership, Rejected, State
 from swimthor.membership._events import MemberFailed, MemberSuspected
 from swimthor.membership._messages import Dead, Suspect, encode_message, encode_packet
@@ -22,20 +23,12 @@ from swimthor.membership._messages import Dead, Suspect, encode_message, encode_
 KEY = Keyring.generate()
 
 
-class Wall:
-    """A wall clock for the keyrings that follows the network's virtual time."""
-
-    def __init__(self, net: CoreNet) -> None:
-        self.net = net
-
-    def __call__(self) -> float:
-        return 1_800_000_000.0 + self.net.now
+WALL = 1_800_000_000.0  # the cores' wall clock is the network's virtual time plus this
 
 
 def sealed_cluster(n: int) -> tuple[CoreNet, list[Membership]]:
     net = CoreNet()
-    wall = Wall(net)
-    cores = [net.add(f"n{i}", keyring=Keyring([KEY], clock=wall)) for i in range(n)]
+    cores = [net.add(f"n{i}", keyring=Keyring([KEY]), wall_offset=WALL) for i in range(n)]
     for c in cores[1:]:
         c.join([cores[0].local.addr], net.now)
     net.run(3.0)
@@ -101,7 +94,8 @@ def test_sealed_but_malformed_packets_are_refused_and_reported() -> None:
     ring = n1.keyring
     assert ring is not None
     for junk in (b"", b"\xff" * 40, encode_packet("n1", [b"\x83\x01"]) + b"trailing"):
-        n0.receive_datagram(ring.seal(junk, n1.label), n1.local.addr, net.now)
+        sealed = ring.seal(junk, n1.label, WALL + net.now, new_nonce())
+        n0.receive_datagram(sealed, n1.local.addr, net.now)
     assert n0.stats["rejected_decode"] == 3
     assert any(isinstance(e, Rejected) and e.reason == "malformed" for e in events_of(net, n0))
     assert n0.num_live() == 2

@@ -10,10 +10,14 @@ from pathlib import Path
 import pytest
 
 from swimthor.keyring import (
+    NONCE_SIZE,
     SEAL_OVERHEAD,
     Keyring,
     KeyringFileError,
     SealError,
+    new_nonce,
+    open_frame,
+    seal_frame,
     unwrap_plain,
     wrap_plain,
 )
@@ -22,83 +26,99 @@ K1 = bytes(range(32))
 K2 = bytes(range(1, 33))
 K3 = bytes(32)
 LABEL = "prod-eu"
+WALL = 1_000_000.0  # the wall clock the envelopes are stamped with and checked against
 
 
 def test_seal_open_round_trip() -> None:
     ring = Keyring([K1])
     for data in (b"", b"x", b"hello gossip" * 100):
-        sealed = ring.seal(data, LABEL)
+        sealed = ring.seal(data, LABEL, WALL, new_nonce())
         assert sealed[0] == 0x02
         assert len(sealed) == len(data) + SEAL_OVERHEAD
-        assert ring.open(sealed, LABEL) == data
+        assert ring.open(sealed, LABEL, WALL) == data
 
 
-def test_nonce_is_fresh_per_message() -> None:
+def test_new_nonce_is_fresh_per_message() -> None:
     ring = Keyring([K1])
-    assert ring.seal(b"same", LABEL) != ring.seal(b"same", LABEL)
+    assert new_nonce() != new_nonce()
+    assert ring.seal(b"same", LABEL, WALL, new_nonce()) != ring.seal(
+        b"same", LABEL, WALL, new_nonce()
+    )
 
 
-def test_nonce_source_makes_sealing_deterministic() -> None:
-    a = Keyring([K1], nonce_source=lambda n: b"\x07" * n, clock=lambda: 1000.0)
-    b = Keyring([K1], nonce_source=lambda n: b"\x07" * n, clock=lambda: 1000.0)
-    sealed = a.seal(b"data", LABEL)
-    assert sealed == b.seal(b"data", LABEL)
-    assert sealed[1:13] == b"\x07" * 12
-    with pytest.raises(ValueError):
-        Keyring([K1], nonce_source=lambda n: b"short").seal(b"data", LABEL)
+def test_sealing_reads_no_clock_and_no_randomness() -> None:
+    """The same nonce and wall clock give the same envelope: what the simulator's sealed
+    clusters rely on (their nonces come from the seed)."""
+    nonce = b"\x07" * NONCE_SIZE
+    sealed = Keyring([K1]).seal(b"data", LABEL, 1000.0, nonce)
+    assert sealed == Keyring([K1]).seal(b"data", LABEL, 1000.0, nonce)
+    assert sealed[1:13] == nonce
+    assert sealed != Keyring([K1]).seal(b"data", LABEL, 1001.0, nonce)  # the stamp is sealed
+    assert Keyring([K1]).open(sealed, LABEL, 1000.0 + 29) == b"data"
+    with pytest.raises(ValueError, match="a nonce is 12 bytes"):
+        Keyring([K1]).seal(b"data", LABEL, WALL, b"short")
+
+
+def test_seal_frame_and_open_frame_seal_or_wrap() -> None:
+    ring = Keyring([K1])
+    assert open_frame(ring, seal_frame(ring, b"d", LABEL, WALL, new_nonce()), LABEL, WALL) == b"d"
+    assert seal_frame(None, b"d", LABEL, WALL, b"") == wrap_plain(LABEL, b"d")
+    assert open_frame(None, wrap_plain(LABEL, b"d"), LABEL, WALL) == b"d"
+    with pytest.raises(SealError):
+        open_frame(None, seal_frame(ring, b"d", LABEL, WALL, new_nonce()), LABEL, WALL)
 
 
 def test_wrong_key_does_not_open() -> None:
-    sealed = Keyring([K1]).seal(b"data", LABEL)
+    sealed = Keyring([K1]).seal(b"data", LABEL, WALL, new_nonce())
     with pytest.raises(SealError, match="no key opens it"):
-        Keyring([K2]).open(sealed, LABEL)
+        Keyring([K2]).open(sealed, LABEL, WALL)
 
 
 def test_wrong_label_does_not_open() -> None:
     ring = Keyring([K1])
     with pytest.raises(SealError, match="no key opens it"):
-        ring.open(ring.seal(b"data", LABEL), "prod-us")
+        ring.open(ring.seal(b"data", LABEL, WALL, new_nonce()), "prod-us", WALL)
 
 
 def test_any_flipped_byte_is_rejected() -> None:
     ring = Keyring([K1])
-    sealed = ring.seal(b"some gossip", LABEL)
+    sealed = ring.seal(b"some gossip", LABEL, WALL, new_nonce())
     for i in range(len(sealed)):
         tampered = bytearray(sealed)
         tampered[i] ^= 0x01
         with pytest.raises(SealError):
-            ring.open(bytes(tampered), LABEL)
+            ring.open(bytes(tampered), LABEL, WALL)
 
 
 def test_truncated_is_rejected() -> None:
     ring = Keyring([K1])
-    sealed = ring.seal(b"some gossip", LABEL)
+    sealed = ring.seal(b"some gossip", LABEL, WALL, new_nonce())
     for n in range(len(sealed)):
         with pytest.raises(SealError):
-            ring.open(sealed[:n], LABEL)
+            ring.open(sealed[:n], LABEL, WALL)
     with pytest.raises(SealError, match="truncated"):
-        ring.open(b"", LABEL)
+        ring.open(b"", LABEL, WALL)
     with pytest.raises(SealError, match="truncated"):
-        ring.open(sealed[: SEAL_OVERHEAD - 1], LABEL)
+        ring.open(sealed[: SEAL_OVERHEAD - 1], LABEL, WALL)
 
 
 def test_unknown_envelope_version() -> None:
     ring = Keyring([K1])
-    sealed = ring.seal(b"data", LABEL)
+    sealed = ring.seal(b"data", LABEL, WALL, new_nonce())
     with pytest.raises(SealError, match="wrong envelope"):
-        ring.open(b"\x03" + sealed[1:], LABEL)
+        ring.open(b"\x03" + sealed[1:], LABEL, WALL)
     with pytest.raises(SealError, match="without a timestamp"):
-        ring.open(b"\x01" + sealed[1:], LABEL)
+        ring.open(b"\x01" + sealed[1:], LABEL, WALL)
 
 
 def test_plaintext_packet_to_sealed_cluster() -> None:
     with pytest.raises(SealError, match="plaintext packet but cluster is sealed"):
-        Keyring([K1]).open(wrap_plain(LABEL, b"data"), LABEL)
+        Keyring([K1]).open(wrap_plain(LABEL, b"data"), LABEL, WALL)
 
 
 def test_sealed_packet_to_plaintext_cluster() -> None:
     with pytest.raises(SealError):
-        unwrap_plain(LABEL, Keyring([K1]).seal(b"data", LABEL))
+        unwrap_plain(LABEL, Keyring([K1]).seal(b"data", LABEL, WALL, new_nonce()))
 
 
 def test_plain_round_trip_and_rejections() -> None:
@@ -122,16 +142,16 @@ def test_label_limits() -> None:
     ring = Keyring([K1])
     longest = "x" * 255
     assert unwrap_plain(longest, wrap_plain(longest, b"d")) == b"d"
-    assert ring.open(ring.seal(b"d", longest), longest) == b"d"
+    assert ring.open(ring.seal(b"d", longest, WALL, new_nonce()), longest, WALL) == b"d"
     too_long = "é" * 128  # 256 bytes in UTF-8
     with pytest.raises(ValueError):
         wrap_plain(too_long, b"d")
     with pytest.raises(ValueError):
         unwrap_plain(too_long, b"\x00\x00")
     with pytest.raises(ValueError):
-        ring.seal(b"d", too_long)
+        ring.seal(b"d", too_long, WALL, new_nonce())
     with pytest.raises(ValueError):
-        ring.open(b"\x01" + bytes(40), too_long)
+        ring.open(b"\x01" + bytes(40), too_long, WALL)
 
 
 def test_constructor_rules() -> None:
@@ -154,8 +174,8 @@ def test_constructor_rules() -> None:
 
 
 def test_other_installed_keys_open() -> None:
-    sealed = Keyring([K2]).seal(b"data", LABEL)
-    assert Keyring([K1, K2, K3]).open(sealed, LABEL) == b"data"
+    sealed = Keyring([K2]).seal(b"data", LABEL, WALL, new_nonce())
+    assert Keyring([K1, K2, K3]).open(sealed, LABEL, WALL) == b"data"
 
 
 def test_rotation() -> None:
@@ -167,22 +187,22 @@ def test_rotation() -> None:
     assert a.keys == (K1, K2)
     # A new node that only knows the new key cannot open until the others `use` it.
     new = Keyring([K2])
-    old_sealed = a.seal(b"gossip", LABEL)
+    old_sealed = a.seal(b"gossip", LABEL, WALL, new_nonce())
     with pytest.raises(SealError):
-        new.open(old_sealed, LABEL)
+        new.open(old_sealed, LABEL, WALL)
     # ... but what it seals opens everywhere K2 is installed.
-    assert a.open(new.seal(b"hello", LABEL), LABEL) == b"hello"
+    assert a.open(new.seal(b"hello", LABEL, WALL, new_nonce()), LABEL, WALL) == b"hello"
     a.use(K2)
     assert a.primary == K2
     assert a.keys == (K2, K1)
-    assert new.open(a.seal(b"gossip", LABEL), LABEL) == b"gossip"
+    assert new.open(a.seal(b"gossip", LABEL, WALL, new_nonce()), LABEL, WALL) == b"gossip"
     # b has not switched yet but still opens what a seals.
-    assert b.open(a.seal(b"gossip", LABEL), LABEL) == b"gossip"
+    assert b.open(a.seal(b"gossip", LABEL, WALL, new_nonce()), LABEL, WALL) == b"gossip"
     # Finally drop the old key.
     a.remove(K1)
     assert list(a.keys) == [K2]
     with pytest.raises(SealError):
-        a.open(old_sealed, LABEL)
+        a.open(old_sealed, LABEL, WALL)
 
 
 def test_install_is_idempotent() -> None:
@@ -246,7 +266,7 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
     loaded = Keyring.load(path)
     assert loaded.primary == K3
     assert loaded.keys == ring.keys
-    assert loaded.open(ring.seal(b"d", LABEL), LABEL) == b"d"
+    assert loaded.open(ring.seal(b"d", LABEL, WALL, new_nonce()), LABEL, WALL) == b"d"
     # No temp files left behind.
     assert [p.name for p in tmp_path.iterdir()] == ["keyring.json"]
 
@@ -333,55 +353,46 @@ def test_missing_and_binary_files(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- replay window
 
 
-class Clock:
-    def __init__(self, t: float = 1_000_000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
 def test_a_replayed_envelope_is_refused_once_opened() -> None:
-    clock = Clock()
-    sender, receiver = Keyring([K1], clock=clock), Keyring([K1], clock=clock)
-    sealed = sender.seal(b"alive", LABEL)
-    assert receiver.open(sealed, LABEL) == b"alive"
+    sender, receiver = Keyring([K1]), Keyring([K1])
+    sealed = sender.seal(b"alive", LABEL, WALL, new_nonce())
+    assert receiver.open(sealed, LABEL, WALL) == b"alive"
     with pytest.raises(SealError, match="replayed"):
-        receiver.open(sealed, LABEL)
+        receiver.open(sealed, LABEL, WALL)
     # Another receiver has not seen it: each node keeps its own window.
-    assert Keyring([K1], clock=clock).open(sealed, LABEL) == b"alive"
+    assert Keyring([K1]).open(sealed, LABEL, WALL) == b"alive"
 
 
 def test_envelopes_outside_the_window_are_refused_as_stale_or_future() -> None:
-    clock = Clock()
-    sender, receiver = Keyring([K1], clock=clock), Keyring([K1], clock=clock)
-    old = sender.seal(b"x", LABEL)
-    clock.t += 31
+    sender, receiver = Keyring([K1]), Keyring([K1])
+    old = sender.seal(b"x", LABEL, WALL, new_nonce())
     with pytest.raises(SealError, match="stale by 31 s"):
-        receiver.open(old, LABEL)
-    future = Keyring([K1], clock=lambda: clock.t + 45).seal(b"x", LABEL)
+        receiver.open(old, LABEL, WALL + 31)
+    future = sender.seal(b"x", LABEL, WALL + 31 + 45, new_nonce())
     with pytest.raises(SealError, match="in the future"):
-        receiver.open(future, LABEL)
+        receiver.open(future, LABEL, WALL + 31)
     # Within the window either way: opened.
-    near = Keyring([K1], clock=lambda: clock.t - 29).seal(b"x", LABEL)
-    assert receiver.open(near, LABEL) == b"x"
+    near = sender.seal(b"x", LABEL, WALL + 31 - 29, new_nonce())
+    assert receiver.open(near, LABEL, WALL + 31) == b"x"
+    late = sender.seal(b"y", LABEL, WALL + 31 + 29, new_nonce())
+    assert receiver.open(late, LABEL, WALL + 31) == b"y"
 
 
 def test_the_replay_cache_is_bounded_and_refuses_what_it_forgot() -> None:
-    clock = Clock()
-    sender = Keyring([K1], clock=clock)
-    receiver = Keyring([K1], clock=clock, replay_cache=100)
-    early = [sender.seal(b"%d" % i, LABEL) for i in range(5)]
-    clock.t += 1
+    t = WALL
+    sender = Keyring([K1])
+    receiver = Keyring([K1], replay_cache=100)
+    early = [sender.seal(b"%d" % i, LABEL, t, new_nonce()) for i in range(5)]
+    t += 1
     for i in range(150):
-        clock.t += 0.01
-        receiver.open(sender.seal(b"%d" % i, LABEL), LABEL)
+        t += 0.01
+        receiver.open(sender.seal(b"%d" % i, LABEL, t, new_nonce()), LABEL, t)
     assert len(receiver._seen) <= 100
     # The first ones were forgotten; an envelope stamped that early cannot be told from a
     # replay any more, so it is refused rather than opened twice.
     with pytest.raises(SealError, match=r"replay cache full|replayed"):
-        receiver.open(early[0], LABEL)
+        receiver.open(early[0], LABEL, t)
     # Entries older than the window leave on their own.
-    clock.t += 31
-    receiver.open(sender.seal(b"late", LABEL), LABEL)
+    t += 31
+    receiver.open(sender.seal(b"late", LABEL, t, new_nonce()), LABEL, t)
     assert len(receiver._seen) == 1

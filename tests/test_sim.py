@@ -13,6 +13,7 @@ import math
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 
@@ -72,6 +73,28 @@ def test_same_seed_same_trace_and_json() -> None:
     for key in ("wall_s", "wall_warmup_s"):
         a.pop(key), b.pop(key)
     assert a == b
+
+
+def test_a_sealed_cluster_is_deterministic_and_detects_as_a_plain_one() -> None:
+    """Sealing takes its nonces and wall clock from the simulator: the same seed gives the
+    same sealed trace, every packet on it sealed, and the crash is found as without sealing."""
+    s = _scenario("crash:1@1", loss=0.05, dup=0.02, seed=7, sealed=True)
+    a, b = Simulator(s, record=True), Simulator(s, record=True)
+    a.run()
+    b.run()
+    assert a.result is not None and b.result is not None
+    assert a.result.trace_digest == b.result.trace_digest
+    plain = run(replace(s, sealed=False))
+    assert plain.trace_digest != a.result.trace_digest
+    assert a.result.detection["count"] == 1 == plain.detection["count"]
+    assert a.result.false_failures == 0
+    cores = [node.core for node in a.nodes if node.core is not None]
+    assert all(c.keyring is not None for c in cores)
+    assert sum(c.stats["packets_in"] for c in cores) > 0
+    # Every packet opened (one cluster key, stamps inside the window) but the duplicates the
+    # network made: those are refused as replays.
+    assert sum(c.stats["rejected_seal"] + c.stats["rejected_stale"] for c in cores) == 0
+    assert sum(c.stats["rejected_replay"] for c in cores) > 0
 
 
 def test_different_seeds_differ() -> None:

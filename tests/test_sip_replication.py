@@ -346,18 +346,24 @@ async def test_locate_via_asks_a_member_over_its_gossip_port() -> None:
             await c.start(nursery)
             c.nodes["n1"].locate = locate
             where = c.addrs["n1"]
-            reply = await locate_via(where, "sip:a@example.com", KEY, "test", 5.0)
+            reply = await locate_via(
+                where, "sip:a@example.com", KEY, "test", 5.0, clock=lambda: NOW
+            )
             assert reply == {"aor": "sip:a@example.com", "bindings": []}
             with pytest.raises(LocateError, match="bad is not a SIP address-of-record"):
-                await locate_via(where, "bad", KEY, "test", 5.0)
+                await locate_via(where, "bad", KEY, "test", 5.0, clock=lambda: NOW)
             with pytest.raises(LocateError, match="serves no SIP"):
-                await locate_via(c.addrs["n2"], "sip:a@example.com", KEY, "test", 5.0)
+                await locate_via(
+                    c.addrs["n2"], "sip:a@example.com", KEY, "test", 5.0, clock=lambda: NOW
+                )
             # Another key or label: the member does not take the hello.
             other = Keyring([b"o" * 32])
             for keyring, label in ((other, "test"), (KEY, "other"), (None, "test")):
                 with pytest.raises(LocateError, match="closed without a reply"):
-                    await locate_via(where, "sip:a@example.com", keyring, label, 5.0)
+                    await locate_via(
+                        where, "sip:a@example.com", keyring, label, 5.0, clock=lambda: NOW
+                    )
             assert asked == ["sip:a@example.com", "bad"]
             nursery.cancel_scope.cancel()
     with pytest.raises(LocateError, match=r"no answer from 127\.0\.0\.1:1"):
-        await locate_via(("127.0.0.1", 1), "sip:a@example.com", KEY, "test", 5.0)
+        await locate_via(("127.0.0.1", 1), "sip:a@example.com", KEY, "test", 5.0, clock=lambda: NOW)

@@ -29,6 +29,7 @@ import bisect
 import functools
 import hashlib
 import math
+import os
 import random
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -36,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import MembershipConfig
-from ..keyring import SEAL_OVERHEAD, Keyring, SealError, unwrap_plain, wrap_plain
+from ..keyring import NONCE_SIZE, SEAL_OVERHEAD, Keyring, SealError, open_frame, seal_frame
 from ._broadcast import TransmitLimitedQueue
 from ._events import (
     Event,
@@ -217,7 +218,14 @@ class Membership:
         keyring: Keyring | None = None,
         label: str = "",
         wall_offset: float = 0.0,
+        nonce_source: Callable[[int], bytes] = os.urandom,
     ) -> None:
+        """`now` and every other `now` given to the core are the driver's clock (trio's, or
+        the simulator's virtual one); `now + wall_offset` is the wall clock, what sealed
+        envelopes are stamped with and checked against and what the shared probe schedule and
+        status times follow (the driver moves `wall_offset` when the wall clock steps).
+        `nonce_source(n)` gives n bytes for each sealed envelope: the OS's randomness in
+        production, a seeded generator in the simulator."""
         if not name or len(name) > MAX_NAME or not name.isprintable():
             raise ValueError(f"bad node name {name!r}")
         if not dc or len(dc) > MAX_DC or not dc.isprintable():
@@ -228,6 +236,7 @@ class Membership:
         self.keyring = keyring
         self.label = label
         self.wall_offset = wall_offset
+        self._nonce_source = nonce_source
         self._rng = rng
         self._awareness = Awareness(config.awareness_max_multiplier)
         self._broadcasts = TransmitLimitedQueue(config.retransmit_mult)
@@ -525,7 +534,7 @@ class Membership:
         self.stats["packets_in"] += 1
         self.stats["bytes_in"] += len(data)
         try:
-            plain = self._open(data)
+            plain = self._open(data, now)
         except SealError as e:
             self._refused_seal(e, addr, now)
             return
@@ -546,7 +555,7 @@ class Membership:
     def handle_stream(self, payload: bytes, addr: Addr, now: float) -> bytes | None:
         """Server side of a TCP exchange: one request frame in, one reply frame out."""
         try:
-            plain = self._open(payload)
+            plain = self._open(payload, now)
         except SealError as e:
             self._refused_seal(e, addr, now)
             return None
@@ -555,7 +564,7 @@ class Membership:
         except DecodeError as e:
             self.stats["stream_rejected"] += 1
             self._rejected("malformed stream", addr, str(e), now)
-            return self._seal(encode_stream(StreamError(str(e))))
+            return self._seal(encode_stream(StreamError(str(e))), now)
         reply: StreamMessage
         if isinstance(msg, PushPull) and not msg.reply:
             self.stats["push_pulls"] += 1
@@ -574,7 +583,7 @@ class Membership:
         else:
             self.stats["stream_rejected"] += 1
             reply = StreamError("unexpected message")
-        return self._seal(encode_stream(reply))
+        return self._seal(encode_stream(reply), now)
 
     def stream_response(self, stream_id: int, payload: bytes | None, now: float) -> None:
         kind = self._stream_kind.pop(stream_id, None)
@@ -584,7 +593,7 @@ class Membership:
         msg: StreamMessage | None = None
         if payload is not None:
             try:
-                msg = decode_stream(self._open(payload), self.config.max_stream_size)
+                msg = decode_stream(self._open(payload, now), self.config.max_stream_size)
             except (SealError, DecodeError):
                 self.stats["stream_rejected"] += 1
                 msg = None
@@ -627,13 +636,13 @@ class Membership:
             size = self._overhead
             for m in msgs:
                 if batch and size + len(m) > limit:
-                    out.append((self._finish_packet(batch), addr))
+                    out.append((self._finish_packet(batch, now), addr))
                     batch, size = [], self._overhead
                 batch.append(m)
                 size += len(m)
             # Piggyback the freshest pending updates on every packet.
             batch.extend(self._take_broadcasts(limit - size, n, addr))
-            out.append((self._finish_packet(batch), addr))
+            out.append((self._finish_packet(batch, now), addr))
         self._out.clear()
         for data, _ in out:
             self.stats["packets_out"] += 1
@@ -823,7 +832,7 @@ class Membership:
         self._last_repair = now
         self._behind_since = None
         self.stats["repair_syncs"] += 1
-        self._open_push_pull(m.addr, join=False, kind="repair")
+        self._open_push_pull(m.addr, join=False, kind="repair", now=now)
 
     # ------------------------------------------------------------------ state rules
 
@@ -1498,7 +1507,7 @@ class Membership:
         if not pool:
             return
         target = self._rng.choice(pool)
-        self._open_push_pull(target.addr, join=False, kind="sync")
+        self._open_push_pull(target.addr, join=False, kind="sync", now=now)
 
     def _reconnect(self, now: float) -> None:
         """Serf's reconnect: try a full sync with one member we declared failed (not one that
@@ -1517,7 +1526,7 @@ class Membership:
             return
         target = self._rng.choice(failed)
         self.stats["reconnects"] += 1
-        self._open_push_pull(target.addr, join=False, kind="reconnect")
+        self._open_push_pull(target.addr, join=False, kind="reconnect", now=now)
 
     def _join_attempt(self, now: float) -> None:
         join = self._join
@@ -1525,12 +1534,12 @@ class Membership:
             return
         join.attempt += 1
         for seed in join.seeds:
-            join.outstanding.add(self._open_push_pull(seed, join=True, kind="join"))
+            join.outstanding.add(self._open_push_pull(seed, join=True, kind="join", now=now))
 
-    def _open_push_pull(self, addr: Addr, *, join: bool, kind: str) -> int:
+    def _open_push_pull(self, addr: Addr, *, join: bool, kind: str, now: float) -> int:
         sid = self._next_stream
         self._next_stream += 1
-        payload = self._seal(encode_stream(self._push_pull_message(join=join, reply=False)))
+        payload = self._seal(encode_stream(self._push_pull_message(join=join, reply=False)), now)
         self._streams.append(StreamRequest(sid, addr, payload))
         self._stream_kind[sid] = (kind, addr)
         return sid
@@ -1623,18 +1632,15 @@ class Membership:
     def _send(self, addr: Addr, encoded: bytes) -> None:
         self._out.setdefault(addr, []).append(encoded)
 
-    def _finish_packet(self, encoded: list[bytes]) -> bytes:
-        return self._seal(encode_packet(self.name, encoded))
+    def _finish_packet(self, encoded: list[bytes], now: float) -> bytes:
+        return self._seal(encode_packet(self.name, encoded), now)
 
-    def _seal(self, data: bytes) -> bytes:
-        if self.keyring is not None:
-            return self.keyring.seal(data, self.label)
-        return wrap_plain(self.label, data)
+    def _seal(self, data: bytes, now: float) -> bytes:
+        nonce = self._nonce_source(NONCE_SIZE) if self.keyring is not None else b""
+        return seal_frame(self.keyring, data, self.label, now + self.wall_offset, nonce)
 
-    def _open(self, data: bytes) -> bytes:
-        if self.keyring is not None:
-            return self.keyring.open(data, self.label)
-        return unwrap_plain(self.label, data)
+    def _open(self, data: bytes, now: float) -> bytes:
+        return open_frame(self.keyring, data, self.label, now + self.wall_offset)
 
     def _next_seq(self) -> int:
         self._seq = (self._seq + 1) & 0x7FFFFFFF

@@ -1,10 +1,14 @@
-"""Client side of the read-only queries and key operations sent to any member over TCP."""
+"""Client side of the read-only queries and key operations sent to any member over TCP.
+
+Sans-IO like the core: the caller gives the wall clock (`wall_now`, seconds) that envelopes
+are stamped with and checked against, and each request's nonce (`swimthor.keyring.new_nonce`).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..keyring import Keyring, SealError, unwrap_plain, wrap_plain
+from ..keyring import Keyring, SealError, open_frame, seal_frame
 from ._core import QueryError
 from ._messages import (
     DecodeError,
@@ -19,15 +23,11 @@ from ._messages import (
 )
 
 
-def _seal(data: bytes, keyring: Keyring | None, label: str) -> bytes:
-    return keyring.seal(data, label) if keyring is not None else wrap_plain(label, data)
-
-
-def _read(payload: bytes, keyring: Keyring | None, label: str, max_size: int) -> StreamMessage:
+def _read(
+    payload: bytes, keyring: Keyring | None, label: str, wall_now: float, max_size: int
+) -> StreamMessage:
     try:
-        plain = (
-            keyring.open(payload, label) if keyring is not None else unwrap_plain(label, payload)
-        )
+        plain = open_frame(keyring, payload, label, wall_now)
     except SealError as e:
         raise QueryError(f"reply could not be opened ({e}): wrong key or label?") from None
     try:
@@ -39,28 +39,36 @@ def _read(payload: bytes, keyring: Keyring | None, label: str, max_size: int) ->
     return msg
 
 
-def query_frame(what: str, keyring: Keyring | None, label: str) -> bytes:
+def query_frame(
+    what: str, keyring: Keyring | None, label: str, wall_now: float, nonce: bytes
+) -> bytes:
     """The sealed request frame for a `members` or `status` query."""
-    return _seal(encode_stream(Query(what)), keyring, label)
+    return seal_frame(keyring, encode_stream(Query(what)), label, wall_now, nonce)
 
 
 def read_query_reply(
-    payload: bytes, keyring: Keyring | None, label: str, max_size: int = 64 * 1024 * 1024
+    payload: bytes,
+    keyring: Keyring | None,
+    label: str,
+    wall_now: float,
+    max_size: int = 64 * 1024 * 1024,
 ) -> Any:
-    msg = _read(payload, keyring, label, max_size)
+    msg = _read(payload, keyring, label, wall_now, max_size)
     if not isinstance(msg, QueryReply):
         raise QueryError("unexpected reply to a query")
     return msg.data
 
 
-def key_op_frame(op: str, key: bytes, keyring: Keyring | None, label: str) -> bytes:
+def key_op_frame(
+    op: str, key: bytes, keyring: Keyring | None, label: str, wall_now: float, nonce: bytes
+) -> bytes:
     if op not in ("install", "use", "remove"):
         raise ValueError(f"unknown key operation {op!r}")
-    return _seal(encode_stream(KeyOp(op, key)), keyring, label)
+    return seal_frame(keyring, encode_stream(KeyOp(op, key)), label, wall_now, nonce)
 
 
-def read_key_op_reply(payload: bytes, keyring: Keyring | None, label: str) -> None:
-    msg = _read(payload, keyring, label, 1024 * 1024)
+def read_key_op_reply(payload: bytes, keyring: Keyring | None, label: str, wall_now: float) -> None:
+    msg = _read(payload, keyring, label, wall_now, 1024 * 1024)
     if not isinstance(msg, KeyOpReply):
         raise QueryError("unexpected reply to a key operation")
     if not msg.ok:

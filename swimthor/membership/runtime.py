@@ -18,6 +18,7 @@ import errno
 import functools
 import math
 import socket as stdsocket
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -25,7 +26,7 @@ import structlog
 import trio
 
 from ..config import MembershipConfig, format_hostport
-from ..keyring import Keyring
+from ..keyring import Keyring, new_nonce
 from ..sockets import (
     TRANSIENT_RECV_ERRNOS,
     BindError,
@@ -69,6 +70,10 @@ DRIVE_BATCH = 64
 # A core timer still due right after handle_timer: refire this often at once, then back off.
 STUCK_TIMER_REFIRES = 8
 STUCK_TIMER_BACKOFF = 0.01
+# How far the host's wall clock may move against trio's before the core's wall offset follows
+# it (`_follow_wall_clock`): well inside the keyring's replay window (30 s), and far above the
+# drift of two clocks read a microsecond apart, so the shared probe schedule does not jitter.
+WALL_STEP = 1.0
 # Extra room in a frame above max_stream_size (envelope and framing overhead).
 FRAME_SLACK = 64
 
@@ -248,13 +253,13 @@ class MembershipRuntime:
             m for m in core.members() if m.name != core.local.name and State(m.state).is_live
         ]
         results: dict[str, str | None] = {}
-        frame = key_op_frame(op, key, core.keyring, core.label)
+        frame = key_op_frame(op, key, core.keyring, core.label, time.time(), new_nonce())
 
         async def one(name: str, addr: Addr) -> None:
             try:
                 with trio.fail_after(self.config.tcp_timeout):
                     reply = await _exchange(addr, frame, self._max_frame)
-                read_key_op_reply(reply, core.keyring, core.label)
+                read_key_op_reply(reply, core.keyring, core.label, time.time())
             except QueryError as e:
                 results[name] = str(e)
             except (OSError, trio.TooSlowError, trio.BrokenResourceError, FrameError) as e:
@@ -298,6 +303,14 @@ class MembershipRuntime:
         except trio.ClosedResourceError:
             return
 
+    def _follow_wall_clock(self, now: float) -> None:
+        """The core's wall clock is trio's plus `wall_offset`; when the host's clock steps
+        (NTP, an operator) by more than WALL_STEP, the core follows it, so that what it seals
+        is stamped, and what it opens checked, against the host's wall clock."""
+        offset = time.time() - now
+        if abs(offset - self.core.wall_offset) > WALL_STEP:
+            self.core.wall_offset = offset
+
     async def _drive(self) -> None:
         """One step per wake-up: fire the timer if due, feed queued datagrams, flush, then
         sleep until the core's timer or new input (a datagram, a stream, `wake()`)."""
@@ -306,6 +319,7 @@ class MembershipRuntime:
         spins = 0
         while True:
             now = trio.current_time()
+            self._follow_wall_clock(now)
             timer = core.get_timer()
             if timer is not None and timer <= now:
                 self._guard(core.handle_timer, now)
@@ -394,7 +408,9 @@ class MembershipRuntime:
         except (OSError, trio.TooSlowError, trio.BrokenResourceError, FrameError) as e:
             self.stats["stream_failures"] += 1
             log.debug("stream failed", peer=format_hostport(req.addr), reason=reason(e))
-        self._guard(self.core.stream_response, req.id, reply, trio.current_time())
+        now = trio.current_time()
+        self._follow_wall_clock(now)
+        self._guard(self.core.stream_response, req.id, reply, now)
         self.wake()
 
     async def _tcp_loop(self, listener: trio.SocketListener) -> None:
@@ -444,7 +460,9 @@ class MembershipRuntime:
                     return
                 reply: bytes | None = None
                 try:
-                    reply = self.core.handle_stream(payload, addr, trio.current_time())
+                    now = trio.current_time()
+                    self._follow_wall_clock(now)
+                    reply = self.core.handle_stream(payload, addr, now)
                 except Exception:
                     self.stats["core_errors"] += 1
                     log.exception("membership core raised", call="handle_stream")
@@ -477,7 +495,7 @@ async def query(
     "reply could not be opened: wrong key or label", ...
     """
     where = format_hostport(addr)
-    frame = query_frame(what, keyring, label)
+    frame = query_frame(what, keyring, label, time.time(), new_nonce())
     try:
         with trio.fail_after(timeout):
             reply = await _exchange(addr, frame, max_size + FRAME_SLACK)
@@ -489,4 +507,4 @@ async def query(
         raise QueryError(f"no answer from {where}: {e}") from None
     except (OSError, trio.TooSlowError, trio.BrokenResourceError) as e:
         raise QueryError(f"no answer from {where}: {reason(e)}") from None
-    return read_query_reply(reply, keyring, label, max_size)
+    return read_query_reply(reply, keyring, label, time.time(), max_size)

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import MembershipConfig
+from ..keyring import KEY_SIZE, Keyring
 from ..membership import (
     Addr,
     Event,
@@ -57,6 +58,9 @@ _SREQ = 3  # (t, seq, kind, dst_addr, client_idx, client_gen, sid, client_addr, 
 _SREPLY = 4  # (t, seq, kind, client_idx, client_gen, sid, reply, server_idx)
 _STIMEOUT = 5  # (t, seq, kind, client_idx, client_gen, sid)
 _CALL = 6  # (t, seq, kind, fn, args): a fault transition or a join
+
+# The cluster label of a sealed scenario (`Scenario.sealed`).
+SIM_LABEL = "sim"
 
 # Node states.
 RUNNING = 0
@@ -211,6 +215,7 @@ class Simulator:
         self._net = random.Random(f"{s.seed}/net")
         self._pick = random.Random(f"{s.seed}/faults")
         self._boot = random.Random(f"{s.seed}/boot")
+        self._cluster_key = random.Random(f"{s.seed}/key").randbytes(KEY_SIZE)
         self._hash = hashlib.sha256() if s.trace else None
         self.counters = _Counters()
         self.nodes: list[_Node] = []
@@ -264,6 +269,7 @@ class Simulator:
             rng=random.Random(f"{s.seed}/node/{node.idx}/{node.gen}"),
             now=self.now,
             dc=node.dc,
+            **self._sealing(node),
         )
         node.state = RUNNING
         node.started = self.now
@@ -273,6 +279,19 @@ class Simulator:
         node.live_count = 1
         node.open_streams = set()
         self._flush(node)
+
+    def _sealing(self, node: _Node) -> dict[str, Any]:
+        """A sealed scenario's keyring arguments for a node's core: one cluster key (from the
+        seed), a keyring of its own per core (the replay cache is a node's), nonces from the
+        seed."""
+        s = self.scenario
+        if not s.sealed:
+            return {}
+        return {
+            "keyring": Keyring([self._cluster_key]),
+            "label": SIM_LABEL,
+            "nonce_source": random.Random(f"{s.seed}/nonce/{node.idx}/{node.gen}").randbytes,
+        }
 
     def _push(self, entry: tuple[Any, ...]) -> None:
         heapq.heappush(self._heap, entry)

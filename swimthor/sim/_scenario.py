@@ -107,6 +107,8 @@ class Scenario:
                  the result reports how long until every member sees all of them alive
     slow_delay   (lo, hi) seconds a slow node handles each inbound packet late
     trace        keep a sha256 over every delivery and event (`trace_digest`)
+    sealed       every member seals its packets and streams with one cluster keyring (as a
+                 cluster without `--insecure` does), its nonces from the seed
     """
 
     nodes: int = 10
@@ -133,6 +135,7 @@ class Scenario:
     bootstrap: bool = False
     slow_delay: tuple[float, float] = (0.5, 2.5)
     trace: bool = True
+    sealed: bool = False
 
     def __post_init__(self) -> None:
         if self.nodes < 1:

@@ -48,7 +48,7 @@ import structlog
 import trio
 
 from ..config import format_hostport
-from ..keyring import Keyring, SealError, unwrap_plain, wrap_plain
+from ..keyring import Keyring, SealError, new_nonce, open_frame, seal_frame
 from ..membership._member import Addr
 from ..membership.runtime import FrameError, encode_frame, read_frame
 from ..routing import EpochUnavailable
@@ -152,16 +152,11 @@ class Replicator:
 
     def _seal(self, message: list[Any]) -> bytes:
         data = cbor2.dumps(message)
-        ring = self._keyring()
-        sealed = ring.seal(data, self._label) if ring is not None else wrap_plain(self._label, data)
+        sealed = seal_frame(self._keyring(), data, self._label, self._clock(), new_nonce())
         return encode_frame(sealed)
 
     def _open(self, frame: bytes) -> list[Any]:
-        ring = self._keyring()
-        data = (
-            ring.open(frame, self._label) if ring is not None else unwrap_plain(self._label, frame)
-        )
-        return _decode(data)
+        return _decode(open_frame(self._keyring(), frame, self._label, self._clock()))
 
     # ------------------------------------------------------------ lifecycle
 
@@ -703,7 +698,13 @@ class LocateError(Exception):
 
 
 async def locate_via(
-    addr: Addr, aor: str, keyring: Keyring | None, label: str, timeout: float
+    addr: Addr,
+    aor: str,
+    keyring: Keyring | None,
+    label: str,
+    timeout: float,
+    *,
+    clock: Callable[[], float] = time.time,
 ) -> dict[str, Any]:
     """Ask the member at `addr` (its gossip port) for `swimthor location AOR` over the
     replication channel: a hello, one "locate" request, its reply. The member gathers the
@@ -713,8 +714,7 @@ async def locate_via(
 
     def seal(message: list[Any]) -> bytes:
         data = cbor2.dumps(message)
-        sealed = keyring.seal(data, channel) if keyring is not None else wrap_plain(channel, data)
-        return encode_frame(sealed)
+        return encode_frame(seal_frame(keyring, data, channel, clock(), new_nonce()))
 
     with trio.move_on_after(timeout) as scope:
         try:
@@ -736,8 +736,7 @@ async def locate_via(
     if scope.cancelled_caught:
         raise LocateError(f"no answer from {where} within {timeout:g} s")
     try:
-        data = keyring.open(frame, channel) if keyring is not None else unwrap_plain(channel, frame)
-        reply = _decode(data)
+        reply = _decode(open_frame(keyring, frame, channel, clock()))
     except (SealError, ValueError) as e:
         raise LocateError(f"the reply from {where} could not be read: {e}") from None
     if len(reply) != 3 or reply[:2] != ["locate", 1] or not isinstance(reply[2], dict):
