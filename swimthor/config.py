@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-PROTOCOL_VERSION = 1
 DEFAULT_GOSSIP_PORT = 7946
 
 
