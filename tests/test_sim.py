@@ -19,17 +19,22 @@ import pytest
 
 from swimthor.cli import main
 from swimthor.sim import (
+    EV_FAILED,
+    EV_JOINED,
+    EV_LEFT,
+    EV_RECOVERED,
+    EV_SUSPECTED,
     Fault,
     FaultSpecError,
     Scenario,
     Simulator,
+    fault_targets,
     membership_config,
     parse_fault,
     parse_override,
     parse_seconds,
     run,
 )
-from swimthor.sim._engine import EV_FAILED, EV_JOINED, EV_LEFT, EV_RECOVERED, EV_SUSPECTED
 
 CONTRACT = {
     "nodes",
@@ -462,3 +467,40 @@ def test_a_healed_partition_is_repaired_by_reconnects() -> None:
         overrides={"reconnect_interval": 0.0, "push_pull_interval": 3600.0},
     )
     assert off.result is not None and not off.result.views_match_truth
+
+
+# ---------------------------------------------------------------------- fault targets
+
+
+def test_fault_targets_hit_each_member_once_before_any_twice() -> None:
+    import random
+
+    dcs = ["dc1", "dc2"] * 3
+    faults = [parse_fault("crash:2@1"), parse_fault("pause:3@1+1"), parse_fault("slow:2@1+1")]
+    planned = fault_targets(faults, dcs, ("dc1", "dc2"), {}, random.Random(5))
+    first = [t for _f, targets, _s in planned[:2] for t in targets]
+    assert sorted(first) == [1, 2, 3, 4, 5]  # member 0 spared while others are left
+    assert len(planned[2][1]) == 2 and len(set(planned[2][1])) == 2
+    again = fault_targets(faults, dcs, ("dc1", "dc2"), {}, random.Random(5))
+    assert [t for _f, t, _s in again] == [t for _f, t, _s in planned]
+    assert all(sides is None for _f, _t, sides in planned)
+
+
+def test_fault_targets_partition_sides_by_datacenter_and_name() -> None:
+    import random
+
+    dcs = ["dc1", "dc2", "dc1", "dc2"]
+    by_name = {f"n{i}": i for i in range(4)}
+    (planned,) = fault_targets(
+        [parse_fault("partition:dc1|n1@1+1")], dcs, ("dc1", "dc2"), by_name, random.Random(1)
+    )
+    _f, targets, sides = planned
+    assert targets == [0, 1, 2] and sides == (frozenset({0, 2}), frozenset({1}))
+    (planned,) = fault_targets(
+        [parse_fault("partition:1@1+1")], dcs, ("dc1", "dc2"), by_name, random.Random(1)
+    )
+    assert planned[2] == (frozenset(planned[1]), None)
+    with pytest.raises(FaultSpecError, match="names no datacenter or node"):
+        fault_targets(
+            [parse_fault("partition:dc9|n1@1+1")], dcs, ("dc1", "dc2"), by_name, random.Random(1)
+        )

@@ -12,7 +12,9 @@ slow, lossy, flip-flop). One seed gives one trace, bit for bit.
 
 from ._cli import run_profiled, scenario_from_args
 from ._engine import Simulator, run
+from ._faults import fault_targets
 from ._metrics import SimResult, summary
+from ._nodes import EV_FAILED, EV_JOINED, EV_LEFT, EV_RECOVERED, EV_SUSPECTED
 from ._scenario import (
     FAULT_KINDS,
     Fault,
@@ -25,12 +27,18 @@ from ._scenario import (
 )
 
 __all__ = [
+    "EV_FAILED",
+    "EV_JOINED",
+    "EV_LEFT",
+    "EV_RECOVERED",
+    "EV_SUSPECTED",
     "FAULT_KINDS",
     "Fault",
     "FaultSpecError",
     "Scenario",
     "SimResult",
     "Simulator",
+    "fault_targets",
     "membership_config",
     "parse_fault",
     "parse_override",

@@ -24,173 +24,55 @@ import gc
 import hashlib
 import heapq
 import random
-import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import MembershipConfig
-from ..keyring import KEY_SIZE, Keyring
+from ..keyring import KEY_SIZE
 from ..membership import (
     Addr,
     Event,
     MemberEvent,
-    MemberFailed,
-    MemberJoined,
-    MemberLeft,
     MemberRecovered,
     Membership,
-    MemberSuspected,
     State,
 )
 from ..membership._messages import MemberState, PushPull
+from ._faults import fault_targets
 from ._metrics import Crash, Observation, SimResult, compute_result
-from ._scenario import Fault, FaultSpecError, Scenario, membership_config
+from ._nodes import (
+    _CALL,
+    _CONNECT_TIMEOUT,
+    _DGRAM,
+    _EV_CODES,
+    _HANDLE,
+    _PACK_DELIVERY,
+    _PACK_EVENT,
+    _SREPLY,
+    _SREQ,
+    _STIMEOUT,
+    _STUCK_BACKOFF,
+    _STUCK_REFIRES,
+    _TIMER,
+    CRASHED,
+    EV_FAILED,
+    EV_JOINED,
+    EV_LEFT,
+    EV_RECOVERED,
+    GOSSIP_PORT,
+    LEFT,
+    PAUSED,
+    RUNNING,
+    _Counters,
+    _Item,
+    _Node,
+    _Partition,
+    sealing,
+)
+from ._scenario import Fault, Scenario, membership_config
 
 __all__ = ["Simulator", "run"]
-
-# Heap entry kinds.
-_DGRAM = 0  # (t, seq, kind, dst_addr, src_idx, src_addr, data, sent_at)
-_TIMER = 1  # (t, seq, kind, node, gen)
-_HANDLE = 2  # (t, seq, kind, node, gen, item): a slow node handles a queued input
-_SREQ = 3  # (t, seq, kind, dst_addr, client_idx, client_gen, sid, client_addr, payload, opened)
-_SREPLY = 4  # (t, seq, kind, client_idx, client_gen, sid, reply, server_idx)
-_STIMEOUT = 5  # (t, seq, kind, client_idx, client_gen, sid)
-_CALL = 6  # (t, seq, kind, fn, args): a fault transition or a join
-
-# The cluster label of a sealed scenario (`Scenario.sealed`).
-SIM_LABEL = "sim"
-
-# Node states.
-RUNNING = 0
-PAUSED = 1
-CRASHED = 2
-LEFT = 3
-
-# Event codes in the recorded log.
-EV_JOINED = 1
-EV_SUSPECTED = 2
-EV_FAILED = 3
-EV_LEFT = 4
-EV_RECOVERED = 5
-_EV_CODES: dict[type, int] = {
-    MemberJoined: EV_JOINED,
-    MemberSuspected: EV_SUSPECTED,
-    MemberFailed: EV_FAILED,
-    MemberLeft: EV_LEFT,
-    MemberRecovered: EV_RECOVERED,
-}
-
-# A core timer still due right after handle_timer: refire this often at once, then back off
-# (the trio runtime does the same).
-_STUCK_REFIRES = 8
-_STUCK_BACKOFF = 0.01
-# TCP connect timeout toward a host that does not answer (capped by tcp_timeout).
-_CONNECT_TIMEOUT = 1.0
-GOSSIP_PORT = 7946
-# Warm-up: everyone joins node 0 within the first second, then once more at 1.5-2 s.
-
-_PACK_DELIVERY = struct.Struct("<dII").pack
-_PACK_EVENT = struct.Struct("<dIBQ").pack
-
-# Inputs held for a paused or slow node: ("d", src_idx, src_addr, data, arrived, sent),
-# ("s", client_idx, client_gen, sid, client_addr, payload, opened), ("r", sid, reply),
-# ("t", sid) (a stream timeout that fired while paused).
-_Item = tuple[Any, ...]
-
-
-class _Node:
-    """One simulated host: its current core (a restart replaces it) and its fault state."""
-
-    __slots__ = (
-        "addr",
-        "core",
-        "dc",
-        "dci",
-        "flip_period",
-        "flip_start",
-        "ge_bad",
-        "gen",
-        "idx",
-        "last_fire",
-        "leaving",
-        "live_count",
-        "lossy",
-        "name",
-        "open_streams",
-        "queue",
-        "queue_dropped",
-        "queued_dgrams",
-        "sent_bytes",
-        "sent_msgs",
-        "slow",
-        "slow_backlog",
-        "slow_last",
-        "special",
-        "spins",
-        "started",
-        "state",
-        "stream_bytes",
-        "timer_at",
-    )
-
-    def __init__(self, idx: int, name: str, dc: str, dci: int, addr: Addr) -> None:
-        self.idx = idx
-        self.name = name
-        self.dc = dc
-        self.dci = dci
-        self.addr = addr
-        self.core: Membership | None = None
-        self.gen = 0
-        self.state = RUNNING
-        self.started = 0.0
-        self.timer_at: float | None = None
-        self.spins = 0
-        self.last_fire = -1.0
-        self.leaving = False
-        # Ingress needs the slow path (paused, slow, flip-flopping, or a slow backlog).
-        self.special = False
-        self.queue: list[_Item] = []
-        self.queued_dgrams = 0
-        self.queue_dropped = 0
-        self.slow = False
-        self.slow_last = 0.0
-        self.slow_backlog = 0
-        self.flip_start = 0.0
-        self.flip_period = 0.0
-        self.lossy = 0.0
-        self.ge_bad = False
-        self.open_streams: set[int] = set()
-        self.live_count = 1
-        self.sent_msgs = 0
-        self.sent_bytes = 0
-        self.stream_bytes = 0
-
-
-@dataclass(slots=True)
-class _Partition:
-    a: frozenset[int]
-    b: frozenset[int] | None  # None: everybody not in a
-    oneway: bool
-
-
-@dataclass(slots=True)
-class _Counters:
-    delivered: int = 0
-    dropped_loss: int = 0
-    dropped_burst: int = 0
-    dropped_lossy: int = 0
-    dropped_partition: int = 0
-    dropped_down: int = 0
-    dropped_flipflop: int = 0
-    dropped_queue_full: int = 0
-    no_route: int = 0
-    duplicated: int = 0
-    streams: int = 0
-    streams_failed: int = 0
-    timer_stuck: int = 0
-    extra: dict[str, int] = field(default_factory=dict)
 
 
 class Simulator:
@@ -269,7 +151,7 @@ class Simulator:
             rng=random.Random(f"{s.seed}/node/{node.idx}/{node.gen}"),
             now=self.now,
             dc=node.dc,
-            **self._sealing(node),
+            **(sealing(self._cluster_key, s.seed, node) if s.sealed else {}),
         )
         node.state = RUNNING
         node.started = self.now
@@ -279,22 +161,6 @@ class Simulator:
         node.live_count = 1
         node.open_streams = set()
         self._flush(node)
-
-    def _sealing(self, node: _Node) -> dict[str, Any]:
-        """A sealed scenario's keyring arguments for a node's core: one cluster key (from the
-        seed), a keyring of its own per core (the replay cache is a node's), nonces from the
-        seed."""
-        s = self.scenario
-        if not s.sealed:
-            return {}
-        return {
-            "keyring": Keyring([self._cluster_key]),
-            "label": SIM_LABEL,
-            "nonce_source": random.Random(f"{s.seed}/nonce/{node.idx}/{node.gen}").randbytes,
-        }
-
-    def _push(self, entry: tuple[Any, ...]) -> None:
-        heapq.heappush(self._heap, entry)
 
     def _next_seq(self) -> int:
         self._seq += 1
@@ -858,63 +724,14 @@ class Simulator:
 
     def _schedule_faults(self) -> None:
         s = self.scenario
-        n = s.nodes
-        used: set[int] = set()
-        order = list(range(1, n))
-        self._pick.shuffle(order)
-        cursor = 0
-
-        def pick(k: int) -> list[int]:
-            nonlocal cursor
-            out: list[int] = []
-            while len(out) < k:
-                if cursor < len(order):
-                    i = order[cursor]
-                    cursor += 1
-                    if i not in used and i not in out:
-                        out.append(i)
-                    continue
-                # Everyone was hit once: pick again among all (node 0 last).
-                rest = [i for i in range(1, n) if i not in out] or [
-                    i for i in range(n) if i not in out
-                ]
-                if not rest:
-                    break
-                out.append(self._pick.choice(rest))
-            used.update(out)
-            return out
-
-        for f in s.faults:
-            if f.kind == "partition" and f.sides is not None:
-                a = self._side_nodes(f.sides[0])
-                b = self._side_nodes(f.sides[1])
-                targets = sorted(a | b)
-                self._plan_partition(f, frozenset(a), frozenset(b), targets)
-                continue
-            if f.nodes:
-                bad = [i for i in f.nodes if not 0 <= i < n]
-                if bad:
-                    raise FaultSpecError(f"node index {bad[0]} out of range")
-                targets = list(f.nodes)
-                used.update(targets)
-            else:
-                targets = pick(min(f.count, n))
-            if f.kind == "partition":
-                self._plan_partition(f, frozenset(targets), None, targets)
+        dcs = [nd.dc for nd in self.nodes]
+        for f, targets, sides in fault_targets(
+            s.faults, dcs, s.dc_names, self._by_name, self._pick
+        ):
+            if sides is not None:
+                self._plan_partition(f, sides[0], sides[1], targets)
             else:
                 self._plan(f, targets)
-
-    def _side_nodes(self, side: tuple[str, ...]) -> set[int]:
-        out: set[int] = set()
-        dcs = self.scenario.dc_names
-        for item in side:
-            if item in dcs:
-                out.update(nd.idx for nd in self.nodes if nd.dc == item)
-            elif item in self._by_name:
-                out.add(self._by_name[item])
-            else:
-                raise FaultSpecError(f"partition side {item!r} names no datacenter or node")
-        return out
 
     def _note(self, f: Fault, targets: list[int]) -> None:
         self.fault_targets.append(
