@@ -13,12 +13,15 @@ from __future__ import annotations
 import errno
 import random
 import socket
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from types import SimpleNamespace
 
 import pytest
 import trio
 
+import swimthor.membership.runtime as runtime_module
 from swimthor.config import PROFILES, MembershipConfig, replace
 from swimthor.keyring import Keyring
 from swimthor.membership._core import Membership, QueryError
@@ -161,6 +164,46 @@ async def test_sealed_cluster_converges_and_a_stranger_stays_out() -> None:
             assert nodes[0].core.member("n2") is None
             assert nodes[2].alive() == {"n2"}
             assert nodes[0].core.stats["rejected_seal"] > 0
+            _assert_no_core_errors(nodes)
+
+
+def opened_by(core: Membership) -> int:
+    """Packets a core took in and opened."""
+    refused = ("rejected_seal", "rejected_stale", "rejected_replay", "rejected_decode")
+    return core.stats["packets_in"] - sum(core.stats[k] for k in refused)
+
+
+async def test_the_cores_wall_clock_follows_a_step_of_the_hosts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A sealed core stamps and checks envelopes on trio's clock plus `wall_offset`; the
+    runtime sets that offset from the host's clock and moves it when the host's clock steps
+    (NTP, an operator), so a stepped host seals what its peers' clocks accept."""
+    key = Keyring.generate()
+    rings: list[Keyring | None] = [Keyring([key]), Keyring([key])]
+    with trio.fail_after(10):
+        async with cluster(2, keyrings=rings) as nodes:
+            await wait_for(lambda: nodes[0].alive() == nodes[1].alive() == {"n0", "n1"})
+            core = nodes[0].core
+
+            def offset_is(wall: float) -> bool:
+                return abs(core.wall_offset - (wall - trio.current_time())) < 0.5
+
+            assert offset_is(time.time())  # the core was built with none: the runtime's
+            step = 3600.0
+            real = time.time
+            monkeypatch.setattr(runtime_module, "time", SimpleNamespace(time=lambda: real() + step))
+            nodes[0].runtime.wake()
+            await wait_for(lambda: offset_is(real() + step))
+            # Both runtimes read the one (patched) host clock: once both followed it, what
+            # either seals the other opens again (an hour is far outside the replay window).
+            peer = nodes[1].core
+            await wait_for(lambda: abs(peer.wall_offset - core.wall_offset) < 0.5)
+            opened = opened_by(peer)
+            await wait_for(lambda: opened_by(peer) >= opened + 5)
+            monkeypatch.setattr(runtime_module, "time", SimpleNamespace(time=real))
+            nodes[0].runtime.wake()
+            await wait_for(lambda: offset_is(real()))
             _assert_no_core_errors(nodes)
 
 
