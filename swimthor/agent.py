@@ -5,15 +5,15 @@ starts the runtime and the control server, joins through the seeds, logs every m
 event with its evidence, keeps the keyring file current, and on SIGTERM/SIGINT (or the
 control command "leave", or `stop()`) leaves the cluster gracefully within a bounded grace
 period before everything is cancelled. Logging is configured by the entry point, not here.
+What each control command means is in control_commands.py; it acts on the agent through
+`leave()`, `update_metadata()` and `persist_keyring()`.
 """
 
 from __future__ import annotations
 
-import binascii
 import errno
 import gc
 import ipaddress
-import math
 import os
 import random
 import signal
@@ -21,7 +21,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -31,30 +31,32 @@ import trio
 from . import __version__
 from . import log as swimlog
 from .config import AgentConfig, format_hostport
-from .control import ControlError, default_control_path, open_control_socket, serve_control
-from .dns._service import DNS_TAG, DnsService
+from .control import default_control_path, open_control_socket, serve_control
+from .control_commands import ControlCommands
+from .dns import DNS_TAG, DnsService
 from .keyring import Keyring, KeyringFileError
-from .membership._core import Membership
-from .membership._events import (
+from .membership import (
+    Addr,
     Event,
     Joined,
     JoinFailed,
     KeyringChanged,
+    Member,
     MemberEvent,
     MemberFailed,
     MemberJoined,
     MemberLeft,
     MemberRecovered,
+    Membership,
     MemberSuspected,
     MemberUpdated,
     NameConflict,
     Rejected,
 )
-from .membership._member import Addr, Member
 from .membership.runtime import MembershipRuntime
 from .metrics import MetricsServer
 from .routing import RoutingTable
-from .sip._service import SIP_TAG, SipService
+from .sip import SIP_TAG, SipService
 from .sockets import BindError, bind_sockets
 
 __all__ = ["KEYRING_FILE", "Agent"]
@@ -76,7 +78,6 @@ GC_FREEZE_INTERVAL = 30.0
 GC_FULL_INTERVAL = 600.0
 # Extra time beyond leave_propagate_time that a graceful leave may take before we cancel.
 LEAVE_GRACE = 1.0
-_STATES = ("alive", "suspect", "dead", "left")
 
 
 def _unspecified(host: str) -> bool:
@@ -113,16 +114,6 @@ async def _resolve(addr: Addr) -> Addr:
         if family == socket.AF_INET:
             return (str(sockaddr[0]), port)
     return (str(infos[0][4][0]), port) if infos else addr
-
-
-def _key_arg(args: dict[str, Any]) -> bytes:
-    text = args.get("key")
-    if not isinstance(text, str):
-        raise ControlError('"key" (a base64 key) is required')
-    try:
-        return Keyring.decode_key(text)
-    except (ValueError, binascii.Error) as e:
-        raise ControlError(str(e)) from None
 
 
 async def _gc_maintenance() -> None:
@@ -179,22 +170,8 @@ class Agent:
         # The last RECENT_EVENTS membership and routing events, for `swimthor monitor`.
         self._recent: deque[dict[str, Any]] = deque(maxlen=RECENT_EVENTS)
         self._event_seq = 0
-        self._commands: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {
-            "members": self._cmd_members,
-            "status": self._cmd_status,
-            "leave": self._cmd_leave,
-            "keys.list": self._cmd_keys_list,
-            "keys.install": self._cmd_keys_install,
-            "keys.use": self._cmd_keys_use,
-            "keys.remove": self._cmd_keys_remove,
-            "tags.set": self._cmd_tags_set,
-            "meta": self._cmd_meta,
-            "route": self._cmd_route,
-            "events": self._cmd_events,
-            "subscriber.set": self._cmd_subscriber_set,
-            "subscriber.list": self._cmd_subscriber_list,
-            "location": self._cmd_location,
-        }
+        # What the control socket's commands mean (control_commands.py).
+        self._control_commands = ControlCommands(self)
 
     # ------------------------------------------------------------ properties
 
@@ -220,8 +197,29 @@ class Agent:
         """The control socket path, or None when the control socket is disabled."""
         return self._control_path
 
+    @property
+    def recent_events(self) -> Sequence[dict[str, Any]]:
+        """The last RECENT_EVENTS membership and routing events, oldest first."""
+        return self._recent
+
+    @property
+    def event_seq(self) -> int:
+        """The sequence number of the newest event (0 before the first)."""
+        return self._event_seq
+
     def status(self) -> dict[str, Any]:
         return self.core.status(trio.current_time())
+
+    def full_status(self) -> dict[str, Any]:
+        """What `swimthor status` shows, and what the metrics are read from."""
+        status = self.core.status(trio.current_time())
+        status["runtime"] = dict(self.runtime.stats)
+        status["routing"] = routing_status(self.routing)
+        if self.sip is not None:
+            status["sip"] = self.sip.status()
+        if self.dns is not None:
+            status["dns"] = self.dns.status()
+        return status
 
     # ------------------------------------------------------------ lifecycle
 
@@ -322,7 +320,7 @@ class Agent:
                     await nursery.start(
                         partial(serve_control, sock=control_sock),
                         self._control_path,
-                        self._handle_control,
+                        self._control_commands.handle,
                     )
                 nursery.start_soon(self._pump_events, events)
                 nursery.start_soon(self._report_load)
@@ -402,7 +400,7 @@ class Agent:
                         self._done.set()
                         return
                     log.info("signal received: leaving", signal=signal.Signals(signum).name)
-                    nursery.start_soon(self._leave_then_finish)
+                    nursery.start_soon(self.leave)
 
     async def _report_load(self) -> None:
         """Keep our load report (it rides on our view summaries) current."""
@@ -422,9 +420,29 @@ class Agent:
             self.core.local_load = tuple(sorted(load.items()))
             await trio.sleep(LOAD_REPORT_EVERY)
 
-    async def _leave_then_finish(self) -> None:
+    async def leave(self) -> None:
+        """Leave gracefully, then let `run()` return without waiting for it (the control
+        command "leave" calls this from inside `run()`)."""
         await self._leave()
         self._done.set()
+
+    def update_metadata(
+        self,
+        *,
+        roles: list[str] | None = None,
+        weight: float | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> None:
+        """Change our roles, weight or tags at run time (ValueError if the core refuses
+        them): spread them, and bring routing and the front-ends up to date."""
+        self.core.update_metadata(trio.current_time(), roles=roles, weight=weight, tags=tags)
+        self.runtime.wake()
+        if self.routing.sync(self.core.members()) and self.sip is not None:  # our record changed
+            self.sip.routing_changed()
+        if self.sip is not None:
+            self.sip.sync_members(self.core.members())
+        if self.dns is not None:
+            self.dns.sync_members(self.core.members())
 
     # ------------------------------------------------------------ events
 
@@ -447,7 +465,7 @@ class Agent:
                 # announce ourselves over it. run() raises NameInUseError.
                 self._done.set()
             if isinstance(event, KeyringChanged):
-                await self._persist_keyring()
+                await self.persist_keyring()
 
     def _log_event(self, ev: Event) -> None:
         """One log line per event, with its evidence; the same record goes to the recent
@@ -462,7 +480,8 @@ class Agent:
             {"seq": self._event_seq, "time": round(time.time(), 3), "event": what, **fields}
         )
 
-    async def _persist_keyring(self) -> None:
+    async def persist_keyring(self) -> None:
+        """Save the keyring to the data directory (after a rotation, ours or the cluster's)."""
         ring = self.keyring
         if ring is None or not self.config.data_dir:
             return
@@ -471,255 +490,6 @@ class Agent:
             await trio.to_thread.run_sync(ring.save, path)
         except KeyringFileError as e:
             log.error("cannot save the keyring", error=str(e))
-
-    # ------------------------------------------------------------ control commands
-
-    async def _handle_control(self, cmd: str, args: dict[str, Any]) -> Any:
-        fn = self._commands.get(cmd)
-        if fn is None:
-            known = ", ".join(sorted(self._commands))
-            raise ControlError(f"unknown command {cmd!r} (known: {known})")
-        return await fn(args)
-
-    async def _cmd_members(self, args: dict[str, Any]) -> Any:
-        filters: dict[str, str] = {}
-        for key in ("status", "dc", "role"):
-            value = args.get(key)
-            if value is None:
-                continue
-            if not isinstance(value, str):
-                raise ControlError(f'"{key}" must be a string')
-            filters[key] = value
-        if "status" in filters and filters["status"] not in _STATES:
-            raise ControlError(
-                f"unknown status {filters['status']!r} (one of {', '.join(_STATES)})"
-            )
-        return [
-            m
-            for m in self.core.members_json()
-            if ("status" not in filters or m.get("state") == filters["status"])
-            and ("dc" not in filters or m.get("dc") == filters["dc"])
-            and ("role" not in filters or filters["role"] in (m.get("roles") or ()))
-        ]
-
-    async def _cmd_status(self, args: dict[str, Any]) -> Any:
-        return self.full_status()
-
-    def full_status(self) -> dict[str, Any]:
-        """What `swimthor status` shows, and what the metrics are read from."""
-        status = self.core.status(trio.current_time())
-        status["runtime"] = dict(self.runtime.stats)
-        status["routing"] = routing_status(self.routing)
-        if self.sip is not None:
-            status["sip"] = self.sip.status()
-        if self.dns is not None:
-            status["dns"] = self.dns.status()
-        return status
-
-    async def _cmd_route(self, args: dict[str, Any]) -> Any:
-        """The owners of a key, in rank order: {"key", "epoch", "owners": [...]}."""
-        unknown = set(args) - {"key", "replicas", "role", "dc"}
-        if unknown:
-            raise ControlError(f"unknown argument(s) for route: {', '.join(sorted(unknown))}")
-        try:
-            return route_reply(
-                self.routing,
-                args.get("key"),
-                args.get("replicas", 2),
-                args.get("role", "sip"),
-                args.get("dc"),
-            )
-        except ValueError as e:
-            raise ControlError(str(e)) from None
-
-    async def _cmd_events(self, args: dict[str, Any]) -> Any:
-        """Recent events: {"after": seq} those after it, {"since": seconds} those of the last
-        seconds, neither: all kept (the last RECENT_EVENTS). {"events": [...], "last": seq}."""
-        unknown = set(args) - {"after", "since"}
-        if unknown:
-            raise ControlError(f"unknown argument(s): {', '.join(sorted(unknown))}")
-        after, since = args.get("after"), args.get("since")
-        if after is not None and (isinstance(after, bool) or not isinstance(after, int)):
-            raise ControlError('"after" must be an event sequence number')
-        if since is not None and (
-            isinstance(since, bool) or not isinstance(since, int | float) or since < 0
-        ):
-            raise ControlError('"since" must be a number of seconds >= 0')
-        cutoff = time.time() - since if since is not None else None
-        events = [
-            e
-            for e in self._recent
-            if (after is None or e["seq"] > after) and (cutoff is None or e["time"] >= cutoff)
-        ]
-        return {"events": events, "last": self._event_seq}
-
-    def _sip_or_error(self) -> SipService:
-        if self.sip is None or self.sip.proxy is None:
-            raise ControlError("this agent serves no SIP (start it with --role sip)")
-        return self.sip
-
-    async def _cmd_subscriber_set(self, args: dict[str, Any]) -> Any:
-        """Add, change or remove a subscriber: {"aor", "password"} (password null: remove)."""
-        unknown = set(args) - {"aor", "password"}
-        if unknown:
-            raise ControlError(f"unknown argument(s): {', '.join(sorted(unknown))}")
-        aor, password = args.get("aor"), args.get("password")
-        if not isinstance(aor, str) or not (password is None or isinstance(password, str)):
-            raise ControlError('"aor" must be a string and "password" a string or null')
-        try:
-            return await self._sip_or_error().set_subscriber(aor, password)
-        except (ValueError, RuntimeError) as e:
-            raise ControlError(str(e)) from None
-
-    async def _cmd_subscriber_list(self, args: dict[str, Any]) -> Any:
-        if args:
-            raise ControlError("subscriber.list takes no arguments")
-        return await self._sip_or_error().list_subscribers()
-
-    async def _cmd_location(self, args: dict[str, Any]) -> Any:
-        """The bindings of an AOR as its owners hold them: {"aor"} (`swimthor location`)."""
-        unknown = set(args) - {"aor"}
-        if unknown:
-            raise ControlError(f"unknown argument(s): {', '.join(sorted(unknown))}")
-        aor = args.get("aor")
-        if not isinstance(aor, str):
-            raise ControlError('"aor" must be a string')
-        try:
-            return await self._sip_or_error().location(aor)
-        except ValueError as e:
-            raise ControlError(str(e)) from None
-
-    async def _cmd_leave(self, args: dict[str, Any]) -> Any:
-        await self._leave()
-        self._done.set()  # run() returns once this reply is written
-        return {"left": True}
-
-    async def _cmd_keys_list(self, args: dict[str, Any]) -> Any:
-        ring = self.core.keyring
-        if ring is None:
-            raise ControlError("this agent runs without a keyring (--insecure)")
-        return {
-            "primary": Keyring.key_id(ring.primary),
-            "keys": [Keyring.key_id(k) for k in ring.keys],
-        }
-
-    async def _key_op(self, op: str, args: dict[str, Any]) -> Any:
-        ring = self.core.keyring
-        if ring is None:
-            raise ControlError("this agent runs without a keyring (--insecure)")
-        key = _key_arg(args)
-        try:
-            getattr(ring, op)(key)
-        except ValueError as e:
-            raise ControlError(str(e)) from None
-        log.info("keyring changed", op=op, key_id=Keyring.key_id(key), origin="local")
-        await self._persist_keyring()
-        results = await self.runtime.key_op_all(op, key)
-        ok = sorted([self.core.local.name, *(n for n, err in results.items() if err is None)])
-        failed = {n: err for n, err in sorted(results.items()) if err is not None}
-        return {"ok": ok, "failed": failed}
-
-    async def _cmd_keys_install(self, args: dict[str, Any]) -> Any:
-        return await self._key_op("install", args)
-
-    async def _cmd_keys_use(self, args: dict[str, Any]) -> Any:
-        return await self._key_op("use", args)
-
-    async def _cmd_keys_remove(self, args: dict[str, Any]) -> Any:
-        return await self._key_op("remove", args)
-
-    async def _cmd_tags_set(self, args: dict[str, Any]) -> Any:
-        unknown = set(args) - {"tags", "roles", "weight"}
-        if unknown:
-            raise ControlError(f"unknown argument(s) for tags.set: {', '.join(sorted(unknown))}")
-        tags = args.get("tags")
-        roles = args.get("roles")
-        weight = args.get("weight")
-        if tags is not None and not (
-            isinstance(tags, dict)
-            and all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items())
-        ):
-            raise ControlError('"tags" must map strings to strings')
-        if roles is not None and not (
-            isinstance(roles, list) and all(isinstance(r, str) for r in roles)
-        ):
-            raise ControlError('"roles" must be a list of strings')
-        if weight is not None and (
-            isinstance(weight, bool)
-            or not isinstance(weight, int | float)
-            or not math.isfinite(weight)
-        ):
-            raise ControlError('"weight" must be a number')
-        try:
-            self.core.update_metadata(trio.current_time(), roles=roles, weight=weight, tags=tags)
-        except ValueError as e:
-            raise ControlError(str(e)) from None
-        self.runtime.wake()
-        if self.routing.sync(self.core.members()) and self.sip is not None:  # our record changed
-            self.sip.routing_changed()
-        if self.sip is not None:
-            self.sip.sync_members(self.core.members())
-        if self.dns is not None:
-            self.dns.sync_members(self.core.members())
-        return _member_json_of(self.core.local, self.core)
-
-    async def _cmd_meta(self, args: dict[str, Any]) -> Any:
-        """Change this node's metadata in place: "set" tags merge into the current ones,
-        "unset" removes tag keys, "roles" (a list) and "weight" replace. Spreads with a
-        higher incarnation."""
-        unknown = set(args) - {"set", "unset", "roles", "weight"}
-        if unknown:
-            raise ControlError(f"unknown argument(s) for meta: {', '.join(sorted(unknown))}")
-        set_ = args.get("set", {})
-        unset = args.get("unset", [])
-        if not (
-            isinstance(set_, dict)
-            and all(isinstance(k, str) and isinstance(v, str) for k, v in set_.items())
-        ):
-            raise ControlError('"set" must map strings to strings')
-        if not (isinstance(unset, list) and all(isinstance(k, str) for k in unset)):
-            raise ControlError('"unset" must be a list of tag names')
-        tags = dict(self.core.local.tags)
-        missing = [k for k in unset if k not in tags]
-        if missing:
-            raise ControlError(f"no such tag: {', '.join(missing)}")
-        for k in unset:
-            del tags[k]
-        tags.update(set_)
-        update: dict[str, Any] = {"tags": tags}
-        if "roles" in args:
-            update["roles"] = args["roles"]
-        if "weight" in args:
-            update["weight"] = args["weight"]
-        return await self._cmd_tags_set(update)
-
-
-MAX_REPLICAS = 16
-
-
-def route_reply(
-    table: RoutingTable, key: object, replicas: object, role: object, dc: object
-) -> dict[str, Any]:
-    """The `route` answer, checked: a key of 1..1024 characters, 1..16 replicas."""
-    if not isinstance(key, str) or not key or len(key) > 1024:
-        raise ValueError('"key" must be a string of 1 to 1024 characters')
-    if isinstance(replicas, bool) or not isinstance(replicas, int):
-        raise ValueError('"replicas" must be an integer')
-    if not 1 <= replicas <= MAX_REPLICAS:
-        raise ValueError(f'"replicas" must be between 1 and {MAX_REPLICAS}')
-    if not isinstance(role, str) or not role:
-        raise ValueError('"role" must be a non-empty string')
-    if dc is not None and not isinstance(dc, str):
-        raise ValueError('"dc" must be a string')
-    owners = table.owners(key, replicas, role, dc)
-    return {
-        "key": key,
-        "epoch": table.epoch,
-        "owners": [
-            {"name": r.name, "addr": format_hostport(r.addr), "dc": r.dc, "weight": r.weight}
-            for r in owners
-        ],
-    }
 
 
 def routing_status(table: RoutingTable) -> dict[str, Any]:
@@ -806,13 +576,6 @@ def _member_fields(m: Member) -> dict[str, Any]:
         "incarnation": m.incarnation,
         "roles": list(m.roles),
     }
-
-
-def _member_json_of(m: Member, core: Membership) -> dict[str, Any]:
-    for item in core.members_json():
-        if item.get("name") == m.name:
-            return item
-    return {"name": m.name}
 
 
 def _bind_front_end(

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from swimthor.agent import route_reply, routing_status
+from swimthor.agent import routing_status
 from swimthor.cli import format_route_text, format_status_text, main
+from swimthor.control_commands import route_reply
 from swimthor.membership import Member, State
 from swimthor.routing import RoutingTable
 

@@ -92,7 +92,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def _route_via(args: argparse.Namespace) -> dict[str, Any]:
     """--via: the contract is the same on every node, so rank the live members that the
     remote agent reports here. No epoch: that is the remote table's own counter."""
-    from swimthor.agent import route_reply
+    from swimthor.control_commands import route_reply
     from swimthor.membership import Member, State
     from swimthor.routing import RoutingTable
 

@@ -2,11 +2,14 @@
 members (RFC 3263 discovery: NAPTR, SRV, A/AAAA; SOA and NS; per-user owner lookup)."""
 
 from ._query import Query, QueryError, parse_query
+from ._service import DNS_TAG, DnsService
 from ._zone import DEFAULT_TTL, MAX_UDP, Node, Zone, user_label
 
 __all__ = [
     "DEFAULT_TTL",
+    "DNS_TAG",
     "MAX_UDP",
+    "DnsService",
     "Node",
     "Query",
     "QueryError",
