@@ -493,11 +493,8 @@ def run_demo(
     """Run the demo until Ctrl-C/SIGTERM or `duration` seconds; 0 after a graceful stop.
     With `chaos_every`, a node is crashed and restarted on that period."""
     demo = _Demo(nodes, profile, duration, insecure, out or sys.stdout, chaos_every)
-    try:
-        from swimthor import log
+    from swimthor import log
 
-        log.configure("console", "warning")
-    except ImportError:
-        pass
+    log.configure("console", "warning")
     trio.run(demo.main)
     return 0
