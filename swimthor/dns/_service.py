@@ -32,7 +32,7 @@ from ..config import (
     format_hostport,
     parse_hostport,
 )
-from ..membership._member import Member, State
+from ..membership import Member, State
 from ..ratelimit import RateLimit, SourceLimiter
 from ..routing import RoutingTable
 from ._server import DnsServer, DnsTransportConfig

@@ -49,7 +49,7 @@ import trio
 
 from ..config import format_hostport
 from ..keyring import Keyring, SealError, new_nonce, open_frame, seal_frame
-from ..membership._member import Addr
+from ..membership import Addr
 from ..membership.runtime import FrameError, encode_frame, read_frame
 from ..routing import EpochUnavailable
 from ..sockets import reason
