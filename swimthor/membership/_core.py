@@ -51,7 +51,6 @@ from ._events import (
     MemberSuspected,
     MemberUpdated,
     NameConflict,
-    Rejected,
 )
 from ._lifeguard import Awareness, Suspicion, expected_confirmations, suspicion_timeouts
 from ._member import Addr, Member, State
@@ -86,6 +85,7 @@ from ._messages import (
     encode_stream,
     packet_overhead,
 )
+from ._stats import MembershipStats, Rejections, new_stats, seal_refusal
 
 _PROBE = "probe"  # our own failure probe of a member
 _RELAY = "relay"  # a ping we send on behalf of a ping-req
@@ -100,8 +100,6 @@ _SUMMARY_FRESH_PERIODS = 3
 # refutation always fits.
 MAX_INCARNATION = 2**63 - 1 - 2**32
 MAX_INCARNATION_STEP = 2**32
-# Refused packets are reported (a Rejected event) at most this often per reason.
-REJECTED_EVERY = 10.0
 _RTT_ALPHA = 0.2
 _PUSH_PULL_SUMMARIES = 128
 
@@ -286,46 +284,9 @@ class Membership:
         self._leave_wakeup: float | None = None  # wake the driver once the leave is complete
         self._leave_at = 0.0
         self._conflict: NameConflict | None = None
-        # Rejections not yet reported, by reason: (count, last address, last detail), and
-        # when each reason was last reported (see `Rejected`).
-        self._rejections: dict[str, tuple[int, Addr | None, str]] = {}
-        self._rejections_said: dict[str, float] = {}
-        self.stats: dict[str, int] = {
-            k: 0
-            for k in (
-                "packets_in",
-                "packets_out",
-                "bytes_in",
-                "bytes_out",
-                "messages_in",
-                "rejected_seal",
-                "rejected_replay",
-                "rejected_stale",
-                "rejected_decode",
-                "deaths_doubted",
-                "rejected_incarnation",
-                "unknown_messages",
-                "misdirected",
-                "pings_sent",
-                "acks_received",
-                "ping_reqs_sent",
-                "nacks_received",
-                "probes_failed",
-                "suspicions",
-                "confirmations",
-                "refutations",
-                "failures_declared",
-                "push_pulls",
-                "push_pull_failures",
-                "queries",
-                "conflicts",
-                "suspect_checks",
-                "stream_rejected",
-                "repair_syncs",
-                "final_checks",
-                "reconnects",
-            )
-        }
+        # Rejections not yet reported, by reason, and when each reason was last reported.
+        self._rejections = Rejections()
+        self.stats: MembershipStats = new_stats()
         self._check_metadata(tuple(roles), weight, dict(tags or {}))
         self._members[name] = Member(
             name=name,
@@ -1068,20 +1029,16 @@ class Membership:
             )
 
     def _refused_seal(self, e: SealError, addr: Addr, now: float) -> None:
-        counter = {"replay": "rejected_replay", "stale": "rejected_stale"}.get(e.kind)
-        self.stats[counter or "rejected_seal"] += 1
-        self._rejected({"seal": "unsealed"}.get(e.kind, e.kind), addr, str(e), now)
+        counter, reason = seal_refusal(e.kind)
+        self.stats[counter] += 1
+        self._rejected(reason, addr, str(e), now)
 
     def _rejected(self, reason: str, addr: Addr | None, detail: str, now: float) -> None:
         """Count a refused packet; report each reason at most every REJECTED_EVERY seconds
         (a `Rejected` event with the count since the last report)."""
-        count = self._rejections.get(reason, (0, None, ""))[0] + 1
-        self._rejections[reason] = (count, addr, detail)
-        said = self._rejections_said.get(reason)
-        if said is None or now - said >= REJECTED_EVERY:
-            self._rejections_said[reason] = now
-            del self._rejections[reason]
-            self._emit(Rejected(reason, count, addr, detail[:200]))
+        event = self._rejections.note(reason, addr, detail, now)
+        if event is not None:
+            self._emit(event)
 
     def _doubt_death(self, d: Dead, m: Member, now: float) -> bool:
         """Whether to take another member's word that `m` died as a suspicion instead: we
