@@ -110,7 +110,7 @@ from swimthor.membership._messages import (
 )
 from swimthor.sip import Peer, Proxy, ProxySettings, Replicate, Send, Source
 from swimthor.sip._message import MAX_MESSAGE_SIZE, Request, Response, SipParseError, parse_message
-from swimthor.sip._proxy import BRANCH_PREFIX
+from swimthor.sip._routes import BRANCH_PREFIX
 from swimthor.sip._streams import BadStream, StreamFramer, WsFramer
 
 # ---------------------------------------------------------------- budgets

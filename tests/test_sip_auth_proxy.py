@@ -7,17 +7,11 @@ from __future__ import annotations
 
 import itertools
 
+from swimthor.sip import Peer, Proxy, ProxySettings, Send, Source
 from swimthor.sip._auth import NonceMinter, Verifier, digest_response, ha1, parse_credentials
 from swimthor.sip._bindings import subscriber_record
-from swimthor.sip._proxy import (
-    BRANCH_PREFIX,
-    FetchCredentials,
-    Peer,
-    Proxy,
-    ProxySettings,
-    Send,
-    Source,
-)
+from swimthor.sip._hop import FetchCredentials
+from swimthor.sip._routes import BRANCH_PREFIX
 
 DOMAIN = "example.com"
 SECRET = [b"s" * 32]

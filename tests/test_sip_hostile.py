@@ -41,7 +41,7 @@ from sip_helpers import (
 
 from swimthor.sip import SipTransportConfig, parse_message
 from swimthor.sip._message import _parse_via
-from swimthor.sip._proxy import BRANCH_PREFIX
+from swimthor.sip._routes import BRANCH_PREFIX, _LoopHash
 
 LIMIT = 10  # seconds, for every test
 
@@ -636,7 +636,7 @@ async def test_request_that_already_passed_here_gets_482() -> None:
         async with sip_node() as node, UdpClient(node) as client:
             data = _invite(client, unique("bob"))
             parsed = parse_message(data)
-            loop = node.proxy._loop_hash(parsed)  # type: ignore[arg-type]
+            loop = _LoopHash(parsed).value()  # type: ignore[arg-type]
             ours = f"SIP/2.0/UDP {hostport(*node.addr)};branch=z9hG4bK-st-0123456789abcdef.{loop}.0"
             data = data.replace(b"\r\nMax-Forwards", f"\r\nVia: {ours}\r\nMax-Forwards".encode())
             reply = await answer_to(client, data)

@@ -4,10 +4,12 @@ trio server (UDP, TCP, TLS, WebSocket). See docs/sip.md."""
 from ._actions import Send, Source
 from ._bindings import Binding, BindingStore
 from ._grammar import parse_uri
+from ._hop import Peer, ProxySettings, Replicate
 from ._message import Request, Response, SipParseError, parse_message
-from ._proxy import Peer, Proxy, ProxySettings, Replicate, make_response
+from ._proxy import Proxy
 from ._registrar import RegisterOutcome, RegistrarPolicy, aor_of, register
 from ._replication import LocateError, locate_via
+from ._responses import make_response
 from ._server import SipServer, SipTransportConfig, StreamListen
 from ._service import SIP_TAG, SipService
 from ._streams import TlsFiles, client_tls_context, server_tls_context

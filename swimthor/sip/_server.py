@@ -41,8 +41,9 @@ from ..sockets import (
     serve_listener,
 )
 from ._actions import Send, Source
+from ._hop import Action, FetchCredentials, Replicate
 from ._message import MAX_MESSAGE_SIZE
-from ._proxy import Action, FetchCredentials, Proxy, Replicate
+from ._proxy import Proxy
 from ._streams import (
     STREAM_TRANSPORTS,
     BadStream,

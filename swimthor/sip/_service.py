@@ -27,10 +27,12 @@ from ._auth import Credentials, NonceMinter, Verifier, random_secret
 from ._bindings import SUBSCRIBER_KEY, Binding, BindingStore, subscriber_record
 from ._flow import decode_token
 from ._grammar import parse_uri
+from ._hop import Peer, ProxySettings
 from ._message import parse_address
-from ._proxy import Peer, Proxy, ProxySettings, uri_transport
+from ._proxy import Proxy
 from ._registrar import RegistrarPolicy, aor_of, split_aor
 from ._replication import Replicator
+from ._routes import uri_transport
 from ._server import SipServer, SipTransportConfig, StreamListen
 from ._subscribers import JOURNAL_FILE, SubscriberJournal
 
