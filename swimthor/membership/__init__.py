@@ -4,7 +4,7 @@ The protocol core (`Membership`) is sans-IO; `runtime.MembershipRuntime` drives 
 """
 
 from ..keyring import Keyring, KeyringFileError, SealError
-from ._core import Membership, QueryError, StreamRequest, member_json
+from ._core import Membership, QueryError, StreamRequest
 from ._events import (
     Event,
     Joined,
@@ -22,9 +22,13 @@ from ._events import (
 )
 from ._member import Addr, Member, State
 from ._query import key_op_frame, query_frame, read_key_op_reply, read_query_reply
+from ._stats import MembershipStats
+from ._status import ClusterRow, Convergence, StatusReply, member_json
 
 __all__ = [
     "Addr",
+    "ClusterRow",
+    "Convergence",
     "Event",
     "JoinFailed",
     "Joined",
@@ -40,11 +44,13 @@ __all__ = [
     "MemberSuspected",
     "MemberUpdated",
     "Membership",
+    "MembershipStats",
     "NameConflict",
     "QueryError",
     "Rejected",
     "SealError",
     "State",
+    "StatusReply",
     "StreamRequest",
     "key_op_frame",
     "member_json",

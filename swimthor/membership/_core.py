@@ -59,7 +59,6 @@ from ._messages import (
     MAX_NAME,
     MAX_ROLE,
     MAX_ROLES,
-    PROTOCOL_VERSION,
     Ack,
     Alive,
     Dead,
@@ -86,6 +85,7 @@ from ._messages import (
     packet_overhead,
 )
 from ._stats import MembershipStats, Rejections, new_stats, seal_refusal
+from ._status import StatusReply, members_json, status_reply
 
 _PROBE = "probe"  # our own failure probe of a member
 _RELAY = "relay"  # a ping we send on behalf of a ping-req
@@ -93,8 +93,6 @@ _CHECK = "check"  # a suspect check (we heard a suspicion and look for ourselves
 _CLAIM = "claim"  # is the old address of a name still answering?
 _FINAL = "final"  # a suspicion ran out unconfirmed: one last look before declaring
 
-# How long a summary heard from a member counts as current for `status`.
-_SUMMARY_FRESH_PERIODS = 3
 # Incarnations: a member raises its own by one per refutation, so news that jumps further
 # than this past what we know is forged; and the top of the wire's range is kept free so a
 # refutation always fits.
@@ -351,58 +349,10 @@ class Membership:
         return self._digest.hex()
 
     def members_json(self) -> list[dict[str, Any]]:
-        return [member_json(m, self.wall_offset) for m in self._members.values()]
+        return members_json(self._members.values(), self.wall_offset)
 
-    def status(self, now: float) -> dict[str, Any]:
-        counts = {s.label: 0 for s in State}
-        by_dc: dict[str, dict[str, int]] = {}
-        for m in self._members.values():
-            counts[m.state.label] += 1
-            dc_counts = by_dc.setdefault(m.dc, {s.label: 0 for s in State})
-            dc_counts[m.state.label] += 1
-        fresh = _SUMMARY_FRESH_PERIODS * max(self._push_pull_interval(), 1.0)
-        agree: list[str] = []
-        disagree: list[str] = []
-        unknown: list[str] = []
-        for m in self._members.values():
-            if not m.state.is_live:
-                continue
-            if m.name == self.name:
-                agree.append(m.name)
-                continue
-            heard = self._summaries.get(m.name)
-            if heard is None or now - heard[1] > fresh:
-                unknown.append(m.name)
-            elif heard[0].digest == self._digest:
-                agree.append(m.name)
-            else:
-                disagree.append(m.name)
-        me = self._members[self.name]
-        return {
-            "name": self.name,
-            "addr": _fmt_addr(me.addr),
-            "dc": self.dc,
-            "state": me.state.label,
-            "incarnation": me.incarnation,
-            "health": self._awareness.score,
-            "members": len(self._members),
-            "counts": counts,
-            "by_dc": by_dc,
-            "view_digest": self._digest.hex(),
-            "converged": {
-                "agree": len(agree),
-                "disagree": len(disagree),
-                "unknown": len(unknown),
-                "members_agreeing": sorted(agree),
-                "members_disagreeing": sorted(disagree),
-                "members_unknown": sorted(unknown),
-            },
-            "cluster": self._cluster_table(now, set(agree), set(disagree)),
-            "rtt_ms": {dc: round(rtt * 1000, 3) for dc, rtt in sorted(self._rtt.items())},
-            "protocol": PROTOCOL_VERSION,
-            "sealed": self.keyring is not None,
-            "stats": dict(self.stats),
-        }
+    def status(self, now: float) -> StatusReply:
+        return status_reply(self, now)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -1616,33 +1566,6 @@ class Membership:
     def _alive_of_state(s: MemberState) -> Alive:
         return Alive(s.name, s.incarnation, s.addr, s.dc, s.roles, s.weight, s.tags, s.protocol)
 
-    def _cluster_table(
-        self, now: float, agree: set[str], disagree: set[str]
-    ) -> list[dict[str, Any]]:
-        """Every member as this node knows it, with what its last summary said: health,
-        whether its view matches ours, and its load report."""
-        rows = []
-        for name in sorted(self._members):
-            m = self._members[name]
-            heard = self._summaries.get(name)
-            row: dict[str, Any] = {
-                "name": name,
-                "dc": m.dc,
-                "state": m.state.label,
-                "roles": list(m.roles),
-                "health": m.health,
-                "view": "same" if name in agree else "differs" if name in disagree else "unknown",
-            }
-            if name == self.name:
-                row["health"] = self._awareness.score
-                row["load"] = dict(self.local_load)
-            elif heard is not None:
-                row["health"] = heard[0].health
-                row["load"] = dict(heard[0].load)
-                row["heard_s_ago"] = round(now - heard[1], 1)
-            rows.append(row)
-        return rows
-
     def _own_summary(self) -> Summary:
         return Summary(
             self.name,
@@ -1696,23 +1619,3 @@ class Membership:
     def _reap_interval(self) -> float:
         # Tombstones are forgotten within a tenth of their lifetime (at most a minute) late.
         return max(self.config.probe_interval, min(self.config.tombstone_reap_time / 10, 60.0))
-
-
-def _fmt_addr(addr: Addr) -> str:
-    host, port = addr
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def member_json(m: Member, wall_offset: float = 0.0) -> dict[str, Any]:
-    """A member as the `members --format json` object that scripts rely on."""
-    return {
-        "name": m.name,
-        "addr": _fmt_addr(m.addr),
-        "dc": m.dc,
-        "roles": list(m.roles),
-        "weight": m.weight,
-        "state": m.state.label,
-        "incarnation": m.incarnation,
-        "tags": dict(m.tags),
-        "since": m.since + wall_offset,
-    }
