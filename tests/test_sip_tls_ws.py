@@ -367,7 +367,7 @@ async def test_a_connection_flood_is_refused_at_the_limit_and_the_node_serves_on
             await trio.aclose_forcefully(stream)
         # The slots free up once the held connections are gone.
         with trio.fail_after(5):
-            while node.server._handshaking:
+            while node.server.stream_conns._handshaking:
                 await trio.sleep(0.01)  # wait for the server to see the closes
         await tcp_register_ok(node)
 
@@ -585,7 +585,7 @@ def test_regression_frames_in_the_same_read_as_the_upgrade_are_not_lost() -> Non
 async def test_our_tls_stream_as_a_client_checks_the_server_and_carries_sip(pki: Pki) -> None:
     """TlsStream, the server's TLS layer, in its client role (connections a node opens to a
     TLS target): the server's certificate is checked, then SIP goes both ways on it."""
-    from swimthor.sip._server import TlsStream
+    from swimthor.sip._connections import TlsStream
 
     async with node_with(pki) as node:
         where = node.server.stream_bound["tls"]
