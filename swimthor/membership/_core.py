@@ -84,6 +84,7 @@ from ._messages import (
     encode_stream,
     packet_overhead,
 )
+from ._probe_schedule import ProbeSchedule, ring_entry
 from ._stats import MembershipStats, Rejections, new_stats, seal_refusal
 from ._status import StatusReply, members_json, status_reply
 
@@ -102,28 +103,14 @@ _RTT_ALPHA = 0.2
 _PUSH_PULL_SUMMARIES = 128
 
 
-# Shared by every core in a process (the simulator runs thousands): the ring position of a
-# name, and the digest term of a (name, incarnation). Pure functions of their arguments.
-@functools.lru_cache(maxsize=1 << 16)
-def _ring_entry(name: str) -> tuple[bytes, str]:
-    key = hashlib.blake2b(name.encode(), digest_size=8, person=b"swimthor-ring").digest()
-    return (key, name)
-
-
+# Shared by every core in a process (the simulator runs thousands): the digest term of a
+# (name, incarnation). A pure function of its arguments.
 @functools.lru_cache(maxsize=1 << 16)
 def _digest_part(name: str, incarnation: int) -> int:
     h = hashlib.blake2b(digest_size=8)
     h.update(name.encode())
     h.update(incarnation.to_bytes(8, "big"))
     return int.from_bytes(h.digest(), "big")
-
-
-def _round_mix(r: int) -> int:
-    """A well-mixed 64-bit value of a probe round number (splitmix64's finalizer)."""
-    z = (r * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
-    return z ^ (z >> 31)
 
 
 # One empty tag map shared by every member without tags. The core never changes a member's
@@ -245,11 +232,10 @@ class Membership:
         self._next_stream = 1
         self._pending: dict[int, _Pending] = {}
         self._seq = rng.randrange(1 << 30)
-        self._probe_order: list[str] = []
+        self._schedule = ProbeSchedule(name)  # the probe order, and our shared-schedule rounds
         self._gossip_rotation: dict[str, tuple[list[str], int]] = {}
         self._empty_rotation: dict[str, int] = {}
         self._batching = False
-        self._probe_index = 0
         self._probing: int | None = None
         self._rtt: dict[str, float] = {}
         self._summaries: dict[str, tuple[Summary, float]] = {}
@@ -269,9 +255,6 @@ class Membership:
         # Live members sorted by a hash of their name: the shared probe schedule's ring.
         self._ring: list[tuple[bytes, str]] = []
         self._ring_dirty = False  # appended to during a merge, sorted when it ends
-        self._phase = (
-            int.from_bytes(hashlib.blake2b(name.encode(), digest_size=4).digest(), "big") / 2**32
-        )
         self._checked: dict[str, int] = {}
         # Repair sync: since when we hear that others see more live members than we do.
         self._behind_since: float | None = None
@@ -1132,61 +1115,21 @@ class Membership:
             )
         self._send(target.addr, self._ping(seq, target.name))
 
-    def _round(self, now: float) -> int:
-        base = self.config.probe_interval
-        return math.floor((now + self.wall_offset) / base - self._phase)
-
     def _next_shared_probe(self, now: float, interval: float) -> float:
-        """The start of the next round of ours (each member's rounds are offset by a phase
-        from its name, so the cluster's probes spread over the interval); later when our
-        health stretches the interval."""
         base = self.config.probe_interval
-        r = self._round(now) + 1
-        t = (r + self._phase) * base - self.wall_offset
-        if t <= now:  # float edge
-            t += base
-        return max(t, now + interval - base) if interval > base else t
+        return self._schedule.next_round(now, self.wall_offset, base, interval)
 
     def _shared_probe_target(self, now: float) -> Member | None:
-        ring = self._ring
-        n = len(ring)
-        if n < 2:
-            return None
-        i = bisect.bisect_left(ring, _ring_entry(self.name))
-        if i >= n or ring[i][1] != self.name:
-            return self._next_probe_target()  # we are not live in our own view (leaving)
-        # The same offset for every member in a round (so every member is probed once a
-        # round), but not the previous round's plus one: then each member's probers in
-        # successive rounds had all probed its ring predecessor the round before, and a slow
-        # predecessor kept all of them busy (simulator: a crash unnoticed for 20 s).
-        offset = 1 + _round_mix(self._round(now)) % (n - 1)
-        name = ring[(i + offset) % n][1]
-        m = self._members.get(name)
-        return m if m is not None and m.state.is_live and name != self.name else None
+        r = self._schedule.round(now + self.wall_offset, self.config.probe_interval)
+        return self._schedule.ring_target(self._ring, self._members, r, self._rng)
 
     def _next_probe_target(self) -> Member | None:
-        for _ in range(len(self._probe_order) + 1):
-            if self._probe_index >= len(self._probe_order):
-                self._probe_order = [
-                    n for n, m in self._members.items() if n != self.name and m.state.is_live
-                ]
-                self._rng.shuffle(self._probe_order)
-                self._probe_index = 0
-                if not self._probe_order:
-                    return None
-            name = self._probe_order[self._probe_index]
-            self._probe_index += 1
-            m = self._members.get(name)
-            if m is not None and m.state.is_live and name != self.name:
-                return m
-        return None
+        return self._schedule.next_target(self._members, self._rng)
 
     def _add_to_probe_order(self, name: str) -> None:
         if self.config.probe_schedule == "shared":
             return  # the shared schedule probes along the ring, not this list
-        # memberlist inserts a new member at a random position so it is probed this round.
-        pos = self._rng.randint(self._probe_index, len(self._probe_order))
-        self._probe_order.insert(pos, name)
+        self._schedule.add(name, self._rng)
 
     def _pending_due(self, p: _Pending, now: float) -> bool:
         if p.kind == _PROBE and p.indirect:
@@ -1581,7 +1524,7 @@ class Membership:
         name = m.name
         live = m.state <= State.SUSPECT  # is_live, without the property call (hot path)
         if live != (name in self._live):
-            entry = _ring_entry(name)
+            entry = ring_entry(name)
             if live:
                 if self._batching:
                     self._ring.append(entry)  # sorted once when the batch ends
