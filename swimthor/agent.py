@@ -208,11 +208,12 @@ class Agent:
         return self._event_seq
 
     def status(self) -> dict[str, Any]:
-        return self.core.status(trio.current_time())
+        return dict(self.core.status(trio.current_time()))
 
     def full_status(self) -> dict[str, Any]:
-        """What `swimthor status` shows, and what the metrics are read from."""
-        status = self.core.status(trio.current_time())
+        """What `swimthor status` shows, and what the metrics are read from: the core's
+        status (a StatusReply) with the agent's sections added."""
+        status: dict[str, Any] = dict(self.core.status(trio.current_time()))
         status["runtime"] = dict(self.runtime.stats)
         status["routing"] = routing_status(self.routing)
         if self.sip is not None:
