@@ -1,8 +1,14 @@
-"""Sockets every front-end binds the same way, and one accept loop for their TCP listeners.
+"""Sockets every front-end binds the same way, one accept loop for their TCP listeners, and
+the framing and sharing of the gossip TCP port.
 
 The gossip port, the SIP port and the DNS port are each a UDP socket and a TCP listener on one
 host:port (`bind_sockets`); each TCP listener admits connections up to a limit and serves
 each in its own task (`serve_listener`).
+
+The gossip TCP port carries frames (`encode_frame`, `read_frame`: a 4-byte big-endian length
+and that many bytes) for membership's push-pull and queries and for SIP replication; its
+`SharedPort` offers each new connection's first frame to the services that share the port
+(SIP replication), and the connection goes to the one that claims it.
 """
 
 from __future__ import annotations
@@ -26,18 +32,28 @@ from .ratelimit import RateLimit, SourceLimiter
 
 __all__ = [
     "FRONT_END_BUFFER",
+    "MAX_SERVICE_CONNECTIONS",
     "SO_TIMESTAMP",
     "TRANSIENT_RECV_ERRNOS",
     "BindError",
     "BoundSockets",
+    "FrameError",
     "FrontEndServer",
+    "SharedPort",
+    "StreamClaim",
+    "StreamHandler",
     "bind_front_end",
     "bind_listener",
     "bind_sockets",
+    "connect",
+    "encode_frame",
+    "exchange",
     "family_of",
     "is_ip",
+    "read_frame",
     "reason",
     "serve_listener",
+    "write_frame",
 ]
 
 log = structlog.get_logger("swimthor.sockets")
@@ -338,3 +354,103 @@ class FrontEndServer:
 
     async def _accept_loop(self, listener: trio.SocketListener) -> None:
         raise NotImplementedError
+
+
+# ---------------------------------------------------------------- frames on the gossip port
+
+# Concurrent long-lived connections handed to other services (one per peer node and service).
+MAX_SERVICE_CONNECTIONS = 4096
+
+StreamHandler = Callable[[trio.SocketStream], Awaitable[None]]
+StreamClaim = Callable[[bytes, Addr], StreamHandler | None]
+
+
+class FrameError(Exception):
+    """A TCP frame was malformed (too long, cut short)."""
+
+
+def encode_frame(payload: bytes) -> bytes:
+    return len(payload).to_bytes(4, "big") + payload
+
+
+async def _receive_exactly(stream: trio.abc.ReceiveStream, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = await stream.receive_some(min(n - len(buf), 65536))
+        if not chunk:
+            raise FrameError(f"connection closed after {len(buf)} of {n} bytes")
+        buf += chunk
+    return bytes(buf)
+
+
+async def read_frame(stream: trio.abc.ReceiveStream, max_len: int) -> bytes:
+    """One frame's payload; FrameError if the length exceeds `max_len` or the peer stops."""
+    header = await _receive_exactly(stream, 4)
+    length = int.from_bytes(header, "big")
+    if length > max_len:
+        raise FrameError(f"frame of {length} bytes exceeds the limit of {max_len}")
+    return await _receive_exactly(stream, length)
+
+
+async def write_frame(stream: trio.abc.SendStream, payload: bytes) -> None:
+    await stream.send_all(encode_frame(payload))
+
+
+async def connect(addr: Addr) -> trio.SocketStream:
+    """A TCP connection to `addr` (a name is resolved; the first address is tried)."""
+    host, port = addr
+    infos = await trio.socket.getaddrinfo(host, port, type=stdsocket.SOCK_STREAM)
+    if not infos:
+        raise OSError(errno.EHOSTUNREACH, "no address")
+    family, type_, proto, _, sockaddr = infos[0]
+    sock = trio.socket.socket(family, type_, proto)
+    try:
+        await sock.connect(sockaddr)
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketStream(sock)
+
+
+async def exchange(addr: Addr, payload: bytes, max_len: int) -> bytes:
+    """Connect, send one frame, read one reply frame. Raises on any failure."""
+    stream = await connect(addr)
+    async with stream:
+        await write_frame(stream, payload)
+        return await read_frame(stream, max_len)
+
+
+class SharedPort:
+    """The services that share the gossip TCP port with membership (SIP replication): each
+    is offered a new connection's first frame and returns a handler if the frame is its own.
+    At most `limit` handed-over connections at once."""
+
+    def __init__(self, limit: int = MAX_SERVICE_CONNECTIONS) -> None:
+        self._claims: list[StreamClaim] = []
+        self.limit = limit
+        self.active = 0
+
+    def add(self, claim: StreamClaim) -> None:
+        """Let `claim(first_frame, peer_addr)` take over inbound connections whose first
+        frame it recognizes (it returns an async handler of the stream, or None)."""
+        self._claims.append(claim)
+
+    def claim(self, first_frame: bytes, addr: Addr) -> StreamHandler | None:
+        """The handler of the first service that claims the connection, or None."""
+        for claim in self._claims:
+            service = claim(first_frame, addr)
+            if service is not None:
+                return service
+        return None
+
+    async def serve(self, service: StreamHandler, stream: trio.SocketStream) -> bool:
+        """Run `service` on `stream` unless `limit` connections are served already (then
+        False at once, and the caller closes the stream)."""
+        if self.active >= self.limit:
+            return False
+        self.active += 1
+        try:
+            await service(stream)
+        finally:
+            self.active -= 1
+        return True

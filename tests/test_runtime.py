@@ -27,15 +27,8 @@ from swimthor.keyring import Keyring
 from swimthor.membership._core import Membership, QueryError
 from swimthor.membership._events import Event, MemberJoined
 from swimthor.membership._member import State
-from swimthor.membership.runtime import (
-    BindError,
-    FrameError,
-    MembershipRuntime,
-    bind_sockets,
-    encode_frame,
-    query,
-    read_frame,
-)
+from swimthor.membership.runtime import MembershipRuntime, query
+from swimthor.sockets import BindError, FrameError, bind_sockets, encode_frame, read_frame
 
 LOCAL = PROFILES["local"]
 LOOPBACK = ("127.0.0.1", 0)
@@ -443,8 +436,6 @@ async def test_key_op_all_installs_everywhere() -> None:
 
 
 def test_bind_accepts_a_host_name() -> None:
-    from swimthor.membership.runtime import bind_sockets
-
     bound = bind_sockets(("localhost", 0))
     try:
         assert bound.addr[0] in ("127.0.0.1", "::1") and bound.addr[1] > 0

@@ -13,7 +13,6 @@ import pytest
 import trio
 
 from swimthor.keyring import Keyring
-from swimthor.membership.runtime import read_frame
 from swimthor.routing import EpochUnavailable
 from swimthor.sip._bindings import Binding, BindingStore, subscriber_record
 from swimthor.sip._replication import (
@@ -24,6 +23,7 @@ from swimthor.sip._replication import (
     _location_records,
     locate_via,
 )
+from swimthor.sockets import read_frame
 
 NOW = 2_000_000_000.0
 KEY = Keyring([b"k" * 32])

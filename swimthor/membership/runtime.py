@@ -7,8 +7,10 @@ from that queue and from its timer, and after every input flushes what the core 
 datagrams are sent, streams are opened (one task each), events go to subscribers. Time is
 ``trio.current_time()``, so ``MockClock``/``autojump_clock`` drives the core in tests.
 
-TCP frames are a 4-byte big-endian length and that many bytes; one request frame and one reply
-frame per connection. Nothing a peer sends (garbage, a huge length, one byte a minute) can do
+TCP frames (`swimthor.sockets.encode_frame`) are a 4-byte big-endian length and that many
+bytes; one request frame and one reply frame per connection; a connection whose first frame
+another service claims (`add_stream_service`, SIP replication) is handed to it. Nothing a peer
+sends (garbage, a huge length, one byte a minute) can do
 more than waste one bounded connection slot for `tcp_timeout` seconds.
 """
 
@@ -29,37 +31,29 @@ from ..config import MembershipConfig, format_hostport
 from ..keyring import Keyring, new_nonce
 from ..sockets import (
     TRANSIENT_RECV_ERRNOS,
-    BindError,
     BoundSockets,
+    FrameError,
+    SharedPort,
+    StreamClaim,
     bind_sockets,
+    exchange,
     is_ip,
+    read_frame,
     reason,
     serve_listener,
+    write_frame,
 )
 from ._core import Membership, QueryError, StreamRequest
 from ._events import Event
 from ._member import Addr, State
 from ._query import key_op_frame, query_frame, read_key_op_reply, read_query_reply
 
-__all__ = [
-    "BindError",
-    "BoundSockets",
-    "FrameError",
-    "MembershipRuntime",
-    "QueryError",
-    "bind_sockets",
-    "encode_frame",
-    "query",
-    "read_frame",
-    "write_frame",
-]
+__all__ = ["MembershipRuntime", "QueryError", "query"]
 
 log = structlog.get_logger("swimthor.membership.runtime")
 
 # Concurrent inbound TCP connections; further ones are closed at once and counted.
 MAX_TCP_CONNECTIONS = 64
-# Concurrent long-lived connections handed to other services (one per peer node and service).
-MAX_SERVICE_CONNECTIONS = 4096
 # Datagrams read per wake-up of the receive loop before yielding to the scheduler.
 RECV_BURST = 256
 # Largest datagram read (the IPv4 UDP maximum, so an oversized one is seen and dropped whole).
@@ -76,70 +70,6 @@ STUCK_TIMER_BACKOFF = 0.01
 WALL_STEP = 1.0
 # Extra room in a frame above max_stream_size (envelope and framing overhead).
 FRAME_SLACK = 64
-
-
-StreamHandler = Callable[[trio.SocketStream], Awaitable[None]]
-StreamClaim = Callable[[bytes, Addr], StreamHandler | None]
-
-
-class FrameError(Exception):
-    """A TCP frame was malformed (too long, cut short)."""
-
-
-# ---------------------------------------------------------------- framing
-
-
-def encode_frame(payload: bytes) -> bytes:
-    return len(payload).to_bytes(4, "big") + payload
-
-
-async def _receive_exactly(stream: trio.abc.ReceiveStream, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = await stream.receive_some(min(n - len(buf), 65536))
-        if not chunk:
-            raise FrameError(f"connection closed after {len(buf)} of {n} bytes")
-        buf += chunk
-    return bytes(buf)
-
-
-async def read_frame(stream: trio.abc.ReceiveStream, max_len: int) -> bytes:
-    """One frame's payload; FrameError if the length exceeds `max_len` or the peer stops."""
-    header = await _receive_exactly(stream, 4)
-    length = int.from_bytes(header, "big")
-    if length > max_len:
-        raise FrameError(f"frame of {length} bytes exceeds the limit of {max_len}")
-    return await _receive_exactly(stream, length)
-
-
-async def write_frame(stream: trio.abc.SendStream, payload: bytes) -> None:
-    await stream.send_all(encode_frame(payload))
-
-
-# ---------------------------------------------------------------- sockets
-
-
-async def _connect(addr: Addr) -> trio.SocketStream:
-    host, port = addr
-    infos = await trio.socket.getaddrinfo(host, port, type=stdsocket.SOCK_STREAM)
-    if not infos:
-        raise OSError(errno.EHOSTUNREACH, "no address")
-    family, type_, proto, _, sockaddr = infos[0]
-    sock = trio.socket.socket(family, type_, proto)
-    try:
-        await sock.connect(sockaddr)
-    except BaseException:
-        sock.close()
-        raise
-    return trio.SocketStream(sock)
-
-
-async def _exchange(addr: Addr, payload: bytes, max_len: int) -> bytes:
-    """Connect, send one frame, read one reply frame. Raises on any failure."""
-    stream = await _connect(addr)
-    async with stream:
-        await write_frame(stream, payload)
-        return await read_frame(stream, max_len)
 
 
 # ---------------------------------------------------------------- the runtime
@@ -185,10 +115,8 @@ class MembershipRuntime:
         self._activity = trio.Event()
         self._subscribers: list[trio.MemorySendChannel[Event]] = []
         self._tcp_active = 0
-        # Other services that share the gossip TCP port (SIP replication): each is offered a
-        # new connection's first frame and returns a handler if the frame is its own.
-        self._stream_services: list[StreamClaim] = []
-        self._service_active = 0
+        # Other services that share the gossip TCP port (SIP replication).
+        self.services = SharedPort()
         self._nursery: trio.Nursery | None = None
         self._udp: trio.socket.SocketType | None = None
         self._udp_std: stdsocket.socket | None = None
@@ -204,7 +132,7 @@ class MembershipRuntime:
     def add_stream_service(self, claim: StreamClaim) -> None:
         """Let `claim(first_frame, peer_addr)` take over inbound connections whose first
         frame it recognizes (it returns an async handler of the stream, or None)."""
-        self._stream_services.append(claim)
+        self.services.add(claim)
 
     def wake(self) -> None:
         """Tell the driver the core got input from outside (leave, metadata, keys), so it
@@ -258,7 +186,7 @@ class MembershipRuntime:
         async def one(name: str, addr: Addr) -> None:
             try:
                 with trio.fail_after(self.config.tcp_timeout):
-                    reply = await _exchange(addr, frame, self._max_frame)
+                    reply = await exchange(addr, frame, self._max_frame)
                 read_key_op_reply(reply, core.keyring, core.label, time.time())
             except QueryError as e:
                 results[name] = str(e)
@@ -404,7 +332,7 @@ class MembershipRuntime:
         reply: bytes | None = None
         try:
             with trio.fail_after(self.config.tcp_timeout):
-                reply = await _exchange(req.addr, req.payload, self._max_frame)
+                reply = await exchange(req.addr, req.payload, self._max_frame)
         except (OSError, trio.TooSlowError, trio.BrokenResourceError, FrameError) as e:
             self.stats["stream_failures"] += 1
             log.debug("stream failed", peer=format_hostport(req.addr), reason=reason(e))
@@ -435,27 +363,18 @@ class MembershipRuntime:
             except OSError:
                 self.stats["tcp_errors"] += 1
                 return
-            service: StreamHandler | None = None
             with trio.move_on_after(self.config.tcp_timeout) as scope:
                 payload = await read_frame(stream, self._max_frame)
-                for claim in self._stream_services:
-                    service = claim(payload, addr)
-                    if service is not None:
-                        break
+                service = self.services.claim(payload, addr)
                 if service is not None:
                     # A long-lived service connection: it does not hold one of the slots
-                    # kept for gossip streams (it has its own bound, below).
+                    # kept for gossip streams (the services have their own bound).
                     scope.deadline = math.inf
                     self._tcp_active -= 1
-                    if self._service_active >= MAX_SERVICE_CONNECTIONS:
-                        self._tcp_active += 1
-                        self.stats["tcp_rejected"] += 1
-                        return
-                    self._service_active += 1
                     try:
-                        await service(stream)
+                        if not await self.services.serve(service, stream):
+                            self.stats["tcp_rejected"] += 1
                     finally:
-                        self._service_active -= 1
                         self._tcp_active += 1
                     return
                 reply: bytes | None = None
@@ -498,7 +417,7 @@ async def query(
     frame = query_frame(what, keyring, label, time.time(), new_nonce())
     try:
         with trio.fail_after(timeout):
-            reply = await _exchange(addr, frame, max_size + FRAME_SLACK)
+            reply = await exchange(addr, frame, max_size + FRAME_SLACK)
     except FrameError as e:
         if "closed after 0 of 4" in str(e):
             raise QueryError(

@@ -50,9 +50,8 @@ import trio
 from ..config import format_hostport
 from ..keyring import Keyring, SealError, new_nonce, open_frame, seal_frame
 from ..membership import Addr
-from ..membership.runtime import FrameError, encode_frame, read_frame
 from ..routing import EpochUnavailable
-from ..sockets import reason
+from ..sockets import FrameError, encode_frame, read_frame, reason
 from ._bindings import MAX_FIELD_LENGTH, SUBSCRIBER_KEY, Binding, BindingStore, aor_bucket
 
 __all__ = ["MAX_FRAME", "LocateError", "Replicator", "locate_via"]

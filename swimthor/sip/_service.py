@@ -20,7 +20,7 @@ import trio
 
 from ..config import SipConfig, format_hostport, parse_hostport, tls_context
 from ..keyring import Keyring
-from ..membership._member import Addr, Member, State
+from ..membership import Addr, Member, State
 from ..ratelimit import RateLimit, SourceLimiter
 from ..routing import RoutingTable
 from ._auth import Credentials, NonceMinter, Verifier, random_secret
