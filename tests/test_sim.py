@@ -412,6 +412,18 @@ def test_cli_json_has_the_contract(capsys: pytest.CaptureFixture[str]) -> None:
     assert isinstance(out["converged"], bool)
 
 
+def test_cli_sealed_is_the_scenarios_sealed(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["simulate", "--nodes", "6", "--profile", "local", "--duration", "3", "--seed", "4"]
+    argv += ["--fault", "crash:1@1", "--format", "json"]
+    digests = []
+    for extra in (["--sealed"], ["--sealed"], []):
+        assert main([*argv, *extra]) == 0
+        digests.append(json.loads(capsys.readouterr().out)["trace_digest"])
+    sealed = run(Scenario(nodes=6, profile="local", duration=3.0, seed=4, sealed=True,
+                          faults=(parse_fault("crash:1@1"),)))  # fmt: skip
+    assert digests[0] == digests[1] == sealed.trace_digest != digests[2]
+
+
 def test_cli_text(capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["simulate", "--nodes", "5", "--profile", "local", "--duration", "2"]
     assert main([*argv, "--fault", "crash:1@0.5", "--no-lifeguard"]) == 0

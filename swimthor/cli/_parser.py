@@ -501,6 +501,9 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--fault", action="append", metavar="SPEC", help="inject a fault")
     sm.add_argument("--bootstrap", action="store_true",
                     help="no warm-up: time until every member sees all alive")  # fmt: skip
+    sm.add_argument("--sealed", action="store_true",
+                    help="seal every packet with a cluster key, as a cluster without "
+                         "--insecure does (nonces from the seed)")  # fmt: skip
     sm.add_argument("--warmup", metavar="MAX", help="longest warm-up (default 60s)")
     sm.add_argument("--slow-delay", metavar="LO,HI", help="slow-node delay (default 0.5,2.5)")
     sm.add_argument("--cprofile", type=int, metavar="N", help="print the top N functions")

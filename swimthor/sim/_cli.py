@@ -94,7 +94,7 @@ def scenario_from_args(args: argparse.Namespace) -> Scenario:
     kw["overrides"] = overrides
     kw["lifeguard"] = not args.no_lifeguard
     kw["bootstrap"] = args.bootstrap
-    kw["sealed"] = getattr(args, "sealed", False)
+    kw["sealed"] = args.sealed
     if args.warmup is not None:
         kw["warmup_max"] = _time("--warmup", args.warmup)
     if args.slow_delay:
