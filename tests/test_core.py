@@ -651,7 +651,7 @@ def test_repair_sync_when_others_keep_seeing_more_live_members() -> None:
     assert hear("b", other, 4, 3, 5.5) == []
     assert hear("b", other, 4, 4, 7.0) == []
     # A member that agrees with us ends the episode; fewer live members never start one.
-    assert hear("c", a._digest, 3, 2, 8.0) == []
+    assert hear("c", bytes.fromhex(a.view_digest()), 3, 2, 8.0) == []
     assert hear("b", other, 2, 5, 9.0) == []
     assert hear("b", other, 2, 6, 20.0) == []
     assert a.stats["repair_syncs"] == 1

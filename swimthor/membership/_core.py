@@ -25,9 +25,6 @@ hashicorp/memberlist where the papers leave things open:
 
 from __future__ import annotations
 
-import bisect
-import functools
-import hashlib
 import math
 import os
 import random
@@ -53,6 +50,7 @@ from ._events import (
     NameConflict,
 )
 from ._lifeguard import Awareness, Suspicion, expected_confirmations, suspicion_timeouts
+from ._live_set import LiveSet
 from ._member import Addr, Member, State
 from ._messages import (
     MAX_DC,
@@ -84,7 +82,7 @@ from ._messages import (
     encode_stream,
     packet_overhead,
 )
-from ._probe_schedule import ProbeSchedule, ring_entry
+from ._probe_schedule import ProbeSchedule
 from ._stats import MembershipStats, Rejections, new_stats, seal_refusal
 from ._status import StatusReply, members_json, status_reply
 
@@ -101,16 +99,6 @@ MAX_INCARNATION = 2**63 - 1 - 2**32
 MAX_INCARNATION_STEP = 2**32
 _RTT_ALPHA = 0.2
 _PUSH_PULL_SUMMARIES = 128
-
-
-# Shared by every core in a process (the simulator runs thousands): the digest term of a
-# (name, incarnation). A pure function of its arguments.
-@functools.lru_cache(maxsize=1 << 16)
-def _digest_part(name: str, incarnation: int) -> int:
-    h = hashlib.blake2b(digest_size=8)
-    h.update(name.encode())
-    h.update(incarnation.to_bytes(8, "big"))
-    return int.from_bytes(h.digest(), "big")
 
 
 # One empty tag map shared by every member without tags. The core never changes a member's
@@ -235,7 +223,6 @@ class Membership:
         self._schedule = ProbeSchedule(name)  # the probe order, and our shared-schedule rounds
         self._gossip_rotation: dict[str, tuple[list[str], int]] = {}
         self._empty_rotation: dict[str, int] = {}
-        self._batching = False
         self._probing: int | None = None
         self._rtt: dict[str, float] = {}
         self._summaries: dict[str, tuple[Summary, float]] = {}
@@ -243,18 +230,12 @@ class Membership:
         # rides on our view summaries, so every member can show every member's load.
         self.local_load: tuple[tuple[str, int], ...] = ()
         self._summary_seq = 0
-        self._digest = b""
-        # Kept incrementally so nothing per packet is O(members): the live names, and the XOR
-        # of a hash of (name, incarnation) over them, which is the gossiped view digest.
-        self._live: set[str] = set()
-        self._digest_acc = 0
-        self._digest_part: dict[str, int] = {}
+        # Kept incrementally so nothing per packet is O(members): the live names, their ring,
+        # and the XOR of a hash of (name, incarnation) over them, the gossiped view digest.
+        self._live = LiveSet()
         self._names: list[str] = []  # every member's name, for O(1) random picks
         self._refuted: dict[str, tuple[int, float]] = {}  # name -> (refutations, last one)
         self._healthy_since: float | None = None
-        # Live members sorted by a hash of their name: the shared probe schedule's ring.
-        self._ring: list[tuple[bytes, str]] = []
-        self._ring_dirty = False  # appended to during a merge, sorted when it ends
         self._checked: dict[str, int] = {}
         # Repair sync: since when we hear that others see more live members than we do.
         self._behind_since: float | None = None
@@ -300,7 +281,7 @@ class Membership:
             else math.inf
         )
         self._names.append(name)
-        self._touch(self._members[name])
+        self._live.touch(self._members[name])
         self._update_digest()
 
     # ------------------------------------------------------------------ public views
@@ -326,10 +307,10 @@ class Membership:
         return [m.copy() for m in self._members.values()]
 
     def num_live(self) -> int:
-        return len(self._live)
+        return len(self._live.names)
 
     def view_digest(self) -> str:
-        return self._digest.hex()
+        return self._live.digest.hex()
 
     def members_json(self) -> list[dict[str, Any]]:
         return members_json(self._members.values(), self.wall_offset)
@@ -395,7 +376,7 @@ class Membership:
         self._check_metadata(new_roles, new_weight, new_tags)
         me.roles, me.weight, me.tags = new_roles, new_weight, new_tags
         me.incarnation += 1
-        self._touch(me)
+        self._live.touch(me)
         self._broadcast_self_alive()
         self._update_digest()
         self._emit(MemberUpdated(me.copy()))
@@ -707,10 +688,10 @@ class Membership:
         settle = self.config.repair_settle
         if settle <= 0 or self._leaving:
             return
-        if msg.digest == self._digest:
+        if msg.digest == self._live.digest:
             self._behind_since = None  # someone agrees with us: nothing is missing
             return
-        if msg.live <= len(self._live):
+        if msg.live <= len(self._live.names):
             return
         if self._behind_since is None:
             self._behind_since = now
@@ -773,7 +754,7 @@ class Membership:
             )
             self._members[a.name] = m
             self._names.append(a.name)
-            self._touch(m)
+            self._live.touch(m)
             self._add_to_probe_order(a.name)
             if rebroadcast:
                 self._queue_broadcast(a.name, a)
@@ -818,7 +799,7 @@ class Membership:
             if not previous.is_live:
                 self._add_to_probe_order(m.name)
         m.last_heard = now
-        self._touch(m)
+        self._live.touch(m)
         if rebroadcast or previous != State.ALIVE:
             self._queue_broadcast(m.name, a)
         self._update_digest()
@@ -878,7 +859,7 @@ class Membership:
         m.state = State.SUSPECT
         m.incarnation = s.incarnation
         m.since = now
-        self._touch(m)
+        self._live.touch(m)
         self._update_digest()
         n = self.num_live()
         cfg = self.config
@@ -925,7 +906,7 @@ class Membership:
             if d.incarnation > m.incarnation or (left and m.state == State.DEAD):
                 m.incarnation = d.incarnation
                 m.state = State.LEFT if left else State.DEAD
-                self._touch(m)
+                self._live.touch(m)
             return
         if d.name == self.name and not self._leaving:
             self._refute(d.incarnation, now)
@@ -944,7 +925,7 @@ class Membership:
         self._queue_broadcast(d.name, d)
         m.state = State.LEFT if left else State.DEAD
         m.incarnation = d.incarnation
-        self._touch(m)
+        self._live.touch(m)
         suspected_for = now - susp.since if susp is not None else 0.0
         m.since = now
         self._checked.pop(d.name, None)
@@ -998,7 +979,7 @@ class Membership:
     def _refute(self, incarnation: int, now: float, *, blame: bool = True) -> None:
         me = self._members[self.name]
         me.incarnation = min(max(me.incarnation, incarnation) + 1, MAX_INCARNATION)
-        self._touch(me)
+        self._live.touch(me)
         self.stats["refutations"] += 1
         # Lifeguard: being suspected is a hint that we are the slow one.
         if blame:
@@ -1031,7 +1012,7 @@ class Membership:
             return
         self._healthy_since = None
         me.incarnation += 1
-        self._touch(me)
+        self._live.touch(me)
         self._broadcast_self_alive()
         self._update_digest()
 
@@ -1121,7 +1102,7 @@ class Membership:
 
     def _shared_probe_target(self, now: float) -> Member | None:
         r = self._schedule.round(now + self.wall_offset, self.config.probe_interval)
-        return self._schedule.ring_target(self._ring, self._members, r, self._rng)
+        return self._schedule.ring_target(self._live.ring, self._members, r, self._rng)
 
     def _next_probe_target(self) -> Member | None:
         return self._schedule.next_target(self._members, self._rng)
@@ -1365,14 +1346,14 @@ class Membership:
         per failed member per interval. Nothing else talks to a member on the other side of
         a healed partition once the news of its failure has stopped spreading; the sync
         tells it, it refutes, and both sides see each other again."""
-        if self._leaving or len(self._members) == len(self._live):
+        if self._leaving or len(self._members) == len(self._live.names):
             return
         failed = [
             m
             for m in self._members.values()
             if m.state == State.DEAD and now - m.since < self.config.tombstone_reap_time
         ]
-        if not failed or self._rng.random() * max(1, len(self._live) - 1) > len(failed):
+        if not failed or self._rng.random() * max(1, len(self._live.names) - 1) > len(failed):
             return
         target = self._rng.choice(failed)
         self.stats["reconnects"] += 1
@@ -1412,11 +1393,11 @@ class Membership:
         # it. Only a joiner's record of itself (the first state of a join) is rebroadcast.
         # Rebroadcasting every member learned this way cost 16 N^2 transmissions to form a
         # cluster (simulator, N = 1000).
-        self._batching = True  # one digest update (and summary) for the whole merge
+        self._live.batching = True  # one digest update (and summary) for the whole merge
         try:
             self._merge_states(msg, now)
         finally:
-            self._batching = False
+            self._live.batching = False
         self._update_digest()
         for summary in msg.summaries:
             self._on_summary(summary, now)
@@ -1448,7 +1429,7 @@ class Membership:
         for n in gone:
             del self._members[n]
             self._summaries.pop(n, None)
-            self._digest_part.pop(n, None)
+            self._live.forget(n)
         if gone:
             self._names = list(self._members)
         # Summaries of members no longer known are dropped with them; stale checks too.
@@ -1513,48 +1494,14 @@ class Membership:
         return Summary(
             self.name,
             self._summary_seq,
-            self._digest,
+            self._live.digest,
             self._awareness.score,
             self.num_live(),
             self.local_load,
         )
 
-    def _touch(self, m: Member) -> None:
-        """Account for a change of m's state or incarnation in the live set and digest."""
-        name = m.name
-        live = m.state <= State.SUSPECT  # is_live, without the property call (hot path)
-        if live != (name in self._live):
-            entry = ring_entry(name)
-            if live:
-                if self._batching:
-                    self._ring.append(entry)  # sorted once when the batch ends
-                    self._ring_dirty = True
-                else:
-                    bisect.insort(self._ring, entry)
-            elif self._ring_dirty:
-                self._ring.remove(entry)
-            else:
-                i = bisect.bisect_left(self._ring, entry)
-                if i < len(self._ring) and self._ring[i] == entry:
-                    del self._ring[i]
-        if live:
-            self._live.add(name)
-            part = _digest_part(name, m.incarnation)
-        else:
-            self._live.discard(name)
-            part = 0
-        self._digest_acc ^= self._digest_part.get(name, 0) ^ part
-        self._digest_part[name] = part
-
     def _update_digest(self) -> None:
-        if self._batching:
-            return
-        if self._ring_dirty:
-            self._ring.sort()
-            self._ring_dirty = False
-        digest = self._digest_acc.to_bytes(8, "big")
-        if digest != self._digest:
-            self._digest = digest
+        if self._live.settle():
             self._summary_seq += 1
             # Tell a few members directly through the queue (not relayed further by them).
             self._broadcasts.queue("summary:" + self.name, encode_message(self._own_summary()))

@@ -178,7 +178,7 @@ def status_reply(core: Membership, now: float) -> StatusReply:
     members = core._members
     counts, by_dc = state_counts(members.values())
     fresh = _SUMMARY_FRESH_PERIODS * max(core._push_pull_interval(), 1.0)
-    digest = core._digest
+    digest = core._live.digest
     agree, disagree, unknown = convergence(
         members.values(), core.name, core._summaries, digest, now, fresh
     )
