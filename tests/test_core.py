@@ -601,6 +601,7 @@ def test_suspect_checks_are_sampled_in_a_large_cluster() -> None:
 def test_push_pull_interval_follows_the_cluster_size_it_has_grown_to() -> None:
     # Regression: the first sync was scheduled with the interval of a one-member cluster and
     # kept, so 1000 members joined at once all made an O(N) push-pull within 60 s.
+    from swimthor.membership import _sync
     from swimthor.membership._messages import MemberState, PushPull
 
     cfg = replace(profile("lan"), reconnect_interval=0.0)  # only the periodic syncs here
@@ -609,7 +610,7 @@ def test_push_pull_interval_follows_the_cluster_size_it_has_grown_to() -> None:
         MemberState(f"m{i}", ("10.0.0.2", 100 + i), "dc1", (), 1.0, {}, 0, State.ALIVE)
         for i in range(99)
     )
-    core._merge(PushPull(join=False, states=states), 0.0)
+    _sync.merge(core, PushPull(join=False, states=states), 0.0)
     assert core.num_live() == 100
     syncs = []
     for t in range(1, 121):

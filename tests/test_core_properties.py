@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from swimthor.config import profile
 from swimthor.keyring import wrap_plain
 from swimthor.membership import Membership, State
+from swimthor.membership import _sync as push_pull
 from swimthor.membership._messages import Alive, Dead, Suspect, encode_message, encode_packet
 
 NAMES = ["x0", "x1", "x2"]
@@ -38,7 +39,7 @@ def _message(kind: str, name: str, inc: int, origin: str) -> bytes:
 
 
 def _sync(a: Membership, b: Membership, now: float) -> None:
-    a._open_push_pull(b.local.addr, join=False, kind="sync", now=now)
+    push_pull.open_push_pull(a, b.local.addr, join=False, kind="sync", now=now)
     for req in a.streams_to_open(now):
         reply = b.handle_stream(req.payload, a.local.addr, now)
         a.stream_response(req.id, reply, now)

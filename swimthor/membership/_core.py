@@ -30,16 +30,15 @@ import os
 import random
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..config import MembershipConfig
 from ..keyring import NONCE_SIZE, SEAL_OVERHEAD, Keyring, SealError, open_frame, seal_frame
+from . import _sync
 from ._broadcast import TransmitLimitedQueue
 from ._events import (
     Event,
-    Joined,
-    JoinFailed,
     KeyringChanged,
     MemberFailed,
     MemberJoined,
@@ -63,7 +62,6 @@ from ._messages import (
     DecodeError,
     KeyOp,
     KeyOpReply,
-    MemberState,
     Message,
     Nack,
     Ping,
@@ -98,7 +96,6 @@ _FINAL = "final"  # a suspicion ran out unconfirmed: one last look before declar
 MAX_INCARNATION = 2**63 - 1 - 2**32
 MAX_INCARNATION_STEP = 2**32
 _RTT_ALPHA = 0.2
-_PUSH_PULL_SUMMARIES = 128
 
 
 # One empty tag map shared by every member without tags. The core never changes a member's
@@ -159,16 +156,6 @@ class _SuspectState:
     @property
     def due(self) -> float:
         return self.suspicion.deadline if self.hold is None else self.hold
-
-
-@dataclass(slots=True)
-class _Join:
-    seeds: tuple[Addr, ...]
-    attempt: int = 0
-    outstanding: set[int] = field(default_factory=set)
-    retry_at: float | None = None
-    backoff: float = 0.0
-    done: bool = False
 
 
 class Membership:
@@ -241,7 +228,7 @@ class Membership:
         self._behind_since: float | None = None
         self._last_repair = -math.inf
         self._claims: dict[str, int] = {}
-        self._join: _Join | None = None
+        self._join: _sync.Join | None = None
         self._leaving = False
         self._leave_wakeup: float | None = None  # wake the driver once the leave is complete
         self._leave_at = 0.0
@@ -327,8 +314,8 @@ class Membership:
         targets = tuple(dict.fromkeys(s for s in seeds if s != own))
         if not targets:
             return
-        self._join = _Join(seeds=targets, backoff=self.config.join_retry_initial)
-        self._join_attempt(now)
+        self._join = _sync.Join(seeds=targets, backoff=self.config.join_retry_initial)
+        _sync.join_attempt(self, now)
 
     def leave(self, now: float) -> None:
         """Leave gracefully: tell the cluster we left (state `left`, never `dead`)."""
@@ -442,9 +429,7 @@ class Membership:
             return self._seal(encode_stream(StreamError(str(e))), now)
         reply: StreamMessage
         if isinstance(msg, PushPull) and not msg.reply:
-            self.stats["push_pulls"] += 1
-            self._merge(msg, now)
-            reply = self._push_pull_message(join=msg.join, reply=True)
+            reply = _sync.serve(self, msg, now)
         elif isinstance(msg, Query):
             self.stats["queries"] += 1
             if msg.what == "members":
@@ -472,33 +457,7 @@ class Membership:
             except (SealError, DecodeError):
                 self.stats["stream_rejected"] += 1
                 msg = None
-        ok = isinstance(msg, PushPull) and msg.reply
-        if ok:
-            assert isinstance(msg, PushPull)
-            self._merge(msg, now)
-        else:
-            self.stats["push_pull_failures"] += 1
-        join = self._join
-        if what == "join" and join is not None and stream_id in join.outstanding:
-            join.outstanding.discard(stream_id)
-            if ok and not join.done:
-                join.done = True
-                join.retry_at = None
-                # Announce ourselves too, now that we know whom to tell: the seed's gossip
-                # alone can miss a member (memberlist's setAlive does the same).
-                self._broadcast_self_alive()
-                # One early full sync with a random member a few seconds on: members that
-                # joined in a crowd fill in the news that gossip's early, small retransmit
-                # budget missed, without waiting a whole push-pull interval.
-                early = now + self._rng.uniform(2.0, 4.0)
-                if early < self._next_push_pull:
-                    self._next_push_pull = early
-                    self._last_push_pull = -math.inf  # due at `early`, whatever the size
-                self._emit(Joined(addr, len(self._members)))
-            elif not join.done and not join.outstanding:
-                join.retry_at = now + join.backoff
-                self._emit(JoinFailed(join.seeds, join.attempt, join.backoff))
-                join.backoff = min(join.backoff * 2, self.config.join_retry_max)
+        _sync.answered(self, stream_id, what, addr, msg, now)
 
     # ------------------------------------------------------------------ outputs
 
@@ -557,28 +516,13 @@ class Membership:
             self._suspicion_expired(name, now)
         for seq in [s for s, p in self._pending.items() if self._pending_due(p, now)]:
             self._pending_timeout(seq, now)
-        join = self._join
-        if join is not None and join.retry_at is not None and join.retry_at <= now:
-            join.retry_at = None
-            self._join_attempt(now)
+        _sync.retry_join(self, now)
         if now >= self._next_probe:
             self._probe(now)
         if now >= self._next_gossip:
             self._next_gossip = now + self.config.gossip_interval
             self._gossip(now)
-        if now >= self._next_push_pull:
-            interval = self._push_pull_interval()
-            due = self._last_push_pull + interval
-            if now < due:
-                # The cluster grew since this was scheduled: the interval is longer now.
-                self._next_push_pull = due
-            else:
-                self._last_push_pull = now
-                self._next_push_pull = now + interval
-                self._periodic_push_pull(now)
-        if now >= self._next_reconnect:
-            self._next_reconnect = now + self.config.reconnect_interval
-            self._reconnect(now)
+        _sync.sync_when_due(self, now)
         if now >= self._next_reap:
             self._next_reap = now + self._reap_interval()
             self._reap(now)
@@ -680,34 +624,7 @@ class Membership:
         heard = self._summaries.get(msg.name)
         if heard is None or msg.seq >= heard[0].seq:
             self._summaries[msg.name] = (msg, now)
-            self._check_behind(msg, now)
-
-    def _check_behind(self, msg: Summary, now: float) -> None:
-        """Repair sync: sync with `msg`'s sender when others have seen more live members than
-        we do for a while (see MembershipConfig.repair_settle)."""
-        settle = self.config.repair_settle
-        if settle <= 0 or self._leaving:
-            return
-        if msg.digest == self._live.digest:
-            self._behind_since = None  # someone agrees with us: nothing is missing
-            return
-        if msg.live <= len(self._live.names):
-            return
-        if self._behind_since is None:
-            self._behind_since = now
-            return
-        if (
-            now - self._behind_since < settle
-            or now - self._last_repair < self.config.repair_interval
-        ):
-            return
-        m = self._members.get(msg.name)
-        if m is None or not m.state.is_live:
-            return
-        self._last_repair = now
-        self._behind_since = None
-        self.stats["repair_syncs"] += 1
-        self._open_push_pull(m.addr, join=False, kind="repair", now=now)
+            _sync.check_behind(self, msg, now)
 
     # ------------------------------------------------------------------ state rules
 
@@ -1324,100 +1241,11 @@ class Membership:
         self._broadcasts.queue(name + suffix if suffix else name, encode_message(msg))
 
     def _push_pull_interval(self) -> float:
-        # memberlist pushPullScale: double the interval for every doubling past 32 members.
-        n = max(1, self.num_live()) if self._members else 1
-        base = self.config.push_pull_interval
-        if n <= 32:
-            return base
-        return base * (math.ceil(math.log2(n) - math.log2(32)) + 1)
-
-    def _periodic_push_pull(self, now: float) -> None:
-        if self._leaving:
-            return
-        pool = [m for m in self._members.values() if m.name != self.name and m.state.is_live]
-        if not pool:
-            return
-        target = self._rng.choice(pool)
-        self._open_push_pull(target.addr, join=False, kind="sync", now=now)
-
-    def _reconnect(self, now: float) -> None:
-        """Serf's reconnect: try a full sync with one member we declared failed (not one that
-        left), with probability failed / live so the whole cluster makes about one attempt
-        per failed member per interval. Nothing else talks to a member on the other side of
-        a healed partition once the news of its failure has stopped spreading; the sync
-        tells it, it refutes, and both sides see each other again."""
-        if self._leaving or len(self._members) == len(self._live.names):
-            return
-        failed = [
-            m
-            for m in self._members.values()
-            if m.state == State.DEAD and now - m.since < self.config.tombstone_reap_time
-        ]
-        if not failed or self._rng.random() * max(1, len(self._live.names) - 1) > len(failed):
-            return
-        target = self._rng.choice(failed)
-        self.stats["reconnects"] += 1
-        self._open_push_pull(target.addr, join=False, kind="reconnect", now=now)
-
-    def _join_attempt(self, now: float) -> None:
-        join = self._join
-        if join is None or join.done:
-            return
-        join.attempt += 1
-        for seed in join.seeds:
-            join.outstanding.add(self._open_push_pull(seed, join=True, kind="join", now=now))
-
-    def _open_push_pull(self, addr: Addr, *, join: bool, kind: str, now: float) -> int:
-        sid = self._next_stream
-        self._next_stream += 1
-        payload = self._seal(encode_stream(self._push_pull_message(join=join, reply=False)), now)
-        self._streams.append(StreamRequest(sid, addr, payload))
-        self._stream_kind[sid] = (kind, addr)
-        return sid
-
-    def _push_pull_message(self, *, join: bool, reply: bool) -> PushPull:
-        states = tuple(
-            MemberState(
-                m.name, m.addr, m.dc, m.roles, m.weight, m.tags, m.incarnation, m.state, m.protocol
-            )
-            for m in self._members.values()
-        )
-        summaries = [self._own_summary()]
-        # The freshest ones only: a push-pull stays O(members), not O(members) summaries more.
-        fresh = sorted(self._summaries.values(), key=lambda sv: sv[1], reverse=True)
-        summaries.extend(sv for sv, _ in fresh[:_PUSH_PULL_SUMMARIES])
-        return PushPull(join, states, tuple(summaries), reply=reply)
+        return _sync.push_pull_interval(self.num_live(), self.config.push_pull_interval)
 
     def _merge(self, msg: PushPull, now: float) -> None:
-        # A full-state exchange is not news to gossip on: the other side and its peers have
-        # it. Only a joiner's record of itself (the first state of a join) is rebroadcast.
-        # Rebroadcasting every member learned this way cost 16 N^2 transmissions to form a
-        # cluster (simulator, N = 1000).
-        self._live.batching = True  # one digest update (and summary) for the whole merge
-        try:
-            self._merge_states(msg, now)
-        finally:
-            self._live.batching = False
-        self._update_digest()
-        for summary in msg.summaries:
-            self._on_summary(summary, now)
-
-    def _merge_states(self, msg: PushPull, now: float) -> None:
-        for i, s in enumerate(msg.states):
-            if s.state == State.ALIVE:
-                news = msg.join and i == 0 and not msg.reply
-                self._apply_alive(self._alive_of_state(s), now, rebroadcast=news)
-            elif s.state == State.LEFT:
-                self._apply_dead(Dead(s.name, s.incarnation, s.name), now)
-            elif s.state == State.DEAD and self._is_tombstone(s.name):
-                self._apply_dead(Dead(s.name, s.incarnation, self.name), now)
-            else:
-                # memberlist: a remote "dead" is only a suspicion here, to be safe.
-                self._apply_suspect(Suspect(s.name, s.incarnation, self.name), now)
-
-    def _is_tombstone(self, name: str) -> bool:
-        m = self._members.get(name)
-        return m is not None and not m.state.is_live
+        """Merge a full state as a push-pull does (the simulator's warm-up calls this)."""
+        _sync.merge(self, msg, now)
 
     def _reap(self, now: float) -> None:
         horizon = self.config.tombstone_reap_time
@@ -1463,6 +1291,14 @@ class Membership:
     def _send(self, addr: Addr, encoded: bytes) -> None:
         self._out.setdefault(addr, []).append(encoded)
 
+    def _open_stream(self, addr: Addr, kind: str, msg: StreamMessage, now: float) -> int:
+        """Queue a TCP exchange for the driver; its id (`stream_response` gets the reply)."""
+        sid = self._next_stream
+        self._next_stream += 1
+        self._streams.append(StreamRequest(sid, addr, self._seal(encode_stream(msg), now)))
+        self._stream_kind[sid] = (kind, addr)
+        return sid
+
     def _finish_packet(self, encoded: list[bytes], now: float) -> bytes:
         return self._seal(encode_packet(self.name, encoded), now)
 
@@ -1485,10 +1321,6 @@ class Membership:
         return Alive(
             m.name, m.incarnation, m.addr, m.dc, m.roles, m.weight, dict(m.tags), health=m.health
         )
-
-    @staticmethod
-    def _alive_of_state(s: MemberState) -> Alive:
-        return Alive(s.name, s.incarnation, s.addr, s.dc, s.roles, s.weight, s.tags, s.protocol)
 
     def _own_summary(self) -> Summary:
         return Summary(
