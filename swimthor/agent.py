@@ -33,7 +33,8 @@ from . import log as swimlog
 from .config import AgentConfig, format_hostport
 from .control import default_control_path, open_control_socket, serve_control
 from .control_commands import ControlCommands
-from .dns import DNS_TAG, DnsService
+from .directory import DNS_TAG, SIP_TAG, DirectoryChange, MemberDirectory
+from .dns import DnsService
 from .keyring import Keyring, KeyringFileError
 from .membership import (
     Addr,
@@ -42,7 +43,6 @@ from .membership import (
     JoinFailed,
     KeyringChanged,
     Member,
-    MemberEvent,
     MemberFailed,
     MemberJoined,
     MemberLeft,
@@ -56,7 +56,7 @@ from .membership import (
 from .membership.runtime import MembershipRuntime
 from .metrics import MetricsServer
 from .routing import RoutingTable
-from .sip import SIP_TAG, SipService
+from .sip import SipService
 from .sockets import BindError, bind_sockets
 
 __all__ = ["KEYRING_FILE", "Agent"]
@@ -157,10 +157,15 @@ class Agent:
         self._finished = trio.Event()
         self._leaving = False
         self._left = trio.Event()
-        # Who owns which key (routing/), kept current from the membership events.
+        # The live members (directory.py), fed from the membership events only; routing, SIP
+        # and DNS follow it, in that order (routing subscribes first, so that the front-ends
+        # see the epoch their change made).
+        self.directory = MemberDirectory()
+        # Who owns which key (routing/), kept current from the directory.
         # A SIP node looks up the owners of every address-of-record it sees; a re-registering
         # phone hits the cache (64k answers per epoch, about 13 MB).
         self.routing = RoutingTable(roles=None, cache_size=65_536)
+        self.directory.subscribe(self._route)
         # The SIP front-end, on agents with the role sip (config.sip set).
         self.sip: SipService | None = None
         # The DNS front-end, on agents with --dns (config.dns set).
@@ -250,6 +255,7 @@ class Agent:
                     keyring=lambda: self._core.keyring if self._core is not None else None,
                     label=cfg.label,
                     data_dir=cfg.data_dir,
+                    directory=self.directory,
                 )
                 tags[SIP_TAG] = format_hostport(_bind_front_end("SIP", cfg.sip.bind, self.sip.open))
                 tags.update(self.sip.stream_tags())
@@ -261,6 +267,7 @@ class Agent:
                     advertise_host=advertise[0],
                     routing=self.routing,
                     replicas=cfg.sip.replicas if cfg.sip is not None else 2,
+                    directory=self.directory,
                 )
                 tags[DNS_TAG] = format_hostport(_bind_front_end("DNS", cfg.dns.bind, self.dns.open))
             now = trio.current_time()
@@ -298,13 +305,10 @@ class Agent:
         runtime = MembershipRuntime(core, cfg.bind, mcfg, sockets=sockets)
         self._runtime = runtime
         events = runtime.subscribe(max_buffer=10_000)
-        self.routing.sync(core.members())
+        self.directory.sync(core.members())
         if self.sip is not None:
-            self.sip.sync_members(core.members())
             assert self.sip.replicator is not None
             runtime.add_stream_service(self.sip.replicator.claim)
-        if self.dns is not None:
-            self.dns.sync_members(core.members())
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(runtime.serve)
@@ -438,35 +442,28 @@ class Agent:
         them): spread them, and bring routing and the front-ends up to date."""
         self.core.update_metadata(trio.current_time(), roles=roles, weight=weight, tags=tags)
         self.runtime.wake()
-        if self.routing.sync(self.core.members()) and self.sip is not None:  # our record changed
-            self.sip.routing_changed()
-        if self.sip is not None:
-            self.sip.sync_members(self.core.members())
-        if self.dns is not None:
-            self.dns.sync_members(self.core.members())
+        # The core announces the change as an event, which reaches the directory through the
+        # event pump; taken here at once as well, so that the command's answer already sees
+        # it (the pump's copy then changes nothing).
+        self.directory.apply(MemberUpdated(self.core.local.copy()))
 
     # ------------------------------------------------------------ events
 
     async def _pump_events(self, events: trio.MemoryReceiveChannel[Event]) -> None:
         async for event in events:
             self._log_event(event)
-            moved = self.routing.handle_event(event)
-            if moved:
-                self._remember("owners changed", {"epoch": self.routing.epoch})
-            if self.sip is not None and isinstance(event, MemberEvent):
-                live = not isinstance(event, MemberFailed | MemberLeft)
-                self.sip.member_changed(event.member, live and event.member.state.is_live)
-                if moved:
-                    self.sip.routing_changed()
-            if self.dns is not None and isinstance(event, MemberEvent):
-                live = not isinstance(event, MemberFailed | MemberLeft)
-                self.dns.member_changed(event.member, live)
+            self.directory.apply(event)
             if isinstance(event, NameConflict) and self.core.conflict is not None:
                 # We are the newcomer under a name that a live member holds: stop, do not
                 # announce ourselves over it. run() raises NameInUseError.
                 self._done.set()
             if isinstance(event, KeyringChanged):
                 await self.persist_keyring()
+
+    def _route(self, changes: list[DirectoryChange]) -> None:
+        """The directory's first subscriber: routing follows it (one epoch a change)."""
+        if self.routing.update((c.name, c.after) for c in changes):
+            self._remember("owners changed", {"epoch": self.routing.epoch})
 
     def _log_event(self, ev: Event) -> None:
         """One log line per event, with its evidence; the same record goes to the recent

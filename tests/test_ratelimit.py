@@ -129,10 +129,11 @@ async def test_a_dns_flood_from_one_address_does_not_starve_another() -> None:
 
 def test_the_front_ends_build_their_limits_from_the_config_and_trust_members() -> None:
     from swimthor.config import DnsConfig, SipConfig
-    from swimthor.dns._service import DnsService
+    from swimthor.directory import MemberDirectory
+    from swimthor.dns import DnsService
     from swimthor.membership import Member, State
     from swimthor.routing import RoutingTable
-    from swimthor.sip._service import SipService
+    from swimthor.sip import SipService
 
     members = [
         Member(
@@ -143,6 +144,7 @@ def test_the_front_ends_build_their_limits_from_the_config_and_trust_members() -
     ]  # fmt: skip
     routing = RoutingTable(roles=None)
     routing.sync(members)
+    directory = MemberDirectory()
     sip = SipService(
         SipConfig(bind=("127.0.0.1", 0), domains=["example.com"], rate_limit=5, rate_burst=5),
         name="n1",
@@ -150,8 +152,8 @@ def test_the_front_ends_build_their_limits_from_the_config_and_trust_members() -
         routing=routing,
         keyring=lambda: None,
         label="",
+        directory=directory,
     )
-    sip.sync_members(members)
     dns = DnsService(
         DnsConfig(bind=("127.0.0.1", 0), zone="example.com", rate_exempt=["192.0.2.0/24"]),
         name="n1",
@@ -159,8 +161,9 @@ def test_the_front_ends_build_their_limits_from_the_config_and_trust_members() -
         advertise_host="127.0.0.1",
         routing=routing,
         replicas=2,
+        directory=directory,
     )
-    dns.sync_members(members)
+    directory.sync(members)
     for limiter, burst in ((sip.server.limiter, 5), (dns.server.limiter, 2000)):
         assert limiter.enabled
         # A member (10.0.0.2) is never limited; a stranger gets its burst.

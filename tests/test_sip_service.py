@@ -4,9 +4,9 @@ suspected owners asked last."""
 from __future__ import annotations
 
 from swimthor.config import SipConfig
-from swimthor.membership._member import Member, State
+from swimthor.membership import Member, MemberFailed, MemberRecovered, MemberSuspected, State
 from swimthor.routing import RoutingTable
-from swimthor.sip._service import SipService
+from swimthor.sip import SipService
 
 
 def member(name: str, port: int, state: State = State.ALIVE, sip: bool = True) -> Member:
@@ -34,7 +34,7 @@ def service(members: list[Member]) -> SipService:
         keyring=lambda: None,
         label="",
     )
-    svc.sync_members(members)
+    svc.directory.sync(members)
     return svc
 
 
@@ -43,7 +43,7 @@ def test_directory_follows_tags_and_states() -> None:
     svc = service(members)
     assert set(svc.peers()) == {"n1", "n2"}  # n3 announces no SIP address
     assert svc.peer_at("127.0.0.1", 5002).name == "n2"  # type: ignore[union-attr]
-    svc.member_changed(member("n2", 2, State.DEAD), live=False)
+    svc.directory.apply(MemberFailed(member("n2", 2, State.DEAD)))
     assert svc.peer_at("127.0.0.1", 5002) is None and "n2" not in svc.peers()
 
 
@@ -56,10 +56,10 @@ def test_a_suspected_owner_is_asked_last() -> None:
         if svc.owner_names(f"sip:u{i}@example.com")[0] == "n2"
     )
     assert svc.owners(aor, 2)[0].name == "n2"
-    svc.member_changed(member("n2", 2, State.SUSPECT), live=True)
+    svc.directory.apply(MemberSuspected(member("n2", 2, State.SUSPECT)))
     ranked = [p.name for p in svc.owners(aor, 2)]
     assert ranked[-1] == "n2" and len(ranked) == 2  # still an owner, asked last
-    svc.member_changed(member("n2", 2, State.ALIVE), live=True)
+    svc.directory.apply(MemberRecovered(member("n2", 2, State.ALIVE)))
     assert svc.owners(aor, 2)[0].name == "n2"
 
 
@@ -68,8 +68,8 @@ def test_the_sip_address_of_a_member_that_died_is_known_gone_until_it_is_back() 
     members = [member("n1", 1), member("n2", 2)]
     svc = service(members)
     assert not svc.member_gone_at("127.0.0.1", 5002)
-    svc.member_changed(member("n2", 2, State.DEAD), live=False)
+    svc.directory.apply(MemberFailed(member("n2", 2, State.DEAD)))
     assert svc.member_gone_at("127.0.0.1", 5002)
     assert not svc.member_gone_at("127.0.0.1", 5009)  # never a member's: not known gone
-    svc.member_changed(member("n2", 2), live=True)
+    svc.directory.apply(MemberRecovered(member("n2", 2)))
     assert not svc.member_gone_at("127.0.0.1", 5002)

@@ -32,6 +32,15 @@ from ..config import (
     format_hostport,
     parse_hostport,
 )
+from ..directory import (
+    DNS_TAG,
+    SIP_TAG,
+    SIPS_TAG,
+    WS_TAG,
+    WSS_TAG,
+    DirectoryChange,
+    MemberDirectory,
+)
 from ..membership import Member, State
 from ..ratelimit import RateLimit, SourceLimiter
 from ..routing import RoutingTable
@@ -42,12 +51,7 @@ __all__ = ["DNS_TAG", "SIPS_TAG", "SIP_TAG", "WSS_TAG", "WS_TAG", "DnsService"]
 
 log = structlog.get_logger("swimthor.dns")
 
-DNS_TAG = "dns"
 _RCODES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
-SIP_TAG = "sip"
-SIPS_TAG = "sips"  # SIP over TLS
-WS_TAG = "ws"  # SIP over WebSocket (RFC 7118)
-WSS_TAG = "wss"  # SIP over secure WebSocket (RFC 7118)
 SIP_ROLE = "sip"
 # The ports a tag without one means: RFC 3261 §19.1.2 (5060, and 5061 for TLS); WebSocket's
 # own (RFC 6455 §3: 80 for ws, 443 for wss).
@@ -72,11 +76,17 @@ class DnsService:
         advertise_host: str,
         routing: RoutingTable,
         replicas: int,
+        directory: MemberDirectory | None = None,
     ) -> None:
+        """`directory`: the live members, followed from here on (the agent feeds it; a
+        service of its own when none is given)."""
         assert config.zone is not None, "check_dns fills in the zone"
         self.config = config
         self.name = name
         self.routing = routing
+        self.directory = directory if directory is not None else MemberDirectory()
+        self.directory.subscribe(self._members_changed)
+        self._epoch = routing.epoch
         self.replicas = replicas
         self.zone = Zone(config.zone, me=name, dc=dc, ttl=config.ttl, owners=self._owners)
         self.server = DnsServer(
@@ -92,8 +102,6 @@ class DnsService:
             ),
         )
         self._advertise_host = config.advertise_host or advertise_host
-        self._members: dict[str, Member] = {}
-        self._member_hosts: set[str] = set()
         self.advertised: tuple[str, int] | None = None
 
     def open(self) -> tuple[str, int]:
@@ -104,33 +112,28 @@ class DnsService:
 
     def _is_member_host(self, host: str) -> bool:
         """Whether `host` is a live member's address (never rate-limited)."""
-        return host in self._member_hosts
+        return host in self.directory.hosts()
 
     def _owners(self, aor: str) -> list[str]:
         return [r.name for r in self.routing.owners(aor, self.replicas, SIP_ROLE)]
 
     # ------------------------------------------------------------ directory
 
-    def sync_members(self, members: list[Member]) -> None:
-        self._members = {m.name: m for m in members if m.state.is_live}
-        self._rebuild()
-
-    def member_changed(self, m: Member, live: bool) -> None:
-        if live and m.state.is_live:
-            self._members[m.name] = m
+    def _members_changed(self, changes: list[DirectoryChange]) -> None:
+        """Only the records of the members that changed are rebuilt; per-user answers go
+        when routing moved (their owners may have)."""
+        zone = self.zone
+        if len(changes) > 1:
+            zone.update(_node(m) for m in self.directory.live())
         else:
-            self._members.pop(m.name, None)
-        self._rebuild()
-
-    def routing_changed(self) -> None:
-        self.zone.routing_changed()
-
-    def _rebuild(self) -> None:
-        nodes = [_node(m) for m in self._members.values()]
-        self.zone.update(nodes)
-        self._member_hosts = {n.host for n in nodes} | {
-            str(m.addr[0]) for m in self._members.values()
-        }
+            for change in changes:
+                if change.after is None:
+                    zone.remove(change.name)
+                else:
+                    zone.put(_node(change.after))
+        if self.routing.epoch != self._epoch:
+            self._epoch = self.routing.epoch
+            zone.routing_changed()
 
     # ------------------------------------------------------------ run
 

@@ -47,6 +47,7 @@ import binascii
 import hashlib
 import ipaddress
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -241,7 +242,10 @@ class Zone:
         self._nodes: dict[str, Node] = {}
         self._targets: dict[str, _Target] = {}
         self._by_label: dict[tuple[bytes, ...], str] = {}
-        self._ents: set[tuple[bytes, ...]] = set()
+        self._labels: dict[str, tuple[bytes, ...]] = {}  # the other way round
+        # The empty non-terminals under the node names (each counted by the names below it).
+        self._ents: Counter[tuple[bytes, ...]] = Counter()
+        self._collided = False  # some name got a hashed label because another had its own
         self.stats: dict[str, int] = {
             "queries": 0,
             "cache_hits": 0,
@@ -265,29 +269,78 @@ class Zone:
     # ------------------------------------------------------------ directory
 
     def update(self, nodes: Iterable[Node]) -> None:
-        """The live members now; every cached answer goes."""
+        """The live members now (a full list); every cached answer goes."""
         self._nodes = {n.name: n for n in nodes}
+        self._reindex()
+
+    def put(self, node: Node) -> None:
+        """One member joined or changed: only its records are rebuilt (a join storm costs
+        one member's work per event, not the whole zone's); every cached answer goes."""
+        if node.name in self._nodes:
+            self._nodes[node.name] = node
+            self._index_target(node)
+        else:
+            self._nodes[node.name] = node
+            labels = self._labels_of(node.name)
+            if labels in self._by_label:
+                # Two names that read as one label: who gets the hashed one depends on the
+                # whole zone (`_reindex`, in name order). Rare: names differing in case.
+                self._reindex()
+                return
+            self._index_name(node.name, labels)
+            self._index_target(node)
+        self.routing_changed()
+
+    def remove(self, name: str) -> None:
+        """One member failed or left: only its records go; every cached answer goes."""
+        if self._nodes.pop(name, None) is None:
+            return
+        if self._collided:
+            self._reindex()  # the name it kept from another may be that one's now
+            return
+        labels = self._labels.pop(name)
+        del self._by_label[labels]
+        for i in range(1, len(labels)):
+            suffix = labels[i:]
+            self._ents[suffix] -= 1
+            if not self._ents[suffix]:
+                del self._ents[suffix]
+        self._targets.pop(name, None)
+        self.routing_changed()
+
+    def _reindex(self) -> None:
         self._targets.clear()
         self._by_label.clear()
+        self._labels.clear()
         self._ents.clear()
-        node_suffix = (b"node", *self._origin_labels)
+        self._collided = False
         for name in sorted(self._nodes):
             labels = self._labels_of(name)
             if labels in self._by_label:
                 labels = self._hashed(name)
-            self._by_label[labels] = name
-            for i in range(1, len(labels)):
-                self._ents.add(labels[i:])
-            node = self._nodes[name]
-            address = self._address_record(node.host, DNSLabel((*labels, *node_suffix)))
-            target = DNSLabel((*labels, *node_suffix)) if address is not None else None
-            if target is None:
-                try:
-                    target = DNSLabel(node.host.rstrip(".").lower() or ".")
-                except Exception:
-                    continue  # not a name DNS can write: the member gets no records
-            self._targets[name] = _Target(target, address)
+                self._collided = True
+            self._index_name(name, labels)
+            self._index_target(self._nodes[name])
         self.routing_changed()
+
+    def _index_name(self, name: str, labels: tuple[bytes, ...]) -> None:
+        self._by_label[labels] = name
+        self._labels[name] = labels
+        for i in range(1, len(labels)):
+            self._ents[labels[i:]] += 1
+
+    def _index_target(self, node: Node) -> None:
+        labels = self._labels[node.name]
+        node_suffix = (b"node", *self._origin_labels)
+        address = self._address_record(node.host, DNSLabel((*labels, *node_suffix)))
+        target = DNSLabel((*labels, *node_suffix)) if address is not None else None
+        if target is None:
+            try:
+                target = DNSLabel(node.host.rstrip(".").lower() or ".")
+            except Exception:
+                self._targets.pop(node.name, None)
+                return  # not a name DNS can write: the member gets no records
+        self._targets[node.name] = _Target(target, address)
 
     def routing_changed(self) -> None:
         """Owners may have moved: per-user answers (and the SOA serial) change."""

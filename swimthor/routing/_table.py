@@ -184,6 +184,19 @@ class RoutingTable:
             return False
         return self._apply(((m.name, before, after),))
 
+    def update(self, changes: Iterable[tuple[str, Member | None]]) -> bool:
+        """Follow the member directory: each `(name, member)` is a member's record now, None
+        once it is not live; all of them in one epoch. Returns whether the epoch moved."""
+        moved: list[Change] = []
+        for name, m in changes:
+            after = (
+                MemberRecord.from_member(m) if m is not None and self._owns_in(m.state) else None
+            )
+            before = self._live.get(name)
+            if before != after:
+                moved.append((name, before, after))
+        return self._apply(tuple(moved))
+
     def sync(self, members: Iterable[Member]) -> bool:
         """Make the owner set that of a full member list (``Membership.members()``), in one
         epoch. Returns whether the epoch moved."""

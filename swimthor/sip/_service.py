@@ -19,8 +19,9 @@ import structlog
 import trio
 
 from ..config import SipConfig, format_hostport, parse_hostport, tls_context
+from ..directory import SIP_TAG, STREAM_TAGS, DirectoryChange, MemberDirectory
 from ..keyring import Keyring
-from ..membership import Addr, Member, State
+from ..membership import Member
 from ..ratelimit import RateLimit, SourceLimiter
 from ..routing import RoutingTable
 from ._auth import Credentials, NonceMinter, Verifier, random_secret
@@ -40,12 +41,8 @@ __all__ = ["SIP_TAG", "STREAM_TAGS", "SipService", "location_reply"]
 
 log = structlog.get_logger("swimthor.sip")
 
-SIP_TAG = "sip"
 # AORs whose owner names are kept per epoch (about 150 bytes each beyond the AOR itself).
 OWNER_NAMES_CACHED = 2_000_000
-# The member tags that announce the other transports ("host:port"), for the DNS front-end's
-# NAPTR and SRV records: SIP over TLS, over WebSocket, over secure WebSocket.
-STREAM_TAGS = {"tls": "sips", "ws": "ws", "wss": "wss"}
 ROLE = "sip"
 
 
@@ -62,16 +59,21 @@ class SipService:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         data_dir: str | None = None,
+        directory: MemberDirectory | None = None,
     ) -> None:
+        """`directory`: the live members, followed from here on (the agent feeds it; a
+        service of its own when none is given)."""
         self.config = config
         self.name = name
         self.routing = routing
+        self.directory = directory if directory is not None else MemberDirectory()
+        # The SIP members' addresses (from their `sip` tags), both ways, kept from the
+        # directory's changes; and where members that failed or left had theirs.
         self._peers: dict[str, Peer] = {}
         self._peer_index: dict[tuple[str, int], Peer] = {}
-        self._suspects: set[str] = set()
         self._gone: dict[tuple[str, int], str] = {}  # SIP address -> a member no longer live
-        self._gossip: dict[str, Addr] = {}
-        self._member_hosts: set[str] | None = None  # built on demand, dropped on changes
+        self._epoch = routing.epoch
+        self.directory.subscribe(self._members_changed)
         # owner_names' answers for the current routing epoch.
         self._names: dict[str, tuple[str, ...]] = {}
         self._names_epoch = -1
@@ -169,7 +171,7 @@ class SipService:
             owners=self.owner_names,
             owners_at=self.owner_names_at,
             epoch=lambda: self.routing.epoch,
-            address=self._gossip.get,
+            address=self.directory.address,
             replicas=self.config.replicas,
             timeout=self.config.replication_timeout,
             repair_interval=self.config.repair_interval,
@@ -330,12 +332,7 @@ class SipService:
 
     def _is_member_host(self, host: str) -> bool:
         """Whether `host` is where a member's SIP or gossip lives (never rate-limited)."""
-        hosts = self._member_hosts
-        if hosts is None:
-            hosts = self._member_hosts = {p.host for p in self._peers.values()} | {
-                addr[0] for addr in self._gossip.values()
-            }
-        return host in hosts
+        return host in self.directory.hosts()
 
     def owner_names(self, aor: str) -> list[str]:
         """The AOR's owners (names, first first) in the current routing epoch. Anti-entropy
@@ -363,50 +360,43 @@ class SipService:
         bindings)."""
         out = []
         suspect = False
+        is_suspect = self.directory.is_suspect
         for record in self.routing.owners(aor, n, ROLE):
             peer = self._peers.get(record.name)
             if peer is not None:
                 out.append(peer)
-                suspect = suspect or record.name in self._suspects
+                suspect = suspect or is_suspect(record.name)
         if suspect:
-            out.sort(key=lambda p: p.name in self._suspects)
+            out.sort(key=lambda p: is_suspect(p.name))
         return out
 
-    def sync_members(self, members: list[Member]) -> None:
-        self._peers.clear()
-        self._peer_index.clear()
-        self._suspects.clear()
-        self._gossip.clear()
-        for m in members:
-            self.member_changed(m)
+    def _members_changed(self, changes: list[DirectoryChange]) -> None:
+        """Follow the directory: each changed member's SIP address, and replication's
+        hand-off when routing moved (owners may have)."""
+        for change in changes:
+            self._peer_changed(change.name, change.after)
+        if self.routing.epoch != self._epoch:
+            self._epoch = self.routing.epoch
+            self.routing_changed()
 
-    def member_changed(self, m: Member, live: bool | None = None) -> None:
-        """Follow one member's state and tags (call with every member event)."""
-        if live is None:
-            live = m.state in (State.ALIVE, State.SUSPECT)
-        self._gossip[m.name] = (str(m.addr[0]), int(m.addr[1]))
-        self._member_hosts = None
-        if live and m.state == State.SUSPECT:
-            self._suspects.add(m.name)
-        else:
-            self._suspects.discard(m.name)
-        text = m.tags.get(SIP_TAG)
-        old = self._peers.pop(m.name, None)
+    def _peer_changed(self, name: str, m: Member | None) -> None:
+        old = self._peers.pop(name, None)
         if old is not None and self._peer_index.get((old.host.lower(), old.port)) is old:
             del self._peer_index[(old.host.lower(), old.port)]
-        if old is not None and not live:
+        if old is not None and m is None:
             # Where a member's SIP was, now that it is gone: a Path naming it leads to a
             # flow that died with it (bounded: members come and go over months).
             if len(self._gone) >= 4096:
                 self._gone.clear()
-            self._gone[(old.host.lower(), old.port)] = m.name
-        if not live or ROLE not in m.roles or not text:
+            self._gone[(old.host.lower(), old.port)] = name
+        text = m.tags.get(SIP_TAG) if m is not None else None
+        if m is None or ROLE not in m.roles or not text:
             return
         try:
             host, port = parse_hostport(text, 5060)
         except ValueError:
             return
-        peer = self._peers[m.name] = Peer(m.name, host, port)
+        peer = self._peers[name] = Peer(name, host, port)
         self._peer_index[(host.lower(), port)] = peer
         self._gone.pop((host.lower(), port), None)
 
