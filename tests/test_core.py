@@ -24,8 +24,8 @@ from swimthor.membership import (
     MemberUpdated,
     NameConflict,
     State,
+    _probes,
 )
-from swimthor.membership._core import _Pending
 from swimthor.membership._lifeguard import (
     expected_confirmations,
     remaining_suspicion_time,
@@ -193,7 +193,7 @@ def test_suspicion_timeout_shrinks_with_confirmations() -> None:
     k = expected_confirmations(n, cfg.suspicion_mult)
     assert k == 2
     core.receive_datagram(_plain("m1", Suspect("m0", 1, "m1")), ("10.0.0.1", 101), 0.0)
-    susp = core._suspects["m0"].suspicion
+    susp = core.suspicions()["m0"]
     assert susp.deadline == pytest.approx(remaining_suspicion_time(0, k, 0.0, lo, hi), abs=1e-3)
     assert susp.deadline == pytest.approx(hi)
     core.receive_datagram(_plain("m2", Suspect("m0", 1, "m2")), ("10.0.0.1", 102), 0.1)
@@ -518,7 +518,7 @@ def test_suspicion_floor_and_confirmations_are_configurable() -> None:
         alive = Alive(f"m{i}", 1, ("10.0.0.1", 100 + i), "dc1", (), 1.0, {})
         core.receive_datagram(_plain(f"m{i}", alive), ("10.0.0.1", 100 + i), 0.0)
     core.receive_datagram(_plain("m1", Suspect("m0", 1, "m1")), ("10.0.0.1", 101), 0.0)
-    susp = core._suspects["m0"].suspicion
+    susp = core.suspicions()["m0"]
     assert susp.k == 1
     assert susp.deadline > 2.0
     core.receive_datagram(_plain("m2", Suspect("m0", 1, "m2")), ("10.0.0.1", 102), 0.1)
@@ -540,8 +540,8 @@ def test_slow_member_announces_its_health_and_others_wait_longer() -> None:
     for c in cores[:5]:
         seen = c.member("n5")
         assert seen is not None and seen.health == slow.local.health
-        assert c._probe_timeout(seen) == pytest.approx(
-            c._awareness.scale_timeout(lan.probe_timeout) * (1 + min(seen.health, 3))
+        assert _probes.probe_timeout(c, seen) == pytest.approx(
+            lan.probe_timeout * (1 + c.health_score) * (1 + min(seen.health, 3))
         )
     # A suspicion of it now runs (1 + health) times the usual minimum (here 3.5 s), and more
     # if it refuted one recently.
@@ -549,10 +549,10 @@ def test_slow_member_announces_its_health_and_others_wait_longer() -> None:
     a.receive_datagram(
         _plain("n1", Suspect("n5", a.member("n5").incarnation, "n1")), cores[1].local.addr, net.now
     )
-    st = a._suspects.get("n5")
+    st = a.suspicions().get("n5")
     assert st is not None
     refuted = min(a._refuted.get("n5", (0, 0.0))[0], 2)
-    assert st.suspicion.min_timeout == pytest.approx(
+    assert st.min_timeout == pytest.approx(
         lan.suspicion_min_floor * (1 + min(slow.local.health, 3) + refuted)
     )
     # Healed, it says it is healthy again after the dwell time.
@@ -570,17 +570,17 @@ def test_a_member_that_refuted_gets_more_time_next_time() -> None:
         alive = Alive(f"m{i}", 1, ("10.0.0.1", 100 + i), "dc1", (), 1.0, {})
         core.receive_datagram(_plain(f"m{i}", alive), ("10.0.0.1", 100 + i), 0.0)
     core.receive_datagram(_plain("m1", Suspect("m0", 1, "m1")), ("10.0.0.1", 101), 1.0)
-    first = core._suspects["m0"].suspicion.min_timeout
+    first = core.suspicions()["m0"].min_timeout
     refute = Alive("m0", 2, ("10.0.0.1", 100), "dc1", (), 1.0, {})
     core.receive_datagram(_plain("m0", refute), ("10.0.0.1", 100), 2.0)
     core.receive_datagram(_plain("m1", Suspect("m0", 2, "m1")), ("10.0.0.1", 101), 3.0)
-    assert core._suspects["m0"].suspicion.min_timeout == pytest.approx(2 * first)
+    assert core.suspicions()["m0"].min_timeout == pytest.approx(2 * first)
     # Long after, the memory has faded.
     refute = Alive("m0", 3, ("10.0.0.1", 100), "dc1", (), 1.0, {})
     core.receive_datagram(_plain("m0", refute), ("10.0.0.1", 100), 4.0)
     later = 4.0 + cfg.refutation_memory + 1
     core.receive_datagram(_plain("m1", Suspect("m0", 3, "m1")), ("10.0.0.1", 101), later)
-    assert core._suspects["m0"].suspicion.min_timeout == pytest.approx(first)
+    assert core.suspicions()["m0"].min_timeout == pytest.approx(first)
 
 
 def test_suspect_checks_are_sampled_in_a_large_cluster() -> None:
@@ -738,7 +738,7 @@ def test_lone_unconfirmed_suspicion_asks_the_suspect_before_declaring() -> None:
     b = addrs["b"]
     a.receive_datagram(_plain("c", Suspect("b", 1, "c")), addrs["c"], 0.1)
     assert a.member("b").state == State.SUSPECT
-    deadline = a._suspects["b"].suspicion.deadline
+    deadline = a.suspicions()["b"].deadline
     sent = [m for d, addr in _step_to(a, deadline) if addr == b for m in _msgs(d)]
     # Unconfirmed at its deadline: not declared, asked directly, with the suspicion.
     assert a.member("b").state == State.SUSPECT
@@ -760,7 +760,7 @@ def test_lone_unconfirmed_suspicion_asks_the_suspect_before_declaring() -> None:
     # Its refutation ends it.
     a.receive_datagram(_plain("b", Alive("b", 2, b, "dc1", (), 1.0, {})), b, t + 0.1)
     assert a.member("b").state == State.ALIVE
-    assert not a._suspects
+    assert not a.suspicions()
 
 
 def test_lone_suspicion_of_a_silent_member_is_declared_after_two_checks() -> None:
@@ -769,7 +769,7 @@ def test_lone_suspicion_of_a_silent_member_is_declared_after_two_checks() -> Non
     addrs = _with_members(a, "b", "c", "d", "e", "f")
     a._next_probe = math.inf
     a.receive_datagram(_plain("c", Suspect("b", 1, "c")), addrs["c"], 0.1)
-    deadline = a._suspects["b"].suspicion.deadline
+    deadline = a.suspicions()["b"].deadline
     hold = max(LOCAL.probe_timeout, LOCAL.probe_interval)
     _step_to(a, deadline + 2 * hold - 0.01)
     assert a.member("b").state == State.SUSPECT
@@ -781,7 +781,7 @@ def test_lone_suspicion_of_a_silent_member_is_declared_after_two_checks() -> Non
     addrs = _with_members(off, "b", "c", "d", "e", "f")
     off._next_probe = math.inf
     off.receive_datagram(_plain("c", Suspect("b", 1, "c")), addrs["c"], 0.1)
-    _step_to(off, off._suspects["b"].suspicion.deadline)
+    _step_to(off, off.suspicions()["b"].deadline)
     assert off.member("b").state == State.DEAD
 
 
@@ -815,14 +815,18 @@ def test_relays_that_said_they_are_slow_are_asked_last() -> None:
     fine = _with_members(a, "f1", "f2")
     target = _with_members(a, "target")["target"]
     for _ in range(10):
-        p = _Pending(kind="probe", target="target", target_addr=target, sent=0.0, deadline=0.1)
-        a._start_indirect(99, p, 0.1)
+        p = _probes.Pending(
+            kind=_probes.PROBE, target="target", target_addr=target, sent=0.0, deadline=0.1
+        )
+        _probes.start_indirect(a, 99, p, 0.1)
         relays = {addr for _, addr in a.datagrams_to_send(0.1)}
         assert relays == set(fine.values())
     # Too few healthy ones: the slow ones make up the number.
-    p = _Pending(kind="probe", target="target", target_addr=target, sent=0.0, deadline=0.1)
+    p = _probes.Pending(
+        kind=_probes.PROBE, target="target", target_addr=target, sent=0.0, deadline=0.1
+    )
     a.config = replace(a.config, indirect_checks=3)
-    a._start_indirect(100, p, 0.1)
+    _probes.start_indirect(a, 100, p, 0.1)
     relays = {addr for _, addr in a.datagrams_to_send(0.1)}
     assert set(fine.values()) < relays and len(relays & set(slow.values())) == 1
 
@@ -832,6 +836,6 @@ def test_a_probe_in_flight_blocks_the_next_only_on_the_random_schedule(schedule:
     a = _core("a", 1, replace(profile("lan"), probe_schedule=schedule))
     _with_members(a, *(f"m{i}" for i in range(8)))
     a._probing = 12345  # an earlier probe (of a slow member, say) is still in flight
-    a._probe(10.0)
+    _probes.probe(a, 10.0)
     pinged = [m for d, _ in a.datagrams_to_send(10.0) for m in _msgs(d) if isinstance(m, Ping)]
     assert len(pinged) == (1 if schedule == "shared" else 0)

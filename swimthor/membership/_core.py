@@ -35,7 +35,7 @@ from typing import Any
 
 from ..config import MembershipConfig
 from ..keyring import NONCE_SIZE, SEAL_OVERHEAD, Keyring, SealError, open_frame, seal_frame
-from . import _sync
+from . import _probes, _sync
 from ._broadcast import TransmitLimitedQueue
 from ._events import (
     Event,
@@ -81,21 +81,15 @@ from ._messages import (
     packet_overhead,
 )
 from ._probe_schedule import ProbeSchedule
+from ._probes import PROBE
 from ._stats import MembershipStats, Rejections, new_stats, seal_refusal
 from ._status import StatusReply, members_json, status_reply
-
-_PROBE = "probe"  # our own failure probe of a member
-_RELAY = "relay"  # a ping we send on behalf of a ping-req
-_CHECK = "check"  # a suspect check (we heard a suspicion and look for ourselves)
-_CLAIM = "claim"  # is the old address of a name still answering?
-_FINAL = "final"  # a suspicion ran out unconfirmed: one last look before declaring
 
 # Incarnations: a member raises its own by one per refutation, so news that jumps further
 # than this past what we know is forged; and the top of the wire's range is kept free so a
 # refutation always fits.
 MAX_INCARNATION = 2**63 - 1 - 2**32
 MAX_INCARNATION_STEP = 2**32
-_RTT_ALPHA = 0.2
 
 
 # One empty tag map shared by every member without tags. The core never changes a member's
@@ -119,27 +113,6 @@ class StreamRequest:
     id: int
     addr: Addr
     payload: bytes
-
-
-@dataclass(slots=True)
-class _Pending:
-    """A ping in flight, waiting for an ack."""
-
-    kind: str
-    target: str
-    target_addr: Addr
-    sent: float
-    deadline: float  # direct-ack deadline (probe), nack deadline (relay), give-up (check/claim)
-    final: float = 0.0  # probe only: end of the indirect phase
-    indirect: bool = False
-    expected_nacks: int = 0
-    nacks: int = 0
-    incarnation: int = 0
-    # relay: where to send the ack or nack, and under which sequence number
-    reply_to: Addr = ("", 0)
-    reply_seq: int = 0
-    want_nack: bool = False
-    claim: Alive | None = None
 
 
 @dataclass(slots=True)
@@ -205,7 +178,7 @@ class Membership:
         self._streams: list[StreamRequest] = []
         self._stream_kind: dict[int, tuple[str, Addr]] = {}
         self._next_stream = 1
-        self._pending: dict[int, _Pending] = {}
+        self._pending: dict[int, _probes.Pending] = {}
         self._seq = rng.randrange(1 << 30)
         self._schedule = ProbeSchedule(name)  # the probe order, and our shared-schedule rounds
         self._gossip_rotation: dict[str, tuple[list[str], int]] = {}
@@ -253,7 +226,7 @@ class Membership:
             SEAL_OVERHEAD if keyring is not None else 2 + len(label.encode())
         )
         if config.probe_schedule == "shared":
-            self._next_probe = self._next_shared_probe(now, config.probe_interval)
+            self._next_probe = _probes.next_shared_probe(self, now, config.probe_interval)
         else:
             self._next_probe = now + rng.uniform(0, config.probe_interval)
         self._next_gossip = now + rng.uniform(0, config.gossip_interval)
@@ -292,6 +265,11 @@ class Membership:
 
     def members(self) -> list[Member]:
         return [m.copy() for m in self._members.values()]
+
+    def suspicions(self) -> Mapping[str, Suspicion]:
+        """The running suspicions, by suspect. Read-only: each is the core's own record, whose
+        deadline moves as confirmations arrive."""
+        return {name: st.suspicion for name, st in self._suspects.items()}
 
     def num_live(self) -> int:
         return len(self._live.names)
@@ -499,7 +477,7 @@ class Membership:
             self._next_reconnect,
         )
         for p in self._pending.values():
-            t = min(t, p.final if p.kind == _PROBE and p.indirect else p.deadline)
+            t = min(t, p.final if p.kind == PROBE and p.indirect else p.deadline)
         for s in self._suspects.values():
             t = min(t, s.due)
         if self._join is not None and self._join.retry_at is not None:
@@ -514,11 +492,11 @@ class Membership:
         # Suspicion timeouts first: declarations should not wait behind a probe.
         for name in [n for n, s in self._suspects.items() if s.due <= now]:
             self._suspicion_expired(name, now)
-        for seq in [s for s, p in self._pending.items() if self._pending_due(p, now)]:
-            self._pending_timeout(seq, now)
+        for seq in [s for s, p in self._pending.items() if _probes.is_due(p, now)]:
+            _probes.timed_out(self, seq, now)
         _sync.retry_join(self, now)
         if now >= self._next_probe:
-            self._probe(now)
+            _probes.probe(self, now)
         if now >= self._next_gossip:
             self._next_gossip = now + self.config.gossip_interval
             self._gossip(now)
@@ -530,93 +508,22 @@ class Membership:
     # ------------------------------------------------------------------ message handling
 
     def _handle_message(self, msg: Message, addr: Addr, now: float) -> None:
-        if isinstance(msg, Ping):
-            self._on_ping(msg, addr, now)
-        elif isinstance(msg, Ack):
-            self._on_ack(msg, addr, now)
-        elif isinstance(msg, Nack):
-            p = self._pending.get(msg.seq)
-            if p is not None and p.kind == _PROBE:
-                p.nacks += 1
-                self.stats["nacks_received"] += 1
-        elif isinstance(msg, PingReq):
-            self._on_ping_req(msg, addr, now)
-        elif isinstance(msg, Alive):
-            self._apply_alive(msg, now)
-        elif isinstance(msg, Suspect):
-            self._apply_suspect(msg, now)
-            if msg.name == self.name:
-                self._answer_accusation(addr)
-        elif isinstance(msg, Dead):
-            self._apply_dead(msg, now)
-            if msg.name == self.name and msg.origin != self.name:
-                self._answer_accusation(addr)
-        elif isinstance(msg, Summary):
-            self._on_summary(msg, now)
+        handler = _ON_MESSAGE.get(type(msg))
+        if handler is not None:
+            handler(self, msg, addr, now)
 
-    def _on_ping(self, msg: Ping, addr: Addr, now: float) -> None:
-        if msg.target != self.name:
-            # Meant for a member that used to live at this address: stay silent.
-            self.stats["misdirected"] += 1
-            return
-        self._send(addr, encode_message(Ack(msg.seq, self.name)))
-        self._send(addr, encode_message(self._own_summary()))
+    def _on_alive(self, msg: Alive, addr: Addr, now: float) -> None:
+        self._apply_alive(msg, now)
 
-    def _on_ping_req(self, msg: PingReq, addr: Addr, now: float) -> None:
-        if msg.target == self.name:
-            self._send(addr, encode_message(Ack(msg.seq, self.name)))
-            return
-        seq = self._next_seq()
-        # Answer a little before the requester's indirect phase ends, so the nack counts.
-        timeout = 0.8 * self._probe_timeout(self._members.get(msg.target))
-        self._pending[seq] = _Pending(
-            kind=_RELAY,
-            target=msg.target,
-            target_addr=msg.target_addr,
-            sent=now,
-            deadline=now + timeout,
-            reply_to=addr,
-            reply_seq=msg.seq,
-            want_nack=msg.nack,
-        )
-        self._send(msg.target_addr, self._ping(seq, msg.target))
+    def _on_suspect(self, msg: Suspect, addr: Addr, now: float) -> None:
+        self._apply_suspect(msg, now)
+        if msg.name == self.name:
+            self._answer_accusation(addr)
 
-    def _on_ack(self, msg: Ack, addr: Addr, now: float) -> None:
-        p = self._pending.get(msg.seq)
-        if p is None or msg.source != p.target:
-            return
-        self.stats["acks_received"] += 1
-        if addr == p.target_addr and p.kind in (_PROBE, _CHECK):
-            # Straight from the target (not relayed), even if late: a round trip to its dc.
-            self._measure_rtt(p.target, now - p.sent)
-        if p.kind == _PROBE:
-            del self._pending[msg.seq]
-            self._probing = None
-            self._awareness.apply_delta(-1)
-            self._announce_health(now)
-        elif p.kind == _RELAY:
-            del self._pending[msg.seq]
-            self._send(p.reply_to, encode_message(Ack(p.reply_seq, p.target)))
-        elif p.kind == _CHECK:
-            del self._pending[msg.seq]
-        elif p.kind == _FINAL:
-            del self._pending[msg.seq]
-            st = self._suspects.get(p.target)
-            if st is not None:
-                st.answered = True
-        elif p.kind == _CLAIM:
-            # The old address still answers under this name: two live nodes claim it.
-            del self._pending[msg.seq]
-            self._claims.pop(p.target, None)
-            kept = self._members.get(p.target)
-            if p.claim is not None and kept is not None:
-                self.stats["conflicts"] += 1
-                other = p.target_addr if p.target == self.name else p.claim.addr
-                event = NameConflict(kept.copy(), other=other)
-                if p.target == self.name:
-                    # We are the newcomer: do not announce ourselves over a live member.
-                    self._conflict = event
-                self._emit(event)
+    def _on_dead(self, msg: Dead, addr: Addr, now: float) -> None:
+        self._apply_dead(msg, now)
+        if msg.name == self.name and msg.origin != self.name:
+            self._answer_accusation(addr)
 
     def _on_summary(self, msg: Summary, now: float) -> None:
         if msg.name == self.name:
@@ -672,7 +579,7 @@ class Membership:
             self._members[a.name] = m
             self._names.append(a.name)
             self._live.touch(m)
-            self._add_to_probe_order(a.name)
+            _probes.add_to_probe_order(self, a.name)
             if rebroadcast:
                 self._queue_broadcast(a.name, a)
             self._update_digest()
@@ -683,7 +590,7 @@ class Membership:
                 # A live member at another address: a restart elsewhere, or two nodes with one
                 # name. Ask the old address before believing it.
                 if a.incarnation > m.incarnation:
-                    self._verify_claim(a, m, now)
+                    _probes.verify_claim(self, a, m, now)
                 return
             # A dead or departed member back at a new address (memberlist: updatesNode).
         elif a.incarnation <= m.incarnation:
@@ -714,7 +621,7 @@ class Membership:
             m.state = State.ALIVE
             m.since = now
             if not previous.is_live:
-                self._add_to_probe_order(m.name)
+                _probes.add_to_probe_order(self, m.name)
         m.last_heard = now
         self._live.touch(m)
         if rebroadcast or previous != State.ALIVE:
@@ -733,7 +640,7 @@ class Membership:
             # Someone else speaks under our name (or the cluster remembers us elsewhere).
             if self._join is not None and not self._join.done and a.name not in self._claims:
                 # Joining after a restart at a new address: check the old one first.
-                self._verify_claim(a, me, now, own=True)
+                _probes.verify_claim(self, a, me, now, own=True)
                 return
             self.stats["conflicts"] += 1
             self._emit(NameConflict(me.copy(), other=a.addr))
@@ -808,7 +715,7 @@ class Membership:
             and self._awareness.score == 0
             and self._rng.random() * n < self.config.suspect_checkers
         ):
-            self._suspect_check(m, now)
+            _probes.suspect_check(self, m, now)
 
     def _apply_dead(self, d: Dead, now: float) -> None:
         if self._implausible(d.name, d.incarnation, now):
@@ -957,214 +864,10 @@ class Membership:
             # say little), or it answered our last look but its refutation has not reached
             # us: ask it ourselves, with the suspicion, before declaring it. A
             # live suspect refutes straight back to us.
-            st.final_tries = 0 if st.answered else st.final_tries + 1
-            st.answered = False
-            st.hold = now + max(self._probe_timeout(m), self.config.probe_interval)
-            self.stats["final_checks"] += 1
-            seq = self._next_seq()
-            self._pending[seq] = _Pending(
-                kind=_FINAL, target=m.name, target_addr=m.addr, sent=now, deadline=st.hold
-            )
-            self._send(m.addr, encode_message(Suspect(m.name, m.incarnation, self.name)))
-            self._send(m.addr, self._ping(seq, m.name))
+            _probes.final_check(self, st, m, now)
             return
         self.stats["failures_declared"] += 1
         self._apply_dead(Dead(name, m.incarnation, self.name), now)
-
-    # ------------------------------------------------------------------ probing
-
-    def _probe(self, now: float) -> None:
-        # Lifeguard: a slow member probes less often (on the shared schedule: skips rounds).
-        interval = self._awareness.scale_timeout(self.config.probe_interval)
-        shared = self.config.probe_schedule == "shared"
-        if shared:
-            # A healthy member probes its target every round even while an earlier probe (of
-            # a slow member, with a long timeout) is still in flight: this round's target has
-            # no other prober. On the random schedule, one probe at a time.
-            self._next_probe = self._next_shared_probe(now, interval)
-        else:
-            self._next_probe = now + interval
-        if self._leaving or (self._probing is not None and not shared):
-            return
-        target = self._shared_probe_target(now) if shared else self._next_probe_target()
-        if target is None:
-            return
-        seq = self._next_seq()
-        timeout = self._probe_timeout(target)
-        self._pending[seq] = _Pending(
-            kind=_PROBE,
-            target=target.name,
-            target_addr=target.addr,
-            sent=now,
-            deadline=now + timeout,
-            # The indirect phase ends when the relays' answers are due (they nack at 0.8 of
-            # their timeout after our ping-req at `timeout`), not at the end of the interval
-            # as in memberlist: the suspicion starts as soon as the evidence is in.
-            final=now + 2 * timeout,
-            incarnation=target.incarnation,
-        )
-        self._probing = seq
-        self.stats["pings_sent"] += 1
-        if target.state == State.SUSPECT:
-            # Buddy system: the probe of a suspect carries the suspicion so it can refute.
-            self._send(
-                target.addr,
-                encode_message(Suspect(target.name, target.incarnation, self.name)),
-            )
-        self._send(target.addr, self._ping(seq, target.name))
-
-    def _next_shared_probe(self, now: float, interval: float) -> float:
-        base = self.config.probe_interval
-        return self._schedule.next_round(now, self.wall_offset, base, interval)
-
-    def _shared_probe_target(self, now: float) -> Member | None:
-        r = self._schedule.round(now + self.wall_offset, self.config.probe_interval)
-        return self._schedule.ring_target(self._live.ring, self._members, r, self._rng)
-
-    def _next_probe_target(self) -> Member | None:
-        return self._schedule.next_target(self._members, self._rng)
-
-    def _add_to_probe_order(self, name: str) -> None:
-        if self.config.probe_schedule == "shared":
-            return  # the shared schedule probes along the ring, not this list
-        self._schedule.add(name, self._rng)
-
-    def _pending_due(self, p: _Pending, now: float) -> bool:
-        if p.kind == _PROBE and p.indirect:
-            return p.final <= now
-        return p.deadline <= now
-
-    def _pending_timeout(self, seq: int, now: float) -> None:
-        p = self._pending[seq]
-        if p.kind == _PROBE:
-            if not p.indirect:
-                self._start_indirect(seq, p, now)
-                if p.final > now:
-                    return
-            del self._pending[seq]
-            self._probing = None
-            self._probe_failed(p, now)
-        elif p.kind == _RELAY:
-            del self._pending[seq]
-            if p.want_nack:
-                self._send(p.reply_to, encode_message(Nack(p.reply_seq, self.name)))
-        elif p.kind == _FINAL:
-            del self._pending[seq]  # the suspicion's hold runs out at the same time
-        elif p.kind == _CHECK:
-            del self._pending[seq]
-            m = self._members.get(p.target)
-            if m is not None and m.state == State.SUSPECT:
-                # Independent confirmation: we could not reach it either.
-                self._apply_suspect(Suspect(m.name, m.incarnation, self.name), now)
-        elif p.kind == _CLAIM:
-            del self._pending[seq]
-            self._claims.pop(p.target, None)
-            claim = p.claim
-            if claim is None:
-                return
-            if p.target == self.name:
-                # Nobody answers at our old address: it was us, before a restart.
-                self._refute(claim.incarnation, now)
-                return
-            m = self._members.get(p.target)
-            if m is not None and claim.incarnation > m.incarnation:
-                self._accept_alive(m, claim, now)
-
-    def _start_indirect(self, seq: int, p: _Pending, now: float) -> None:
-        p.indirect = True
-        k = self.config.indirect_checks
-
-        def can_relay(m: Member) -> bool:
-            return m.state == State.ALIVE and m.name not in (self.name, p.target)
-
-        # Relays that told us they are slow would answer late: a missing nack from them
-        # would count against our own health. Healthy relays first, the others if too few.
-        chosen = self._random_members(k, lambda m: can_relay(m) and m.health == 0)
-        if len(chosen) < k:
-            chosen += self._random_members(k - len(chosen), lambda m: can_relay(m) and m.health > 0)
-        me = self._members[self.name]
-        for relay in chosen:
-            self.stats["ping_reqs_sent"] += 1
-            msg = PingReq(seq, p.target, p.target_addr, self.name, me.addr, True)
-            self._send(relay.addr, encode_message(msg))
-        p.expected_nacks = len(chosen)
-
-    def _random_members(self, k: int, eligible: Callable[[Member], bool]) -> list[Member]:
-        """Up to k distinct random members that satisfy `eligible`. Samples by index from the
-        list of names when the cluster is large, so a failed probe costs O(k), not O(N)."""
-        names = self._names
-        if len(names) > 8 * k + 16:
-            out: dict[str, Member] = {}
-            for _ in range(16 * k):
-                m = self._members.get(names[self._rng.randrange(len(names))])
-                if m is not None and m.name not in out and eligible(m):
-                    out[m.name] = m
-                    if len(out) == k:
-                        return list(out.values())
-        pool = [m for m in self._members.values() if eligible(m)]
-        return self._rng.sample(pool, min(k, len(pool)))
-
-    def _probe_failed(self, p: _Pending, now: float) -> None:
-        self.stats["probes_failed"] += 1
-        if p.expected_nacks > 0:
-            missing = p.expected_nacks - p.nacks
-            if missing > 0:
-                self._awareness.apply_delta(missing)
-        else:
-            self._awareness.apply_delta(1)
-        self._announce_health(now)
-        m = self._members.get(p.target)
-        if m is None or not m.state.is_live:
-            return
-        self.stats["suspicions"] += 1
-        self._apply_suspect(Suspect(m.name, max(m.incarnation, p.incarnation), self.name), now)
-
-    def _suspect_check(self, m: Member, now: float) -> None:
-        if self._leaving or self._checked.get(m.name) == m.incarnation:
-            return
-        self._checked[m.name] = m.incarnation
-        self.stats["suspect_checks"] += 1
-        seq = self._next_seq()
-        timeout = self._probe_timeout(m)
-        self._pending[seq] = _Pending(
-            kind=_CHECK, target=m.name, target_addr=m.addr, sent=now, deadline=now + timeout
-        )
-        self._send(m.addr, encode_message(Suspect(m.name, m.incarnation, self.name)))
-        self._send(m.addr, self._ping(seq, m.name))
-
-    def _verify_claim(self, a: Alive, m: Member, now: float, *, own: bool = False) -> None:
-        if a.name in self._claims:
-            return
-        seq = self._next_seq()
-        timeout = max(self._probe_timeout(m), self.config.probe_interval)
-        self._claims[a.name] = seq
-        self._pending[seq] = _Pending(
-            kind=_CLAIM,
-            target=a.name,
-            target_addr=a.addr if own else m.addr,
-            sent=now,
-            deadline=now + timeout,
-            claim=a,
-        )
-        self._send(a.addr if own else m.addr, self._ping(seq, a.name))
-
-    def _probe_timeout(self, m: Member | None) -> float:
-        base = self._awareness.scale_timeout(self.config.probe_timeout)
-        if m is not None and m.health:
-            # It told us it is slow: wait longer for its answers (Lifeguard, the other way).
-            base *= 1 + min(m.health, 3)
-        if m is not None and m.dc != self.dc:
-            rtt = self._rtt.get(m.dc)
-            if rtt is not None:
-                base = max(base, self.config.remote_timeout_rtt_mult * rtt)
-        return base
-
-    def _measure_rtt(self, name: str, rtt: float) -> None:
-        m = self._members.get(name)
-        if m is None or rtt < 0:
-            return
-        old = self._rtt.get(m.dc)
-        self._rtt[m.dc] = rtt if old is None else old + _RTT_ALPHA * (rtt - old)
 
     # ------------------------------------------------------------------ dissemination
 
@@ -1309,14 +1012,6 @@ class Membership:
     def _open(self, data: bytes, now: float) -> bytes:
         return open_frame(self.keyring, data, self.label, now + self.wall_offset)
 
-    def _next_seq(self) -> int:
-        self._seq = (self._seq + 1) & 0x7FFFFFFF
-        return self._seq
-
-    def _ping(self, seq: int, target: str) -> bytes:
-        me = self._members[self.name]
-        return encode_message(Ping(seq, target, self.name, me.addr, self.dc))
-
     def _alive_of(self, m: Member) -> Alive:
         return Alive(
             m.name, m.incarnation, m.addr, m.dc, m.roles, m.weight, dict(m.tags), health=m.health
@@ -1341,3 +1036,16 @@ class Membership:
     def _reap_interval(self) -> float:
         # Tombstones are forgotten within a tenth of their lifetime (at most a minute) late.
         return max(self.config.probe_interval, min(self.config.tombstone_reap_time / 10, 60.0))
+
+
+# What each gossip message does, by its type (every type in `Message`).
+_ON_MESSAGE: dict[type, Callable[[Membership, Any, Addr, float], None]] = {
+    Ping: _probes.on_ping,
+    Ack: _probes.on_ack,
+    Nack: _probes.on_nack,
+    PingReq: _probes.on_ping_req,
+    Alive: Membership._on_alive,
+    Suspect: Membership._on_suspect,
+    Dead: Membership._on_dead,
+    Summary: lambda core, msg, addr, now: core._on_summary(msg, now),
+}
