@@ -35,7 +35,7 @@ from typing import Any
 
 from ..config import MembershipConfig
 from ..keyring import NONCE_SIZE, SEAL_OVERHEAD, Keyring, SealError, open_frame, seal_frame
-from . import _probes, _sync
+from . import _probes, _suspicion, _sync
 from ._broadcast import TransmitLimitedQueue
 from ._events import (
     Event,
@@ -44,11 +44,10 @@ from ._events import (
     MemberJoined,
     MemberLeft,
     MemberRecovered,
-    MemberSuspected,
     MemberUpdated,
     NameConflict,
 )
-from ._lifeguard import Awareness, Suspicion, expected_confirmations, suspicion_timeouts
+from ._lifeguard import Awareness, Suspicion
 from ._live_set import LiveSet
 from ._member import Addr, Member, State
 from ._messages import (
@@ -115,22 +114,6 @@ class StreamRequest:
     payload: bytes
 
 
-@dataclass(slots=True)
-class _SuspectState:
-    suspicion: Suspicion
-    since: float
-    by: str
-    # Final check: the suspicion ran out short of its confirmations, so we asked the suspect
-    # ourselves; it is declared only if that goes unanswered until `hold`.
-    hold: float | None = None
-    answered: bool = False
-    final_tries: int = 0
-
-    @property
-    def due(self) -> float:
-        return self.suspicion.deadline if self.hold is None else self.hold
-
-
 class Membership:
     """One node's SWIM membership. See the module docstring and docs/internal-api.md."""
 
@@ -172,7 +155,7 @@ class Membership:
         self._awareness = Awareness(config.awareness_max_multiplier)
         self._broadcasts = TransmitLimitedQueue(config.retransmit_mult)
         self._members: dict[str, Member] = {}
-        self._suspects: dict[str, _SuspectState] = {}
+        self._suspects: dict[str, _suspicion.SuspectState] = {}
         self._events: deque[Event] = deque()
         self._out: dict[Addr, list[bytes]] = {}
         self._streams: list[StreamRequest] = []
@@ -491,7 +474,7 @@ class Membership:
             self._leave_wakeup = None
         # Suspicion timeouts first: declarations should not wait behind a probe.
         for name in [n for n, s in self._suspects.items() if s.due <= now]:
-            self._suspicion_expired(name, now)
+            _suspicion.expired(self, name, now)
         for seq in [s for s, p in self._pending.items() if _probes.is_due(p, now)]:
             _probes.timed_out(self, seq, now)
         _sync.retry_join(self, now)
@@ -685,37 +668,7 @@ class Membership:
         m.since = now
         self._live.touch(m)
         self._update_digest()
-        n = self.num_live()
-        cfg = self.config
-        if cfg.suspicion_confirmations is None:
-            k = expected_confirmations(n, cfg.suspicion_mult)
-        else:
-            k = max(0, min(cfg.suspicion_confirmations, n - 2))
-        lo, hi = suspicion_timeouts(
-            n, cfg.suspicion_mult, cfg.suspicion_max_timeout_mult, cfg.probe_interval
-        )
-        if lo < cfg.suspicion_min_floor:
-            hi *= cfg.suspicion_min_floor / lo if lo > 0 else 1.0
-            lo = cfg.suspicion_min_floor
-        # More time for a member that said it is slow, or that just refuted a suspicion:
-        # it is alive, and its refutation takes longer than a healthy member's.
-        scale = 1 + min(m.health, 3)
-        count, last = self._refuted.get(s.name, (0, 0.0))
-        if count and now - last <= cfg.refutation_memory:
-            scale += min(count, 2)
-        lo, hi = lo * scale, hi * scale
-        susp = Suspicion(origin=s.origin, k=k, min_timeout=lo, max_timeout=hi, start=now)
-        self._suspects[s.name] = _SuspectState(susp, now, s.origin)
-        self._emit(MemberSuspected(m.copy(), by=s.origin))
-        # Only a member in good health checks for itself: a slow member's failed check would
-        # be a confirmation that says more about it than about the suspect (Lifeguard).
-        if (
-            s.origin != self.name
-            and self.config.suspect_check
-            and self._awareness.score == 0
-            and self._rng.random() * n < self.config.suspect_checkers
-        ):
-            _probes.suspect_check(self, m, now)
+        _suspicion.start(self, m, s, now)
 
     def _apply_dead(self, d: Dead, now: float) -> None:
         if self._implausible(d.name, d.incarnation, now):
@@ -735,7 +688,7 @@ class Membership:
         if d.name == self.name and not self._leaving:
             self._refute(d.incarnation, now)
             return
-        if self._doubt_death(d, m, now):
+        if _suspicion.doubt_death(self, d, m, now):
             self.stats["deaths_doubted"] += 1
             self._rejected(
                 "death of a member heard from just now",
@@ -778,21 +731,6 @@ class Membership:
         if event is not None:
             self._emit(event)
 
-    def _doubt_death(self, d: Dead, m: Member, now: float) -> bool:
-        """Whether to take another member's word that `m` died as a suspicion instead: we
-        heard from `m` itself more recently than any real failure could have been declared
-        (a suspicion lasts at least its minimum after the failed probe, and the dead member
-        is silent all that time). A forged or mistaken death then costs a ping (our own
-        suspect check, which lets `m` refute at once) instead of a failure, a routing
-        change and a handoff on every node."""
-        if d.origin in (d.name, self.name) or d.name in self._suspects:
-            return False
-        cfg = self.config
-        lo, _ = suspicion_timeouts(
-            self.num_live(), cfg.suspicion_mult, cfg.suspicion_max_timeout_mult, cfg.probe_interval
-        )
-        return now - m.last_heard < max(lo, cfg.suspicion_min_floor)
-
     def _answer_accusation(self, addr: Addr) -> None:
         """Someone sent us news that we are suspect or dead: answer it directly with our
         current alive (refuted already if the news was current), not only by gossip, which
@@ -814,60 +752,9 @@ class Membership:
         self._broadcast_self_alive()
         self._update_digest()
 
-    def _announce_health(self, now: float) -> None:
-        """Tell the cluster when we become slow (score >= health_announce_score), and when
-        we have been healthy again for health_dwell seconds."""
-        threshold = self.config.health_announce_score
-        if threshold <= 0 or self._leaving:
-            return
-        me = self._members[self.name]
-        score = self._awareness.score
-        if score >= threshold and me.health == 0:
-            me.health = score
-        elif score == 0 and me.health > 0:
-            if self._healthy_since is None:
-                self._healthy_since = now
-            if now - self._healthy_since < self.config.health_dwell:
-                return
-            me.health = 0
-        else:
-            if score > 0:
-                self._healthy_since = None
-            return
-        self._healthy_since = None
-        me.incarnation += 1
-        self._live.touch(me)
-        self._broadcast_self_alive()
-        self._update_digest()
-
     def _broadcast_self_alive(self) -> None:
         me = self._members[self.name]
         self._queue_broadcast(self.name, self._alive_of(me))
-
-    def _suspicion_expired(self, name: str, now: float) -> None:
-        st = self._suspects.get(name)
-        m = self._members.get(name)
-        if st is None or m is None or m.state != State.SUSPECT:
-            self._suspects.pop(name, None)
-            return
-        susp = st.suspicion
-        # Asked twice (three times if it said it is slow) before it is declared: one lost
-        # ping or ack must not turn a lone accusation into a failure.
-        tries = 2 if m.health == 0 else 3
-        if (
-            self.config.suspect_final_check
-            and not self._leaving
-            and (susp.confirmations < susp.k or m.health > 0 or st.hold is not None)
-            and (st.answered or st.final_tries < tries)
-        ):
-            # Nobody else confirmed it, or it told us it is slow (others' confirmations then
-            # say little), or it answered our last look but its refutation has not reached
-            # us: ask it ourselves, with the suspicion, before declaring it. A
-            # live suspect refutes straight back to us.
-            _probes.final_check(self, st, m, now)
-            return
-        self.stats["failures_declared"] += 1
-        self._apply_dead(Dead(name, m.incarnation, self.name), now)
 
     # ------------------------------------------------------------------ dissemination
 

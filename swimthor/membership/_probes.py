@@ -18,7 +18,10 @@ when it times out:
 
 Timeouts follow Lifeguard: our own health stretches them, a member that said it is slow gets
 longer, and a member in another datacenter at least a multiple of the round trip measured to
-that datacenter. These are steps of the core, written as functions of it.
+that datacenter. Our own health score moves with the probes' outcomes (an ack lowers it, a
+failed probe and every missing nack raise it), and `announce_health` tells the cluster when we
+become slow and when we are healthy again. These are steps of the core, written as functions
+of it.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ from ._member import Addr, Member, State
 from ._messages import Ack, Alive, Nack, Ping, PingReq, Suspect, encode_message
 
 if TYPE_CHECKING:
-    from ._core import Membership, _SuspectState
+    from ._core import Membership
+    from ._suspicion import SuspectState
 
 PROBE = "probe"  # our own failure probe of a member
 RELAY = "relay"  # a ping we send on behalf of a ping-req
@@ -189,7 +193,7 @@ def suspect_check(core: Membership, m: Member, now: float) -> None:
     core._send(m.addr, ping(core, seq, m.name))
 
 
-def final_check(core: Membership, st: _SuspectState, m: Member, now: float) -> None:
+def final_check(core: Membership, st: SuspectState, m: Member, now: float) -> None:
     """Ask a suspect ourselves, with the suspicion, before declaring it; it is declared only
     if that goes unanswered until `st.hold`."""
     st.final_tries = 0 if st.answered else st.final_tries + 1
@@ -239,6 +243,33 @@ def measure_rtt(core: Membership, name: str, rtt: float) -> None:
         return
     old = core._rtt.get(m.dc)
     core._rtt[m.dc] = rtt if old is None else old + _RTT_ALPHA * (rtt - old)
+
+
+def announce_health(core: Membership, now: float) -> None:
+    """Tell the cluster when we become slow (score >= health_announce_score), and when
+    we have been healthy again for health_dwell seconds."""
+    threshold = core.config.health_announce_score
+    if threshold <= 0 or core._leaving:
+        return
+    me = core._members[core.name]
+    score = core._awareness.score
+    if score >= threshold and me.health == 0:
+        me.health = score
+    elif score == 0 and me.health > 0:
+        if core._healthy_since is None:
+            core._healthy_since = now
+        if now - core._healthy_since < core.config.health_dwell:
+            return
+        me.health = 0
+    else:
+        if score > 0:
+            core._healthy_since = None
+        return
+    core._healthy_since = None
+    me.incarnation += 1
+    core._live.touch(me)
+    core._broadcast_self_alive()
+    core._update_digest()
 
 
 # ---------------------------------------------------------------- pings, ping-reqs, answers
@@ -318,7 +349,7 @@ def timed_out(core: Membership, seq: int, now: float) -> None:
 def _probe_acked(core: Membership, p: Pending, now: float) -> None:
     core._probing = None
     core._awareness.apply_delta(-1)
-    core._announce_health(now)
+    announce_health(core, now)
 
 
 def _probe_failed(core: Membership, p: Pending, now: float) -> None:
@@ -330,7 +361,7 @@ def _probe_failed(core: Membership, p: Pending, now: float) -> None:
             core._awareness.apply_delta(missing)
     else:
         core._awareness.apply_delta(1)
-    core._announce_health(now)
+    announce_health(core, now)
     m = core._members.get(p.target)
     if m is None or not m.state.is_live:
         return

@@ -1,0 +1,122 @@
+"""Suspicion of a member: how long it runs, who looks for themselves, and how it ends.
+
+SWIM's suspicion sub-protocol with Lifeguard's local-health-aware suspicion (LHA-suspicion):
+a suspicion starts long (`suspicion_timeouts`, scaled by the cluster size) and shrinks with
+each independent confirmation, down to a floor after `k` of them (`expected_confirmations`).
+It runs longer for a member that told us it is slow, and for one that refuted a suspicion
+recently. A healthy member that hears a suspicion may ping the suspect itself (our suspect
+check), so confirmations arrive within a round trip. When a suspicion runs out short of its
+confirmations we look once more ourselves (the final check) before declaring the failure.
+And a death reported by another member, of a member we heard from more recently than any real
+failure could have been declared, is taken as a suspicion only.
+
+Steps of the core, written as functions of it; the arithmetic is `_lifeguard`'s.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from . import _probes
+from ._events import MemberSuspected
+from ._lifeguard import Suspicion, expected_confirmations, suspicion_timeouts
+from ._member import Member, State
+from ._messages import Dead, Suspect
+
+if TYPE_CHECKING:
+    from ._core import Membership
+
+
+@dataclass(slots=True)
+class SuspectState:
+    suspicion: Suspicion
+    since: float
+    by: str
+    # Final check: the suspicion ran out short of its confirmations, so we asked the suspect
+    # ourselves; it is declared only if that goes unanswered until `hold`.
+    hold: float | None = None
+    answered: bool = False
+    final_tries: int = 0
+
+    @property
+    def due(self) -> float:
+        return self.suspicion.deadline if self.hold is None else self.hold
+
+
+def start(core: Membership, m: Member, s: Suspect, now: float) -> None:
+    """`m` has just become a suspect on `s`: start its suspicion, and maybe check ourselves."""
+    n = core.num_live()
+    cfg = core.config
+    if cfg.suspicion_confirmations is None:
+        k = expected_confirmations(n, cfg.suspicion_mult)
+    else:
+        k = max(0, min(cfg.suspicion_confirmations, n - 2))
+    lo, hi = suspicion_timeouts(
+        n, cfg.suspicion_mult, cfg.suspicion_max_timeout_mult, cfg.probe_interval
+    )
+    if lo < cfg.suspicion_min_floor:
+        hi *= cfg.suspicion_min_floor / lo if lo > 0 else 1.0
+        lo = cfg.suspicion_min_floor
+    # More time for a member that said it is slow, or that just refuted a suspicion:
+    # it is alive, and its refutation takes longer than a healthy member's.
+    scale = 1 + min(m.health, 3)
+    count, last = core._refuted.get(s.name, (0, 0.0))
+    if count and now - last <= cfg.refutation_memory:
+        scale += min(count, 2)
+    lo, hi = lo * scale, hi * scale
+    susp = Suspicion(origin=s.origin, k=k, min_timeout=lo, max_timeout=hi, start=now)
+    core._suspects[s.name] = SuspectState(susp, now, s.origin)
+    core._emit(MemberSuspected(m.copy(), by=s.origin))
+    # Only a member in good health checks for itself: a slow member's failed check would
+    # be a confirmation that says more about it than about the suspect (Lifeguard).
+    if (
+        s.origin != core.name
+        and core.config.suspect_check
+        and core._awareness.score == 0
+        and core._rng.random() * n < core.config.suspect_checkers
+    ):
+        _probes.suspect_check(core, m, now)
+
+
+def expired(core: Membership, name: str, now: float) -> None:
+    """The suspicion of `name` (or its final check's hold) ran out."""
+    st = core._suspects.get(name)
+    m = core._members.get(name)
+    if st is None or m is None or m.state != State.SUSPECT:
+        core._suspects.pop(name, None)
+        return
+    susp = st.suspicion
+    # Asked twice (three times if it said it is slow) before it is declared: one lost
+    # ping or ack must not turn a lone accusation into a failure.
+    tries = 2 if m.health == 0 else 3
+    if (
+        core.config.suspect_final_check
+        and not core._leaving
+        and (susp.confirmations < susp.k or m.health > 0 or st.hold is not None)
+        and (st.answered or st.final_tries < tries)
+    ):
+        # Nobody else confirmed it, or it told us it is slow (others' confirmations then
+        # say little), or it answered our last look but its refutation has not reached
+        # us: ask it ourselves, with the suspicion, before declaring it. A
+        # live suspect refutes straight back to us.
+        _probes.final_check(core, st, m, now)
+        return
+    core.stats["failures_declared"] += 1
+    core._apply_dead(Dead(name, m.incarnation, core.name), now)
+
+
+def doubt_death(core: Membership, d: Dead, m: Member, now: float) -> bool:
+    """Whether to take another member's word that `m` died as a suspicion instead: we
+    heard from `m` itself more recently than any real failure could have been declared
+    (a suspicion lasts at least its minimum after the failed probe, and the dead member
+    is silent all that time). A forged or mistaken death then costs a ping (our own
+    suspect check, which lets `m` refute at once) instead of a failure, a routing
+    change and a handoff on every node."""
+    if d.origin in (d.name, core.name) or d.name in core._suspects:
+        return False
+    cfg = core.config
+    lo, _ = suspicion_timeouts(
+        core.num_live(), cfg.suspicion_mult, cfg.suspicion_max_timeout_mult, cfg.probe_interval
+    )
+    return now - m.last_heard < max(lo, cfg.suspicion_min_floor)
