@@ -35,7 +35,7 @@ from typing import Any
 
 from ..config import MembershipConfig
 from ..keyring import NONCE_SIZE, SEAL_OVERHEAD, Keyring, SealError, open_frame, seal_frame
-from . import _probes, _suspicion, _sync
+from . import _gossip, _probes, _suspicion, _sync
 from ._broadcast import TransmitLimitedQueue
 from ._events import (
     Event,
@@ -47,6 +47,7 @@ from ._events import (
     MemberUpdated,
     NameConflict,
 )
+from ._gossip import GossipRotation
 from ._lifeguard import Awareness, Suspicion
 from ._live_set import LiveSet
 from ._member import Addr, Member, State
@@ -164,8 +165,7 @@ class Membership:
         self._pending: dict[int, _probes.Pending] = {}
         self._seq = rng.randrange(1 << 30)
         self._schedule = ProbeSchedule(name)  # the probe order, and our shared-schedule rounds
-        self._gossip_rotation: dict[str, tuple[list[str], int]] = {}
-        self._empty_rotation: dict[str, int] = {}
+        self._rotation = GossipRotation()  # whom the gossip ticks go to next
         self._probing: int | None = None
         self._rtt: dict[str, float] = {}
         self._summaries: dict[str, tuple[Summary, float]] = {}
@@ -293,7 +293,7 @@ class Membership:
         self._apply_dead(msg, now)
         # Besides the queue, tell a few members directly right away.
         data = encode_message(msg)
-        for target in self._gossip_targets(max(self.config.gossip_nodes, 3), now):
+        for target in _gossip.gossip_targets(self, max(self.config.gossip_nodes, 3), now):
             self._send(target.addr, data)
 
     def leave_complete(self, now: float) -> bool:
@@ -436,7 +436,7 @@ class Membership:
                 batch.append(m)
                 size += len(m)
             # Piggyback the freshest pending updates on every packet.
-            batch.extend(self._take_broadcasts(limit - size, n, addr))
+            batch.extend(_gossip.take_broadcasts(self, limit - size, n, addr))
             out.append((self._finish_packet(batch, now), addr))
         self._out.clear()
         for data, _ in out:
@@ -482,7 +482,7 @@ class Membership:
             _probes.probe(self, now)
         if now >= self._next_gossip:
             self._next_gossip = now + self.config.gossip_interval
-            self._gossip(now)
+            _gossip.gossip(self, now)
         _sync.sync_when_due(self, now)
         if now >= self._next_reap:
             self._next_reap = now + self._reap_interval()
@@ -757,75 +757,6 @@ class Membership:
         self._queue_broadcast(self.name, self._alive_of(me))
 
     # ------------------------------------------------------------------ dissemination
-
-    def _gossip(self, now: float) -> None:
-        if len(self._broadcasts) == 0:
-            return
-        n = self.num_live()
-        limit = self.config.max_packet_size - self._overhead
-        for target in self._gossip_targets(self.config.gossip_nodes, now):
-            for m in self._take_broadcasts(limit, n, target.addr):
-                self._send(target.addr, m)
-
-    def _gossip_targets(self, k: int, now: float) -> list[Member]:
-        """k members to gossip to: live ones, and recently dead ones so they can refute; at
-        least `cross_dc_gossip_nodes` of them in other datacenters when there are any.
-
-        Targets come from shuffled round-robin lists, like probe targets, so consecutive
-        ticks reach different members: with a retransmit limit of at least the number of
-        members, a broadcast reaches every one of them directly. Amortized O(k) a tick."""
-        grace = self.config.gossip_to_dead_time
-        chosen: list[Member] = []
-        taken: set[str] = {self.name}
-
-        def eligible(m: Member) -> bool:
-            return m.name not in taken and (
-                m.state.is_live or (m.state == State.DEAD and now - m.since < grace)
-            )
-
-        remote_wanted = min(self.config.cross_dc_gossip_nodes, k)
-        if remote_wanted:
-            chosen += self._rotate("remote", remote_wanted, eligible, taken)
-        chosen += self._rotate("all", k - len(chosen), eligible, taken)
-        return chosen
-
-    def _rotate(
-        self, which: str, k: int, eligible: Callable[[Member], bool], taken: set[str]
-    ) -> list[Member]:
-        out: list[Member] = []
-        order, idx = self._gossip_rotation.get(which, ([], 0))
-        if not order and self._empty_rotation.get(which) == len(self._names):
-            return out  # nothing there last time, and no member added since
-        refilled = False
-        while len(out) < k:
-            if idx >= len(order):
-                if refilled:
-                    break
-                refilled = True
-                order = [
-                    n
-                    for n, m in self._members.items()
-                    if n != self.name and (which == "all" or m.dc != self.dc)
-                ]
-                self._rng.shuffle(order)
-                idx = 0
-                if not order:
-                    self._empty_rotation[which] = len(self._names)
-                    break
-            name = order[idx]
-            idx += 1
-            m = self._members.get(name)
-            if m is not None and eligible(m):
-                out.append(m)
-                taken.add(name)
-        self._gossip_rotation[which] = (order, idx)
-        return out
-
-    def _take_broadcasts(self, room: int, n: int, dest: Addr) -> list[bytes]:
-        # In a small cluster every member gets every update directly: at least n - 1
-        # transmissions (to distinct members, see `dest`), up to 2 x retransmit_mult.
-        floor = min(n - 1, 2 * self.config.retransmit_mult)
-        return self._broadcasts.get_broadcasts(0, room, n, dest=dest, floor=floor)
 
     def _queue_broadcast(self, name: str, msg: Message, suffix: str = "") -> None:
         self._broadcasts.queue(name + suffix if suffix else name, encode_message(msg))
