@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import shutil
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -240,6 +241,16 @@ def _callee(cluster: dict[str, Node], sipp: Sipp, user: str) -> Callee:
     return Callee(sipp, user, entry, cluster[owners[1]])
 
 
+def _fork_counts(cluster: dict[str, Node]) -> Counter[str]:
+    """Why the cluster's forks cancelled or gave up branches so far, summed over the nodes."""
+    total: Counter[str] = Counter()
+    for node in cluster.values():
+        counts = node.status()["sip"]["transactions"]
+        why = ("cancels_sent", "cancels_received", "branch_timeouts", "branch_transport_errors")
+        total.update({k: counts[k] for k in why})
+    return total
+
+
 def _answers(caller: SippProcess, status: int) -> set[str | None]:
     """The To tags of the `status` responses to the INVITE the caller got: one per branch
     (device) that sent one."""
@@ -266,6 +277,7 @@ def test_equal_q_devices_ring_together_the_first_to_answer_wins(
     answers = bob.device("answers", answers_port, "uas_answer_after.xml", "-key", "delay", "1000")
     rings = bob.device("rings", rings_port, "uas_cancelled.xml")
 
+    before = _fork_counts(cluster)
     caller, stats = bob.call("uac_one_answer.xml")
     _passed(stats, caller)
     _passed(answers.wait(DEVICE_LIMIT), answers)
@@ -274,9 +286,13 @@ def test_equal_q_devices_ring_together_the_first_to_answer_wins(
     assert caller.received("SIP/2.0 100"), "no 100 Trying from the owner"
     assert _answers(caller, 180) == {_tag(answers, 180), _tag(rings, 180)}
     assert _answers(caller, 200) == {_tag(answers, 200)}
-    # The losing branch was cancelled because the other one answered.
-    cancel = rings.received("CANCEL")[0]
-    assert cancel.at > answers.sent("SIP/2.0 200")[0].at
+    # The losing branch was cancelled because the other one answered: one CANCEL sent by the
+    # cluster, and no branch timed out nor did the caller cancel. (Not by the two sipp
+    # processes' clocks: each stamps a message when it logs it, after sending it, so the
+    # CANCEL can be stamped before the 200 that caused it.)
+    assert rings.received("CANCEL")
+    moved = _fork_counts(cluster) - before
+    assert moved == Counter({"cancels_sent": 1}), moved
 
 
 def test_the_caller_cancels_every_ringing_device(cluster: dict[str, Node], sipp: Sipp) -> None:
@@ -288,16 +304,19 @@ def test_the_caller_cancels_every_ringing_device(cluster: dict[str, Node], sipp:
         bob.register(name, port, "1.0")
     devices = [bob.device(name, port, "uas_cancelled.xml") for name, port in ports.items()]
 
+    before = _fork_counts(cluster)
     caller, stats = bob.call("uac_cancel.xml", "-key", "rings", "2")
     _passed(stats, caller)
     for device in devices:
         _passed(device.wait(DEVICE_LIMIT), device)
 
     assert _answers(caller, 487), "no 487 for the INVITE"
-    hangup = caller.sent("CANCEL")[0]
+    assert caller.sent("CANCEL")
     for device in devices:
-        cancel = device.received("CANCEL")[0]
-        assert cancel.at > hangup.at, (device.name, cancel.at, hangup.at)
+        assert device.received("CANCEL"), device.name
+    # Because the caller cancelled: its CANCEL taken, one sent to each device, no timeout.
+    moved = _fork_counts(cluster) - before
+    assert moved == Counter({"cancels_received": 1, "cancels_sent": 2}), moved
 
 
 def test_q_groups_ring_one_after_the_other(cluster: dict[str, Node], sipp: Sipp) -> None:
@@ -310,24 +329,22 @@ def test_q_groups_ring_one_after_the_other(cluster: dict[str, Node], sipp: Sipp)
     high = bob.device("high", high_port, "uas_cancelled.xml")
     low = bob.device("low", low_port, "uas_answer_after.xml", "-key", "delay", "0")
 
+    before = _fork_counts(cluster)
     caller, stats = bob.call("uac_one_answer.xml")
     _passed(stats, caller)
     _passed(high.wait(DEVICE_LIMIT), high)
     _passed(low.wait(DEVICE_LIMIT), low)
 
     assert _answers(caller, 200) == {_tag(low, 200)}
-    high_invite, low_invite = high.received("INVITE")[0], low.received("INVITE")[0]
-    high_cancel = high.received("CANCEL")[0]
-    # The q=0.5 device was not rung with the first group: only after q=1.0 had rung for the
-    # fork timeout (at least half of it, for a loaded machine's scheduling)...
-    assert low_invite.at > high.sent("SIP/2.0 180")[0].at
-    waited = (low_invite.at - high_invite.at).total_seconds()
-    assert waited >= FORK_TIMEOUT / 2, (
-        f"q=0.5 rung {waited:.3f} s after q=1.0 (fork timeout {FORK_TIMEOUT} s); "
-        f"q=1.0 cancelled at {high_cancel.at}, q=0.5 rung at {low_invite.at}"
-    )
-    # ... which is also when q=1.0 was cancelled (it did not answer, nobody else had).
-    assert (high_cancel.at - high_invite.at).total_seconds() >= FORK_TIMEOUT / 2
+    assert high.received("CANCEL")
+    # The q=0.5 device was not rung with the first group: only after q=1.0 had rung (its 180
+    # is seconds, a fork timeout, before; the virtual-time tests in test_sip_fork.py hold the
+    # timeout itself to the millisecond).
+    assert low.received("INVITE")[0].at > high.sent("SIP/2.0 180")[0].at
+    # q=1.0 was cancelled by the group's timeout: nobody answered or cancelled, and no
+    # transaction timed out (timer C is far longer).
+    moved = _fork_counts(cluster) - before
+    assert moved == Counter({"cancels_sent": 1}), moved
 
 
 @pytest.mark.parametrize("dead_q", ["1.0", "0.5"], ids=["dead_preferred", "equal_q"])
@@ -348,15 +365,14 @@ def test_a_dead_contact_does_not_hold_up_the_call(
     assert not udp_bound(dead_port)
     live = bob.device("live", live_port, "uas_answer_after.xml", "-key", "delay", "0")
 
+    before = _fork_counts(cluster)
     caller, stats = bob.call("uac_one_answer.xml")
     _passed(stats, caller)
     _passed(live.wait(DEVICE_LIMIT), live)
 
     assert _answers(caller, 200) == {_tag(live, 200)}
     if dead_q == "1.0":
-        invite, live_invite = caller.sent("INVITE")[0], live.received("INVITE")[0]
-        waited = (live_invite.at - invite.at).total_seconds()
-        assert waited < FORK_TIMEOUT, (
-            f"the live q=0.5 device was rung {waited:.3f} s after the call began: the dead "
-            f"q=1.0 branch was given up by the fork timeout ({FORK_TIMEOUT} s), not at once"
-        )
+        # The dead q=1.0 branch failed on its transport error (the port unreachable), not
+        # by the group's timeout: nothing timed out, nothing was cancelled.
+        moved = _fork_counts(cluster) - before
+        assert moved == Counter({"branch_transport_errors": 1}), moved
