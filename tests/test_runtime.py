@@ -24,7 +24,7 @@ import trio
 import swimthor.membership.runtime as runtime_module
 from swimthor.config import PROFILES, MembershipConfig, replace
 from swimthor.keyring import Keyring
-from swimthor.membership._core import Membership, QueryError
+from swimthor.membership import Membership, QueryError
 from swimthor.membership._events import Event, MemberJoined
 from swimthor.membership._member import State
 from swimthor.membership.runtime import MembershipRuntime, query

@@ -4,7 +4,7 @@ The protocol core (`Membership`) is sans-IO; `runtime.MembershipRuntime` drives 
 """
 
 from ..keyring import Keyring, KeyringFileError, SealError
-from ._core import Membership, QueryError, StreamRequest
+from ._core import Membership, StreamRequest
 from ._events import (
     Event,
     Joined,
@@ -21,7 +21,13 @@ from ._events import (
     Rejected,
 )
 from ._member import Addr, Member, State
-from ._query import key_op_frame, query_frame, read_key_op_reply, read_query_reply
+from ._query import (
+    QueryError,
+    key_op_frame,
+    query_frame,
+    read_key_op_reply,
+    read_query_reply,
+)
 from ._stats import MembershipStats
 from ._status import ClusterRow, Convergence, StatusReply, member_json
 

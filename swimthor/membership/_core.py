@@ -35,11 +35,10 @@ from typing import Any
 
 from ..config import MembershipConfig
 from ..keyring import NONCE_SIZE, SEAL_OVERHEAD, Keyring, SealError, open_frame, seal_frame
-from . import _gossip, _probes, _suspicion, _sync
+from . import _gossip, _probes, _query, _suspicion, _sync
 from ._broadcast import TransmitLimitedQueue
 from ._events import (
     Event,
-    KeyringChanged,
     MemberFailed,
     MemberJoined,
     MemberLeft,
@@ -61,14 +60,12 @@ from ._messages import (
     Dead,
     DecodeError,
     KeyOp,
-    KeyOpReply,
     Message,
     Nack,
     Ping,
     PingReq,
     PushPull,
     Query,
-    QueryReply,
     StreamError,
     StreamMessage,
     Summary,
@@ -99,10 +96,6 @@ _NO_TAGS: dict[str, str] = {}
 
 def _own_tags(tags: Mapping[str, str]) -> dict[str, str]:
     return dict(tags) if tags else _NO_TAGS
-
-
-class QueryError(Exception):
-    """A `--via` query or a key operation failed; the message is one line for the operator."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -388,20 +381,9 @@ class Membership:
             self.stats["stream_rejected"] += 1
             self._rejected("malformed stream", addr, str(e), now)
             return self._seal(encode_stream(StreamError(str(e))), now)
-        reply: StreamMessage
-        if isinstance(msg, PushPull) and not msg.reply:
-            reply = _sync.serve(self, msg, now)
-        elif isinstance(msg, Query):
-            self.stats["queries"] += 1
-            if msg.what == "members":
-                reply = QueryReply("members", self.members_json())
-            elif msg.what == "status":
-                reply = QueryReply("status", self.status(now))
-            else:
-                reply = StreamError(f"unknown query {msg.what!r}")
-        elif isinstance(msg, KeyOp):
-            reply = self._key_op(msg)
-        else:
+        handler = _ON_STREAM.get(type(msg))
+        reply = handler(self, msg, now) if handler is not None else None
+        if reply is None:
             self.stats["stream_rejected"] += 1
             reply = StreamError("unexpected message")
         return self._seal(encode_stream(reply), now)
@@ -786,24 +768,6 @@ class Membership:
             del self._summaries[n]
         self._broadcasts.prune(max(64, 8 * len(self._members)))
 
-    # ------------------------------------------------------------------ key rotation
-
-    def _key_op(self, msg: KeyOp) -> StreamMessage:
-        ring = self.keyring
-        if ring is None:
-            return KeyOpReply(False, "this node runs without a keyring (--insecure)")
-        try:
-            if msg.op == "install":
-                ring.install(msg.key)
-            elif msg.op == "use":
-                ring.use(msg.key)
-            elif msg.op == "remove":
-                ring.remove(msg.key)
-        except ValueError as e:
-            return KeyOpReply(False, str(e))
-        self._emit(KeyringChanged(msg.op, Keyring.key_id(msg.key)))
-        return KeyOpReply(True, "")
-
     # ------------------------------------------------------------------ helpers
 
     def _emit(self, event: Event) -> None:
@@ -866,4 +830,11 @@ _ON_MESSAGE: dict[type, Callable[[Membership, Any, Addr, float], None]] = {
     Suspect: Membership._on_suspect,
     Dead: Membership._on_dead,
     Summary: lambda core, msg, addr, now: core._on_summary(msg, now),
+}
+
+# What each stream request is answered with, by its type (None: it is no request).
+_ON_STREAM: dict[type, Callable[[Membership, Any, float], StreamMessage | None]] = {
+    PushPull: _sync.serve,
+    Query: _query.serve_query,
+    KeyOp: _query.serve_key_op,
 }

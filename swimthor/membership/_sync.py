@@ -170,8 +170,11 @@ def push_pull_message(core: Membership, *, join: bool, reply: bool) -> PushPull:
 # ---------------------------------------------------------------- the other side's answer
 
 
-def serve(core: Membership, msg: PushPull, now: float) -> PushPull:
-    """Server side: merge a member's push-pull and answer with our own state."""
+def serve(core: Membership, msg: PushPull, now: float) -> PushPull | None:
+    """Server side: merge a member's push-pull and answer with our own state (None: it is a
+    reply, not a request)."""
+    if msg.reply:
+        return None
     core.stats["push_pulls"] += 1
     merge(core, msg, now)
     return push_pull_message(core, join=msg.join, reply=True)

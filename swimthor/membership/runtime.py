@@ -43,10 +43,10 @@ from ..sockets import (
     serve_listener,
     write_frame,
 )
-from ._core import Membership, QueryError, StreamRequest
+from ._core import Membership, StreamRequest
 from ._events import Event
 from ._member import Addr, State
-from ._query import key_op_frame, query_frame, read_key_op_reply, read_query_reply
+from ._query import QueryError, key_op_frame, query_frame, read_key_op_reply, read_query_reply
 
 __all__ = ["MembershipRuntime", "QueryError", "query"]
 
