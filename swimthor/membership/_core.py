@@ -21,6 +21,14 @@ hashicorp/memberlist where the papers leave things open:
 - restarts: a node that comes back raises its incarnation past what the cluster remembers;
   at a new address it first checks that nobody answers at the old one; two live nodes with one
   name are reported as a conflict, never merged.
+
+This module is the facade: the sans-IO API, the member table, the timers, and the incarnation
+rules (alive, suspect, dead, refutation). The rest lives next door, as functions of the core
+or small classes it holds: `_probes` (pings in flight, by kind: probe, relay, suspect check,
+final check, claim), `_probe_schedule` (whom to probe), `_suspicion` (how long a suspicion
+runs and how it ends), `_gossip` (dissemination), `_sync` (push-pull: join, periodic sync,
+repair, reconnect, merge), `_live_set` (the live set and the view digest), `_query` (queries
+and key operations), `_status` (the status and members replies) and `_stats` (counters).
 """
 
 from __future__ import annotations
@@ -53,8 +61,6 @@ from ._member import Addr, Member, State
 from ._messages import (
     MAX_DC,
     MAX_NAME,
-    MAX_ROLE,
-    MAX_ROLES,
     Ack,
     Alive,
     Dead,
@@ -70,6 +76,7 @@ from ._messages import (
     StreamMessage,
     Summary,
     Suspect,
+    check_metadata,
     decode_packet,
     decode_stream,
     encode_message,
@@ -324,25 +331,9 @@ class Membership:
 
     def _check_metadata(self, roles: tuple[str, ...], weight: float, tags: dict[str, str]) -> None:
         cfg = self.config
-        if len(roles) > MAX_ROLES or any(
-            not r or len(r) > MAX_ROLE or not r.isprintable() for r in roles
-        ):
-            raise ValueError(f"at most {MAX_ROLES} roles of 1 to {MAX_ROLE} printable characters")
-        if not (math.isfinite(weight) and 0.0 <= weight <= 1e6):
-            raise ValueError("weight must be a number from 0 to 1000000")
-        if len(tags) > cfg.max_tags:
-            raise ValueError(f"at most {cfg.max_tags} tags")
-        for k, v in tags.items():
-            if not k or len(k.encode()) > cfg.max_tag_bytes or len(v.encode()) > cfg.max_tag_bytes:
-                raise ValueError(f"tag keys and values are at most {cfg.max_tag_bytes} bytes")
-            if not k.isprintable() or not v.isprintable():
-                raise ValueError("tags must be printable text")
-        probe = Alive(self.name, 0, ("0:0:0:0:0:0:0:0", 65535), self.dc, roles, weight, tags)
-        if len(encode_message(probe)) + self._overhead_estimate() > cfg.max_packet_size:
-            raise ValueError("metadata too large to fit one packet")
-
-    def _overhead_estimate(self) -> int:
-        return packet_overhead(self.name) + SEAL_OVERHEAD + 64
+        room = cfg.max_packet_size - (packet_overhead(self.name) + SEAL_OVERHEAD + 64)
+        check_metadata(self.name, self.dc, roles, weight, tags, max_tags=cfg.max_tags,
+                       max_tag_bytes=cfg.max_tag_bytes, room=room)  # fmt: skip
 
     # ------------------------------------------------------------------ inputs
 

@@ -272,6 +272,37 @@ def packet_overhead(sender: str, count: int = 255) -> int:
     )
 
 
+def check_metadata(
+    name: str,
+    dc: str,
+    roles: tuple[str, ...],
+    weight: float,
+    tags: dict[str, str],
+    *,
+    max_tags: int,
+    max_tag_bytes: int,
+    room: int,
+) -> None:
+    """Refuse (ValueError) roles, a weight or tags of ours that members would not take, or
+    whose alive would not fit in `room` bytes of a packet."""
+    if len(roles) > MAX_ROLES or any(
+        not r or len(r) > MAX_ROLE or not r.isprintable() for r in roles
+    ):
+        raise ValueError(f"at most {MAX_ROLES} roles of 1 to {MAX_ROLE} printable characters")
+    if not (math.isfinite(weight) and 0.0 <= weight <= 1e6):
+        raise ValueError("weight must be a number from 0 to 1000000")
+    if len(tags) > max_tags:
+        raise ValueError(f"at most {max_tags} tags")
+    for k, v in tags.items():
+        if not k or len(k.encode()) > max_tag_bytes or len(v.encode()) > max_tag_bytes:
+            raise ValueError(f"tag keys and values are at most {max_tag_bytes} bytes")
+        if not k.isprintable() or not v.isprintable():
+            raise ValueError("tags must be printable text")
+    probe = Alive(name, 0, ("0:0:0:0:0:0:0:0", 65535), dc, roles, weight, tags)
+    if len(encode_message(probe)) > room:
+        raise ValueError("metadata too large to fit one packet")
+
+
 def encode_packet(sender: str, encoded_messages: list[bytes]) -> bytes:
     """A packet from messages already encoded with `encode_message`."""
     return b"".join(
