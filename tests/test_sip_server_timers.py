@@ -1,13 +1,18 @@
-"""The SIP server's transaction-timer loop: every deadline is honoured, at most one run per
-TIMER_TICK (one wake-up per expiring transaction meant a thousand a second under call load)."""
+"""The SIP server's clocks: the transaction-timer loop honours every deadline, at most one run
+per TIMER_TICK (one wake-up per expiring transaction meant a thousand a second under call
+load); the rate limiter runs on trio's clock, not the wall clock (swimthor.clocks)."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import trio
+import trio.testing
 
+from swimthor.clocks import Clocks
+from swimthor.ratelimit import RateLimit, SourceLimiter
 from swimthor.sip import SipServer
 from swimthor.sip._server import TIMER_TICK
 
@@ -71,3 +76,58 @@ async def test_an_earlier_deadline_wakes_the_loop(autojump_clock: trio.abc.Clock
         await trio.sleep(1.0)  # autojump clock: virtual time passes, the test waits for nothing
         assert timers.deadlines == [start + 100.0]  # the 0.5 s one fired, not this one
         assert len(timers.late) == 1 and timers.late[0] <= TIMER_TICK + 1e-9
+
+
+# ---------------------------------------------------------------- the two clocks
+
+
+class Counting(Timers):
+    """Stands in for the proxy: counts what it is given to handle."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+        self.handled = 0
+
+    def handle(self, *args: object) -> list[object]:
+        self.handled += 1
+        return []
+
+
+async def test_the_rate_limit_runs_on_trios_clock_not_the_wall_clock(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """swimthor.clocks: the limiter's buckets refill with trio's clock, so a wall clock that
+    stands still (or steps back, NTP) neither freezes nor refills them."""
+    proxy = Counting()
+    server = SipServer(
+        proxy=proxy,  # type: ignore[arg-type]
+        bind=("127.0.0.1", 0),
+        limiter=SourceLimiter(RateLimit(rate=1.0, burst=1.0)),
+        clocks=Clocks(wall=lambda: 1_000_000_000.0),  # the wall clock stands still
+    )
+    port = server.open()[1]
+    client = trio.socket.socket(type=socket.SOCK_DGRAM)
+    await client.bind(("127.0.0.1", 0))
+
+    async def sent(n: int) -> None:
+        """Send one datagram, and come back once the server has read `n` in all."""
+        await client.sendto(b"OPTIONS sip:x SIP/2.0\r\n\r\n", ("127.0.0.1", port))
+        for _ in range(100_000):  # no clock runs here (MockClock, rate 0): count the turns
+            if server.stats["udp_received"] >= n:
+                return
+            await trio.sleep(0)
+        raise AssertionError(f"the server read {server.stats['udp_received']} of {n}")
+
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve)
+            await sent(1)
+            await sent(2)  # the bucket (burst 1) is empty: limited
+            assert (proxy.handled, server.stats["rate_limited"]) == (1, 1)
+            mock_clock.jump(1.0)  # one second of trio's clock: one more allowed
+            await sent(3)
+            assert (proxy.handled, server.stats["rate_limited"]) == (2, 1)
+            nursery.cancel_scope.cancel()
+    finally:
+        client.close()
+        server.close()

@@ -15,13 +15,13 @@ from __future__ import annotations
 import errno
 import functools
 import socket as stdsocket
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import structlog
 import trio
 
+from ..clocks import Clocks
 from ..ratelimit import SourceLimiter
 from ..sockets import TRANSIENT_RECV_ERRNOS, FrontEndServer, serve_listener
 from ._zone import Zone
@@ -78,7 +78,7 @@ class DnsServer(FrontEndServer):
         stats = self.stats
         limit = self.limiter.enabled
         allow = self.limiter.allow
-        clock = time.monotonic
+        clock = Clocks.trio  # the buckets' clock (swimthor.clocks)
         while True:
             try:
                 await trio.lowlevel.wait_readable(sock)
@@ -139,7 +139,7 @@ class DnsServer(FrontEndServer):
             peer = "?"
         try:
             while True:
-                deadline = trio.current_time() + cfg.tcp_idle
+                deadline = Clocks.trio() + cfg.tcp_idle
                 if started is not None:
                     deadline = min(deadline, started + cfg.tcp_message_time)
                 with trio.move_on_at(deadline):
@@ -147,7 +147,7 @@ class DnsServer(FrontEndServer):
                     if not chunk:
                         return
                     if started is None:
-                        started = trio.current_time()
+                        started = Clocks.trio()
                     buf += chunk
                     answers = []
                     while len(buf) >= 2:
@@ -160,7 +160,7 @@ class DnsServer(FrontEndServer):
                         message = bytes(buf[2 : 2 + length])
                         del buf[: 2 + length]
                         self.stats["tcp_received"] += 1
-                        if self.limiter.enabled and not self.limiter.allow(peer, time.monotonic()):
+                        if self.limiter.enabled and not self.limiter.allow(peer, Clocks.trio()):
                             self.stats["rate_limited"] += 1
                             continue
                         try:
@@ -174,7 +174,7 @@ class DnsServer(FrontEndServer):
                     if answers:
                         await stream.send_all(b"".join(answers))
                         self.stats["tcp_sent"] += len(answers)
-                    started = trio.current_time() if buf else None
+                    started = Clocks.trio() if buf else None
                     continue
                 if started is not None:
                     self.stats["tcp_closed_slow"] += 1

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import structlog
 import trio
 
+from ..clocks import Clocks
 from ..sockets import serve_listener
 from ._actions import Send
 from ._streams import BadStream, StreamFramer, WsFramer, client_tls_context
@@ -380,7 +381,7 @@ class StreamConnections:
         transport = conn.transport
         framer = conn.framer
         while True:
-            deadline = trio.current_time() + cfg.tcp_idle
+            deadline = Clocks.trio() + cfg.tcp_idle
             if started is not None:
                 deadline = min(deadline, started + cfg.tcp_message_time)
             with trio.move_on_at(deadline):
@@ -388,7 +389,7 @@ class StreamConnections:
                 if not chunk:
                     return
                 if started is None:
-                    started = trio.current_time()
+                    started = Clocks.trio()
                 try:
                     messages, reply = framer.feed(chunk)
                 except BadStream:
@@ -418,7 +419,7 @@ class StreamConnections:
                 if not framer.partial:
                     started = None
                 elif messages:
-                    started = trio.current_time()  # the next message started now
+                    started = Clocks.trio()  # the next message started now
                 continue
             # The deadline passed.
             if started is not None:

@@ -28,6 +28,7 @@ from typing import Any
 import structlog
 import trio
 
+from ..clocks import HOST_CLOCKS, Clocks
 from ..metrics import Latency
 from ..ratelimit import SourceLimiter
 from ..sockets import (
@@ -98,7 +99,7 @@ class SipServer(FrontEndServer):
         *,
         replicate: ReplicateFn | None = None,
         config: SipTransportConfig | None = None,
-        clock: Callable[[], float] = time.time,
+        clocks: Clocks = HOST_CLOCKS,
         limiter: SourceLimiter | None = None,
         streams: tuple[StreamListen, ...] = (),
         tls_ca: str | None = None,
@@ -117,7 +118,7 @@ class SipServer(FrontEndServer):
         # Latency histograms for the metrics (swimthor.metrics.Latency).
         self.latency_handling = Latency()
         self.latency_register = Latency()
-        self._clock = clock
+        self.clocks = clocks
         self._udp: trio.socket.SocketType | None = None
         self._udp_std: stdsocket.socket | None = None
         self._nursery: trio.Nursery | None = None
@@ -235,10 +236,10 @@ class SipServer(FrontEndServer):
             with trio.move_on_at(self._sleeping_until):
                 await self._timer_wake.wait()
             self._timer_wake = trio.Event()
-            now = self._timers_ran = trio.current_time()
+            now = self._timers_ran = self.clocks.trio()
             self.stats["timer_runs"] += 1
             try:
-                actions = self.proxy.handle_timer(now, self._clock())
+                actions = self.proxy.handle_timer(now, self.clocks.wall())
             except Exception:
                 self.stats["handler_errors"] += 1
                 log.exception("sip timer raised")
@@ -265,7 +266,7 @@ class SipServer(FrontEndServer):
         if send.txn is None:
             return
         try:
-            sends = self.proxy.transport_error(send.txn, trio.current_time())
+            sends = self.proxy.transport_error(send.txn, self.clocks.trio())
         except Exception:
             self.stats["handler_errors"] += 1
             log.exception("sip transport error handling raised")
@@ -287,7 +288,7 @@ class SipServer(FrontEndServer):
             self.stats["udp_unreachable"] += 1
             try:
                 dest = (str(addr[0]), int(addr[1])) if addr else None
-                sends = self.proxy.unreachable(data, trio.current_time(), dest)
+                sends = self.proxy.unreachable(data, self.clocks.trio(), dest)
             except Exception:
                 self.stats["handler_errors"] += 1
                 log.exception("sip unreachable handling raised")
@@ -308,7 +309,7 @@ class SipServer(FrontEndServer):
         datagram (up to RECV_BURST, then yield): a checkpoint costs about as much as parsing a
         REGISTER, so this loop is where the per-message overhead goes."""
         handle = self.proxy.handle
-        clock = self._clock
+        wall, mono = self.clocks.wall, self.clocks.trio
         stats = self.stats
         limit = self.limiter.enabled
         allow = self.limiter.allow
@@ -332,8 +333,8 @@ class SipServer(FrontEndServer):
                         return
                     raise
                 stats["udp_received"] += 1
-                now = clock()
-                if limit and not allow(addr[0], now):
+                now, mono_now = wall(), mono()
+                if limit and not allow(addr[0], mono_now):
                     stats["rate_limited"] += 1
                     continue
                 if len(data) > MAX_MESSAGE_SIZE:
@@ -350,9 +351,7 @@ class SipServer(FrontEndServer):
                     continue
                 started = perf_counter()
                 try:
-                    actions = handle(
-                        data, Source("udp", addr[0], addr[1]), now, trio.current_time()
-                    )
+                    actions = handle(data, Source("udp", addr[0], addr[1]), now, mono_now)
                 except Exception:
                     stats["handler_errors"] += 1
                     log.exception("sip handler raised", source=f"{addr[0]}:{addr[1]}")
@@ -384,7 +383,7 @@ class SipServer(FrontEndServer):
         for level, kind, value in anc:
             if level == stdsocket.SOL_SOCKET and kind == SO_TIMESTAMP and len(value) >= 16:
                 seconds, micros = _TIMEVAL.unpack_from(value)
-                age = time.time() - (seconds + micros / 1e6)
+                age = self.clocks.wall() - (seconds + micros / 1e6)
                 if age <= self.config.stale_after:
                     return False
                 return not (data.startswith(b"SIP/2.0 ") or data.startswith(b"ACK "))
@@ -446,14 +445,14 @@ class SipServer(FrontEndServer):
         finally:
             self._fetching.discard(action.aor)
         self.stats["credential_fetches"] += 1
-        now = self._clock()
+        now = self.clocks.wall()
         if found is False:
             # No owner answered: nothing is cached, so a retransmission tries again.
             self.stats["credential_fetch_failures"] += 1
             return
         self.proxy.remember_credentials(action.aor, found, now)
         try:
-            actions = self.proxy.handle(action.data, action.source, now, trio.current_time())
+            actions = self.proxy.handle(action.data, action.source, now, self.clocks.trio())
         except Exception:
             self.stats["handler_errors"] += 1
             log.exception("sip handler raised", source=f"{action.source.host}")
@@ -492,7 +491,7 @@ class SipServer(FrontEndServer):
                     return
 
     async def _resolve_and_send(self, send: Send) -> None:
-        now = time.monotonic()
+        now = self.clocks.trio()
         cached = self._dns.get(send.host.lower())
         if cached is not None and cached[0] > now:
             address = cached[1]
@@ -587,7 +586,7 @@ class SipServer(FrontEndServer):
             if action.txn is not None:
                 self.proxy.txns.forget(action.txn)
         elif action.txn is not None:
-            self.proxy.txns.answered(action.txn, self._clock(), send.data)
+            self.proxy.txns.answered(action.txn, self.clocks.wall(), send.data)
         self._send_now(send)
         if ok and action.received:
             self.latency_register.observe(time.perf_counter() - action.received)
@@ -598,8 +597,8 @@ class SipServer(FrontEndServer):
         await self.stream_conns.accept(listener, StreamListen("tcp", self.bind))
 
     async def _handle_stream(self, data: bytes, conn: _Conn) -> None:
-        now = self._clock()
-        if self.limiter.enabled and not self.limiter.allow(conn.peer[0], now):
+        now, mono = self.clocks.wall(), self.clocks.trio()
+        if self.limiter.enabled and not self.limiter.allow(conn.peer[0], mono):
             self.stats["rate_limited"] += 1
             return
         try:
@@ -607,7 +606,7 @@ class SipServer(FrontEndServer):
                 data,
                 Source(conn.transport, conn.peer[0], conn.peer[1], conn.id),
                 now,
-                trio.current_time(),
+                mono,
             )
         except Exception:
             self.stats["handler_errors"] += 1

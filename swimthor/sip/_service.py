@@ -11,13 +11,13 @@ from __future__ import annotations
 import math
 import os
 import random
-import time
 from collections.abc import Callable
 from typing import Any
 
 import structlog
 import trio
 
+from ..clocks import HOST_CLOCKS, Clocks
 from ..config import SipConfig, format_hostport, parse_hostport, tls_context
 from ..directory import SIP_TAG, STREAM_TAGS, DirectoryChange, MemberDirectory
 from ..keyring import Keyring
@@ -56,7 +56,7 @@ class SipService:
         routing: RoutingTable,
         keyring: Callable[[], Keyring | None],
         label: str,
-        clock: Callable[[], float] = time.time,
+        clocks: Clocks = HOST_CLOCKS,
         rng: random.Random | None = None,
         data_dir: str | None = None,
         directory: MemberDirectory | None = None,
@@ -106,7 +106,7 @@ class SipService:
             ),
             streams=tuple(streams),
             tls_ca=config.tls_ca,
-            clock=clock,
+            clocks=clocks,
             limiter=SourceLimiter(
                 RateLimit(config.rate_limit, config.rate_burst, tuple(config.rate_exempt)),
                 trusted=self._is_member_host,
@@ -117,7 +117,7 @@ class SipService:
         bound_host = config.bind[0]
         specific = bound_host not in ("0.0.0.0", "::", "")
         self._advertise_host = config.advertise_host or (bound_host if specific else advertise_host)
-        self._clock = clock
+        self._clock = clocks.wall  # expiry, stamps, nonces (swimthor.clocks)
         self._rng = rng
         self.proxy: Proxy | None = None
         self.replicator: Replicator | None = None
