@@ -632,7 +632,8 @@ def test_repair_sync_when_others_keep_seeing_more_live_members() -> None:
     cfg = replace(LOCAL, repair_settle=2.0, repair_interval=5.0, push_pull_interval=3600.0)
     a = _core("a", 1, cfg)
     for i, name in enumerate(("b", "c")):
-        a._apply_alive(Alive(name, 1, ("10.0.0.2", 100 + i), "dc1", (), 1.0, {}), 0.0)
+        alive = Alive(name, 1, ("10.0.0.2", 100 + i), "dc1", (), 1.0, {})
+        a.receive_datagram(_plain(name, alive), alive.addr, 0.0)
     a.datagrams_to_send(0.0)
     other = b"\x01" * 8
     b_addr = ("10.0.0.2", 100)
@@ -658,7 +659,7 @@ def test_repair_sync_when_others_keep_seeing_more_live_members() -> None:
     assert a.stats["repair_syncs"] == 1
     # Off when repair_settle is 0.
     off = _core("off", 2, replace(cfg, repair_settle=0.0))
-    off._apply_alive(Alive("b", 1, b_addr, "dc1", (), 1.0, {}), 0.0)
+    off.receive_datagram(_plain("b", Alive("b", 1, b_addr, "dc1", (), 1.0, {})), b_addr, 0.0)
     for t in range(20):
         off.receive_datagram(_summary_packet("b", other, 5, t + 1), b_addr, float(t))
         assert off.streams_to_open(float(t)) == []
@@ -715,7 +716,9 @@ def _with_members(core: Membership, *names: str, health: int = 0) -> dict[str, t
     for name in names:
         _NEXT_PORT[0] += 1
         addr = ("10.0.0.3", _NEXT_PORT[0])
-        core._apply_alive(Alive(name, 1, addr, "dc1", (), 1.0, {}, health=health), 0.0)
+        core.receive_datagram(
+            _plain(name, Alive(name, 1, addr, "dc1", (), 1.0, {}, health=health)), addr, 0.0
+        )
         addrs[name] = addr
     core.datagrams_to_send(0.0)
     return addrs
