@@ -108,10 +108,23 @@ from swimthor.membership._messages import (
     encode_packet,
     encode_stream,
 )
-from swimthor.sip import Peer, Proxy, ProxySettings, Replicate, Send, Source
-from swimthor.sip._message import MAX_MESSAGE_SIZE, Request, Response, SipParseError, parse_message
-from swimthor.sip._routes import BRANCH_PREFIX
-from swimthor.sip._streams import BadStream, StreamFramer, WsFramer
+from swimthor.sip import (
+    BRANCH_PREFIX,
+    MAX_MESSAGE_SIZE,
+    BadStream,
+    Peer,
+    Proxy,
+    ProxySettings,
+    Replicate,
+    Request,
+    Response,
+    Send,
+    SipParseError,
+    Source,
+    StreamFramer,
+    WsFramer,
+    parse_message,
+)
 
 # ---------------------------------------------------------------- budgets
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from swimthor.sip._auth import (
+from swimthor.sip import (
     Credentials,
     NonceMinter,
     Verifier,

@@ -7,11 +7,22 @@ from __future__ import annotations
 
 import itertools
 
-from swimthor.sip import Peer, Proxy, ProxySettings, Send, Source
-from swimthor.sip._auth import NonceMinter, Verifier, digest_response, ha1, parse_credentials
-from swimthor.sip._bindings import subscriber_record
-from swimthor.sip._hop import FetchCredentials
-from swimthor.sip._routes import BRANCH_PREFIX
+from swimthor.sip import (
+    BRANCH_PREFIX,
+    Credentials,
+    FetchCredentials,
+    NonceMinter,
+    Peer,
+    Proxy,
+    ProxySettings,
+    Send,
+    Source,
+    Verifier,
+    digest_response,
+    ha1,
+    parse_credentials,
+    subscriber_record,
+)
 
 DOMAIN = "example.com"
 SECRET = [b"s" * 32]
@@ -37,8 +48,6 @@ def make_proxy(clock: Clock, *, owner: bool = True) -> Proxy:
 
 
 def add_subscriber(proxy: Proxy, user: str, password: str, now: float) -> None:
-    from swimthor.sip._auth import Credentials
-
     creds = Credentials.from_password(user, DOMAIN, password).to_text()
     proxy.store.put(subscriber_record(f"sip:{user}@{DOMAIN}", creds, stamp=now, origin="n1"))
 
@@ -243,8 +252,6 @@ def test_a_node_that_does_not_own_the_caller_fetches_its_credentials() -> None:
     assert fetch.aor == f"sip:alice@{DOMAIN}" and fetch.owners == ["n2"]
     # The owner answered with alice's record: handled again, the INVITE goes on to bob's
     # owner (n2 too here).
-    from swimthor.sip._auth import Credentials
-
     record = subscriber_record(
         fetch.aor,
         Credentials.from_password("alice", DOMAIN, "s3cret").to_text(),

@@ -17,13 +17,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from swimthor.sip._bindings import (
+from swimthor.sip import (
     DIGEST_BUCKETS,
     MAX_FIELD_LENGTH,
     MAX_PATH,
     Binding,
     BindingStore,
+    SubscriberJournal,
     aor_bucket,
+    subscriber_record,
 )
 
 AOR = "sip:alice@example.com"
@@ -568,9 +570,6 @@ def test_from_wire_limits_of_the_longer_form() -> None:
 
 
 def test_subscriber_journal_round_trips(tmp_path: Path) -> None:
-    from swimthor.sip._bindings import subscriber_record
-    from swimthor.sip._subscribers import SubscriberJournal
-
     journal = SubscriberJournal(tmp_path / "subscribers.jsonl")
     alice = subscriber_record(AOR, "digest;x", stamp=100.0, origin="n1")
     gone = subscriber_record("sip:bob@example.com", "", stamp=101.0, origin="n2", removed=True)
@@ -625,8 +624,6 @@ def test_digest_follows_the_version() -> None:
 
 
 def test_subscriber_records_are_counted_apart_and_forgotten_with_their_aor() -> None:
-    from swimthor.sip._bindings import subscriber_record
-
     store = BindingStore()
     store.put(subscriber_record("sip:a@example.com", "digest;x", stamp=100.0, origin="n1"))
     gone = subscriber_record("sip:b@example.com", "", stamp=100.0, origin="n1", removed=True)

@@ -15,8 +15,18 @@ from pathlib import Path
 import pytest
 from test_sip_fork import CALLER, NODES, Cluster, answer, msg, statuses
 
-from swimthor.sip import Binding, Request, Response, Source, parse_message
-from swimthor.sip._flow import Flow, decode_token, make_token
+from swimthor.sip import (
+    Binding,
+    Flow,
+    Request,
+    Response,
+    SipService,
+    Source,
+    decode_token,
+    location_reply,
+    make_token,
+    parse_message,
+)
 
 NAT_PUBLIC = ("127.0.0.1", 40000)  # where the NAT sends the phone's packets from
 NAT_PRIVATE = ("10.0.0.5", 5060)  # what the phone believes its address is
@@ -403,7 +413,6 @@ def test_the_sip_address_defaults_to_the_one_sip_is_bound_to() -> None:
     """A node whose SIP is bound to one address announces that one, not its gossip one."""
     from swimthor.config import SipConfig
     from swimthor.routing import RoutingTable
-    from swimthor.sip._service import SipService
 
     def advertised(config: SipConfig) -> str:
         svc = SipService(
@@ -422,7 +431,6 @@ def test_the_sip_address_defaults_to_the_one_sip_is_bound_to() -> None:
 
 def test_location_names_the_edge_of_a_binding_with_a_path() -> None:
     from swimthor.cli import format_location_text
-    from swimthor.sip._service import location_reply
 
     c = Cluster()
     nat_register(c)

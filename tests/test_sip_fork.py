@@ -16,9 +16,18 @@ import pytest
 
 from swimthor.cli import build_agent_config, build_parser, main
 from swimthor.config import ConfigError
-from swimthor.sip import Peer, Proxy, ProxySettings, Replicate, Send, Source, parse_message
-from swimthor.sip._message import Request, Response
-from swimthor.sip._transaction import TimerSettings
+from swimthor.sip import (
+    Peer,
+    Proxy,
+    ProxySettings,
+    Replicate,
+    Request,
+    Response,
+    Send,
+    Source,
+    TimerSettings,
+    parse_message,
+)
 
 NOW = 1_000_000.0
 CALLER = ("127.0.0.1", 5081)

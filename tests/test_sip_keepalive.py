@@ -11,7 +11,7 @@ import zlib
 import trio
 from sip_helpers import assert_serving, register, sip_node
 
-from swimthor.sip._stun import is_stun, stun_binding_response
+from swimthor.sip import is_stun, stun_binding_response
 
 LIMIT = 10
 # RFC 5769 §2.2/2.3: the transaction id of the sample responses.

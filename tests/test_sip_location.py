@@ -22,8 +22,7 @@ from swimthor.agent import Agent
 from swimthor.cli import format_location_text, main
 from swimthor.config import AgentConfig, SipConfig
 from swimthor.control import ControlError, call
-from swimthor.sip._bindings import Binding, subscriber_record
-from swimthor.sip._service import location_reply
+from swimthor.sip import Binding, location_reply, subscriber_record
 
 AOR = "sip:alice@example.com"
 NOW = 2_000_000_000.0

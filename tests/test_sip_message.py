@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from swimthor.sip._message import (
+from swimthor.sip import (
     MAX_HEADER_LENGTH,
     MAX_HEADERS,
     MAX_MESSAGE_SIZE,

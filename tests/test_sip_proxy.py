@@ -9,9 +9,18 @@ from __future__ import annotations
 
 import pytest
 
-from swimthor.sip import Peer, Proxy, ProxySettings, Replicate, Send, Source, parse_message
-from swimthor.sip._message import Request, Response
-from swimthor.sip._routes import BRANCH_PREFIX
+from swimthor.sip import (
+    BRANCH_PREFIX,
+    Peer,
+    Proxy,
+    ProxySettings,
+    Replicate,
+    Request,
+    Response,
+    Send,
+    Source,
+    parse_message,
+)
 
 NOW = 1_000_000.0
 PHONE_A = ("127.0.0.1", 5081)  # the caller

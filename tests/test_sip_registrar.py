@@ -12,15 +12,25 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from swimthor.sip import Peer, Proxy, ProxySettings, Replicate, Source
-from swimthor.sip._bindings import MAX_FIELD_LENGTH, Binding, BindingStore
-from swimthor.sip._message import Request, Response, parse_address, parse_message, parse_uri
-from swimthor.sip._registrar import (
+from swimthor.sip import (
+    MAX_FIELD_LENGTH,
+    Binding,
+    BindingStore,
+    Peer,
+    Proxy,
+    ProxySettings,
     RegisterOutcome,
     RegistrarPolicy,
+    Replicate,
+    Request,
+    Response,
+    Source,
     aor_of,
     contact_key,
     instance_key,
+    parse_address,
+    parse_message,
+    parse_uri,
     register,
 )
 

@@ -14,15 +14,18 @@ import trio
 
 from swimthor.keyring import Keyring
 from swimthor.routing import EpochUnavailable
-from swimthor.sip._bindings import Binding, BindingStore, subscriber_record
-from swimthor.sip._replication import (
+from swimthor.sip import (
     MAX_LOCATED,
+    Binding,
+    BindingStore,
     LocateError,
     Replicator,
-    _Link,
-    _location_records,
     locate_via,
+    subscriber_record,
 )
+
+# White-box: the check of a "loc" reply and a link to send a malformed request on.
+from swimthor.sip._replication import _Link, _location_records
 from swimthor.sockets import read_frame
 
 NOW = 2_000_000_000.0

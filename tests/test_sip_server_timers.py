@@ -13,8 +13,7 @@ import trio.testing
 
 from swimthor.clocks import Clocks
 from swimthor.ratelimit import RateLimit, SourceLimiter
-from swimthor.sip import SipServer
-from swimthor.sip._server import TIMER_TICK
+from swimthor.sip import TIMER_TICK, SipServer
 
 
 class Timers:

@@ -38,7 +38,15 @@ from wsproto.events import (
     TextMessage,
 )
 
-from swimthor.sip import SipTransportConfig, StreamListen, TlsFiles, server_tls_context
+from swimthor.sip import (
+    SipTransportConfig,
+    StreamFramer,
+    StreamListen,
+    TlsFiles,
+    TlsStream,
+    WsFramer,
+    server_tls_context,
+)
 
 
 @pytest.fixture(scope="module")
@@ -539,8 +547,6 @@ def _upgrade_bytes(subprotocols: list[str]) -> bytes:
 
 
 def test_regression_a_ping_split_across_reads_is_still_a_ping() -> None:
-    from swimthor.sip._streams import StreamFramer
-
     message = register(("127.0.0.1", 5999), transport="TCP")
     whole = StreamFramer().feed(message + b"\r\n\r\n" + message)[0]
     framer = StreamFramer()
@@ -550,16 +556,12 @@ def test_regression_a_ping_split_across_reads_is_still_a_ping() -> None:
 
 
 def test_regression_the_subprotocol_is_answered_as_the_client_spelled_it() -> None:
-    from swimthor.sip._streams import WsFramer
-
     framer = WsFramer()
     _, reply = framer.feed(_upgrade_bytes(["SIP"]))
     assert framer.open and b"Sec-WebSocket-Protocol: SIP\r\n" in reply
 
 
 def test_regression_a_non_ascii_upgrade_header_is_a_400_not_an_exception() -> None:
-    from swimthor.sip._streams import WsFramer
-
     framer = WsFramer()
     request = _upgrade_bytes(["sip"]).replace(b": sip\r\n", b": \x80\r\n")
     _, reply = framer.feed(request)
@@ -568,8 +570,6 @@ def test_regression_a_non_ascii_upgrade_header_is_a_400_not_an_exception() -> No
 
 def test_regression_frames_in_the_same_read_as_the_upgrade_are_not_lost() -> None:
     from wsproto.frame_protocol import FrameProtocol
-
-    from swimthor.sip._streams import WsFramer
 
     message = ws_register(unique("web"))
     frames = FrameProtocol(client=True, extensions=[]).send_data(message.decode(), True)
@@ -585,8 +585,6 @@ def test_regression_frames_in_the_same_read_as_the_upgrade_are_not_lost() -> Non
 async def test_our_tls_stream_as_a_client_checks_the_server_and_carries_sip(pki: Pki) -> None:
     """TlsStream, the server's TLS layer, in its client role (connections a node opens to a
     TLS target): the server's certificate is checked, then SIP goes both ways on it."""
-    from swimthor.sip._connections import TlsStream
-
     async with node_with(pki) as node:
         where = node.server.stream_bound["tls"]
         raw = await trio.open_tcp_stream(*where)

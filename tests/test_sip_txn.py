@@ -3,8 +3,7 @@ with its pending state, lifetime and size bound."""
 
 from __future__ import annotations
 
-from swimthor.sip._message import Request, parse_message
-from swimthor.sip._txn import PENDING, TIMER_J, ResponseCache, transaction_key
+from swimthor.sip import PENDING, TIMER_J, Request, ResponseCache, parse_message, transaction_key
 
 NOW = 1000.0
 
