@@ -332,8 +332,16 @@ class Membership:
     def _check_metadata(self, roles: tuple[str, ...], weight: float, tags: dict[str, str]) -> None:
         cfg = self.config
         room = cfg.max_packet_size - (packet_overhead(self.name) + SEAL_OVERHEAD + 64)
-        check_metadata(self.name, self.dc, roles, weight, tags, max_tags=cfg.max_tags,
-                       max_tag_bytes=cfg.max_tag_bytes, room=room)  # fmt: skip
+        check_metadata(
+            self.name,
+            self.dc,
+            roles,
+            weight,
+            tags,
+            max_tags=cfg.max_tags,
+            max_tag_bytes=cfg.max_tag_bytes,
+            room=room,
+        )
 
     # ------------------------------------------------------------------ inputs
 

@@ -73,9 +73,16 @@ def next_seq(core: Membership) -> int:
     return core._seq
 
 
-def ping(core: Membership, seq: int, target: str) -> bytes:
+def send_ping(core: Membership, p: Pending, suspicion: Suspect | None = None) -> int:
+    """Put `p` in flight: ping its target, after `suspicion` when the ping carries one (so a
+    live suspect can refute at once); the ping's sequence number."""
+    seq = next_seq(core)
+    core._pending[seq] = p
+    if suspicion is not None:
+        core._send(p.target_addr, encode_message(suspicion))
     me = core._members[core.name]
-    return encode_message(Ping(seq, target, core.name, me.addr, core.dc))
+    core._send(p.target_addr, encode_message(Ping(seq, p.target, core.name, me.addr, core.dc)))
+    return seq
 
 
 # ---------------------------------------------------------------- sending probes
@@ -98,9 +105,8 @@ def probe(core: Membership, now: float) -> None:
     target = shared_probe_target(core, now) if shared else next_probe_target(core)
     if target is None:
         return
-    seq = next_seq(core)
     timeout = probe_timeout(core, target)
-    core._pending[seq] = Pending(
+    p = Pending(
         kind=PROBE,
         target=target.name,
         target_addr=target.addr,
@@ -112,15 +118,11 @@ def probe(core: Membership, now: float) -> None:
         final=now + 2 * timeout,
         incarnation=target.incarnation,
     )
-    core._probing = seq
+    # Buddy system: the probe of a suspect carries the suspicion so it can refute.
+    buddy = target.state == State.SUSPECT
+    suspicion = Suspect(target.name, target.incarnation, core.name) if buddy else None
+    core._probing = send_ping(core, p, suspicion)
     core.stats["pings_sent"] += 1
-    if target.state == State.SUSPECT:
-        # Buddy system: the probe of a suspect carries the suspicion so it can refute.
-        core._send(
-            target.addr,
-            encode_message(Suspect(target.name, target.incarnation, core.name)),
-        )
-    core._send(target.addr, ping(core, seq, target.name))
 
 
 def next_shared_probe(core: Membership, now: float, interval: float) -> float:
@@ -184,13 +186,9 @@ def suspect_check(core: Membership, m: Member, now: float) -> None:
         return
     core._checked[m.name] = m.incarnation
     core.stats["suspect_checks"] += 1
-    seq = next_seq(core)
     timeout = probe_timeout(core, m)
-    core._pending[seq] = Pending(
-        kind=CHECK, target=m.name, target_addr=m.addr, sent=now, deadline=now + timeout
-    )
-    core._send(m.addr, encode_message(Suspect(m.name, m.incarnation, core.name)))
-    core._send(m.addr, ping(core, seq, m.name))
+    p = Pending(kind=CHECK, target=m.name, target_addr=m.addr, sent=now, deadline=now + timeout)
+    send_ping(core, p, Suspect(m.name, m.incarnation, core.name))
 
 
 def final_check(core: Membership, st: SuspectState, m: Member, now: float) -> None:
@@ -200,29 +198,19 @@ def final_check(core: Membership, st: SuspectState, m: Member, now: float) -> No
     st.answered = False
     st.hold = now + max(probe_timeout(core, m), core.config.probe_interval)
     core.stats["final_checks"] += 1
-    seq = next_seq(core)
-    core._pending[seq] = Pending(
-        kind=FINAL, target=m.name, target_addr=m.addr, sent=now, deadline=st.hold
-    )
-    core._send(m.addr, encode_message(Suspect(m.name, m.incarnation, core.name)))
-    core._send(m.addr, ping(core, seq, m.name))
+    p = Pending(kind=FINAL, target=m.name, target_addr=m.addr, sent=now, deadline=st.hold)
+    send_ping(core, p, Suspect(m.name, m.incarnation, core.name))
 
 
 def verify_claim(core: Membership, a: Alive, m: Member, now: float, *, own: bool = False) -> None:
     if a.name in core._claims:
         return
-    seq = next_seq(core)
     timeout = max(probe_timeout(core, m), core.config.probe_interval)
-    core._claims[a.name] = seq
-    core._pending[seq] = Pending(
-        kind=CLAIM,
-        target=a.name,
-        target_addr=a.addr if own else m.addr,
-        sent=now,
-        deadline=now + timeout,
-        claim=a,
+    addr = a.addr if own else m.addr
+    p = Pending(
+        kind=CLAIM, target=a.name, target_addr=addr, sent=now, deadline=now + timeout, claim=a
     )
-    core._send(a.addr if own else m.addr, ping(core, seq, a.name))
+    core._claims[a.name] = send_ping(core, p)
 
 
 def probe_timeout(core: Membership, m: Member | None) -> float:
@@ -288,10 +276,9 @@ def on_ping_req(core: Membership, msg: PingReq, addr: Addr, now: float) -> None:
     if msg.target == core.name:
         core._send(addr, encode_message(Ack(msg.seq, core.name)))
         return
-    seq = next_seq(core)
     # Answer a little before the requester's indirect phase ends, so the nack counts.
     timeout = 0.8 * probe_timeout(core, core._members.get(msg.target))
-    core._pending[seq] = Pending(
+    p = Pending(
         kind=RELAY,
         target=msg.target,
         target_addr=msg.target_addr,
@@ -301,7 +288,7 @@ def on_ping_req(core: Membership, msg: PingReq, addr: Addr, now: float) -> None:
         reply_seq=msg.seq,
         want_nack=msg.nack,
     )
-    core._send(msg.target_addr, ping(core, seq, msg.target))
+    send_ping(core, p)
 
 
 def on_ack(core: Membership, msg: Ack, addr: Addr, now: float) -> None:
