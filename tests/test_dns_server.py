@@ -14,8 +14,7 @@ from dnslib import QTYPE, RCODE, DNSRecord
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from swimthor.dns import Node, Zone
-from swimthor.dns._server import DnsServer, DnsTransportConfig
+from swimthor.dns import DnsServer, DnsTransportConfig, Node, Zone
 
 
 def make_zone() -> Zone:

@@ -9,10 +9,9 @@ from dnslib import QTYPE, RCODE, DNSRecord
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from swimthor.dns import MAX_UDP, Node, Zone, user_label
-from swimthor.dns._service import SIPS_TAG, WS_TAG, WSS_TAG, _node
-from swimthor.membership import State
-from swimthor.membership._member import Member
+from swimthor.directory import SIPS_TAG, WS_TAG, WSS_TAG
+from swimthor.dns import MAX_UDP, Node, Zone, node_of, user_label
+from swimthor.membership import Member, State
 from swimthor.routing import RoutingTable
 
 ZONE = "example.com"
@@ -588,7 +587,7 @@ def test_member_tags_give_the_node_its_tls_and_websocket_ports() -> None:
         WS_TAG: "10.0.0.1:8080",
         WSS_TAG: "10.0.0.1:8443",
     }
-    node = _node(member(tags))
+    node = node_of(member(tags))
     assert (node.host, node.sip_port, node.tls_port, node.ws_port, node.wss_port) == (
         "10.0.0.1",
         5060,
@@ -597,12 +596,12 @@ def test_member_tags_give_the_node_its_tls_and_websocket_ports() -> None:
         8443,
     )
     # No port: the transport's default (5061 for TLS, RFC 7118's 80 and 443 for WebSocket).
-    node = _node(member({"sip": "10.0.0.1", SIPS_TAG: "10.0.0.1", WSS_TAG: "10.0.0.1"}))
+    node = node_of(member({"sip": "10.0.0.1", SIPS_TAG: "10.0.0.1", WSS_TAG: "10.0.0.1"}))
     assert (node.sip_port, node.tls_port, node.ws_port, node.wss_port) == (5060, 5061, None, 443)
-    v6 = _node(member({"sip": "[fd00::1]:5060", SIPS_TAG: "[FD00:0::1]:5061"}))
+    v6 = node_of(member({"sip": "[fd00::1]:5060", SIPS_TAG: "[FD00:0::1]:5061"}))
     assert (v6.host, v6.tls_port) == ("fd00::1", 5061)
     # Only a secure WebSocket: the member is addressed by it.
-    only = _node(member({WSS_TAG: "10.0.0.7:443"}))
+    only = node_of(member({WSS_TAG: "10.0.0.7:443"}))
     assert (only.host, only.sip_port, only.wss_port, only.offers_sip) == (
         "10.0.0.7",
         None,
@@ -610,7 +609,7 @@ def test_member_tags_give_the_node_its_tls_and_websocket_ports() -> None:
         True,
     )
     # A member without the sip role offers none of them.
-    plain = _node(member(tags, roles=()))
+    plain = node_of(member(tags, roles=()))
     assert (plain.sip_port, plain.tls_port, plain.ws_port, plain.wss_port) == (None,) * 4
 
 
@@ -632,7 +631,7 @@ def test_member_tags_give_the_node_its_tls_and_websocket_ports() -> None:
     ],
 )
 def test_a_bad_transport_tag_is_ignored(value: str) -> None:
-    node = _node(member({"sip": "10.0.0.1:5060", SIPS_TAG: value, WS_TAG: value, WSS_TAG: value}))
+    node = node_of(member({"sip": "10.0.0.1:5060", SIPS_TAG: value, WS_TAG: value, WSS_TAG: value}))
     assert (node.host, node.sip_port) == ("10.0.0.1", 5060)
     assert (node.tls_port, node.ws_port, node.wss_port) == (None, None, None)
     # And the zone built from it answers, with only UDP/TCP.
@@ -644,7 +643,7 @@ def test_a_bad_transport_tag_is_ignored(value: str) -> None:
 
 @pytest.mark.parametrize("value", ["10.0.0.1:0", "10.0.0.1:99999", "x" * 300, "a b:5060", "::"])
 def test_a_bad_sip_tag_leaves_the_member_out_of_sip(value: str) -> None:
-    node = _node(member({"sip": value, SIPS_TAG: "10.9.9.9:5061"}))
+    node = node_of(member({"sip": value, SIPS_TAG: "10.9.9.9:5061"}))
     # The bad sip tag is ignored; the TLS tag at the gossip host still counts.
     assert node.sip_port is None or value == "::"
     zone = Zone(ZONE, me="m1")

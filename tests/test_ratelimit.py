@@ -8,9 +8,8 @@ import trio
 from dnslib import DNSRecord
 from sip_helpers import UdpClient, register, sip_node
 
+from swimthor.dns import DnsServer, Zone
 from swimthor.dns import Node as DnsNode
-from swimthor.dns import Zone
-from swimthor.dns._server import DnsServer
 from swimthor.ratelimit import RateLimit, SourceLimiter
 
 

@@ -22,6 +22,8 @@ from swimthor.routing import (
     member_seed,
     reference_rank,
 )
+
+# White-box: how many weight classes are still ranked class by class (_CLASS_SCAN).
 from swimthor.routing import _rendezvous as rz_module
 
 M64 = (1 << 64) - 1
