@@ -13,9 +13,10 @@ from agent_helpers import agent_config
 from swimthor.agent import Agent
 from swimthor.cli import format_status_text
 from swimthor.config import AgentConfig, SipConfig
-from swimthor.membership._messages import (
+from swimthor.membership import (
     DecodeError,
     Summary,
+    Suspect,
     decode_packet,
     encode_message,
     encode_packet,
@@ -79,7 +80,6 @@ async def test_status_shows_a_suspected_member_and_one_whose_view_differs(tmp_pa
 
     from swimthor.cli import format_status_json
     from swimthor.keyring import wrap_plain
-    from swimthor.membership._messages import Suspect
 
     a = Agent(config(tmp_path, "a", []), keyring=None, handle_signals=False)
     with trio.fail_after(30), structlog.testing.capture_logs():

@@ -15,8 +15,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from swimthor.membership._member import State
-from swimthor.membership._messages import (
+from swimthor.membership import (
     ACK,
     ALIVE,
     MAX_DATAGRAM,
@@ -38,6 +37,7 @@ from swimthor.membership._messages import (
     PushPull,
     Query,
     QueryReply,
+    State,
     StreamError,
     StreamMessage,
     Summary,

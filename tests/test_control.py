@@ -25,7 +25,7 @@ from swimthor.agent import Agent
 from swimthor.config import AgentConfig
 from swimthor.control import ControlError, call, default_control_path, serve_control
 from swimthor.keyring import Keyring
-from swimthor.membership._member import State
+from swimthor.membership import State
 
 
 @pytest.fixture

@@ -8,10 +8,17 @@ import random
 
 from swimthor.config import profile, replace
 from swimthor.keyring import unwrap_plain, wrap_plain
-from swimthor.membership import Member, Membership, State
+from swimthor.membership import (
+    Alive,
+    Member,
+    Membership,
+    State,
+    decode_packet,
+    encode_message,
+    encode_packet,
+)
 from swimthor.membership import _gossip as gossip
 from swimthor.membership._gossip import GossipRotation
-from swimthor.membership._messages import Alive, decode_packet, encode_message, encode_packet
 
 LOCAL = profile("local")
 

@@ -10,20 +10,23 @@ import pytest
 
 from swimthor.config import profile, replace
 from swimthor.keyring import unwrap_plain, wrap_plain
-from swimthor.membership import Member, Membership, NameConflict, State
-from swimthor.membership import _probes as probes
-from swimthor.membership._messages import (
+from swimthor.membership import (
     Ack,
     Alive,
+    Member,
+    Membership,
     Nack,
+    NameConflict,
     Ping,
     PingReq,
+    State,
     Summary,
     Suspect,
     decode_packet,
     encode_message,
     encode_packet,
 )
+from swimthor.membership import _probes as probes
 
 LOCAL = replace(profile("local"), suspect_check=False)
 

@@ -11,24 +11,22 @@ import pytest
 from swimthor.config import profile
 from swimthor.keyring import Keyring, wrap_plain
 from swimthor.membership import (
+    KeyOp,
+    KeyOpReply,
     KeyringChanged,
     Membership,
+    PushPull,
+    Query,
     QueryError,
+    QueryReply,
+    StreamError,
+    encode_stream,
     key_op_frame,
     query_frame,
     read_key_op_reply,
     read_query_reply,
 )
 from swimthor.membership import _query as queries
-from swimthor.membership._messages import (
-    KeyOp,
-    KeyOpReply,
-    PushPull,
-    Query,
-    QueryReply,
-    StreamError,
-    encode_stream,
-)
 
 K1, K2, K3 = b"\x01" * 32, b"\x02" * 32, b"\x03" * 32
 

@@ -6,15 +6,8 @@ from __future__ import annotations
 import random
 
 from swimthor.config import profile
-from swimthor.membership import Membership, Rejected
-from swimthor.membership._stats import (
-    REJECTED_EVERY,
-    STAT_NAMES,
-    MembershipStats,
-    Rejections,
-    new_stats,
-    seal_refusal,
-)
+from swimthor.membership import STAT_NAMES, Membership, MembershipStats, Rejected, new_stats
+from swimthor.membership._stats import REJECTED_EVERY, Rejections, seal_refusal
 
 # What status() and the metrics have always published, in this order.
 PUBLISHED = (

@@ -8,14 +8,21 @@ import random
 
 from swimthor.config import profile
 from swimthor.keyring import wrap_plain
-from swimthor.membership import Member, Membership, State, StatusReply, member_json
-from swimthor.membership._messages import Alive, Summary, encode_message, encode_packet
-from swimthor.membership._stats import STAT_NAMES
-from swimthor.membership._status import (
+from swimthor.membership import (
+    STAT_NAMES,
+    Alive,
     ClusterRow,
+    Member,
+    Membership,
+    State,
+    StatusReply,
+    Summary,
     cluster_table,
     convergence,
+    encode_message,
+    encode_packet,
     fmt_addr,
+    member_json,
     members_json,
     state_counts,
 )

@@ -10,14 +10,22 @@ import pytest
 
 from swimthor.config import profile, replace
 from swimthor.keyring import wrap_plain
-from swimthor.membership import Membership, MemberSuspected, State
+from swimthor.membership import (
+    Alive,
+    Dead,
+    Membership,
+    MemberSuspected,
+    State,
+    Suspect,
+    encode_message,
+    encode_packet,
+)
 from swimthor.membership import _suspicion as suspicion
 from swimthor.membership._lifeguard import (
     Suspicion,
     expected_confirmations,
     suspicion_timeouts,
 )
-from swimthor.membership._messages import Alive, Dead, Suspect, encode_message, encode_packet
 
 LAN = replace(profile("lan"), suspect_check=False)
 

@@ -9,18 +9,21 @@ import random
 
 from swimthor.config import profile, replace
 from swimthor.keyring import unwrap_plain, wrap_plain
-from swimthor.membership import Joined, JoinFailed, Membership, State
-from swimthor.membership import _sync as push_pull
-from swimthor.membership._messages import (
+from swimthor.membership import (
     Alive,
     Dead,
+    Joined,
+    JoinFailed,
+    Membership,
     MemberState,
     PushPull,
+    State,
     Summary,
     decode_stream,
     encode_message,
     encode_packet,
 )
+from swimthor.membership import _sync as push_pull
 
 LOCAL = profile("local")
 
