@@ -37,7 +37,7 @@ import math
 import os
 import random
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +66,7 @@ from ._messages import (
     Dead,
     DecodeError,
     KeyOp,
+    MemberState,
     Message,
     Nack,
     Ping,
@@ -745,9 +746,16 @@ class Membership:
     def _push_pull_interval(self) -> float:
         return _sync.push_pull_interval(self.num_live(), self.config.push_pull_interval)
 
-    def _merge(self, msg: PushPull, now: float) -> None:
-        """Merge a full state as a push-pull does (the simulator's warm-up calls this)."""
-        _sync.merge(self, msg, now)
+    def merge_full_state(self, members: Iterable[Member], now: float) -> None:
+        """Take `members` as a push-pull from a peer would bring them (their name, address,
+        datacenter, roles, weight, tags, incarnation and state): the simulator's warm-up,
+        which starts every member knowing every other without the O(N^2) packets of a real
+        formation."""
+        states = tuple(
+            MemberState(m.name, m.addr, m.dc, m.roles, m.weight, m.tags, m.incarnation, m.state)
+            for m in members
+        )
+        _sync.merge(self, PushPull(join=False, states=states), now)
 
     def _reap(self, now: float) -> None:
         horizon = self.config.tombstone_reap_time

@@ -33,12 +33,12 @@ from ..keyring import KEY_SIZE
 from ..membership import (
     Addr,
     Event,
+    Member,
     MemberEvent,
     MemberRecovered,
     Membership,
     State,
 )
-from ..membership._messages import MemberState, PushPull
 from ._faults import fault_targets
 from ._metrics import Crash, Observation, SimResult, compute_result
 from ._nodes import (
@@ -205,14 +205,13 @@ class Simulator:
             # Warm-up: every member starts knowing every other, as after a full-state sync
             # (the cores' own push-pull merge, without the O(N^2) packets of a real formation,
             # which the `bootstrap` scenario measures).
-            states = tuple(
-                MemberState(nd.name, nd.addr, nd.dc, (), 1.0, {}, 0, State.ALIVE)
+            everyone = [
+                Member(nd.name, nd.addr, nd.dc, (), 1.0, {}, 0, State.ALIVE, 0.0)
                 for nd in self.nodes
-            )
-            full = PushPull(join=False, states=states)
+            ]
             for node in self.nodes:
                 if node.core is not None:
-                    node.core._merge(full, self.now)
+                    node.core.merge_full_state(everyone, self.now)
                     self._flush(node)
         if n == 1:
             self._n_full = 1
