@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import time
 from dataclasses import dataclass
 
 import pytest
@@ -279,22 +278,25 @@ def test_large_queue() -> None:
     assert len(q) == n
 
     sends: dict[bytes, int] = {}
-    started = time.perf_counter()
-    packets = 0
+    fills: list[int] = []  # bytes used in each packet, in order
     while len(q):
         got = q.get_broadcasts(3, 1400, n)
         assert got
-        assert sum(len(p) + 3 for p in got) <= 1400
+        fills.append(sum(len(p) + 3 for p in got))
+        assert fills[-1] <= 1400
         assert len(set(got)) == len(got)
         for p in got:
             sends[p] = sends.get(p, 0) + 1
-        packets += 1
-    elapsed = time.perf_counter() - started
 
     assert set(sends) == set(final.values())  # superseded payloads were never sent
     assert set(sends.values()) == {limit_per_item}
-    assert packets >= n * limit_per_item * 43 // 1400
-    assert elapsed < 10.0, f"{packets} packets took {elapsed:.2f}s"
+    # Packets are filled: every one but the last has no room left for the smallest update
+    # (40 bytes and 3 of overhead), so the drain takes about total / 1400 packets, not one
+    # per update. (How fast it drains is a figure of bench/broadcast.py, not a test.)
+    smallest = min(len(p) for p in final.values()) + 3
+    assert all(fill > 1400 - smallest for fill in fills[:-1]), min(fills[:-1])
+    total = sum(len(p) + 3 for p in final.values()) * limit_per_item
+    assert -(-total // 1400) <= len(fills) <= -(-total // (1400 - smallest + 1)) + 1
 
 
 def test_dest_passes_over_items_already_sent_there() -> None:
