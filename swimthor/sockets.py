@@ -361,7 +361,7 @@ class FrontEndServer:
 # Concurrent long-lived connections handed to other services (one per peer node and service).
 MAX_SERVICE_CONNECTIONS = 4096
 
-StreamHandler = Callable[[trio.SocketStream], Awaitable[None]]
+StreamHandler = Callable[[trio.abc.Stream], Awaitable[None]]
 StreamClaim = Callable[[bytes, Addr], StreamHandler | None]
 
 
@@ -443,7 +443,7 @@ class SharedPort:
                 return service
         return None
 
-    async def serve(self, service: StreamHandler, stream: trio.SocketStream) -> bool:
+    async def serve(self, service: StreamHandler, stream: trio.abc.Stream) -> bool:
         """Run `service` on `stream` unless `limit` connections are served already (then
         False at once, and the caller closes the stream)."""
         if self.active >= self.limit:

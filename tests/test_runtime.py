@@ -20,6 +20,7 @@ from types import SimpleNamespace
 
 import pytest
 import trio
+from memnet import MemoryNetwork
 
 import swimthor.membership.runtime as runtime_module
 from swimthor.config import PROFILES, MembershipConfig, replace
@@ -60,21 +61,27 @@ async def cluster(
     keyrings: list[Keyring | None] | None = None,
     join: bool = True,
     prefix: str = "n",
+    net: MemoryNetwork | None = None,
 ) -> AsyncIterator[list[Node]]:
-    """n nodes on loopback, each joined through the first; cancelled on exit."""
+    """n nodes on loopback (or on the in-memory `net`, for tests under `autojump_clock`),
+    each joined through the first; cancelled on exit."""
     async with trio.open_nursery() as nursery:
         nodes: list[Node] = []
         for i in range(n):
-            sockets = bind_sockets(LOOPBACK)
+            sockets = bind_sockets(LOOPBACK) if net is None else None
+            transport = net.transport() if net is not None else None
+            addr = sockets.addr if sockets is not None else transport.addr  # type: ignore[union-attr]
             core = Membership(
                 name=f"{prefix}{i}",
-                addr=sockets.addr,
+                addr=addr,
                 config=config,
                 rng=random.Random(i),
                 now=trio.current_time(),
                 keyring=keyrings[i] if keyrings else None,
             )
-            runtime = MembershipRuntime(core, LOOPBACK, config, sockets=sockets)
+            runtime = MembershipRuntime(
+                core, LOOPBACK, config, sockets=sockets, transport=transport
+            )
             await nursery.start(runtime.serve)
             nodes.append(Node(core, runtime))
         if join:
@@ -135,9 +142,9 @@ async def test_serve_reports_bind_error_before_started() -> None:
 # ---------------------------------------------------------------- the protocol over sockets
 
 
-async def test_three_nodes_converge() -> None:
+async def test_three_nodes_converge(autojump_clock: trio.abc.Clock) -> None:
     with trio.fail_after(10):
-        async with cluster(3) as nodes:
+        async with cluster(3, net=MemoryNetwork()) as nodes:
             await wait_for(lambda: all(node.alive() == {"n0", "n1", "n2"} for node in nodes))
             # keep running for a few probe rounds: still converged, nothing suspected
             await trio.sleep(0.6)
@@ -146,11 +153,13 @@ async def test_three_nodes_converge() -> None:
             _assert_no_core_errors(nodes)
 
 
-async def test_sealed_cluster_converges_and_a_stranger_stays_out() -> None:
+async def test_sealed_cluster_converges_and_a_stranger_stays_out(
+    autojump_clock: trio.abc.Clock,
+) -> None:
     key = Keyring.generate()
     rings: list[Keyring | None] = [Keyring([key]), Keyring([key]), Keyring([Keyring.generate()])]
     with trio.fail_after(10):
-        async with cluster(3, keyrings=rings) as nodes:
+        async with cluster(3, keyrings=rings, net=MemoryNetwork()) as nodes:
             await wait_for(lambda: nodes[0].alive() == nodes[1].alive() == {"n0", "n1"})
             await trio.sleep(0.8)  # the stranger keeps trying (join retries) meanwhile
             assert nodes[0].alive() == nodes[1].alive() == {"n0", "n1"}
@@ -162,8 +171,35 @@ async def test_sealed_cluster_converges_and_a_stranger_stays_out() -> None:
 
 def opened_by(core: Membership) -> int:
     """Packets a core took in and opened."""
-    refused = ("rejected_seal", "rejected_stale", "rejected_replay", "rejected_decode")
-    return core.stats["packets_in"] - sum(core.stats[k] for k in refused)
+    stats = core.stats
+    refused = (
+        stats["rejected_seal"]
+        + stats["rejected_stale"]
+        + stats["rejected_replay"]
+        + stats["rejected_decode"]
+    )
+    return stats["packets_in"] - refused
+
+
+async def test_a_cut_off_member_is_declared_failed_and_rejoins_once_healed(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Failure detection through the real runtimes, on trio's clock alone: a member cut off
+    from the network is suspected and declared failed by the others; healed, it refutes
+    and is alive everywhere again."""
+    net = MemoryNetwork()
+    with trio.fail_after(120):
+        async with cluster(4, net=net) as nodes:
+            names = {"n0", "n1", "n2", "n3"}
+            await wait_for(lambda: all(node.alive() == names for node in nodes))
+            net.cut(nodes[3].addr)
+            gone = (State.DEAD, State.LEFT)
+            await wait_for(lambda: all(node.state_of("n3") in gone for node in nodes[:3]))
+            assert all(node.alive() == names - {"n3"} for node in nodes[:3])
+            net.heal(nodes[3].addr)
+            await wait_for(lambda: all(node.alive() == names for node in nodes))
+            assert net.sent > 0
+            _assert_no_core_errors(nodes)
 
 
 async def test_the_cores_wall_clock_follows_a_step_of_the_hosts(
@@ -200,28 +236,28 @@ async def test_the_cores_wall_clock_follows_a_step_of_the_hosts(
             _assert_no_core_errors(nodes)
 
 
-async def test_insecure_and_sealed_do_not_mix() -> None:
+async def test_insecure_and_sealed_do_not_mix(autojump_clock: trio.abc.Clock) -> None:
     rings: list[Keyring | None] = [None, Keyring([Keyring.generate()])]
     with trio.fail_after(10):
-        async with cluster(2, keyrings=rings) as nodes:
+        async with cluster(2, keyrings=rings, net=MemoryNetwork()) as nodes:
             await trio.sleep(0.5)
             assert nodes[0].alive() == {"n0"}
             assert nodes[1].alive() == {"n1"}
 
 
-async def test_leave_is_seen_as_left() -> None:
+async def test_leave_is_seen_as_left(autojump_clock: trio.abc.Clock) -> None:
     with trio.fail_after(10):
-        async with cluster(3) as nodes:
+        async with cluster(3, net=MemoryNetwork()) as nodes:
             await wait_for(lambda: all(len(node.alive()) == 3 for node in nodes))
             assert await nodes[2].runtime.leave(2.0)
             await wait_for(lambda: all(node.state_of("n2") == State.LEFT for node in nodes[:2]))
 
 
-async def test_a_timer_that_stays_due_does_not_spin() -> None:
+async def test_a_timer_that_stays_due_does_not_spin(autojump_clock: trio.abc.Clock) -> None:
     # After leave() and leave_propagate_time, the core's get_timer() stays in the past
     # (reported to the core's author); the driver must not turn that into a busy loop.
     with trio.fail_after(10):
-        async with cluster(1, join=False) as (n0,):
+        async with cluster(1, join=False, net=MemoryNetwork()) as (n0,):
             calls = 0
             handle_timer = n0.core.handle_timer
 
@@ -238,12 +274,15 @@ async def test_a_timer_that_stays_due_does_not_spin() -> None:
             assert calls < 200
 
 
-async def test_subscribers_get_every_event_and_a_full_one_drops() -> None:
+async def test_subscribers_get_every_event_and_a_full_one_drops(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    net = MemoryNetwork()
     with trio.fail_after(10):
-        async with cluster(1, join=False) as (n0,):
+        async with cluster(1, join=False, net=net) as (n0,):
             roomy = n0.runtime.subscribe()
             tiny = n0.runtime.subscribe(max_buffer=1)
-            async with cluster(2, join=False, prefix="m") as others:
+            async with cluster(2, join=False, prefix="m", net=net) as others:
                 for other in others:
                     other.core.join([n0.addr], trio.current_time())
                     other.runtime.wake()

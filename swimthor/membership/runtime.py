@@ -1,10 +1,12 @@
-"""The trio driver of one `Membership` core: its UDP socket, its TCP listener, its clock.
+"""The trio driver of one `Membership` core: its network, its clock.
 
-The core decides everything; this module only moves bytes and time. One UDP socket and one TCP
-listener share a host:port. A receive loop puts datagrams into a bounded queue (dropping and
-counting when it is full, like trio's ``dtls_receive_loop``); one driver task feeds the core
-from that queue and from its timer, and after every input flushes what the core wants done:
-datagrams are sent, streams are opened (one task each), events go to subscribers. Time is
+The core decides everything; this module only moves bytes and time. The network is a
+`GossipTransport`: on a host, `SocketTransport` (one UDP socket and one TCP listener sharing a
+host:port); in tests, an in-memory one (`tests/memnet.py`), so that `autojump_clock` drives
+whole clusters. A receive loop puts datagrams into a bounded queue (dropping and counting when
+it is full, like trio's ``dtls_receive_loop``); one driver task feeds the core from that queue
+and from its timer, and after every input flushes what the core wants done: datagrams are
+sent, streams are opened (one task each), events go to subscribers. Time is
 ``trio.current_time()``, so ``MockClock``/``autojump_clock`` drives the core in tests.
 
 TCP frames (`swimthor.sockets.encode_frame`) are a 4-byte big-endian length and that many
@@ -19,10 +21,9 @@ from __future__ import annotations
 import errno
 import functools
 import math
-import socket as stdsocket
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 import trio
@@ -36,6 +37,7 @@ from ..sockets import (
     SharedPort,
     StreamClaim,
     bind_sockets,
+    connect,
     exchange,
     is_ip,
     read_frame,
@@ -72,6 +74,111 @@ WALL_STEP = 1.0
 FRAME_SLACK = 64
 
 
+# ---------------------------------------------------------------- the network
+
+Admit = Callable[[trio.abc.Stream, Addr], Callable[[], Awaitable[None]] | None]
+Deliver = Callable[[bytes, Addr], None]
+
+
+class GossipTransport(Protocol):
+    """What the runtime needs of the network: datagrams both ways and streams both ways on
+    one address. `SocketTransport` is the host's (a UDP socket and a TCP listener on one
+    port); tests give an in-memory one, so that a cluster of runtimes runs on trio's clock
+    alone (`autojump_clock`)."""
+
+    @property
+    def addr(self) -> Addr: ...
+
+    def send(self, data: bytes, addr: Addr) -> bool:
+        """Send a datagram to an IP address now; False if it was dropped (a full buffer)."""
+        ...
+
+    async def send_to_name(self, data: bytes, addr: Addr) -> None:
+        """Send a datagram to a host name (resolved first); OSError if it cannot be."""
+        ...
+
+    async def receive(
+        self, deliver: Callable[[bytes, Addr], None], error: Callable[[], None]
+    ) -> None:
+        """Hand every datagram that arrives to `deliver` (a burst at a time, then yield)
+        until the transport closes; `error()` for each transient receive error."""
+        ...
+
+    async def connect(self, addr: Addr) -> trio.abc.Stream: ...
+
+    async def accept(self, admit: Admit, error: Callable[[OSError], None]) -> None:
+        """Accept streams until the transport closes; `admit(stream, peer)` returns how to
+        serve one (in a task of this loop), or None to close it at once."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class SocketTransport:
+    """The host's network: the UDP socket and TCP listener of `bind_sockets`."""
+
+    def __init__(self, sockets: BoundSockets) -> None:
+        self._std = sockets.udp
+        self._udp = trio.socket.from_stdlib_socket(sockets.udp)
+        self._listener = trio.SocketListener(trio.socket.from_stdlib_socket(sockets.tcp))
+        self._addr = sockets.addr
+
+    @property
+    def addr(self) -> Addr:
+        return self._addr
+
+    def send(self, data: bytes, addr: Addr) -> bool:
+        try:
+            self._std.sendto(data, addr)
+        except OSError:  # includes BlockingIOError: a full send buffer drops, like a network
+            return False
+        return True
+
+    async def send_to_name(self, data: bytes, addr: Addr) -> None:
+        await self._udp.sendto(data, addr)
+
+    async def receive(
+        self, deliver: Callable[[bytes, Addr], None], error: Callable[[], None]
+    ) -> None:
+        std = self._std
+        try:
+            while True:
+                await trio.lowlevel.wait_readable(self._udp)
+                for _ in range(RECV_BURST):
+                    try:
+                        data, addr = std.recvfrom(RECV_SIZE)
+                    except BlockingIOError:
+                        break
+                    except OSError as e:
+                        if e.errno in (errno.EBADF, errno.ENOTSOCK):
+                            return
+                        if e.errno in TRANSIENT_RECV_ERRNOS:
+                            error()
+                            continue
+                        raise
+                    deliver(data, (addr[0], addr[1]))
+        except trio.ClosedResourceError:
+            return
+
+    async def connect(self, addr: Addr) -> trio.abc.Stream:
+        return await connect(addr)
+
+    async def accept(self, admit: Admit, error: Callable[[OSError], None]) -> None:
+        def admit_socket(stream: trio.SocketStream) -> Callable[[], Awaitable[None]] | None:
+            try:
+                peer = stream.socket.getpeername()
+            except OSError as e:
+                error(e)
+                return None
+            return admit(stream, (peer[0], peer[1]))
+
+        await serve_listener(self._listener, admit_socket, what="gossip", on_error=error)
+
+    def close(self) -> None:
+        self._udp.close()
+        self._listener.socket.close()
+
+
 # ---------------------------------------------------------------- the runtime
 
 
@@ -85,14 +192,19 @@ class MembershipRuntime:
         config: MembershipConfig,
         *,
         sockets: BoundSockets | None = None,
+        transport: GossipTransport | None = None,
     ) -> None:
         """`sockets`: already bound with `bind_sockets` (so the caller knows the port before
-        it builds the core); otherwise `serve()` binds `bind` itself."""
+        it builds the core); `transport`: another network than the host's (tests); with
+        neither, `serve()` binds `bind` itself."""
         self.core = core
         self.config = config
         self._bind = bind
         self._sockets = sockets
-        self.bound_addr: Addr | None = sockets.addr if sockets is not None else None
+        self._transport = transport
+        self.bound_addr: Addr | None = (
+            sockets.addr if sockets is not None else transport.addr if transport else None
+        )
         self.stats: dict[str, int] = {
             "inbound_dropped": 0,
             "datagrams_received": 0,
@@ -118,8 +230,7 @@ class MembershipRuntime:
         # Other services that share the gossip TCP port (SIP replication).
         self.services = SharedPort()
         self._nursery: trio.Nursery | None = None
-        self._udp: trio.socket.SocketType | None = None
-        self._udp_std: stdsocket.socket | None = None
+        self._net: GossipTransport | None = None
 
     # ------------------------------------------------------------ public
 
@@ -141,24 +252,23 @@ class MembershipRuntime:
 
     async def serve(self, *, task_status: trio.TaskStatus[Addr] = trio.TASK_STATUS_IGNORED) -> None:
         """Bind, report the bound address with `task_status.started`, run until cancelled."""
-        sockets = self._sockets if self._sockets is not None else bind_sockets(self._bind)
-        self._sockets = None  # owned from here on
-        udp = trio.socket.from_stdlib_socket(sockets.udp)
-        listener = trio.SocketListener(trio.socket.from_stdlib_socket(sockets.tcp))
-        self._udp, self._udp_std = udp, sockets.udp
-        self.bound_addr = sockets.addr
+        net = self._transport
+        if net is None:
+            net = SocketTransport(self._sockets or bind_sockets(self._bind))
+        self._sockets = self._transport = None  # owned from here on
+        self._net = net
+        self.bound_addr = net.addr
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                nursery.start_soon(self._receive_loop, udp)
-                nursery.start_soon(self._tcp_loop, listener)
+                nursery.start_soon(self._receive_loop, net)
+                nursery.start_soon(self._tcp_loop, net)
                 nursery.start_soon(self._drive)
-                task_status.started(sockets.addr)
+                task_status.started(net.addr)
         finally:
             # Synchronous on purpose: an await here would be cancelled before the cleanup.
             self._nursery = None
-            udp.close()
-            listener.socket.close()
+            net.close()
             for s in self._subscribers:
                 s.close()
 
@@ -186,7 +296,7 @@ class MembershipRuntime:
         async def one(name: str, addr: Addr) -> None:
             try:
                 with trio.fail_after(self.config.tcp_timeout):
-                    reply = await exchange(addr, frame, self._max_frame)
+                    reply = await self._exchange(addr, frame)
                 read_key_op_reply(reply, core.keyring, core.label, time.time())
             except QueryError as e:
                 results[name] = str(e)
@@ -202,34 +312,22 @@ class MembershipRuntime:
 
     # ------------------------------------------------------------ tasks
 
-    async def _receive_loop(self, udp: trio.socket.SocketType) -> None:
-        std = self._udp_std
-        assert std is not None
+    async def _receive_loop(self, net: GossipTransport) -> None:
         send = self._inbound_send
         stats = self.stats
-        try:
-            while True:
-                await trio.lowlevel.wait_readable(udp)
-                for _ in range(RECV_BURST):
-                    try:
-                        data, addr = std.recvfrom(RECV_SIZE)
-                    except BlockingIOError:
-                        break
-                    except OSError as e:
-                        if e.errno in (errno.EBADF, errno.ENOTSOCK):
-                            return
-                        if e.errno in TRANSIENT_RECV_ERRNOS:
-                            stats["recv_errors"] += 1
-                            continue
-                        raise
-                    stats["datagrams_received"] += 1
-                    try:
-                        send.send_nowait((data, (addr[0], addr[1])))
-                    except trio.WouldBlock:
-                        stats["inbound_dropped"] += 1
-                self._activity.set()
-        except trio.ClosedResourceError:
-            return
+
+        def deliver(data: bytes, addr: Addr) -> None:
+            stats["datagrams_received"] += 1
+            try:
+                send.send_nowait((data, addr))
+            except trio.WouldBlock:
+                stats["inbound_dropped"] += 1
+            self._activity.set()
+
+        def error() -> None:
+            stats["recv_errors"] += 1
+
+        await net.receive(deliver, error)
 
     def _follow_wall_clock(self, now: float) -> None:
         """The core's wall clock is trio's plus `wall_offset`; when the host's clock steps
@@ -295,26 +393,34 @@ class MembershipRuntime:
             self._publish(event)
 
     def _send_datagram(self, data: bytes, addr: Addr, nursery: trio.Nursery) -> None:
-        std = self._udp_std
-        assert std is not None
+        net = self._net
+        assert net is not None
         if not is_ip(addr[0]):
             nursery.start_soon(self._send_resolved, data, addr)
             return
-        try:
-            std.sendto(data, addr)
+        if net.send(data, addr):
             self.stats["datagrams_sent"] += 1
-        except OSError:  # includes BlockingIOError: a full send buffer drops, like a network
+        else:
             self.stats["send_errors"] += 1
 
     async def _send_resolved(self, data: bytes, addr: Addr) -> None:
-        udp = self._udp
-        assert udp is not None
+        net = self._net
+        assert net is not None
         try:
             with trio.fail_after(self.config.tcp_timeout):
-                await udp.sendto(data, addr)
+                await net.send_to_name(data, addr)
             self.stats["datagrams_sent"] += 1
         except (OSError, trio.TooSlowError, trio.ClosedResourceError):
             self.stats["send_errors"] += 1
+
+    async def _exchange(self, addr: Addr, payload: bytes) -> bytes:
+        """Connect, send one frame, read one reply frame. Raises on any failure."""
+        net = self._net
+        assert net is not None
+        stream = await net.connect(addr)
+        async with stream:
+            await write_frame(stream, payload)
+            return await read_frame(stream, self._max_frame)
 
     def _publish(self, event: Event) -> None:
         alive: list[trio.MemorySendChannel[Event]] = []
@@ -332,7 +438,7 @@ class MembershipRuntime:
         reply: bytes | None = None
         try:
             with trio.fail_after(self.config.tcp_timeout):
-                reply = await exchange(req.addr, req.payload, self._max_frame)
+                reply = await self._exchange(req.addr, req.payload)
         except (OSError, trio.TooSlowError, trio.BrokenResourceError, FrameError) as e:
             self.stats["stream_failures"] += 1
             log.debug("stream failed", peer=format_hostport(req.addr), reason=reason(e))
@@ -341,28 +447,22 @@ class MembershipRuntime:
         self._guard(self.core.stream_response, req.id, reply, now)
         self.wake()
 
-    async def _tcp_loop(self, listener: trio.SocketListener) -> None:
-        def admit(stream: trio.SocketStream) -> Callable[[], Awaitable[None]] | None:
+    async def _tcp_loop(self, net: GossipTransport) -> None:
+        def admit(stream: trio.abc.Stream, addr: Addr) -> Callable[[], Awaitable[None]] | None:
             if self._tcp_active >= MAX_TCP_CONNECTIONS:
                 self.stats["tcp_rejected"] += 1
                 return None
             self._tcp_active += 1
             self.stats["tcp_accepted"] += 1
-            return functools.partial(self._serve_connection, stream)
+            return functools.partial(self._serve_connection, stream, addr)
 
         def failed(_e: OSError) -> None:
             self.stats["tcp_errors"] += 1
 
-        await serve_listener(listener, admit, what="gossip", on_error=failed)
+        await net.accept(admit, failed)
 
-    async def _serve_connection(self, stream: trio.SocketStream) -> None:
+    async def _serve_connection(self, stream: trio.abc.Stream, addr: Addr) -> None:
         try:
-            try:
-                peer = stream.socket.getpeername()
-                addr: Addr = (peer[0], peer[1])
-            except OSError:
-                self.stats["tcp_errors"] += 1
-                return
             with trio.move_on_after(self.config.tcp_timeout) as scope:
                 payload = await read_frame(stream, self._max_frame)
                 service = self.services.claim(payload, addr)

@@ -314,7 +314,7 @@ class Replicator:
 
     # ------------------------------------------------------------ inbound
 
-    def claim(self, frame: bytes, addr: Addr) -> Callable[[trio.SocketStream], Any] | None:
+    def claim(self, frame: bytes, addr: Addr) -> Callable[[trio.abc.Stream], Any] | None:
         """The gossip listener offers each new connection's first frame: if it is our hello,
         return the coroutine function that serves the connection."""
         try:
@@ -325,12 +325,12 @@ class Replicator:
             return None
         peer = hello[2]
 
-        async def serve(stream: trio.SocketStream) -> None:
+        async def serve(stream: trio.abc.Stream) -> None:
             await self._serve(stream, peer)
 
         return serve
 
-    async def _serve(self, stream: trio.SocketStream, peer: str) -> None:
+    async def _serve(self, stream: trio.abc.Stream, peer: str) -> None:
         """Answer a peer's requests on its connection. Puts are answered in order as they
         come; a digest (a walk over every AOR held here) is answered from a task of its own,
         so the writes behind it are not kept waiting past their timeout."""
