@@ -41,6 +41,13 @@ class Node:
         return (self.host, self.port)
 
 
+def _own_proxy(host: str, port: int, listen: dict[str, tuple[str, int]]) -> Proxy:
+    """The proxy of a one-node cluster at host:port: it owns every AOR itself."""
+    me = Peer("n1", host, port)
+    settings = ProxySettings("n1", host, port, frozenset({DOMAIN}), listen=listen)
+    return Proxy(settings, owners=lambda aor, n: [me], peers=lambda: {"n1": me})
+
+
 @asynccontextmanager
 async def sip_node(
     config: SipTransportConfig | None = None,
@@ -51,15 +58,13 @@ async def sip_node(
     """One node serving UDP and TCP on a kernel-chosen port (and `streams`: TLS, WebSocket,
     each on one of its own); it owns every AOR itself, so a REGISTER is applied locally and
     answered at once."""
-    server = SipServer(  # type: ignore[arg-type]
-        proxy=None, bind=(host, 0), config=config, limiter=limiter, streams=streams
+    # The proxy names the ports the server binds: the server starts with a stand-in, and gets
+    # its proxy once open() has bound them.
+    server = SipServer(
+        _own_proxy(host, 0, {}), bind=(host, 0), config=config, limiter=limiter, streams=streams
     )
     _, port = server.open()
-    me = Peer("n1", host, port)
-    settings = ProxySettings(
-        "n1", host, port, frozenset({DOMAIN}), listen=dict(server.stream_bound)
-    )
-    proxy = Proxy(settings, owners=lambda aor, n: [me], peers=lambda: {"n1": me})
+    proxy = _own_proxy(host, port, dict(server.stream_bound))
     server.proxy = proxy
     try:
         async with trio.open_nursery() as nursery:
@@ -279,7 +284,7 @@ async def answer_to(client: UdpClient, data: bytes) -> Reply | None:
     return first
 
 
-async def read_tcp_message(stream: trio.SocketStream, buf: bytearray) -> Reply:
+async def read_tcp_message(stream: trio.abc.ReceiveStream, buf: bytearray) -> Reply:
     """One Content-Length-framed message from `stream` (leftovers stay in `buf`)."""
     while True:
         end = buf.find(b"\r\n\r\n")
@@ -299,7 +304,7 @@ async def read_tcp_message(stream: trio.SocketStream, buf: bytearray) -> Reply:
         buf += chunk
 
 
-async def wait_closed(stream: trio.SocketStream) -> float:
+async def wait_closed(stream: trio.abc.ReceiveStream) -> float:
     """Read until the server closes the connection (EOF or reset); return how long it took.
     Bytes that arrive meanwhile are ignored."""
     start = trio.current_time()

@@ -634,6 +634,7 @@ async def test_members_status_via_and_leave_against_an_agent(
     with trio.fail_after(30), structlog.testing.capture_logs():
         async with trio.open_nursery() as nursery:
             await nursery.start(agent.run)
+            assert agent.bound_addr is not None
             host, port = agent.bound_addr
             code, out, err = await cli("members", "--control", path, "--format", "json")
             assert (code, err) == (0, "")

@@ -3,6 +3,8 @@ SIP and DNS; and the front-ends following it one member at a time."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import pytest
 
 from swimthor.config import DnsConfig
@@ -12,7 +14,7 @@ from swimthor.directory import (
     MemberDirectory,
     live_after,
 )
-from swimthor.dns import DnsService, Zone
+from swimthor.dns import DnsService, Node, Zone
 from swimthor.membership import (
     Member,
     MemberFailed,
@@ -101,7 +103,10 @@ def test_live_by_role_datacenter_zone_and_service_tag() -> None:
             member("c", State.SUSPECT, dc="dc2", tags={"sip": "10.0.0.3:5060", "zone": "r2"}),
         ]
     )
-    names = lambda ms: [m.name for m in ms]  # noqa: E731
+
+    def names(ms: Iterable[Member]) -> list[str]:
+        return [m.name for m in ms]
+
     assert names(d.live()) == ["a", "b", "c"]
     assert names(d.live(role="sip")) == ["a", "c"]
     assert names(d.live(dc="dc2")) == ["b", "c"]
@@ -128,7 +133,11 @@ def test_addresses_of_gone_members_are_kept_a_while_and_hosts_are_the_live_ones(
 def test_routing_follows_the_directory_one_epoch_a_change() -> None:
     d = MemberDirectory()
     routing = RoutingTable(roles=None)
-    d.subscribe(lambda changes: routing.update((c.name, c.after) for c in changes))
+
+    def follow(changes: list[DirectoryChange]) -> None:
+        routing.update((c.name, c.after) for c in changes)
+
+    d.subscribe(follow)
     d.sync([member("a"), member("b")])
     assert routing.epoch == 1 and [r.name for r in routing.members()] == ["a", "b"]
     d.apply(MemberSuspected(member("b", State.SUSPECT)))  # suspects keep their keys
@@ -150,11 +159,14 @@ def test_dns_rebuilds_only_the_member_that_changed(monkeypatch: pytest.MonkeyPat
         replicas=2,
         directory=d,
     )
-    full_rebuilds = []
+    full_rebuilds: list[int] = []
     real_update = Zone.update
-    monkeypatch.setattr(
-        Zone, "update", lambda zone, nodes: (full_rebuilds.append(1), real_update(zone, nodes))
-    )
+
+    def counted_update(zone: Zone, nodes: Iterable[Node]) -> None:
+        full_rebuilds.append(1)
+        real_update(zone, nodes)
+
+    monkeypatch.setattr(Zone, "update", counted_update)
     tags = {"sip": "10.0.1.{i}:5060", "dns": "10.0.1.{i}:53"}
     for i in range(200):
         d.apply(MemberJoined(member(f"m{i}", tags={k: v.format(i=i) for k, v in tags.items()})))

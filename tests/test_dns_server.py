@@ -97,7 +97,7 @@ async def test_tcp_reuse_and_pipelining_answer_in_order() -> None:
             # All three in one write: pipelined.
             await stream.send_all(b"".join(frame(bytes(q.pack())) for q in qs))
             buf = b""
-            answers = []
+            answers: list[DNSRecord] = []
             with trio.fail_after(5):
                 while len(answers) < 3:
                     buf += await stream.receive_some(65_535)

@@ -111,6 +111,7 @@ from swimthor.membership._messages import (
 from swimthor.sip import (
     BRANCH_PREFIX,
     MAX_MESSAGE_SIZE,
+    Action,
     BadStream,
     Peer,
     Proxy,
@@ -1133,7 +1134,16 @@ def check_parse(data: bytes, datagram: bool) -> Request | Response | None:
     return message
 
 
-def check_handle(proxy: Proxy, data: bytes, source: Source) -> list[Send | Replicate]:
+def only_sends(actions: list[Action]) -> list[Send]:
+    """`actions`, each of them a Send (what relaying a response gives)."""
+    sends = []
+    for action in actions:
+        assert isinstance(action, Send), action
+        sends.append(action)
+    return sends
+
+
+def check_handle(proxy: Proxy, data: bytes, source: Source) -> list[Action]:
     """Proxy.handle never raises; when it could read the message, what it sends can be read
     too."""
     message: Request | Response | None = None
@@ -1225,9 +1235,10 @@ def test_sip_fast_relay_agrees_with_the_parser(case: tuple[bytes, tuple[str, int
     if not data.startswith(b"SIP/2.0 "):
         return  # what `Proxy.handle` checks before it tries the fast path
     with time_limit("Proxy._relay_fast"):
-        fast = new_proxy()._relay_fast(data)
-    if fast is None:
+        relayed = new_proxy()._relay_fast(data)
+    if relayed is None:
         return
+    fast = only_sends(relayed)
     try:
         with time_limit("parse_message"):
             response = parse_message(data)
@@ -1236,12 +1247,11 @@ def test_sip_fast_relay_agrees_with_the_parser(case: tuple[bytes, tuple[str, int
     if KNOWN_FAST_RELAY_FOLDING and _FOLDED_LINE.search(data.partition(b"\r\n\r\n")[0]):
         reject()
     assert isinstance(response, Response)
-    full = new_proxy()._response(response)
+    full = only_sends(new_proxy()._response(response))
     assert [(s.transport, s.host, s.port) for s in fast] == [
         (s.transport, s.host, s.port) for s in full
     ]
     for a, b in zip(fast, full, strict=True):
-        assert isinstance(a, Send) and isinstance(b, Send)
         ra, rb = parse_message(a.data), parse_message(b.data)
         assert ra.start_line() == rb.start_line() and ra.body == rb.body
         assert [(k, v.strip()) for k, v in ra.headers if k != "content-length"] == [
@@ -1642,7 +1652,9 @@ def test_regression_fast_relay_reads_a_folded_via_differently() -> None:
         b"CSeq: 1 INVITE\r\n"
         b"Content-Length: 0\r\n\r\n"
     )
-    full = new_proxy()._response(parse_message(data))
+    response = parse_message(data)
+    assert isinstance(response, Response)
+    full = only_sends(new_proxy()._response(response))
     assert [(s.host, s.port) for s in full] == [("192.0.2.1", 40000)]
     sent = new_proxy().handle(data, Source("udp", *PHONE), NOW)
     assert [(s.host, s.port) for s in sent if isinstance(s, Send)] == [("192.0.2.1", 40000)]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,9 +25,9 @@ pytestmark = [
 
 
 @pytest.fixture
-def sipp(tmp_path: Path) -> Sipp:
+def sipp(tmp_path: Path) -> Iterator[Sipp]:
     s = Sipp(tmp_path)
-    yield s  # type: ignore[misc]
+    yield s
     s.close()
 
 
@@ -87,8 +87,8 @@ def test_subscribers_register_with_digest_and_survive_a_full_restart(
         bob_port = _free_port()
         stats = register(sipp, nodes["n2"], "bob", "b0b-pass", bob_port)
         assert stats["ok"] == 1, stats
+        # Returns once bob's UAS has bound its port: it answers from then on.
         sipp.background("-sf", str(SCENARIOS / "uas.xml"), "-i", "127.0.0.1", "-p", str(bob_port))
-        time.sleep(0.5)
         callers = sipp.users("alice.csv", ["alice"])
         for node in nodes.values():
             stats = sipp.run(

@@ -426,7 +426,8 @@ def test_wire_round_trip(b: Binding) -> None:
     assert Binding.from_wire(wire) == b
     assert Binding.from_wire(list(wire)).version == b.version
     # A later version's fields after the 15th are ignored.
-    padding = {11: ["", 0, "", []], 14: [[]], 15: []}[len(wire)]
+    paddings: dict[int, list[object]] = {11: ["", 0, "", []], 14: [[]], 15: []}
+    padding = paddings[len(wire)]
     longer = [*b.to_wire(), *padding, "future", [1, 2], None]
     assert Binding.from_wire(longer) == b
 
@@ -441,7 +442,7 @@ def test_the_two_wire_forms() -> None:
     assert Binding.from_wire(wire) == device
     # Any one of the three makes the longer form; written empty it reads as the short one.
     for changed in ({"instance": "i"}, {"reg_id": 1}, {"user_agent": "u"}):
-        assert len(replace(plain, **changed).to_wire()) == 14  # type: ignore[arg-type]
+        assert len(replace(plain, **changed).to_wire()) == 14
     assert Binding.from_wire([*plain.to_wire(), "", 0, ""]) == plain
     # Through CBOR, as replication sends it.
     assert Binding.from_wire(cbor2.loads(cbor2.dumps(wire))) == device
@@ -487,16 +488,16 @@ FIELD_NAMES = (
 )
 
 
-def _bad(index: int, *values: object) -> list[tuple[str, object]]:
+def _bad(index: int, *values: object) -> list[tuple[str, list[object]]]:
     return [(f"{FIELD_NAMES[index]}={v!r:.20}", _with(index, v)) for v in values]
 
 
 GOOD_14 = [*GOOD, '"<urn:uuid:1>"', 1, "Phone/1.0"]
 
 
-def _with_14(index: int, *values: object) -> list[tuple[str, object]]:
+def _with_14(index: int, *values: object) -> list[tuple[str, list[object]]]:
     names = ("instance", "reg_id", "user_agent")
-    out: list[tuple[str, object]] = []
+    out: list[tuple[str, list[object]]] = []
     for v in values:
         wire = list(GOOD_14)
         wire[index] = v

@@ -79,7 +79,7 @@ def test_a_node_killed_under_load_loses_no_acknowledged_registration(
 
     def balanced() -> bool:
         counts = [n.status()["sip"]["bindings"] for n in cluster.values()]
-        return sum(counts) == 2 * len(users) and min(counts) > 0
+        return bool(sum(counts) == 2 * len(users) and min(counts) > 0)
 
     wait_until(balanced, 30, "every AOR on exactly its two owners again")
     missing, _ = regload.query([("127.0.0.1", victim.sip_port)], result.acknowledged, DOMAIN)

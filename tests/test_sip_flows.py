@@ -16,6 +16,7 @@ import pytest
 from test_sip_fork import CALLER, NODES, Cluster, answer, msg, statuses
 
 from swimthor.sip import (
+    Action,
     Binding,
     Flow,
     Request,
@@ -280,13 +281,13 @@ def _one_keyring(c: Cluster) -> None:
     """The nodes share the cluster's keys (as with a keyring): each can check the others'
     flow tokens."""
     for proxy in c.nodes.values():
-        proxy._branch_keys = lambda: [b"cluster-key" * 3]  # type: ignore[method-assign]
+        proxy._branch_keys = lambda: [b"cluster-key" * 3]
 
 
 def _edge_dead_for(c: Cluster, node: str, edge: str = "n1") -> None:
     """`node` sees `edge` gone from the membership (no live member at its address)."""
     gone = (NODES[edge].host, NODES[edge].port)
-    c.nodes[node]._peer_at = lambda h, p: (  # type: ignore[method-assign]
+    c.nodes[node]._peer_at = lambda h, p: (
         None
         if (h, p) == gone
         else next((x for x in NODES.values() if (x.host, x.port) == (h, p)), None)
@@ -375,7 +376,7 @@ def test_a_flow_that_failed_at_its_edge_is_retried_on_the_devices_other_flow() -
     _outbound_flow(c, "n3", 2, other, conn=8)
     c.advance(1.0)
     _outbound_flow(c, "n1", 1, NAT_PUBLIC, conn=7)  # the newer: tried first
-    c.nodes["n1"]._flow_alive = lambda conn: conn != 7  # type: ignore[method-assign]
+    c.nodes["n1"]._flow_alive = lambda conn: conn != 7
     c.deliver(msg("INVITE"), CALLER, "n2")
     (invite,) = c.requests(other)
     assert invite.method == "INVITE"
@@ -455,7 +456,7 @@ def test_without_shared_keys_a_dead_edge_is_known_from_the_membership() -> None:
     c = Cluster()
     nat_register(c)  # through n1; each node has keys of its own
     _edge_dead_for(c, "n3")
-    c.nodes["n3"]._gone_at = lambda h, p: (h, p) == ("127.0.0.1", 5071)  # type: ignore[method-assign]
+    c.nodes["n3"]._gone_at = lambda h, p: (h, p) == ("127.0.0.1", 5071)
     c.deliver(msg("INVITE"), CALLER, "n3")
     assert statuses(c.take(CALLER))[-1] == 430
     assert c.nodes["n1"].stats["to_flows"] == 0
@@ -530,9 +531,9 @@ def test_a_removal_ends_the_pings_and_nobody_outside_can_claim_a_node_removal() 
     owner = c.nodes["n2"]
     original = owner.handle
 
-    def spy(data: bytes, *rest: object) -> list[object]:
+    def spy(data: bytes, source: Source, now: float, mono: float | None = None) -> list[Action]:
         seen.append(data)
-        return original(data, *rest)  # type: ignore[arg-type]
+        return original(data, source, now, mono)
 
     owner.handle = spy  # type: ignore[method-assign]
     data = msg(

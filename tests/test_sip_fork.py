@@ -125,8 +125,7 @@ class Cluster:
         self.now = to
 
     def take(self, who: tuple[str, int]) -> list[Request | Response]:
-        out = [parse_message(d) for d in self.inbox.pop(who, [])]
-        return out  # type: ignore[return-value]
+        return [parse_message(d) for d in self.inbox.pop(who, [])]
 
     def last_request(self, device: tuple[str, int]) -> Request:
         return self._last_request[device]

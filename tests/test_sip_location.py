@@ -165,11 +165,12 @@ async def test_location_shows_a_binding_on_both_owners(
             b = Agent(sip_config(tmp_path, "b", [a.bound_addr]), keyring=None, handle_signals=False)
             await nursery.start(b.run)
             assert a.sip is not None and b.sip is not None
+            services = (a.sip, b.sip)
             # Both are owners (R=2) and know each other's SIP address.
             await wait_for(
                 lambda: all(
-                    sorted(n.sip.owner_names(AOR)) == ["a", "b"] and len(n.sip.peers()) == 2
-                    for n in (a, b)  # type: ignore[union-attr]
+                    sorted(s.owner_names(AOR)) == ["a", "b"] and len(s.peers()) == 2
+                    for s in services
                 )
             )
 

@@ -11,6 +11,7 @@ import pytest
 
 from swimthor.sip import (
     BRANCH_PREFIX,
+    Action,
     Peer,
     Proxy,
     ProxySettings,
@@ -31,7 +32,9 @@ NODES = {
 
 
 class Net:
-    def __init__(self, owners: dict[str, list[str]] | None = None, default=("n2", "n3")) -> None:
+    def __init__(
+        self, owners: dict[str, list[str]] | None = None, default: tuple[str, ...] = ("n2", "n3")
+    ) -> None:
         self.owners = owners or {}
         self.default = list(default)
         self.live = dict(NODES)
@@ -54,7 +57,7 @@ class Net:
                 return self.nodes[name]
         return None
 
-    def handle(self, node: str, data: bytes, frm: tuple[str, int]) -> list[Send | Replicate]:
+    def handle(self, node: str, data: bytes, frm: tuple[str, int]) -> list[Action]:
         return self.nodes[node].handle(data, Source("udp", frm[0], frm[1]), NOW)
 
     def run(self, node: str, data: bytes, frm: tuple[str, int], hops: int = 10) -> list[Send]:
@@ -70,6 +73,7 @@ class Net:
                     for peer in action.peers:
                         self.nodes[peer].store.merge(action.changes, NOW)
                     action = action.response
+                assert isinstance(action, Send), action  # no credentials to fetch: no auth here
                 target = self.node_at(action.host, action.port)
                 me = (proxy.settings.host, proxy.settings.port)
                 if target is None:

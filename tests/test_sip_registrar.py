@@ -24,6 +24,7 @@ from swimthor.sip import (
     Replicate,
     Request,
     Response,
+    Send,
     Source,
     aor_of,
     contact_key,
@@ -1033,6 +1034,7 @@ class _Cluster:
                     for peer in action.peers:
                         self.nodes[peer].store.merge(action.changes, NOW)
                     action = action.response
+                assert isinstance(action, Send), action  # no credentials to fetch: no auth here
                 target = next(
                     (
                         n

@@ -7,6 +7,7 @@ edits, with an epoch counter and the owners of every past epoch, like `RoutingTa
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
@@ -67,7 +68,7 @@ class Cluster:
             n: Replicator(
                 n,
                 BindingStore(),
-                keyring=lambda n=n: self.keyrings[n],
+                keyring=self._keyring_of(n),
                 label="test",
                 owners=self.own.now,
                 owners_at=self.own.at,
@@ -78,6 +79,10 @@ class Cluster:
             )
             for n in names
         }
+
+    def _keyring_of(self, name: str) -> Callable[[], Keyring | None]:
+        """Node `name`'s keyring as the test holds it now (a test may swap it)."""
+        return lambda: self.keyrings[name]
 
     async def start(self, nursery: trio.Nursery) -> None:
         for name, node in self.nodes.items():

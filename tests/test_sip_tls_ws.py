@@ -120,7 +120,7 @@ class WsClient:
 
     async def _events(self) -> list[object]:
         data = await self.stream.receive_some(65_536)
-        self.ws.receive_data(data or None)
+        self.ws.receive_data(bytes(data) or None)
         return list(self.ws.events())
 
     async def send(self, data: bytes) -> None:
@@ -135,7 +135,7 @@ class WsClient:
             for event in await self._events():
                 if isinstance(event, TextMessage | BytesMessage):
                     data = event.data
-                    parts.append(data.encode() if isinstance(data, str) else data)
+                    parts.append(data.encode() if isinstance(data, str) else bytes(data))
                     if event.message_finished:
                         self.messages.append(b"".join(parts))
                         parts = []
@@ -341,7 +341,7 @@ async def test_unmasked_and_oversized_frames_close_the_websocket(pki: Pki) -> No
         assert await big.receive() == b""
         assert big.closed is not None and big.closed.code == 1009
         with trio.fail_after(5):
-            await wait_closed(big.stream)  # type: ignore[arg-type]
+            await wait_closed(big.stream)
         assert node.server.stats["ws_closed_by_frame"] == 2
         await assert_serving(node)
         ok = await WsClient.connect(node)
@@ -603,5 +603,5 @@ async def test_our_tls_stream_as_a_client_checks_the_server_and_carries_sip(pki:
         buf = bytearray()
         for _ in range(3):  # several messages on one connection
             await stream.send_all(register(("127.0.0.1", 5999), transport="TLS"))
-            assert (await read_tcp_message(stream, buf)).status == 200  # type: ignore[arg-type]
+            assert (await read_tcp_message(stream, buf)).status == 200
         await stream.aclose()

@@ -230,7 +230,7 @@ def _wss_at_edge(c: Cluster) -> None:
 def _answered_call(c: Cluster, bob: Proc, alice: Proc) -> str:
     """Alice's call reached bob's WebSocket, bob answered, and both sides confirmed it (bob
     got the ACK). The Call-ID."""
-    call_id = alice.wait_for("calling", 10)["call_id"]
+    call_id: str = alice.wait_for("calling", 10)["call_id"]
     assert bob.wait_for("incoming", 10)["call_id"] == call_id
     bob.wait_for("answered", 10, call_id=call_id)
     assert alice.wait_for("confirmed", 10, call_id=call_id)["code"] == 200

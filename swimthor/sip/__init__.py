@@ -23,7 +23,7 @@ from ._bindings import (
 from ._connections import TlsStream
 from ._flow import Flow, decode_token, make_token
 from ._grammar import parse_uri
-from ._hop import FetchCredentials, Peer, ProxySettings, Replicate
+from ._hop import Action, FetchCredentials, Peer, ProxySettings, Replicate
 from ._message import (
     MAX_HEADER_LENGTH,
     MAX_HEADERS,
@@ -91,6 +91,7 @@ __all__ = [
     "SIP_TAG",
     "TIMER_J",
     "TIMER_TICK",
+    "Action",
     "BadStream",
     "Binding",
     "BindingStore",
