@@ -5,8 +5,10 @@ functions and `GossipRotation` directly."""
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping, MutableSequence
+from typing import Any
 
-from swimthor.config import profile, replace
+from swimthor.config import MembershipConfig, profile, replace
 from swimthor.keyring import unwrap_plain, wrap_plain
 from swimthor.membership import (
     Alive,
@@ -40,13 +42,20 @@ def _members(*specs: tuple[str, str]) -> dict[str, Member]:
     }
 
 
-def _take(rot: GossipRotation, which: str, k: int, members, taken=None, rng=None) -> list[str]:
-    taken = {"me"} if taken is None else taken
+def _take(
+    rot: GossipRotation,
+    which: str,
+    k: int,
+    members: Mapping[str, Member],
+    taken: set[str] | None = None,
+    rng: random.Random | None = None,
+) -> list[str]:
+    chosen = {"me"} if taken is None else taken
     out = rot.take(
         which,
         k,
-        lambda m: m.name not in taken,
-        taken,
+        lambda m: m.name not in chosen,
+        chosen,
         members,
         "me",
         "dc1",
@@ -78,10 +87,10 @@ def test_the_remote_list_holds_only_other_datacenters() -> None:
 def test_an_empty_list_is_not_rebuilt_until_a_member_is_added() -> None:
     members = _members(("me", "dc1"), ("a", "dc1"))
     rot = GossipRotation()
-    calls = []
+    calls: list[int] = []
 
     class CountingRandom(random.Random):
-        def shuffle(self, x) -> None:  # type: ignore[override]
+        def shuffle(self, x: MutableSequence[Any]) -> None:
             calls.append(len(x))
             super().shuffle(x)
 
@@ -101,7 +110,7 @@ def test_members_taken_already_or_ineligible_are_skipped_and_marked() -> None:
     assert sorted(names) == ["a", "c"] and taken == {"me", "a", "b", "c"}
 
 
-def _core(config) -> Membership:
+def _core(config: MembershipConfig) -> Membership:
     core = Membership(name="me", addr=("10.0.0.1", 1), config=config, rng=random.Random(4), now=0.0)
     for i, dc in enumerate(("dc1", "dc1", "dc1", "dc2", "dc2")):
         alive = Alive(f"m{i}", 1, ("10.0.0.2", 100 + i), dc, (), 1.0, {})

@@ -4,6 +4,7 @@ clock, the ring's per-round offset, and the random schedule's shuffled round-rob
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 
 import pytest
 
@@ -33,7 +34,7 @@ def _members(*names: str, state: State = State.ALIVE) -> dict[str, Member]:
     }
 
 
-def _ring(names) -> list[tuple[bytes, str]]:
+def _ring(names: Iterable[str]) -> list[tuple[bytes, str]]:
     return sorted(ring_entry(n) for n in names)
 
 
@@ -84,7 +85,9 @@ def test_every_live_member_is_probed_exactly_once_a_round() -> None:
         assert all(t is not None and t.name != n for t, n in zip(targets, names, strict=True))
         order = [e[1] for e in ring]
         first = order.index(names[0])
-        offsets.add((order.index(targets[0].name) - first) % len(order))
+        first_target = targets[0]
+        assert first_target is not None
+        offsets.add((order.index(first_target.name) - first) % len(order))
     assert len(offsets) > 1  # not the same neighbour every round
 
 

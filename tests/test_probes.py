@@ -8,13 +8,15 @@ import random
 
 import pytest
 
-from swimthor.config import profile, replace
+from swimthor.config import MembershipConfig, profile, replace
 from swimthor.keyring import unwrap_plain, wrap_plain
 from swimthor.membership import (
     Ack,
+    Addr,
     Alive,
     Member,
     Membership,
+    Message,
     Nack,
     NameConflict,
     Ping,
@@ -31,12 +33,19 @@ from swimthor.membership import _probes as probes
 LOCAL = replace(profile("local"), suspect_check=False)
 
 
-def _core(name: str = "a", config=LOCAL) -> Membership:
+def _core(name: str = "a", config: MembershipConfig = LOCAL) -> Membership:
     return Membership(name=name, addr=("10.0.0.1", 1), config=config, rng=random.Random(1), now=0.0)
 
 
-def _hear(core: Membership, sender: str, msg: object, addr, now: float = 0.0) -> None:
-    packet = wrap_plain("", encode_packet(sender, [encode_message(msg)]))  # type: ignore[arg-type]
+def _member(core: Membership, name: str) -> Member:
+    """The member `core` knows by `name` (the test has made sure it knows one)."""
+    m = core.member(name)
+    assert m is not None, name
+    return m
+
+
+def _hear(core: Membership, sender: str, msg: Message, addr: Addr, now: float = 0.0) -> None:
+    packet = wrap_plain("", encode_packet(sender, [encode_message(msg)]))
     core.receive_datagram(packet, addr, now)
 
 
@@ -45,7 +54,7 @@ def _add(core: Membership, *names: str, dc: str = "dc1", health: int = 0) -> dic
         addr = ("10.0.0.2", 100 + int(name[1:]))
         _hear(core, name, Alive(name, 1, addr, dc, (), 1.0, {}, health=health), addr)
     core.datagrams_to_send(0.0)
-    return {n: core.member(n) for n in names}  # type: ignore[misc]
+    return {n: _member(core, n) for n in names}
 
 
 def _sent(core: Membership, now: float = 0.0) -> list[tuple[object, tuple[str, int]]]:
@@ -111,7 +120,7 @@ def test_a_probe_without_an_ack_asks_relays_then_suspects_the_target() -> None:
     assert 7 not in a._pending and a._probing is None
     assert a.stats["probes_failed"] == 1 and a.stats["suspicions"] == 1
     assert a.health_score == 1
-    assert a.member("m1").state == State.SUSPECT
+    assert _member(a, "m1").state == State.SUSPECT
 
 
 def _pending(kind: str) -> probes.Pending:
@@ -157,7 +166,7 @@ def test_a_ping_req_is_relayed_and_answered_with_an_ack_or_a_nack() -> None:
         probes.on_ping_req(a, req, requester, 0.0)
         ((seq, p),) = a._pending.items()
         assert p.kind == probes.RELAY and p.reply_to == requester and p.reply_seq == 41
-        assert p.deadline == pytest.approx(0.8 * probes.probe_timeout(a, a.member("m1")))
+        assert p.deadline == pytest.approx(0.8 * probes.probe_timeout(a, _member(a, "m1")))
         ((ping, to),) = _pings(a)
         assert isinstance(ping, Ping) and ping.seq == seq and to == ("10.0.0.2", 101)
         probes.timed_out(a, seq, p.deadline)
@@ -197,7 +206,7 @@ def test_a_suspect_check_asks_once_per_incarnation_and_confirms_on_silence() -> 
     m1 = _add(a, "m1", "m2", "m3")["m1"]
     _hear(a, "m2", Suspect("m1", 1, "m2"), ("10.0.0.2", 102), 0.0)
     a.datagrams_to_send(0.0)
-    m1 = a.member("m1")
+    m1 = _member(a, "m1")
     probes.suspect_check(a, m1, 0.0)
     probes.suspect_check(a, m1, 0.0)  # once per incarnation
     assert a.stats["suspect_checks"] == 1
@@ -215,8 +224,8 @@ def test_a_final_check_holds_the_declaration_and_an_answer_is_noted() -> None:
     _hear(a, "m2", Suspect("m1", 1, "m2"), ("10.0.0.2", 102), 0.0)
     a.datagrams_to_send(0.0)
     st = a._suspects["m1"]
-    probes.final_check(a, st, a.member("m1"), 5.0)
-    assert st.hold == 5.0 + max(probes.probe_timeout(a, a.member("m1")), LOCAL.probe_interval)
+    probes.final_check(a, st, _member(a, "m1"), 5.0)
+    assert st.hold == 5.0 + max(probes.probe_timeout(a, _member(a, "m1")), LOCAL.probe_interval)
     assert st.final_tries == 1 and a.stats["final_checks"] == 1
     ((seq, p),) = a._pending.items()
     assert p.kind == probes.FINAL and p.deadline == st.hold
@@ -239,7 +248,7 @@ def test_a_claim_answered_at_the_old_address_is_a_conflict() -> None:
     assert a.stats["conflicts"] == 1 and not a._claims
     (event,) = a._events
     assert isinstance(event, NameConflict) and event.other == ("10.0.0.7", 7)
-    assert a.member("m1").addr == old.addr  # never merged
+    assert _member(a, "m1").addr == old.addr  # never merged
 
 
 def test_a_claim_nobody_answers_at_the_old_address_is_a_restart() -> None:
@@ -249,7 +258,7 @@ def test_a_claim_nobody_answers_at_the_old_address_is_a_restart() -> None:
     probes.verify_claim(a, newer, old, 0.0)
     ((seq, p),) = a._pending.items()
     probes.timed_out(a, seq, p.deadline)
-    moved = a.member("m1")
+    moved = _member(a, "m1")
     assert moved.addr == ("10.0.0.7", 7) and moved.incarnation == 2 and not a._claims
 
 

@@ -11,6 +11,7 @@ import pytest
 from swimthor.config import profile
 from swimthor.keyring import Keyring, wrap_plain
 from swimthor.membership import (
+    Event,
     KeyOp,
     KeyOpReply,
     KeyringChanged,
@@ -37,7 +38,7 @@ def _core(keyring: Keyring | None = None) -> Membership:
                       nonce_source=random.Random(2).randbytes)  # fmt: skip
 
 
-def _events(core: Membership) -> list[object]:
+def _events(core: Membership) -> list[Event]:
     out = []
     while (e := core.next_event()) is not None:
         out.append(e)

@@ -29,14 +29,21 @@ from swimthor.membership import (
 
 
 def _member(
-    name: str, state: State = State.ALIVE, dc: str = "dc1", *, health: int = 0, tags=None
+    name: str,
+    state: State = State.ALIVE,
+    dc: str = "dc1",
+    *,
+    health: int = 0,
+    tags: dict[str, str] | None = None,
 ) -> Member:
     return Member(name=name, addr=("10.0.0.1", 7946), dc=dc, roles=("sip",), weight=1.0,
                   tags=dict(tags or {}), incarnation=1, state=state, since=5.0,
                   health=health)  # fmt: skip
 
 
-def _summary(name: str, digest: bytes, health: int = 0, load=()) -> Summary:
+def _summary(
+    name: str, digest: bytes, health: int = 0, load: tuple[tuple[str, int], ...] = ()
+) -> Summary:
     return Summary(name, 1, digest, health, 3, load)
 
 

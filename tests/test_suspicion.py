@@ -8,11 +8,12 @@ import random
 
 import pytest
 
-from swimthor.config import profile, replace
+from swimthor.config import MembershipConfig, profile, replace
 from swimthor.keyring import wrap_plain
 from swimthor.membership import (
     Alive,
     Dead,
+    Member,
     Membership,
     MemberSuspected,
     State,
@@ -30,10 +31,17 @@ from swimthor.membership._lifeguard import (
 LAN = replace(profile("lan"), suspect_check=False)
 
 
-def _core(config=LAN, seed: int = 1) -> Membership:
+def _core(config: MembershipConfig = LAN, seed: int = 1) -> Membership:
     return Membership(
         name="a", addr=("10.0.0.1", 1), config=config, rng=random.Random(seed), now=0.0
     )
+
+
+def _member(core: Membership, name: str) -> Member:
+    """The member `core` knows by `name` (the test has made sure it knows one)."""
+    m = core.member(name)
+    assert m is not None, name
+    return m
 
 
 def _hear(core: Membership, msg: Alive | Suspect | Dead, now: float = 0.0) -> None:
@@ -120,12 +128,12 @@ def test_an_unconfirmed_suspicion_gets_a_final_check_then_is_declared() -> None:
     _suspect(core)
     st = core._suspects["m0"]
     suspicion.expired(core, "m0", st.due)
-    assert core.member("m0").state == State.SUSPECT and st.hold is not None
+    assert _member(core, "m0").state == State.SUSPECT and st.hold is not None
     assert core.stats["final_checks"] == 1
     suspicion.expired(core, "m0", st.due)
     assert core.stats["final_checks"] == 2
     suspicion.expired(core, "m0", st.due)  # two tries: declared
-    assert core.member("m0").state == State.DEAD and core.stats["failures_declared"] == 1
+    assert _member(core, "m0").state == State.DEAD and core.stats["failures_declared"] == 1
 
 
 def test_a_confirmed_suspicion_is_declared_at_once_and_a_stale_one_is_dropped() -> None:
@@ -134,12 +142,12 @@ def test_a_confirmed_suspicion_is_declared_at_once_and_a_stale_one_is_dropped() 
     _suspect(core)
     core._suspects["m0"].suspicion.confirm("m2", 0.1)
     suspicion.expired(core, "m0", 100.0)
-    assert core.member("m0").state == State.DEAD and core.stats["final_checks"] == 0
+    assert _member(core, "m0").state == State.DEAD and core.stats["final_checks"] == 0
     # A suspicion whose member is no longer suspect is forgotten.
     _suspect(core, "m1", origin="m2")
     core._members["m1"].state = State.ALIVE
     suspicion.expired(core, "m1", 100.0)
-    assert "m1" not in core.suspicions() and core.member("m1").state == State.ALIVE
+    assert "m1" not in core.suspicions() and _member(core, "m1").state == State.ALIVE
 
 
 def test_final_checks_can_be_turned_off() -> None:
@@ -147,7 +155,7 @@ def test_final_checks_can_be_turned_off() -> None:
     _add(core, 6)
     _suspect(core)
     suspicion.expired(core, "m0", 100.0)
-    assert core.member("m0").state == State.DEAD and core.stats["final_checks"] == 0
+    assert _member(core, "m0").state == State.DEAD and core.stats["final_checks"] == 0
 
 
 def test_a_death_of_a_member_heard_from_just_now_is_doubted() -> None:

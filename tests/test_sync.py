@@ -7,13 +7,15 @@ from __future__ import annotations
 import math
 import random
 
-from swimthor.config import profile, replace
+from swimthor.config import MembershipConfig, profile, replace
 from swimthor.keyring import unwrap_plain, wrap_plain
 from swimthor.membership import (
     Alive,
     Dead,
+    Event,
     Joined,
     JoinFailed,
+    Member,
     Membership,
     MemberState,
     PushPull,
@@ -28,10 +30,17 @@ from swimthor.membership import _sync as push_pull
 LOCAL = profile("local")
 
 
-def _core(name: str, port: int, config=LOCAL) -> Membership:
+def _core(name: str, port: int, config: MembershipConfig = LOCAL) -> Membership:
     return Membership(
         name=name, addr=("10.0.0.1", port), config=config, rng=random.Random(port), now=0.0
     )
+
+
+def _member(core: Membership, name: str) -> Member:
+    """The member `core` knows by `name` (the test has made sure it knows one)."""
+    m = core.member(name)
+    assert m is not None, name
+    return m
 
 
 def _hear_alive(core: Membership, name: str, port: int, now: float = 0.0) -> None:
@@ -42,11 +51,11 @@ def _hear_alive(core: Membership, name: str, port: int, now: float = 0.0) -> Non
 
 def _hear(core: Membership, msg: Summary | Dead, now: float) -> None:
     sender = msg.origin if isinstance(msg, Dead) else msg.name
-    packet = wrap_plain("", encode_packet(sender, [encode_message(msg)]))  # type: ignore[arg-type]
+    packet = wrap_plain("", encode_packet(sender, [encode_message(msg)]))
     core.receive_datagram(packet, ("10.0.0.8", 1), now)
 
 
-def _events(core: Membership) -> list[object]:
+def _events(core: Membership) -> list[Event]:
     out = []
     while (e := core.next_event()) is not None:
         out.append(e)
@@ -86,7 +95,7 @@ def test_merge_takes_remote_states_by_the_incarnation_rules() -> None:
     _hear_alive(core, "tomb", 101)
     # "tomb" leaves: a tombstone.
     push_pull.merge(core, PushPull(False, (_state("tomb", State.LEFT),)), 1.0)
-    assert core.member("tomb").state == State.LEFT
+    assert _member(core, "tomb").state == State.LEFT
     assert push_pull.is_tombstone(core, "tomb") and not push_pull.is_tombstone(core, "known")
     _events(core)
     states = (
@@ -96,10 +105,10 @@ def test_merge_takes_remote_states_by_the_incarnation_rules() -> None:
         _state("tomb", State.DEAD, inc=2),  # a newer death of one we hold a tombstone for
     )
     push_pull.merge(core, PushPull(False, states, reply=True), 2.0)
-    assert core.member("new").state == State.ALIVE
-    assert core.member("known").state == State.SUSPECT
+    assert _member(core, "new").state == State.ALIVE
+    assert _member(core, "known").state == State.SUSPECT
     assert core.member("gone") is None
-    tomb = core.member("tomb")
+    tomb = _member(core, "tomb")
     assert tomb.state == State.DEAD and tomb.incarnation == 2
     assert push_pull.alive_of_state(states[0]) == Alive(
         "new", 1, ("10.0.0.3", 7), "dc1", (), 1.0, {}, 1
@@ -170,11 +179,11 @@ def test_reconnect_tries_a_declared_failure_not_a_departure() -> None:
     push_pull.reconnect(a, 1.0)
     assert a.streams_to_open(1.0) == []  # nobody failed
     _hear(a, Dead("c", 1, "c"), 1.0)
-    assert a.member("c").state == State.LEFT
+    assert _member(a, "c").state == State.LEFT
     push_pull.reconnect(a, 1.0)
     assert a.streams_to_open(1.0) == []  # left, not failed
     _hear(a, Dead("b", 1, "x"), 100.0)  # long after we last heard from b: believed
-    assert a.member("b").state == State.DEAD
+    assert _member(a, "b").state == State.DEAD
     # One live member (us) and one failed: the draw (failed / live) always passes.
     push_pull.reconnect(a, 100.0)
     (req,) = a.streams_to_open(100.0)
