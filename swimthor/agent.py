@@ -23,7 +23,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import structlog
 import trio
@@ -58,6 +58,7 @@ from .metrics import MetricsServer
 from .routing import RoutingTable
 from .sip import SipService
 from .sockets import BindError, bind_sockets
+from .status import AgentStatus
 
 __all__ = ["KEYRING_FILE", "Agent"]
 
@@ -215,10 +216,10 @@ class Agent:
     def status(self) -> dict[str, Any]:
         return dict(self.core.status(trio.current_time()))
 
-    def full_status(self) -> dict[str, Any]:
+    def full_status(self) -> AgentStatus:
         """What `swimthor status` shows, and what the metrics are read from: the core's
         status (a StatusReply) with the agent's sections added."""
-        status: dict[str, Any] = dict(self.core.status(trio.current_time()))
+        status = cast(AgentStatus, dict(self.core.status(trio.current_time())))
         status["runtime"] = dict(self.runtime.stats)
         status["routing"] = routing_status(self.routing)
         if self.sip is not None:

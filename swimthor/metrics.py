@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, cast
 
 import structlog
 import trio
@@ -26,6 +26,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from .sockets import serve_listener
+from .status import AgentStatus
 
 __all__ = ["Latency", "MetricsServer", "collect_status"]
 
@@ -92,7 +93,7 @@ def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
     return CounterMetricFamily(name, doc, value=value)
 
 
-def collect_status(status: Mapping[str, Any]) -> Iterator[Metric]:
+def collect_status(status: AgentStatus) -> Iterator[Metric]:
     """Metric families from an agent's `status()` (what `swimthor status --format json`
     shows), so the metrics and the status never disagree."""
     yield GaugeMetricFamily(
@@ -113,7 +114,7 @@ def collect_status(status: Mapping[str, Any]) -> Iterator[Metric]:
         for state, n in sorted((counts or {}).items()):
             members.add_metric([str(state), str(dc)], float(n))
     yield members
-    converged = status.get("converged") or {}
+    converged: Mapping[str, Any] = status.get("converged") or {}
     agree = GaugeMetricFamily(
         "swimthor_view_agreement", "members whose view digest matches ours, or not", labels=["view"]
     )
@@ -127,7 +128,7 @@ def collect_status(status: Mapping[str, Any]) -> Iterator[Metric]:
             value=routing["epoch"],
         )  # fmt: skip
 
-    stats = dict(status.get("stats") or {})
+    stats = dict(cast(Mapping[str, float], status.get("stats") or {}))
     rejected = CounterMetricFamily(
         "swimthor_gossip_rejected",
         "gossip packets and frames refused, by reason",
@@ -208,7 +209,7 @@ def collect_status(status: Mapping[str, Any]) -> Iterator[Metric]:
 
 
 class _StatusCollector(Collector):
-    def __init__(self, status: Callable[[], Mapping[str, Any]]) -> None:
+    def __init__(self, status: Callable[[], AgentStatus]) -> None:
         self._status = status
 
     def collect(self) -> Iterator[Metric]:
@@ -218,7 +219,7 @@ class _StatusCollector(Collector):
 class MetricsServer:
     """GET /metrics over HTTP/1.x on a trio TCP listener."""
 
-    def __init__(self, bind: tuple[str, int], status: Callable[[], Mapping[str, Any]]) -> None:
+    def __init__(self, bind: tuple[str, int], status: Callable[[], AgentStatus]) -> None:
         self.bind = bind
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_StatusCollector(status))
