@@ -14,7 +14,9 @@ from swimthor.agent import Agent
 from swimthor.cli import format_status_text
 from swimthor.config import AgentConfig, SipConfig
 from swimthor.membership import (
+    ClusterRow,
     DecodeError,
+    StatusReply,
     Summary,
     Suspect,
     decode_packet,
@@ -51,21 +53,22 @@ async def test_one_status_shows_every_members_load(tmp_path: Path) -> None:
             b = Agent(config(tmp_path, "b", [a.bound_addr]), keyring=None, handle_signals=False)
             await nursery.start(b.run)
 
-            def row(status: dict, name: str) -> dict:  # type: ignore[type-arg]
-                return next((r for r in status["cluster"] if r["name"] == name), {})
+            def row(status: StatusReply, name: str) -> ClusterRow | None:
+                return next((r for r in status["cluster"] if r["name"] == name), None)
 
             for _ in range(400):  # until b's summary (with its load) matches our view
                 st = a.full_status()
                 rb = row(st, "b")
-                if "uptime" in rb.get("load", {}) and rb.get("view") == "same":
+                if rb is not None and "uptime" in rb.get("load", {}) and rb["view"] == "same":
                     break
                 await trio.sleep(0.05)
             st = a.full_status()
-            rb = row(st, "b")
+            rb, ra = row(st, "b"), row(st, "a")
+            assert rb is not None and ra is not None
             assert rb["state"] == "alive" and rb["view"] == "same" and rb["dc"] == "dc1"
             assert rb["load"]["version"] == 100 and "sip_requests" in rb["load"]
             assert rb["load"]["bindings"] == 0
-            assert row(st, "a")["load"]["version"] == 100
+            assert ra["load"]["version"] == 100
             text = format_status_text(st)
             assert "cluster:" in text
             line = next(x for x in text.splitlines() if x.strip().startswith("b "))

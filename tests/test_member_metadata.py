@@ -3,12 +3,20 @@ without a network."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import pytest
 
-from swimthor.membership._messages import MAX_ROLE, MAX_ROLES, check_metadata
+from swimthor.membership import MAX_ROLE, MAX_ROLES, check_metadata
 
 
-def _check(roles=(), weight=1.0, tags=None, room=1400) -> None:
+def _check(
+    roles: Sequence[str] = (),
+    weight: float = 1.0,
+    tags: dict[str, str] | None = None,
+    room: int = 1400,
+) -> None:
     check_metadata("node-1", "dc1", tuple(roles), weight, dict(tags or {}), max_tags=4,
                    max_tag_bytes=16, room=room)  # fmt: skip
 
@@ -34,7 +42,7 @@ def test_metadata_within_the_limits_is_taken() -> None:
         ({"tags": {"k": "a\tb"}}, "printable"),
     ],
 )
-def test_metadata_past_a_limit_is_refused(kw: dict, message: str) -> None:
+def test_metadata_past_a_limit_is_refused(kw: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         _check(**kw)
 

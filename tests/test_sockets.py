@@ -72,7 +72,7 @@ async def test_the_shared_port_hands_a_connection_to_the_service_that_claims_it(
     served: list[str] = []
     gate = trio.Event()
 
-    async def replication(_stream: trio.SocketStream) -> None:
+    async def replication(_stream: trio.abc.Stream) -> None:
         served.append("replication")
         await gate.wait()
 
@@ -85,7 +85,7 @@ async def test_the_shared_port_hands_a_connection_to_the_service_that_claims_it(
     assert port.claim(b"push-pull", ("192.0.2.1", 1)) is None
     service = port.claim(b"hello", ("192.0.2.1", 1))
     assert service is replication
-    stream = cast(trio.SocketStream, None)  # the handlers here never touch it
+    stream = cast(trio.abc.Stream, None)  # the handlers here never touch it
     async with trio.open_nursery() as nursery:
         nursery.start_soon(port.serve, service, stream)
         await trio.testing.wait_all_tasks_blocked()
