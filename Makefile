@@ -40,8 +40,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check swimthor tests bench
 	$(BIN)/ruff format --check swimthor tests bench
 
+# The package under --strict; tests and bench as pyproject.toml's [tool.mypy] says.
 typecheck: $(STAMP)
-	$(BIN)/mypy swimthor
+	$(BIN)/mypy --strict swimthor
+	$(BIN)/mypy tests bench
 
 pytest: $(STAMP)
 	$(BIN)/pytest -q

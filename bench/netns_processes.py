@@ -279,7 +279,9 @@ def run_trial(
 
     seen = first_times(evs, (FAILED,), victim.name, others, t0)
     label = {"loss": f"{args.loss}% ingress loss on", "partition": "isolate", "oneway": "deafen"}
-    trial = record_trial(trials, victim.name, seen, len(others), label[args.scenario])
+    trial: dict[str, Any] = record_trial(
+        trials, victim.name, seen, len(others), label[args.scenario]
+    )
     sus = sorted(first_times(evs, (SUSPECTED,), victim.name, others, t0).values())
     trial["suspected_first_s"] = sus[0] if sus else None
     trial["suspected_all_s"] = sus[-1] if len(sus) == len(others) else None

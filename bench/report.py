@@ -155,7 +155,8 @@ def targets() -> list[list[str]]:
         doc = load(group)
         if not doc:
             return None
-        for c in doc["cells"]:
+        cells: list[dict[str, Any]] = doc["cells"]
+        for c in cells:
             if all(c.get(k) == v for k, v in match.items()):
                 return c
         return None

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import functools
 import hashlib
 import json
 import math
@@ -270,7 +271,7 @@ def measure_lookups(
         for name, call in impls.items():
             ks = slices[name]
             off = offsets[name]
-            rotated = ks[off:] + ks[:off] if off else ks
+            rotated = [*ks[off:], *ks[:off]] if off else ks
             per_s, done = rate(call, rotated, seconds)
             rates[name].append(per_s)
             offsets[name] = (off + done) % len(ks)
@@ -438,8 +439,8 @@ def scaling(args: argparse.Namespace, keys: Sequence[str]) -> dict[str, Any]:
         two = TwoLevel(names, max(1, round(math.sqrt(n))))
         r = measure_lookups(
             {
-                "swimthor": lambda k, t=table: t.owners(k, 2),
-                "two-level": lambda k, t=two: t.owners(k, 2),
+                "swimthor": functools.partial(table.owners, n=2),
+                "two-level": functools.partial(two.owners, n=2),
             },
             keys,
             args.seconds,

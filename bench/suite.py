@@ -146,7 +146,10 @@ def pool_cell(cell: Cell, results: list[dict[str, Any]]) -> dict[str, Any]:
         p.wall += res["wall_s"]
         if "informed" in res:
             p.informed.append(res["informed"])
-    mean = lambda xs: round(sum(xs) / len(xs), 3) if xs else None  # noqa: E731
+
+    def mean(xs: list[float]) -> float | None:
+        return round(sum(xs) / len(xs), 3) if xs else None
+
     return {
         **cell.label,
         "runs": p.runs,
@@ -458,7 +461,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_report:
         from report import main as report_main  # bench/report.py
 
-        return report_main([])
+        code: int = report_main([])
+        return code
     return 0
 
 

@@ -57,6 +57,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import io
 import json
 import os
 import re
@@ -824,7 +825,8 @@ CASE_KEYS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    sys.stdout.reconfigure(line_buffering=True)  # progress as it happens, also into a file
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)  # progress as it happens, also into a file
     ap = argparse.ArgumentParser(prog="python -m bench.sip.bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     ap.add_argument("--what", default=",".join(CASES), help=f"any of {','.join(CASES)}")

@@ -135,10 +135,10 @@ def _run(
                     if len(parts) < 2 or not parts[1].isdigit():
                         continue
                     status = int(parts[1])
-                    cid = _call_id(data)
-                    if status < 200 or cid not in pending:
+                    answered = _call_id(data)
+                    if status < 200 or answered is None or answered not in pending:
                         continue
-                    user = pending.pop(cid)[0]
+                    user = pending.pop(answered)[0]
                     on_final(user, status, data)
     finally:
         sel.close()

@@ -39,6 +39,7 @@ import argparse
 import contextlib
 import datetime
 import glob
+import io
 import json
 import multiprocessing
 import os
@@ -994,7 +995,8 @@ def _rates(text: str) -> list[int]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    sys.stdout.reconfigure(line_buffering=True)  # progress as it happens, also into a file
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)  # progress as it happens, also into a file
     ap = argparse.ArgumentParser(
         prog="python -m bench.sip.tls_register",
         description=__doc__,
