@@ -11,12 +11,17 @@ import csv
 import re
 import socket
 import subprocess
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench/_procs.py
 from sip_agents import _free_port
+
+from bench._procs import ProcessExited, wait_until
 
 SCENARIOS = Path(__file__).parent.parent / "swimthor" / "sip" / "scenarios"
 
@@ -60,6 +65,8 @@ class Sipp:
         return last_stats(stat) | {"exit": p.returncode}
 
     def background(self, *args: str) -> subprocess.Popen[bytes]:
+        """Start sipp in the background with `args`; when they name a local port (`-p`), as a
+        UAS's do, return once sipp has bound it (it answers from then on)."""
         p = subprocess.Popen(
             ["sipp", *args, "-nostdin"],
             cwd=self.tmp,
@@ -67,6 +74,8 @@ class Sipp:
             stderr=subprocess.DEVNULL,
         )
         self.procs.append(p)
+        if "-p" in args:
+            wait_bound(p, int(args[args.index("-p") + 1]), f"sipp {' '.join(args)}")
         return p
 
     def start(
@@ -90,11 +99,8 @@ class Sipp:
         with open(run.screen, "wb") as out:
             run.p = subprocess.Popen(argv, cwd=self.tmp, stdout=out, stderr=subprocess.STDOUT)
         self.procs.append(run.p)
-        deadline = time.monotonic() + 10
-        while listening and not run.listening(port):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"sipp {name} did not bind UDP {port} in 10 s: {run.log()}")
-            time.sleep(0.02)  # waits on the condition (sipp's port in /proc/net/udp), bounded
+        if listening:
+            wait_bound(run.p, port, f"sipp {name}", run.log)
         return run
 
     def close(self) -> None:
@@ -158,12 +164,6 @@ class SippProcess:
     def pid(self) -> int:
         assert self.p is not None
         return self.p.pid
-
-    def listening(self, port: int) -> bool:
-        assert self.p is not None
-        if self.p.poll() is not None:
-            raise AssertionError(f"sipp {self.name} exited ({self.p.returncode}): {self.log()}")
-        return udp_bound(port)
 
     def wait(self, timeout: float) -> dict[str, int]:
         """Wait (at most `timeout` s, then kill it and fail) for sipp to end; return its exit
@@ -237,10 +237,34 @@ def read_messages(path: Path) -> list[Message]:
     return out
 
 
-def udp_bound(port: int) -> bool:
-    """Whether some socket is bound to UDP `port` on IPv4 (read from /proc, nothing sent)."""
-    with open("/proc/net/udp") as f:
+def udp_bound(port: int, pid: int | None = None) -> bool:
+    """Whether some socket is bound to UDP `port` on IPv4 (read from /proc, nothing sent), in
+    this network namespace or, with `pid`, in that process's (`ip netns exec` execs, so the
+    PID of a command started through it is the command's own)."""
+    with open("/proc/net/udp" if pid is None else f"/proc/{pid}/net/udp") as f:
         return any(line.split()[1].endswith(f":{port:04X}") for line in list(f)[1:])
+
+
+def wait_bound(
+    p: subprocess.Popen[bytes],
+    port: int,
+    what: str,
+    log: Callable[[], str] = lambda: "",
+    *,
+    timeout: float = 10,
+    own_namespace: bool = False,
+) -> None:
+    """Wait (at most `timeout` s) until the process `p` has bound UDP `port`, in our network
+    namespace or, with `own_namespace`, in its own; fail at once if it exits first."""
+
+    def bound() -> bool:
+        if p.poll() is not None:
+            raise ProcessExited(
+                f"{what} exited ({p.returncode}) before binding UDP {port}: {log()}"
+            )
+        return udp_bound(port, p.pid if own_namespace else None)
+
+    wait_until(bound, timeout, f"{what} to bind UDP {port}", interval=0.02)
 
 
 def free_media_port() -> int:

@@ -10,7 +10,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -200,8 +199,18 @@ def test_node_with_another_key_never_appears(cluster: list[Proc], tmp_path: Path
     other.write_text(Keyring.encode_key(Keyring.generate()) + "\n")
     stranger = Proc(tmp_path, "intruder", _free_port(), other, cluster[0].port)
     stranger.start()
+
+    def join_refused(times: int) -> bool:
+        """Whether the intruder logged its join through the seed failing `times` times."""
+        lines = stranger.log.read_text().splitlines()
+        attempts = [json.loads(line)["attempt"] for line in lines if "no seed answered" in line]
+        return max(attempts, default=0) >= times
+
     try:
-        time.sleep(3.0)
+        # Not "nothing happened for a while": the seed turned three join attempts away (the
+        # intruder's backoff is 0.2, 0.4, 0.8 s on the local profile), and still nobody
+        # lists it.
+        wait_until(lambda: join_refused(3), 20, "the intruder's third join to be refused")
         for p in cluster:
             assert "intruder" not in p.members()
         r = swimthor("status", "--control", cluster[0].sock, "--format", "json")

@@ -101,8 +101,8 @@ def test_calls_through_the_cluster_survive_the_owner_being_killed(
     # owns nothing of bob's, so every call takes two hops to reach the phone.
     uas_port = _free_port()
     _register_uas(sipp, cluster[second], uas_port)
+    # Returns once the UAS has bound its port: it answers from then on.
     sipp.background("-sf", str(SCENARIOS / "uas.xml"), "-i", "127.0.0.1", "-p", str(uas_port))
-    time.sleep(0.5)
     stats = _calls(sipp, cluster[outsider], 20)
     assert stats["ok"] == 20 and stats["failed"] == 0, stats
     stats = _calls(sipp, cluster[outsider], 10, transport="t1")
@@ -148,8 +148,7 @@ def test_the_demo_prints_sipp_commands_that_work(tmp_path: Path, sipp: Sipp) -> 
         assert len(commands) == 5, commands
         stats = sipp.run(*commands["register bob"])
         assert stats["ok"] == 1, stats
-        sipp.background(*commands["answer as bob"])
-        time.sleep(0.5)
+        sipp.background(*commands["answer as bob"])  # returns once bob's port is bound
         call = commands["call bob"]
         call[call.index("-m") + 1] = "5"
         call[call.index("-r") + 1] = "10"

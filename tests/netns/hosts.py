@@ -159,7 +159,9 @@ class Hosts:
 
     def start_all(self, timeout: float = 30) -> None:
         self.start(0, seed=None)
-        time.sleep(0.3)
+        # The others join through h0: wait until it is up (its control socket answers once
+        # its gossip, SIP and DNS sockets are bound).
+        wait_until(lambda: self.sees(0, {"h0": "alive"}), timeout, "h0 to be up")
         for i in range(1, len(self.hosts)):
             self.start(i)
         self.wait_converged(timeout)
