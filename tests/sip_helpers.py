@@ -251,8 +251,25 @@ class UdpClient:
         await self.send(data)
         return await self.reply(timeout)
 
-    async def register(self, **kw: object) -> Reply:
-        return await self.ask(register(self.addr, **kw))  # type: ignore[arg-type]
+    async def register(
+        self,
+        *,
+        user: str | None = None,
+        transport: str = "UDP",
+        contact: str | None = None,
+        extra: Sequence[tuple[str, str]] = (),
+        branch: str | None = None,
+    ) -> Reply:
+        return await self.ask(
+            register(
+                self.addr,
+                user=user,
+                transport=transport,
+                contact=contact,
+                extra=extra,
+                branch=branch,
+            )
+        )
 
 
 async def assert_serving(node: Node) -> None:

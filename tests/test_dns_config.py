@@ -125,7 +125,8 @@ def test_rate_limit_flags_and_tables() -> None:
     assert cfg.sip.rate_limit == 0.0
     cfg = parse_join([*SIP, "--sip-rate-limit", "2000"])
     assert cfg.sip is not None and (cfg.sip.rate_limit, cfg.sip.rate_burst) == (2000.0, 6000.0)
-    assert parse_join(SIP).sip.rate_limit == 100.0  # type: ignore[union-attr]
+    cfg = parse_join(SIP)
+    assert cfg.sip is not None and cfg.sip.rate_limit == 100.0
     with pytest.raises(ConfigError, match="--sip-rate-limit need --role sip"):
         parse_join(["--sip-rate-limit", "5"])
 

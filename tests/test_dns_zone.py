@@ -26,8 +26,8 @@ def nodes() -> list[Node]:
     ]
 
 
-def make_zone(owners: list[str] | None = None, **kw: object) -> Zone:
-    zone = Zone(ZONE, me="n1", dc="dc1", owners=lambda aor: list(owners or []), **kw)  # type: ignore[arg-type]
+def make_zone(owners: list[str] | None = None) -> Zone:
+    zone = Zone(ZONE, me="n1", dc="dc1", owners=lambda aor: list(owners or []))
     zone.update(nodes())
     return zone
 

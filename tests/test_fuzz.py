@@ -62,7 +62,7 @@ import random
 import re
 import signal
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -852,7 +852,7 @@ def new_proxy() -> Proxy:
 def sip(
     method: str,
     uri: str,
-    extra: list[tuple[str, str]] = (),  # type: ignore[assignment]
+    extra: Sequence[tuple[str, str]] = (),
     *,
     via: str = "SIP/2.0/UDP 127.0.0.1:5080;branch=z9hG4bK-a1;rport",
     to: str = "<sip:bob@example.com>",

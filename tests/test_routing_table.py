@@ -4,6 +4,9 @@ hypothesis test drives it with random event sequences against a plain model."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import TypedDict, Unpack
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -38,8 +41,17 @@ def member(
     return Member(name, ("10.0.0.1", port), dc, roles, weight, tags or {}, incarnation, state, 0.0)
 
 
-def table_of(*names: str, **kw: object) -> RoutingTable:
-    t = RoutingTable(**kw)  # type: ignore[arg-type]
+class TableOptions(TypedDict, total=False):
+    """RoutingTable's keyword arguments."""
+
+    roles: Iterable[str] | None
+    suspects_keep_keys: bool
+    history: int
+    cache_size: int
+
+
+def table_of(*names: str, **options: Unpack[TableOptions]) -> RoutingTable:
+    t = RoutingTable(**options)
     for n in names:
         t.handle_event(MemberJoined(member(n)))
     return t

@@ -9,6 +9,7 @@ import itertools
 
 from swimthor.sip import (
     BRANCH_PREFIX,
+    Action,
     Credentials,
     FetchCredentials,
     NonceMinter,
@@ -88,14 +89,14 @@ def invite(caller: str, callee: str, *, auth: str | None = None, cseq: int = 1) 
     return ("\r\n".join(lines) + "\r\nContent-Length: 0\r\n\r\n").encode()
 
 
-def answer(actions: list) -> tuple[int, bytes]:  # type: ignore[type-arg]
+def answer(actions: list[Action]) -> tuple[int, bytes]:
     sends = [a for a in actions if isinstance(a, Send)]
     assert len(sends) == 1, actions
     data = sends[0].data
     return int(data.split(b" ", 2)[1]), data
 
 
-def routed_to(actions: list) -> tuple[str, int]:  # type: ignore[type-arg]
+def routed_to(actions: list[Action]) -> tuple[str, int]:
     """Where the one request these actions forward goes."""
     sends = [a for a in actions if isinstance(a, Send)]
     assert len(sends) == 1 and sends[0].data.startswith(b"INVITE "), actions

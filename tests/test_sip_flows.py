@@ -523,7 +523,9 @@ def test_a_phone_that_stops_answering_is_removed_from_both_owners() -> None:
     assert options_to(c, NAT_PUBLIC) == []  # and it is no longer pinged
 
 
-def test_a_removal_ends_the_pings_and_nobody_outside_can_claim_a_node_removal() -> None:
+def test_a_removal_ends_the_pings_and_nobody_outside_can_claim_a_node_removal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     c = Cluster()
     nat_register(c)
     host, port = NAT_PRIVATE
@@ -535,7 +537,7 @@ def test_a_removal_ends_the_pings_and_nobody_outside_can_claim_a_node_removal() 
         seen.append(data)
         return original(data, source, now, mono)
 
-    owner.handle = spy  # type: ignore[method-assign]
+    monkeypatch.setattr(owner, "handle", spy)
     data = msg(
         "REGISTER",
         "sip:example.com",

@@ -501,7 +501,9 @@ def test_a_bad_fork_timeout_flag_is_one_error_line(
     assert "a time is a number of seconds > 0" in err
 
 
-def test_the_fast_branch_response_path_forwards_what_the_full_path_forwards() -> None:
+def test_the_fast_branch_response_path_forwards_what_the_full_path_forwards(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A device's 180 and 200 in the common shape skip the full parse at the owner: the
     bytes that go up must be the ones the parsed path sends."""
     sent: dict[str, list[bytes]] = {}
@@ -509,7 +511,7 @@ def test_the_fast_branch_response_path_forwards_what_the_full_path_forwards() ->
         c = two_devices()
         if not fast:
             for proxy in c.nodes.values():
-                proxy._branch_response_fast = lambda *args: None  # type: ignore[method-assign]
+                monkeypatch.setattr(proxy, "_branch_response_fast", lambda *args: None)
         c.deliver(msg("INVITE"), CALLER)
         c.take(CALLER)
         (desk,), _ = c.requests(DESK), c.requests(SOFT)

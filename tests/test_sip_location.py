@@ -12,6 +12,7 @@ import json
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 import pytest
 import structlog
@@ -29,9 +30,20 @@ NOW = 2_000_000_000.0
 INSTANCE = '"<urn:uuid:00000000-0000-1000-8000-aabbccddeeff>"'
 
 
-def binding(contact: str, **changes: object) -> Binding:
+class BindingChanges(TypedDict, total=False):
+    """The Binding fields these tests set."""
+
+    key: str
+    expires_at: float
+    q: float
+    instance: str
+    reg_id: int
+    user_agent: str
+
+
+def binding(contact: str, **changes: Unpack[BindingChanges]) -> Binding:
     b = Binding(AOR, contact, contact, NOW + 600, 1.0, "c1", 7, "udp:10.0.0.2:5060", NOW, "n1")
-    return replace(b, **changes)  # type: ignore[arg-type]
+    return replace(b, **changes)
 
 
 # ---------------------------------------------------------------- folding the copies
@@ -164,7 +176,8 @@ async def test_location_shows_a_binding_on_both_owners(
             assert a.bound_addr is not None
             b = Agent(sip_config(tmp_path, "b", [a.bound_addr]), keyring=None, handle_signals=False)
             await nursery.start(b.run)
-            assert a.sip is not None and b.sip is not None
+            b_addr = b.bound_addr
+            assert a.sip is not None and b.sip is not None and b_addr is not None
             services = (a.sip, b.sip)
             # Both are owners (R=2) and know each other's SIP address.
             await wait_for(
@@ -210,7 +223,7 @@ async def test_location_shows_a_binding_on_both_owners(
             assert lines[0].startswith(f"{AOR}  owners: ")
             assert lines[2].split()[11] == ",".join(owners)
             assert lines[2].endswith("LocPhone/2.1 (test)")
-            via = f"{b.bound_addr[0]}:{b.bound_addr[1]}"  # type: ignore[index]
+            via = f"{b_addr[0]}:{b_addr[1]}"
             code, out, err = await cli("location", AOR, "--via", via, "--insecure",
                                        "--format", "json")  # fmt: skip
             assert (code, err) == (0, "")

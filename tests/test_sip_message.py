@@ -5,6 +5,8 @@ the server hands them over."""
 
 from __future__ import annotations
 
+from typing import TypedDict, Unpack
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -57,12 +59,22 @@ def raw(
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
-def response_raw(*headers: str, status: str = "200 OK", **kw: object) -> bytes:
-    return raw(*headers, start=f"SIP/2.0 {status}", **kw)  # type: ignore[arg-type]
+class RawOptions(TypedDict, total=False):
+    """raw()'s keyword arguments but `start`."""
+
+    method: str
+    uri: str
+    body: bytes
+    drop: tuple[str, ...]
+    length: bool
 
 
-def req(*headers: str, **kw: object) -> Request:
-    message = parse_message(raw(*headers, **kw))  # type: ignore[arg-type]
+def response_raw(*headers: str, status: str = "200 OK", **kw: Unpack[RawOptions]) -> bytes:
+    return raw(*headers, start=f"SIP/2.0 {status}", **kw)
+
+
+def req(*headers: str, **kw: Unpack[RawOptions]) -> Request:
+    message = parse_message(raw(*headers, **kw))
     assert isinstance(message, Request)
     return message
 

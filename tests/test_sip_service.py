@@ -42,7 +42,8 @@ def test_directory_follows_tags_and_states() -> None:
     members = [member("n1", 1), member("n2", 2), member("n3", 3, sip=False)]
     svc = service(members)
     assert set(svc.peers()) == {"n1", "n2"}  # n3 announces no SIP address
-    assert svc.peer_at("127.0.0.1", 5002).name == "n2"  # type: ignore[union-attr]
+    n2 = svc.peer_at("127.0.0.1", 5002)
+    assert n2 is not None and n2.name == "n2"
     svc.directory.apply(MemberFailed(member("n2", 2, State.DEAD)))
     assert svc.peer_at("127.0.0.1", 5002) is None and "n2" not in svc.peers()
 

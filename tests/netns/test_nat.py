@@ -17,6 +17,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,9 +42,10 @@ class Nat:
     """A router namespace on the hosts' bridge, masquerading a phone namespace behind it.
     NAT number `n` has the public address .60+n on the bridge and the LAN 192.168.77+n."""
 
-    def __init__(self, net: object, n: int = 0) -> None:
-        self.hub = net.hub  # type: ignore[attr-defined]
-        prefix = net.prefix  # type: ignore[attr-defined]
+    def __init__(self, net: Any, n: int = 0) -> None:
+        """`net`: the hosts' `bench/netns_processes.Netns` (loaded by path, so untyped here)."""
+        self.hub = net.hub
+        prefix = net.prefix
         self.n = n
         self.router = f"{prefix}nat{n}"
         self.phone = f"{prefix}phone{n}"
