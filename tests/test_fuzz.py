@@ -77,18 +77,20 @@ from wsproto.events import Request as WsRequest
 from swimthor.config import profile
 from swimthor.control import MAX_REQUEST, serve_control
 from swimthor.keyring import new_nonce, unwrap_plain, wrap_plain
-from swimthor.membership import Addr, Keyring, Membership, State, StreamRequest
-from swimthor.membership._messages import (
+from swimthor.membership import (
     ALIVE,
     MAX_DATAGRAM,
     PUSH_PULL,
     QUERY_REPLY,
     Ack,
+    Addr,
     Alive,
     Dead,
     DecodeError,
     KeyOp,
     KeyOpReply,
+    Keyring,
+    Membership,
     MemberState,
     Message,
     Nack,
@@ -98,8 +100,10 @@ from swimthor.membership._messages import (
     PushPull,
     Query,
     QueryReply,
+    State,
     StreamError,
     StreamMessage,
+    StreamRequest,
     Summary,
     Suspect,
     decode_packet,

@@ -16,9 +16,19 @@ from __future__ import annotations
 from corenet import CoreNet
 
 from swimthor.keyring import new_nonce
-from swimthor.membership import Event, Keyring, Membership, Rejected, State
-from swimthor.membership._events import MemberFailed, MemberSuspected
-from swimthor.membership._messages import Dead, Suspect, encode_message, encode_packet
+from swimthor.membership import (
+    Dead,
+    Event,
+    Keyring,
+    MemberFailed,
+    Membership,
+    MemberSuspected,
+    Rejected,
+    State,
+    Suspect,
+    encode_message,
+    encode_packet,
+)
 
 KEY = Keyring.generate()
 

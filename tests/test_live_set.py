@@ -7,8 +7,7 @@ from __future__ import annotations
 import random
 
 from swimthor.membership import Member, State
-from swimthor.membership._live_set import LiveSet, digest_part
-from swimthor.membership._probe_schedule import ring_entry
+from swimthor.membership._live_set import LiveSet, digest_part, ring_entry
 
 
 def _member(name: str, incarnation: int = 0, state: State = State.ALIVE) -> Member:

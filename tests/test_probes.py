@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 
 import pytest
+from corenet import CoreNet
 
 from swimthor.config import MembershipConfig, profile, replace
 from swimthor.keyring import unwrap_plain, wrap_plain
@@ -15,6 +16,7 @@ from swimthor.membership import (
     Addr,
     Alive,
     Member,
+    MemberFailed,
     Membership,
     Message,
     Nack,
@@ -272,3 +274,101 @@ def test_random_members_are_distinct_eligible_and_at_most_k() -> None:
     few = probes.random_members(a, 5, lambda m: m.name in ("m1", "m2"))
     assert sorted(m.name for m in few) == ["m1", "m2"]
     assert probes.random_members(a, 3, lambda m: False) == []
+
+
+# ---------------------------------------------------------------- (moved from test_core.py)
+
+
+_NEXT_PORT = [40000]
+
+
+def _packet(sender: str, *msgs: Message) -> bytes:
+    return wrap_plain("", encode_packet(sender, [encode_message(m) for m in msgs]))
+
+
+def _messages(data: bytes) -> list[Message]:
+    return list(decode_packet(unwrap_plain("", data)).messages)
+
+
+def _with_members(core: Membership, *names: str, health: int = 0) -> dict[str, tuple[str, int]]:
+    addrs = {}
+    for name in names:
+        _NEXT_PORT[0] += 1
+        addr = ("10.0.0.3", _NEXT_PORT[0])
+        alive = Alive(name, 1, addr, "dc1", (), 1.0, {}, health=health)
+        core.receive_datagram(_packet(name, alive), addr, 0.0)
+        addrs[name] = addr
+    core.datagrams_to_send(0.0)
+    return addrs
+
+
+def test_slow_member_announces_its_health_and_others_wait_longer() -> None:
+    lan = profile("lan")
+    net = CoreNet(latency=0.0005)
+    cores = net.cluster(6, lan)
+    slow = cores[5]
+    # Everything sent to the slow member arrives a second late: its own probes fail for
+    # want of acks and nacks, so its health score rises and it says so.
+    for c in cores[:5]:
+        net.link_latency[(c.local.addr, slow.local.addr)] = 1.0
+    net.run(6.0)
+    assert slow.health_score >= lan.health_announce_score
+    assert slow.local.health >= lan.health_announce_score
+    for c in cores[:5]:
+        seen = c.member("n5")
+        assert seen is not None and seen.health == slow.local.health
+        assert probes.probe_timeout(c, seen) == pytest.approx(
+            lan.probe_timeout * (1 + c.health_score) * (1 + min(seen.health, 3))
+        )
+    # A suspicion of it now runs (1 + health) times the usual minimum (here 3.5 s), and more
+    # if it refuted one recently.
+    a = cores[0]
+    a.receive_datagram(
+        _packet("n1", Suspect("n5", _member(a, "n5").incarnation, "n1")),
+        cores[1].local.addr,
+        net.now,
+    )
+    st = a.suspicions().get("n5")
+    assert st is not None
+    refuted = min(a._refuted.get("n5", (0, 0.0))[0], 2)
+    assert st.min_timeout == pytest.approx(
+        lan.suspicion_min_floor * (1 + min(slow.local.health, 3) + refuted)
+    )
+    # Healed, it says it is healthy again after the dwell time.
+    net.link_latency.clear()
+    net.run(lan.health_dwell + 10.0)
+    assert slow.local.health == 0
+    assert all(_member(c, "n5").health == 0 for c in cores[:5])
+    assert not any(isinstance(e, MemberFailed) for ev in net.events.values() for e in ev)
+
+
+def test_relays_that_said_they_are_slow_are_asked_last() -> None:
+    a = _core("a", replace(profile("local"), indirect_checks=2))
+    slow = _with_members(a, "s1", "s2", "s3", health=2)
+    fine = _with_members(a, "f1", "f2")
+    target = _with_members(a, "target")["target"]
+    for _ in range(10):
+        p = probes.Pending(
+            kind=probes.PROBE, target="target", target_addr=target, sent=0.0, deadline=0.1
+        )
+        probes.start_indirect(a, 99, p, 0.1)
+        relays = {addr for _, addr in a.datagrams_to_send(0.1)}
+        assert relays == set(fine.values())
+    # Too few healthy ones: the slow ones make up the number.
+    p = probes.Pending(
+        kind=probes.PROBE, target="target", target_addr=target, sent=0.0, deadline=0.1
+    )
+    a.config = replace(a.config, indirect_checks=3)
+    probes.start_indirect(a, 100, p, 0.1)
+    relays = {addr for _, addr in a.datagrams_to_send(0.1)}
+    assert set(fine.values()) < relays and len(relays & set(slow.values())) == 1
+
+
+@pytest.mark.parametrize("schedule", ["shared", "random"])
+def test_a_probe_in_flight_blocks_the_next_only_on_the_random_schedule(schedule: str) -> None:
+    a = _core("a", replace(profile("lan"), probe_schedule=schedule))
+    _with_members(a, *(f"m{i}" for i in range(8)))
+    a._probing = 12345  # an earlier probe (of a slow member, say) is still in flight
+    probes.probe(a, 10.0)
+    pinged = [m for d, _ in a.datagrams_to_send(10.0) for m in _messages(d) if isinstance(m, Ping)]
+    assert len(pinged) == (1 if schedule == "shared" else 0)

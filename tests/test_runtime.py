@@ -25,9 +25,7 @@ from memnet import MemoryNetwork
 import swimthor.membership.runtime as runtime_module
 from swimthor.config import PROFILES, MembershipConfig, replace
 from swimthor.keyring import Keyring
-from swimthor.membership import Membership, QueryError
-from swimthor.membership._events import Event, MemberJoined
-from swimthor.membership._member import State
+from swimthor.membership import Event, MemberJoined, Membership, QueryError, State
 from swimthor.membership.runtime import MembershipRuntime, query
 from swimthor.sockets import BindError, FrameError, bind_sockets, encode_frame, read_frame
 

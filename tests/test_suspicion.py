@@ -18,15 +18,13 @@ from swimthor.membership import (
     MemberSuspected,
     State,
     Suspect,
+    Suspicion,
     encode_message,
     encode_packet,
-)
-from swimthor.membership import _suspicion as suspicion
-from swimthor.membership._lifeguard import (
-    Suspicion,
     expected_confirmations,
     suspicion_timeouts,
 )
+from swimthor.membership import _suspicion as suspicion
 
 LAN = replace(profile("lan"), suspect_check=False)
 

@@ -20,6 +20,12 @@ from ._events import (
     NameConflict,
     Rejected,
 )
+from ._lifeguard import (
+    Suspicion,
+    expected_confirmations,
+    remaining_suspicion_time,
+    suspicion_timeouts,
+)
 from ._member import Addr, Member, State
 from ._messages import (
     ACK,
@@ -135,6 +141,7 @@ __all__ = [
     "StreamRequest",
     "Summary",
     "Suspect",
+    "Suspicion",
     "check_metadata",
     "cluster_table",
     "convergence",
@@ -143,6 +150,7 @@ __all__ = [
     "encode_message",
     "encode_packet",
     "encode_stream",
+    "expected_confirmations",
     "fmt_addr",
     "key_op_frame",
     "member_json",
@@ -151,5 +159,7 @@ __all__ = [
     "query_frame",
     "read_key_op_reply",
     "read_query_reply",
+    "remaining_suspicion_time",
     "state_counts",
+    "suspicion_timeouts",
 ]

@@ -18,6 +18,8 @@ import hashlib
 from ._member import Member, State
 from ._probe_schedule import ring_entry
 
+__all__ = ["LiveSet", "digest_part", "ring_entry"]  # ring_entry: the order of the ring it keeps
+
 
 # Shared by every core in a process (the simulator runs thousands): the digest term of a
 # (name, incarnation). A pure function of its arguments.

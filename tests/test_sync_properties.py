@@ -1,5 +1,5 @@
-"""Property tests of the membership rules: whatever order updates arrive in, duplicated or
-lost, push-pull repairs every view to the same record."""
+"""Property tests of push-pull (`membership._sync`): whatever order updates arrive in,
+duplicated or lost, push-pull repairs every view to the same record."""
 
 from __future__ import annotations
 
@@ -11,9 +11,17 @@ from hypothesis import strategies as st
 
 from swimthor.config import profile
 from swimthor.keyring import wrap_plain
-from swimthor.membership import Membership, State
+from swimthor.membership import (
+    Alive,
+    Dead,
+    Membership,
+    Message,
+    State,
+    Suspect,
+    encode_message,
+    encode_packet,
+)
 from swimthor.membership import _sync as push_pull
-from swimthor.membership._messages import Alive, Dead, Suspect, encode_message, encode_packet
 
 NAMES = ["x0", "x1", "x2"]
 ADDRS = {n: ("10.9.0.1", 9000 + i) for i, n in enumerate(NAMES)}
@@ -28,14 +36,14 @@ update = st.tuples(
 
 def _message(kind: str, name: str, inc: int, origin: str) -> bytes:
     if kind == "alive":
-        msg: object = Alive(name, inc, ADDRS[name], "dc1", ("sip",), 1.0, {})
+        msg: Message = Alive(name, inc, ADDRS[name], "dc1", ("sip",), 1.0, {})
     elif kind == "suspect":
         msg = Suspect(name, inc, origin)
     elif kind == "dead":
         msg = Dead(name, inc, origin)
     else:
         msg = Dead(name, inc, name)
-    return wrap_plain("", encode_packet(origin, [encode_message(msg)]))  # type: ignore[arg-type]
+    return wrap_plain("", encode_packet(origin, [encode_message(msg)]))
 
 
 def _sync(a: Membership, b: Membership, now: float) -> None:
@@ -68,7 +76,9 @@ def _check_incremental_state(core: Membership) -> None:
     updates=st.lists(update, min_size=1, max_size=14),
     deliveries=st.lists(st.lists(st.integers(0, 100), max_size=20), min_size=3, max_size=3),
 )
-def test_any_delivery_order_converges_after_push_pull(updates, deliveries) -> None:
+def test_any_delivery_order_converges_after_push_pull(
+    updates: list[tuple[str, str, int, str]], deliveries: list[list[int]]
+) -> None:
     cfg = profile("local")
     cores = [
         Membership(
@@ -105,7 +115,7 @@ def test_any_delivery_order_converges_after_push_pull(updates, deliveries) -> No
     assert live[0] == live[1] == live[2]
     # ...and so is every record two nodes both keep. A node that never heard of a member
     # does not learn its tombstone (as in memberlist): that is no disagreement about who is up.
-    for a in views:
-        for b in views:
-            for name in a.keys() & b.keys():
-                assert a[name] == b[name], name
+    for one in views:
+        for other in views:
+            for name in one.keys() & other.keys():
+                assert one[name] == other[name], name
