@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from swimthor.config import ConfigError, parse_hostport
@@ -138,10 +139,14 @@ def _cmd_route(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
     if not isinstance(reply, dict):
         raise CommandError("the agent sent an unexpected route reply")
-    if args.format == "json":
-        sys.stdout.write(json.dumps(reply, indent=2) + "\n")
-    else:
-        sys.stdout.write(format_route_text(reply))
+    return _print_reply(args, reply, format_route_text)
+
+
+def _print_reply(
+    args: argparse.Namespace, reply: dict[str, Any], text: Callable[[dict[str, Any]], str]
+) -> int:
+    """An agent's reply on stdout: as JSON with --format json, else as `text` formats it."""
+    sys.stdout.write(json.dumps(reply, indent=2) + "\n" if args.format == "json" else text(reply))
     return 0
 
 
@@ -316,11 +321,7 @@ def _cmd_location(args: argparse.Namespace) -> int:
         reply = _control_call(args, "location", {"aor": args.aor})
     if not isinstance(reply, dict) or not isinstance(reply.get("bindings"), list):
         raise CommandError("the agent sent an unexpected location reply")
-    if args.format == "json":
-        sys.stdout.write(json.dumps(reply, indent=2) + "\n")
-    else:
-        sys.stdout.write(format_location_text(reply))
-    return 0
+    return _print_reply(args, reply, format_location_text)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
