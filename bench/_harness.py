@@ -1,6 +1,7 @@
 """What the real-process benchmarks share (bench/membership_processes.py, bench/netns_processes.py,
 bench/peers/run.py): a free loopback port for UDP and TCP, a nearest-rank percentile, one trial's
-record, and a `swimthor join` agent process whose JSON log lines are read as membership events.
+record, and a `swimthor join` agent process (bench/_procs.py's, as the tests run it) whose JSON
+log lines are read as membership events.
 
 Times of events come from the agents' own log timestamps (wall clock), so nothing polls an
 agent while it works; the control socket is asked only to confirm a state at the end of a
@@ -21,9 +22,17 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from swimthor.control import ControlError, call
+from swimthor.control import call
+
+# The wait loop and the process wrapper (the benchmarks take them from here), under the name
+# this module was imported by: as bench._harness from the repository root, as _harness where
+# bench/ is on sys.path. (mypy reads the first, the name it gives bench/_procs.py.)
+if TYPE_CHECKING or __package__ == "bench":
+    from bench._procs import AgentProcess, WaitTimeout, wait_until
+else:
+    from _procs import AgentProcess, WaitTimeout, wait_until
 
 # The membership events an agent logs (swimthor/agent.py, `_log_event`).
 FAILED = "member failed"
@@ -150,18 +159,20 @@ class Node:
         ]
         if seed:
             self.args.append(seed)
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.agent = AgentProcess(self.args, self.log_path, self.sock)
         self.log_offset = 0
 
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        return self.agent.proc
+
     def start(self) -> None:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
-        self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=log)
-        log.close()
+        """Start the agent and return at once (its readiness shows in its events)."""
+        self.agent.spawn()
 
     @property
     def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
+        return self.agent.pid
 
     def members(self) -> list[dict[str, Any]]:
         return list(call(self.sock, "members", timeout=2.0))
@@ -198,20 +209,11 @@ class Node:
         return out
 
     def send(self, sig: int) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, sig)
+        self.agent.send(sig)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            if sig != signal.SIGKILL:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(self.proc.pid, signal.SIGCONT)
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        """`sig` by PID (SIGCONT first, so a paused agent acts on it), SIGKILL after 5 s."""
+        self.agent.stop(sig, grace=5.0)
 
 
 def watch(
@@ -255,31 +257,19 @@ def all_back(evs: Iterable[Ev], member: str, observers: Iterable[str], since: fl
     return all(last.get(o, RECOVERED) in BACK for o in observers)
 
 
-def wait_for(cond: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> float:
-    """Poll `cond` until it holds (returns the seconds it took) or raise TimeoutError."""
-    start = time.monotonic()
-    end = start + timeout
-    while time.monotonic() < end:
-        with contextlib.suppress(ControlError, OSError):
-            if cond():
-                return time.monotonic() - start
-        time.sleep(interval)
-    raise TimeoutError(f"timed out waiting for {what}")
-
-
 def seconds_until_all_alive(
     nodes: Sequence[Node], since: float, timeout: float, interval: float
 ) -> float | None:
     """Wall seconds from `since` until every agent sees every one of `nodes` alive; None if
     that does not happen within `timeout`."""
     try:
-        wait_for(
+        wait_until(
             lambda: all_see(nodes, "", "", len(nodes)),
             timeout,
             "every agent sees all alive",
             interval=interval,
         )
-    except TimeoutError:
+    except WaitTimeout:
         return None
     return round(time.time() - since, 3)
 

@@ -37,7 +37,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +46,9 @@ import trio
 from dnslib import DNSRecord
 
 from swimthor.demo import free_ports
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/_procs.py, also by path
+from _procs import AgentProcess, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -64,7 +66,11 @@ class Agent:
     dns: int
     sock: str
     log: Path
-    proc: subprocess.Popen[bytes] | None = None
+    process: AgentProcess | None = None  # its `swimthor join`, once started
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        return None if self.process is None else self.process.proc
 
 
 @contextlib.contextmanager
@@ -93,21 +99,19 @@ def cluster(wd: Path, n: int = 3) -> Iterator[list[Agent]]:
             ]  # fmt: skip
             if i:
                 argv.append(f"{HOST}:{agents[0].gossip}")
-            with open(a.log, "ab") as log:
-                a.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if all(_alive_count(a) == n for a in agents):
-                break
-            time.sleep(0.2)
-        else:
-            raise RuntimeError("the cluster did not converge in 30 s")
+            a.process = AgentProcess(argv, a.log, a.sock)
+            a.process.spawn()
+        wait_until(
+            lambda: all(_alive_count(a) == n for a in agents),
+            30,
+            "the cluster to converge",
+            interval=0.2,
+        )
         yield agents
     finally:
         for a in agents:
-            if a.proc is not None and a.proc.poll() is None:
-                a.proc.kill()
-                a.proc.wait(10)
+            if a.process is not None:
+                a.process.kill()
 
 
 def _alive_count(a: Agent) -> int:

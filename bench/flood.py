@@ -23,7 +23,6 @@ import random
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from dnslib import DNSRecord
 from swimthor.demo import free_ports
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _procs import AgentProcess
 from faults import (
     DOMAIN,
     HOST,
@@ -147,12 +147,11 @@ def one_run(limit: bool, args: argparse.Namespace) -> dict[str, Any]:
         ]  # fmt: skip
         if not limit:
             argv += ["--sip-rate-limit", "0", "--dns-rate-limit", "0"]
-        with open(agent.log, "ab") as log:
-            agent.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log)
+        agent.process = AgentProcess(argv, agent.log, agent.sock)
         flooders: list[subprocess.Popen[str]] = []
         try:
-            time.sleep(1.5)
-            cpu0 = _cpu(agent.proc.pid)
+            agent.process.start()  # returns once its control socket answers: all bound
+            cpu0 = _cpu(agent.process.pid)
             for kind, port in (("sip", sip), ("dns", dns)):
                 flooders.append(
                     subprocess.Popen(
@@ -171,15 +170,14 @@ def one_run(limit: bool, args: argparse.Namespace) -> dict[str, Any]:
                 )
             served = trio.run(_clients, agent, args.phones, args.rate, args.seconds)
             sent = [int(f.communicate(timeout=args.seconds + 30)[0] or 0) for f in flooders]
-            cpu = (_cpu(agent.proc.pid) - cpu0) / args.seconds
+            cpu = (_cpu(agent.process.pid) - cpu0) / args.seconds
             counters = _counters(agent)
         finally:
             for f in flooders:
                 if f.poll() is None:
                     f.kill()
                     f.wait()
-            agent.proc.kill()
-            agent.proc.wait(10)
+            agent.process.kill()
     return {
         "limit": "on (SIP 100/s, DNS 1000/s per source)" if limit else "off",
         "clients": served,

@@ -56,7 +56,7 @@ from _harness import (  # bench/_harness.py (sys.path[0] here)
     seconds_until_all_alive,
     steady_state,
     summary,
-    wait_for,
+    wait_until,
     watch,
 )
 
@@ -201,7 +201,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
         for node in nodes:
             node.start()
-        converge_s = wait_for(
+        converge_s = wait_until(
             lambda: all_see(nodes, "", "", args.nodes),
             30 + 1.5 * args.nodes,
             "convergence",

@@ -58,7 +58,7 @@ from _harness import (
     seconds_until_all_alive,
     steady_state,
     summary,
-    wait_for,
+    wait_until,
     watch,
 )
 
@@ -358,7 +358,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 )
             for n in nodes:
                 n.start()
-            converge_s = wait_for(
+            converge_s = wait_until(
                 lambda: all_see(nodes, "", "", args.hosts),
                 30 + 1.5 * args.hosts,
                 "convergence",

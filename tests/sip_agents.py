@@ -1,21 +1,23 @@
 """Real `swimthor join` SIP agents on loopback for tests: start, read, kill.
 
 Every process is started by `cluster_of` and killed by PID when the block ends, pass or fail;
-every wait is bounded; nothing is sent anywhere but 127.0.0.1.
+every wait is bounded; nothing is sent anywhere but 127.0.0.1. The process wrapper and the
+wait loop are bench/_procs.py's, shared with the benchmarks.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench/_procs.py
+from bench._procs import AgentProcess
+from bench._procs import wait_until as _wait_until
 from swimthor.demo import free_ports
 from swimthor.membership import Keyring
 
@@ -25,35 +27,6 @@ DOMAIN = "example.com"
 def _free_port() -> int:
     """A port free on 127.0.0.1 for both TCP and UDP."""
     return free_ports(1)[0]
-
-
-def start_agent(
-    argv: list[str], log: Path, new_ports: Callable[[], None]
-) -> subprocess.Popen[bytes]:
-    """Start `argv` with stderr appended to `log`. If a port picked as free was taken
-    meanwhile (by another process's ephemeral port, say), `new_ports()` rewrites `argv` with
-    fresh ones and the agent starts again (at most four tries)."""
-    for _ in range(3):
-        size = log.stat().st_size if log.exists() else 0
-        p = _spawn(argv, log)
-        if not _lost_a_port(p, log, size):
-            return p
-        new_ports()
-    return _spawn(argv, log)
-
-
-def _spawn(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "ab") as out:
-        return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=out)
-
-
-def _lost_a_port(p: subprocess.Popen[bytes], log: Path, since: int) -> bool:
-    """Whether the agent exited at once because a port it was given is in use."""
-    try:
-        p.wait(0.6)
-    except subprocess.TimeoutExpired:
-        return False
-    return "in use" in log.read_bytes()[since:].decode(errors="replace")
 
 
 def swimthor(*args: str, timeout: float = 15) -> subprocess.CompletedProcess[str]:
@@ -103,11 +76,26 @@ class Node:
         self.argv += extra or []
         if seed is not None:
             self.argv.append(f"127.0.0.1:{seed}")
-        self.p: subprocess.Popen[bytes] | None = None
+        self.agent = AgentProcess(self.argv, self.log, self.sock, on_address_in_use=self._new_ports)
+
+    @property
+    def p(self) -> subprocess.Popen[bytes] | None:
+        """The agent's process (None before it is started)."""
+        return self.agent.proc
+
+    def spawn(self) -> None:
+        """Start the agent and return at once; `wait_ready` waits for it."""
+        self.agent.spawn()
+
+    def wait_ready(self) -> None:
+        """Until its control socket answers (again on new ports if one picked as free was
+        taken meanwhile)."""
+        self.agent.wait_ready()
 
     def start(self) -> None:
-        """Start the agent (again on new ports if one picked as free was taken meanwhile)."""
-        self.p = start_agent(self.argv, self.log, self._new_ports)
+        """Start the agent and return once it is ready."""
+        self.spawn()
+        self.wait_ready()
 
     def _new_ports(self) -> None:
         for flag, attr in (("--bind", "port"), ("--sip", "sip_port"), ("--dns", "dns_port")):
@@ -117,9 +105,9 @@ class Node:
                 self.argv[self.argv.index(flag) + 1] = f"127.0.0.1:{port}"
 
     def kill(self) -> None:
+        """SIGKILL by PID, reaped."""
         assert self.p is not None
-        self.p.send_signal(signal.SIGKILL)
-        self.p.wait(10)
+        self.agent.kill()
 
     def status(self) -> dict[str, Any]:
         r = swimthor("status", "--control", self.sock, "--format", "json")
@@ -137,17 +125,9 @@ class Node:
         return [o["name"] for o in json.loads(r.stdout)["owners"]]
 
 
-def wait_until(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < end:
-        try:
-            if cond():
-                return
-        except AssertionError as e:
-            last = e
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}: {last}")
+def wait_until(cond: Callable[[], object], timeout: float, what: str) -> None:
+    """bench/_procs.py's wait, polling every 0.2 s: each check here runs the CLI."""
+    _wait_until(cond, timeout, what, interval=0.2)
 
 
 @contextlib.contextmanager
@@ -162,12 +142,14 @@ def cluster_of(
     first = Node(tmp_path, "n0", key_file, None, dns, auth, extra)
     nodes = [first]
     try:
-        first.start()  # first: the others join through the port it really got
+        first.start()  # first, and ready: the others join through the port it really got
         nodes += [
             Node(tmp_path, f"n{i}", key_file, first.port, dns, auth, extra) for i in range(1, n)
         ]
         for node in nodes[1:]:
-            node.start()
+            node.spawn()
+        for node in nodes[1:]:
+            node.wait_ready()
         wait_until(
             lambda: all(
                 sum(m["state"] == "alive" and "sip" in m["tags"] for m in n.members().values())
@@ -180,6 +162,4 @@ def cluster_of(
         yield {n.name: n for n in nodes}
     finally:
         for node in nodes:
-            if node.p is not None and node.p.poll() is None:
-                node.p.kill()
-                node.p.wait()
+            node.agent.kill()

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sip_agents import _free_port, start_agent, swimthor, wait_until
+from sip_agents import _free_port, swimthor, wait_until
 
+from bench._procs import READY_TIMEOUT, AgentProcess
 from swimthor.membership import Keyring
 
 pytestmark = pytest.mark.slow
@@ -58,11 +59,17 @@ class Proc:
         ]
         if seed is not None:
             self.argv.append(f"127.0.0.1:{seed}")
-        self.p: subprocess.Popen[bytes] | None = None
+        self.agent = AgentProcess(self.argv, self.log, on_address_in_use=self._new_port)
 
-    def start(self) -> None:
-        """Start the agent (again on a new gossip port if its own was taken meanwhile)."""
-        self.p = start_agent(self.argv, self.log, self._new_port)
+    @property
+    def p(self) -> subprocess.Popen[bytes] | None:
+        return self.agent.proc
+
+    def start(self, ready: bool = True) -> None:
+        """Start the agent; with `ready`, return once its control socket answers (started
+        again on a new gossip port if its own was taken meanwhile)."""
+        self.agent.control = self.sock
+        self.agent.start(READY_TIMEOUT if ready else None)
 
     def _new_port(self) -> None:
         self.port = _free_port()
@@ -73,10 +80,9 @@ class Proc:
         assert r.returncode == 0, r.stderr
         return {m["name"]: m for m in json.loads(r.stdout)}
 
-    def kill(self, sig: int = signal.SIGKILL) -> int:
-        assert self.p is not None
-        self.p.send_signal(sig)
-        return self.p.wait(10)
+    def kill(self, sig: int = signal.SIGKILL) -> int | None:
+        """`sig` by PID, then SIGKILL if it has not ended in 10 s; the exit status."""
+        return self.agent.stop(sig, grace=10)
 
 
 @pytest.fixture
@@ -106,9 +112,7 @@ def cluster(tmp_path: Path, key_file: Path) -> Iterator[list[Proc]]:
         yield procs
     finally:
         for p in procs:
-            if p.p is not None and p.p.poll() is None:
-                p.p.kill()
-                p.p.wait()
+            p.agent.kill()
 
 
 def test_five_processes_converge_and_report_consistently(cluster: list[Proc]) -> None:
@@ -226,7 +230,7 @@ def test_second_agent_with_a_taken_name_refuses_to_run(
     twin.sock = str(tmp_path / "twin.sock")
     twin.argv[twin.argv.index("--control") + 1] = twin.sock
     twin.argv[twin.argv.index("--data-dir") + 1] = str(tmp_path / "twin")
-    twin.start()
+    twin.start(ready=False)  # it must not become ready: it refuses to run
     assert twin.p is not None
     assert twin.p.wait(20) == 1
     assert "in use by a live member" in twin.log.read_text()

@@ -62,6 +62,8 @@ import dnslib
 from dnslib import QTYPE, DNSRecord
 
 from bench._harness import free_port
+from bench._procs import AgentProcess, ProcessExited, stop_process
+from bench._procs import wait_until as _wait_until
 from swimthor.control import ControlError, call
 from swimthor.demo import free_ports
 
@@ -236,16 +238,7 @@ def spawn(argv: Sequence[str], log: Path, cwd: Path | None = None) -> subprocess
 
 def stop(proc: subprocess.Popen[Any], grace: float = 5.0) -> None:
     """SIGTERM to the PID, SIGKILL after `grace` seconds; reaped either way."""
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(10)
+    stop_process(proc, signal.SIGTERM, grace)
 
 
 def udp_drops(port: int) -> int | None:
@@ -267,15 +260,15 @@ def udp_drops(port: int) -> int | None:
 def wait_until(
     cond: Callable[[], bool], timeout: float, what: str, proc: subprocess.Popen[Any] | None = None
 ) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    """bench/_procs.py's wait, every 0.2 s; a query not answered (or not parsed) yet is not
+    an error; ProcessExited at once if `proc` ends."""
+
+    def check() -> bool:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{what}: the process exited with {proc.returncode}")
-        with contextlib.suppress(OSError, TimeoutError, dnslib.DNSError):
-            if cond():
-                return
-        time.sleep(0.2)
-    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+            raise ProcessExited(f"{what}: the process exited with {proc.returncode}")
+        return cond()
+
+    _wait_until(check, timeout, what, interval=0.2, transient=(OSError, dnslib.DNSError))
 
 
 # ---------------------------------------------------------------- the three servers
@@ -285,6 +278,7 @@ def wait_until(
 def swimthor_cluster(wd: Path) -> Iterator[tuple[Server, list[subprocess.Popen[bytes]]]]:
     """NODES `swimthor join` agents with SIP and DNS on loopback; yields n1 as the server under
     test (and every agent's process); every agent is stopped by PID on exit."""
+    agents: list[AgentProcess] = []
     procs: list[subprocess.Popen[bytes]] = []
     ports = free_ports(3 * NODES)
     gossip, sip, dns = ports[:NODES], ports[NODES : 2 * NODES], ports[2 * NODES :]
@@ -305,7 +299,10 @@ def swimthor_cluster(wd: Path) -> Iterator[tuple[Server, list[subprocess.Popen[b
             ]  # fmt: skip
             if i:
                 argv.append(f"{HOST}:{gossip[0]}")
-            procs.append(spawn(argv, wd / f"{name}.log"))
+            agents.append(AgentProcess(argv, wd / f"{name}.log", str(wd / f"{name}.sock")))
+            agents[-1].spawn()
+            assert agents[-1].proc is not None
+            procs.append(agents[-1].proc)
             if i == 0:
                 wait_until(lambda: ask(dns[0], ZONE, "SOA", 0.3, 1) is not None, 20,
                            "n1's DNS front-end", procs[0])  # fmt: skip
@@ -317,8 +314,8 @@ def swimthor_cluster(wd: Path) -> Iterator[tuple[Server, list[subprocess.Popen[b
         )  # fmt: skip
         yield n1, procs
     finally:
-        for proc in procs:
-            stop(proc)
+        for agent in agents:
+            agent.stop()
 
 
 @contextlib.contextmanager

@@ -45,6 +45,8 @@ from typing import Any
 # bench/_harness.py, shared with bench/membership_processes.py (this file is also loaded by path).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _harness import free_port, pct, record_trial
+from _procs import ProcessExited, WaitTimeout, stop_process
+from _procs import wait_until as _wait_until
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE.parent / "results"
@@ -168,29 +170,26 @@ class Node:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self, sig: int = signal.SIGKILL) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        """`sig` by PID, SIGKILL after 5 s; reaped."""
+        if self.proc is not None:
+            stop_process(self.proc, sig, grace=5.0)
 
 
 def wait_until(nodes: list[Node], cond: Any, timeout: float, what: str) -> list[dict[str, Any]]:
-    """Polls the nodes until cond() holds; returns the membership lines read meanwhile."""
+    """Polls the nodes until cond() holds (bench/_procs.py's wait); returns the membership
+    lines read meanwhile. ProcessExited at once if a node's process ends; WaitTimeout."""
     lines: list[dict[str, Any]] = []
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
+
+    def check() -> bool:
         for n in nodes:
-            lines += [dict(line, _node=n.name) for line in n.poll()]
+            lines.extend(dict(line, _node=n.name) for line in n.poll())
         dead = [n.name for n in nodes if not n.running()]
         if dead:
-            raise RuntimeError(f"node process exited while waiting for {what}: {dead}")
-        if cond():
-            return lines
-        time.sleep(0.05)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+            raise ProcessExited(f"node process exited while waiting for {what}: {dead}")
+        return bool(cond())
+
+    _wait_until(check, timeout, what, transient=())
+    return lines
 
 
 def rate(node: Node, key: str, t0: float, t1: float) -> float | None:
@@ -287,7 +286,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     args.restart_timeout,
                     f"{victim.name} alive everywhere after its restart",
                 )
-            except TimeoutError as e:
+            except WaitTimeout as e:
                 aborted = str(e)
                 print(aborted, flush=True)
                 break

@@ -62,7 +62,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -72,6 +71,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+
+from bench._procs import AgentProcess, ProcessExited, WaitTimeout, wait_until
 
 from . import regload
 from .sipp_runner import (
@@ -136,8 +137,12 @@ class Node:
     gossip: int
     sip: int
     control: str
-    proc: subprocess.Popen[bytes] | None = None
+    agent: AgentProcess | None = None  # its `swimthor join`, once launched
     code: Path | None = None  # the checkout this node runs (None: this one)
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        return None if self.agent is None else self.agent.proc
 
     @property
     def target(self) -> str:
@@ -154,9 +159,9 @@ class Node:
         return [o["name"] for o in json.loads(r.stdout)["owners"]]
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
+        """SIGKILL by PID, reaped."""
+        if self.agent is not None:
+            self.agent.kill()
 
 
 def join_argv(
@@ -199,45 +204,37 @@ def launch(
     env, cwd = _env(code)
     for i, node in enumerate(nodes):
         argv = join_argv(node, tmp, nodes[0] if i else None, *extra(node), profile=profile)
-        with open(tmp / f"{node.name}.log", "ab") as log:
-            node.proc = subprocess.Popen(
-                argv,
-                stdout=subprocess.DEVNULL,
-                stderr=log,
-                env=env,
-                cwd=cwd,
-                start_new_session=new_session,
-            )
+        node.agent = AgentProcess(
+            argv, tmp / f"{node.name}.log", node.control, env=env, cwd=cwd, new_session=new_session
+        )
+        node.agent.spawn()
 
 
 def converge(nodes: Sequence[Node], tmp: Path, timeout: float = 30.0) -> None:
-    """Wait until every node sees all of them alive; RuntimeError (with the log's tail) when
-    one exits, or after `timeout` seconds."""
+    """Wait until every node sees all of them alive; ProcessExited (with the log's tail) when
+    one exits, WaitTimeout after `timeout` seconds."""
     n = len(nodes)
-    deadline = time.monotonic() + timeout
-    while True:
-        with contextlib.suppress(
-            RuntimeError, KeyError, json.JSONDecodeError, subprocess.TimeoutExpired
-        ):
-            if all(x.status()["counts"]["alive"] == n for x in nodes):
-                return
+
+    def converged() -> bool:
         for x in nodes:
             if x.proc is not None and x.proc.poll() is not None:
                 tail = (tmp / f"{x.name}.log").read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"{x.name} exited with {x.proc.returncode}: {tail}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the cluster of {n} did not converge in {timeout:g} s")
-        time.sleep(0.3)
+                raise ProcessExited(f"{x.name} exited with {x.proc.returncode}: {tail}")
+        return all(x.status()["counts"]["alive"] == n for x in nodes)
+
+    wait_until(
+        converged,
+        timeout,
+        f"the cluster of {n} to converge",
+        interval=0.3,
+        transient=(RuntimeError, KeyError, json.JSONDecodeError, subprocess.TimeoutExpired),
+    )
 
 
 def stop(nodes: Sequence[Node]) -> None:
     """SIGKILL every node still running, by PID, and reap it."""
     for node in nodes:
-        if node.proc is not None:
-            if node.proc.poll() is None:
-                node.proc.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                node.proc.wait(10)
+        node.kill()
 
 
 @contextlib.contextmanager
@@ -327,16 +324,16 @@ def kill_under_load(
     threading.Thread(target=killer, daemon=True).start()
     result = regload.load(survivors, names, DOMAIN, rate, nat_host=NAT_HOST if nat else None)
     # Wait until both survivors see the victim dead and have moved its keys: the handoff
-    # runs right after the routing epoch moves; give it detection time plus a margin.
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            views = [n.status() for n in nodes[:2]]
-            if all(v["counts"].get("alive") == 2 for v in views):
-                break
-        except RuntimeError:
-            pass
-        time.sleep(0.5)
+    # runs right after the routing epoch moves; give it detection time plus a margin. (Past
+    # 60 s the query goes ahead anyway: what it finds missing is the result.)
+    with contextlib.suppress(WaitTimeout):
+        wait_until(
+            lambda: all(n.status()["counts"].get("alive") == 2 for n in nodes[:2]),
+            60,
+            "both survivors to see the victim gone",
+            interval=0.5,
+            transient=(RuntimeError,),
+        )
     time.sleep(3)
     missing, q = regload.query(survivors, result.acknowledged, DOMAIN)
     views = [n.status()["sip"] for n in nodes[:2]]

@@ -60,6 +60,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from bench._procs import WaitTimeout, wait_until
+
 from .bench import (
     DOMAIN,
     KAMAILIO_SHM_MB,
@@ -787,17 +789,20 @@ def swimthor_tls(tmp: Path, cert: Path, key: Path, cafile: str, n: int = 1) -> I
 
 
 def _wait_tls(target: tuple[str, int], cafile: str, log: Any, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    status = None
-    while time.monotonic() < deadline:
-        status = probe_register(target, cafile, timeout=2.0)
-        if status == 200:
-            return
-        time.sleep(0.3)
-    text = ""
-    with contextlib.suppress(OSError):
-        text = log().read_text(errors="replace")[-2000:]
-    raise RuntimeError(f"no 200 to a REGISTER over TLS at {target} (last: {status}): {text}")
+    """Until a REGISTER over TLS at `target` gets its 200 (bench/_procs.py's wait);
+    RuntimeError with the server log's tail if none does in `timeout` seconds."""
+    try:
+        wait_until(
+            lambda: probe_register(target, cafile, timeout=2.0) == 200,
+            timeout,
+            f"a 200 to a REGISTER over TLS at {target}",
+            interval=0.3,
+        )
+    except WaitTimeout as e:
+        text = ""
+        with contextlib.suppress(OSError):
+            text = log().read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"{e}: {text}") from None
 
 
 def kamailio_tls_module() -> Path | None:

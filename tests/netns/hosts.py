@@ -27,13 +27,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from swimthor.control import ControlError
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))  # bench/_procs.py
+from bench._procs import AgentProcess
+from bench._procs import wait_until as _wait_until
 
 BENCH = Path(__file__).resolve().parent.parent.parent / "bench"
 DOMAIN = "example.com"
@@ -62,25 +63,11 @@ def unavailable() -> str | None:
     return str(netns.unavailable()) if netns.unavailable() else None
 
 
-def wait_until(cond: Callable[[], bool], timeout: float, what: str, interval: float = 0.2) -> float:
-    """Seconds until `cond()` held; AssertionError naming `what` after `timeout`."""
-    start = time.monotonic()
-    last: BaseException | None = None
-    while time.monotonic() - start < timeout:
-        try:
-            if cond():
-                return time.monotonic() - start
-        except (
-            AssertionError,
-            OSError,
-            ValueError,
-            KeyError,
-            subprocess.SubprocessError,
-            ControlError,  # an agent not listening yet, or busy
-        ) as e:
-            last = e
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last error: {last})")
+def wait_until(
+    cond: Callable[[], object], timeout: float, what: str, interval: float = 0.2
+) -> float:
+    """bench/_procs.py's wait, polling every `interval` s: seconds until `cond()` held."""
+    return _wait_until(cond, timeout, what, interval=interval)
 
 
 class Host:
@@ -93,7 +80,11 @@ class Host:
         self.sock = str(workdir / f"{name}.sock")
         self.log = workdir / f"{name}.log"
         self.data = workdir / name
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.agent: AgentProcess | None = None  # its `swimthor join`, once started
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        return None if self.agent is None else self.agent.proc
 
 
 class Hosts:
@@ -121,7 +112,10 @@ class Hosts:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for p in [*self._helpers, *(h.proc for h in self.hosts if h.proc is not None)]:
+        for h in self.hosts:
+            if h.agent is not None:
+                h.agent.kill()
+        for p in self._helpers:
             if p.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(p.pid, signal.SIGCONT)
@@ -154,33 +148,31 @@ class Hosts:
         argv += self.extra
         if seed is not None and seed != i:
             argv.append(f"{self.hosts[seed].addr}:{GOSSIP_PORT}")
-        with open(h.log, "ab") as log:
-            h.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log)
+        h.agent = AgentProcess(argv, h.log, h.sock)
+        h.agent.spawn()
 
     def start_all(self, timeout: float = 30) -> None:
         self.start(0, seed=None)
         # The others join through h0: wait until it is up (its control socket answers once
         # its gossip, SIP and DNS sockets are bound).
-        wait_until(lambda: self.sees(0, {"h0": "alive"}), timeout, "h0 to be up")
+        self._agent(0).wait_ready(timeout)
         for i in range(1, len(self.hosts)):
             self.start(i)
         self.wait_converged(timeout)
 
+    def _agent(self, i: int) -> AgentProcess:
+        agent = self.hosts[i].agent
+        assert agent is not None, f"h{i} was never started"
+        return agent
+
     def kill(self, i: int) -> None:
-        p = self.hosts[i].proc
-        assert p is not None
-        p.kill()
-        p.wait(10)
+        self._agent(i).kill()
 
     def pause(self, i: int) -> None:
-        p = self.hosts[i].proc
-        assert p is not None
-        os.kill(p.pid, signal.SIGSTOP)
+        os.kill(self._agent(i).pid, signal.SIGSTOP)
 
     def resume(self, i: int) -> None:
-        p = self.hosts[i].proc
-        assert p is not None
-        os.kill(p.pid, signal.SIGCONT)
+        os.kill(self._agent(i).pid, signal.SIGCONT)
 
     def restart(self, i: int, *, new_address: bool = True, seed: int = 0) -> None:
         """Start host i's agent again (it must be stopped), on a fresh address if asked."""
