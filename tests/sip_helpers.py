@@ -75,6 +75,18 @@ async def sip_node(
         server.close()
 
 
+async def serve_node(
+    config: SipTransportConfig | None = None,
+    *,
+    task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """`sip_node` as a task, for fixtures: `node = await nursery.start(serve_node)` returns
+    once the node's sockets are bound and served; it serves until the nursery is cancelled."""
+    async with sip_node(config) as node:
+        task_status.started(node)
+        await trio.sleep_forever()
+
+
 # ------------------------------------------------------------------ building messages
 
 AUTO = object()
