@@ -31,7 +31,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from swimthor.membership._broadcast import TransmitLimitedQueue  # noqa: E402
+from swimthor.membership import TransmitLimitedQueue  # noqa: E402
 
 PACKET = 1400
 OVERHEAD = 3

@@ -1,6 +1,9 @@
 """The package's layout rules (ARCHITECTURE.md, "Packages"): each package is used through its
 `__init__`, never through another package's private modules, and no module grows past what a
-reader can hold (900 lines).
+reader can hold (900 lines). Tests and benchmarks use the packages the same way; the one
+exception is a test file named for a private module (`tests/test_probes.py` for
+`membership._probes`, `tests/test_sip_replication.py` for `sip._replication`), which is that
+module's white-box unit test and may import it.
 
 Read from the source with `ast`, so a lazy import inside a function counts as much as one at
 the top.
@@ -79,6 +82,27 @@ def test_no_module_of_the_package_imports_another_packages_private_module() -> N
     assert _violations(_modules(PACKAGE)) == []
 
 
+def _named_for(path: Path, private: str) -> bool:
+    """Whether test file `path` is the unit test of the private module `private`
+    (swimthor.pkg._mod): test_mod*.py or test_pkg_mod*.py."""
+    parts = private.split(".")
+    module = parts[-1].lstrip("_")
+    package = parts[-2] if len(parts) > 2 else ""
+    stem = path.stem
+    return stem.startswith(f"test_{module}") or stem.startswith(f"test_{package}_{module}")
+
+
+def test_tests_and_benchmarks_use_the_packages_through_their_init() -> None:
+    found = []
+    for folder in (ROOT / "tests", ROOT / "bench"):
+        for path in _modules(folder):
+            for line, name in _imported(path):
+                private = _private_part(name, ())
+                if private is not None and not _named_for(path, private):
+                    found.append(f"{path.relative_to(ROOT)}:{line}: {private}")
+    assert sorted(set(found)) == []
+
+
 def test_no_module_of_the_package_is_over_900_lines() -> None:
     long = {
         str(p.relative_to(ROOT)): n
@@ -101,6 +125,10 @@ def test_the_checker_sees_what_it_must() -> None:
     assert not _private_module_of_another_package("swimthor.membership.runtime", sip)
     assert not _private_module_of_another_package("swimthor.sip.__init__", top)
     assert not _private_module_of_another_package("trio._core", sip)
+    assert _named_for(ROOT / "tests" / "test_probes.py", "swimthor.membership._probes")
+    assert _named_for(ROOT / "tests" / "test_sip_replication.py", "swimthor.sip._replication")
+    assert _named_for(ROOT / "tests" / "test_sync_properties.py", "swimthor.membership._sync")
+    assert not _named_for(ROOT / "tests" / "test_core.py", "swimthor.membership._probes")
     # Relative imports resolve against the importer's package.
     path = PACKAGE / "sip" / "_service.py"
     assert _package_of(path) == sip

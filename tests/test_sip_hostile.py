@@ -47,9 +47,14 @@ from sip_helpers import (
     without,
 )
 
-from swimthor.sip import SipTransportConfig, parse_message
-from swimthor.sip._message import _parse_via
-from swimthor.sip._routes import BRANCH_PREFIX, _LoopHash
+from swimthor.sip import (
+    BRANCH_PREFIX,
+    Request,
+    SipTransportConfig,
+    loop_hash,
+    parse_message,
+    parse_via,
+)
 
 LIMIT = 10  # seconds, for every test
 
@@ -654,7 +659,8 @@ async def test_request_that_already_passed_here_gets_482(node: Node, client: Udp
     """§16.3 step 4: our own Via with this request's loop hash in its branch: 482."""
     data = _invite(client, unique("bob"))
     parsed = parse_message(data)
-    loop = _LoopHash(parsed).value()  # type: ignore[arg-type]
+    assert isinstance(parsed, Request)
+    loop = loop_hash(parsed)
     ours = f"SIP/2.0/UDP {hostport(*node.addr)};branch=z9hG4bK-st-0123456789abcdef.{loop}.0"
     data = data.replace(b"\r\nMax-Forwards", f"\r\nVia: {ours}\r\nMax-Forwards".encode())
     reply = await answer_to(client, data)
@@ -910,7 +916,7 @@ async def test_response_for_a_foreign_transaction_is_dropped(node: Node) -> None
         assert (delta.get("responses"), delta.get("dropped")) == (7, 7)
         assert delta.get("bad_branch") == 4
         # A branch the node really made for the victim's hop is relayed there.
-        real = node.proxy._branch(BRANCH_PREFIX, "cc", "dd", _parse_via(to_victim))
+        real = node.proxy._branch(BRANCH_PREFIX, "cc", "dd", parse_via(to_victim))
         control = response(f"SIP/2.0/UDP {me};branch={real}", to_victim)
         await client.send(control)
         relayed = await victim.reply()

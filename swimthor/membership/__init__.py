@@ -4,6 +4,7 @@ The protocol core (`Membership`) is sans-IO; `runtime.MembershipRuntime` drives 
 """
 
 from ..keyring import Keyring, KeyringFileError, SealError
+from ._broadcast import TransmitLimitedQueue, retransmit_limit
 from ._core import Membership, StreamRequest
 from ._events import (
     Event,
@@ -142,6 +143,7 @@ __all__ = [
     "Summary",
     "Suspect",
     "Suspicion",
+    "TransmitLimitedQueue",
     "check_metadata",
     "cluster_table",
     "convergence",
@@ -160,6 +162,7 @@ __all__ = [
     "read_key_op_reply",
     "read_query_reply",
     "remaining_suspicion_time",
+    "retransmit_limit",
     "state_counts",
     "suspicion_timeouts",
 ]

@@ -35,6 +35,7 @@ from ._message import (
     canonical_name,
     parse_address,
     parse_message,
+    parse_via,
     split_values,
 )
 from ._proxy import Proxy
@@ -48,7 +49,7 @@ from ._registrar import (
 )
 from ._replication import MAX_LOCATED, LocateError, Replicator, locate_via
 from ._responses import make_response
-from ._routes import BRANCH_PREFIX
+from ._routes import BRANCH_PREFIX, loop_hash
 from ._server import TIMER_TICK, SipServer, SipTransportConfig, StreamListen
 from ._service import SIP_TAG, SipService, location_reply
 from ._streams import (
@@ -149,12 +150,14 @@ __all__ = [
     "is_stun",
     "locate_via",
     "location_reply",
+    "loop_hash",
     "make_response",
     "make_token",
     "parse_address",
     "parse_credentials",
     "parse_message",
     "parse_uri",
+    "parse_via",
     "register",
     "server_key",
     "server_tls_context",

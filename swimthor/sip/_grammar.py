@@ -5,7 +5,7 @@ how these are read is most of the cost of a request. The common, well-formed sha
 one compiled regular expression each, strict enough that anything they accept is valid SIP;
 whatever they do not accept (quoted display names with escapes, quoted parameter values,
 escaped hosts ...) is handed to sipmessage's full grammar, which decides (for Vias that is
-`_message._parse_via`, which also reads an IPv6 `received`). Both paths give the same small
+`_message.parse_via`, which also reads an IPv6 `received`). Both paths give the same small
 types (`Uri`, `NameAddr`, `Via`) with the attribute names sipmessage uses, and keep
 the text exactly as received, so a URI is forwarded or stored byte for byte.
 """

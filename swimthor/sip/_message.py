@@ -217,7 +217,7 @@ _RECEIVED_V6 = re.compile(
 
 
 @functools.lru_cache(maxsize=16_384)
-def _parse_via(text: str) -> ViaHop:
+def parse_via(text: str) -> ViaHop:
     text = text.strip()
     fast = _grammar.match_via(text)
     if fast is not None:
@@ -365,7 +365,7 @@ class SipMessage:
     def vias(self) -> list[ViaHop]:
         cached = self._cache.get("vias")
         if cached is None:
-            cached = [_parse_via(v) for v in self.get_all("via")]
+            cached = [parse_via(v) for v in self.get_all("via")]
             self._cache["vias"] = cached
         return cached  # type: ignore[return-value]
 
@@ -742,7 +742,7 @@ def replace_first_value(message: Request | Response, name: str, value: str) -> N
                 message._idx = index
             if vias is not None:
                 # The top Via changed (received, rport): the hops under it parse as before.
-                message._cache["vias"] = [_parse_via(value), *vias[1:]]  # type: ignore[index]
+                message._cache["vias"] = [parse_via(value), *vias[1:]]  # type: ignore[index]
             return
 
 

@@ -32,9 +32,9 @@ from ._message import (
     Request,
     Response,
     SipParseError,
-    _parse_via,
     parse_address,
     parse_message,
+    parse_via,
     pop_first_value,
 )
 from ._registrar import aor_of
@@ -243,7 +243,7 @@ class Proxy(Registrar):
             return None
         branch, out, nxt = cut
         try:
-            hop = _parse_via(nxt.decode("utf-8"))
+            hop = parse_via(nxt.decode("utf-8"))
         except (UnicodeDecodeError, ValueError):
             return None
         if hop.transport != "UDP" or not self._branch_ok(branch, hop):

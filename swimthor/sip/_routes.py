@@ -66,6 +66,12 @@ class _LoopHash:
 _OUR_BRANCH = re.compile(rb";branch=(z9hG4bK-s[tf]-[0-9a-f]+\.[0-9a-f]+\.[0-9a-f]+)")
 
 
+def loop_hash(request: Request) -> str:
+    """The loop hash our branches carry for `request` (§16.3 step 4, §16.6 step 8): a
+    request that comes back with it in a Via of ours has looped."""
+    return _LoopHash(request).value()
+
+
 def _branch_loop(branch: str | None) -> str | None:
     """The loop hash in a branch of ours (the middle of `<id>.<loop>.<mac>`)."""
     if not branch or not branch.startswith((BRANCH_PREFIX, STATEFUL_PREFIX)):
