@@ -11,7 +11,8 @@ import contextlib
 import json
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +124,20 @@ class Node:
         r = swimthor("route", aor, "--control", self.sock, "--format", "json")
         assert r.returncode == 0, r.stderr
         return [o["name"] for o in json.loads(r.stdout)["owners"]]
+
+
+# Why a cluster's forks cancelled or gave up branches (the owner's `transactions` counters).
+FORK_REASONS = ("cancels_sent", "cancels_received", "branch_timeouts", "branch_transport_errors")
+
+
+def fork_counts(nodes: Iterable[Node]) -> Counter[str]:
+    """FORK_REASONS so far, summed over the nodes: subtract two readings to see what a call
+    did, which two phones' clocks cannot tell (each stamps a message when it logs it)."""
+    total: Counter[str] = Counter()
+    for node in nodes:
+        counts = node.status()["sip"]["transactions"]
+        total.update({k: counts[k] for k in FORK_REASONS})
+    return total
 
 
 def wait_until(cond: Callable[[], object], timeout: float, what: str) -> None:

@@ -18,13 +18,14 @@ import importlib.util
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 from phone_events import EventProcess
-from sip_agents import DOMAIN, Node, cluster_of
+from sip_agents import DOMAIN, Node, cluster_of, fork_counts
 
 PHONE = Path(__file__).parent / "pjsua_phone.py"
 BOB = f"sip:bob@{DOMAIN}"
@@ -89,10 +90,15 @@ class Phone(EventProcess):
 class Phones:
     """The pjsua2 processes of one test, each killed by PID at the end."""
 
-    def __init__(self, tmp: Path, entry: Node) -> None:
+    def __init__(self, tmp: Path, entry: Node, nodes: list[Node]) -> None:
         self.tmp = tmp
         self.entry = f"127.0.0.1:{entry.sip_port}"
+        self.nodes = nodes
         self.all: list[Phone] = []
+
+    def forks(self) -> Counter[str]:
+        """Why the cluster's forks cancelled or gave up branches so far (`fork_counts`)."""
+        return fork_counts(self.nodes)
 
     def device(self, name: str, instance: str, q: str, *behaviour: str) -> Phone:
         argv = ["device", "--registrar", self.entry, "--user", "bob", "--domain", DOMAIN]
@@ -125,7 +131,7 @@ def bob_cluster(tmp_path: Path, extra: list[str] | None = None) -> Iterator[Phon
         owners = nodes["n0"].owners(BOB)
         assert len(owners) == 2, owners
         entry = next(n for n in nodes.values() if n.name not in owners)
-        phones = Phones(tmp_path, entry)
+        phones = Phones(tmp_path, entry, list(nodes.values()))
         try:
             yield phones
         finally:
@@ -199,16 +205,19 @@ def test_parallel_fork_first_answer_wins(tmp_path: Path) -> None:
         phones.registered(rings)
         assert rings.seen("registered")[0]["bindings"] == 2  # the 200 lists both contacts
 
+        before = phones.forks()
         caller = phones.call()
         call_id = caller.wait_for("calling", 10)["call_id"]
         assert answers.wait_for("incoming", 10)["call_id"] == call_id
         assert rings.wait_for("incoming", 10)["call_id"] == call_id
-        answered = answers.wait_for("answered", 10)
+        answers.wait_for("answered", 10)
 
         _answered(caller)
         answers.wait_for("confirmed", 5)
-        cancelled = _cancelled(rings, 10)
-        assert cancelled["t"] >= answered["t"] - 0.05, "cancelled before the other answered"
+        _cancelled(rings, 10)
+        # Cancelled because the other answered: one CANCEL from the owner, and no timeout
+        # or CANCEL from alice that could have caused it.
+        assert phones.forks() - before == Counter({"cancels_sent": 1})
         assert len(rings.seen("incoming")) == 1  # one branch per instance
         assert len(answers.seen("incoming")) == 1
 
@@ -221,13 +230,13 @@ def test_caller_cancel_reaches_every_branch(tmp_path: Path) -> None:
         b = phones.device("bob-b", INSTANCE_B, "1.0", "--ring-forever")
         phones.registered(a, b)
 
+        before = phones.forks()
         caller = phones.call("--cancel-after", "1500")
         call_id = caller.wait_for("calling", 10)["call_id"]
         ring_a = a.wait_for("incoming", 10)
         ring_b = b.wait_for("incoming", 10)
         assert ring_a["call_id"] == ring_b["call_id"] == call_id
-        cancelling = caller.wait_for("cancelling", 10)
-        assert max(ring_a["t"], ring_b["t"]) < cancelling["t"], "alice cancelled too early"
+        caller.wait_for("cancelling", 10)
 
         result = caller.wait_for("result", 20)
         assert result["code"] == 487, result
@@ -236,6 +245,8 @@ def test_caller_cancel_reaches_every_branch(tmp_path: Path) -> None:
         for device in (a, b):
             _cancelled(device, 10)
         _never(caller, "confirmed")
+        # Alice's CANCEL taken, one sent on to each device, nothing timed out.
+        assert phones.forks() - before == Counter({"cancels_received": 1, "cancels_sent": 2})
 
 
 def test_q_groups_in_sequence(tmp_path: Path) -> None:
@@ -246,20 +257,25 @@ def test_q_groups_in_sequence(tmp_path: Path) -> None:
         low = phones.device("bob-low", INSTANCE_B, "0.5", "--answer-after", "500")
         phones.registered(high, low)
 
+        before = phones.forks()
         caller = phones.call()
         call_id = caller.wait_for("calling", 10)["call_id"]
         first = high.wait_for("incoming", 10)
         assert first["call_id"] == call_id
-        cancelled = _cancelled(high, 15)
+        _cancelled(high, 15)
         second = low.wait_for("incoming", 15)
         assert second["call_id"] == call_id
-        # The owner rings the q=0.5 group only once the q=1.0 group has rung its 2 s.
-        assert 1.5 <= cancelled["t"] - first["t"] <= 8, (first, cancelled)
-        assert second["t"] - first["t"] >= 1.5, (first, second)
+        # The owner rings the q=0.5 group only once the q=1.0 group has rung (a fork timeout,
+        # 2 s, lies between the two; the virtual-time tests in test_sip_fork.py hold the timeout
+        # itself to the millisecond) ...
+        assert second["t"] > first["t"], (first, second)
 
         _answered(caller)
         low.wait_for("confirmed", 5)
         assert len(high.seen("incoming")) == len(low.seen("incoming")) == 1
+        # ... and the q=1.0 device was cancelled by that timeout: nobody answered it or
+        # cancelled the call, and no transaction timed out.
+        assert phones.forks() - before == Counter({"cancels_sent": 1})
 
 
 def test_dead_contact_does_not_stop_the_call(tmp_path: Path) -> None:
@@ -279,9 +295,6 @@ def test_dead_contact_does_not_stop_the_call(tmp_path: Path) -> None:
         assert live.wait_for("incoming", 10)["call_id"] == call_id
         _answered(caller)
         live.wait_for("confirmed", 5)
-        # The dead branch's failure is not what the call waited for.
-        confirmed = caller.seen("confirmed")[0]
-        assert confirmed["t"] - caller.seen("calling")[0]["t"] < 8, confirmed
 
 
 def test_dead_contact_fails_at_once(tmp_path: Path) -> None:
@@ -293,9 +306,12 @@ def test_dead_contact_fails_at_once(tmp_path: Path) -> None:
         phones.registered(live, dead)
         dead.kill()
 
+        before = phones.forks()
         caller = phones.call()
         calling = caller.wait_for("calling", 10)
         ring = live.wait_for("incoming", 8)
         assert ring["call_id"] == calling["call_id"]
-        assert ring["t"] - calling["t"] < 5, "the next q group waited for the fork timeout"
         _answered(caller)
+        # The dead branch failed on its transport error (port unreachable), not by the 10 s
+        # fork timeout: nothing was cancelled and nothing timed out.
+        assert phones.forks() - before == Counter({"branch_transport_errors": 1})

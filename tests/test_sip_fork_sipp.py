@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from sip_agents import DOMAIN, Node, _free_port, cluster_of
+from sip_agents import DOMAIN, Node, _free_port, cluster_of, fork_counts
 from sipp_helpers import SCENARIOS, Sipp, SippProcess, udp_bound
 
 pytestmark = [
@@ -242,13 +242,7 @@ def _callee(cluster: dict[str, Node], sipp: Sipp, user: str) -> Callee:
 
 
 def _fork_counts(cluster: dict[str, Node]) -> Counter[str]:
-    """Why the cluster's forks cancelled or gave up branches so far, summed over the nodes."""
-    total: Counter[str] = Counter()
-    for node in cluster.values():
-        counts = node.status()["sip"]["transactions"]
-        why = ("cancels_sent", "cancels_received", "branch_timeouts", "branch_transport_errors")
-        total.update({k: counts[k] for k in why})
-    return total
+    return fork_counts(cluster.values())
 
 
 def _answers(caller: SippProcess, status: int) -> set[str | None]:
