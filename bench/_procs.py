@@ -92,6 +92,16 @@ def wait_until(
         time.sleep(min(interval, deadline - now))  # the wait's poll interval, bounded
 
 
+async def trio_wait_until(cond: Callable[[], object], *, interval: float = 0.01) -> None:
+    """`wait_until` inside a trio run: check `cond()` every `interval` seconds of trio's clock
+    until it holds. Bounded by the caller's cancel scope (a test's `fail_after`), so that under
+    `autojump_clock` the wait costs virtual time only."""
+    import trio
+
+    while not cond():
+        await trio.sleep(interval)  # the wait's poll interval, trio's clock
+
+
 # An agent is up in about a second on an idle machine (Python's start and swimthor's imports);
 # a busy shared one can take many times that.
 READY_TIMEOUT = 30.0

@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench/_procs.py
 from bench._procs import AgentProcess
 from bench._procs import wait_until as _wait_until
 from swimthor.demo import free_ports

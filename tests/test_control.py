@@ -12,7 +12,7 @@ import os
 import socket
 import stat
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import trio
 
+from bench._procs import trio_wait_until as wait_for
 from swimthor import control
 from swimthor.agent import Agent
 from swimthor.config import AgentConfig
@@ -222,11 +223,6 @@ async def agents(
             started.append(agent)
         yield started
         nursery.cancel_scope.cancel()
-
-
-async def wait_for(cond: Callable[[], bool], interval: float = 0.01) -> None:
-    while not cond():
-        await trio.sleep(interval)
 
 
 def alive(agent: Agent) -> set[str]:

@@ -14,7 +14,7 @@ import errno
 import random
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from types import SimpleNamespace
 
@@ -23,6 +23,7 @@ import trio
 from memnet import MemoryNetwork
 
 import swimthor.membership.runtime as runtime_module
+from bench._procs import trio_wait_until as wait_for
 from swimthor.config import PROFILES, MembershipConfig, replace
 from swimthor.keyring import Keyring
 from swimthor.membership import Event, MemberJoined, Membership, QueryError, State
@@ -88,11 +89,6 @@ async def cluster(
                 node.runtime.wake()
         yield nodes
         nursery.cancel_scope.cancel()
-
-
-async def wait_for(cond: Callable[[], bool], interval: float = 0.01) -> None:
-    while not cond():
-        await trio.sleep(interval)
 
 
 async def keeps_gossiping(node: Node, packets: int = 5) -> None:

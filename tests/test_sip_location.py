@@ -9,7 +9,6 @@ against them.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import TypedDict, Unpack
@@ -19,6 +18,7 @@ import structlog
 import trio
 from agent_helpers import agent_config, cli_in_thread
 
+from bench._procs import trio_wait_until as wait_for
 from swimthor.agent import Agent
 from swimthor.cli import format_location_text, main
 from swimthor.config import AgentConfig, SipConfig
@@ -134,12 +134,6 @@ def test_the_text_names_owners_that_did_not_answer_and_says_when_nothing_is_boun
 def sip_config(tmp_path: Path, name: str, seeds: list[tuple[str, int]]) -> AgentConfig:
     sip = SipConfig(bind=("127.0.0.1", 0), domains=["example.com"], auth=False)
     return agent_config(tmp_path, name, seeds, sip=sip)
-
-
-async def wait_for(cond: Callable[[], bool]) -> None:
-    """Until `cond()` holds (bounded by the test's fail_after)."""
-    while not cond():
-        await trio.sleep(0.01)
 
 
 def register_request(to: tuple[str, int], me: tuple[str, int]) -> bytes:
