@@ -412,9 +412,16 @@ async def connect(addr: Addr) -> trio.SocketStream:
     return trio.SocketStream(sock)
 
 
-async def exchange(addr: Addr, payload: bytes, max_len: int) -> bytes:
-    """Connect, send one frame, read one reply frame. Raises on any failure."""
-    stream = await connect(addr)
+async def exchange(
+    addr: Addr,
+    payload: bytes,
+    max_len: int,
+    *,
+    via: Callable[[Addr], Awaitable[trio.abc.Stream]] = connect,
+) -> bytes:
+    """Connect (with `via`: over TCP unless a test's network is given), send one frame, read
+    one reply frame. Raises on any failure."""
+    stream = await via(addr)
     async with stream:
         await write_frame(stream, payload)
         return await read_frame(stream, max_len)

@@ -417,10 +417,7 @@ class MembershipRuntime:
         """Connect, send one frame, read one reply frame. Raises on any failure."""
         net = self._net
         assert net is not None
-        stream = await net.connect(addr)
-        async with stream:
-            await write_frame(stream, payload)
-            return await read_frame(stream, self._max_frame)
+        return await exchange(addr, payload, self._max_frame, via=net.connect)
 
     def _publish(self, event: Event) -> None:
         alive: list[trio.MemorySendChannel[Event]] = []
