@@ -66,6 +66,25 @@ class MembershipConfig:
     # at score 0. 0 turns the announcements off.
     health_announce_score: int = 2
     health_dwell: float = 10.0
+    # Not in memberlist: how many times longer than the normal suspicion a member that said
+    # it is slow, or refuted recently, gets at most (health and refutations together). A
+    # deaf member looks slow to itself; left uncapped, the cluster waited 4 to 6 times the
+    # suspicion for it.
+    suspicion_patience_max: float = 2.0
+    # Not in memberlist: a member whose last `isolation_probes` probes went wholly unanswered
+    # (no ack, not one relay's nack) and that received nothing at all meanwhile, while
+    # others are live, is isolated: it cannot hear, so it keeps what it concludes to itself
+    # (its suspicions and declarations of others are not gossiped), does not announce
+    # itself slow, and resyncs as soon as it hears again. 0 turns it off.
+    isolation_probes: int = 2
+    # Not in memberlist: a probe none of whose relays answered, not even with a nack, says
+    # more about us (deaf, or cut off) than about the target: it raises no suspicion, only
+    # our health score. memberlist suspects the target anyway (True).
+    silent_relays_suspect: bool = False
+    # Not in memberlist: only an alive that answers the suspicion in force (its sender heard
+    # it) clears it; a newer alive that answers none (a deaf member changing its tags) is
+    # taken, and the suspicion runs on. memberlist clears it on any newer alive (False).
+    strict_refutation: bool = True
     # Not in memberlist: a member that refuted a suspicion of itself in the last
     # `refutation_memory` seconds gets (1 + refutations, at most 2) more suspicion time.
     refutation_memory: float = 60.0
@@ -140,6 +159,9 @@ PROFILES: dict[str, MembershipConfig] = {
         refutation_memory=0.0,
         remote_timeout_rtt_mult=0.0,
         cross_dc_gossip_nodes=0,
+        isolation_probes=0,
+        silent_relays_suspect=True,
+        strict_refutation=False,
     ),
     # memberlist DefaultWANConfig: 5 s probes, 3 s timeout, suspicion mult 6, fan-out 4.
     "wan": MembershipConfig(

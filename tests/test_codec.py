@@ -436,16 +436,16 @@ def test_known_message_with_extra_fields_decodes() -> None:
         "s",
         [
             cbor2.dumps([ACK, 7, "a", "extra", {"x": 1}]),
-            cbor2.dumps([ALIVE, "n", 1, ["h", 1], "dc", ["sip"], 1.5, {"k": "v"}, 1, 2, [9, 9]]),
-            # An older sender, without the health field (appended in this version).
+            cbor2.dumps([ALIVE, "n", 1, ["h", 1], "dc", ["sip"], 1.5, {"k": "v"}, 1, 2, 4, [9]]),
+            # An older sender, without the health and refutes fields (appended later).
             cbor2.dumps([ALIVE, "o", 1, ["h", 1], "dc", ["sip"], 1.5, {"k": "v"}, 1]),
         ],
     )
     packet = decode_packet(data)
     assert packet.messages == (
         Ack(7, "a"),
-        Alive("n", 1, ("h", 1), "dc", ("sip",), 1.5, {"k": "v"}, 1, health=2),
-        Alive("o", 1, ("h", 1), "dc", ("sip",), 1.5, {"k": "v"}, 1, health=0),
+        Alive("n", 1, ("h", 1), "dc", ("sip",), 1.5, {"k": "v"}, 1, health=2, refutes=4),
+        Alive("o", 1, ("h", 1), "dc", ("sip",), 1.5, {"k": "v"}, 1, health=0, refutes=None),
     )
     assert packet.unknown == 0
     # A newer packet may carry more top-level fields too.

@@ -42,6 +42,11 @@ PUBLISHED = (
     "repair_syncs",
     "final_checks",
     "reconnects",
+    "isolations",
+    "declared_alone",
+    "alives_not_refuting",
+    "silent_probes",
+    "late_answers",
 )
 
 

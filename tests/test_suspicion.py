@@ -90,15 +90,16 @@ def test_a_fixed_number_of_confirmations_and_the_floor_are_configurable() -> Non
 
 
 def test_slow_and_recently_refuting_members_get_longer() -> None:
-    base = _core()
+    wide = replace(LAN, suspicion_patience_max=10.0)
+    base = _core(wide)
     _add(base, 6)
     _suspect(base)
     plain = base.suspicions()["m0"].min_timeout
-    slow = _core()
+    slow = _core(wide)
     _add(slow, 6, health=2)
     _suspect(slow)
     assert slow.suspicions()["m0"].min_timeout == pytest.approx(3 * plain)
-    refuted = _core()
+    refuted = _core(wide)
     _add(refuted, 6)
     refuted._refuted["m0"] = (5, 0.0)
     _suspect(refuted, now=1.0)
@@ -106,6 +107,24 @@ def test_slow_and_recently_refuting_members_get_longer() -> None:
     refuted._suspects.clear()
     _suspect(refuted, now=LAN.refutation_memory + 1.0)  # the memory has faded
     assert refuted.suspicions()["m0"].min_timeout == pytest.approx(plain)
+
+
+def test_patience_for_slow_and_refuting_members_is_capped() -> None:
+    """Health and refutations together stretch a suspicion at most suspicion_patience_max
+    times (a deaf member looks slow to itself: uncapped, 4 to 6 times)."""
+    assert LAN.suspicion_patience_max == 2.0
+    base = _core()
+    _add(base, 6)
+    _suspect(base)
+    plain = base.suspicions()["m0"].min_timeout
+    worst = _core()
+    _add(worst, 6, health=7)
+    worst._refuted["m0"] = (5, 0.0)
+    _suspect(worst, now=1.0)
+    assert worst.suspicions()["m0"].min_timeout == pytest.approx(2 * plain)
+    assert worst.suspicions()["m0"].max_timeout == pytest.approx(
+        2 * base.suspicions()["m0"].max_timeout
+    )
 
 
 def test_only_a_healthy_member_checks_for_itself_and_not_its_own_accusation() -> None:

@@ -26,7 +26,8 @@ This module is the facade: the sans-IO API, the member table, the timers, and th
 rules (alive, suspect, dead, refutation). The rest lives next door, as functions of the core
 or small classes it holds: `_probes` (pings in flight, by kind: probe, relay, suspect check,
 final check, claim), `_probe_schedule` (whom to probe), `_suspicion` (how long a suspicion
-runs and how it ends), `_gossip` (dissemination), `_sync` (push-pull: join, periodic sync,
+runs and how it ends), `_isolation` (a member that hears nobody keeps its conclusions
+to itself), `_gossip` (dissemination), `_sync` (push-pull: join, periodic sync,
 repair, reconnect, merge), `_live_set` (the live set and the view digest), `_query` (queries
 and key operations), `_status` (the status and members replies) and `_stats` (counters).
 """
@@ -43,7 +44,7 @@ from typing import Any
 
 from ..config import MembershipConfig
 from ..keyring import NONCE_SIZE, SEAL_OVERHEAD, Keyring, SealError, open_frame, seal_frame
-from . import _gossip, _probes, _query, _suspicion, _sync
+from . import _gossip, _isolation, _probes, _query, _suspicion, _sync
 from ._broadcast import TransmitLimitedQueue
 from ._events import (
     Event,
@@ -104,6 +105,10 @@ _NO_TAGS: dict[str, str] = {}
 
 def _own_tags(tags: Mapping[str, str]) -> dict[str, str]:
     return dict(tags) if tags else _NO_TAGS
+
+
+def _metadata(x: Member | Alive) -> tuple[Addr, str, tuple[str, ...], float, Mapping[str, str]]:
+    return x.addr, x.dc, x.roles, x.weight, x.tags
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +184,19 @@ class Membership:
         self._live = LiveSet()
         self._names: list[str] = []  # every member's name, for O(1) random picks
         self._refuted: dict[str, tuple[int, float]] = {}  # name -> (refutations, last one)
+        # The incarnation of the last accusation of us we refuted (-1: none), said in our
+        # alives so that others know which suspicion they answer.
+        self._refutes = -1
+        # Isolation: our probes that went wholly unanswered since we last received anything,
+        # and the members we declared failed while isolated (our word alone, kept to
+        # ourselves, taken back on any news).
+        self._unheard_probes = 0
+        self._alone: set[str] = set()
+        # Late answers: probes of ours that timed out lately (seq -> sent), and when an
+        # answer to one came anyway (we hear, slowly: the sign of a slow member, not a deaf
+        # one).
+        self._recent_probes: dict[int, float] = {}
+        self._late_at = -math.inf
         self._healthy_since: float | None = None
         self._checked: dict[str, int] = {}
         # Repair sync: since when we hear that others see more live members than we do.
@@ -257,6 +275,17 @@ class Membership:
 
     def num_live(self) -> int:
         return len(self._live.names)
+
+    def isolated(self) -> bool:
+        """Whether our last `isolation_probes` probes went wholly unanswered (no ack, no
+        relay's nack) and nothing at all reached us meanwhile, while others are live: we
+        cannot hear (deaf, or cut off from everyone). See `_isolation`."""
+        return _isolation.isolated(self)
+
+    def lone_verdicts(self) -> frozenset[str]:
+        """Members we suspect or declared failed on our word alone while isolated: kept to
+        ourselves (not gossiped, and reported alive in our push-pulls)."""
+        return frozenset(self._alone)
 
     def view_digest(self) -> str:
         return self._live.digest.hex()
@@ -361,6 +390,7 @@ class Membership:
             self._rejected("malformed", addr, str(e), now)
             return
         self.stats["unknown_messages"] += packet.unknown
+        _isolation.heard(self, addr, now)
         sender = self._members.get(packet.sender)
         if sender is not None and sender.state.is_live:
             sender.last_heard = now
@@ -381,6 +411,7 @@ class Membership:
             self.stats["stream_rejected"] += 1
             self._rejected("malformed stream", addr, str(e), now)
             return self._seal(encode_stream(StreamError(str(e))), now)
+        self._unheard_probes = 0  # someone reached us
         handler = _ON_STREAM.get(type(msg))
         reply = handler(self, msg, now) if handler is not None else None
         if reply is None:
@@ -558,19 +589,18 @@ class Membership:
                     _probes.verify_claim(self, a, m, now)
                 return
             # A dead or departed member back at a new address (memberlist: updatesNode).
-        elif a.incarnation <= m.incarnation:
+        elif a.incarnation < m.incarnation or (
+            a.incarnation == m.incarnation and not _isolation.declared_alone(self, m)
+        ):
+            return
+        elif m.state == State.SUSPECT and not _suspicion.answers(self, a, m):
+            _suspicion.carry(self, m, a, now, rebroadcast=rebroadcast)
             return
         self._accept_alive(m, a, now, rebroadcast=rebroadcast)
 
     def _accept_alive(self, m: Member, a: Alive, now: float, *, rebroadcast: bool = True) -> None:
         previous = m.state
-        changed = (m.addr, m.dc, m.roles, m.weight, m.tags) != (
-            a.addr,
-            a.dc,
-            a.roles,
-            a.weight,
-            a.tags,
-        )
+        changed = _metadata(m) != _metadata(a)
         m.addr, m.dc, m.roles, m.weight, m.tags = a.addr, a.dc, a.roles, a.weight, _own_tags(a.tags)
         m.incarnation = a.incarnation
         m.protocol = a.protocol
@@ -582,6 +612,7 @@ class Membership:
             self._refuted[m.name] = (count + 1, now)
         self._suspects.pop(m.name, None)
         self._checked.pop(m.name, None)
+        self._alone.discard(m.name)
         if previous != State.ALIVE:
             m.state = State.ALIVE
             m.since = now
@@ -611,13 +642,7 @@ class Membership:
             self._emit(NameConflict(me.copy(), other=a.addr))
         if a.incarnation < me.incarnation:
             return
-        same = (a.addr, a.dc, a.roles, a.weight, a.tags) == (
-            me.addr,
-            me.dc,
-            me.roles,
-            me.weight,
-            me.tags,
-        )
+        same = _metadata(a) == _metadata(me)
         if a.incarnation == me.incarnation and same:
             return
         self._refute(a.incarnation, now)
@@ -632,8 +657,10 @@ class Membership:
         if st is not None and m.state == State.SUSPECT:
             if st.suspicion.confirm(s.origin, now):
                 self.stats["confirmations"] += 1
-                # Pass the confirmation on so others shrink their timeouts too.
-                self._queue_broadcast(s.name, s, suffix=":confirm:" + s.origin)
+                # Pass the confirmation on so others shrink their timeouts too (not ours
+                # while we hear nobody).
+                if not _isolation.keeps_to_itself(self, s.origin):
+                    self._queue_broadcast(s.name, s, suffix=":confirm:" + s.origin)
             return
         if m.state != State.ALIVE:
             return
@@ -644,7 +671,10 @@ class Membership:
                 # than about us: refute it, but do not count it against our own health.
                 self._refute(s.incarnation, now, blame=accuser is None or accuser.health == 0)
             return
-        self._queue_broadcast(s.name, s)
+        if not _isolation.keeps_to_itself(self, s.origin):
+            self._queue_broadcast(s.name, s)
+        else:
+            self._alone.add(s.name)  # our word alone: kept to ourselves (see `isolated`)
         m.state = State.SUSPECT
         m.incarnation = s.incarnation
         m.since = now
@@ -681,7 +711,12 @@ class Membership:
             self._apply_suspect(Suspect(d.name, d.incarnation, d.origin), now)
             return
         susp = self._suspects.pop(d.name, None)
-        self._queue_broadcast(d.name, d)
+        if not left and _isolation.keeps_to_itself(self, d.origin):
+            # Our word alone, while we hear nobody: kept to ourselves (see `isolated`).
+            self._alone.add(d.name)
+            self.stats["declared_alone"] += 1
+        else:
+            self._queue_broadcast(d.name, d)
         m.state = State.LEFT if left else State.DEAD
         m.incarnation = d.incarnation
         self._live.touch(m)
@@ -718,10 +753,11 @@ class Membership:
         current alive (refuted already if the news was current), not only by gossip, which
         may miss the accuser for a long time when many updates compete."""
         if not self._leaving and self._conflict is None:
-            self._send(addr, encode_message(self._alive_of(self._members[self.name])))
+            self._send(addr, encode_message(self._own_alive()))
 
     def _refute(self, incarnation: int, now: float, *, blame: bool = True) -> None:
         me = self._members[self.name]
+        self._refutes = max(self._refutes, incarnation)
         me.incarnation = min(max(me.incarnation, incarnation) + 1, MAX_INCARNATION)
         self._live.touch(me)
         self.stats["refutations"] += 1
@@ -735,8 +771,7 @@ class Membership:
         self._update_digest()
 
     def _broadcast_self_alive(self) -> None:
-        me = self._members[self.name]
-        self._queue_broadcast(self.name, self._alive_of(me))
+        self._queue_broadcast(self.name, self._own_alive())
 
     # ------------------------------------------------------------------ dissemination
 
@@ -766,6 +801,7 @@ class Membership:
         ]
         for n in gone:
             del self._members[n]
+            self._alone.discard(n)
             self._summaries.pop(n, None)
             self._live.forget(n)
         if gone:
@@ -801,9 +837,18 @@ class Membership:
     def _open(self, data: bytes, now: float) -> bytes:
         return open_frame(self.keyring, data, self.label, now + self.wall_offset)
 
-    def _alive_of(self, m: Member) -> Alive:
+    def _own_alive(self) -> Alive:
+        m = self._members[self.name]
         return Alive(
-            m.name, m.incarnation, m.addr, m.dc, m.roles, m.weight, dict(m.tags), health=m.health
+            m.name,
+            m.incarnation,
+            m.addr,
+            m.dc,
+            m.roles,
+            m.weight,
+            dict(m.tags),
+            health=m.health,
+            refutes=self._refutes,
         )
 
     def _own_summary(self) -> Summary:

@@ -100,6 +100,11 @@ class Alive:
     # announced itself: a member that knows it is slow says so, and others give it longer to
     # refute a suspicion.
     health: int = 0
+    # Appended field (older senders omit it: None). The incarnation of the accusation this
+    # alive answers (the member heard it suspected or declared at that incarnation), or -1
+    # if it never refuted one. An alive that answers no suspicion in force (a deaf member's
+    # metadata change) does not clear it; from an older sender any newer alive does.
+    refutes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,6 +246,8 @@ def encode_message(m: Message) -> bytes:
             m.protocol,
             m.health,
         ]
+        if m.refutes is not None:
+            obj.append(m.refutes)
     elif isinstance(m, Suspect):
         obj = [SUSPECT, m.name, m.incarnation, m.origin]
     elif isinstance(m, Dead):
@@ -519,6 +526,7 @@ def _decode_message(m: Any) -> Message | None:
     if t == ALIVE:
         name, inc, addr, dc, roles, weight, tags, proto = _fields(items, 8, "alive")
         health = _int(items[9], "health", 0, 1000) if len(items) > 9 else 0
+        refutes = _int(items[10], "refutes", -1) if len(items) > 10 else None
         return Alive(
             _name(name),
             _int(inc, "incarnation"),
@@ -529,6 +537,7 @@ def _decode_message(m: Any) -> Message | None:
             _tags(tags),
             _int(proto, "protocol", 1, 2**16),
             health,
+            refutes,
         )
     if t == SUSPECT:
         name, inc, origin = _fields(items, 3, "suspect")

@@ -118,8 +118,9 @@ def probe(core: Membership, now: float) -> None:
         final=now + 2 * timeout,
         incarnation=target.incarnation,
     )
-    # Buddy system: the probe of a suspect carries the suspicion so it can refute.
-    buddy = target.state == State.SUSPECT
+    # Buddy system: the probe of a suspect carries the suspicion so it can refute (not a
+    # suspicion we raised alone while isolated: that one is ours to keep).
+    buddy = target.state == State.SUSPECT and target.name not in core._alone
     suspicion = Suspect(target.name, target.incarnation, core.name) if buddy else None
     core._probing = send_ping(core, p, suspicion)
     core.stats["pings_sent"] += 1
@@ -199,7 +200,8 @@ def final_check(core: Membership, st: SuspectState, m: Member, now: float) -> No
     st.hold = now + max(probe_timeout(core, m), core.config.probe_interval)
     core.stats["final_checks"] += 1
     p = Pending(kind=FINAL, target=m.name, target_addr=m.addr, sent=now, deadline=st.hold)
-    send_ping(core, p, Suspect(m.name, m.incarnation, core.name))
+    alone = m.name in core._alone
+    send_ping(core, p, None if alone else Suspect(m.name, m.incarnation, core.name))
 
 
 def verify_claim(core: Membership, a: Alive, m: Member, now: float, *, own: bool = False) -> None:
@@ -235,13 +237,19 @@ def measure_rtt(core: Membership, name: str, rtt: float) -> None:
 
 def announce_health(core: Membership, now: float) -> None:
     """Tell the cluster when we become slow (score >= health_announce_score), and when
-    we have been healthy again for health_dwell seconds."""
+    we have been healthy again for health_dwell seconds.
+
+    Slow, not deaf: we say so only once an answer to one of our probes came late (within
+    the last health_dwell seconds). A member that hears nothing raises its score just as
+    fast, but asking the others for patience would only keep it in their views longer."""
     threshold = core.config.health_announce_score
     if threshold <= 0 or core._leaving:
         return
     me = core._members[core.name]
     score = core._awareness.score
     if score >= threshold and me.health == 0:
+        if now - core._late_at > core.config.health_dwell or core.isolated():
+            return
         me.health = score
     elif score == 0 and me.health > 0:
         if core._healthy_since is None:
@@ -291,9 +299,24 @@ def on_ping_req(core: Membership, msg: PingReq, addr: Addr, now: float) -> None:
     send_ping(core, p)
 
 
+# How many of our timed-out probes we remember, to recognise their late answers.
+_RECENT_PROBES = 32
+
+
+def _late_answer(core: Membership, seq: int, now: float) -> None:
+    """An ack or nack for a probe of ours that timed out: we hear, only slowly."""
+    if seq in core._recent_probes:
+        core.stats["late_answers"] += 1
+        core._late_at = now
+        announce_health(core, now)
+
+
 def on_ack(core: Membership, msg: Ack, addr: Addr, now: float) -> None:
     p = core._pending.get(msg.seq)
-    if p is None or msg.source != p.target:
+    if p is None:
+        _late_answer(core, msg.seq, now)
+        return
+    if msg.source != p.target:
         return
     core.stats["acks_received"] += 1
     kind = KINDS[p.kind]
@@ -309,6 +332,8 @@ def on_nack(core: Membership, msg: Nack, addr: Addr, now: float) -> None:
     if p is not None and p.kind == PROBE:
         p.nacks += 1
         core.stats["nacks_received"] += 1
+    elif p is None:
+        _late_answer(core, msg.seq, now)
 
 
 def is_due(p: Pending, now: float) -> bool:
@@ -327,6 +352,11 @@ def timed_out(core: Membership, seq: int, now: float) -> None:
         if p.final > now:
             return
     del core._pending[seq]
+    if p.kind == PROBE:
+        recent = core._recent_probes
+        recent[seq] = p.sent
+        if len(recent) > _RECENT_PROBES:
+            del recent[next(iter(recent))]
     KINDS[p.kind].timed_out(core, p, now)
 
 
@@ -348,9 +378,22 @@ def _probe_failed(core: Membership, p: Pending, now: float) -> None:
             core._awareness.apply_delta(missing)
     else:
         core._awareness.apply_delta(1)
+    if p.nacks == 0:
+        core._unheard_probes += 1
     announce_health(core, now)
     m = core._members.get(p.target)
     if m is None or not m.state.is_live:
+        return
+    if (
+        p.expected_nacks > 0
+        and p.nacks == 0
+        and not core.config.silent_relays_suspect
+        and not core.isolated()
+    ):
+        # Not even the relays answered: the fault is more likely ours than the target's
+        # (Lifeguard's missing nacks). If the others really are gone we soon hear nobody
+        # at all, and then suspect (kept to ourselves: see `Membership.isolated`).
+        core.stats["silent_probes"] += 1
         return
     core.stats["suspicions"] += 1
     core._apply_suspect(Suspect(m.name, max(m.incarnation, p.incarnation), core.name), now)

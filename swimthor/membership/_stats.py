@@ -55,6 +55,11 @@ class MembershipStats(TypedDict):
     repair_syncs: int
     final_checks: int
     reconnects: int
+    isolations: int  # times we heard again after hearing nobody (see `isolated`)
+    declared_alone: int  # failures we declared while isolated (kept to ourselves)
+    alives_not_refuting: int  # newer alives of suspects that answered no suspicion
+    silent_probes: int  # failed probes none of whose relays answered: no suspicion raised
+    late_answers: int  # acks and nacks to our probes that came after they timed out
 
 
 # The counter names, in declaration (and publication) order.

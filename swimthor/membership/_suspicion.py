@@ -4,9 +4,10 @@ SWIM's suspicion sub-protocol with Lifeguard's local-health-aware suspicion (LHA
 a suspicion starts long (`suspicion_timeouts`, scaled by the cluster size) and shrinks with
 each independent confirmation, down to a floor after `k` of them (`expected_confirmations`).
 It runs longer for a member that told us it is slow, and for one that refuted a suspicion
-recently. A healthy member that hears a suspicion may ping the suspect itself (our suspect
-check), so confirmations arrive within a round trip. When a suspicion runs out short of its
-confirmations we look once more ourselves (the final check) before declaring the failure.
+recently, up to `suspicion_patience_max` times. A healthy member that hears a suspicion may
+ping the suspect itself (our suspect check), so confirmations arrive within a round trip. When
+a suspicion runs out short of its confirmations we look once more ourselves (the final check)
+before declaring the failure.
 And a death reported by another member, of a member we heard from more recently than any real
 failure could have been declared, is taken as a suspicion only.
 
@@ -19,10 +20,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from . import _probes
-from ._events import MemberSuspected
+from ._events import MemberSuspected, MemberUpdated
 from ._lifeguard import Suspicion, expected_confirmations, suspicion_timeouts
 from ._member import Member, State
-from ._messages import Dead, Suspect
+from ._messages import Alive, Dead, Suspect
 
 if TYPE_CHECKING:
     from ._core import Membership
@@ -60,10 +61,11 @@ def start(core: Membership, m: Member, s: Suspect, now: float) -> None:
         lo = cfg.suspicion_min_floor
     # More time for a member that said it is slow, or that just refuted a suspicion:
     # it is alive, and its refutation takes longer than a healthy member's.
-    scale = 1 + min(m.health, 3)
+    scale: float = 1 + min(m.health, 3)
     count, last = core._refuted.get(s.name, (0, 0.0))
     if count and now - last <= cfg.refutation_memory:
         scale += min(count, 2)
+    scale = min(scale, max(1.0, cfg.suspicion_patience_max))
     lo, hi = lo * scale, hi * scale
     susp = Suspicion(origin=s.origin, k=k, min_timeout=lo, max_timeout=hi, start=now)
     core._suspects[s.name] = SuspectState(susp, now, s.origin)
@@ -120,3 +122,29 @@ def doubt_death(core: Membership, d: Dead, m: Member, now: float) -> bool:
         core.num_live(), cfg.suspicion_mult, cfg.suspicion_max_timeout_mult, cfg.probe_interval
     )
     return now - m.last_heard < max(lo, cfg.suspicion_min_floor)
+
+
+def answers(core: Membership, a: Alive, m: Member) -> bool:
+    """Whether a newer alive of the suspect `m` answers the suspicion in force: its sender
+    heard it (`refutes` is the incarnation it was accused at). One that answers none (it
+    announced itself slow, or changed its tags, while deaf) does not clear the suspicion.
+    From an older sender (no `refutes`), or with `strict_refutation` off, any newer alive
+    does (memberlist's rule)."""
+    return not core.config.strict_refutation or a.refutes is None or a.refutes >= m.incarnation
+
+
+def carry(core: Membership, m: Member, a: Alive, now: float, *, rebroadcast: bool) -> None:
+    """Take a non-answering alive's incarnation and metadata; the suspicion runs on (and
+    what we probe, confirm or declare from now on is at the new incarnation)."""
+    core.stats["alives_not_refuting"] += 1
+    changed = (m.dc, m.roles, m.weight, m.tags) != (a.dc, a.roles, a.weight, a.tags)
+    m.dc, m.roles, m.weight, m.tags = a.dc, a.roles, a.weight, dict(a.tags)
+    m.incarnation = a.incarnation
+    m.protocol = a.protocol
+    m.health = a.health
+    core._live.touch(m)
+    if rebroadcast:
+        core._queue_broadcast(m.name, a)
+    core._update_digest()
+    if changed:
+        core._emit(MemberUpdated(m.copy()))

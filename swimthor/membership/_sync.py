@@ -154,9 +154,20 @@ def open_push_pull(core: Membership, addr: Addr, *, join: bool, kind: str, now: 
 
 
 def push_pull_message(core: Membership, *, join: bool, reply: bool) -> PushPull:
+    # What we concluded alone while isolated is not ours to spread: those members go out
+    # as alive, as we knew them before.
+    alone = core._alone
     states = tuple(
         MemberState(
-            m.name, m.addr, m.dc, m.roles, m.weight, m.tags, m.incarnation, m.state, m.protocol
+            m.name,
+            m.addr,
+            m.dc,
+            m.roles,
+            m.weight,
+            m.tags,
+            m.incarnation,
+            State.ALIVE if m.name in alone else m.state,
+            m.protocol,
         )
         for m in core._members.values()
     )

@@ -70,7 +70,7 @@ from ._nodes import (
     _Partition,
     sealing,
 )
-from ._scenario import Fault, Scenario, membership_config
+from ._scenario import ONE_WAY_KINDS, Fault, Scenario, membership_config
 
 __all__ = ["Simulator", "run"]
 
@@ -265,21 +265,7 @@ class Simulator:
             view_live=self._truth_check(),
         )
         c = self.counters
-        stats = {
-            "delivered": c.delivered,
-            "dropped_loss": c.dropped_loss,
-            "dropped_burst": c.dropped_burst,
-            "dropped_lossy": c.dropped_lossy,
-            "dropped_partition": c.dropped_partition,
-            "dropped_down": c.dropped_down,
-            "dropped_flipflop": c.dropped_flipflop,
-            "dropped_queue_full": c.dropped_queue_full,
-            "no_route": c.no_route,
-            "duplicated": c.duplicated,
-            "streams": c.streams,
-            "streams_failed": c.streams_failed,
-            "timer_stuck": c.timer_stuck,
-        }
+        stats = c.as_stats()
         self.result = compute_result(
             obs,
             wall_s=time.perf_counter() - wall0,
@@ -445,12 +431,16 @@ class Simulator:
         src_idx = node.idx
         src_addr = node.addr
         heap = self._heap
+        mute = node.mute
         for data, addr in dgrams:
             node.sent_msgs += 1
             node.sent_bytes += len(data)
             dst = by_addr.get(addr)
             if dst is None:
                 c.no_route += 1
+                continue
+            if mute and rand() < mute:
+                c.dropped_mute += 1
                 continue
             if burst:
                 if node.ge_bad:
@@ -539,9 +529,12 @@ class Simulator:
             )
 
     def _ingress(self, node: _Node, item: _Item) -> None:
-        """An input reaches a node that is paused, slow or flip-flopping."""
+        """An input reaches a node that is paused, slow, deaf or flip-flopping."""
         if node.flip_period and self._flip_dropping(node):
             self.counters.dropped_flipflop += 1
+            return
+        if node.deaf and item[0] == "d" and self._net.random() < node.deaf:
+            self.counters.dropped_deaf += 1
             return
         if node.state == PAUSED:
             self._enqueue_paused(node, item)
@@ -620,9 +613,8 @@ class Simulator:
             self._flush(node)
 
     def _refresh_special(self, node: _Node) -> None:
-        node.special = bool(
-            node.state == PAUSED or node.slow or node.slow_backlog > 0 or node.flip_period
-        )
+        busy = node.slow or node.slow_backlog > 0 or node.flip_period or node.deaf
+        node.special = node.state == PAUSED or bool(busy)
 
     # ------------------------------------------------------------------ streams
 
@@ -670,10 +662,7 @@ class Simulator:
         if server is None:
             self._stream_reply(client, sid, now + self._latency(client, client))
             return
-        if server.state >= CRASHED or (
-            self._partitions
-            and (self._cut(client_idx, server.idx) or self._cut(server.idx, client_idx))
-        ):
+        if server.state >= CRASHED or self._unreachable(client, server):
             # No SYN-ACK: the connect times out.
             self._stream_reply(client, sid, max(now, opened + self._connect_timeout))
             return
@@ -683,17 +672,21 @@ class Simulator:
         else:
             self._process(server, item, False)
 
+    def _unreachable(self, a: _Node, b: _Node) -> bool:
+        """No TCP connection between `a` and `b` completes (a SYN or its SYN-ACK is lost)."""
+        cut = self._partitions and (self._cut(a.idx, b.idx) or self._cut(b.idx, a.idx))
+        return a.no_tcp or b.no_tcp or bool(cut)
+
+    def _reply_lost(self, client: _Node, server_idx: int) -> bool:
+        cut = self._partitions and self._cut(server_idx, client.idx)
+        return client.no_tcp or self.nodes[server_idx].no_tcp or bool(cut)
+
     def _reply_arrives(self, entry: tuple[Any, ...]) -> None:
         _, _, _, client_idx, client_gen, sid, reply, server_idx = entry
         client = self.nodes[client_idx]
         if client.gen != client_gen or client.state >= CRASHED or sid not in client.open_streams:
             return
-        if (
-            reply is not None
-            and server_idx >= 0
-            and self._partitions
-            and self._cut(server_idx, client_idx)
-        ):
+        if reply is not None and server_idx >= 0 and self._reply_lost(client, server_idx):
             return  # the reply is lost; the client's tcp_timeout will fire
         item = ("r", sid, reply)
         if client.special:
@@ -807,6 +800,15 @@ class Simulator:
             node.flip_start = self.now
             node.flip_period = f.period
             self._refresh_special(node)
+        elif kind == "deaf":
+            node.deaf = f.loss
+            self._refresh_special(node)
+        elif kind == "mute":
+            node.mute = f.loss
+        if kind in ONE_WAY_KINDS and f.loss >= 1.0:
+            # Cut off one way from everybody: to the others, a failure they should declare.
+            assert f.duration is not None
+            self.crashes.append(Crash(node.idx, node.name, rel, rel + f.duration, kind))
 
     def _fault_off(self, node: _Node, f: Fault) -> None:
         kind = f.kind
@@ -828,6 +830,11 @@ class Simulator:
         elif kind == "flipflop":
             node.flip_period = 0.0
             self._refresh_special(node)
+        elif kind == "deaf":
+            node.deaf = 0.0
+            self._refresh_special(node)
+        elif kind == "mute":
+            node.mute = 0.0
 
     def _resume(self, node: _Node) -> None:
         """SIGCONT: overdue timers fire first, then the queued inputs, in arrival order."""

@@ -14,6 +14,15 @@ Times are seconds after the scenario's time 0 (the end of warm-up). Definitions:
   detection of its outage). Slow, lossy, flip-flopping or partitioned members count as
   healthy: declaring them failed is a false failure. `*_by_fault` breaks them down by
   the victim's latest fault (or "none"); `*_by_observer_fault` by the observer's.
+- detection_by_kind: the same measures per kind of outage: crash and restart as above, and
+  the one-way faults that cut a member off completely (deaf: it hears nothing; mute: it says
+  nothing), which the others should declare like a crash; their observers are the healthy
+  members (running at the end, no fault of their own in the run).
+- declarations: per kind of gray fault (pause, slow, lossy, partial deaf or mute, flipflop),
+  how often each healthy observer declared each member under it failed over the run:
+  `members`, `max` and `mean` of those per (member, observer) counts.
+- healthy_false_failures: MemberFailed events in which neither the member declared nor the
+  member declaring it had any fault in the run.
 - dissemination_s: per fully detected crash, from the first MemberFailed(X) anywhere until
   the last observer has it.
 - load: datagrams and bytes sent per node per second of its running time in the scenario
@@ -31,7 +40,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._scenario import Scenario
+from ._scenario import ONE_WAY_KINDS, Scenario
 
 __all__ = ["Crash", "Observation", "SimResult", "compute_result", "summary"]
 
@@ -103,6 +112,9 @@ class SimResult:
     false_failures_by_fault: dict[str, int] = field(default_factory=dict)
     false_suspicions_by_fault: dict[str, int] = field(default_factory=dict)
     false_failures_by_observer_fault: dict[str, int] = field(default_factory=dict)
+    detection_by_kind: dict[str, dict[str, Any]] = field(default_factory=dict)
+    declarations: dict[str, dict[str, float]] = field(default_factory=dict)
+    healthy_false_failures: int = 0
     views_match_truth: bool | None = None
     faults: list[dict[str, Any]] = field(default_factory=list)
     stats: dict[str, int] = field(default_factory=dict)
@@ -141,6 +153,9 @@ class SimResult:
             "false_failures_by_fault": self.false_failures_by_fault,
             "false_suspicions_by_fault": self.false_suspicions_by_fault,
             "false_failures_by_observer_fault": self.false_failures_by_observer_fault,
+            "detection_by_kind": self.detection_by_kind,
+            "declarations": self.declarations,
+            "healthy_false_failures": self.healthy_false_failures,
             "warmup_s": round(self.warmup_s, 6),
             "warmup_converged": self.warmup_converged,
             "bootstrap_s": None if self.bootstrap_s is None else round(self.bootstrap_s, 6),
@@ -179,8 +194,20 @@ class SimResult:
             ]
         ff = ", ".join(f"{k} {v}" for k, v in sorted(self.false_failures_by_fault.items()))
         fs = ", ".join(f"{k} {v}" for k, v in sorted(self.false_suspicions_by_fault.items()))
+        for kind, dk in self.detection_by_kind.items():
+            if kind in ONE_WAY_KINDS:
+                lines.append(
+                    f"{kind} declared:     {dk['count']} of {dk['crashes']}, all by "
+                    + dist(dk["all_failed_s"])
+                )
+        for kind, dec in self.declarations.items():
+            lines.append(
+                f"declared, {kind}: max {dec['max']:g} mean {dec['mean']:.2f} per observer "
+                f"({dec['members']:g} members)"
+            )
         lines.append(f"false failures:    {self.false_failures}" + (f" ({ff})" if ff else ""))
         lines.append(f"false suspicions:  {self.false_suspicions}" + (f" ({fs})" if fs else ""))
+        lines.append(f"healthy declared:  {self.healthy_false_failures} (by healthy members)")
         ld = self.load
         if ld["msgs_per_node_s"] is not None:
             lines.append(
@@ -206,12 +233,18 @@ _STALE_GRACE = 30.0
 
 
 def _unresponsive_within(obs: Observation, i: int, a: float, b: float) -> bool:
-    """Was member i crashed, gone or paused at any moment of [a, b]?"""
+    """Was member i crashed, gone, paused, or cut off one way (deaf or mute to all) at any
+    moment of [a, b]?"""
+    cut = [(c.at, c.until, c.kind) for c in obs.crashes if c.idx == i and c.kind in ONE_WAY_KINDS]
     pauses = [f for f in obs.fault_log.get(i, ()) if f[2] == "pause"]
     return any(
         start <= b and (end is None or end >= a)
-        for start, end, _kind in [*obs.down_log.get(i, ()), *pauses]
+        for start, end, _kind in [*obs.down_log.get(i, ()), *pauses, *cut]
     )
+
+
+# Gray faults: the member stays up; `declarations` counts how often it is declared anyway.
+_GRAY_KINDS = ("pause", "slow", "lossy", "deaf", "mute", "flipflop")
 
 
 def _latest_fault(log: list[tuple[float, float | None, str]] | None, t: float) -> str:
@@ -268,39 +301,36 @@ def compute_result(
         return any(end is None for _s, end, _w in obs.down_log.get(i, ()))
 
     running = [i for i, st in enumerate(obs.final_state) if st == _RUNNING and not leaving(i)]
-    first_suspect: list[float] = []
-    each_failed: list[float] = []
-    all_failed: list[float] = []
-    dissemination: list[float] = []
-    informed: list[list[float]] = []
-    detected = 0
-    for c in obs.crashes:
-        observers = [i for i in running if i != c.idx and obs.started[i] - obs.origin <= c.at]
-        suspected_at: float | None = None
-        failed: dict[int, float] = {}
-        first_failed: float | None = None
-        for t, who, code in by_member.get(c.name, ()):
-            if not c.at <= t < c.until:
-                continue
-            if code == _SUSPECTED:
-                if suspected_at is None or t < suspected_at:
-                    suspected_at = t
-            else:
-                if who not in failed:
-                    failed[who] = t
-                if first_failed is None or t < first_failed:
-                    first_failed = t
-        if suspected_at is not None:
-            first_suspect.append(suspected_at - c.at)
-        times = [failed[i] - c.at for i in observers if i in failed]
-        each_failed.extend(times)
-        if observers and len(times) == len(observers):
-            detected += 1
-            last = max(times)
-            all_failed.append(last)
-            if first_failed is not None:
-                dissemination.append(last + c.at - first_failed)
-                informed.append(sorted(t + c.at - first_failed for t in times))
+    faulted = {i for i, log in obs.fault_log.items() if log} | {
+        i for i, log in obs.down_log.items() if log
+    }
+    healthy = [i for i in running if i not in faulted]
+    crashes = [c for c in obs.crashes if c.kind not in ONE_WAY_KINDS]
+    main = _detect(obs, crashes, by_member, running, per_observer_start=True)
+    first_suspect, each_failed, all_failed, dissemination, informed, detected = main
+    detection_by_kind: dict[str, dict[str, Any]] = {}
+    for kind in sorted({c.kind for c in obs.crashes}):
+        outages = [c for c in obs.crashes if c.kind == kind]
+        if kind in ONE_WAY_KINDS:
+            got = _detect(obs, outages, by_member, healthy, per_observer_start=False)
+        else:
+            got = _detect(obs, outages, by_member, running, per_observer_start=True)
+        detection_by_kind[kind] = {
+            "count": got[5],
+            "crashes": len(outages),
+            "first_suspect_s": summary(got[0]),
+            "all_failed_s": summary(got[2]),
+            "each_failed_s": summary(got[1]),
+        }
+    declarations = _declarations(obs, by_member, healthy)
+    healthy_ff = sum(
+        1
+        for _t, who, code, name, _inc in obs.events
+        if code == _FAILED
+        and who not in faulted
+        and name_idx.get(name) is not None
+        and name_idx[name] not in faulted
+    )
 
     # Load over each node's running time in the window.
     total_msgs = total_bytes = 0
@@ -329,7 +359,7 @@ def compute_result(
     converged = len(digests) <= 1
     detection: dict[str, Any] = {
         "count": detected,
-        "crashes": len(obs.crashes),
+        "crashes": len(crashes),
         "first_suspect_s": summary(first_suspect),
         "all_failed_s": summary(all_failed),
         "each_failed_s": summary(each_failed),
@@ -353,6 +383,9 @@ def compute_result(
         false_failures_by_fault=dict(sorted(ff_by.items())),
         false_suspicions_by_fault=dict(sorted(fs_by.items())),
         false_failures_by_observer_fault=dict(sorted(ff_obs.items())),
+        detection_by_kind=detection_by_kind,
+        declarations=declarations,
+        healthy_false_failures=healthy_ff,
         views_match_truth=obs.view_live,
         faults=faults,
         stats=stats,
@@ -366,3 +399,87 @@ def compute_result(
         },
         informed=informed,
     )
+
+
+_Detected = tuple[list[float], list[float], list[float], list[float], list[list[float]], int]
+
+
+def _detect(
+    obs: Observation,
+    outages: Sequence[Crash],
+    by_member: dict[str, list[tuple[float, int, int]]],
+    candidates: Sequence[int],
+    *,
+    per_observer_start: bool,
+) -> _Detected:
+    """For each outage: first suspicion, each observer's declaration, the last of them and
+    the dissemination time; and how many every observer declared. The observers are the
+    `candidates` other than the member (started before the outage, if `per_observer_start`)."""
+    first_suspect: list[float] = []
+    each_failed: list[float] = []
+    all_failed: list[float] = []
+    dissemination: list[float] = []
+    informed: list[list[float]] = []
+    detected = 0
+    for c in outages:
+        observers = [
+            i
+            for i in candidates
+            if i != c.idx and (not per_observer_start or obs.started[i] - obs.origin <= c.at)
+        ]
+        suspected_at: float | None = None
+        failed: dict[int, float] = {}
+        first_failed: float | None = None
+        for t, who, code in by_member.get(c.name, ()):
+            if not c.at <= t < c.until:
+                continue
+            if code == _SUSPECTED:
+                if suspected_at is None or t < suspected_at:
+                    suspected_at = t
+            else:
+                if who not in failed:
+                    failed[who] = t
+                if first_failed is None or t < first_failed:
+                    first_failed = t
+        if suspected_at is not None:
+            first_suspect.append(suspected_at - c.at)
+        times = [failed[i] - c.at for i in observers if i in failed]
+        each_failed.extend(times)
+        if observers and len(times) == len(observers):
+            detected += 1
+            last = max(times)
+            all_failed.append(last)
+            if first_failed is not None:
+                dissemination.append(last + c.at - first_failed)
+                informed.append(sorted(t + c.at - first_failed for t in times))
+    return first_suspect, each_failed, all_failed, dissemination, informed, detected
+
+
+def _declarations(
+    obs: Observation,
+    by_member: dict[str, list[tuple[float, int, int]]],
+    healthy: Sequence[int],
+) -> dict[str, dict[str, float]]:
+    """Per gray fault kind: how often each healthy observer declared each member under it."""
+    cut_off = {(c.idx, c.kind) for c in obs.crashes if c.kind in ONE_WAY_KINDS}
+    hit: dict[str, set[int]] = {}
+    for i, log in obs.fault_log.items():
+        for _start, _end, kind in log:
+            if kind in _GRAY_KINDS and (i, kind) not in cut_off:
+                hit.setdefault(kind, set()).add(i)
+    out: dict[str, dict[str, float]] = {}
+    for kind, members in sorted(hit.items()):
+        counts: list[int] = []
+        for i in sorted(members):
+            per: dict[int, int] = dict.fromkeys(healthy, 0)
+            per.pop(i, None)
+            for _t, who, code in by_member.get(obs.names[i], ()):
+                if code == _FAILED and who in per:
+                    per[who] += 1
+            counts.extend(per.values())
+        out[kind] = {
+            "members": len(members),
+            "max": max(counts, default=0),
+            "mean": round(sum(counts) / len(counts), 4) if counts else 0.0,
+        }
+    return out

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import random
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ..keyring import Keyring
@@ -79,6 +79,7 @@ class _Node:
         "core",
         "dc",
         "dci",
+        "deaf",
         "flip_period",
         "flip_start",
         "ge_bad",
@@ -88,6 +89,7 @@ class _Node:
         "leaving",
         "live_count",
         "lossy",
+        "mute",
         "name",
         "open_streams",
         "queue",
@@ -105,6 +107,11 @@ class _Node:
         "stream_bytes",
         "timer_at",
     )
+
+    @property
+    def no_tcp(self) -> bool:
+        """Deaf or mute to everything: no TCP connection to or from it completes."""
+        return self.deaf >= 1.0 or self.mute >= 1.0
 
     def __init__(self, idx: int, name: str, dc: str, dci: int, addr: Addr) -> None:
         self.idx = idx
@@ -131,6 +138,9 @@ class _Node:
         self.flip_start = 0.0
         self.flip_period = 0.0
         self.lossy = 0.0
+        # One-way faults: the share of its inbound (deaf) or outbound (mute) datagrams lost.
+        self.deaf = 0.0
+        self.mute = 0.0
         self.ge_bad = False
         self.open_streams: set[int] = set()
         self.live_count = 1
@@ -155,6 +165,8 @@ class _Counters:
     dropped_partition: int = 0
     dropped_down: int = 0
     dropped_flipflop: int = 0
+    dropped_deaf: int = 0
+    dropped_mute: int = 0
     dropped_queue_full: int = 0
     no_route: int = 0
     duplicated: int = 0
@@ -162,6 +174,10 @@ class _Counters:
     streams_failed: int = 0
     timer_stuck: int = 0
     extra: dict[str, int] = field(default_factory=dict)
+
+    def as_stats(self) -> dict[str, int]:
+        """The counters by name, in declaration order (the result's `network` object)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
 
 
 def sealing(cluster_key: bytes, seed: int, node: _Node) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from ..config import MembershipConfig, profile
 
 __all__ = [
     "FAULT_KINDS",
+    "ONE_WAY_KINDS",
     "Fault",
     "FaultSpecError",
     "Scenario",
@@ -25,9 +26,22 @@ __all__ = [
     "parse_seconds",
 ]
 
-FAULT_KINDS = ("crash", "pause", "slow", "lossy", "flipflop", "partition", "restart", "leave")
+FAULT_KINDS = (
+    "crash",
+    "pause",
+    "slow",
+    "lossy",
+    "deaf",
+    "mute",
+    "flipflop",
+    "partition",
+    "restart",
+    "leave",
+)
 # Kinds that need a duration (`@T+D`); the others take none.
-_NEEDS_DURATION = ("pause", "slow", "lossy", "flipflop", "partition", "restart")
+_NEEDS_DURATION = ("pause", "slow", "lossy", "deaf", "mute", "flipflop", "partition", "restart")
+# One-way faults of a member: what it loses of its inbound (deaf) or outbound (mute) traffic.
+ONE_WAY_KINDS = ("deaf", "mute")
 
 
 class FaultSpecError(ValueError):
@@ -38,12 +52,14 @@ class FaultSpecError(ValueError):
 class Fault:
     """One fault injected into a run. Times are seconds after the scenario's time 0.
 
-    kind      crash | pause | slow | lossy | flipflop | partition | restart | leave
+    kind      crash | pause | slow | lossy | deaf | mute | flipflop | partition | restart | leave
     at        when it starts
     count     how many members it hits, picked by the seed (never node 0 while others are
               left, never one member twice across faults while others are left)
     duration  how long it lasts (pause, slow, lossy, flipflop, partition; restart: downtime)
-    loss      lossy: the extra loss on the member's links, both directions
+    loss      lossy: the extra loss on the member's links, both directions; deaf: the share
+              of its inbound datagrams lost (1: it hears nothing, TCP toward it and from it
+              fails too); mute: likewise for what it sends
     period    flipflop: one full cycle (dropping ingress for the first half of each)
     sides     partition: two groups, each a tuple of datacenter names ("dc2") or node names
               ("n7"); an empty second side means "everybody else"
@@ -77,8 +93,10 @@ class Fault:
                 raise FaultSpecError("duration must be > 0")
         elif self.duration is not None:
             raise FaultSpecError(f"{self.kind} takes no duration")
-        if self.kind == "lossy" and not 0.0 < self.loss <= 1.0:
-            raise FaultSpecError("lossy needs a loss fraction in (0, 1]")
+        if self.kind in ONE_WAY_KINDS and self.loss == 0.0:
+            object.__setattr__(self, "loss", 1.0)  # deaf or mute: all of it, unless told
+        if self.kind in ("lossy", *ONE_WAY_KINDS) and not 0.0 < self.loss <= 1.0:
+            raise FaultSpecError(f"{self.kind} needs a loss fraction in (0, 1]")
         if self.kind == "flipflop" and not (math.isfinite(self.period) and self.period > 0):
             raise FaultSpecError("flipflop needs a period > 0")
 
@@ -257,7 +275,8 @@ def _side(text: str) -> tuple[str, ...]:
 def parse_fault(spec: str) -> Fault:
     """Read one `--fault` spec; FaultSpecError (a ValueError) with the reason otherwise.
 
-    crash:K@T  pause:K@T+D  slow:K@T+D  lossy:K@T+D/P  flipflop:K@T+D/PERIOD
+    crash:K@T  pause:K@T+D  slow:K@T+D  lossy:K@T+D/P  deaf:K@T+D[/P]  mute:K@T+D[/P]
+    flipflop:K@T+D/PERIOD
     partition:dc1|dc2@T+D  partition:dc1>dc2@T+D (one way)  partition:K@T+D (K members cut
     off from the rest)  restart:K@T+D[/newaddr]  leave:K@T
     """
@@ -284,6 +303,8 @@ def parse_fault(spec: str) -> Fault:
         if not slash:
             raise FaultSpecError("lossy needs /P, the loss fraction")
         kw["loss"] = _fraction(param)
+    elif kind in ONE_WAY_KINDS:
+        kw["loss"] = _fraction(param) if slash else 1.0
     elif kind == "flipflop":
         if not slash:
             raise FaultSpecError("flipflop needs /PERIOD")
