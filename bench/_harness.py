@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from swimthor.control import call
+from swimthor.ports import free_ports
 
 # The wait loop and the process wrapper (the benchmarks take them from here), under the name
 # this module was imported by: as bench._harness from the repository root, as _harness where
@@ -45,18 +45,9 @@ STATE_EVENTS = (FAILED, SUSPECTED, LEFT, RECOVERED, JOINED)
 
 
 def free_port() -> int:
-    """A port free on 127.0.0.1 for both TCP and UDP (gossip binds both)."""
-    for _ in range(1000):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-            t.bind(("127.0.0.1", 0))
-            port = int(t.getsockname()[1])
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            try:
-                u.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port on 127.0.0.1")
+    """A port free on 127.0.0.1 for both TCP and UDP (gossip binds both), reserved for this
+    process (`swimthor.ports`)."""
+    return free_ports(1)[0]
 
 
 def pct(values: list[float], q: float) -> float | None:

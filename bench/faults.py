@@ -45,7 +45,7 @@ from typing import Any
 import trio
 from dnslib import DNSRecord
 
-from swimthor.demo import free_ports
+from swimthor.ports import free_ports
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/_procs.py, also by path
 from _procs import AgentProcess, wait_until

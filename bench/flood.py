@@ -29,7 +29,7 @@ from typing import Any
 import trio
 from dnslib import DNSRecord
 
-from swimthor.demo import free_ports
+from swimthor.ports import free_ports
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _procs import AgentProcess

@@ -15,7 +15,6 @@ from __future__ import annotations
 import inspect
 import random
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -28,6 +27,7 @@ import trio
 
 from swimthor.config import AgentConfig, DnsConfig, SipConfig, format_hostport
 from swimthor.keyring import Keyring
+from swimthor.ports import free_ports
 
 HOST = "127.0.0.1"
 CHAOS_LINES = 8  # chaos lines shown under the table
@@ -56,29 +56,6 @@ class NodeRow:
     sip: str = "-"
     bindings: str = "-"
     dns: str = "-"
-
-
-def free_ports(n: int, host: str = HOST) -> list[int]:
-    """n distinct ports free for both TCP and UDP on `host` (held until all are found)."""
-    held: list[socket.socket] = []
-    ports: list[int] = []
-    try:
-        while len(ports) < n:
-            tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            held.append(tcp)
-            tcp.bind((host, 0))
-            port = int(tcp.getsockname()[1])
-            udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            held.append(udp)
-            try:
-                udp.bind((host, port))
-            except OSError:
-                continue
-            ports.append(port)
-    finally:
-        for s in held:
-            s.close()
-    return ports
 
 
 def node_configs(

@@ -18,14 +18,14 @@ from typing import Any
 
 from bench._procs import AgentProcess
 from bench._procs import wait_until as _wait_until
-from swimthor.demo import free_ports
 from swimthor.membership import Keyring
+from swimthor.ports import free_ports
 
 DOMAIN = "example.com"
 
 
 def _free_port() -> int:
-    """A port free on 127.0.0.1 for both TCP and UDP."""
+    """A port free on 127.0.0.1 for both TCP and UDP, reserved for this run."""
     return free_ports(1)[0]
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench/_procs.
 from sip_agents import _free_port
 
 from bench._procs import ProcessExited, wait_until
+from swimthor.ports import free_ports
 
 SCENARIOS = Path(__file__).parent.parent / "swimthor" / "sip" / "scenarios"
 
@@ -269,18 +269,4 @@ def wait_bound(
 
 def free_media_port() -> int:
     """An even port P with P..P+3 free for UDP: sipp's RTP echo binds -mp and -mp + 2."""
-    for _ in range(200):
-        base = _free_port() & ~1
-        socks: list[socket.socket] = []
-        try:
-            for port in range(base, base + 4):
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                socks.append(s)
-                s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-        return base
-    raise AssertionError("no four free UDP ports in a row on 127.0.0.1")
+    return free_ports(1, block=4)[0]

@@ -40,6 +40,7 @@ from swimthor.cli import (
 )
 from swimthor.config import AgentConfig
 from swimthor.keyring import Keyring
+from swimthor.ports import free_ports
 
 NOW = 1_700_000_000.0
 
@@ -544,7 +545,7 @@ async def test_demo_table_formatting() -> None:
     four = demo.node_configs(4, [1, 2, 3, 4], "local", Path("/tmp/x"), insecure=True)
     assert [c.dc for c in four] == ["dc1", "dc2", "dc1", "dc2"]
     assert all(c.roles == ["sip"] for c in four)
-    ports = demo.free_ports(3)
+    ports = free_ports(3)
     assert len(set(ports)) == 3
     served = demo.node_configs(2, [1, 2], "local", Path("/tmp/x"), True, [5061, 5062], [8061, 8062])
     assert [c.dns.bind if c.dns else None for c in served] == [

@@ -12,8 +12,8 @@ import pytest
 from sip_agents import DOMAIN, Node, cluster_of, wait_until
 from tls_certs import make_pki
 
-from swimthor.demo import free_ports
 from swimthor.directory import SIPS_TAG, WSS_TAG
+from swimthor.ports import free_ports
 
 pytestmark = pytest.mark.skipif(
     shutil.which("dig") is None, reason="dig is not installed (apt-get install bind9-dnsutils)"

@@ -20,16 +20,16 @@ from sip_helpers import (
     unique,
 )
 
+from swimthor.ports import free_ports
+
 LIMIT = 10
 
 
 def _dead_port(kind: int) -> int:
-    """A loopback port that was free a moment ago and has nothing bound to it now."""
-    s = stdsocket.socket(stdsocket.AF_INET, kind)
-    s.bind(("127.0.0.1", 0))
-    port = int(s.getsockname()[1])
-    s.close()
-    return port
+    """A loopback port with nothing bound to it, that nobody else will bind meanwhile: one
+    reserved for this run, outside the ephemeral range (`swimthor.ports`)."""
+    del kind  # reserved for TCP and UDP alike
+    return free_ports(1)[0]
 
 
 def _invite(client: UdpClient, user: str) -> bytes:

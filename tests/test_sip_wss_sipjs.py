@@ -37,8 +37,8 @@ from phone_events import EventProcess
 from sip_agents import DOMAIN, Node, swimthor, wait_until
 from tls_certs import Pki, make_pki
 
-from swimthor.demo import free_ports
 from swimthor.membership import Keyring
+from swimthor.ports import free_ports
 
 WSPHONE = Path(__file__).parent / "wsphone"
 PJSUA_PHONE = Path(__file__).parent / "pjsua_phone.py"

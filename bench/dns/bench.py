@@ -65,7 +65,7 @@ from bench._harness import free_port
 from bench._procs import AgentProcess, ProcessExited, stop_process
 from bench._procs import wait_until as _wait_until
 from swimthor.control import ControlError, call
-from swimthor.demo import free_ports
+from swimthor.ports import free_ports
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent

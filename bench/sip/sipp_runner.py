@@ -40,6 +40,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from swimthor.ports import free_ports
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 
@@ -70,40 +72,17 @@ SIPP_BUFFER = 4 * 1024 * 1024  # -buff_size: sipp's socket send and receive buff
 
 
 def free_udp_port(exclude: Sequence[int] = ()) -> int:
-    """A port free on 127.0.0.1 for both UDP and TCP (Kamailio listens on both)."""
-    for _ in range(1000):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind(("127.0.0.1", 0))
-            port = int(u.getsockname()[1])
-        if port in exclude:
-            continue
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-            try:
-                t.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port on 127.0.0.1")
+    """A port free on 127.0.0.1 for both UDP and TCP (Kamailio listens on both), reserved
+    for this process (`swimthor.ports`: never handed out twice, by this run or another)."""
+    while True:
+        port = free_ports(1)[0]
+        if port not in exclude:
+            return port
 
 
 def _free_port_pair() -> int:
-    """An even port P with P and P+2 free for UDP (sipp's RTP echo binds -mp and -mp+2)."""
-    for _ in range(1000):
-        p = free_udp_port()
-        p -= p % 2
-        try:
-            socks = []
-            for q in (p, p + 1, p + 2, p + 3):
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                socks.append(s)
-                s.bind(("127.0.0.1", q))
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-        return p
-    raise RuntimeError("no free port pair on 127.0.0.1")
+    """An even port P with P..P+3 free for UDP (sipp's RTP echo binds -mp and -mp+2)."""
+    return free_ports(1, block=4)[0]
 
 
 def write_users_csv(path: Path | str, users: Sequence[str], order: str = "SEQUENTIAL") -> Path:
