@@ -39,14 +39,17 @@ from .keyring import Keyring, KeyringFileError
 from .membership import (
     Addr,
     Event,
+    Isolation,
     Joined,
     JoinFailed,
     KeyringChanged,
     Member,
     MemberFailed,
+    MemberHeld,
     MemberJoined,
     MemberLeft,
     MemberRecovered,
+    MemberReleased,
     Membership,
     MemberSuspected,
     MemberUpdated,
@@ -524,6 +527,19 @@ def _describe(ev: Event) -> tuple[str, str, dict[str, Any]]:
                 "previous": ev.previous,
             },
         )
+    if isinstance(ev, MemberHeld):
+        return (
+            "warning",
+            f"member held: {ev.reason}",
+            {**_member_fields(ev.member), "reason": ev.reason, "penalty": ev.penalty},
+        )
+    if isinstance(ev, MemberReleased):
+        return "info", "member released", _member_fields(ev.member)
+    if isinstance(ev, Isolation):
+        if ev.isolated:
+            what = "hearing nobody: isolated, our suspicions stay with us"
+            return "warning", what, {"unanswered_probes": ev.probes}
+        return "info", "hearing again after isolation", {}
     if isinstance(ev, MemberLeft):
         return "info", "member left", _member_fields(ev.member)
     if isinstance(ev, MemberJoined):

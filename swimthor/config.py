@@ -85,6 +85,17 @@ class MembershipConfig:
     # it) clears it; a newer alive that answers none (a deaf member changing its tags) is
     # taken, and the suspicion runs on. memberlist clears it on any newer alive (False).
     strict_refutation: bool = True
+    # Not in memberlist (ringpop and BGP have it): flap damping. Each declaration of a member
+    # adds 1 to its penalty, each suspicion it refuted `flap_suspicion_weight`, and the
+    # penalty halves every `flap_half_life` seconds; at `flap_suppress` the
+    # member is held out of routing and DNS (membership still tracks it, and its suspicions
+    # run at least `flap_well` seconds), until the penalty is below `flap_reuse` and it has
+    # been alive, unsuspected, for `flap_well` seconds. A half-life of 0 turns it off.
+    flap_half_life: float = 30.0
+    flap_suspicion_weight: float = 0.5
+    flap_suppress: float = 1.25
+    flap_reuse: float = 0.5
+    flap_well: float = 30.0
     # Not in memberlist: a member that refuted a suspicion of itself in the last
     # `refutation_memory` seconds gets (1 + refutations, at most 2) more suspicion time.
     refutation_memory: float = 60.0
@@ -162,6 +173,7 @@ PROFILES: dict[str, MembershipConfig] = {
         isolation_probes=0,
         silent_relays_suspect=True,
         strict_refutation=False,
+        flap_half_life=0.0,
     ),
     # memberlist DefaultWANConfig: 5 s probes, 3 s timeout, suspicion mult 6, fan-out 4.
     "wan": MembershipConfig(

@@ -4,7 +4,8 @@ One copy of the live members for everything that is not membership: routing, the
 and the DNS front-end read it, and it is fed by the agent from membership events only
 (`apply`), or from a full member list at start (`sync`). Its one definition of live is
 membership's: a member is live while it is alive or suspect (`State.is_live`), until an event
-says it failed or left; it is suspect while its state is SUSPECT.
+says it failed or left; it is suspect while its state is SUSPECT. A member membership holds
+out for flapping (`Member.held`, from `MemberHeld` until `MemberReleased`) is not live here.
 
 Each change is one `DirectoryChange` (the member's record before and after, either None).
 Subscribers get the changes of one event, or of one `sync`, as one list, in the order they
@@ -93,7 +94,13 @@ def live_after(event: MemberEvent) -> bool:
     routing's and the front-ends') one definition."""
     if isinstance(event, MemberFailed | MemberLeft):
         return False
-    return event.member.state.is_live
+    return _counts(event.member)
+
+
+def _counts(m: Member) -> bool:
+    """Live, and not held out (a member that keeps flapping: membership tracks it, routing
+    and DNS leave it out until it has been well for a while)."""
+    return m.state.is_live and not m.held
 
 
 def _same(a: Member, b: Member) -> bool:
@@ -144,12 +151,12 @@ class MemberDirectory:
         wanted = {m.name: m for m in members}
         changes = []
         for name in list(self._live):
-            if name not in wanted or not wanted[name].state.is_live:
+            if name not in wanted or not _counts(wanted[name]):
                 change = self._put(name, None, wanted.get(name))
                 if change is not None:
                     changes.append(change)
         for name, m in wanted.items():
-            change = self._put(name, m.copy() if m.state.is_live else None, m)
+            change = self._put(name, m.copy() if _counts(m) else None, m)
             if change is not None:
                 changes.append(change)
         if changes:

@@ -47,6 +47,7 @@ PUBLISHED = (
     "alives_not_refuting",
     "silent_probes",
     "late_answers",
+    "members_held",
 )
 
 

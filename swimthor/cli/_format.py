@@ -75,7 +75,7 @@ def format_members_text(members: Sequence[Mapping[str, Any]], now: float) -> str
                 _text(m.get("addr")),
                 _text(m.get("dc")),
                 ",".join(str(r) for r in m.get("roles") or ()) or "-",
-                _text(m.get("state")),
+                _text(m.get("state")) + (f" (held: {m['held']})" if m.get("held") else ""),
                 _text(m.get("incarnation")),
                 _age(now - since) if isinstance(since, int | float) else "-",
                 ",".join(f"{k}={v}" for k, v in sorted(tags.items())) or "-",
@@ -256,7 +256,7 @@ def format_cluster_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
             [
                 str(row.get("name")),
                 str(row.get("dc")),
-                str(row.get("state")),
+                str(row.get("state")) + (f" (held: {row['held']})" if row.get("held") else ""),
                 ",".join(map(str, row.get("roles") or [])) or "-",
                 str(row.get("health", "?")),
                 str(row.get("view", "?")),

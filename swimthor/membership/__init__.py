@@ -6,16 +6,20 @@ The protocol core (`Membership`) is sans-IO; `runtime.MembershipRuntime` drives 
 from ..keyring import Keyring, KeyringFileError, SealError
 from ._broadcast import TransmitLimitedQueue, retransmit_limit
 from ._core import Membership, StreamRequest
+from ._damping import HELD_FLAPPING, FlapDamper
 from ._events import (
     Event,
+    Isolation,
     Joined,
     JoinFailed,
     KeyringChanged,
     MemberEvent,
     MemberFailed,
+    MemberHeld,
     MemberJoined,
     MemberLeft,
     MemberRecovered,
+    MemberReleased,
     MemberSuspected,
     MemberUpdated,
     NameConflict,
@@ -88,6 +92,7 @@ from ._status import (
 __all__ = [
     "ACK",
     "ALIVE",
+    "HELD_FLAPPING",
     "MAX_DATAGRAM",
     "MAX_DEPTH",
     "MAX_QUERY_DEPTH",
@@ -105,6 +110,8 @@ __all__ = [
     "Dead",
     "DecodeError",
     "Event",
+    "FlapDamper",
+    "Isolation",
     "JoinFailed",
     "Joined",
     "KeyOp",
@@ -115,9 +122,11 @@ __all__ = [
     "Member",
     "MemberEvent",
     "MemberFailed",
+    "MemberHeld",
     "MemberJoined",
     "MemberLeft",
     "MemberRecovered",
+    "MemberReleased",
     "MemberState",
     "MemberSuspected",
     "MemberUpdated",

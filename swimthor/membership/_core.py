@@ -28,7 +28,8 @@ or small classes it holds: `_probes` (pings in flight, by kind: probe, relay, su
 final check, claim), `_probe_schedule` (whom to probe), `_suspicion` (how long a suspicion
 runs and how it ends), `_isolation` (a member that hears nobody keeps its conclusions
 to itself), `_gossip` (dissemination), `_sync` (push-pull: join, periodic sync,
-repair, reconnect, merge), `_live_set` (the live set and the view digest), `_query` (queries
+repair, reconnect, merge), `_damping` (flap damping), `_tombstones` (forgetting the
+dead), `_live_set` (the live set and the view digest), `_query` (queries
 and key operations), `_status` (the status and members replies) and `_stats` (counters).
 """
 
@@ -44,7 +45,7 @@ from typing import Any
 
 from ..config import MembershipConfig
 from ..keyring import NONCE_SIZE, SEAL_OVERHEAD, Keyring, SealError, open_frame, seal_frame
-from . import _gossip, _isolation, _probes, _query, _suspicion, _sync
+from . import _damping, _gossip, _isolation, _probes, _query, _suspicion, _sync, _tombstones
 from ._broadcast import TransmitLimitedQueue
 from ._events import (
     Event,
@@ -197,6 +198,11 @@ class Membership:
         # one).
         self._recent_probes: dict[int, float] = {}
         self._late_at = -math.inf
+        # Flap damping: members declared again and again are held out (see `_damping`).
+        self._damper = _damping.FlapDamper(
+            config.flap_half_life, config.flap_suppress, config.flap_reuse
+        )
+        self._next_release = math.inf
         self._healthy_since: float | None = None
         self._checked: dict[str, int] = {}
         # Repair sync: since when we hear that others see more live members than we do.
@@ -236,7 +242,7 @@ class Membership:
         # start together do not sync together; the interval is re-read when it is due.
         self._last_push_pull = now - self._push_pull_interval() * rng.uniform(0.0, 0.5)
         self._next_push_pull = self._last_push_pull + self._push_pull_interval()
-        self._next_reap = now + self._reap_interval()
+        self._next_reap = now + _tombstones.reap_interval(config)
         self._next_reconnect = (
             now + config.reconnect_interval * rng.uniform(0.5, 1.0)
             if config.reconnect_interval > 0
@@ -471,6 +477,7 @@ class Membership:
             self._next_push_pull,
             self._next_reap,
             self._next_reconnect,
+            self._next_release,
         )
         for p in self._pending.values():
             t = min(t, p.final if p.kind == PROBE and p.indirect else p.deadline)
@@ -497,9 +504,11 @@ class Membership:
             self._next_gossip = now + self.config.gossip_interval
             _gossip.gossip(self, now)
         _sync.sync_when_due(self, now)
+        if now >= self._next_release:
+            _damping.release_due(self, now)
         if now >= self._next_reap:
-            self._next_reap = now + self._reap_interval()
-            self._reap(now)
+            self._next_reap = now + _tombstones.reap_interval(self.config)
+            _tombstones.reap(self, now)
 
     # ------------------------------------------------------------------ message handling
 
@@ -605,11 +614,7 @@ class Membership:
         m.incarnation = a.incarnation
         m.protocol = a.protocol
         m.health = a.health
-        if previous == State.SUSPECT:
-            count, last = self._refuted.get(m.name, (0, now))
-            if now - last > self.config.refutation_memory:
-                count = 0
-            self._refuted[m.name] = (count + 1, now)
+        flap = previous == State.SUSPECT and _suspicion.refuted(self, m, now)
         self._suspects.pop(m.name, None)
         self._checked.pop(m.name, None)
         self._alone.discard(m.name)
@@ -623,10 +628,13 @@ class Membership:
         if rebroadcast or previous != State.ALIVE:
             self._queue_broadcast(m.name, a)
         self._update_digest()
+        held = _damping.flapped(self, m, now, self.config.flap_suspicion_weight) if flap else None
         if previous != State.ALIVE:
             self._emit(MemberRecovered(m.copy(), previous=previous.label))
         elif changed:
             self._emit(MemberUpdated(m.copy()))
+        if held is not None:
+            self._emit(held)
 
     def _alive_about_self(self, a: Alive, now: float) -> None:
         me = self._members[self.name]
@@ -709,6 +717,9 @@ class Membership:
                 now,
             )
             self._apply_suspect(Suspect(d.name, d.incarnation, d.origin), now)
+            st = self._suspects.get(d.name)
+            if st is not None:
+                st.doubted = True
             return
         susp = self._suspects.pop(d.name, None)
         if not left and _isolation.keeps_to_itself(self, d.origin):
@@ -726,15 +737,18 @@ class Membership:
         self._update_digest()
         if left:
             self._emit(MemberLeft(m.copy()))
-        else:
-            self._emit(
-                MemberFailed(
-                    m.copy(),
-                    by=d.origin,
-                    suspected_for=suspected_for,
-                    confirmations=susp.suspicion.confirmations if susp is not None else 0,
-                )
+            return
+        self._emit(
+            MemberFailed(
+                m.copy(),
+                by=d.origin,
+                suspected_for=suspected_for,
+                confirmations=susp.suspicion.confirmations if susp is not None else 0,
             )
+        )
+        held = None if d.name in self._alone else _damping.flapped(self, m, now, 1.0)
+        if held is not None:
+            self._emit(held)
 
     def _refused_seal(self, e: SealError, addr: Addr, now: float) -> None:
         counter, reason = seal_refusal(e.kind)
@@ -792,25 +806,6 @@ class Membership:
         )
         _sync.merge(self, PushPull(join=False, states=states), now)
 
-    def _reap(self, now: float) -> None:
-        horizon = self.config.tombstone_reap_time
-        gone = [
-            n
-            for n, m in self._members.items()
-            if n != self.name and not m.state.is_live and now - m.since > horizon
-        ]
-        for n in gone:
-            del self._members[n]
-            self._alone.discard(n)
-            self._summaries.pop(n, None)
-            self._live.forget(n)
-        if gone:
-            self._names = list(self._members)
-        # Summaries of members no longer known are dropped with them; stale checks too.
-        for n in [n for n in self._summaries if n not in self._members]:
-            del self._summaries[n]
-        self._broadcasts.prune(max(64, 8 * len(self._members)))
-
     # ------------------------------------------------------------------ helpers
 
     def _emit(self, event: Event) -> None:
@@ -866,10 +861,6 @@ class Membership:
             self._summary_seq += 1
             # Tell a few members directly through the queue (not relayed further by them).
             self._broadcasts.queue("summary:" + self.name, encode_message(self._own_summary()))
-
-    def _reap_interval(self) -> float:
-        # Tombstones are forgotten within a tenth of their lifetime (at most a minute) late.
-        return max(self.config.probe_interval, min(self.config.tombstone_reap_time / 10, 60.0))
 
 
 # What each gossip message does, by its type (every type in `Message`).

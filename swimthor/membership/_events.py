@@ -54,6 +54,21 @@ class MemberRecovered(MemberEvent):
 
 
 @dataclass(frozen=True, slots=True)
+class MemberHeld(MemberEvent):
+    """A member declared failed again and again (its flap `penalty` reached the limit) is
+    held out of routing and DNS for `reason` ("flapping"); membership still tracks it."""
+
+    reason: str = ""
+    penalty: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class MemberReleased(MemberEvent):
+    """A held member has been well long enough (and its penalty has decayed): it is back in
+    routing and DNS if it is live."""
+
+
+@dataclass(frozen=True, slots=True)
 class NameConflict(MemberEvent):
     """Two live nodes claim one name: `member` is the one we keep, `other` the claimant's
     address. Nothing is merged; an operator has to rename one of them."""
@@ -100,4 +115,14 @@ class Rejected:
     detail: str
 
 
-Event = MemberEvent | JoinFailed | Joined | KeyringChanged | Rejected
+@dataclass(frozen=True, slots=True)
+class Isolation:
+    """We hear nobody (`isolated`: our last `probes` probes went wholly unanswered and
+    nothing reached us meanwhile), or we hear again. While isolated our conclusions about
+    others stay with us."""
+
+    isolated: bool
+    probes: int
+
+
+Event = MemberEvent | JoinFailed | Joined | KeyringChanged | Rejected | Isolation

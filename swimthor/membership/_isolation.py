@@ -26,7 +26,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from . import _sync
-from ._events import MemberRecovered
+from ._events import Isolation, MemberRecovered
 from ._member import Addr, Member, State
 
 if TYPE_CHECKING:
@@ -43,9 +43,17 @@ def keeps_to_itself(core: Membership, origin: str) -> bool:
     return origin == core.name and isolated(core)
 
 
+def unanswered(core: Membership) -> None:
+    """A probe of ours went wholly unanswered: no ack, and no relay's nack."""
+    core._unheard_probes += 1
+    if core._unheard_probes == core.config.isolation_probes and isolated(core):
+        core._emit(Isolation(True, core._unheard_probes))
+
+
 def heard(core: Membership, addr: Addr, now: float) -> None:
     """A packet from `addr` reached us."""
     if isolated(core):
+        core._emit(Isolation(False, core._unheard_probes))
         # We hear again after hearing nobody: what we concluded alone is doubtful, and
         # what the others concluded meanwhile we missed. Sync with whoever spoke.
         core.stats["isolations"] += 1

@@ -43,6 +43,9 @@ class Member:
     health: int = 0
     # Lifeguard suspicion bookkeeping lives in the core; this is only the public record.
     last_heard: float = field(default=0.0)
+    # Why this node holds the member out of routing and DNS ("flapping"), or "" (see
+    # `_damping`); membership tracks a held member as any other.
+    held: str = ""
 
     def copy(self) -> Member:
         return Member(
@@ -58,4 +61,5 @@ class Member:
             protocol=self.protocol,
             health=self.health,
             last_heard=self.last_heard,
+            held=self.held,
         )

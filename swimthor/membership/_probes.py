@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from . import _isolation
 from ._events import NameConflict
 from ._member import Addr, Member, State
 from ._messages import Ack, Alive, Nack, Ping, PingReq, Suspect, encode_message
@@ -379,7 +380,7 @@ def _probe_failed(core: Membership, p: Pending, now: float) -> None:
     else:
         core._awareness.apply_delta(1)
     if p.nacks == 0:
-        core._unheard_probes += 1
+        _isolation.unanswered(core)
     announce_health(core, now)
     m = core._members.get(p.target)
     if m is None or not m.state.is_live:
@@ -395,8 +396,13 @@ def _probe_failed(core: Membership, p: Pending, now: float) -> None:
         # at all, and then suspect (kept to ourselves: see `Membership.isolated`).
         core.stats["silent_probes"] += 1
         return
+    if m.incarnation > p.incarnation:
+        # It announced itself alive (refuted, most likely) after we sent the probe: our
+        # evidence is older than its news, and would accuse it at an incarnation it has
+        # already answered (a probe sent into a partition that times out after the heal).
+        return
     core.stats["suspicions"] += 1
-    core._apply_suspect(Suspect(m.name, max(m.incarnation, p.incarnation), core.name), now)
+    core._apply_suspect(Suspect(m.name, m.incarnation, core.name), now)
 
 
 def _relay_acked(core: Membership, p: Pending, now: float) -> None:

@@ -60,6 +60,7 @@ class MembershipStats(TypedDict):
     alives_not_refuting: int  # newer alives of suspects that answered no suspicion
     silent_probes: int  # failed probes none of whose relays answered: no suspicion raised
     late_answers: int  # acks and nacks to our probes that came after they timed out
+    members_held: int  # members we held out for flapping (see `_damping`)
 
 
 # The counter names, in declaration (and publication) order.

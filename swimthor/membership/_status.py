@@ -44,6 +44,7 @@ class ClusterRow(TypedDict):
     roles: list[str]
     health: int
     view: str  # "same", "differs" or "unknown"
+    held: NotRequired[str]  # why we hold it out of routing and DNS ("flapping")
     load: NotRequired[dict[str, int]]  # ours, or from its summary when we heard one
     heard_s_ago: NotRequired[float]  # when its summary came (others only)
 
@@ -87,6 +88,7 @@ def member_json(m: Member, wall_offset: float = 0.0) -> dict[str, Any]:
         "incarnation": m.incarnation,
         "tags": dict(m.tags),
         "since": m.since + wall_offset,
+        "held": m.held,
     }
 
 
@@ -162,6 +164,8 @@ def cluster_table(
             "health": m.health,
             "view": "same" if name in agree else "differs" if name in disagree else "unknown",
         }
+        if m.held:
+            row["held"] = m.held
         if name == own:
             row["health"] = own_health
             row["load"] = dict(own_load)

@@ -39,6 +39,9 @@ class SuspectState:
     hold: float | None = None
     answered: bool = False
     final_tries: int = 0
+    # Started from another member's report of a death we doubted (see `doubt_death`): not
+    # evidence that the member flaps, if it refutes.
+    doubted: bool = False
 
     @property
     def due(self) -> float:
@@ -67,6 +70,11 @@ def start(core: Membership, m: Member, s: Suspect, now: float) -> None:
         scale += min(count, 2)
     scale = min(scale, max(1.0, cfg.suspicion_patience_max))
     lo, hi = lo * scale, hi * scale
+    if m.held:
+        # Held for flapping: it is out of routing already; declaring it again each time it
+        # drops out for a few seconds would only count another flap.
+        lo = max(lo, cfg.flap_well)
+        hi = max(hi, lo)
     susp = Suspicion(origin=s.origin, k=k, min_timeout=lo, max_timeout=hi, start=now)
     core._suspects[s.name] = SuspectState(susp, now, s.origin)
     core._emit(MemberSuspected(m.copy(), by=s.origin))
@@ -148,3 +156,18 @@ def carry(core: Membership, m: Member, a: Alive, now: float, *, rebroadcast: boo
     core._update_digest()
     if changed:
         core._emit(MemberUpdated(m.copy()))
+
+
+def refuted(core: Membership, m: Member, now: float) -> bool:
+    """The suspect `m` refuted the suspicion in force. Remember it (more patience with it
+    for `refutation_memory`), and say whether it counts as a flap: not a suspicion that was
+    a doubted death (after a partition heals, the other side's declarations arrive as those)
+    nor one we raised alone while isolated."""
+    st = core._suspects.get(m.name)
+    if st is None or st.doubted or m.name in core._alone:
+        return False
+    count, last = core._refuted.get(m.name, (0, now))
+    if now - last > core.config.refutation_memory:
+        count = 0
+    core._refuted[m.name] = (count + 1, now)
+    return True

@@ -252,8 +252,14 @@ def merge_states(core: Membership, msg: PushPull, now: float) -> None:
         elif s.state == State.DEAD and is_tombstone(core, s.name):
             core._apply_dead(Dead(s.name, s.incarnation, core.name), now)
         else:
-            # memberlist: a remote "dead" is only a suspicion here, to be safe.
+            # memberlist: a remote "dead" is only a suspicion here, to be safe; and a
+            # doubted one (as a reported death of a member we hear from): if it refutes,
+            # that says nothing about it (see `_suspicion.refuted`).
+            fresh = s.name not in core._suspects
             core._apply_suspect(Suspect(s.name, s.incarnation, core.name), now)
+            st = core._suspects.get(s.name)
+            if fresh and st is not None:
+                st.doubted = True
 
 
 def is_tombstone(core: Membership, name: str) -> bool:

@@ -14,7 +14,15 @@ from ._cli import run_profiled, scenario_from_args
 from ._engine import Simulator, run
 from ._faults import fault_targets
 from ._metrics import SimResult, summary
-from ._nodes import EV_FAILED, EV_JOINED, EV_LEFT, EV_RECOVERED, EV_SUSPECTED
+from ._nodes import (
+    EV_FAILED,
+    EV_HELD,
+    EV_JOINED,
+    EV_LEFT,
+    EV_RECOVERED,
+    EV_RELEASED,
+    EV_SUSPECTED,
+)
 from ._scenario import (
     FAULT_KINDS,
     Fault,
@@ -28,9 +36,11 @@ from ._scenario import (
 
 __all__ = [
     "EV_FAILED",
+    "EV_HELD",
     "EV_JOINED",
     "EV_LEFT",
     "EV_RECOVERED",
+    "EV_RELEASED",
     "EV_SUSPECTED",
     "FAULT_KINDS",
     "Fault",

@@ -20,9 +20,11 @@ Times are seconds after the scenario's time 0 (the end of warm-up). Definitions:
   members (running at the end, no fault of their own in the run).
 - declarations: per kind of gray fault (pause, slow, lossy, partial deaf or mute, flipflop),
   how often each healthy observer declared each member under it failed over the run:
-  `members`, `max` and `mean` of those per (member, observer) counts.
+  `members`, `max` and `mean` of those per (member, observer) counts; and `out_share_mean`,
+  `out_share_min`: the share of the fault's time the member was out of the observer's
+  routing (declared failed, or held for flapping).
 - healthy_false_failures: MemberFailed events in which neither the member declared nor the
-  member declaring it had any fault in the run.
+  member declaring it had any fault in the run; healthy_held likewise for MemberHeld.
 - dissemination_s: per fully detected crash, from the first MemberFailed(X) anywhere until
   the last observer has it.
 - load: datagrams and bytes sent per node per second of its running time in the scenario
@@ -44,8 +46,12 @@ from ._scenario import ONE_WAY_KINDS, Scenario
 
 __all__ = ["Crash", "Observation", "SimResult", "compute_result", "summary"]
 
+_JOINED = 1
 _SUSPECTED = 2
 _FAILED = 3
+_RECOVERED = 5
+_HELD = 6
+_RELEASED = 7
 _RUNNING = 0
 
 
@@ -115,6 +121,7 @@ class SimResult:
     detection_by_kind: dict[str, dict[str, Any]] = field(default_factory=dict)
     declarations: dict[str, dict[str, float]] = field(default_factory=dict)
     healthy_false_failures: int = 0
+    healthy_held: int = 0
     views_match_truth: bool | None = None
     faults: list[dict[str, Any]] = field(default_factory=list)
     stats: dict[str, int] = field(default_factory=dict)
@@ -156,6 +163,7 @@ class SimResult:
             "detection_by_kind": self.detection_by_kind,
             "declarations": self.declarations,
             "healthy_false_failures": self.healthy_false_failures,
+            "healthy_held": self.healthy_held,
             "warmup_s": round(self.warmup_s, 6),
             "warmup_converged": self.warmup_converged,
             "bootstrap_s": None if self.bootstrap_s is None else round(self.bootstrap_s, 6),
@@ -203,11 +211,15 @@ class SimResult:
         for kind, dec in self.declarations.items():
             lines.append(
                 f"declared, {kind}: max {dec['max']:g} mean {dec['mean']:.2f} per observer "
-                f"({dec['members']:g} members)"
+                f"({dec['members']:g} members), out of routing {dec['out_share_mean']:.0%} "
+                f"of the fault (least {dec['out_share_min']:.0%})"
             )
         lines.append(f"false failures:    {self.false_failures}" + (f" ({ff})" if ff else ""))
         lines.append(f"false suspicions:  {self.false_suspicions}" + (f" ({fs})" if fs else ""))
-        lines.append(f"healthy declared:  {self.healthy_false_failures} (by healthy members)")
+        lines.append(
+            f"healthy declared:  {self.healthy_false_failures} (by healthy members), "
+            f"held: {self.healthy_held}"
+        )
         ld = self.load
         if ld["msgs_per_node_s"] is not None:
             lines.append(
@@ -278,7 +290,9 @@ def compute_result(
     ff_by: dict[str, int] = {}
     fs_by: dict[str, int] = {}
     ff_obs: dict[str, int] = {}
+    routing: dict[str, list[tuple[float, int, int]]] = {}
     for t, who, code, name, _inc in obs.events:
+        routing.setdefault(name, []).append((t, who, code))
         if code != _FAILED and code != _SUSPECTED:
             continue
         by_member.setdefault(name, []).append((t, who, code))
@@ -322,15 +336,19 @@ def compute_result(
             "all_failed_s": summary(got[2]),
             "each_failed_s": summary(got[1]),
         }
-    declarations = _declarations(obs, by_member, healthy)
-    healthy_ff = sum(
-        1
-        for _t, who, code, name, _inc in obs.events
-        if code == _FAILED
-        and who not in faulted
-        and name_idx.get(name) is not None
-        and name_idx[name] not in faulted
-    )
+    declarations = _declarations(obs, by_member, routing, healthy)
+
+    def healthy_pairs(kind: int) -> int:
+        return sum(
+            1
+            for _t, who, code, name, _inc in obs.events
+            if code == kind
+            and who not in faulted
+            and name_idx.get(name) is not None
+            and name_idx[name] not in faulted
+        )
+
+    healthy_ff = healthy_pairs(_FAILED)
 
     # Load over each node's running time in the window.
     total_msgs = total_bytes = 0
@@ -386,6 +404,7 @@ def compute_result(
         detection_by_kind=detection_by_kind,
         declarations=declarations,
         healthy_false_failures=healthy_ff,
+        healthy_held=healthy_pairs(_HELD),
         views_match_truth=obs.view_live,
         faults=faults,
         stats=stats,
@@ -458,28 +477,75 @@ def _detect(
 def _declarations(
     obs: Observation,
     by_member: dict[str, list[tuple[float, int, int]]],
+    routing: dict[str, list[tuple[float, int, int]]],
     healthy: Sequence[int],
 ) -> dict[str, dict[str, float]]:
-    """Per gray fault kind: how often each healthy observer declared each member under it."""
+    """Per gray fault kind: how often each healthy observer declared each member under it,
+    and the share of the fault's time the member was out of its routing."""
     cut_off = {(c.idx, c.kind) for c in obs.crashes if c.kind in ONE_WAY_KINDS}
-    hit: dict[str, set[int]] = {}
+    hit: dict[str, dict[int, list[tuple[float, float]]]] = {}
     for i, log in obs.fault_log.items():
-        for _start, _end, kind in log:
+        for start, end, kind in log:
             if kind in _GRAY_KINDS and (i, kind) not in cut_off:
-                hit.setdefault(kind, set()).add(i)
+                window = (start, obs.scenario.duration if end is None else end)
+                hit.setdefault(kind, {}).setdefault(i, []).append(window)
     out: dict[str, dict[str, float]] = {}
     for kind, members in sorted(hit.items()):
         counts: list[int] = []
-        for i in sorted(members):
+        shares: list[float] = []
+        for i, windows in sorted(members.items()):
             per: dict[int, int] = dict.fromkeys(healthy, 0)
             per.pop(i, None)
             for _t, who, code in by_member.get(obs.names[i], ()):
                 if code == _FAILED and who in per:
                     per[who] += 1
             counts.extend(per.values())
+            for who in per:
+                shares.append(_out_share(routing.get(obs.names[i], ()), who, windows))
         out[kind] = {
             "members": len(members),
             "max": max(counts, default=0),
             "mean": round(sum(counts) / len(counts), 4) if counts else 0.0,
+            "out_share_mean": round(sum(shares) / len(shares), 4) if shares else 0.0,
+            "out_share_min": round(min(shares), 4) if shares else 0.0,
         }
     return out
+
+
+def _out_share(
+    events: Sequence[tuple[float, int, int]], who: int, windows: Sequence[tuple[float, float]]
+) -> float:
+    """The share of `windows` during which observer `who` had the member out of routing:
+    declared failed, or held (a held member is out until released, whatever its state)."""
+    dead = held = False
+    changes: list[tuple[float, bool]] = []
+    for t, observer, code in events:
+        if observer != who:
+            continue
+        if code == _FAILED:
+            dead = True
+        elif code in (_RECOVERED, _JOINED):
+            dead = False
+        elif code == _HELD:
+            held = True
+        elif code == _RELEASED:
+            held = False
+        else:
+            continue
+        changes.append((t, dead or held))
+    total = out = 0.0
+    for a, b in windows:
+        total += max(0.0, b - a)
+        state, at = False, a
+        for t, now_out in changes:
+            if t <= a:
+                state = now_out
+                continue
+            if t >= b:
+                break
+            if state:
+                out += t - at
+            state, at = now_out, t
+        if state:
+            out += b - at
+    return out / total if total > 0 else 0.0

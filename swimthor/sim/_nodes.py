@@ -14,9 +14,11 @@ from ..keyring import Keyring
 from ..membership import (
     Addr,
     MemberFailed,
+    MemberHeld,
     MemberJoined,
     MemberLeft,
     MemberRecovered,
+    MemberReleased,
     Membership,
     MemberSuspected,
 )
@@ -45,12 +47,16 @@ EV_SUSPECTED = 2
 EV_FAILED = 3
 EV_LEFT = 4
 EV_RECOVERED = 5
+EV_HELD = 6  # held out of routing for flapping
+EV_RELEASED = 7
 _EV_CODES: dict[type, int] = {
     MemberJoined: EV_JOINED,
     MemberSuspected: EV_SUSPECTED,
     MemberFailed: EV_FAILED,
     MemberLeft: EV_LEFT,
     MemberRecovered: EV_RECOVERED,
+    MemberHeld: EV_HELD,
+    MemberReleased: EV_RELEASED,
 }
 
 # A core timer still due right after handle_timer: refire this often at once, then back off
