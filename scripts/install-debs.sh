@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Installs the Debian tools the test suite drives (sipp, dig, ip, nft) when they are missing.
+# Installs the Debian tools the test suite drives (sipp, dig, ip, nft, serf) when they are missing.
 # Needs root for apt-get; without root it says what is missing and carries on (those tests skip).
 set -euo pipefail
-declare -A want=( [sipp]=sip-tester [dig]=bind9-dnsutils [ip]=iproute2 [nft]=nftables )
+declare -A want=( [sipp]=sip-tester [dig]=bind9-dnsutils [ip]=iproute2 [nft]=nftables [serf]=serf )
 missing=()
 for cmd in "${!want[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || missing+=("${want[$cmd]}")
