@@ -180,7 +180,7 @@ class Membership:
         # rides on our view summaries, so every member can show every member's load.
         self.local_load: tuple[tuple[str, int], ...] = ()
         self._summary_seq = 0
-        # Kept incrementally so nothing per packet is O(members): the live names, their ring,
+        # Kept incrementally so nothing per packet is O(members): the live members, their ring,
         # and the XOR of a hash of (name, incarnation) over them, the gossiped view digest.
         self._live = LiveSet()
         self._names: list[str] = []  # every member's name, for O(1) random picks
@@ -280,7 +280,7 @@ class Membership:
         return {name: st.suspicion for name, st in self._suspects.items()}
 
     def num_live(self) -> int:
-        return len(self._live.names)
+        return self._live.count
 
     def isolated(self) -> bool:
         """Whether our last `isolation_probes` probes went wholly unanswered (no ack, no

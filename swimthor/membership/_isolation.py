@@ -74,7 +74,8 @@ def _drop_lone_suspicions(core: Membership, now: float) -> None:
     """The suspicions we raised while isolated end when we hear again: they were about our
     ears, not about the suspects. (Failures we declared then stand until any news of the
     member, or the repair sync, says otherwise.)"""
-    for name in [n for n in core._alone if core._members[n].state == State.SUSPECT]:
+    # In name order: the events come out the same whatever the hash seed.
+    for name in sorted(n for n in core._alone if core._members[n].state == State.SUSPECT):
         m = core._members[name]
         core._alone.discard(name)
         core._suspects.pop(name, None)

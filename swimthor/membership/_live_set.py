@@ -1,9 +1,10 @@
 """The live set and the view digest, kept incrementally as members change state.
 
-A member is live while it is alive or suspect. The core keeps, for its own view: the names of
-the live members, the same members as the shared probe schedule's ring (sorted by
-`ring_entry`), and the view digest: the XOR of a hash of (name, incarnation) over the live
-members, which every summary gossips so members can tell whether their views agree. Each
+A member is live while it is alive or suspect. The core keeps, for its own view: each live
+member's term of the digest (by name; their number is how many are live), the same members
+as the shared probe schedule's ring (sorted by `ring_entry`), and the view digest: the XOR of
+a hash of (name, incarnation) over the live members, which every summary gossips so members
+can tell whether their views agree. Each
 change of one member's state or incarnation costs O(log N) (`touch`), so nothing per packet is
 O(members). During a push-pull merge the ring is appended to and sorted once at the end, and
 the digest is settled once (`batching`).
@@ -34,23 +35,33 @@ def digest_part(name: str, incarnation: int) -> int:
 class LiveSet:
     """The live members of one view, their ring, and the view digest over them."""
 
-    __slots__ = ("_acc", "_part", "_ring_dirty", "batching", "digest", "names", "ring")
+    __slots__ = ("_acc", "_part", "_ring_dirty", "batching", "digest", "ring")
 
     def __init__(self) -> None:
-        self.names: set[str] = set()
         # Live members sorted by a hash of their name: the shared probe schedule's ring.
         self.ring: list[tuple[bytes, str]] = []
         self._ring_dirty = False  # appended to during a merge, sorted when it ends
         self.batching = False  # a merge is under way: settle once at its end
         self.digest = b""  # the view digest as last settled
         self._acc = 0  # the XOR of every live member's digest part
-        self._part: dict[str, int] = {}  # name -> its term in _acc (0 when not live)
+        # name -> its term in _acc, for the live members only (the simulator keeps thousands
+        # of views of thousands of members: one dict, no set beside it)
+        self._part: dict[str, int] = {}
+
+    @property
+    def count(self) -> int:
+        """How many members are live."""
+        return len(self._part)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._part
 
     def touch(self, m: Member) -> None:
         """Account for a change of m's state or incarnation in the live set and digest."""
         name = m.name
         live = m.state <= State.SUSPECT  # is_live, without the property call (hot path)
-        if live != (name in self.names):
+        old = self._part.get(name)
+        if live != (old is not None):
             entry = ring_entry(name)
             if live:
                 if self.batching:
@@ -65,16 +76,15 @@ class LiveSet:
                 if i < len(self.ring) and self.ring[i] == entry:
                     del self.ring[i]
         if live:
-            self.names.add(name)
             part = digest_part(name, m.incarnation)
+            self._part[name] = part
         else:
-            self.names.discard(name)
             part = 0
-        self._acc ^= self._part.get(name, 0) ^ part
-        self._part[name] = part
+            self._part.pop(name, None)
+        self._acc ^= (old or 0) ^ part
 
     def forget(self, name: str) -> None:
-        """A reaped member (never live again under this record): drop its bookkeeping."""
+        """A reaped member (never live again under this record): nothing is kept of it."""
         self._part.pop(name, None)
 
     def settle(self) -> bool:

@@ -108,7 +108,7 @@ def reconnect(core: Membership, now: float) -> None:
     per failed member per interval. Nothing else talks to a member on the other side of
     a healed partition once the news of its failure has stopped spreading; the sync
     tells it, it refutes, and both sides see each other again."""
-    live = len(core._live.names)
+    live = core._live.count
     if core._leaving or len(core._members) == live:
         return
     failed = [
@@ -132,7 +132,7 @@ def check_behind(core: Membership, msg: Summary, now: float) -> None:
     if msg.digest == core._live.digest:
         core._behind_since = None  # someone agrees with us: nothing is missing
         return
-    if msg.live <= len(core._live.names):
+    if msg.live <= core._live.count:
         return
     if core._behind_since is None:
         core._behind_since = now
