@@ -5,7 +5,7 @@ functions and `GossipRotation` directly."""
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, MutableSequence
+from collections.abc import Mapping
 from typing import Any
 
 from swimthor.config import MembershipConfig, profile, replace
@@ -86,20 +86,34 @@ def test_the_remote_list_holds_only_other_datacenters() -> None:
 
 def test_an_empty_list_is_not_rebuilt_until_a_member_is_added() -> None:
     members = _members(("me", "dc1"), ("a", "dc1"))
+    builds: list[int] = []
+
+    class Counting(dict[str, Member]):
+        def items(self) -> Any:  # a rebuild of the remote list reads every member
+            builds.append(len(self))
+            return super().items()
+
+    table = Counting(members)
     rot = GossipRotation()
-    calls: list[int] = []
+    assert _take(rot, "remote", 1, table) == []
+    assert _take(rot, "remote", 1, table) == []
+    assert builds == [2]  # built once, found empty, not rebuilt
+    table.update(_members(("x", "dc1"), ("y", "dc1"), ("far", "dc2")))
+    assert _take(rot, "remote", 1, table) == ["far"]
+    assert len(builds) == 2
 
-    class CountingRandom(random.Random):
-        def shuffle(self, x: MutableSequence[Any]) -> None:
-            calls.append(len(x))
-            super().shuffle(x)
 
-    rng = CountingRandom(3)
-    assert _take(rot, "remote", 1, members, rng=rng) == []
-    assert _take(rot, "remote", 1, members, rng=rng) == []
-    assert calls == [0]  # built once, found empty, not rebuilt
-    members.update(_members(("x", "dc1"), ("y", "dc1"), ("far", "dc2")))
-    assert _take(rot, "remote", 1, members, rng=rng) == ["far"]
+def test_a_round_is_shuffled_as_it_is_taken() -> None:
+    """Each pick is uniform among the members not yet taken this round (Fisher-Yates, one
+    step a pick): over many rotations every member comes first about equally often."""
+    members = _members(("me", "dc1"), *((f"m{i}", "dc1") for i in range(4)))
+    first: dict[str, int] = {}
+    rng = random.Random(5)
+    for _ in range(4000):
+        name = _take(GossipRotation(), "all", 1, members, rng=rng)[0]
+        first[name] = first.get(name, 0) + 1
+    assert set(first) == {f"m{i}" for i in range(4)}
+    assert all(800 < c < 1200 for c in first.values()), first
 
 
 def test_members_taken_already_or_ineligible_are_skipped_and_marked() -> None:

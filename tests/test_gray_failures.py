@@ -301,3 +301,18 @@ def test_gray_fault_traces_do_not_depend_on_the_hash_seed() -> None:
         assert out.returncode == 0, out.stderr
         digests.add(out.stdout.strip())
     assert len(digests) == 1
+
+
+@pytest.mark.parametrize(("nodes", "seed"), [(3, 1), (3, 2), (3, 3), (5, 1)])
+def test_a_member_cut_off_both_ways_is_back_in_every_view_after_the_heal(
+    nodes: int, seed: int
+) -> None:
+    """The cut-off member was isolated: its suspicions of the others were its own. They end
+    when it hears again, or hears from the suspect (a final check's answer, a push-pull
+    reaching it): once they stayed, the member kept the others suspect forever (the
+    namespace bench's heal never completed)."""
+    r = run(
+        Scenario(nodes=nodes, duration=40.0, seed=seed, faults=(parse_fault("partition:1@5+10"),))
+    )
+    assert r.converged and r.views_match_truth
+    assert r.healthy_false_failures == 0

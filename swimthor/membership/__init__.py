@@ -31,7 +31,7 @@ from ._lifeguard import (
     remaining_suspicion_time,
     suspicion_timeouts,
 )
-from ._member import Addr, Member, State
+from ._member import Addr, Member, SharedMember, State
 from ._messages import (
     ACK,
     ALIVE,
@@ -76,6 +76,7 @@ from ._query import (
     read_key_op_reply,
     read_query_reply,
 )
+from ._shared_view import SharedView
 from ._stats import STAT_NAMES, MembershipStats, new_stats
 from ._status import (
     ClusterRow,
@@ -144,6 +145,8 @@ __all__ = [
     "QueryReply",
     "Rejected",
     "SealError",
+    "SharedMember",
+    "SharedView",
     "State",
     "StatusReply",
     "StreamError",

@@ -45,7 +45,7 @@ from typing import Any
 
 from ..config import MembershipConfig
 from ..keyring import NONCE_SIZE, SEAL_OVERHEAD, Keyring, SealError, open_frame, seal_frame
-from . import _damping, _gossip, _isolation, _probes, _query, _suspicion, _sync, _tombstones
+from . import _damping, _gossip, _isolation, _probes, _query, _suspicion, _sync
 from ._broadcast import TransmitLimitedQueue
 from ._events import (
     Event,
@@ -59,7 +59,7 @@ from ._events import (
 from ._gossip import GossipRotation
 from ._lifeguard import Awareness, Suspicion
 from ._live_set import LiveSet
-from ._member import Addr, Member, State
+from ._member import Addr, Member, SharedMember, State
 from ._messages import (
     MAX_DC,
     MAX_NAME,
@@ -68,7 +68,6 @@ from ._messages import (
     Dead,
     DecodeError,
     KeyOp,
-    MemberState,
     Message,
     Nack,
     Ping,
@@ -89,8 +88,10 @@ from ._messages import (
 )
 from ._probe_schedule import ProbeSchedule
 from ._probes import PROBE
+from ._shared_view import SharedView, adopt
 from ._stats import MembershipStats, Rejections, new_stats, seal_refusal
 from ._status import StatusReply, members_json, status_reply
+from ._tombstones import reap, reap_interval
 
 # Incarnations: a member raises its own by one per refutation, so news that jumps further
 # than this past what we know is forged; and the top of the wire's range is kept free so a
@@ -242,7 +243,7 @@ class Membership:
         # start together do not sync together; the interval is re-read when it is due.
         self._last_push_pull = now - self._push_pull_interval() * rng.uniform(0.0, 0.5)
         self._next_push_pull = self._last_push_pull + self._push_pull_interval()
-        self._next_reap = now + _tombstones.reap_interval(config)
+        self._next_reap = now + reap_interval(config)
         self._next_reconnect = (
             now + config.reconnect_interval * rng.uniform(0.5, 1.0)
             if config.reconnect_interval > 0
@@ -396,10 +397,10 @@ class Membership:
             self._rejected("malformed", addr, str(e), now)
             return
         self.stats["unknown_messages"] += packet.unknown
-        _isolation.heard(self, addr, now)
+        _isolation.heard(self, addr, now, packet.sender)
         sender = self._members.get(packet.sender)
         if sender is not None and sender.state.is_live:
-            sender.last_heard = now
+            self._own(sender).last_heard = now
         for msg in packet.messages:
             self.stats["messages_in"] += 1
             self._handle_message(msg, addr, now)
@@ -417,7 +418,8 @@ class Membership:
             self.stats["stream_rejected"] += 1
             self._rejected("malformed stream", addr, str(e), now)
             return self._seal(encode_stream(StreamError(str(e))), now)
-        self._unheard_probes = 0  # someone reached us
+        if isinstance(msg, PushPull) and msg.states:
+            _isolation.heard(self, addr, now, msg.states[0].name, sync=False)
         handler = _ON_STREAM.get(type(msg))
         reply = handler(self, msg, now) if handler is not None else None
         if reply is None:
@@ -507,8 +509,8 @@ class Membership:
         if now >= self._next_release:
             _damping.release_due(self, now)
         if now >= self._next_reap:
-            self._next_reap = now + _tombstones.reap_interval(self.config)
-            _tombstones.reap(self, now)
+            self._next_reap = now + reap_interval(self.config)
+            reap(self, now)
 
     # ------------------------------------------------------------------ message handling
 
@@ -608,6 +610,7 @@ class Membership:
         self._accept_alive(m, a, now, rebroadcast=rebroadcast)
 
     def _accept_alive(self, m: Member, a: Alive, now: float, *, rebroadcast: bool = True) -> None:
+        m = self._own(m)
         previous = m.state
         changed = _metadata(m) != _metadata(a)
         m.addr, m.dc, m.roles, m.weight, m.tags = a.addr, a.dc, a.roles, a.weight, _own_tags(a.tags)
@@ -655,7 +658,10 @@ class Membership:
             return
         self._refute(a.incarnation, now)
 
-    def _apply_suspect(self, s: Suspect, now: float) -> None:
+    def _apply_suspect(self, s: Suspect, now: float, *, doubted: bool = False) -> None:
+        """`doubted`: not news to pass on (a reported death of a member we just heard from,
+        a peer's stale view in a push-pull): kept here, and checked with the suspect itself,
+        which refutes to us directly if it lives."""
         if self._implausible(s.name, s.incarnation, now):
             return
         m = self._members.get(s.name)
@@ -679,16 +685,17 @@ class Membership:
                 # than about us: refute it, but do not count it against our own health.
                 self._refute(s.incarnation, now, blame=accuser is None or accuser.health == 0)
             return
-        if not _isolation.keeps_to_itself(self, s.origin):
-            self._queue_broadcast(s.name, s)
-        else:
+        if _isolation.keeps_to_itself(self, s.origin):
             self._alone.add(s.name)  # our word alone: kept to ourselves (see `isolated`)
+        elif not doubted:
+            self._queue_broadcast(s.name, s)
+        m = self._own(m)
         m.state = State.SUSPECT
         m.incarnation = s.incarnation
         m.since = now
         self._live.touch(m)
         self._update_digest()
-        _suspicion.start(self, m, s, now)
+        _suspicion.start(self, m, s, now, doubted=doubted)
 
     def _apply_dead(self, d: Dead, now: float) -> None:
         if self._implausible(d.name, d.incarnation, now):
@@ -701,6 +708,7 @@ class Membership:
             # A tombstone only takes newer news: a later incarnation, or a leave over a
             # failure at the same one. This keeps every view converging on one record.
             if d.incarnation > m.incarnation or (left and m.state == State.DEAD):
+                m = self._own(m)
                 m.incarnation = d.incarnation
                 m.state = State.LEFT if left else State.DEAD
                 self._live.touch(m)
@@ -716,10 +724,7 @@ class Membership:
                 f"{d.origin} says {d.name} died; taken as a suspicion",
                 now,
             )
-            self._apply_suspect(Suspect(d.name, d.incarnation, d.origin), now)
-            st = self._suspects.get(d.name)
-            if st is not None:
-                st.doubted = True
+            self._apply_suspect(Suspect(d.name, d.incarnation, d.origin), now, doubted=True)
             return
         susp = self._suspects.pop(d.name, None)
         if not left and _isolation.keeps_to_itself(self, d.origin):
@@ -728,6 +733,7 @@ class Membership:
             self.stats["declared_alone"] += 1
         else:
             self._queue_broadcast(d.name, d)
+        m = self._own(m)
         m.state = State.LEFT if left else State.DEAD
         m.incarnation = d.incarnation
         self._live.touch(m)
@@ -800,13 +806,22 @@ class Membership:
         datacenter, roles, weight, tags, incarnation and state): the simulator's warm-up,
         which starts every member knowing every other without the O(N^2) packets of a real
         formation."""
-        states = tuple(
-            MemberState(m.name, m.addr, m.dc, m.roles, m.weight, m.tags, m.incarnation, m.state)
-            for m in members
-        )
-        _sync.merge(self, PushPull(join=False, states=states), now)
+        _sync.merge_members(self, members, now)
+
+    def adopt_view(self, view: SharedView, now: float) -> None:
+        """`merge_full_state` of every member of `view`, sharing its records with the other
+        cores given it (the simulator at thousands of members; see `_shared_view`)."""
+        adopt(self, view, now)
 
     # ------------------------------------------------------------------ helpers
+
+    def _own(self, m: Member) -> Member:
+        """`m` as a record of our own to change: a shared one (`SharedMember`, the
+        simulator's) is first copied into our table."""
+        if type(m) is SharedMember:
+            m = m.copy()
+            self._members[m.name] = m
+        return m
 
     def _emit(self, event: Event) -> None:
         self._events.append(event)

@@ -113,6 +113,7 @@ def flapped(core: Membership, m: Member, now: float, weight: float) -> MemberHel
     damper = core._damper
     if not damper.add(m.name, now, weight):
         return None
+    m = core._own(m)
     m.held = HELD_FLAPPING
     core.stats["members_held"] += 1
     core._next_release = min(core._next_release, _release_at(core, m))
@@ -141,6 +142,7 @@ def release_due(core: Membership, now: float) -> None:
         at = _release_at(core, m)
         if at <= now and (m.state == State.ALIVE or not m.state.is_live):
             damper.release(name)
+            m = core._own(m)
             m.held = ""
             core._emit(MemberReleased(m.copy()))
         else:

@@ -50,18 +50,22 @@ def unanswered(core: Membership) -> None:
         core._emit(Isolation(True, core._unheard_probes))
 
 
-def heard(core: Membership, addr: Addr, now: float) -> None:
-    """A packet from `addr` reached us."""
+def heard(core: Membership, addr: Addr, now: float, sender: str, *, sync: bool = True) -> None:
+    """A packet (or, with `sync` False, a push-pull) from `sender` at `addr` reached us."""
     if isolated(core):
         core._emit(Isolation(False, core._unheard_probes))
         # We hear again after hearing nobody: what we concluded alone is doubtful, and
-        # what the others concluded meanwhile we missed. Sync with whoever spoke.
+        # what the others concluded meanwhile we missed. Sync with whoever spoke (a
+        # push-pull that reached us brought its view already).
         core.stats["isolations"] += 1
         core._unheard_probes = 0
-        _drop_lone_suspicions(core, now)
-        if not core._leaving:
+        _drop_lone_suspicions(core, now, sorted(core._alone))
+        if sync and not core._leaving:
             _sync.open_push_pull(core, addr, join=False, kind="repair", now=now)
     core._unheard_probes = 0
+    if sender in core._alone:
+        # The member we suspected alone speaks: it lives, whatever we concluded.
+        _drop_lone_suspicions(core, now, [sender])
 
 
 def declared_alone(core: Membership, m: Member) -> bool:
@@ -70,13 +74,16 @@ def declared_alone(core: Membership, m: Member) -> bool:
     return m.state == State.DEAD and m.name in core._alone
 
 
-def _drop_lone_suspicions(core: Membership, now: float) -> None:
-    """The suspicions we raised while isolated end when we hear again: they were about our
-    ears, not about the suspects. (Failures we declared then stand until any news of the
-    member, or the repair sync, says otherwise.)"""
-    # In name order: the events come out the same whatever the hash seed.
-    for name in sorted(n for n in core._alone if core._members[n].state == State.SUSPECT):
-        m = core._members[name]
+def _drop_lone_suspicions(core: Membership, now: float, names: list[str]) -> None:
+    """The suspicions of `names` we raised while isolated end when we hear again, or hear
+    from the suspect: they were about our ears, not about the suspects. (Failures we
+    declared then stand until any news of the member, or the repair sync, says otherwise.)
+    `names` in name order, so that the events come out the same whatever the hash seed."""
+    for name in names:
+        m = core._members.get(name)
+        if m is None or m.state != State.SUSPECT or name not in core._alone:
+            continue
+        m = core._own(m)
         core._alone.discard(name)
         core._suspects.pop(name, None)
         core._checked.pop(name, None)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import bisect
 import functools
 import hashlib
+from collections.abc import Mapping, Sequence
 
 from ._member import Member, State
 from ._probe_schedule import ring_entry
@@ -82,6 +83,14 @@ class LiveSet:
             part = 0
             self._part.pop(name, None)
         self._acc ^= (old or 0) ^ part
+
+    def load(self, ring: Sequence[tuple[bytes, str]], parts: Mapping[str, int], acc: int) -> None:
+        """Take a whole live set at once (a `SharedView`'s): the sorted ring, the digest
+        terms of the live members, their XOR. `settle` then publishes the digest."""
+        self.ring = list(ring)
+        self._part = dict(parts)
+        self._acc = acc
+        self._ring_dirty = False
 
     def forget(self, name: str) -> None:
         """A reaped member (never live again under this record): nothing is kept of it."""

@@ -63,3 +63,26 @@ class Member:
             last_heard=self.last_heard,
             held=self.held,
         )
+
+
+class SharedMember(Member):
+    """A member record several views hold at once: the simulator gives every simulated core
+    of a large cluster one `SharedView` after warm-up instead of a copy each (10,000 views of
+    10,000 members would not fit). Read-only: a core that changes anything about the member
+    first takes a copy of its own (`Membership._own`), so a change is never seen by the
+    other views; an assignment that forgot to raises instead of leaking."""
+
+    __slots__ = ()
+
+    @classmethod
+    def of(cls, m: Member) -> SharedMember:
+        shared = cls.__new__(cls)
+        for f in _FIELDS:
+            object.__setattr__(shared, f, getattr(m, f))
+        return shared
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"shared record of {self.name}: take a copy before changing {name}")
+
+
+_FIELDS = tuple(Member.__dataclass_fields__)

@@ -48,8 +48,9 @@ class SuspectState:
         return self.suspicion.deadline if self.hold is None else self.hold
 
 
-def start(core: Membership, m: Member, s: Suspect, now: float) -> None:
-    """`m` has just become a suspect on `s`: start its suspicion, and maybe check ourselves."""
+def start(core: Membership, m: Member, s: Suspect, now: float, *, doubted: bool = False) -> None:
+    """`m` has just become a suspect on `s`: start its suspicion, and maybe check ourselves
+    (always, for a `doubted` one, which nobody else hears of from us)."""
     n = core.num_live()
     cfg = core.config
     if cfg.suspicion_confirmations is None:
@@ -76,8 +77,11 @@ def start(core: Membership, m: Member, s: Suspect, now: float) -> None:
         lo = max(lo, cfg.flap_well)
         hi = max(hi, lo)
     susp = Suspicion(origin=s.origin, k=k, min_timeout=lo, max_timeout=hi, start=now)
-    core._suspects[s.name] = SuspectState(susp, now, s.origin)
+    core._suspects[s.name] = SuspectState(susp, now, s.origin, doubted=doubted)
     core._emit(MemberSuspected(m.copy(), by=s.origin))
+    if doubted and core.config.suspect_check:
+        _probes.suspect_check(core, m, now)
+        return
     # Only a member in good health checks for itself: a slow member's failed check would
     # be a confirmation that says more about it than about the suspect (Lifeguard).
     if (
@@ -145,6 +149,7 @@ def carry(core: Membership, m: Member, a: Alive, now: float, *, rebroadcast: boo
     """Take a non-answering alive's incarnation and metadata; the suspicion runs on (and
     what we probe, confirm or declare from now on is at the new incarnation)."""
     core.stats["alives_not_refuting"] += 1
+    m = core._own(m)
     changed = (m.dc, m.roles, m.weight, m.tags) != (a.dc, a.roles, a.weight, a.tags)
     m.dc, m.roles, m.weight, m.tags = a.dc, a.roles, a.weight, dict(a.tags)
     m.incarnation = a.incarnation

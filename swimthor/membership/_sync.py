@@ -21,11 +21,12 @@ timers, the streams it has opened).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ._events import Joined, JoinFailed
-from ._member import Addr, State
+from ._member import Addr, Member, State
 from ._messages import Alive, Dead, MemberState, PushPull, StreamMessage, Summary, Suspect
 
 if TYPE_CHECKING:
@@ -242,6 +243,15 @@ def merge(core: Membership, msg: PushPull, now: float) -> None:
         core._on_summary(summary, now)
 
 
+def merge_members(core: Membership, members: Iterable[Member], now: float) -> None:
+    """Merge `members` as if a peer's push-pull had brought them (`merge_full_state`)."""
+    states = tuple(
+        MemberState(m.name, m.addr, m.dc, m.roles, m.weight, m.tags, m.incarnation, m.state)
+        for m in members
+    )
+    merge(core, PushPull(join=False, states=states), now)
+
+
 def merge_states(core: Membership, msg: PushPull, now: float) -> None:
     for i, s in enumerate(msg.states):
         if s.state == State.ALIVE:
@@ -253,13 +263,10 @@ def merge_states(core: Membership, msg: PushPull, now: float) -> None:
             core._apply_dead(Dead(s.name, s.incarnation, core.name), now)
         else:
             # memberlist: a remote "dead" is only a suspicion here, to be safe; and a
-            # doubted one (as a reported death of a member we hear from): if it refutes,
-            # that says nothing about it (see `_suspicion.refuted`).
-            fresh = s.name not in core._suspects
-            core._apply_suspect(Suspect(s.name, s.incarnation, core.name), now)
-            st = core._suspects.get(s.name)
-            if fresh and st is not None:
-                st.doubted = True
+            # doubted one (as a reported death of a member we hear from): not passed on,
+            # checked with the member itself, and if it refutes, that says nothing about it
+            # (see `_suspicion.refuted`).
+            core._apply_suspect(Suspect(s.name, s.incarnation, core.name), now, doubted=True)
 
 
 def is_tombstone(core: Membership, name: str) -> bool:

@@ -33,11 +33,9 @@ from ..keyring import KEY_SIZE
 from ..membership import (
     Addr,
     Event,
-    Member,
     MemberEvent,
     MemberRecovered,
     Membership,
-    State,
 )
 from ._faults import fault_targets
 from ._metrics import Crash, Observation, SimResult, compute_result
@@ -71,6 +69,7 @@ from ._nodes import (
     sealing,
 )
 from ._scenario import ONE_WAY_KINDS, Fault, Scenario, membership_config
+from ._warmup import know_everyone
 
 __all__ = ["Simulator", "run"]
 
@@ -202,17 +201,7 @@ class Simulator:
             for node in self.nodes[1:]:
                 self._at(self._boot.uniform(0.0, 1.0), self._join, node, (seed_addr,))
         else:
-            # Warm-up: every member starts knowing every other, as after a full-state sync
-            # (the cores' own push-pull merge, without the O(N^2) packets of a real formation,
-            # which the `bootstrap` scenario measures).
-            everyone = [
-                Member(nd.name, nd.addr, nd.dc, (), 1.0, {}, 0, State.ALIVE, 0.0)
-                for nd in self.nodes
-            ]
-            for node in self.nodes:
-                if node.core is not None:
-                    node.core.merge_full_state(everyone, self.now)
-                    self._flush(node)
+            know_everyone(self)
         if n == 1:
             self._n_full = 1
             self._full_at = 0.0

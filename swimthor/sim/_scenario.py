@@ -44,6 +44,11 @@ _NEEDS_DURATION = ("pause", "slow", "lossy", "deaf", "mute", "flipflop", "partit
 ONE_WAY_KINDS = ("deaf", "mute")
 
 
+# Above this many members the simulator shares one view between the cores after warm-up
+# (`Scenario.shared_records`): the suite's cells up to 1000 members keep their traces.
+SHARED_RECORDS_ABOVE = 1000
+
+
 class FaultSpecError(ValueError):
     """A `--fault` spec (or a Fault built by hand) is malformed; the message says why."""
 
@@ -127,6 +132,10 @@ class Scenario:
     trace        keep a sha256 over every delivery and event (`trace_digest`)
     sealed       every member seals its packets and streams with one cluster keyring (as a
                  cluster without `--insecure` does), its nonces from the seed
+    shared_records  the warm-up gives every core one shared view of the cluster (a record
+                 copied by a core only when it changes for it) instead of a copy each: the
+                 same run, in a fraction of the memory (`membership.SharedView`). None: for
+                 clusters above SHARED_RECORDS_ABOVE members
     """
 
     nodes: int = 10
@@ -154,6 +163,13 @@ class Scenario:
     slow_delay: tuple[float, float] = (0.5, 2.5)
     trace: bool = True
     sealed: bool = False
+    shared_records: bool | None = None
+
+    @property
+    def shares_records(self) -> bool:
+        if self.shared_records is None:
+            return self.nodes > SHARED_RECORDS_ABOVE
+        return self.shared_records
 
     def __post_init__(self) -> None:
         if self.nodes < 1:
