@@ -323,12 +323,15 @@ def compute_result(
     main = _detect(obs, crashes, by_member, running, per_observer_start=True)
     first_suspect, each_failed, all_failed, dissemination, informed, detected = main
     detection_by_kind: dict[str, dict[str, Any]] = {}
+    kind_samples: dict[str, list[float]] = {}
     for kind in sorted({c.kind for c in obs.crashes}):
         outages = [c for c in obs.crashes if c.kind == kind]
         if kind in ONE_WAY_KINDS:
             got = _detect(obs, outages, by_member, healthy, per_observer_start=False)
         else:
             got = _detect(obs, outages, by_member, running, per_observer_start=True)
+        kind_samples[f"each_failed:{kind}"] = got[1]
+        kind_samples[f"all_failed:{kind}"] = got[2]
         detection_by_kind[kind] = {
             "count": got[5],
             "crashes": len(outages),
@@ -415,6 +418,7 @@ def compute_result(
             "each_failed": each_failed,
             "all_failed": all_failed,
             "dissemination": dissemination,
+            **kind_samples,  # each_failed:KIND, all_failed:KIND per kind of outage
         },
         informed=informed,
     )
