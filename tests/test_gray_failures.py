@@ -316,3 +316,20 @@ def test_a_member_cut_off_both_ways_is_back_in_every_view_after_the_heal(
     )
     assert r.converged and r.views_match_truth
     assert r.healthy_false_failures == 0
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_stale_suspicions_after_a_heal_do_not_lengthen_the_next_real_one(seed: int) -> None:
+    """After two datacenters are cut apart and heal, each side's verdicts arrive at the other
+    as deaths of members it just heard from: doubted, checked with the member, refuted. They
+    say nothing about the member (no refutation memory, no flap): a crash of it 15 s later
+    is declared as fast as with no partition before. A guard: on the simulator this did not
+    fail before either; the lengthening was seen with real processes."""
+    crash = Fault("crash", at=30.0, nodes=(7,))
+    cut = Fault("partition", at=5.0, duration=10.0, sides=(("dc1",), ("dc2",)))
+    runs = [
+        run(Scenario(nodes=40, dcs=2, loss=0.01, duration=45.0, seed=seed, faults=faults))
+        for faults in ((crash,), (cut, crash))
+    ]
+    plain, healed = (float(r.detection["all_failed_s"]["max"]) for r in runs)
+    assert healed <= plain + LAN.probe_interval, (plain, healed)
