@@ -3,12 +3,18 @@
 Every scenario group below runs the real membership cores in `swimthor.sim` over seeded
 networks and faults, several seeds per cell, on all cores of the machine. Each group writes
 `bench/results/sim/<group>.json` (one entry per cell: its parameters, the pooled samples'
-p50/p99/max, false failures, runs with any false failure, load, wall time); `bench/report.py`
-turns them into `bench/results/REPORT.md` and PNG plots.
+p50/p99/max, the same per kind of outage (crash, restart, deaf, mute), the declarations of
+members under gray faults, false failures, runs with any false failure, load, wall time, and
+for the speed group each run's peak memory); `bench/report.py` turns them into
+`bench/results/REPORT.md` and PNG plots.
 
     python bench/suite.py --quick            # about five minutes, everything reduced
     python bench/suite.py --full             # the whole matrix: hours
     python bench/suite.py --only lifeguard   # one group (see GROUPS)
+
+Memory: a run needs memory in N^2 (see `memory_needed`). A cell whose single run would not
+fit in 80% of the memory available is skipped and listed with the reason; runs too big to go
+`--jobs` at a time run in waves of as many as fit (`run_cells`).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import json
 import math
 import multiprocessing
 import os
+import resource
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -25,7 +32,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from swimthor.sim import Fault, Scenario, run
+import swimthor.sim
+from swimthor.sim import Fault, Scenario, parse_fault, run
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "sim"
@@ -60,6 +68,17 @@ class Pooled:
     converged: int = 0
     wall: float = 0.0
     informed: list[list[float]] = field(default_factory=list)
+    # Per kind of outage (crash, restart, deaf, mute): raw samples, outages, fully detected.
+    kind_each: dict[str, list[float]] = field(default_factory=dict)
+    kind_all: dict[str, list[float]] = field(default_factory=dict)
+    kind_outages: dict[str, int] = field(default_factory=dict)
+    kind_detected: dict[str, int] = field(default_factory=dict)
+    # Per gray fault kind: each run's `declarations` entry.
+    declarations: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    healthy_false_failures: int = 0
+    healthy_held: int = 0
+    runs_with_healthy_false_failure: int = 0
+    peak_rss: list[float] = field(default_factory=list)
 
 
 def pct(xs: list[float], q: float) -> float | None:
@@ -76,13 +95,27 @@ def stats(xs: list[float]) -> dict[str, float | None]:
 # Each simulated core keeps a record of every member, so a run needs memory in N^2: measured
 # 1.14 GB at 2000 nodes after warm-up, but 19 GB resident for a 5000-node run (killed by the
 # kernel's OOM killer on this 24 GB machine: allocator fragmentation from the millions of
-# short-lived event copies of the warm-up). 760 bytes per record is that measurement. A cell
-# that would not fit (with two workers) is skipped and listed, not swapped or killed.
+# short-lived event copies of the warm-up). 760 bytes per record is that measurement. Above
+# SHARED_RECORDS_ABOVE members the cores share one view (`Scenario.shared_records`) and copy a
+# record only when it changes for them: 90 to 120 bytes per (core, member), measured as 1.41 GB
+# peak for 4000 nodes x 10 virtual s; 120 is the safe end. A cell whose run would not fit is
+# skipped and listed, not swapped or killed.
 BYTES_PER_RECORD = 760
+BYTES_PER_SHARED_RECORD = 120
+# swimthor.sim does not export it (it lives in swimthor.sim._scenario); 1000 is its value.
+SHARED_RECORDS_ABOVE: int = int(getattr(swimthor.sim, "SHARED_RECORDS_ABOVE", 1000))
 
 
-def memory_needed(nodes: int) -> float:
-    return BYTES_PER_RECORD * nodes * nodes
+def bytes_per_record(nodes: int, shared: bool | None = None) -> int:
+    if shared is None:
+        shared = nodes > SHARED_RECORDS_ABOVE
+    return BYTES_PER_SHARED_RECORD if shared else BYTES_PER_RECORD
+
+
+def memory_needed(nodes: int, shared: bool | None = None) -> float:
+    """Bytes of member records one run of `nodes` members needs (`shared`: whether its cores
+    share one view; None: as the simulator decides by size)."""
+    return float(bytes_per_record(nodes, shared) * nodes * nodes)
 
 
 def memory_available() -> float:
@@ -95,29 +128,72 @@ def memory_available() -> float:
     return float("inf")
 
 
-def _one(args: tuple[int, Scenario, bool]) -> tuple[int, dict[str, Any]]:
-    index, scenario, keep_curve = args
+Job = tuple[int, Scenario, bool, bool]  # cell index, scenario, keep the curve, peak memory
+
+
+def peak_rss_bytes() -> float:
+    """This process's peak resident memory so far (Linux: ru_maxrss is in KiB)."""
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return float(kib) * (1 if sys.platform == "darwin" else 1024)
+
+
+def _one(args: Job) -> tuple[int, dict[str, Any]]:
+    index, scenario, keep_curve, measure_memory = args
     r = run(scenario)
     out = r.to_json()
     out["samples"] = r.samples
     if keep_curve:
         out["informed"] = r.informed_curve()
+    if measure_memory:
+        # Meaningful only in a worker that ran nothing before (a pool with
+        # maxtasksperchild=1): the peak cannot be reset. It includes what the worker shared
+        # with the suite's process when forked (tens of MB).
+        out["peak_rss_bytes"] = peak_rss_bytes()
     return index, out
 
 
-def run_cells(cells: list[Cell], pool: Any, curve: bool = False) -> list[dict[str, Any]]:
-    """Every seed of every cell in one pool pass (a group's big cells run side by side),
-    then each cell's runs pooled."""
-    jobs = [
-        (k, replace(cell.scenario, seed=cell.scenario.seed + i), curve and i == 0)
+def _waves(jobs: list[Job], workers: int, budget: float) -> list[list[Job]]:
+    """Jobs in passes that fit in `budget` bytes side by side: every run small enough to go
+    `workers` at a time in one pass, the bigger ones first in passes of as many as fit."""
+    need = {id(j): memory_needed(j[1].nodes, j[1].shares_records) for j in jobs}
+    light = [j for j in jobs if need[id(j)] * workers <= budget]
+    waves: list[list[Job]] = []
+    total = 0.0
+    for j in jobs:
+        if need[id(j)] * workers <= budget:
+            continue
+        if not waves or len(waves[-1]) >= workers or total + need[id(j)] > budget:
+            waves.append([])
+            total = 0.0
+        waves[-1].append(j)
+        total += need[id(j)]
+    return waves + ([light] if light else [])
+
+
+def run_cells(
+    cells: list[Cell],
+    pool: Any,
+    curve: bool = False,
+    *,
+    workers: int = 1,
+    budget: float = math.inf,
+    measure_memory: bool = False,
+) -> list[dict[str, Any]]:
+    """Every seed of every cell in one pool pass (a group's big cells run side by side), or
+    in several if the runs would not fit in `budget` bytes `workers` at a time; then each
+    cell's runs pooled. `measure_memory`: each run records its worker's peak RSS (give a
+    pool that starts a fresh worker for each run)."""
+    jobs: list[Job] = [
+        (k, replace(cell.scenario, seed=cell.scenario.seed + i), curve and i == 0, measure_memory)
         for k, cell in enumerate(cells)
         for i in range(cell.seeds)
     ]
     # Biggest first, so the long runs do not end up alone at the end.
     jobs.sort(key=lambda j: -j[1].nodes * j[1].duration)
     results: list[list[dict[str, Any]]] = [[] for _ in cells]
-    for k, res in pool.imap_unordered(_one, jobs):
-        results[k].append(res)
+    for wave in _waves(jobs, max(1, workers), budget):
+        for k, res in pool.imap_unordered(_one, wave):
+            results[k].append(res)
     return [pool_cell(cell, res) for cell, res in zip(cells, results, strict=True)]
 
 
@@ -146,9 +222,43 @@ def pool_cell(cell: Cell, results: list[dict[str, Any]]) -> dict[str, Any]:
         p.wall += res["wall_s"]
         if "informed" in res:
             p.informed.append(res["informed"])
+        for kind, d in res.get("detection_by_kind", {}).items():
+            p.kind_each.setdefault(kind, []).extend(s.get(f"each_failed:{kind}", []))
+            p.kind_all.setdefault(kind, []).extend(s.get(f"all_failed:{kind}", []))
+            p.kind_outages[kind] = p.kind_outages.get(kind, 0) + d["crashes"]
+            p.kind_detected[kind] = p.kind_detected.get(kind, 0) + d["count"]
+        for kind, dec in res.get("declarations", {}).items():
+            p.declarations.setdefault(kind, []).append(dec)
+        hff = res.get("healthy_false_failures", 0)
+        p.healthy_false_failures += hff
+        p.runs_with_healthy_false_failure += 1 if hff else 0
+        p.healthy_held += res.get("healthy_held", 0)
+        if res.get("peak_rss_bytes") is not None:
+            p.peak_rss.append(res["peak_rss_bytes"])
 
     def mean(xs: list[float]) -> float | None:
         return round(sum(xs) / len(xs), 3) if xs else None
+
+    by_kind = {
+        kind: {
+            "crashes": p.kind_outages[kind],
+            "detected": p.kind_detected[kind],
+            "each_failed_s": stats(p.kind_each[kind]),
+            "all_failed_s": stats(p.kind_all[kind]),
+        }
+        for kind in sorted(p.kind_outages)
+    }
+    declarations = {
+        kind: {
+            "runs": len(decs),
+            "members": int(sum(d["members"] for d in decs)),
+            "max": max(d["max"] for d in decs),
+            "mean": round(sum(d["mean"] for d in decs) / len(decs), 4),
+            "out_share_mean": round(sum(d["out_share_mean"] for d in decs) / len(decs), 4),
+            "out_share_min": min(d["out_share_min"] for d in decs),
+        }
+        for kind, decs in sorted(p.declarations.items())
+    }
 
     return {
         **cell.label,
@@ -166,8 +276,14 @@ def pool_cell(cell: Cell, results: list[dict[str, Any]]) -> dict[str, Any]:
         "msgs_per_node_s": mean(p.msgs),
         "bytes_per_node_s": mean(p.bytes),
         "max_msgs_per_node_s": max(p.max_msgs) if p.max_msgs else None,
+        "detection_by_kind": by_kind,
+        "declarations": declarations,
+        "healthy_false_failures": p.healthy_false_failures,
+        "runs_with_healthy_false_failure": p.runs_with_healthy_false_failure,
+        "healthy_held": p.healthy_held,
         "converged_runs": p.converged,
         "wall_s": round(p.wall, 2),
+        "peak_rss_bytes": max(p.peak_rss) if p.peak_rss else None,
         "virtual_s_per_run": cell.scenario.duration,
         "each_failed_samples": sorted(round(x, 4) for x in p.each_failed)[:20000],
         "informed_curves": p.informed,
@@ -177,8 +293,23 @@ def pool_cell(cell: Cell, results: list[dict[str, Any]]) -> dict[str, Any]:
 # ---------------------------------------------------------------------- the matrices
 
 
+def crash_10000() -> Scenario:
+    """The 10,000-member crash cell (crash_scale and speed at --full): 1% loss, one crash at
+    10 s of 60 s; its cores share one view (about 12 GB at most)."""
+    return Scenario(
+        nodes=10000,
+        loss=0.01,
+        jitter=0.5,
+        duration=60.0,
+        faults=(parse_fault("crash:1@10"),),
+        seed=100,
+        warmup_max=30.0,
+    )
+
+
 def crash_scale(quick: bool) -> Iterator[Cell]:
-    """Crash detection against cluster size and loss (lan profile, 2 ms ± 1 ms)."""
+    """Crash detection against cluster size and loss (lan profile, 2 ms ± 1 ms); at --full
+    also 10,000 members at 1% loss (one seed, 60 s)."""
     sizes = [10, 100] if quick else [10, 100, 1000, 5000]
     losses = [0.0, 0.01] if quick else [0.0, 0.01, 0.05, 0.10]
     for n in sizes:
@@ -193,6 +324,8 @@ def crash_scale(quick: bool) -> Iterator[Cell]:
                 seed=100,
             )
             yield Cell("crash_scale", {"nodes": n, "loss": loss}, sc, seeds)
+    if not quick:
+        yield Cell("crash_scale", {"nodes": 10000, "loss": 0.01}, crash_10000(), 1)
 
 
 def headline(quick: bool) -> Iterator[Cell]:
@@ -252,7 +385,9 @@ def pauses(quick: bool) -> Iterator[Cell]:
 
 def rapid(quick: bool) -> Iterator[Cell]:
     """The Rapid paper's scenarios: 1% of members with 80% loss on their links; 10 members
-    flip-flopping 20 s on / 20 s off; 10 crashes at once."""
+    flip-flopping 20 s on / 20 s off; 10 crashes at once. The report shows the declarations
+    per observer and the share of the fault out of routing for the first two, the detection
+    of the crashes for the third."""
     n = 50 if quick else 1000
     seeds = 1 if quick else 3
     yield Cell(
@@ -283,6 +418,34 @@ def rapid(quick: bool) -> Iterator[Cell]:
         Scenario(nodes=n, duration=40.0, seed=4200, faults=(Fault("crash", at=10.0, count=10),)),
         seeds,
     )
+
+
+# The gray group's cells per size: (fault kind as the report names it, --fault spec, run length).
+GRAY_FAULTS: tuple[tuple[str, str, float], ...] = (
+    ("deaf", "deaf:1@10+30", 60.0),
+    ("mute", "mute:1@10+30", 60.0),
+    ("crash", "crash:1@10", 60.0),  # the reference: the same member (same seeds) crashed
+    ("flipflop", "flipflop:1@5+60/10", 75.0),  # 5 s deaf, 5 s hearing, for 60 s
+    ("partial deaf", "deaf:2@5+40/60%", 60.0),  # two members losing 60% of their input
+)
+
+
+def gray(quick: bool) -> Iterator[Cell]:
+    """Gray failures (issue 17): a deaf member, a mute one, the same member crashed instead
+    (the reference: a deaf or mute member should be declared as fast), one flip-flopping
+    between deaf and hearing every 5 s, and two members partly deaf; lan profile, 1% loss,
+    jitter 0.5. Every cell of a size runs the same seeds, so each hits the same member."""
+    for n in [20] if quick else [20, 100]:
+        for kind, spec, duration in GRAY_FAULTS:
+            sc = Scenario(
+                nodes=n,
+                loss=0.01,
+                jitter=0.5,
+                duration=duration,
+                faults=(parse_fault(spec),),
+                seed=12000,
+            )
+            yield Cell("gray", {"nodes": n, "kind": kind, "fault": spec}, sc, 1 if quick else 10)
 
 
 def datacenters(quick: bool) -> Iterator[Cell]:
@@ -328,8 +491,10 @@ def dissemination(quick: bool) -> Iterator[Cell]:
 
 
 def speed(quick: bool) -> Iterator[Cell]:
-    """Simulator speed: wall time for N nodes x 60 virtual seconds, one crash."""
-    for n in [1000] if quick else [1000, 5000, 10000]:
+    """Simulator speed: wall time and peak memory for N nodes x 60 virtual seconds, one
+    crash. Each run goes in a fresh worker process (FRESH_WORKERS): a process's peak RSS
+    cannot be reset, so a worker that ran something before would report that."""
+    for n in [1000] if quick else [1000, 5000]:
         sc = Scenario(
             nodes=n,
             loss=0.01,
@@ -339,6 +504,8 @@ def speed(quick: bool) -> Iterator[Cell]:
             warmup_max=30.0,
         )
         yield Cell("speed", {"nodes": n}, sc, 1)
+    if not quick:
+        yield Cell("speed", {"nodes": 10000}, crash_10000(), 1)
 
 
 def tradeoff(quick: bool) -> Iterator[Cell]:
@@ -394,6 +561,7 @@ GROUPS: dict[str, Callable[[bool], Iterator[Cell]]] = {
     "lifeguard": lifeguard,
     "pauses": pauses,
     "rapid": rapid,
+    "gray": gray,
     "datacenters": datacenters,
     "bootstrap": bootstrap,
     "churn": churn,
@@ -401,6 +569,26 @@ GROUPS: dict[str, Callable[[bool], Iterator[Cell]]] = {
     "speed": speed,
 }
 CURVES = {"dissemination"}
+# Groups whose every run gets a new worker process, to measure its peak memory.
+FRESH_WORKERS = {"speed"}
+
+
+def progress(row: dict[str, Any]) -> str:
+    """One cell's line on the console."""
+    ef = row["each_failed_s"]
+    out = (
+        f"runs={row['runs']:3d} each_failed p50={ef['p50']} p99={ef['p99']} "
+        f"false_failures={row['false_failures']} healthy={row['healthy_false_failures']} "
+        f"msgs/node/s={row['msgs_per_node_s']} wall={row['wall_s']}s"
+    )
+    for kind, d in row["detection_by_kind"].items():
+        if kind != "crash":
+            out += f" {kind}: {d['detected']}/{d['crashes']} all p99={d['all_failed_s']['p99']}"
+    for kind, d in row["declarations"].items():
+        out += f" {kind}: declared max {d['max']} mean {d['mean']} out {d['out_share_mean']}"
+    if row["peak_rss_bytes"] is not None:
+        out += f" peak {row['peak_rss_bytes'] / 1e9:.2f} GB"
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -424,14 +612,18 @@ def main(argv: list[str] | None = None) -> int:
             cells = []
             skipped = []
             todo: list[Cell] = []
+            have = memory_available()
+            budget = 0.8 * have
             for cell in GROUPS[name](args.quick):
                 if args.max_nodes and cell.scenario.nodes > args.max_nodes:
                     continue
-                need, have = memory_needed(cell.scenario.nodes), memory_available()
-                if need * min(args.jobs, cell.seeds) > 0.8 * have:
+                sc = cell.scenario
+                need = memory_needed(sc.nodes, sc.shares_records)
+                if need > budget:
+                    per = bytes_per_record(sc.nodes, sc.shares_records)
                     why = (
                         f"needs about {need / 1e9:.0f} GB of member records a run "
-                        f"({BYTES_PER_RECORD} B x N^2); {have / 1e9:.0f} GB available"
+                        f"({per} B x N^2); {have / 1e9:.0f} GB available"
                     )
                     skipped.append({**cell.label, "skipped": why})
                     print(f"{name:13s} {json.dumps(cell.label):60s} skipped: {why}", flush=True)
@@ -439,16 +631,15 @@ def main(argv: list[str] | None = None) -> int:
                 if args.seeds:
                     cell = replace(cell, seeds=args.seeds)
                 todo.append(cell)
-            for cell, row in zip(todo, run_cells(todo, pool, curve=name in CURVES), strict=True):
+            kw: dict[str, Any] = {"curve": name in CURVES, "workers": args.jobs, "budget": budget}
+            if name in FRESH_WORKERS:
+                with ctx.Pool(args.jobs, maxtasksperchild=1) as fresh:
+                    rows = run_cells(todo, fresh, measure_memory=True, **kw)
+            else:
+                rows = run_cells(todo, pool, **kw)
+            for cell, row in zip(todo, rows, strict=True):
                 cells.append(row)
-                ef = row["each_failed_s"]
-                print(
-                    f"{name:13s} {json.dumps(cell.label):60s} runs={row['runs']:3d} "
-                    f"each_failed p50={ef['p50']} p99={ef['p99']} "
-                    f"false_failures={row['false_failures']} "
-                    f"msgs/node/s={row['msgs_per_node_s']} wall={row['wall_s']}s",
-                    flush=True,
-                )
+                print(f"{name:13s} {json.dumps(cell.label):60s} {progress(row)}", flush=True)
             doc = {
                 "group": name,
                 "quick": args.quick,
