@@ -1053,6 +1053,18 @@ def table(result: dict[str, Any]) -> str:
         )
     rows.append(
         row(
+            "all declared, each trial",
+            [
+                " ".join(
+                    "-" if t[label]["all_s"] is None else f"{t[label]['all_s']:.2f}"
+                    for t in result["detail"]
+                )
+                for label in labels
+            ],
+        )
+    )
+    rows.append(
+        row(
             "declared by all (trials)",
             [f"{systems[label]['detected']}/{result['trials']}" for label in labels],
         )
@@ -1071,6 +1083,12 @@ def table(result: dict[str, Any]) -> str:
         row(
             "wire datagrams/s per node",
             [f"{systems[label]['wire_datagrams_per_node_s']:g}" for label in labels],
+        )
+    )
+    rows.append(
+        row(
+            "wire bytes/s per node",
+            [f"{systems[label]['wire_bytes_per_node_s']:g}" for label in labels],
         )
     )
     rows.append(
@@ -1105,6 +1123,41 @@ def verdict_lines(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def report(result: dict[str, Any]) -> str:
+    """What a run prints, from its result alone (so `--show FILE` prints a stored one)."""
+    d = result["duration_s"]
+    what = {
+        "crash": "one host's agents killed (kill -9) and restarted",
+        "loss": f"{result.get('loss_percent')}% ingress loss at one host for {d}s",
+        "partition": f"one host isolated for {d}s",
+        "deaf": f"one host deaf (ingress dropped) for {d}s",
+        "mute": f"one host mute (egress dropped) for {d}s",
+    }.get(result["scenario"], result["scenario"])
+    load = result["machine"]
+    gap = f", {result['gap_s']:g}s between trials" if result.get("gap_s") else ""
+    lines = [
+        f"{result['hosts']} hosts in namespaces, swimthor profile {result['profile']}"
+        f"{', serf -profile lan' if result['serf'] else ''}, {what}, {result['trials']} "
+        f"trial(s){gap}; load average {load['loadavg_start'][0]} -> "
+        f"{load['loadavg_end'][0]} on {load['cpus']} CPUs:",
+        "",
+        table(result),
+    ]
+    if result["crash_baseline"]:
+        b = result["crash_baseline"]
+        lines += [
+            "",
+            "crash baseline, same run: "
+            + ", ".join(
+                f"{label} all declared {seconds(b[label]['all_s'])}" for label in result["systems"]
+            ),
+        ]
+    lines += verdict_lines(result)
+    if result["serf_skipped"]:
+        lines.append(f"serf: not run ({result['serf_skipped']})")
+    return "\n".join(lines)
+
+
 def _raise_exit(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)  # so that the finally blocks tear everything down
 
@@ -1130,7 +1183,8 @@ def main(argv: list[str] | None = None) -> int:
         "--gap",
         type=float,
         default=0.0,
-        help="quiet seconds between trials (65 lets Lifeguard's 60 s refutation memory lapse)",
+        help="quiet seconds between trials, not after --baseline-crash (65 lets swimthor's\n"
+        "60 s refutation memory lapse)",
     )
     p.add_argument(
         "--baseline-crash",
@@ -1146,8 +1200,14 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help=f"remove leftover {PREFIX}* namespaces (only {PREFIX}<tag>-* with --tag) and exit",
     )
+    p.add_argument(
+        "--show", metavar="FILE", default=None, help="print a stored result's table and exit"
+    )
     args = p.parse_args(argv)
     args.scenario = ALIASES.get(args.scenario, args.scenario)
+    if args.show:
+        print(report(json.loads(Path(args.show).read_text())))
+        return 0
     why = unavailable()
     if why:
         print(f"netns_processes: skipped: {why}", file=sys.stderr)
@@ -1177,33 +1237,7 @@ def main(argv: list[str] | None = None) -> int:
         result = run(args)
     finally:
         signal.signal(signal.SIGTERM, previous)
-    what = {
-        "crash": "one host's agents killed (kill -9) and restarted",
-        "loss": f"{args.loss}% ingress loss at one host for {args.duration}s",
-        "partition": f"one host isolated for {args.duration}s",
-        "deaf": f"one host deaf (ingress dropped) for {args.duration}s",
-        "mute": f"one host mute (egress dropped) for {args.duration}s",
-    }[args.scenario]
-    load = result["machine"]
-    print(
-        f"\n{args.hosts} hosts in namespaces, swimthor profile {args.profile}"
-        f"{', serf -profile lan' if result['serf'] else ''}, {what}, {result['trials']} trial(s); "
-        f"load average {load['loadavg_start'][0]} -> {load['loadavg_end'][0]} on "
-        f"{load['cpus']} CPUs:\n"
-    )
-    print(table(result))
-    if result["crash_baseline"]:
-        b = result["crash_baseline"]
-        print(
-            "\ncrash baseline, same run: "
-            + ", ".join(
-                f"{label} all declared {seconds(b[label]['all_s'])}" for label in result["systems"]
-            )
-        )
-    for line in verdict_lines(result):
-        print(line)
-    if result["serf_skipped"]:
-        print(f"serf: not run ({result['serf_skipped']})")
+    print("\n" + report(result))
     if result["aborted"]:
         print(f"aborted: {result['aborted']}", file=sys.stderr)
     if result["namespaces_left"]:

@@ -202,7 +202,11 @@ def test_both_columns_their_ratio_and_the_targets(
 
     def fake_run(args: Any) -> dict[str, Any]:
         assert args.scenario == "deaf" and args.serf_exe == "/usr/bin/serf"
-        load = {"wire_datagrams_per_node_s": 2.0, "cpu_percent_per_agent": 0.5}
+        load = {
+            "wire_datagrams_per_node_s": 2.0,
+            "wire_bytes_per_node_s": 150.0,
+            "cpu_percent_per_agent": 0.5,
+        }
         result: dict[str, Any] = netns.summarize(
             args,
             ["swimthor", "serf"],
@@ -242,6 +246,10 @@ def test_both_columns_their_ratio_and_the_targets(
     printed = capsys.readouterr().out
     assert "swimthor/serf" in printed and "target: a deaf host" in printed
     assert "NOT MET" in printed
+    # A stored result prints the same, without root or a run.
+    monkeypatch.setattr(netns, "unavailable", lambda: "not here")
+    assert netns.main(["--show", str(out)]) == 0
+    assert capsys.readouterr().out.strip() in printed
 
 
 def test_the_crash_target(netns: ModuleType) -> None:
