@@ -103,7 +103,7 @@ def stats(xs: list[float]) -> dict[str, float | None]:
 BYTES_PER_RECORD = 760
 BYTES_PER_SHARED_RECORD = 120
 # swimthor.sim does not export it (it lives in swimthor.sim._scenario); 1000 is its value.
-SHARED_RECORDS_ABOVE: int = int(getattr(swimthor.sim, "SHARED_RECORDS_ABOVE", 1000))
+SHARED_RECORDS_ABOVE: int = swimthor.sim.SHARED_RECORDS_ABOVE
 
 
 def bytes_per_record(nodes: int, shared: bool | None = None) -> int:

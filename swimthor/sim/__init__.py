@@ -25,6 +25,8 @@ from ._nodes import (
 )
 from ._scenario import (
     FAULT_KINDS,
+    ONE_WAY_KINDS,
+    SHARED_RECORDS_ABOVE,
     Fault,
     FaultSpecError,
     Scenario,
@@ -43,6 +45,8 @@ __all__ = [
     "EV_RELEASED",
     "EV_SUSPECTED",
     "FAULT_KINDS",
+    "ONE_WAY_KINDS",
+    "SHARED_RECORDS_ABOVE",
     "Fault",
     "FaultSpecError",
     "Scenario",
