@@ -85,8 +85,25 @@ def test_a_fixed_number_of_confirmations_and_the_floor_are_configurable() -> Non
     _add(core, 4)  # 5 live: at most n - 2 confirmations can come
     _suspect(core)
     susp = core.suspicions()["m0"]
-    assert susp.k == 3
+    # n - 2 = 3 leaves out us and the suspect, but the accuser (m1) never confirms its own
+    # accusation: two can come, from m2 and m3.
+    assert susp.k == 2
     assert susp.min_timeout == 4.0
+
+
+def test_a_small_cluster_does_not_wait_for_confirmations_that_cannot_come() -> None:
+    """Members that said they are slow do not check suspects (Lifeguard): in a small
+    cluster they are not counted among those whose confirmations the suspicion waits for."""
+    core = _core()
+    _add(core, 4)
+    core._members["m2"].health = 3  # announced: slow
+    _suspect(core, origin="m1")
+    assert core.suspicions()["m0"].k == 1  # only m3 can
+    big = _core()
+    _add(big, 12)
+    big._members["m2"].health = 3
+    _suspect(big, origin="m1")
+    assert big.suspicions()["m0"].k == 3  # plenty of others: the rule is not even asked
 
 
 def test_slow_and_recently_refuting_members_get_longer() -> None:

@@ -15,7 +15,8 @@ say the fault is probably ours; here that becomes a state of the core:
   late answer first): asking the others for patience would only keep a deaf member in their
   views longer;
 - the first packet we receive ends it: the suspicions we raised alone are dropped, the
-  failures we declared alone give way to any news of the member, and we sync with whoever
+  failures we declared alone give way to any news of the member, our health score (raised by
+  probes that failed because we heard nothing) goes back to 0, and we sync with whoever
   spoke to catch up on what the others concluded meanwhile.
 
 Steps of the core, written as functions of it.
@@ -59,6 +60,10 @@ def heard(core: Membership, addr: Addr, now: float, sender: str, *, sync: bool =
         # push-pull that reached us brought its view already).
         core.stats["isolations"] += 1
         core._unheard_probes = 0
+        # Our probes failed because we heard nothing, not because we are slow: the score
+        # they raised says nothing about our health now (left high, it kept us from checking
+        # suspects, and the next suspicion in a small cluster waited for our confirmation).
+        core._awareness.apply_delta(-core._awareness.max_multiplier)
         _drop_lone_suspicions(core, now, sorted(core._alone))
         if sync and not core._leaving:
             _sync.open_push_pull(core, addr, join=False, kind="repair", now=now)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import bisect
 import functools
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from ._member import Member, State
 from ._probe_schedule import ring_entry
@@ -56,6 +56,10 @@ class LiveSet:
 
     def __contains__(self, name: str) -> bool:
         return name in self._part
+
+    def members(self) -> Iterator[str]:
+        """The live members' names (O(live): for small clusters and tests)."""
+        return iter(self._part)
 
     def touch(self, m: Member) -> None:
         """Account for a change of m's state or incarnation in the live set and digest."""

@@ -57,6 +57,8 @@ def start(core: Membership, m: Member, s: Suspect, now: float, *, doubted: bool 
         k = expected_confirmations(n, cfg.suspicion_mult)
     else:
         k = max(0, min(cfg.suspicion_confirmations, n - 2))
+    if k > 0 and n - 2 <= 2 * k:
+        k = min(k, _confirmers(core, m.name, s.origin))
     lo, hi = suspicion_timeouts(
         n, cfg.suspicion_mult, cfg.suspicion_max_timeout_mult, cfg.probe_interval
     )
@@ -78,6 +80,7 @@ def start(core: Membership, m: Member, s: Suspect, now: float, *, doubted: bool 
         hi = max(hi, lo)
     susp = Suspicion(origin=s.origin, k=k, min_timeout=lo, max_timeout=hi, start=now)
     core._suspects[s.name] = SuspectState(susp, now, s.origin, doubted=doubted)
+    core._checked.pop(s.name, None)  # a new suspicion: we may look for ourselves again
     core._emit(MemberSuspected(m.copy(), by=s.origin))
     if doubted and core.config.suspect_check:
         _probes.suspect_check(core, m, now)
@@ -91,6 +94,24 @@ def start(core: Membership, m: Member, s: Suspect, now: float, *, doubted: bool 
         and core._rng.random() * n < core.config.suspect_checkers
     ):
         _probes.suspect_check(core, m, now)
+
+
+def _confirmers(core: Membership, suspect: str, origin: str) -> int:
+    """How many live members could confirm a suspicion of `suspect` (in a small cluster,
+    where it matters): not us, the suspect or its accuser, nor a member whose health score
+    says it is slow (its last summary, or its own announcement): a slow member does not
+    check suspects itself (Lifeguard). Waiting for confirmations that cannot come made a
+    suspicion in a cluster of five run twice as long for a minute after another member's
+    outage, while that member's score came down."""
+    count = 0
+    for name in core._live.members():
+        if name in (core.name, suspect, origin):
+            continue
+        m = core._members[name]
+        heard = core._summaries.get(name)
+        if m.health == 0 and (heard is None or heard[0].health == 0):
+            count += 1
+    return count
 
 
 def expired(core: Membership, name: str, now: float) -> None:
