@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import statistics
 import subprocess
@@ -172,8 +171,7 @@ class Node:
         return dict(call(self.sock, "status", timeout=2.0))
 
     def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return self.agent.cpu_seconds()
 
     def new_log_lines(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []

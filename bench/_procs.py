@@ -220,6 +220,11 @@ class AgentProcess:
         """SIGKILL, reaped."""
         return self.stop(signal.SIGKILL)
 
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time the process has used (/proc/PID/stat)."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def log_since_start(self) -> str:
         """What the agent has logged since it was last started."""
         try:

@@ -31,14 +31,15 @@ What is read from the log (serf's own `serf:` lines and memberlist's, serf 0.8):
 `members()` asks the agent itself (`serf members -format json` over its RPC port, which is on
 127.0.0.1 of the agent's own network namespace), to confirm a state at the end of a phase.
 
-Needs only the standard library (bench/peers is on mypy's path as a folder of scripts).
+The process itself (started, stopped by PID with a bounded grace, reaped, its CPU time) is
+`_procs.AgentProcess`, the wrapper swimthor's agents use; what is serf's own here is the log
+reader and the command line. Loaded where bench/ is on sys.path (bench/netns_processes.py puts
+it and bench/peers there); mypy reads the wrapper as `bench._procs`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
 import shutil
 import signal
@@ -48,7 +49,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bench._procs import AgentProcess
+else:
+    from _procs import AgentProcess
 
 __all__ = [
     "FAILED",
@@ -124,7 +130,7 @@ def serf_version(exe: str) -> str:
     return lines[0].strip() if lines else ""
 
 
-class SerfAgent:
+class SerfAgent(AgentProcess):
     """One `serf agent` process, killed by PID; its log read by its own thread (see the module
     docstring for what that thread stamps)."""
 
@@ -141,13 +147,12 @@ class SerfAgent:
         profile: str = "lan",
         prefix: Sequence[str] = (),
     ) -> None:
-        self.name = name
+        self.node = name
         self.addr = f"{host}:{port}"
         self.rpc = rpc
         self.exe = exe
         self.prefix = list(prefix)
-        self.log_path = log_path
-        self.argv = [
+        argv = [
             *self.prefix,
             exe,
             "agent",
@@ -163,25 +168,21 @@ class SerfAgent:
             "debug",
         ]
         if seed:
-            self.argv += ["-retry-join", seed, "-retry-interval", "1s"]
-            self.argv += ["-retry-max", str(JOIN_RETRIES)]
-        self.proc: subprocess.Popen[bytes] | None = None
+            argv += ["-retry-join", seed, "-retry-interval", "1s"]
+            argv += ["-retry-max", str(JOIN_RETRIES)]
+        super().__init__(argv, log_path)
         self._reader: threading.Thread | None = None
         self._lock = threading.Lock()
         self._events: list[SerfEvent] = []
         self._lines = 0
 
     @property
-    def pid(self) -> int:
-        assert self.proc is not None, f"serf {self.name} was never started"
-        return self.proc.pid
+    def name(self) -> str:
+        return self.node
 
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def start(self) -> None:
-        """Start the agent and its reader thread; returns at once."""
+    def spawn(self) -> None:
+        """Start the agent and its reader thread; returns at once (serf has no control
+        socket to wait on: `members()` answers once it is up)."""
         if self.running:
             raise RuntimeError(f"serf {self.name} is running already")
         self._join_reader()
@@ -197,9 +198,13 @@ class SerfAgent:
         )
         self._reader.start()
 
+    def start(self, ready_timeout: float | None = None) -> None:
+        """Start the agent; returns at once."""
+        self.spawn()
+
     def _read(self, stream: IO[bytes]) -> None:
         # Ends at EOF, when the process (the only writer) has exited.
-        with stream, open(self.log_path, "ab") as log:
+        with stream, open(self.log, "ab") as log:
             for raw in stream:
                 t = time.time()
                 line = raw.decode(errors="replace").rstrip("\n")
@@ -231,34 +236,12 @@ class SerfAgent:
             raise OSError(f"serf members on {self.name}: {out.stderr.strip() or out.returncode}")
         return {str(m["name"]): str(m["status"]) for m in json.loads(out.stdout)["members"]}
 
-    def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def send(self, sig: int) -> None:
-        """`sig` to the PID if the process is still running (no wait)."""
-        if self.running:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, sig)
-
     def stop(self, sig: int = signal.SIGTERM, grace: float = 5.0) -> int | None:
-        """`sig` by PID, SIGKILL after `grace` seconds, reaped, its log read to the end; the
-        exit status (None if it was never started or outlived even SIGKILL's 10 s)."""
-        if self.proc is None:
-            return None
-        self.send(sig)
-        try:
-            self.proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(10)
+        """`AgentProcess.stop` (by PID, SIGKILL after `grace`, reaped), then its log read to
+        the end."""
+        code = super().stop(sig, grace)
         self._join_reader()
-        return self.proc.poll()
-
-    def kill(self) -> int | None:
-        return self.stop(signal.SIGKILL)
+        return code
 
     def _join_reader(self) -> None:
         if self._reader is not None:
