@@ -519,6 +519,43 @@ def targets() -> list[list[str]]:
     return rows
 
 
+def runs_section() -> list[str]:
+    """Which code each simulator group ran (the suite records it; older files did not), so
+    a report that mixes groups from several heads says so."""
+    rows = []
+    for path in sorted(SIM.glob("*.json")):
+        doc = json.loads(path.read_text())
+        commit = doc.get("commit")
+        code = (
+            "not recorded"
+            if commit is None
+            else commit + (" (uncommitted changes)" if doc.get("dirty") else "")
+        )
+        mode = "quick" if doc.get("quick") else "full"
+        elapsed = doc.get("elapsed_s")
+        rows.append(
+            [
+                path.stem,
+                code,
+                doc.get("finished_utc", "-"),
+                mode,
+                "-" if elapsed is None else f"{elapsed:.0f} s",
+            ]
+        )
+    if not rows:
+        return []
+    return [
+        "## The runs behind this report",
+        "",
+        "Each simulator group's file records the commit it ran and when it finished (files "
+        "written before the suite recorded it say `not recorded`; `git log` on the file says "
+        "when it was committed). Wall times depend on what else the machine ran.",
+        "",
+        table(["group", "code", "finished (UTC)", "mode", "wall"], rows),
+        "",
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     figs = RESULTS / "plots"
     made = plots(figs)
@@ -533,6 +570,7 @@ def main(argv: list[str] | None = None) -> int:
         table(["target", "measured"], targets()),
         "",
     ]
+    parts += runs_section()
     titles = {
         "headline": ("Headline: N = 100, 1% loss, 2 ms ± 1 ms", ["nodes", "loss"]),
         "crash_scale": ("Crash detection by size and loss", ["nodes", "loss"]),

@@ -25,6 +25,7 @@ import math
 import multiprocessing
 import os
 import resource
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -135,6 +136,28 @@ def peak_rss_bytes() -> float:
     """This process's peak resident memory so far (Linux: ru_maxrss is in KiB)."""
     kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return float(kib) * (1 if sys.platform == "darwin" else 1024)
+
+
+def provenance() -> dict[str, Any]:
+    """Which code a group ran: the commit checked out, whether the package or the suite
+    differed from it (a run of uncommitted code), and when the group finished (UTC)."""
+
+    def git(*argv: str) -> str | None:
+        try:
+            out = subprocess.run(
+                ["git", *argv], cwd=HERE, capture_output=True, text=True, timeout=10, check=False
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    head = git("rev-parse", "--short=12", "HEAD")
+    changed = git("status", "--porcelain", "--", "../swimthor", ".")
+    return {
+        "commit": head,
+        "dirty": None if changed is None else bool(changed),
+        "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
 
 
 def _one(args: Job) -> tuple[int, dict[str, Any]]:
@@ -646,6 +669,7 @@ def main(argv: list[str] | None = None) -> int:
                 "cells": cells,
                 "skipped": skipped,
                 "elapsed_s": round(time.monotonic() - t0, 1),
+                **provenance(),
             }
             (RESULTS / f"{name}.json").write_text(json.dumps(doc, indent=1) + "\n")
     print(f"suite done in {time.monotonic() - started:.0f} s", flush=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -107,6 +108,33 @@ def test_cells_too_big_for_memory_are_skipped_and_listed(
     assert all("GB" in c["skipped"] and "120 B" in c["skipped"] for c in doc["skipped"])
     # the speed group records each run's peak memory (a fresh worker each, in the suite)
     assert all(c["peak_rss_bytes"] > 1e6 for c in doc["cells"])
+    # and which code it ran: this checkout's commit
+    head = subprocess.run(
+        ["git", "rev-parse", "--short=12", "HEAD"],
+        cwd=Path(suite.__file__).parent,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert doc["commit"] == head and isinstance(doc["dirty"], bool)
+    assert doc["finished_utc"].endswith("Z")
+
+
+def test_report_says_which_code_each_group_ran(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sim = tmp_path / "sim"
+    sim.mkdir()
+    _write(
+        sim, "pauses", [], commit="0123456789ab", dirty=False, finished_utc="2026-12-03T22:00:00Z"
+    )
+    _write(sim, "churn", [], commit="ba9876543210", dirty=True, finished_utc="2026-12-03T23:00:00Z")
+    _write(sim, "bootstrap", [])  # a file from before the suite recorded it
+    text = _render(tmp_path, monkeypatch)
+    rows = {ln.split(" | ")[0].lstrip("| "): ln for ln in text.splitlines() if ln.startswith("| ")}
+    assert "0123456789ab" in rows["pauses"] and "uncommitted" not in rows["pauses"]
+    assert "ba9876543210 (uncommitted changes)" in rows["churn"]
+    assert "not recorded" in rows["bootstrap"]
 
 
 def test_memory_per_record_drops_where_the_cores_share_one_view() -> None:
