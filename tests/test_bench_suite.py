@@ -111,7 +111,7 @@ def test_cells_too_big_for_memory_are_skipped_and_listed(
     # and which code it ran: this checkout's commit
     head = subprocess.run(
         ["git", "rev-parse", "--short=12", "HEAD"],
-        cwd=Path(suite.__file__).parent,
+        cwd=BENCH,
         capture_output=True,
         text=True,
         check=True,
