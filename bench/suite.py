@@ -140,7 +140,8 @@ def peak_rss_bytes() -> float:
 
 def provenance() -> dict[str, Any]:
     """Which code a group ran: the commit checked out, whether the package or the suite
-    differed from it (a run of uncommitted code), and when the group finished (UTC)."""
+    code differed from it (a run of uncommitted code; results files do not count), and when
+    the group finished (UTC)."""
 
     def git(*argv: str) -> str | None:
         try:
@@ -152,7 +153,7 @@ def provenance() -> dict[str, Any]:
         return out.stdout.strip() if out.returncode == 0 else None
 
     head = git("rev-parse", "--short=12", "HEAD")
-    changed = git("status", "--porcelain", "--", "../swimthor", ".")
+    changed = git("status", "--porcelain", "--", "../swimthor", ".", ":(exclude)results")
     return {
         "commit": head,
         "dirty": None if changed is None else bool(changed),
