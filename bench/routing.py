@@ -34,6 +34,7 @@ import argparse
 import bisect
 import functools
 import hashlib
+import importlib
 import json
 import math
 import os
@@ -54,9 +55,11 @@ sys.path.insert(0, str(HERE.parent))
 from swimthor.membership import Member, MemberJoined, State  # noqa: E402
 from swimthor.routing import Rendezvous, RoutingTable, key_hash, member_seed  # noqa: E402
 
+# kinship is a bench extra: typed the same whether it is installed or not.
+kinship_rendezvous: Any
 try:
-    from kinship import rendezvous as kinship_rendezvous
-except ImportError:  # pragma: no cover - kinship is a bench extra
+    kinship_rendezvous = importlib.import_module("kinship.rendezvous")
+except ImportError:  # pragma: no cover
     kinship_rendezvous = None
 
 U64 = np.uint64

@@ -58,7 +58,7 @@ from .membership import (
 )
 from .membership.runtime import MembershipRuntime
 from .metrics import MetricsServer
-from .routing import RoutingTable
+from .routing import PLACEMENT_SPREAD, PLACEMENT_TAG, ZONE_TAG, RoutingTable
 from .sip import SipService
 from .sockets import BindError, bind_sockets
 from .status import AgentStatus
@@ -250,6 +250,10 @@ class Agent:
             name = cfg.name or socket.gethostname()
             swimlog.bind_node(name)
             tags = dict(cfg.tags)
+            # The placement rules this node knows, and its zone (swimthor.routing).
+            tags[PLACEMENT_TAG] = str(PLACEMENT_SPREAD)
+            if cfg.zone:
+                tags[ZONE_TAG] = cfg.zone
             if cfg.sip is not None:
                 self.sip = SipService(
                     cfg.sip,
@@ -443,7 +447,11 @@ class Agent:
         tags: dict[str, str] | None = None,
     ) -> None:
         """Change our roles, weight or tags at run time (ValueError if the core refuses
-        them): spread them, and bring routing and the front-ends up to date."""
+        them): spread them, and bring routing and the front-ends up to date. The placement
+        tag is ours: it is kept as it is whatever `tags` says."""
+        if tags is not None:
+            tags = dict(tags)
+            tags[PLACEMENT_TAG] = self.core.local.tags.get(PLACEMENT_TAG, str(PLACEMENT_SPREAD))
         self.core.update_metadata(trio.current_time(), roles=roles, weight=weight, tags=tags)
         self.runtime.wake()
         # The core announces the change as an event, which reaches the directory through the

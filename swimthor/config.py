@@ -580,6 +580,9 @@ class AgentConfig:
     advertise: tuple[str, int] | None = None
     seeds: list[tuple[str, int]] = field(default_factory=list)
     dc: str = "dc1"
+    # The failure domain below the datacenter (a rack, a host; "" none): owners of a key are
+    # spread over datacenters, then zones (swimthor.routing). Gossiped as the `zone` tag.
+    zone: str = ""
     roles: list[str] = field(default_factory=list)
     weight: float = 1.0
     tags: dict[str, str] = field(default_factory=dict)
@@ -639,6 +642,7 @@ _TOML_KEYS: dict[str, type | tuple[type, ...]] = {
     "advertise": str,
     "seeds": list,
     "dc": str,
+    "zone": str,
     "roles": list,
     "weight": (int, float),
     "tags": dict,

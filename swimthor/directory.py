@@ -38,6 +38,7 @@ from .membership import (
     MemberLeft,
     State,
 )
+from .routing import ZONE_TAG
 
 __all__ = [
     "DNS_TAG",
@@ -65,8 +66,6 @@ DNS_TAG = "dns"
 SERVICE_TAGS = (SIP_TAG, SIPS_TAG, WS_TAG, WSS_TAG, DNS_TAG)
 # The tag of each SIP stream transport.
 STREAM_TAGS = {"tls": SIPS_TAG, "ws": WS_TAG, "wss": WSS_TAG}
-# A member's zone (rack, host: a failure domain below the datacenter) is its `zone` tag.
-ZONE_TAG = "zone"
 # Members that failed or left whose last record is kept (for `address`): members come and go
 # over months, so a bound, oldest dropped first.
 GONE_KEPT = 4096

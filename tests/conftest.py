@@ -6,13 +6,20 @@ which Hypothesis loads by itself on a CI machine), with the example counts each 
 below instead: the fuzz targets in ``test_fuzz.py`` and the query-path fuzz in
 ``test_dns_server.py`` read it and run tens of thousands of examples each; every other test
 keeps its explicit ``@settings``.
+
+Fixtures: ``sipp``, the sipp (Debian sip-tester) processes of one test, killed by PID when it
+ends, pass or fail (``sipp_helpers.Sipp``).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, settings
+from sipp_helpers import Sipp
 
 FUZZ_EXAMPLES = 20_000
 
@@ -32,3 +39,12 @@ settings.register_profile(
 _profile = os.environ.get("HYPOTHESIS_PROFILE")
 if _profile:
     settings.load_profile(_profile)
+
+
+@pytest.fixture
+def sipp(tmp_path: Path) -> Iterator[Sipp]:
+    s = Sipp(tmp_path)
+    try:
+        yield s
+    finally:
+        s.close()

@@ -146,19 +146,29 @@ def wait_until(cond: Callable[[], object], timeout: float, what: str) -> None:
 
 @contextlib.contextmanager
 def cluster_of(
-    tmp_path: Path, n: int, dns: bool = False, auth: bool = False, extra: list[str] | None = None
+    tmp_path: Path,
+    n: int,
+    dns: bool = False,
+    auth: bool = False,
+    extra: list[str] | None = None,
+    extra_of: Callable[[int], list[str]] | None = None,
 ) -> Iterator[dict[str, Node]]:
     """n SIP agents n0..n{n-1} (local profile, sealed; each with a DNS front-end if `dns`, and
-    the `extra` join flags) converged; killed by PID at the end."""
+    the `extra` join flags, and node i's own `extra_of(i)`) converged; killed by PID at the
+    end."""
+
+    def flags(i: int) -> list[str]:
+        return [*(extra or []), *(extra_of(i) if extra_of is not None else [])]
+
     key_file = tmp_path / "cluster.key"
     key_file.write_text(Keyring.encode_key(Keyring.generate()) + "\n")
     key_file.chmod(0o600)
-    first = Node(tmp_path, "n0", key_file, None, dns, auth, extra)
+    first = Node(tmp_path, "n0", key_file, None, dns, auth, flags(0))
     nodes = [first]
     try:
         first.start()  # first, and ready: the others join through the port it really got
         nodes += [
-            Node(tmp_path, f"n{i}", key_file, first.port, dns, auth, extra) for i in range(1, n)
+            Node(tmp_path, f"n{i}", key_file, first.port, dns, auth, flags(i)) for i in range(1, n)
         ]
         for node in nodes[1:]:
             node.spawn()

@@ -38,7 +38,7 @@ from swimthor.cli import (
     read_key_arg,
     resolve_keyring,
 )
-from swimthor.config import AgentConfig
+from swimthor.config import AgentConfig, ConfigError
 from swimthor.keyring import Keyring
 from swimthor.ports import free_ports
 
@@ -351,6 +351,27 @@ def test_toml_values_apply_and_flags_win(tmp_path: Path) -> None:
     assert cfg.profile == "local"
     assert cfg.insecure and cfg.key_file is None  # --insecure overrides the file's key_file
     assert cfg.dc == "fra" and cfg.label == "prod"  # not given as flags: the file's values
+
+
+def test_zone_from_flag_file_or_tag(tmp_path: Path) -> None:
+    assert parse_join(["--data-dir", str(tmp_path)]).zone == ""
+    assert parse_join(["--zone", "rack7"]).zone == "rack7"
+    conf = tmp_path / "z.toml"
+    conf.write_text('zone = "rack1"\n')
+    assert parse_join(["--config", str(conf)]).zone == "rack1"
+    assert parse_join(["--config", str(conf), "--zone", "rack2"]).zone == "rack2"
+    # A `zone` tag is the zone too (what `swimthor meta --tag zone=...` sets at run time).
+    cfg = parse_join(["--tag", "zone=r3", "--tag", "az=b"])
+    assert (cfg.zone, cfg.tags) == ("r3", {"az": "b"})
+    assert parse_join(["--tag", "zone=r3", "--zone", "r3"]).zone == "r3"
+    for argv, contains in [
+        (["--tag", "zone=r3", "--zone", "r4"], "disagree"),
+        (["--tag", "placement=1"], "swimthor's own"),
+        (["--zone", "rack 1"], "zone must be a word"),
+        (["--zone", "r" * 65], "zone must be a word"),
+    ]:
+        with pytest.raises(ConfigError, match=contains):
+            parse_join(argv)
 
 
 def test_defaults_without_config(tmp_path: Path) -> None:
@@ -674,7 +695,11 @@ async def test_members_status_via_and_leave_against_an_agent(
             code, out, err = await cli("meta", "--control", path, "--untag", "rack")
             assert code == 0
             me = agent.core.local
-            assert me.tags == {"zone": "a"} and me.weight == 2.0 and me.incarnation == 2
+            assert me.tags == {"zone": "a", "placement": "2"}
+            assert me.weight == 2.0 and me.incarnation == 2
+            # The placement tag is the agent's (swimthor.routing): a change of it is ignored.
+            code, out, err = await cli("meta", "--control", path, "--tag", "placement=1")
+            assert code == 0 and agent.core.local.tags["placement"] == "2"
             code, _, err = await cli("meta", "--control", path, "--untag", "nope")
             assert code == 1
             assert_one_error_line(err, contains="no such tag")
@@ -716,7 +741,7 @@ def test_join_on_a_port_in_use_is_one_line_exit_1(
 
 
 def test_toml_membership_table_overrides_the_profile(tmp_path: Path) -> None:
-    from swimthor.config import ConfigError, apply_toml, load_toml
+    from swimthor.config import apply_toml, load_toml
 
     path = tmp_path / "c.toml"
     path.write_text(

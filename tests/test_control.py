@@ -279,9 +279,11 @@ async def test_control_commands(sockdir: Path) -> None:
             with pytest.raises(ControlError, match="unknown command 'frobnicate'"):
                 await acall(path, "frobnicate")
             # metadata changes spread to the other member
+            # (the placement tag is the agent's own: tags.set keeps it whatever it is given)
             me = await acall(path, "tags.set", {"tags": {"zone": "z1"}, "roles": ["sip"]})
-            assert me["tags"] == {"zone": "z1"} and me["roles"] == ["sip"]
-            await wait_for(lambda: (b.core.member("a") or a.core.local).tags == {"zone": "z1"})
+            want = {"zone": "z1", "placement": "2"}
+            assert me["tags"] == want and me["roles"] == ["sip"]
+            await wait_for(lambda: (b.core.member("a") or a.core.local).tags == want)
             assert [
                 m["name"] for m in await acall(b.control_path or "", "members", {"role": "sip"})
             ] == ["a"]

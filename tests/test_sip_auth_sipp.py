@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,13 +21,6 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(shutil.which("sipp") is None, reason="sipp (Debian sip-tester) missing"),
 ]
-
-
-@pytest.fixture
-def sipp(tmp_path: Path) -> Iterator[Sipp]:
-    s = Sipp(tmp_path)
-    yield s
-    s.close()
 
 
 def register(sipp: Sipp, node: Node, user: str, password: str, port: int) -> dict[str, int]:

@@ -9,30 +9,15 @@ Contact) through the survivors. Every process is killed by PID at the end; loopb
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 from sip_agents import DOMAIN, Node, cluster_of, wait_until
 
+from bench.sip import regload
+
 pytestmark = pytest.mark.slow
-
-REGLOAD = Path(__file__).resolve().parent.parent / "bench" / "sip" / "regload.py"
-
-
-def _regload() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_sip_regload", REGLOAD)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-regload = _regload()
 
 
 @pytest.fixture

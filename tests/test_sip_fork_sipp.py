@@ -41,15 +41,6 @@ CALLER_LIMIT = 15  # seconds a caller sipp may run (then it fails)
 DEVICE_LIMIT = 20  # seconds a device sipp may run (then it fails)
 
 
-@pytest.fixture
-def sipp(tmp_path: Path) -> Iterator[Sipp]:
-    s = Sipp(tmp_path)
-    try:
-        yield s
-    finally:
-        s.close()
-
-
 def _passed(stats: dict[str, int], who: SippProcess) -> None:
     """`who` ran its one call to the end of its scenario."""
     assert stats["exit"] == 0 and stats["ok"] == 1 and stats["failed"] == 0, (

@@ -33,15 +33,6 @@ def cluster(tmp_path: Path) -> Iterator[dict[str, Node]]:
         yield nodes
 
 
-@pytest.fixture
-def sipp(tmp_path: Path) -> Iterator[Sipp]:
-    s = Sipp(tmp_path)
-    try:
-        yield s
-    finally:
-        s.close()
-
-
 def test_registrations_are_held_by_two_owners_each(cluster: dict[str, Node], sipp: Sipp) -> None:
     users = sipp.users("users.csv", [f"user{i}" for i in range(300)])
     entry = cluster["n0"]

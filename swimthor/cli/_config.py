@@ -22,6 +22,7 @@ from swimthor.config import (
 from swimthor.config import check_dns as _check_dns
 from swimthor.config import check_sip as _check_sip
 from swimthor.keyring import Keyring
+from swimthor.routing import PLACEMENT_TAG, ZONE_TAG
 
 from ._errors import CommandError, UsageError
 
@@ -45,6 +46,7 @@ _PLAIN_FLAGS = (
     "bind",
     "advertise",
     "dc",
+    "zone",
     "weight",
     "profile",
     "label",
@@ -195,6 +197,15 @@ def _check_agent_config(cfg: AgentConfig) -> None:
     cfg.log_level = cfg.log_level.lower()
     if any(not r or any(c.isspace() for c in r) for r in cfg.roles):
         raise ConfigError("a role is a non-empty word without spaces")
+    if len(cfg.zone) > 64 or any(c.isspace() or not c.isprintable() for c in cfg.zone):
+        raise ConfigError(f"zone must be a word of at most 64 characters, not {cfg.zone!r}")
+    if PLACEMENT_TAG in cfg.tags:
+        raise ConfigError(f"the tag {PLACEMENT_TAG!r} is swimthor's own")
+    tagged = cfg.tags.pop(ZONE_TAG, None)
+    if tagged is not None:
+        if cfg.zone and tagged != cfg.zone:
+            raise ConfigError(f"zone {cfg.zone!r} and tag zone={tagged!r} disagree")
+        cfg.zone = tagged
 
 
 def resolve_keyring(cfg: AgentConfig) -> tuple[Keyring | None, Path | None]:

@@ -199,6 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     j.add_argument("--dc", help="datacenter of this node (default dc1)")
     j.add_argument(
+        "--zone",
+        help="failure domain below the datacenter (a rack, a host): a key's owners are spread"
+        " over datacenters, then zones (default none)",
+    )
+    j.add_argument(
         "--role", action="append", metavar="ROLE", help="a role of this node (repeatable)"
     )
     j.add_argument("--weight", type=_weight_arg, help="routing weight, > 0 (default 1)")

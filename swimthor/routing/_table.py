@@ -8,10 +8,12 @@ then ask ``owners(key)``. Nothing here reads a clock or a socket.
   suspicion that is refuted moves no traffic back and forth; a member loses its keys when it is
   declared failed or leaves (``suspects_keep_keys=False`` drops suspects at once instead).
 * ``epoch`` grows by one on every change of the owner set or of an owner's address, datacenter,
-  roles or weight, and on nothing else (incarnations, tags and suspicion, by default, leave it).
+  zone, roles, weight or placement rule, and on nothing else (incarnations, other tags and
+  suspicion, by default, leave it).
 * Per epoch the table builds, on first use, one ``Rendezvous`` per (role, datacenter) asked
-  for, and keeps an LRU cache of answers: SIP traffic asks for the same address-of-record over
-  and over. Both are dropped when the epoch moves.
+  for (and, where the spread rule applies, one per failure domain in it: ``_spread``), and
+  keeps an LRU cache of answers: SIP traffic asks for the same address-of-record over and
+  over. Both are dropped when the epoch moves.
 * The changes of the last ``history`` epochs are kept, so ``owners_at`` and ``owners_changed``
   can answer for any of them: what the SIP layer needs to hand bindings over after a change.
 
@@ -38,6 +40,7 @@ from ..membership import (
 )
 from ._hrw import key_hash, member_seed, owns_keys
 from ._rendezvous import Rendezvous
+from ._spread import PLACEMENT_SPREAD, ZONE_TAG, placement_of, spread_prefix
 
 __all__ = ["DEFAULT_ROLES", "EpochUnavailable", "MemberRecord", "RoutingTable"]
 
@@ -60,7 +63,9 @@ class EpochUnavailable(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class MemberRecord:
-    """A live member as routing sees it: what ``owners`` returns. ``seed`` is its rendezvous
+    """A live member as routing sees it: what ``owners`` returns. ``zone`` is its failure
+    domain below the datacenter (its ``zone`` tag, "" for none), ``placement`` the highest
+    placement rule it knows (its ``placement`` tag; ``_spread``). ``seed`` is its rendezvous
     seed (``member_seed(name)``), computed once."""
 
     name: str
@@ -68,6 +73,8 @@ class MemberRecord:
     dc: str
     weight: float
     roles: tuple[str, ...]
+    zone: str = ""
+    placement: int = 1
     seed: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -79,39 +86,77 @@ class MemberRecord:
         # A weight the ranking cannot use (negative, NaN, infinite) means no keys, like 0.
         if not owns_keys(weight):
             weight = 0.0
-        return cls(m.name, (str(m.addr[0]), int(m.addr[1])), m.dc, weight, tuple(m.roles))
+        return cls(
+            m.name,
+            (str(m.addr[0]), int(m.addr[1])),
+            m.dc,
+            weight,
+            tuple(m.roles),
+            m.tags.get(ZONE_TAG, ""),
+            placement_of(m.tags),
+        )
 
 
 Change = tuple[str, MemberRecord | None, MemberRecord | None]  # name, before, after
 
 
+class _Pool:
+    """The candidates of one (role, datacenter) at one epoch, ready to rank, and their failure
+    domains if the spread rule applies to them (they span several and all know the rule)."""
+
+    __slots__ = ("domains", "records", "rendezvous")
+
+    def __init__(self, records: list[MemberRecord]) -> None:
+        self.records = records
+        self.rendezvous = Rendezvous(
+            [r.name for r in records], [r.weight for r in records], [r.seed for r in records]
+        )
+        domains = {(r.dc, r.zone) for r in records}
+        spread = len(domains) > 1 and all(r.placement >= PLACEMENT_SPREAD for r in records)
+        self.domains = frozenset(domains) if spread else None
+
+    def owners(self, key: str, n: int) -> tuple[MemberRecord, ...]:
+        h = key_hash(key)
+        records = self.records
+        if self.domains is None:
+            return tuple(records[i] for i in self.rendezvous.top(h, n))
+        # The spread rule on the best few of the ranking, a longer prefix when they cannot
+        # decide (a datacenter or zone with no member among them); the whole ranking at worst.
+        size = len(self.rendezvous)
+        m = min(size, 2 * n + 2)
+        while True:
+            ranked = [records[i] for i in self.rendezvous.top(h, m)]
+            doms = [(r.dc, r.zone) for r in ranked]
+            picks = spread_prefix(doms, n, self.domains if m < size else None)
+            if picks is not None:
+                return tuple(ranked[i] for i in picks)
+            m = min(size, 4 * m)
+
+
 class _View:
-    """The owner set of one epoch and the rendezvous arrays built from it on demand."""
+    """The owner set of one epoch and the candidate pools built from it on demand."""
 
     __slots__ = ("epoch", "members", "pools")
 
     def __init__(self, epoch: int, members: dict[str, MemberRecord]) -> None:
         self.epoch = epoch
         self.members = members
-        self.pools: dict[tuple[str, str | None], tuple[Rendezvous, list[MemberRecord]]] = {}
+        self.pools: dict[tuple[str, str | None], _Pool] = {}
 
-    def pool(self, role: str, dc: str | None) -> tuple[Rendezvous, list[MemberRecord]]:
+    def pool(self, role: str, dc: str | None) -> _Pool:
         found = self.pools.get((role, dc))
         if found is None:
-            records = [
-                r
-                for r in self.members.values()
-                if role in r.roles and (dc is None or r.dc == dc) and r.weight > 0.0
-            ]
-            rendezvous = Rendezvous(
-                [r.name for r in records], [r.weight for r in records], [r.seed for r in records]
+            found = self.pools[(role, dc)] = _Pool(
+                [
+                    r
+                    for r in self.members.values()
+                    if role in r.roles and (dc is None or r.dc == dc) and r.weight > 0.0
+                ]
             )
-            found = self.pools[(role, dc)] = (rendezvous, records)
         return found
 
     def owners(self, key: str, n: int, role: str, dc: str | None) -> tuple[MemberRecord, ...]:
-        rendezvous, records = self.pool(role, dc)
-        return tuple(records[i] for i in rendezvous.top(key_hash(key), n))
+        return self.pool(role, dc).owners(key, n)
 
 
 class RoutingTable:
