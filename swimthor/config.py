@@ -258,8 +258,13 @@ class SipConfig:
     min_expires: int = 60
     max_expires: int = 7200
     max_contacts: int = 10
-    # How long a REGISTER waits for the other owners to confirm before answering 503.
+    # How long one attempt waits for an owner (or stand-in) to confirm a REGISTER's write.
     replication_timeout: float = 0.5
+    # How long a REGISTER keeps trying (the owners that did not confirm, again, and stand-ins
+    # ranked afresh) before it is answered 503: past the lan profile's failure detection, so
+    # a dead owner is replaced by its next in rank, and a peer stalled a few seconds (GC, a
+    # starved host) is waited for; well inside the phone's 32 s timer F.
+    replication_deadline: float = 8.0
     # Anti-entropy between co-owners (seconds, jittered +-50%).
     repair_interval: float = 30.0
     # TCP: connections open at once, idle close, time to finish one message (slowloris).
@@ -319,6 +324,7 @@ _SIP_KEYS: dict[str, type | tuple[type, ...]] = {
     "max_expires": int,
     "max_contacts": int,
     "replication_timeout": (int, float),
+    "replication_deadline": (int, float),
     "repair_interval": (int, float),
     "max_connections": int,
     "tcp_idle": (int, float),
@@ -370,6 +376,7 @@ def check_sip(cfg: SipConfig) -> None:
             )
     for name in (
         "replication_timeout",
+        "replication_deadline",
         "repair_interval",
         "tcp_idle",
         "tcp_message_time",
@@ -378,6 +385,11 @@ def check_sip(cfg: SipConfig) -> None:
     ):
         if not getattr(cfg, name) > 0:
             raise ConfigError(f"sip: {name} must be > 0")
+    if not cfg.replication_timeout <= cfg.replication_deadline <= 30:
+        raise ConfigError(
+            "sip: replication_deadline must be from replication_timeout to 30 seconds "
+            "(a phone gives up on a REGISTER after 32 s)"
+        )
     if cfg.max_connections < 1:
         raise ConfigError("sip: max_connections must be >= 1")
     interval = cfg.keepalive_interval

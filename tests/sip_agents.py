@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import subprocess
 import sys
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -108,6 +110,14 @@ class Node:
         """SIGKILL by PID, reaped."""
         assert self.p is not None
         self.agent.kill()
+
+    def pause(self, seconds: float) -> threading.Timer:
+        """SIGSTOP now and SIGCONT `seconds` later (a stalled host: a GC pause, a starved
+        VM); the timer that resumes it, for the caller to join."""
+        self.agent.send(signal.SIGSTOP)
+        resume = threading.Timer(seconds, self.agent.send, (signal.SIGCONT,))
+        resume.start()
+        return resume
 
     def status(self) -> dict[str, Any]:
         r = swimthor("status", "--control", self.sock, "--format", "json")

@@ -762,3 +762,15 @@ def test_toml_membership_table_overrides_the_profile(tmp_path: Path) -> None:
         path.write_text(f"[membership]\n{bad}\n")
         with pytest.raises(ConfigError, match=message):
             apply_toml(AgentConfig(), load_toml(path))
+
+
+def test_sip_replication_deadline_is_checked(tmp_path: Path) -> None:
+    from swimthor.config import SipConfig, check_sip, sip_from_toml
+
+    assert sip_from_toml({"replication_deadline": 4}, None).replication_deadline == 4
+    assert SipConfig().replication_deadline > SipConfig().replication_timeout
+    for bad in (0.1, 31, float("nan"), float("inf")):
+        cfg = SipConfig(domains=["example.com"], replication_timeout=0.5)
+        cfg.replication_deadline = bad
+        with pytest.raises(ConfigError, match="replication_deadline"):
+            check_sip(cfg)

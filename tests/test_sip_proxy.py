@@ -483,3 +483,18 @@ def test_an_owner_with_no_binding_yet_asks_the_other_owner() -> None:
     net.owners["sip:carol@example.com"] = ["n1", "n2"]
     out = net.run("n1", msg("INVITE", "sip:carol@example.com", call_id="c2"), PHONE_A)
     assert [parsed_response(o.data).status for o in out] == [480]
+
+
+def test_copy_targets_ask_the_silent_owner_again_and_a_stand_in() -> None:
+    net = Net(default=("n1", "n2", "n3", "n4"))
+    n1 = net.nodes["n1"]
+    aor = "sip:bob@example.com"
+    # n2 did not confirm: asked again (slow is not dead) and, beside it, one stand-in.
+    assert n1.copy_targets(aor, ["n2"], set()) == ["n2", *n1.stand_ins(aor, 1, ["n2"])]
+    # A stand-in that confirmed is a holder: nothing more is sent.
+    assert n1.copy_targets(aor, ["n2"], {"n3"}) == []
+    # Even once n2 is no longer live (a suspect, a member declared dead): it costs a datagram,
+    # and a paused host answers; the stand-in is ranked without it.
+    del net.live["n2"]
+    targets = n1.copy_targets(aor, ["n2"], set())
+    assert targets[0] == "n2" and len(targets) == 2 and "n1" not in targets

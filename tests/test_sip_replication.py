@@ -375,3 +375,47 @@ async def test_locate_via_asks_a_member_over_its_gossip_port() -> None:
             nursery.cancel_scope.cancel()
     with pytest.raises(LocateError, match=r"no answer from 127\.0\.0\.1:1"):
         await locate_via(("127.0.0.1", 1), "sip:a@example.com", KEY, "test", 5.0, clock=lambda: NOW)
+
+
+async def test_an_owner_out_and_back_between_two_handoffs_gets_the_writes_it_missed() -> None:
+    # n2 is declared dead (epoch 2: n1 alone owns every key, and acknowledges writes alone)
+    # and is back (epoch 3) before n1's handoff runs: the owners at the two ends are the
+    # same, but n2 missed what was written in between.
+    c = Cluster(["n1", "n2"], ["n1", "n2"])
+    n1, n2 = c.nodes["n1"], c.nodes["n2"]
+    alone = [binding(f"sip:a{i}@example.com") for i in range(30)]
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await c.start(nursery)
+            c.own.set(["n1"])
+            n1.store.merge(alone, NOW)
+            c.own.set(["n1", "n2"])
+            assert await n1.handoff()
+            nursery.cancel_scope.cancel()
+    assert len(n2.store) == 30
+    assert n1.stats["handed_off"] == 30
+
+
+async def test_a_handoff_an_owner_did_not_confirm_runs_again_soon() -> None:
+    # n3 gains every key while it cannot be reached; once it can, the handoff that failed
+    # runs again after a second or two, not at the next repair round (minutes here).
+    c = Cluster(["n1", "n2", "n3"], ["n1", "n2"])
+    n1, n3 = c.nodes["n1"], c.nodes["n3"]
+    for node in c.nodes.values():
+        node.repair_interval = 3600.0
+    keys = [binding(f"sip:u{i}@example.com") for i in range(20)]
+    n1.store.merge(keys, NOW)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await c.start(nursery)
+            reachable = c.addrs.pop("n3")
+            c.own.set(["n1", "n3"])
+            n1.routing_changed()
+            while n1.stats["handoff_retries"] == 0:
+                await trio.sleep(0.05)
+            assert len(n3.store) == 0
+            c.addrs["n3"] = reachable
+            while len(n3.store) < 20:
+                await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
+    assert n1.stats["handoff_retries"] >= 1

@@ -180,6 +180,19 @@ class Registrar(Forwarder):
         ranked = self._owners(aor, self.settings.replicas + count + len(skip))
         return [p.name for p in ranked if p.name not in skip][:count]
 
+    def copy_targets(self, aor: str, owners: Iterable[str], holders: set[str]) -> list[str]:
+        """Where a write goes next when not every one of `owners` (the other owners it was
+        first sent to) confirmed it and `holders` did: the owners not in `holders`, asked
+        again whatever membership now thinks of them (a suspect may be a paused host about
+        to answer; one declared dead costs a datagram), then one stand-in per copy still
+        missing (`stand_ins`, which leaves out `owners` and `holders`)."""
+        owners = list(owners)
+        missing = len(owners) - len(holders)
+        if missing <= 0:
+            return []
+        again = [n for n in owners if n not in holders]
+        return again + self.stand_ins(aor, missing, [*owners, *holders])
+
     def replication_failed(self, action: Replicate) -> Send:
         """The answer when the other owners did not confirm a REGISTER in time: 503 with
         Retry-After, so the phone tries again rather than believing it is registered."""

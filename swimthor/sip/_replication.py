@@ -63,6 +63,14 @@ MAX_FRAME = 8 << 20  # a put or diff carries at most this many bytes
 MAX_BATCH = 2_000  # bindings per put frame
 MAX_LISTED = 100_000  # subscriber AORs one node reports to `subscriber list`
 MAX_LOCATED = 1_000  # contact records one node reports for one AOR (`swimthor location`)
+# A handoff whose push an owner did not confirm (one that just came back and is still busy)
+# runs again after this many seconds, doubling up to HANDOFF_RETRY_MAX, not at the next repair
+# round: until it lands the owner that gained an AOR answers for it without its bindings.
+HANDOFF_RETRY = 1.0
+HANDOFF_RETRY_MAX = 30.0
+# A handoff looks at the owners of every epoch since the last one that completed, up to this
+# many; beyond that it takes every other owner as one that may lack writes (pushes to all).
+HANDOFF_EPOCHS = 16
 CLIENT_NAME = "swimthor-cli"  # the hello of `swimthor location --via`
 _LABEL_SUFFIX = "/sip-replica"
 
@@ -142,6 +150,7 @@ class Replicator:
             "bad_frames": 0,
             "handoff_runs": 0,
             "handed_off": 0,
+            "handoff_retries": 0,
             "dropped_not_owner": 0,
             "repairs": 0,
             "repaired": 0,
@@ -529,22 +538,33 @@ class Replicator:
     # ------------------------------------------------------------ handoff
 
     async def _handoff_loop(self) -> None:
+        retry = HANDOFF_RETRY
         while True:
             await self._epoch_moved.wait()
             self._epoch_moved = trio.Event()
             await trio.sleep(0.2)  # let a burst of membership events settle into one epoch
+            done = False
             try:
-                await self.handoff()
+                done = await self.handoff()
             except Exception:
                 log.exception("handoff raised")
+            if done:
+                retry = HANDOFF_RETRY
+                continue
+            self.stats["handoff_retries"] += 1
+            with trio.move_on_after(retry):
+                await self._epoch_moved.wait()  # a newer epoch goes at once
+            retry = min(retry * 2, HANDOFF_RETRY_MAX)
+            self._epoch_moved.set()
 
-    async def handoff(self) -> None:
+    async def handoff(self) -> bool:
         """Push every AOR this node still owns whose owners changed since the last handoff to
         the owners it gained; then `sweep` hands the AORs this node no longer owns to their
-        owners and drops them here."""
+        owners and drops them here. False when a push was not confirmed (the epoch stays
+        not done, so the loop runs it again)."""
         old_epoch, new_epoch = self._handoff_epoch, self._epoch()
         if old_epoch == new_epoch:
-            return
+            return True
         self.stats["handoff_runs"] += 1
         pushes: dict[str, list[Binding]] = {}
         now = self._clock()
@@ -554,23 +574,41 @@ class Replicator:
             new = self._owners(aor)
             if self.name not in new:
                 continue  # not ours any more: the sweep below moves it
-            try:
-                old = self._owners_at(old_epoch, aor)
-            except EpochUnavailable:
-                old = []
-            gained = [owner for owner in new if owner != self.name and owner not in old]
+            held = self._held_throughout(old_epoch, new_epoch, aor)
+            gained = [owner for owner in new if owner != self.name and owner not in held]
             if gained:
                 live = [b for b in self.store.all(aor) if b.expires_at > now]
                 for owner in gained:
                     pushes.setdefault(owner, []).extend(live)
         self._handoff_epoch = new_epoch
+        done = True
         for owner, bindings in pushes.items():
             self.stats["handed_off"] += len(bindings)
             if not await self.replicate(bindings, [owner]):
-                # Remember the epoch as not done: the next repair round sees it differ and
-                # runs the handoff again.
+                # Remember the epoch as not done: it runs again (and the next repair round
+                # sees it differ too).
                 self._handoff_epoch = old_epoch
+                done = False
         await self.sweep()
+        return done
+
+    def _held_throughout(self, old_epoch: int, new_epoch: int, aor: str) -> set[str]:
+        """The members that owned `aor` in every epoch from `old_epoch` (the last handoff
+        that completed) up to `new_epoch`: only they took every write acknowledged since.
+        Not just the owners at `old_epoch`: an owner declared dead and back between two
+        handoffs missed the writes of the epochs it was out of (they were acknowledged on
+        the owners there were), though it owns the AOR at both ends. Empty when an epoch is
+        outside the routing history (every other owner gets a push)."""
+        if new_epoch - old_epoch > HANDOFF_EPOCHS:
+            return set()
+        held: set[str] | None = None
+        try:
+            for epoch in range(old_epoch, new_epoch):
+                owners = set(self._owners_at(epoch, aor))
+                held = owners if held is None else held & owners
+        except EpochUnavailable:
+            return set()
+        return held or set()
 
     # ------------------------------------------------------------ repair
 

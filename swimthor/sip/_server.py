@@ -75,6 +75,10 @@ class SipTransportConfig:
     handshake_time: float = 5.0
     connect_timeout: float = 2.0
     max_pending_replications: int = 20_000
+    # A REGISTER's write: one attempt's wait, and how long it keeps being retried before the
+    # phone gets 503 (the sip config's replication_timeout and replication_deadline).
+    replication_timeout: float = 0.5
+    replication_deadline: float = 8.0
     max_pending_fetches: int = 1_000
     dns_cache_time: float = 30.0
     # A request that waited in the socket longer than this is dropped unread: its sender has
@@ -160,6 +164,7 @@ class SipServer(FrontEndServer):
             "replications": 0,
             "replication_failures": 0,
             "replication_stand_ins": 0,
+            "replication_rounds": 0,
             "replication_overload": 0,
             "unresolved": 0,
             "udp_stale_dropped": 0,
@@ -546,6 +551,7 @@ class SipServer(FrontEndServer):
             self._nursery.start_soon(self._replicate_group, list(peers), group)
 
     async def _replicate_group(self, peers: list[str], group: list[Replicate]) -> None:
+        started = self.clocks.trio()
         confirmed: set[str] = set()
         try:
             assert self.replicate is not None
@@ -553,29 +559,47 @@ class SipServer(FrontEndServer):
             confirmed = await self.replicate(changes, peers)
         except Exception:
             log.exception("replication raised")
-        missing = len(set(peers) - confirmed)
-        if not missing:
+        if not set(peers) - confirmed:
             for action in group:
                 self._answer_replicated(action, True)
             return
         assert self._nursery is not None
         for action in group:
-            self._nursery.start_soon(self._stand_in_then_answer, action, missing)
+            self._nursery.start_soon(self._until_confirmed, action, confirmed, started)
 
-    async def _stand_in_then_answer(self, action: Replicate, missing: int) -> None:
-        """An owner did not confirm in time: the next member in rank (a stand-in) takes the
-        copy instead, so the 200 still means "on R nodes". Only when that fails too does
-        the phone get 503."""
+    async def _until_confirmed(self, action: Replicate, holders: set[str], started: float) -> None:
+        """Not every owner confirmed in time. The write keeps going, a round of at most one
+        replication timeout at a time, until as many nodes as there are other owners hold it
+        or `replication_deadline` has passed since the REGISTER's first attempt: each round
+        asks again the owners still live that have not confirmed (a slow owner is not a dead
+        one: a paused or starved host answers a second later) and, for each copy still
+        missing, a stand-in, the next member in rank that does not hold it, ranked afresh so
+        a member declared dead meanwhile is left out. The phone's retransmissions meanwhile
+        are absorbed by the pending transaction. 503 only at the deadline, or at once when
+        no live member is left to ask."""
         self.stats["replication_stand_ins"] += 1
-        try:
-            assert self.replicate is not None
-            stand_ins = self.proxy.stand_ins(action.aor, missing, action.peers)
-            if len(stand_ins) >= missing:
-                more = await self.replicate(action.changes, stand_ins[:missing])
-                missing -= len(more)
-        except Exception:
-            log.exception("replication raised")
-        self._answer_replicated(action, missing == 0)
+        need = len(action.peers)
+        holders = set(holders)
+        deadline = started + self.config.replication_deadline
+        while len(holders) < need:
+            round_started = self.clocks.trio()
+            if round_started >= deadline:
+                break
+            targets = self.proxy.copy_targets(action.aor, action.peers, holders)
+            if not targets:
+                break
+            self.stats["replication_rounds"] += 1
+            try:
+                assert self.replicate is not None
+                holders |= await self.replicate(action.changes, targets)
+            except Exception:
+                log.exception("replication raised")
+            if len(holders) < need:
+                # Refused at once (no route, a peer's port closed): wait out the round
+                # rather than spin.
+                round_end = round_started + self.config.replication_timeout
+                await trio.sleep_until(min(deadline, round_end))
+        self._answer_replicated(action, len(holders) >= need)
 
     def _answer_replicated(self, action: Replicate, ok: bool) -> None:
         self._pending -= 1

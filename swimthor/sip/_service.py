@@ -103,6 +103,8 @@ class SipService:
                 tcp_idle=config.tcp_idle,
                 tcp_message_time=config.tcp_message_time,
                 handshake_time=config.handshake_time,
+                replication_timeout=config.replication_timeout,
+                replication_deadline=config.replication_deadline,
             ),
             streams=tuple(streams),
             tls_ca=config.tls_ca,
