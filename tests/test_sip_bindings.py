@@ -1,7 +1,7 @@
 """The binding store: the merge rule by version (order-free and idempotent, checked with
-hypothesis), tombstones that keep removed contacts from coming back, expiry by the heap with
-refreshed bindings, lookup order, the wire form and every shape it refuses, drop and the
-size bound."""
+hypothesis), tombstones that keep removed contacts from coming back, expiry by whole seconds
+with refreshed bindings and in budgeted steps, what a binding shares, lookup order, the wire
+form and every shape it refuses, drop and the size bound."""
 
 from __future__ import annotations
 
@@ -314,6 +314,148 @@ def test_expire_agrees_with_the_expiry_times_held(
     assert snapshot(store) == kept
     assert gone == len(held) - len(kept)
     assert len(store) == len(kept)
+
+
+@settings(max_examples=80)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["sip:a@x", "sip:b@x", "sip:c@x"]),
+            st.sampled_from(["k1", "k2", "k3"]),
+            st.floats(0.0, 30.0),
+        ),
+        min_size=1,
+        max_size=40,
+    ),
+    st.lists(st.floats(0.0, 35.0), min_size=1, max_size=6),
+    st.integers(1, 5),
+)
+def test_expiry_in_budgeted_steps_removes_exactly_what_is_due(
+    writes: list[tuple[str, str, float]], times: list[float], limit: int
+) -> None:
+    # Several AORs (one record or several), refreshes to earlier and later times, fractions
+    # of a second, and expiry in steps of `limit` entries at increasing times: each time,
+    # once `expire_some` says nothing due is left, what is held is exactly what expires later.
+    store = BindingStore()
+    for stamp, (aor, key, ttl) in enumerate(writes):
+        store.put(binding(key, aor=aor, stamp=NOW + stamp, expires_at=NOW + ttl))
+    held = snapshot(store)
+    for at in sorted(times):
+        while True:
+            _gone, more = store.expire_some(NOW + at, limit)
+            if not more:
+                break
+        kept = {k: b for k, b in held.items() if b.expires_at > NOW + at}
+        assert snapshot(store) == kept
+        assert len(store) == len(kept)
+        assert store.aor_count() == len({aor for aor, _ in kept})
+        due = [b.expires_at for b in kept.values()]
+        assert store.next_expiry() == (min(due) if due else None)
+
+
+def test_expire_with_a_limit_leaves_the_rest_for_the_next_step() -> None:
+    store = BindingStore()
+    for i in range(10):
+        store.put(binding(aor=f"sip:u{i}@example.com", expires_at=NOW + 5))
+    assert store.expire_some(NOW + 5, 4) == (4, True)
+    assert store.expire(NOW + 5, 4) == 4
+    assert store.expire_some(NOW + 5, 4) == (2, False)
+    assert len(store) == 0 and store.aor_count() == 0
+
+
+def test_a_record_due_later_in_the_current_second_stays() -> None:
+    store = BindingStore()
+    store.put(binding("k1", expires_at=NOW + 10.25))
+    store.put(binding("k2", expires_at=NOW + 10.75))
+    assert store.expire_some(NOW + 10.5) == (1, False)
+    assert [b.key for b in store.all(AOR)] == ["k2"]
+    assert store.next_expiry() == NOW + 10.75
+    assert store.expire(NOW + 10.75) == 1
+    assert len(store) == 0
+
+
+def test_budgeted_steps_end_when_what_is_left_is_due_later_in_the_second() -> None:
+    # Two AORs due later in the current second, one due now, a budget of one: the steps at
+    # one `now` end (each AOR looked at once), and a later `now` in the second takes the two.
+    store = BindingStore()
+    for i, at in enumerate((NOW + 10.6, NOW + 10.7, NOW + 10.1)):
+        store.put(binding(aor=f"sip:u{i}@example.com", expires_at=at))
+    steps = []
+    while True:
+        steps.append(store.expire_some(NOW + 10.5, 1))
+        if not steps[-1][1]:
+            break
+    assert sum(gone for gone, _ in steps) == 1 and len(steps) <= 3
+    assert store.next_expiry() == NOW + 10.6
+    assert store.expire(NOW + 10.7, 1) + store.expire(NOW + 10.7, 1) == 2
+    assert len(store) == 0 and store.next_expiry() is None
+
+
+async def test_expire_due_lets_other_tasks_run_between_steps() -> None:
+    import trio
+
+    from swimthor.sip import EXPIRE_BUDGET, expire_due
+
+    store = BindingStore(max_bindings=10 * EXPIRE_BUDGET)
+    for i in range(5 * EXPIRE_BUDGET):
+        store.put(binding(aor=f"sip:u{i}@example.com", expires_at=NOW + 5))
+    ran: list[int] = []
+
+    async def other() -> None:
+        while True:
+            ran.append(len(store))
+            await trio.sleep(0)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(other)
+        await trio.sleep(0)
+        assert await expire_due(store, NOW + 5) == 5 * EXPIRE_BUDGET
+        nursery.cancel_scope.cancel()
+    assert len(store) == 0
+    # The other task ran while expiry was part way: between budgets, not only before and after.
+    assert any(0 < n < 5 * EXPIRE_BUDGET for n in ran)
+
+
+def test_a_binding_shares_what_repeats() -> None:
+    ua = "".join(["Yealink SIP-T46S ", "66.86.0.15"])  # built at run time: not a constant
+    made = [
+        Binding(
+            f"sip:u{i}@example.com",
+            f"sip:u{i}@10.0.0.{i}:5060",
+            "".join([f"sip:u{i}@10.0.0.{i}", ":5060"]),
+            NOW + 60,
+            float("1.0"),
+            f"cid{i}",
+            1,
+            f"udp:10.0.0.{i}:5060",
+            NOW,
+            "".join(["n", "1"]),
+            user_agent="".join([ua]),
+        )
+        for i in range(2)
+    ]
+    a, b = made
+    assert a.key is a.contact  # an equal key is the contact itself
+    assert a.user_agent is b.user_agent and a.origin is b.origin and a.q is b.q
+    # A binding whose key differs from its contact keeps both.
+    c = binding("other")
+    assert c.key == "other" and c.contact == "sip:other@10.0.0.2"
+
+
+def test_an_aor_keeps_one_string_whatever_copies_arrive() -> None:
+    store = BindingStore()
+    store.put(binding("k1"))
+    again = binding("k2", aor="".join(["sip:alice@", "example.com"]))
+    assert again.aor is not AOR
+    store.put(again)
+    assert all(b.aor is AOR for b in store.all(AOR))
+    # Down to one record, it is kept without a dict; lookups are unchanged.
+    assert store.expire(NOW + 600) == 2
+    store.put(binding("k1", expires_at=NOW + 900, stamp=NOW + 1))
+    store.put(binding("k2", expires_at=NOW + 700, stamp=NOW + 1))
+    assert store.expire(NOW + 700) == 1
+    assert [b.key for b in store.lookup(AOR, NOW + 700)] == ["k1"]
+    assert store.drop(AOR) == 1 and len(store) == 0
 
 
 # ------------------------------------------------------------------------ lookup

@@ -498,3 +498,29 @@ def test_copy_targets_ask_the_silent_owner_again_and_a_stand_in() -> None:
     del net.live["n2"]
     targets = n1.copy_targets(aor, ["n2"], set())
     assert targets[0] == "n2" and len(targets) == 2 and "n1" not in targets
+
+
+def test_a_query_at_an_owner_with_no_binding_yet_asks_the_other_owner() -> None:
+    """As a call does (above): a REGISTER without Contact at an owner that holds nothing for
+    the AOR (a co-owner died, or it joined, and the handoff has not reached it) is answered
+    by the other owner, with the bindings it holds, not an empty 200."""
+    net = Net()
+    register_bob(net)  # held by n2 and n3
+    net.owners["sip:bob@example.com"] = ["n1", "n2"]  # n3 died; n1 moved up
+    del net.live["n3"]
+    query = msg(
+        "REGISTER",
+        "sip:example.com",
+        via="SIP/2.0/UDP 127.0.0.1:5080;branch=z9hG4bK-q1;rport",
+        call_id="reg-1",
+        cseq=2,
+    )
+    out = net.run("n1", query, PHONE_B)
+    assert len(out) == 1 and (out[0].host, out[0].port) == PHONE_B
+    answer = parsed_response(out[0].data)
+    assert answer.status == 200 and answer.get_all("contact")
+    # Nobody has carol: one empty 200, and the query does not loop between the owners.
+    net.owners["sip:carol@example.com"] = ["n1", "n2"]
+    out = net.run("n1", msg("REGISTER", "sip:example.com", to="<sip:carol@example.com>"), PHONE_A)
+    assert [parsed_response(o.data).status for o in out] == [200]
+    assert not parsed_response(out[0].data).get_all("contact")

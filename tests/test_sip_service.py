@@ -1,5 +1,5 @@
 """The SIP service's directory: SIP addresses from member tags, owners from the routing table,
-suspected owners asked last."""
+suspected owners asked last, owners that just gained an AOR asked after those that held it."""
 
 from __future__ import annotations
 
@@ -74,3 +74,33 @@ def test_the_sip_address_of_a_member_that_died_is_known_gone_until_it_is_back() 
     assert not svc.member_gone_at("127.0.0.1", 5009)  # never a member's: not known gone
     svc.directory.apply(MemberRecovered(member("n2", 2)))
     assert not svc.member_gone_at("127.0.0.1", 5002)
+
+
+def test_an_owner_that_just_gained_an_aor_is_asked_after_one_that_held_it() -> None:
+    # n4 joins and ranks first for some AORs. Until handoff has had time to give it their
+    # bindings, a query or a call is better sent to the owner that held them; once the
+    # epoch has settled, rank order again.
+    members = [member(f"n{i}", i) for i in range(1, 5)]
+    svc = service(members[:3])
+    now = [100.0]
+    svc.monotonic = lambda: now[0]
+    after = RoutingTable(roles=None)
+    after.sync(members)
+
+    def ranked(table: RoutingTable, aor: str) -> list[str]:
+        return [r.name for r in table.owners(aor, 2, "sip")]
+
+    aor = next(
+        a
+        for a in (f"sip:u{i}@example.com" for i in range(5000))
+        if ranked(after, a)[0] == "n4" and ranked(after, a)[1] in ranked(svc.routing, a)
+    )
+    held = ranked(after, aor)[1]
+    svc.routing.sync(members)
+    svc.directory.sync(members)
+    assert svc.owner_names(aor) == ["n4", held]  # the ranking itself is unchanged
+    assert [p.name for p in svc.owners(aor, 2)] == [held, "n4"]
+    now[0] += 9.0
+    assert [p.name for p in svc.owners(aor, 2)] == [held, "n4"]
+    now[0] += 2.0
+    assert [p.name for p in svc.owners(aor, 2)] == ["n4", held]

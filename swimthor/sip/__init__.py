@@ -13,6 +13,7 @@ from ._auth import (
 )
 from ._bindings import (
     DIGEST_BUCKETS,
+    EXPIRE_BUDGET,
     MAX_FIELD_LENGTH,
     MAX_PATH,
     Binding,
@@ -47,7 +48,7 @@ from ._registrar import (
     instance_key,
     register,
 )
-from ._replication import MAX_LOCATED, LocateError, Replicator, locate_via
+from ._replication import MAX_LOCATED, LocateError, Replicator, expire_due, locate_via
 from ._responses import make_response
 from ._routes import BRANCH_PREFIX, loop_hash
 from ._server import TIMER_TICK, SipServer, SipTransportConfig, StreamListen
@@ -82,6 +83,7 @@ from ._txn import PENDING, TIMER_J, ResponseCache, transaction_key
 __all__ = [
     "BRANCH_PREFIX",
     "DIGEST_BUCKETS",
+    "EXPIRE_BUDGET",
     "MAX_FIELD_LENGTH",
     "MAX_HEADERS",
     "MAX_HEADER_LENGTH",
@@ -145,6 +147,7 @@ __all__ = [
     "contact_key",
     "decode_token",
     "digest_response",
+    "expire_due",
     "ha1",
     "instance_key",
     "is_stun",

@@ -17,10 +17,12 @@ import functools
 import hashlib
 import heapq
 import math
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 
 __all__ = [
+    "EXPIRE_BUDGET",
     "MAX_FIELD_LENGTH",
     "SUBSCRIBER_KEY",
     "Binding",
@@ -53,6 +55,13 @@ WIRE_FIELDS_3 = 15
 MAX_WIRE_FIELDS = 64
 MAX_PATH = 8  # Path values kept for one binding (each hop that adds one is a proxy of ours or
 # the phone's outbound proxy: a handful at most)
+
+# Due entries one `BindingStore.expire` step takes before the caller yields to other work: a
+# million bindings registered in one burst expire in one second too, and removing them in one
+# call stalls the event loop for seconds.
+EXPIRE_BUDGET = 2_000
+
+_Q1 = 1.0  # the q most bindings have, one float for them all
 
 # Anti-entropy digests cover this many buckets of address-of-record space.
 DIGEST_BUCKETS = 64
@@ -92,6 +101,18 @@ class Binding:
     # `digest()`, made on first use (anti-entropy asks for it every round): not part of the
     # binding's value.
     _digest: int = field(default=-1, init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # A store holds a million of these: share what repeats rather than keep a copy in
+        # each (about 200 bytes a binding). The key is most often the contact itself; User-
+        # Agents and node names are a handful of values; q is most often 1.
+        if self.key == self.contact and self.key is not self.contact:
+            object.__setattr__(self, "key", self.contact)
+        if self.user_agent:
+            object.__setattr__(self, "user_agent", sys.intern(self.user_agent))
+        object.__setattr__(self, "origin", sys.intern(self.origin))
+        if self.q == 1.0:
+            object.__setattr__(self, "q", _Q1)
 
     @property
     def version(self) -> tuple[float, str, int]:
@@ -196,8 +217,36 @@ class Binding:
         return found
 
 
+# What the store keeps for one address-of-record: its one record as it is (most AORs have
+# one: a dict for it would cost 200 bytes more), or a dict of them by key.
+_Held = Binding | dict[str, Binding]
+
+
+def _records(held: _Held | None) -> Iterable[Binding]:
+    if held is None:
+        return ()
+    if type(held) is Binding:
+        return (held,)
+    assert isinstance(held, dict)
+    return held.values()
+
+
+def _record(held: _Held | None, key: str) -> Binding | None:
+    if held is None:
+        return None
+    if type(held) is Binding:
+        return held if held.key == key else None
+    assert isinstance(held, dict)
+    return held.get(key)
+
+
 class BindingStore:
-    """Bindings by address-of-record, with expiry by a heap and per-bucket digests."""
+    """Bindings by address-of-record, with expiry by whole seconds and per-bucket digests.
+
+    Expiry: each stored record puts its AOR (the string the store keys it by, so 8 bytes) in
+    the list of the second it expires in; `expire` takes the seconds that have come, oldest
+    first, and removes the records of each AOR listed that are due. A record refreshed or
+    dropped since leaves a stale entry that finds nothing to remove."""
 
     def __init__(
         self,
@@ -208,8 +257,11 @@ class BindingStore:
         writes them to its journal, so subscribers survive a restart of every node)."""
         self.max_bindings = max_bindings
         self.on_subscriber = on_subscriber
-        self._aors: dict[str, dict[str, Binding]] = {}
-        self._expiry: list[tuple[float, str, str]] = []
+        self._aors: dict[str, _Held] = {}
+        self._due: dict[int, list[str]] = {}  # whole second -> AORs with a record due in it
+        self._seconds: list[int] = []  # the keys of _due, as a heap
+        # (second, as of when, AORs): looked at, due later in that second (`_park`).
+        self._parked: tuple[int, float, list[str]] | None = None
         self._count = 0
         # The AORs that hold a subscriber record (a tombstone too): status and `subscriber
         # list` read these without walking every binding.
@@ -233,60 +285,75 @@ class BindingStore:
     def all(self, aor: str) -> list[Binding]:
         """Every record of `aor`, tombstones and the subscriber record included (what
         replication moves)."""
-        return list(self._aors.get(aor, {}).values())
+        return list(_records(self._aors.get(aor)))
 
     def contacts(self, aor: str) -> list[Binding]:
         """Every contact binding of `aor`, tombstones included (not the subscriber)."""
-        return [b for b in self._aors.get(aor, {}).values() if b.key != SUBSCRIBER_KEY]
+        return [b for b in _records(self._aors.get(aor)) if b.key != SUBSCRIBER_KEY]
 
     def subscriber(self, aor: str, now: float) -> Binding | None:
         """The live subscriber record of `aor`, if any."""
-        record = self._aors.get(aor, {}).get(SUBSCRIBER_KEY)
+        record = _record(self._aors.get(aor), SUBSCRIBER_KEY)
         return record if record is not None and record.live(now) else None
 
     def subscribers(self, now: float) -> list[Binding]:
         """Every live subscriber record held here."""
         out = []
         for aor in self._subscribed:
-            record = self._aors[aor][SUBSCRIBER_KEY]
-            if record.live(now):
+            record = _record(self._aors.get(aor), SUBSCRIBER_KEY)
+            if record is not None and record.live(now):
                 out.append(record)
         return out
 
     def lookup(self, aor: str, now: float) -> list[Binding]:
         """The live contacts of `aor`, highest q first, then the most recently refreshed."""
         found = [
-            b for b in self._aors.get(aor, {}).values() if b.live(now) and b.key != SUBSCRIBER_KEY
+            b for b in _records(self._aors.get(aor)) if b.live(now) and b.key != SUBSCRIBER_KEY
         ]
         found.sort(key=lambda b: (-b.q, -b.stamp))
         return found
 
     def put(self, binding: Binding) -> bool:
         """Store `binding` if it is newer than what we hold (merge rule). True if stored."""
-        contacts = self._aors.get(binding.aor)
-        if contacts is None:
-            contacts = self._aors[binding.aor] = {}
-        held = contacts.get(binding.key)
+        aor = binding.aor
+        held_all = self._aors.get(aor)
+        held = _record(held_all, binding.key)
         if held is not None and held.version >= binding.version:
             self.stats["stale"] += 1
-            if not contacts:
-                del self._aors[binding.aor]
             return False
+        if held is None and self._count >= self.max_bindings:
+            self.stats["full"] += 1
+            return False
+        if held_all is None:
+            self._aors[aor] = binding
+        else:
+            # One string for the AOR, the one the store is keyed by (an equal value).
+            aor = next(iter(_records(held_all))).aor
+            object.__setattr__(binding, "aor", aor)
+            if held is not None and type(held_all) is Binding:
+                self._aors[aor] = binding  # the one record, replaced
+            elif type(held_all) is Binding:
+                self._aors[aor] = {held_all.key: held_all, binding.key: binding}
+            else:
+                assert isinstance(held_all, dict)
+                held_all[binding.key] = binding
         if held is None:
-            if self._count >= self.max_bindings:
-                self.stats["full"] += 1
-                if not contacts:
-                    del self._aors[binding.aor]
-                return False
             self._count += 1
-        contacts[binding.key] = binding
-        heapq.heappush(self._expiry, (binding.expires_at, binding.aor, binding.key))
+        self._schedule(aor, binding.expires_at)
         self.stats["stored"] += 1
         if binding.key == SUBSCRIBER_KEY:
-            self._subscribed.add(binding.aor)
+            self._subscribed.add(aor)
             if self.on_subscriber is not None:
                 self.on_subscriber(binding)
         return True
+
+    def _schedule(self, aor: str, expires_at: float) -> None:
+        second = math.floor(expires_at)
+        due = self._due.get(second)
+        if due is None:
+            due = self._due[second] = []
+            heapq.heappush(self._seconds, second)
+        due.append(aor)
 
     def merge(self, bindings: Iterable[Binding], now: float) -> list[Binding]:
         """Store each binding that is newer than ours and not already expired; returns those."""
@@ -302,37 +369,117 @@ class BindingStore:
 
     def drop(self, aor: str) -> int:
         """Forget `aor` entirely (this node no longer owns it). Returns how many went."""
-        contacts = self._aors.pop(aor, None)
+        held = self._aors.pop(aor, None)
         self._subscribed.discard(aor)
-        if not contacts:
-            return 0
-        self._count -= len(contacts)
-        return len(contacts)
-
-    def expire(self, now: float) -> int:
-        """Remove bindings and tombstones whose time has passed. Returns how many."""
-        gone = 0
-        heap = self._expiry
-        while heap and heap[0][0] <= now:
-            _expires_at, aor, key = heapq.heappop(heap)
-            contacts = self._aors.get(aor)
-            if contacts is None:
-                continue
-            held = contacts.get(key)
-            if held is None or held.expires_at > now:
-                continue  # refreshed since; a later heap entry covers it
-            del contacts[key]
-            if key == SUBSCRIBER_KEY:
-                self._subscribed.discard(aor)
-            self._count -= 1
-            gone += 1
-            if not contacts:
-                del self._aors[aor]
-        self.stats["expired"] += gone
+        gone = len(list(_records(held)))
+        self._count -= gone
         return gone
 
+    def expire(self, now: float, limit: int | None = None) -> int:
+        """Remove bindings and tombstones whose time has passed, looking at no more than
+        `limit` entries of the expiry lists (None: all); returns how many went. `expire_some`
+        also says whether entries due are left (`expire_due` calls it until none are)."""
+        return self.expire_some(now, limit)[0]
+
+    def expire_some(self, now: float, limit: int | None = None) -> tuple[int, bool]:
+        """`expire`, and whether it stopped at `limit` with entries due still to look at."""
+        self._unpark(now)
+        gone = 0
+        budget = -1 if limit is None else limit
+        seconds = self._seconds
+        more = False
+        while seconds and seconds[0] <= now:
+            second = seconds[0]
+            due = self._due[second]
+            while due and budget != 0:
+                budget -= 1
+                aor = due.pop()
+                removed, left = self._expire_aor(aor, now, second)
+                gone += removed
+                if left:
+                    self._park(second, now, aor)
+            if due:
+                more = True  # the budget ran out within this second's list
+                break
+            del self._due[second]
+            heapq.heappop(seconds)
+            if self._parked is not None:
+                break  # the current second: the rest of it is not due yet
+            if budget == 0:
+                more = bool(seconds) and seconds[0] <= now
+                break
+        self.stats["expired"] += gone
+        return gone, more
+
+    def _park(self, second: int, now: float, aor: str) -> None:
+        """Set `aor` aside: it has a record due later in `second`, the current one, and
+        looking at it again at this same `now` would find the same (a budgeted expiry that
+        put it back in the list would take it again and again)."""
+        if self._parked is None:
+            self._parked = (second, now, [])
+        self._parked[2].append(aor)
+
+    def _unpark(self, now: float) -> None:
+        """Back into their second's list, once time has moved, the AORs set aside."""
+        parked = self._parked
+        if parked is None or parked[1] == now:
+            return
+        self._parked = None
+        second, _, aors = parked
+        due = self._due.get(second)
+        if due is None:
+            due = self._due[second] = []
+            heapq.heappush(self._seconds, second)
+        due.extend(aors)
+
+    def _expire_aor(self, aor: str, now: float, second: int) -> tuple[int, bool]:
+        """Remove the records of `aor` due by `now`; how many, and whether one that expires
+        later in `second` is left."""
+        held = self._aors.get(aor)
+        if held is None:
+            return 0, False
+        if type(held) is Binding:
+            if held.expires_at > now:
+                return 0, math.floor(held.expires_at) == second
+            del self._aors[aor]
+            if held.key == SUBSCRIBER_KEY:
+                self._subscribed.discard(aor)
+            self._count -= 1
+            return 1, False
+        assert isinstance(held, dict)
+        gone = 0
+        left = False
+        for key, record in list(held.items()):
+            if record.expires_at <= now:
+                del held[key]
+                if key == SUBSCRIBER_KEY:
+                    self._subscribed.discard(aor)
+                gone += 1
+            elif math.floor(record.expires_at) == second:
+                left = True
+        self._count -= gone
+        if len(held) == 1:
+            self._aors[aor] = next(iter(held.values()))
+        elif not held:
+            del self._aors[aor]
+        return gone, left
+
     def next_expiry(self) -> float | None:
-        return self._expiry[0][0] if self._expiry else None
+        """When the next record held expires (a walk of the expiry lists from the earliest
+        second: for tests and diagnostics, not for a loop)."""
+        lists = {second: list(due) for second, due in self._due.items()}
+        if self._parked is not None:
+            lists.setdefault(self._parked[0], []).extend(self._parked[2])
+        for second in sorted(lists):
+            times = [
+                record.expires_at
+                for aor in lists[second]
+                for record in _records(self._aors.get(aor))
+                if math.floor(record.expires_at) == second
+            ]
+            if times:
+                return min(times)
+        return None
 
     @staticmethod
     def tombstone(

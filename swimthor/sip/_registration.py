@@ -82,6 +82,14 @@ class Registrar(Forwarder):
             if plan and branch.startswith(BRANCH_PREFIX):
                 self.pinger.expect(branch, plan, self._mono)
             return out
+        if not from_peer and not ours and not request.get_all("contact"):
+            others = [p for p in owners if p.name != self.settings.name]
+            if others and not self.store.lookup(aor, now):
+                # A query at an owner that holds nothing for the AOR: it may have become
+                # its owner a moment ago (a co-owner died, or it joined) and the handoff has
+                # not reached it yet. The other owner answers (an empty 200 if it holds
+                # nothing either; it does not send the query back: it came from a peer).
+                return self._to_node(request, source, now, others[0], max_forwards, False, loop)
         if self.settings.auth and not trusted_removal:
             refused = self._authenticate(request, source, now, aor, proxy=False)
             if refused is not None:

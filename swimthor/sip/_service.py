@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 import os
 import random
+import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -23,7 +25,7 @@ from ..directory import SIP_TAG, STREAM_TAGS, DirectoryChange, MemberDirectory
 from ..keyring import Keyring
 from ..membership import Member
 from ..ratelimit import RateLimit, SourceLimiter
-from ..routing import RoutingTable
+from ..routing import EpochUnavailable, RoutingTable
 from ._auth import Credentials, NonceMinter, Verifier, random_secret
 from ._bindings import SUBSCRIBER_KEY, Binding, BindingStore, subscriber_record
 from ._flow import decode_token
@@ -41,6 +43,10 @@ __all__ = ["SIP_TAG", "STREAM_TAGS", "SipService", "location_reply"]
 
 log = structlog.get_logger("swimthor.sip")
 
+# For this long after the routing epoch moves, an AOR's owners that already owned it before
+# are asked before those that gained it (`SipService.owners`): handoff takes about a second,
+# retried after 1, 2, 4 s when a push is not confirmed.
+HANDOFF_SETTLE = 10.0
 # AORs whose owner names are kept per epoch (about 150 bytes each beyond the AOR itself).
 OWNER_NAMES_CACHED = 2_000_000
 ROLE = "sip"
@@ -73,6 +79,10 @@ class SipService:
         self._peer_index: dict[tuple[str, int], Peer] = {}
         self._gone: dict[tuple[str, int], str] = {}  # SIP address -> a member no longer live
         self._epoch = routing.epoch
+        # When each recent routing epoch came into force, for `owners` (a test may set the
+        # clock).
+        self.monotonic: Callable[[], float] = time.monotonic
+        self._epoch_since: deque[tuple[float, int]] = deque([(-math.inf, routing.epoch)], maxlen=64)
         self.directory.subscribe(self._members_changed)
         # owner_names' answers for the current routing epoch.
         self._names: dict[str, tuple[str, ...]] = {}
@@ -368,9 +378,31 @@ class SipService:
             if peer is not None:
                 out.append(peer)
                 suspect = suspect or is_suspect(record.name)
-        if suspect:
-            out.sort(key=lambda p: is_suspect(p.name))
+        held = self._held_before(aor, n)
+        if held is not None and all(p.name in held for p in out):
+            held = None
+        if suspect or held is not None:
+            out.sort(key=lambda p: (is_suspect(p.name), held is not None and p.name not in held))
         return out
+
+    def _held_before(self, aor: str, n: int) -> set[str] | None:
+        """For `HANDOFF_SETTLE` seconds after the routing epoch moved, the AOR's owners in
+        the epoch in force before that: an owner that gained the AOR since may not have its
+        bindings from handoff yet (a query or a call sent to it would find none), so `owners`
+        puts those that held it first. None once the epoch has settled."""
+        since = self._epoch_since
+        cutoff = self.monotonic() - HANDOFF_SETTLE
+        if since[-1][0] <= cutoff:
+            return None
+        settled = since[0][1]
+        for at, epoch in since:
+            if at > cutoff:
+                break
+            settled = epoch
+        try:
+            return {r.name for r in self.routing.owners_at(settled, aor, n, ROLE)}
+        except EpochUnavailable:
+            return None
 
     def _members_changed(self, changes: list[DirectoryChange]) -> None:
         """Follow the directory: each changed member's SIP address, and replication's
@@ -379,6 +411,7 @@ class SipService:
             self._peer_changed(change.name, change.after)
         if self.routing.epoch != self._epoch:
             self._epoch = self.routing.epoch
+            self._epoch_since.append((self.monotonic(), self._epoch))
             self.routing_changed()
 
     def _peer_changed(self, name: str, m: Member | None) -> None:
