@@ -154,6 +154,11 @@ def collect_status(status: AgentStatus) -> Iterator[Metric]:
         yield GaugeMetricFamily(
             "swimthor_sip_aors", "addresses-of-record held here", value=sip["aors"]
         )
+        yield GaugeMetricFamily(
+            "swimthor_sip_synced",
+            "1 once this node's start-up sync found its digests equal to every other member's",
+            value=1 if sip.get("sync", "synced") == "synced" else 0,
+        )
         by_method = CounterMetricFamily(
             "swimthor_sip_requests", "SIP requests received, by method", labels=["method"]
         )

@@ -79,6 +79,8 @@ def test_a_node_killed_under_load_loses_no_acknowledged_registration(
         counts = [n.status()["sip"]["bindings"] for n in cluster.values()]
         return bool(sum(counts) == 2 * len(users) and min(counts) > 0)
 
+    # Its readiness says so: "syncing: N of 2" until its digests agree with both others'.
+    wait_until(lambda: victim.status()["sip"]["sync"] == "synced", 30, "n2 synced")
     wait_until(balanced, 30, "every AOR on exactly its two owners again")
     missing, _ = regload.query([("127.0.0.1", victim.sip_port)], result.acknowledged, DOMAIN)
     assert missing == []

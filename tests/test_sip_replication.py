@@ -26,7 +26,7 @@ from swimthor.sip import (
 )
 
 # White-box: the check of a "loc" reply and a link to send a malformed request on.
-from swimthor.sip._replication import _Link, _location_records
+from swimthor.sip._replication import SYNC_ALONE, _Link, _location_records
 from swimthor.sockets import read_frame
 
 NOW = 2_000_000_000.0
@@ -76,9 +76,15 @@ class Cluster:
                 address=self.addrs.get,
                 timeout=1.0,
                 clock=lambda: NOW,
+                peers=self._others_of(n),
             )
             for n in names
         }
+
+    def _others_of(self, name: str) -> Callable[[], list[str]]:
+        """The other members node `name` syncs with: those in the directory (a test may
+        take one out)."""
+        return lambda: [n for n in self.nodes if n != name and n in self.addrs]
 
     def _keyring_of(self, name: str) -> Callable[[], Keyring | None]:
         """Node `name`'s keyring as the test holds it now (a test may swap it)."""
@@ -419,3 +425,55 @@ async def test_a_handoff_an_owner_did_not_confirm_runs_again_soon() -> None:
                 await trio.sleep(0.05)
             nursery.cancel_scope.cancel()
     assert n1.stats["handoff_retries"] >= 1
+
+
+async def test_a_node_that_starts_empty_is_syncing_until_its_digests_agree() -> None:
+    # n2 starts with nothing (a restart that lost its store); n1 holds every key. n2 says
+    # "syncing: 0 of 1" until a digest exchange with n1 finds nothing left to exchange
+    # (this one brings the keys itself: there is no epoch change, so no handoff).
+    c = Cluster(["n1", "n2"], ["n1", "n2"])
+    n1, n2 = c.nodes["n1"], c.nodes["n2"]
+    n1.store.merge([binding(f"sip:u{i}@example.com") for i in range(100)], NOW)
+    assert n2.sync_state() == "syncing: 0 of 0"  # it knows no member yet
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await c.start(nursery)
+            assert n2.sync_state() == "syncing: 0 of 1"
+            while n2.sync_state() != "synced":
+                await trio.sleep(0.05)
+            assert len(n2.store) == 100
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_silent_peer_keeps_a_node_syncing() -> None:
+    c = Cluster(["n1", "n2", "n3"], ["n1", "n2"])
+    n1 = c.nodes["n1"]
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await c.start(nursery)
+            c.addrs["n3"] = ("127.0.0.1", 1)  # n3 is live but nothing answers there
+            while n1.sync_state() != "syncing: 1 of 2":
+                await trio.sleep(0.05)
+            tried = n1.stats["connect_failures"]
+            while n1.stats["connect_failures"] < tried + 2:  # two more rounds asked n3
+                await trio.sleep(0.05)
+            assert n1.sync_state() == "syncing: 1 of 2"
+            del c.addrs["n3"]  # declared dead: it is no longer waited for
+            while n1.sync_state() != "synced":
+                await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
+
+
+async def test_the_first_member_of_a_cluster_is_synced_once_it_has_been_alone_a_while(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    c = Cluster(["n1"], ["n1"])
+    n1 = c.nodes["n1"]
+    start = trio.current_time()
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            await c.start(nursery)
+            while n1.sync_state() != "synced":
+                await trio.sleep(0.1)
+            nursery.cancel_scope.cancel()
+    assert trio.current_time() - start >= SYNC_ALONE

@@ -183,7 +183,10 @@ def format_status_text(status: Mapping[str, Any]) -> str:
         )
         if sip.get("subscribers") is not None:
             held += f", {_text(sip.get('subscribers'))} subscribers"
-        lines.append(held + " held here")
+        held += " held here"
+        if sip.get("sync") is not None:
+            held += f" ({_text(sip.get('sync'))})"
+        lines.append(held)
         flows = sip.get("flows")
         if isinstance(flows, Mapping):
             lines.append(

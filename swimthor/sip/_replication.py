@@ -40,7 +40,7 @@ from __future__ import annotations
 import itertools
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import cbor2
@@ -75,6 +75,13 @@ MAX_LOCATED = 1_000  # contact records one node reports for one AOR (`swimthor l
 # round: until it lands the owner that gained an AOR answers for it without its bindings.
 HANDOFF_RETRY = 1.0
 HANDOFF_RETRY_MAX = 30.0
+# A node that starts waits this long (for its join, and the others' handoff to begin), then
+# exchanges digests with every other member at most every SYNC_RETRY seconds until they agree.
+SYNC_START = 1.0
+SYNC_RETRY = 2.0
+# A node that sees no other member for this long after it started is alone (the first of a
+# cluster): synced.
+SYNC_ALONE = 10.0
 # A handoff looks at the owners of every epoch since the last one that completed, up to this
 # many; beyond that it takes every other owner as one that may lack writes (pushes to all).
 HANDOFF_EPOCHS = 16
@@ -125,8 +132,16 @@ class Replicator:
         repair_interval: float = 30.0,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        peers: Callable[[], Iterable[str]] | None = None,
     ) -> None:
+        """`peers`: the other live members that hold bindings (the ones a node that starts
+        syncs with before it says "synced"; none: it never waits)."""
         self.name = name
+        self._peers = peers or (lambda: ())
+        # The peers whose last digest exchange found nothing to exchange, and whether the
+        # start-up sync is over (`sync_state`).
+        self._in_sync: set[str] = set()
+        self._synced = False
         self.store = store
         self._keyring = keyring
         self._label = label + _LABEL_SUFFIX
@@ -183,6 +198,7 @@ class Replicator:
                 nursery.start_soon(self._handoff_loop)
                 nursery.start_soon(self._repair_loop)
                 nursery.start_soon(self._expiry_loop)
+                nursery.start_soon(self._sync_loop)
                 task_status.started()
         finally:
             self._nursery = None
@@ -694,6 +710,10 @@ class Replicator:
             self.stats["bad_frames"] += 1
             return 0
         self.stats["repairs"] += 1
+        if differ:
+            self._in_sync.discard(peer)
+        else:
+            self._in_sync.add(peer)
         now = self._clock()
         # Only keep what we own: the peer's view of ownership may differ from ours.
         changed = 0
@@ -709,6 +729,45 @@ class Replicator:
             if back:
                 await self.replicate(back, [peer])
         return changed
+
+    # ------------------------------------------------------------ start-up sync
+
+    def sync_state(self) -> str:
+        """ "synced", or "syncing: N of M" while a node that started (restarted with an empty
+        store, or joined) has found its digests equal to those of N of the M other live
+        members that hold bindings (M is 0 until it knows any: it has not joined yet)."""
+        if self._synced:
+            return "synced"
+        peers = [p for p in dict.fromkeys(self._peers()) if p != self.name]
+        done = sum(1 for p in peers if p in self._in_sync)
+        return f"syncing: {done} of {len(peers)}"
+
+    async def _sync_loop(self) -> None:
+        """From the start, a digest exchange with every other live member that holds
+        bindings, again (each at most every `SYNC_RETRY` seconds, and never more than half
+        the time spent walking) until each finds nothing to exchange; then the node is
+        "synced" and the periodic repair takes over. The bulk arrives meanwhile by the
+        others' handoff; the exchange is what proves it all came (and brings what a handoff
+        missed), bounded per round like every repair."""
+        await trio.sleep(SYNC_START)
+        alone_until = trio.current_time() + SYNC_ALONE
+        while True:
+            peers = [p for p in dict.fromkeys(self._peers()) if p != self.name]
+            if not peers and trio.current_time() < alone_until:
+                await trio.sleep(0.5)  # not joined yet, or the first member of a cluster
+                continue
+            todo = [p for p in peers if p not in self._in_sync]
+            if not todo:
+                self._synced = True
+                log.info("synced", node=self.name, bindings=len(self.store))
+                return
+            started = trio.current_time()
+            for peer in todo:
+                try:
+                    await self.repair_with(peer)
+                except Exception:
+                    log.exception("sync raised", peer=peer)
+            await trio.sleep(max(SYNC_RETRY, trio.current_time() - started))
 
     # ------------------------------------------------------------ expiry
 

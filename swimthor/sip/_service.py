@@ -189,6 +189,7 @@ class SipService:
             repair_interval=self.config.repair_interval,
             clock=self._clock,
             rng=self._rng,
+            peers=lambda: [n for n in self._peers if n != self.name],
         )
         self.server.replicate = self.replicator.replicate_each
         self.server.fetch = self.replicator.fetch_subscriber
@@ -466,6 +467,9 @@ class SipService:
             "bindings": len(self.store) - self.store.subscriber_records,
             "subscribers": self.store.subscriber_records,
             "aors": self.store.aor_count(),
+            # "synced", or "syncing: N of M" while a node that started has not yet found its
+            # digests equal to every other member's (Replicator.sync_state).
+            "sync": self.replicator.sync_state(),
             "proxy": dict(self.proxy.stats),
             # The owner's stateful proxy: transactions held now, forks and branches so far.
             "transactions": self.proxy.forks.counts() | self.proxy.forks.stats,
