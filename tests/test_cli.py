@@ -774,3 +774,15 @@ def test_sip_replication_deadline_is_checked(tmp_path: Path) -> None:
         cfg.replication_deadline = bad
         with pytest.raises(ConfigError, match="replication_deadline"):
             check_sip(cfg)
+
+
+def test_sip_max_bindings_is_the_store_bound() -> None:
+    from swimthor.config import SipConfig, check_sip, sip_from_toml
+
+    assert sip_from_toml({"max_bindings": 3_000_000}, None).max_bindings == 3_000_000
+    for bad in (0, 10**9):
+        cfg = SipConfig(domains=["example.com"], max_bindings=bad)
+        with pytest.raises(ConfigError, match="max_bindings"):
+            check_sip(cfg)
+    with pytest.raises(ConfigError, match="max_bindings"):
+        sip_from_toml({"max_bindings": "lots"}, None)

@@ -34,6 +34,8 @@ class LoadResult:
     refused: dict[str, int] = field(default_factory=dict)  # user -> final status (not 200)
     timed_out: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
+    # Seconds from a request's first send to its final response, one per answered request.
+    latencies: list[float] = field(default_factory=list)
 
 
 def _register(
@@ -138,7 +140,8 @@ def _run(
                     answered = _call_id(data)
                     if status < 200 or answered is None or answered not in pending:
                         continue
-                    user = pending.pop(answered)[0]
+                    user, *_, first = pending.pop(answered)
+                    result.latencies.append(time.monotonic() - first)
                     on_final(user, status, data)
     finally:
         sel.close()

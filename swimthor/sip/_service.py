@@ -87,7 +87,7 @@ class SipService:
         # owner_names' answers for the current routing epoch.
         self._names: dict[str, tuple[str, ...]] = {}
         self._names_epoch = -1
-        self.store = BindingStore()
+        self.store = BindingStore(max_bindings=config.max_bindings)
         # Subscribers survive restarts: journaled in the data directory (none: memory only).
         self.journal = SubscriberJournal(os.path.join(data_dir, JOURNAL_FILE)) if data_dir else None
         self._nonce_secret = random_secret()
