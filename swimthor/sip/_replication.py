@@ -738,9 +738,13 @@ class Replicator:
         members that hold bindings (M is 0 until it knows any: it has not joined yet)."""
         if self._synced:
             return "synced"
-        peers = [p for p in dict.fromkeys(self._peers()) if p != self.name]
+        peers = self._others()
         done = sum(1 for p in peers if p in self._in_sync)
         return f"syncing: {done} of {len(peers)}"
+
+    def _others(self) -> list[str]:
+        """The other live members that hold bindings, each once."""
+        return [p for p in dict.fromkeys(self._peers()) if p != self.name]
 
     async def _sync_loop(self) -> None:
         """From the start, a digest exchange with every other live member that holds
@@ -752,7 +756,7 @@ class Replicator:
         await trio.sleep(SYNC_START)
         alone_until = trio.current_time() + SYNC_ALONE
         while True:
-            peers = [p for p in dict.fromkeys(self._peers()) if p != self.name]
+            peers = self._others()
             if not peers and trio.current_time() < alone_until:
                 await trio.sleep(0.5)  # not joined yet, or the first member of a cluster
                 continue

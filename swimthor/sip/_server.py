@@ -571,12 +571,11 @@ class SipServer(FrontEndServer):
         """Not every owner confirmed in time. The write keeps going, a round of at most one
         replication timeout at a time, until as many nodes as there are other owners hold it
         or `replication_deadline` has passed since the REGISTER's first attempt: each round
-        asks again the owners still live that have not confirmed (a slow owner is not a dead
-        one: a paused or starved host answers a second later) and, for each copy still
-        missing, a stand-in, the next member in rank that does not hold it, ranked afresh so
-        a member declared dead meanwhile is left out. The phone's retransmissions meanwhile
-        are absorbed by the pending transaction. 503 only at the deadline, or at once when
-        no live member is left to ask."""
+        asks again the owners that have not confirmed, whatever membership now thinks of them
+        (a slow owner is not a dead one: a paused or starved host answers a second later)
+        and, for each copy still missing, a stand-in, the next live member in rank that does
+        not hold it, ranked afresh (`Registrar.copy_targets`). The phone's retransmissions
+        meanwhile are absorbed by the pending transaction. 503 only at the deadline."""
         self.stats["replication_stand_ins"] += 1
         need = len(action.peers)
         holders = set(holders)
